@@ -1,0 +1,52 @@
+"""The ``edg`` command line. Each stage adds its sub-command from a module in ``cluster/commands/``
+(a ``register(subparsers)`` function); ``edg --help`` lists those that have landed."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+from edg_core.errors import EDGError
+
+DESCRIPTION = """\
+EDG: electron-density-enhanced molecular geometry learning.
+
+Pipeline: conformations -> DFT (ED, ESP) -> rendered ED / structure images -> WebDataset shards
+-> ImageED pretraining -> ED-aware teacher -> distillation into geometry students -> result tables.
+
+Input specs accepted wherever --input appears: embedded[:qm9|:rmd17], qm9[:train|valid|test],
+rmd17:<molecule>[:train|valid|test], smiles:CCO,c1ccccc1, or a .xyz/.extxyz/.sdf/.mol/.smi file;
+append ?limit=N to take the first N records.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import cluster.commands as commands
+    parser = argparse.ArgumentParser(prog="edg", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"cluster.commands.{info.name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except EDGError as e:
+        print(f"edg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"edg {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``edg`` sub-command; each defines ``register(subparsers)``."""

@@ -1,0 +1,23 @@
+"""Errors that name the record or file at fault, so a user can find and fix the input."""
+from __future__ import annotations
+
+
+class EDGError(Exception):
+    """Base class of every error EDG raises on purpose."""
+
+
+class InvalidRecord(EDGError, ValueError):
+    """A molecule record is malformed. ``record`` names it (id, file:frame, shard/key)."""
+
+    def __init__(self, record: str, problem: str):
+        self.record = record
+        self.problem = problem
+        super().__init__(f"{record}: {problem}")
+
+
+class DataSourceError(EDGError, FileNotFoundError):
+    """A data source (file, directory, package) is missing or unreadable."""
+
+
+class ShardError(EDGError, IOError):
+    """A shard is truncated, corrupt, or written with an incompatible schema."""

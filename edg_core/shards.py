@@ -1,0 +1,358 @@
+"""The shard schema, defined here and nowhere else: WebDataset tar shards of molecule samples.
+
+One sample = the tar members sharing a key (the sanitised molecule id):
+
+==================  ==========================  =================================================
+member              content                     decoded as
+==================  ==========================  =================================================
+``meta.json``       schema version, id, charge, dict; scalar labels under ``labels``
+                    multiplicity, SMILES, labels
+``z.npy``           atomic numbers (N,) uint8   int64 tensor (N,)
+``pos.npy``         positions (N, 3) float64 Å  float64 tensor (N, 3)
+``lab.<name>.npy``  array labels (e.g. forces)  tensor, dtype as stored
+``grid.json``       cube grid (bohr): origin,   ``CubeGrid``
+                    spacing, shape
+``ed.npy``          ED on the grid, float16     float32 tensor (nx, ny, nz), e/bohr^3
+``esp.npy``         ESP on the grid, float16    float32 tensor (nx, ny, nz), Hartree/e
+``edimg.<enc>``     6 x RGB-D images            float32 tensor (6, 4, H, W) in [0, 1]
+``stimg.<enc>``     4 x RGB structure images    float32 tensor (4, 3, H, W) in [0, 1]
+``fu.npy``          ImageED feature F_U (768,)  float32 tensor
+``fs.npy``          teacher feature F_S (512,)  float32 tensor
+``edp.npy``         EDP(F_S) (768,)             float32 tensor
+==================  ==========================  =================================================
+
+Images are stored as uint8 (quantised like the paper's PNG files). ``<enc>`` is ``u8z`` (raw uint8,
+zlib level 1, with a small shape header; the default, chosen by measurement: see docs/shards.md and
+``make bench``) or ``png`` (one PNG strip of all views). Arrays are bit-exact through a round trip.
+Shards are written to ``name.tar.tmp`` and renamed on completion, so a crash never leaves a
+half-written ``.tar``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+import tarfile
+import zlib
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .errors import ShardError
+from .grid import CubeGrid
+from .molecule import Molecule
+
+SCHEMA_VERSION = 1
+IMAGE_ENCODINGS = ("u8z", "png")
+DEFAULT_IMAGE_ENCODING = "u8z"
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_:\-]")
+
+
+def sample_key(mol_id: str) -> str:
+    """A tar-safe key for a molecule id ('.' and '/' would confuse WebDataset)."""
+    return _KEY_BAD.sub("_", mol_id)
+
+
+# ---------------------------------------------------------------- array and image codecs
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _from_npy(b: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(b), allow_pickle=False)
+
+
+def to_uint8(img) -> np.ndarray:
+    """Float image(s) in [0, 1] (numpy or torch) -> uint8 with rounding."""
+    a = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
+    return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+
+
+def encode_images(img, encoding: str = DEFAULT_IMAGE_ENCODING) -> bytes:
+    """(V, C, H, W) floats in [0, 1] or uint8 -> bytes."""
+    a = img if isinstance(img, np.ndarray) and img.dtype == np.uint8 else to_uint8(img)
+    if a.ndim != 4:
+        raise ValueError(f"images must have shape (V, C, H, W), got {a.shape}")
+    if encoding == "u8z":
+        return struct.pack("<4I", *a.shape) + zlib.compress(a.tobytes(), 1)
+    if encoding == "png":
+        from PIL import Image
+        v, c, h, w = a.shape
+        if c not in (3, 4):
+            raise ValueError(f"png encoding needs 3 or 4 channels, got {c}")
+        strip = a.transpose(2, 0, 3, 1).reshape(h, v * w, c)  # views side by side
+        buf = io.BytesIO()
+        Image.fromarray(strip, "RGBA" if c == 4 else "RGB").save(buf, format="PNG", compress_level=1)
+        return struct.pack("<4I", *a.shape) + buf.getvalue()
+    raise ValueError(f"unknown image encoding {encoding!r}; use one of {IMAGE_ENCODINGS}")
+
+
+def decode_images_u8(data: bytes, encoding: str) -> np.ndarray:
+    """bytes -> uint8 (V, C, H, W)."""
+    shape = struct.unpack("<4I", data[:16])
+    if encoding == "u8z":
+        return np.frombuffer(zlib.decompress(data[16:]), dtype=np.uint8).reshape(shape)
+    if encoding == "png":
+        from PIL import Image
+        v, c, h, w = shape
+        strip = np.asarray(Image.open(io.BytesIO(data[16:])))
+        return np.ascontiguousarray(strip.reshape(h, v, w, c).transpose(1, 3, 0, 2))
+    raise ValueError(f"unknown image encoding {encoding!r}")
+
+
+# ---------------------------------------------------------------- sample <-> members
+def encode_sample(mol: Molecule, *, grid: CubeGrid | None = None, ed=None, esp=None, edimg=None, stimg=None,
+                  fu=None, fs=None, edp=None, image_encoding: str = DEFAULT_IMAGE_ENCODING,
+                  extra_meta: dict | None = None) -> dict[str, Any]:
+    """A WebDataset sample dict (``__key__`` + member bytes) for one molecule and whatever it has so far."""
+    scalars, arrays = {}, {}
+    for k, v in mol.labels.items():
+        if isinstance(v, np.ndarray) and v.ndim > 0:
+            arrays[k] = v
+        else:
+            scalars[k] = v.item() if isinstance(v, np.generic) else v
+    meta = {"schema": SCHEMA_VERSION, "id": mol.id, "charge": mol.charge, "multiplicity": mol.multiplicity,
+            "smiles": mol.smiles, "labels": scalars, **(extra_meta or {})}
+    s: dict[str, Any] = {"__key__": sample_key(mol.id), "meta.json": json.dumps(meta).encode(),
+                         "z.npy": _npy(mol.z.astype(np.uint8)), "pos.npy": _npy(mol.pos)}
+    for k, v in arrays.items():
+        s[f"lab.{k}.npy"] = _npy(v)
+    if ed is not None or esp is not None:
+        if grid is None:
+            raise ValueError(f"{mol.id}: ED/ESP grids need their CubeGrid (origin, spacing, shape)")
+        s["grid.json"] = json.dumps(grid.to_dict()).encode()
+    for name, field in (("ed", ed), ("esp", esp)):
+        if field is not None:
+            a = field.detach().cpu().numpy() if hasattr(field, "detach") else np.asarray(field)
+            if grid is not None and tuple(a.shape) != tuple(grid.shape):
+                raise ValueError(f"{mol.id}: {name} grid shape {a.shape} != CubeGrid shape {grid.shape}")
+            s[f"{name}.npy"] = _npy(a.astype(np.float16))
+    if edimg is not None:
+        s[f"edimg.{image_encoding}"] = encode_images(edimg, image_encoding)
+    if stimg is not None:
+        s[f"stimg.{image_encoding}"] = encode_images(stimg, image_encoding)
+    for name, vec in (("fu", fu), ("fs", fs), ("edp", edp)):
+        if vec is not None:
+            a = vec.detach().cpu().numpy() if hasattr(vec, "detach") else np.asarray(vec)
+            s[f"{name}.npy"] = _npy(a.astype(np.float32))
+    return s
+
+
+def decode_sample(sample: dict[str, Any], torch_tensors: bool = True) -> dict[str, Any]:
+    """Member bytes -> Python/numpy (or torch) values; unknown members raise ``ShardError``."""
+    where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+    out: dict[str, Any] = {"__key__": sample.get("__key__"), "__url__": sample.get("__url__")}
+    try:
+        meta = json.loads(sample["meta.json"])
+    except KeyError:
+        raise ShardError(f"{where}: sample has no meta.json (members: {sorted(sample)})") from None
+    if meta.get("schema") != SCHEMA_VERSION:
+        raise ShardError(f"{where}: schema version {meta.get('schema')} != {SCHEMA_VERSION} (this EDG)")
+    out["meta"] = meta
+    labels = dict(meta.get("labels", {}))
+    for k, v in sample.items():
+        if k.startswith("__") or k == "meta.json":
+            continue
+        try:
+            if k == "grid.json":
+                out["grid"] = CubeGrid.from_dict(json.loads(v))
+            elif k.startswith("lab.") and k.endswith(".npy"):
+                labels[k[4:-4]] = _from_npy(v)
+            elif k == "z.npy":
+                out["z"] = _from_npy(v).astype(np.int64)
+            elif k in ("ed.npy", "esp.npy"):
+                out[k[:-4]] = _from_npy(v).astype(np.float32)
+            elif k.endswith(".npy"):
+                out[k[:-4]] = _from_npy(v)
+            elif k.split(".")[0] in ("edimg", "stimg"):
+                name, enc = k.split(".", 1)
+                out[name] = decode_images_u8(v, enc).astype(np.float32) / 255.0
+            else:
+                raise ShardError(f"{where}: unknown member {k!r} (schema {SCHEMA_VERSION})")
+        except ShardError:
+            raise
+        except Exception as e:  # corrupt member bytes
+            raise ShardError(f"{where}: member {k!r} cannot be decoded ({type(e).__name__}: {e})") from None
+    out["labels"] = labels
+    if torch_tensors:
+        import torch
+        for k, v in list(out.items()):
+            if isinstance(v, np.ndarray):
+                out[k] = torch.from_numpy(np.ascontiguousarray(v))
+    return out
+
+
+def sample_molecule(d: dict[str, Any]) -> Molecule:
+    """The ``Molecule`` of a decoded sample."""
+    m = d["meta"]
+    z, pos = d["z"], d["pos"]
+    labels = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in d["labels"].items()}
+    return Molecule(z=np.asarray(z), pos=np.asarray(pos), id=m["id"], charge=m["charge"],
+                    multiplicity=m["multiplicity"], smiles=m.get("smiles"), labels=labels)
+
+
+# ---------------------------------------------------------------- writing
+class ShardWriter:
+    """Write samples into ``<out>/<prefix>-NNNNNN.tar`` shards of at most ``maxcount`` samples / ``maxsize`` bytes.
+
+    Each shard is written as ``.tar.tmp`` and renamed when full or on ``close()``; if the writer is left
+    by an exception the open shard is deleted, so only complete shards exist. Numbering continues after the
+    shards already in ``out`` (resume).
+    """
+
+    def __init__(self, out: str | Path, prefix: str = "shard", maxcount: int = 1000, maxsize: int = 1 << 30):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.prefix, self.maxcount, self.maxsize = prefix, maxcount, maxsize
+        existing = sorted(self.out.glob(f"{prefix}-*.tar"))
+        self.index = int(existing[-1].stem.split("-")[-1]) + 1 if existing else 0
+        self._tar: tarfile.TarFile | None = None
+        self._tmp: Path | None = None
+        self.count = self.size = 0
+        self.finished: list[Path] = []
+
+    def _open(self):
+        self._tmp = self.out / f"{self.prefix}-{self.index:06d}.tar.tmp"
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        self.count = self.size = 0
+
+    def write(self, sample: dict[str, Any]) -> None:
+        if self._tar is None:
+            self._open()
+        key = sample["__key__"]
+        for name in sorted(k for k in sample if not k.startswith("__")):
+            data = sample[name]
+            info = tarfile.TarInfo(f"{key}.{name}")
+            info.size = len(data)
+            info.mode, info.mtime = 0o444, 0
+            self._tar.addfile(info, io.BytesIO(data))
+            self.size += len(data) + 512
+        self.count += 1
+        if self.count >= self.maxcount or self.size >= self.maxsize:
+            self._finish()
+
+    def _finish(self):
+        if self._tar is None:
+            return
+        self._tar.close()
+        final = self._tmp.with_suffix("")  # drop .tmp
+        self._tmp.rename(final)
+        self.finished.append(final)
+        self._tar = self._tmp = None
+        self.index += 1
+
+    def abort(self):
+        if self._tar is not None:
+            self._tar.close()
+            self._tmp.unlink(missing_ok=True)
+            self._tar = self._tmp = None
+
+    def close(self):
+        self._finish()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+# ---------------------------------------------------------------- reading
+def shard_paths(spec: str | Path | Iterable) -> list[str]:
+    """A folder, a glob, a brace pattern (``shard-{000000..000009}.tar``) or a list -> sorted shard paths."""
+    if isinstance(spec, (list, tuple)):
+        return [str(p) for p in spec]
+    p = Path(spec)
+    if p.is_dir():
+        paths = sorted(str(x) for x in p.glob("*.tar"))
+        if not paths:
+            raise ShardError(f"{p}: no .tar shards in this folder")
+        return paths
+    s = str(spec)
+    if "{" in s:
+        import braceexpand
+        return list(braceexpand.braceexpand(s))
+    if any(c in s for c in "*?["):
+        paths = sorted(str(x) for x in Path().glob(s)) if not Path(s).is_absolute() else \
+            sorted(str(x) for x in Path("/").glob(s.lstrip("/")))
+        if not paths:
+            raise ShardError(f"{s}: no shard matches")
+        return paths
+    if not p.exists():
+        raise ShardError(f"shard {p} does not exist")
+    return [s]
+
+
+def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Raw samples (member bytes) of one local shard, grouped by key; corruption raises ``ShardError``."""
+    path = Path(path)
+    cur: dict[str, Any] | None = None
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                key, _, ext = m.name.partition(".")
+                data = tar.extractfile(m).read()
+                if len(data) != m.size:
+                    raise ShardError(f"{path}: member {m.name} truncated")
+                if cur is None or cur["__key__"] != key:
+                    if cur is not None:
+                        yield cur
+                    cur = {"__key__": key, "__url__": str(path)}
+                cur[ext] = data
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ShardError(f"{path}: corrupt or truncated shard ({type(e).__name__}: {e})") from None
+    if cur is not None:
+        yield cur
+
+
+def read_samples(spec, torch_tensors: bool = True) -> Iterator[dict[str, Any]]:
+    """Decoded samples of every shard in ``spec``, in order (single process; see ``webdataset_pipeline``)."""
+    for p in shard_paths(spec):
+        for s in iter_shard(p):
+            yield decode_sample(s, torch_tensors)
+
+
+def shard_keys(spec) -> set[str]:
+    """Keys already present in finished shards (for resuming a conversion or a stage)."""
+    keys = set()
+    try:
+        paths = shard_paths(spec)
+    except ShardError:
+        return keys
+    for p in paths:
+        try:
+            with tarfile.open(p, "r:") as tar:
+                keys.update(m.name.partition(".")[0] for m in tar.getmembers())
+        except (tarfile.TarError, OSError) as e:
+            raise ShardError(f"{p}: corrupt or truncated shard ({e})") from None
+    return keys
+
+
+def _raise_shard_error(exn: Exception) -> bool:
+    raise ShardError(f"corrupt shard in stream: {type(exn).__name__}: {exn}") from exn
+
+
+def webdataset_pipeline(spec, shuffle: int = 0, seed: int = 0, torch_tensors: bool = True,
+                        handler=_raise_shard_error, resampled: bool = False):
+    """A ``webdataset.DataPipeline`` over the shards, split by node (torch.distributed rank) and by
+    DataLoader worker, decoding each sample with ``decode_sample``. Use it inside a DataLoader."""
+    import webdataset as wds
+    urls = shard_paths(spec)
+    stages = [wds.ResampledShards(urls, seed=seed) if resampled else wds.SimpleShardList(urls)]
+    if not resampled:
+        stages += [wds.split_by_node, wds.split_by_worker]
+    stages += [wds.tarfile_to_samples(handler=handler)]
+    if shuffle:
+        import random
+        stages.append(wds.shuffle(shuffle, rng=random.Random(seed)))
+    stages.append(wds.map(lambda s: decode_sample(s, torch_tensors)))
+    return wds.DataPipeline(*stages)
