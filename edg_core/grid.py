@@ -38,7 +38,7 @@ class CubeGrid:
         return {"origin": list(self.origin), "spacing": list(self.spacing), "shape": list(self.shape)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CubeGrid":
+    def from_dict(cls, d: dict) -> CubeGrid:
         return cls(tuple(map(float, d["origin"])), tuple(map(float, d["spacing"])), tuple(map(int, d["shape"])))
 
 

@@ -93,7 +93,7 @@ class Molecule:
                 "labels": {k: plain(v) for k, v in self.labels.items()}}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Molecule":
+    def from_dict(cls, d: dict[str, Any]) -> Molecule:
         labels = {k: (np.asarray(v) if isinstance(v, list) else v) for k, v in d.get("labels", {}).items()}
         return cls(z=d["z"], pos=d["pos"], id=d["id"], charge=d.get("charge", 0),
                    multiplicity=d.get("multiplicity"), smiles=d.get("smiles"), labels=labels)

@@ -35,8 +35,9 @@ import re
 import struct
 import tarfile
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -290,9 +291,24 @@ def shard_paths(spec: str | Path | Iterable) -> list[str]:
     return [s]
 
 
+def check_complete(path: str | Path) -> None:
+    """Raise ``ShardError`` unless ``path`` is a whole tar file: a multiple of 512 bytes ending in the
+    end-of-archive marker (two zero blocks). A copy cut short or a crash mid-write fails this check."""
+    path = Path(path)
+    if not path.exists():
+        raise ShardError(f"shard {path} does not exist")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(size - 1024, 0))
+        tail = f.read()
+    if size < 1024 or size % 512 or tail.count(0) != len(tail):
+        raise ShardError(f"{path}: truncated shard ({size} bytes, no end-of-archive marker)")
+
+
 def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
     """Raw samples (member bytes) of one local shard, grouped by key; corruption raises ``ShardError``."""
     path = Path(path)
+    check_complete(path)
     cur: dict[str, Any] | None = None
     try:
         with tarfile.open(path, "r:") as tar:
@@ -329,6 +345,7 @@ def shard_keys(spec) -> set[str]:
     except ShardError:
         return keys
     for p in paths:
+        check_complete(p)
         try:
             with tarfile.open(p, "r:") as tar:
                 keys.update(m.name.partition(".")[0] for m in tar.getmembers())

@@ -131,7 +131,8 @@ def cmd_split(args) -> int:
         opts = dict(parse_qsl(q))
         frames = load_rmd17(rmd17_root(opts.get("root")), base.split(":")[1], int(opts.get("split_id", 1)))
         parts = {k: v.index for k, v in frames.items()}
-        info = f"rMD17 {base.split(':')[1]} split {int(opts.get('split_id', 1)):02d}; indices into the 100k-frame trajectory"
+        info = (f"rMD17 {base.split(':')[1]} split {int(opts.get('split_id', 1)):02d}; "
+                "indices into the 100k-frame trajectory")
     else:
         raise DataSourceError(f"edg data split: unknown dataset {spec!r}; use qm9 or rmd17:<molecule>")
     with atomic_path(out) as tmp:

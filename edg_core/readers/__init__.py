@@ -21,10 +21,10 @@ exceptions as values, so that a large job can log them in its failure manifest a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator
 from urllib.parse import parse_qsl
 
 from ..errors import DataSourceError, InvalidRecord

@@ -1,8 +1,8 @@
 """SDF/MOL files and SMILES strings through RDKit (imported lazily: RDKit is needed only here)."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 

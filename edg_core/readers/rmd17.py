@@ -35,7 +35,7 @@ class RMD17Frames:
     def __len__(self) -> int:
         return int(self.pos.shape[0])
 
-    def __getitem__(self, sl) -> "RMD17Frames":
+    def __getitem__(self, sl) -> RMD17Frames:
         return RMD17Frames(self.molecule, self.z, self.pos[sl], self.energy[sl], self.forces[sl], self.index[sl])
 
     def molecules(self, split_name: str = ""):
