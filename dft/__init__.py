@@ -1,0 +1,11 @@
+"""The DFT stage: B3LYP/6-31G** single points (PySCF on CPU, GPU4PySCF on GPU), energy labels E1..E6,
+ED and ESP on cube grids, cube files, and a worker that writes one result per molecule.
+
+Public entry: ``DFTWorker`` (dft.worker), ``DFTConfig`` (dft.config), ``load_result`` (dft.result).
+Nothing here imports ray, cupy or gpu4pyscf at import time.
+"""
+from .config import DFTConfig
+from .result import DFTResult, load_result, save_result
+from .worker import DFTWorker, RunSummary
+
+__all__ = ["DFTConfig", "DFTResult", "DFTWorker", "RunSummary", "load_result", "save_result"]

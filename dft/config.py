@@ -1,0 +1,59 @@
+"""``DFTConfig``: every setting of the DFT stage, with defaults that reproduce the paper (EDBench convention)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edg_core.grid import DEFAULT_PADDING_BOHR, DEFAULT_SPACING_BOHR
+
+BACKENDS = ("auto", "cpu", "gpu")
+ESP_MODES = ("full", "band")
+
+
+@dataclass
+class DFTConfig:
+    backend: str = field(default="auto", metadata={"help": "auto (GPU when usable), cpu (PySCF) or gpu (GPU4PySCF)"})
+    xc: str = field(default="b3lyp", metadata={"help": "exchange-correlation functional"})
+    basis: str = field(default="6-31g**", metadata={"help": "basis set for molecules without sulfur"})
+    basis_sulfur: str = field(default="6-31+g**", metadata={"help": "basis set for molecules containing S"})
+    grid_level: int = field(default=3, metadata={"help": "DFT integration grid level (PySCF 0-9)"})
+    conv_tol: float = field(default=1e-9, metadata={"help": "SCF energy convergence threshold, Hartree"})
+    max_cycle: int = field(default=100, metadata={"help": "SCF iterations per attempt"})
+    density_fit: bool | None = field(default=None, metadata={
+        "help": "density fitting of J/K; unset = on for the GPU backend, off (direct SCF) on CPU"})
+    auxbasis: str | None = field(default=None, metadata={"help": "auxiliary basis for density fitting"})
+    retries: bool = field(default=True, metadata={
+        "help": "on non-convergence retry with damping + level shift, then second-order SCF"})
+    timeout_s: float = field(default=0.0, metadata={"help": "per-molecule SCF time limit in s (0 = none)"})
+    max_memory_mb: int = field(default=4000, metadata={"help": "PySCF memory budget per molecule, MB"})
+    fields: bool = field(default=True, metadata={"help": "evaluate ED and ESP on the cube grid"})
+    grid_spacing: float = field(default=DEFAULT_SPACING_BOHR, metadata={"help": "cube grid spacing, bohr"})
+    grid_padding: float = field(default=DEFAULT_PADDING_BOHR, metadata={"help": "cube grid padding, bohr"})
+    esp_mode: str = field(default="full", metadata={
+        "help": "full: exact ESP at every grid point; band: exact only near the ED isosurface (faster on CPU)"})
+    esp_band: tuple[float, float] = field(default=(0.01, 0.25), metadata={
+        "help": "band mode: ED range (e/bohr^3) whose grid cells get the exact ESP"})
+    iso_value: float = field(default=0.05, metadata={"help": "ED isosurface the renderer draws, e/bohr^3"})
+    chunk_points: int = field(default=0, metadata={
+        "help": "grid points per ESP integral batch (0 = from max_memory_mb)"})
+    field_dtype: str = field(default="float16", metadata={"help": "float16 or float32 grids in the output files"})
+    save_cubes: bool = field(default=False, metadata={"help": "also write Gaussian cube files of ED and ESP"})
+    verbose: int = field(default=0, metadata={"help": "PySCF verbosity"})
+
+    def __post_init__(self):
+        from edg_core.config import ConfigError
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"dft.backend {self.backend!r}: use one of {BACKENDS}")
+        if self.esp_mode not in ESP_MODES:
+            raise ConfigError(f"dft.esp_mode {self.esp_mode!r}: use one of {ESP_MODES}")
+        if self.field_dtype not in ("float16", "float32"):
+            raise ConfigError(f"dft.field_dtype {self.field_dtype!r}: use float16 or float32")
+        lo, hi = (float(x) for x in self.esp_band)
+        if not 0 < lo < self.iso_value < hi:
+            raise ConfigError(f"dft.esp_band {self.esp_band}: need 0 < low < iso_value ({self.iso_value}) < high")
+        if self.grid_spacing <= 0 or self.grid_padding < 0:
+            raise ConfigError("dft.grid_spacing must be > 0 and dft.grid_padding >= 0 (bohr)")
+        self.esp_band = (lo, hi)
+
+    def basis_for(self, z) -> str:
+        """The basis for a molecule with atomic numbers ``z``: the diffuse one when sulfur (Z=16) is present."""
+        return self.basis_sulfur if 16 in set(int(x) for x in z) else self.basis

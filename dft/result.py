@@ -1,0 +1,87 @@
+"""``DFTResult``: what the DFT stage produces for one molecule, and its per-molecule ``.npz`` file.
+
+File ``<out>/fields/<key>.npz`` (written atomically) holds ``meta`` (a JSON string with every scalar),
+``z`` (N,), ``pos`` (N, 3) Å, ``dipole`` (3,) Debye and, when fields were computed, ``ed`` and ``esp``
+(float16 or float32, shape = grid shape) with ``grid_origin``/``grid_spacing``/``grid_shape`` (bohr).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edg_core.errors import InvalidRecord
+from edg_core.grid import CubeGrid
+from edg_core.io import atomic_path
+
+from .backend import to_numpy
+
+RESULT_VERSION = 1
+
+
+@dataclass
+class DFTResult:
+    """One molecule's DFT outputs. Energies in Hartree, HOMO/LUMO in Hartree, dipole in Debye,
+    ED in e/bohr^3 and ESP in Hartree/e on ``grid`` (bohr); ``ed``/``esp`` may be CuPy arrays on GPU."""
+    id: str
+    energies: dict[str, float]
+    homo: float
+    lumo: float
+    dipole: np.ndarray
+    converged: bool
+    wall_s: float
+    z: np.ndarray
+    pos: np.ndarray  # Å
+    charge: int = 0
+    multiplicity: int = 1
+    method: str = ""  # e.g. "RKS B3LYP/6-31g** (cpu)"
+    attempts: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    grid: CubeGrid | None = None
+    ed: object = None
+    esp: object = None
+    esp_exact_fraction: float = 1.0
+
+    def scalars(self) -> dict:
+        """Every scalar as a JSON-friendly dict (the ``meta`` of the file)."""
+        return {"version": RESULT_VERSION, "id": self.id, "energies": self.energies, "homo": self.homo,
+                "lumo": self.lumo, "converged": self.converged, "wall_s": self.wall_s, "charge": self.charge,
+                "multiplicity": self.multiplicity, "method": self.method, "attempts": self.attempts,
+                "timings": self.timings, "esp_exact_fraction": self.esp_exact_fraction,
+                "grid": self.grid.to_dict() if self.grid is not None else None}
+
+
+def save_result(path: str | Path, r: DFTResult, dtype: str = "float16") -> None:
+    """Write ``r`` to ``path`` (.npz) atomically; fields are stored as ``dtype`` (float16 or float32)."""
+    arrays = {"meta": np.array(json.dumps(r.scalars())), "z": np.asarray(r.z, np.int64),
+              "pos": np.asarray(r.pos, np.float64), "dipole": np.asarray(r.dipole, np.float64)}
+    for name in ("ed", "esp"):
+        a = getattr(r, name)
+        if a is not None:
+            arrays[name] = to_numpy(a).astype(dtype)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def load_result(path: str | Path) -> DFTResult:
+    """Read a file written by ``save_result``; fields come back as float32 numpy arrays."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            meta = json.loads(str(f["meta"]))
+            ed = f["ed"].astype(np.float32) if "ed" in f else None
+            esp = f["esp"].astype(np.float32) if "esp" in f else None
+            z, pos, dipole = f["z"], f["pos"], f["dipole"]
+    except (OSError, KeyError, ValueError) as e:
+        raise InvalidRecord(str(path), f"not a readable DFT result file ({type(e).__name__}: {e})") from None
+    if meta.get("version") != RESULT_VERSION:
+        raise InvalidRecord(str(path), f"result version {meta.get('version')} != {RESULT_VERSION}")
+    grid = CubeGrid.from_dict(meta["grid"]) if meta.get("grid") else None
+    return DFTResult(id=meta["id"], energies=meta["energies"], homo=meta["homo"], lumo=meta["lumo"],
+                     dipole=dipole, converged=meta["converged"], wall_s=meta["wall_s"], z=z, pos=pos,
+                     charge=meta["charge"], multiplicity=meta["multiplicity"], method=meta["method"],
+                     attempts=meta["attempts"], timings=meta["timings"], grid=grid, ed=ed, esp=esp,
+                     esp_exact_fraction=meta["esp_exact_fraction"])

@@ -1,0 +1,212 @@
+"""``DFTWorker``: one molecule in, one result file out; failures go to a manifest and the run goes on.
+
+A plain class (no Ray): the CLI runs it in-process with ``--workers 0`` and ``cluster/pool.py`` wraps it in
+Ray actors. Output folder layout::
+
+    <out>/fields/<key>.npz      one DFTResult per molecule (``load_result``), key = sample_key(mol.id)
+    <out>/cubes/<key>.ed.cube   optional Gaussian cubes (``save_cubes``)
+    <out>/failures.jsonl        {record, key, stage, reason} per failed molecule
+
+Reruns skip molecules whose file exists, and (unless ``retry_failed``) those already in the manifest.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edg_core.errors import InvalidRecord
+from edg_core.grid import grid_for_positions
+from edg_core.io import append_jsonl, progress, read_jsonl
+from edg_core.molecule import Molecule
+from edg_core.shards import sample_key
+
+from . import fields
+from .backend import is_out_of_memory, resolve_backend, to_numpy
+from .config import DFTConfig
+from .cube import write_cube
+from .result import DFTResult, load_result, save_result
+from .scf import SCFTimeout, dipole_debye, energy_components, frontier_orbitals, run_scf
+
+__all__ = ["DFTWorker", "RunSummary", "load_result", "done_keys", "failed_keys", "result_path"]
+
+log = logging.getLogger(__name__)
+STAGE = "dft"
+
+
+class SCFNotConverged(RuntimeError):
+    pass
+
+
+def result_path(out: str | Path, key: str) -> Path:
+    return Path(out) / "fields" / f"{key}.npz"
+
+
+def done_keys(out: str | Path) -> set[str]:
+    """Keys with a finished result file in ``out``."""
+    d = Path(out) / "fields"
+    return {p.name[:-4] for p in d.glob("*.npz")} if d.exists() else set()
+
+
+def failed_keys(out: str | Path) -> set[str]:
+    """Keys recorded as failed by this stage in ``<out>/failures.jsonl``."""
+    return {e["key"] for e in read_jsonl(Path(out) / "failures.jsonl") if e.get("stage") == STAGE and "key" in e}
+
+
+@dataclass
+class RunSummary:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    wall_s: float = 0.0
+    failures_path: str = ""
+
+    @property
+    def mol_per_s(self) -> float:
+        return self.done / self.wall_s if self.wall_s > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"done {self.done}, skipped {self.skipped}, failed {self.failed} in {self.wall_s:.1f} s "
+                f"({self.mol_per_s:.3f} mol/s)")
+
+
+class DFTWorker:
+    """Runs DFT (+ ED/ESP fields) for one molecule at a time with a fixed ``DFTConfig``.
+
+    ``out`` is the output folder (None: compute only, nothing written). ``keep_on_gpu`` leaves ED/ESP as
+    CuPy arrays in the returned ``DFTResult`` (hand them to torch with ``dft.handoff.cupy_to_torch``).
+    """
+
+    def __init__(self, cfg: DFTConfig | None = None, out: str | Path | None = None, keep_on_gpu: bool = False):
+        self.cfg = cfg or DFTConfig()
+        self.backend = resolve_backend(self.cfg.backend)
+        self.out = Path(out) if out is not None else None
+        self.keep_on_gpu = keep_on_gpu and self.backend == "gpu"
+
+    # ------------------------------------------------------------ pure computation
+    def compute(self, mol: Molecule) -> DFTResult:
+        """SCF + labels + fields for ``mol``; raises on failure (``SCFNotConverged``, ``SCFTimeout``, ...)."""
+        cfg, t0 = self.cfg, time.monotonic()
+        out = run_scf(mol, cfg, self.backend)
+        if not out.converged:
+            raise SCFNotConverged(f"SCF not converged after attempts {out.attempts} "
+                                  f"(last E = {float(out.mf.e_tot):.8f} Eh)")
+        timings = {"scf_s": out.wall_s}
+        energies = energy_components(out)
+        homo, lumo = frontier_orbitals(out)
+        kind = "RKS" if out.mol.spin == 0 else "UKS"
+        r = DFTResult(id=mol.id, energies=energies, homo=homo, lumo=lumo, dipole=dipole_debye(out),
+                      converged=True, wall_s=0.0, z=mol.z, pos=mol.pos, charge=mol.charge,
+                      multiplicity=mol.multiplicity, attempts=out.attempts,
+                      method=f"{kind} {cfg.xc}/{out.mol.basis} ({self.backend})")
+        if cfg.fields:
+            self._fields(mol, out, r, timings)
+        r.timings = timings
+        r.wall_s = time.monotonic() - t0
+        return r
+
+    def _fields(self, mol: Molecule, out, r: DFTResult, timings: dict) -> None:
+        cfg = self.cfg
+        grid = grid_for_positions(mol.pos, cfg.grid_spacing, cfg.grid_padding)
+        pts = fields.grid_points(grid, self.backend)
+        dm = out.dm
+        t = time.monotonic()
+        ed = fields.density(out.mol, dm, pts, self.backend).reshape(grid.shape)
+        timings["ed_s"] = time.monotonic() - t
+        t = time.monotonic()
+        if cfg.esp_mode == "band" and self.backend == "cpu":
+            from .esp_band import esp_band_cpu
+            esp, exact = esp_band_cpu(out.mol, dm, pts, ed, cfg.iso_value, cfg.esp_band, cfg.chunk_points,
+                                      cfg.max_memory_mb)
+            r.esp_exact_fraction = float(exact.mean())
+        else:  # the GPU evaluates the full grid in a fraction of a second: no band needed
+            esp = fields.esp(out.mol, dm, pts, self.backend, cfg.chunk_points, cfg.max_memory_mb)
+        timings["esp_s"] = time.monotonic() - t
+        esp = esp.reshape(grid.shape)
+        if not self.keep_on_gpu:
+            ed, esp = to_numpy(ed), to_numpy(esp)
+        r.grid, r.ed, r.esp = grid, ed, esp
+
+    # ------------------------------------------------------------ one molecule with bookkeeping
+    def _fail(self, record: str, key: str, reason: str, stage: str = STAGE) -> dict:
+        log.warning("%s: %s failed: %s", record, stage, reason)
+        if self.out is not None:
+            append_jsonl(self.out / "failures.jsonl", {"record": record, "key": key, "stage": stage,
+                                                       "reason": reason, "time": time.time()})
+        return {"key": key, "id": record, "status": "failed", "reason": reason}
+
+    def process(self, mol: Molecule | InvalidRecord) -> dict:
+        """Compute and write one molecule; never raises for a bad molecule. Returns a small status dict
+        ``{key, id, status: done|failed, reason?, wall_s?}`` (and the ``DFTResult`` under ``result`` when
+        ``out`` is None)."""
+        if isinstance(mol, InvalidRecord):
+            return self._fail(mol.record, sample_key(mol.record), mol.problem, stage="read")
+        key = sample_key(mol.id)
+        try:
+            r = self.compute(mol)
+        except InvalidRecord as e:
+            return self._fail(mol.id, key, f"invalid input: {e.problem}")
+        except SCFNotConverged as e:
+            return self._fail(mol.id, key, f"not converged: {e}")
+        except SCFTimeout:
+            return self._fail(mol.id, key, f"timeout: SCF ran past {self.cfg.timeout_s} s")
+        except Exception as e:  # one bad molecule never stops the run
+            if is_out_of_memory(e):
+                return self._fail(mol.id, key, f"out of memory ({type(e).__name__})")
+            log.debug("%s: unexpected DFT error", mol.id, exc_info=True)
+            return self._fail(mol.id, key, f"error: {type(e).__name__}: {e}")
+        status = {"key": key, "id": mol.id, "status": "done", "wall_s": r.wall_s, "E6": r.energies["E6"]}
+        if self.out is None:
+            status["result"] = r
+            return status
+        self.write(key, r)
+        return status
+
+    def write(self, key: str, r: DFTResult) -> Path:
+        """Write the result file (and cubes when configured); returns the result path."""
+        path = result_path(self.out, key)
+        if self.cfg.save_cubes and r.ed is not None:
+            cubes = self.out / "cubes"
+            write_cube(cubes / f"{key}.ed.cube", r.grid, r.ed, r.z, r.pos, f"{r.id} electron density e/bohr^3")
+            write_cube(cubes / f"{key}.esp.cube", r.grid, r.esp, r.z, r.pos, f"{r.id} ESP Hartree/e")
+        save_result(path, r, self.cfg.field_dtype)
+        return path
+
+    __call__ = process
+
+    # ------------------------------------------------------------ in-process loop (no Ray)
+    def run(self, records: Iterable[Molecule | InvalidRecord], total: int | None = None,
+            retry_failed: bool = False) -> RunSummary:
+        """Process every record not finished yet (and not failed before, unless ``retry_failed``)."""
+        if self.out is None:
+            raise ValueError("DFTWorker.run needs an output folder")
+        skip = done_keys(self.out) | (set() if retry_failed else failed_keys(self.out))
+        s = RunSummary(failures_path=str(self.out / "failures.jsonl"))
+        t0 = time.monotonic()
+        for rec in progress(records, f"dft ({self.backend})", total=total):
+            key = sample_key(rec.record if isinstance(rec, InvalidRecord) else rec.id)
+            if key in skip:
+                s.skipped += 1
+                continue
+            st = self.process(rec)
+            if st["status"] == "done":
+                s.done += 1
+            else:
+                s.failed += 1
+        s.wall_s = time.monotonic() - t0
+        return s
+
+
+def energies_table(out: str | Path) -> dict[str, np.ndarray]:
+    """All finished results of ``out`` as columns: id, E1..E6, homo, lumo (Hartree), converged."""
+    rows = [load_result(p) for p in sorted((Path(out) / "fields").glob("*.npz"))]
+    cols = {"id": np.array([r.id for r in rows])}
+    for k in ("E1", "E2", "E3", "E4", "E5", "E6"):
+        cols[k] = np.array([r.energies[k] for r in rows])
+    cols["homo"] = np.array([r.homo for r in rows])
+    cols["lumo"] = np.array([r.lumo for r in rows])
+    return cols
