@@ -290,5 +290,51 @@ def save_reconstruction_png(model: ImageED, imgs: torch.Tensor, path, seed: int 
         Image.fromarray(to_uint8(grid)).save(tmp, format="PNG")
 
 
+
+
+def imageed_state(model: ImageED) -> dict:
+    from dataclasses import asdict
+    return {"imageed_config": asdict(model.cfg), "model": model.state_dict()}
+
+
+def load_imageed(path, map_location="cpu") -> ImageED:
+    """An ImageED (eval mode) from ``imageed.pt`` or a training checkpoint (or a run folder holding one)."""
+    from pathlib import Path
+
+    from edg_core.config import from_dict
+    from edg_core.errors import EDGError
+    path = Path(path)
+    if path.is_dir():
+        path = path / "imageed.pt" if (path / "imageed.pt").exists() else path / "checkpoint" / "checkpoint.pt"
+    if not path.exists():
+        raise EDGError(f"ImageED checkpoint {path} does not exist")
+    ck = torch.load(path, map_location=map_location, weights_only=False)
+    if "imageed_config" not in ck:
+        raise EDGError(f"{path}: not an ImageED checkpoint (keys {sorted(ck)[:8]})")
+    model = ImageED(from_dict(ImageEDConfig, ck["imageed_config"], where=f"{path}:imageed_config"))
+    model.load_state_dict(ck["model"])
+    return model.eval()
+
+
+def extract_features(model: ImageED, shards, out, batch_size: int = 64, device=None, bf16: bool = True,
+                     drop_images: bool = False) -> dict:
+    """Write F_U (``fu.npy``, (embed_dim,) float32) for every sample with ED images: into a copy of the
+    shards (folder ``out``) or a ``.npz`` (``ids``, ``fu``). Resumable for shard output; returns counts."""
+    import contextlib
+
+    from .data import annotate_shards
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(device).eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" \
+        else contextlib.nullcontext()
+
+    def compute(imgs):
+        with autocast:
+            return {"fu": model.features(imgs.to(device))}
+    return annotate_shards(shards, out, "edimg", compute, batch_size=batch_size, drop_images=drop_images,
+                           desc="ImageED features")
+
+
 __all__ = ["ImageEDConfig", "ImageED", "IMAGEED_PRESETS", "imageed_preset", "sincos_pos_embed_2d",
-           "normalise_views", "n_params", "save_reconstruction_png"]
+           "normalise_views", "n_params", "save_reconstruction_png", "imageed_state", "load_imageed",
+           "extract_features"]
