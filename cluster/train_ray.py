@@ -1,0 +1,77 @@
+"""Ray Train launcher for the pretraining loops in ``train/pretrain.py``.
+
+``run_pretraining("imageed" | "teacher", cfg, shards, out_dir, ...)`` starts a ``TorchTrainer`` with
+``num_workers`` ranks (one GPU each with ``use_gpu``); Ray sets up ``torch.distributed`` and every rank runs
+the plain loop, which wraps the model in DDP and splits the shards by rank. Each epoch's metrics and rank 0's
+checkpoint folder go to ``ray.train.report`` (visible in the Ray dashboard, kept under
+``storage_path/name``). When a worker dies, Ray restarts the group up to ``max_failures`` times and the loop
+resumes from the last reported checkpoint. ``out_dir`` and ``shards`` must be reachable from every worker
+(one machine, or a shared file system).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+STAGES = ("imageed", "teacher")
+
+
+def _train_loop_per_worker(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    from edg_core.config import from_dict
+    from train import pretrain
+
+    stage = config["stage"]
+    cls = pretrain.ImageEDTrainConfig if stage == "imageed" else pretrain.TeacherTrainConfig
+    cfg = from_dict(cls, config["cfg"], where=f"{stage} config")
+    resume_from = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        local = Path(ckpt.to_directory()) / "checkpoint.pt"  # a restart after a failure
+        if local.exists():
+            resume_from = local
+
+    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    fit = pretrain.train_imageed if stage == "imageed" else pretrain.train_teacher
+    fit(cfg, config["shards"], config["out_dir"], report=report, device=ray.train.torch.get_device(),
+        resume_from=resume_from)
+
+
+def _plain(v):
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+def run_pretraining(stage: str, cfg, shards, out_dir, *, num_workers: int = 1, use_gpu: bool = False,
+                    max_failures: int = 0, storage_path: str | os.PathLike | None = None, name: str | None = None,
+                    cpus_per_worker: float = 1.0):
+    """Train ``stage`` with Ray Train; returns the ``ray.train.Result`` (``.metrics``: last epoch,
+    ``.checkpoint``: last checkpoint). Call inside a connected Ray runtime (``cluster.runtime.ray_session``)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    if stage not in STAGES:
+        raise ValueError(f"unknown pretraining stage {stage!r}; use one of {STAGES}")
+    out_dir = Path(out_dir).resolve()
+    shards = [str(Path(p).resolve()) for p in shards] if isinstance(shards, (list, tuple)) else \
+        str(Path(shards).resolve()) if Path(str(shards)).exists() else str(shards)
+    storage = Path(storage_path).resolve() if storage_path else out_dir / "ray"
+    trainer = TorchTrainer(
+        _train_loop_per_worker,
+        train_loop_config={"stage": stage, "cfg": _plain(dataclasses.asdict(cfg)), "shards": shards,
+                           "out_dir": str(out_dir)},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=RunConfig(name=name or f"edg-{stage}", storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    )
+    return trainer.fit()
