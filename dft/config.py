@@ -32,6 +32,8 @@ class DFTConfig:
         "help": "full: exact ESP at every grid point; band: exact only near the ED isosurface (faster on CPU)"})
     esp_band: tuple[float, float] = field(default=(0.01, 0.25), metadata={
         "help": "band mode: ED range (e/bohr^3) whose grid cells get the exact ESP"})
+    esp_stride: int = field(default=3, metadata={
+        "help": "band mode: exact ESP also on every n-th grid point per axis, interpolated in between"})
     iso_value: float = field(default=0.05, metadata={"help": "ED isosurface the renderer draws, e/bohr^3"})
     chunk_points: int = field(default=0, metadata={
         "help": "grid points per ESP integral batch (0 = from max_memory_mb)"})
@@ -50,6 +52,8 @@ class DFTConfig:
         lo, hi = (float(x) for x in self.esp_band)
         if not 0 < lo < self.iso_value < hi:
             raise ConfigError(f"dft.esp_band {self.esp_band}: need 0 < low < iso_value ({self.iso_value}) < high")
+        if self.esp_stride < 1:
+            raise ConfigError(f"dft.esp_stride {self.esp_stride}: must be >= 1")
         if self.grid_spacing <= 0 or self.grid_padding < 0:
             raise ConfigError("dft.grid_spacing must be > 0 and dft.grid_padding >= 0 (bohr)")
         self.esp_band = (lo, hi)

@@ -1,20 +1,20 @@
-"""Fast CPU ESP: exact values only near the ED isosurface, a fitted point-charge model elsewhere.
+"""Fast CPU ESP: exact values near the ED isosurface, interpolated from a coarse exact grid elsewhere.
 
 The renderer colours the ED isosurface (rho = 0.05 e/bohr^3) by the ESP interpolated from the grid, so it
 reads the ESP only at the corners of grid cells the isosurface passes through. ``band_mask`` marks those
 corners plus every point whose density lies in a band around the isovalue; the exact ESP (the expensive
-``int1e_grids`` integrals) is evaluated there only. All other points get the potential of atomic point
-charges fitted by least squares to the exact band values (total charge constrained, as in ESP-charge
-fitting), which is smooth, finite and cheap: (points x atoms) operations.
+``int1e_grids`` integrals) is evaluated there and on a coarse sub-grid (every ``stride``-th point along each
+axis, plus the last plane). At all other points the ESP minus the short-range part of the nuclear
+potential (sum_A Z_A erfc(r_A/sigma)/r_A, which holds the 1/r singularities and vanishes outside the
+molecule) is interpolated trilinearly from the coarse exact values, and that short-range part, cheap to
+evaluate exactly (points x atoms), is added back. Outside the molecule this interpolates the small, smooth
+ESP itself; inside it interpolates a function without singularities.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .fields import electronic_potential_cpu, nuclear_potential
-
-MIN_MODEL_DISTANCE_BOHR = 0.5
-"""The point-charge model uses max(|r - R_A|, this): points that deep inside an atom are never rendered."""
+from .fields import NUCLEUS_CUTOFF_BOHR, electronic_potential_cpu, nuclear_potential
 
 
 def _cell_extrema(ed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -41,49 +41,49 @@ def band_mask(ed: np.ndarray, iso: float = 0.05, band: tuple[float, float] = (0.
     return mask
 
 
-def fit_point_charges(r_atoms: np.ndarray, points: np.ndarray, values: np.ndarray,
-                      total_charge: float) -> np.ndarray:
-    """Atomic charges q (natm,) minimising sum_p (sum_A q_A/|r_p - R_A| - V_p)^2 subject to sum q = total.
-
-    ``r_atoms`` (natm, 3) and ``points`` (npts, 3) in bohr; ``values`` (npts,) Hartree/e.
-    """
-    a = 1.0 / np.maximum(np.linalg.norm(points[:, None, :] - r_atoms[None, :, :], axis=-1),
-                         MIN_MODEL_DISTANCE_BOHR)
-    n = r_atoms.shape[0]
-    kkt = np.zeros((n + 1, n + 1))
-    kkt[:n, :n] = a.T @ a
-    kkt[:n, n] = kkt[n, :n] = 1.0
-    rhs = np.concatenate([a.T @ values, [total_charge]])
-    return np.linalg.lstsq(kkt, rhs, rcond=None)[0][:n]
-
-
-def point_charge_potential(r_atoms: np.ndarray, q: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """sum_A q_A / max(|r - R_A|, MIN_MODEL_DISTANCE_BOHR) at ``points`` (npts, 3) bohr -> (npts,)."""
-    out = np.empty(points.shape[0])
-    for s in range(0, points.shape[0], 32768):
-        d = np.linalg.norm(points[s:s + 32768, None, :] - r_atoms[None, :, :], axis=-1)
-        out[s:s + 32768] = (q[None, :] / np.maximum(d, MIN_MODEL_DISTANCE_BOHR)).sum(axis=1)
-    return out
+def coarse_axes(shape: tuple[int, int, int], stride: int) -> list[np.ndarray]:
+    """Indices of the coarse sub-grid along each axis: every ``stride``-th index and always the last one."""
+    return [np.unique(np.append(np.arange(0, n, stride), n - 1)) for n in shape]
 
 
 def esp_band_cpu(pmol, dm: np.ndarray, points: np.ndarray, ed: np.ndarray, iso: float = 0.05,
-                 band: tuple[float, float] = (0.01, 0.25), chunk: int = 0,
+                 band: tuple[float, float] = (0.01, 0.25), stride: int = 3, sigma: float = 1.0, chunk: int = 0,
                  max_memory_mb: int = 4000) -> tuple[np.ndarray, np.ndarray]:
-    """ESP on a cube grid, exact inside ``band_mask`` and point-charge-modelled outside.
+    """ESP on a cube grid, exact inside ``band_mask`` and on a coarse sub-grid, interpolated elsewhere.
 
     ``points`` (npts, 3) bohr in cube order and ``ed`` (nx, ny, nz) the density on the same grid.
-    Returns (esp (npts,) Hartree/e, mask (npts,) bool: True where the value is exact).
+    Returns (esp (npts,) Hartree/e, exact (npts,) bool: True where the value was computed exactly).
     """
+    from scipy.interpolate import RegularGridInterpolator
     ed = np.asarray(ed)
     if ed.ndim != 3 or ed.size != points.shape[0]:
-        raise ValueError(f"esp_band_cpu needs the density as a 3-D grid of {points.shape[0]} points, got {ed.shape}")
-    mask = band_mask(ed, iso, band).reshape(-1)
-    exact_pts = points[mask]
-    exact = nuclear_potential(pmol, exact_pts) - electronic_potential_cpu(pmol, dm, exact_pts, chunk,
-                                                                          max_memory_mb)
-    r_atoms = pmol.atom_coords(unit="Bohr")
-    q = fit_point_charges(r_atoms, exact_pts, exact, float(pmol.charge))
+        raise ValueError(f"esp_band_cpu needs the density as a 3-D grid of {points.shape[0]} points, "
+                         f"got shape {ed.shape}")
+    shape = ed.shape
+    band_pts = band_mask(ed, iso, band)
+    axes = coarse_axes(shape, stride)
+    coarse = np.zeros(shape, dtype=bool)
+    coarse[np.ix_(*axes)] = True
+    exact = (band_pts | coarse).reshape(-1)
+    sel = points[exact]
+    values = np.full(points.shape[0], np.nan)
+    values[exact] = nuclear_potential(pmol, sel) - electronic_potential_cpu(pmol, dm, sel, chunk, max_memory_mb)
+    short = short_range_nuclear(pmol, points, sigma)
+    smooth = values - short
+    pts3 = points.reshape(*shape, 3)
+    axis_coords = [pts3[:, 0, 0, 0][axes[0]], pts3[0, :, 0, 1][axes[1]], pts3[0, 0, :, 2][axes[2]]]
+    interp = RegularGridInterpolator(axis_coords, smooth.reshape(shape)[np.ix_(*axes)], method="linear")
+    values[~exact] = interp(points[~exact]) + short[~exact]
+    return values, exact
+
+
+def short_range_nuclear(pmol, points: np.ndarray, sigma: float) -> np.ndarray:
+    """sum_A Z_A erfc(r_A/sigma)/r_A: the nuclear singularities alone, negligible beyond ~3 sigma (bohr)."""
+    from scipy.special import erfc
+    r_nuc = pmol.atom_coords(unit="Bohr")
+    z = pmol.atom_charges().astype(np.float64)
     out = np.empty(points.shape[0])
-    out[mask] = exact
-    out[~mask] = point_charge_potential(r_atoms, q, points[~mask])
-    return out, mask
+    for s in range(0, points.shape[0], 32768):
+        d = np.maximum(np.linalg.norm(points[s:s + 32768, None, :] - r_nuc[None], axis=-1), NUCLEUS_CUTOFF_BOHR)
+        out[s:s + 32768] = (z * erfc(d / sigma) / d).sum(axis=1)
+    return out
