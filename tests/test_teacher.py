@@ -1,0 +1,145 @@
+"""Teacher: F_S pooling, ED predictor, masked L1, augmentations, checkpoints, target export."""
+import numpy as np
+import pytest
+import torch
+
+from edg_core.errors import EDGError
+from edg_core.shards import read_samples
+from train.data import ShardImages, image_loader, write_synthetic_shards
+from train.imageed import ImageED, extract_features, imageed_preset
+from train.teacher import (
+    TEACHER_PRESETS,
+    EDPredictor,
+    Teacher,
+    TeacherConfig,
+    augment_structure_images,
+    export_targets,
+    load_ed_predictor,
+    load_teacher,
+    teacher_loss,
+    teacher_state,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    return Teacher(TEACHER_PRESETS["tiny"]).eval()
+
+
+@pytest.fixture(scope="module")
+def shards_with_fu(tmp_path_factory):
+    """12 synthetic molecules in 2 shards (img/), and their F_U from a random tiny ImageED (fu.npz, fu/)."""
+    root = tmp_path_factory.mktemp("teacher")
+    write_synthetic_shards(root / "img", size=32, maxcount=6, limit=12)
+    torch.manual_seed(0)
+    extract_features(ImageED(imageed_preset("tiny")), root / "img", root / "fu.npz", batch_size=5)
+    extract_features(ImageED(imageed_preset("tiny")), root / "img", root / "fu", batch_size=5)
+    return root
+
+
+def test_structure_features_are_view_means(teacher):
+    x = torch.rand(3, 4, 3, 32, 32)
+    fs, edp = teacher(x)
+    assert fs.shape == (3, 512) and edp.shape == (3, 64)
+    with torch.no_grad():
+        per_view = teacher.backbone(((x - teacher.mean[None]) / teacher.std[None]).flatten(0, 1)).view(3, 4, 512)
+    torch.testing.assert_close(fs, per_view.mean(1))
+    torch.testing.assert_close(edp, teacher.ed_predictor(fs))
+    # the order of the views does not matter (mean pooling)
+    torch.testing.assert_close(teacher(x[:, [3, 1, 0, 2]])[0], fs, atol=1e-5, rtol=1e-5)
+
+
+def test_paper_teacher_shapes():
+    t = Teacher(TeacherConfig())
+    assert t.fs_dim == 512
+    layers = list(t.ed_predictor)
+    assert [type(m).__name__ for m in layers] == ["Linear", "Softplus", "Linear"]
+    assert (layers[0].in_features, layers[0].out_features, layers[2].out_features) == (512, 256, 768)
+
+
+def test_loss_masks_molecules_without_fu():
+    edp = torch.tensor([[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]])
+    fu = torch.tensor([[0.0, 0.0], [9.0, 9.0], [1.0, 1.0]])
+    has = torch.tensor([True, False, True])
+    # molecule 0: mean |.| = 1.5, molecule 2: (2 + 2) / 2 = 2; molecule 1 ignored
+    assert teacher_loss(edp, fu, has).item() == pytest.approx(1.75)
+    assert teacher_loss(edp, fu, torch.zeros(3, dtype=torch.bool)).item() == 0.0
+
+
+def test_augmentations():
+    x = torch.rand(6, 4, 3, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(augment_structure_images(x, TeacherConfig(aug_p=0.0), g), x)
+    y = augment_structure_images(x, TeacherConfig(aug_p=1.0), g)
+    assert y.shape == x.shape and (y - x).abs().mean() > 0.05
+    assert 0 <= y.min() and y.max() <= 1
+    flat = torch.full((2, 4, 3, 32, 32), 0.7)  # a flat image stays flat under crop/rotation/blur
+    torch.testing.assert_close(augment_structure_images(flat, TeacherConfig(aug_p=1.0), g), flat)
+    crop_only = TeacherConfig(aug_p=1.0, max_rotation_deg=0.0, blur_sigma=(1e-3, 1e-3))
+    img = torch.zeros(1, 4, 3, 32, 32)
+    img[..., 15:17, 15:17] = 1.0  # a centre dot grows when zoomed in
+    assert (augment_structure_images(img, crop_only, g) > 0.1).sum() > (img > 0.1).sum()
+
+
+def test_ed_predictor_loads_alone(teacher, tmp_path):
+    torch.save(teacher_state(teacher), tmp_path / "teacher.pt")
+    edp = load_ed_predictor(tmp_path / "teacher.pt")
+    assert isinstance(edp, EDPredictor) and not edp.training
+    assert not any(p.requires_grad for p in edp.parameters())
+    fs = torch.randn(5, 512)
+    torch.testing.assert_close(edp(fs), teacher.ed_predictor(fs))
+    t2 = load_teacher(tmp_path)
+    x = torch.rand(2, 4, 3, 32, 32)
+    torch.testing.assert_close(t2(x)[1], teacher(x)[1])
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(EDGError, match="not a teacher checkpoint"):
+        load_ed_predictor(tmp_path / "other.pt")
+
+
+def test_backbone_checkpoint_is_loaded(tmp_path):
+    import timm
+    src = timm.create_model("resnet10t", pretrained=False, num_classes=10)
+    torch.save(src.state_dict(), tmp_path / "r10t.pth")
+    t = Teacher(TeacherConfig(arch="resnet10t", backbone_checkpoint=str(tmp_path / "r10t.pth"), fu_dim=8))
+    torch.testing.assert_close(t.backbone.conv1[0].weight, src.conv1[0].weight)
+    with pytest.raises(EDGError, match="does not exist"):
+        Teacher(TeacherConfig(arch="resnet10t", backbone_checkpoint=str(tmp_path / "missing.pth")))
+
+
+def test_teacher_batches_mark_missing_fu(shards_with_fu):
+    fu = np.load(shards_with_fu / "fu.npz")
+    assert fu["fu"].shape == (12, 64) and list(fu["ids"][:2]) == ["qm9:1", "qm9:2"]
+    ds = ShardImages(shards_with_fu / "fu", "teacher", img_size=32, n_views=4, fu_dim=64)
+    batch = next(iter(image_loader(ds, 12)))
+    assert batch["has_fu"].all() and batch["stimg"].shape == (12, 4, 3, 32, 32)
+    ds = ShardImages(shards_with_fu / "img", "teacher", img_size=32, n_views=4, fu_dim=64)
+    batch = next(iter(image_loader(ds, 12)))
+    assert not batch["has_fu"].any() and not batch["fu"].any()
+
+
+def test_exported_targets_shapes_and_determinism(teacher, shards_with_fu, tmp_path):
+    a = export_targets(teacher, shards_with_fu / "fu", tmp_path / "t.npz", batch_size=5)
+    b = export_targets(teacher, shards_with_fu / "fu", tmp_path / "t2.npz", batch_size=12)
+    assert a["computed"] == b["computed"] == 12
+    za, zb = np.load(tmp_path / "t.npz"), np.load(tmp_path / "t2.npz")
+    assert za["fs"].shape == (12, 512) and za["edp"].shape == (12, 64) and za["ids"].shape == (12,)
+    np.testing.assert_allclose(za["fs"], zb["fs"], rtol=1e-5, atol=1e-6)  # batch size does not matter
+    np.testing.assert_allclose(za["edp"], zb["edp"], rtol=1e-5, atol=1e-6)
+    # shard output: same values, images dropped on request, and a rerun skips what is done
+    s = export_targets(teacher, shards_with_fu / "fu", tmp_path / "tshards", batch_size=5, drop_images=True)
+    assert s["computed"] == 12
+    samples = list(read_samples(tmp_path / "tshards"))
+    assert [d["meta"]["id"] for d in samples] == list(za["ids"])
+    assert "stimg" not in samples[0] and "edimg" not in samples[0] and samples[0]["fu"].shape == (64,)
+    np.testing.assert_allclose(np.stack([d["edp"].numpy() for d in samples]), za["edp"], rtol=1e-6)
+    again = export_targets(teacher, shards_with_fu / "fu", tmp_path / "tshards", batch_size=5)
+    assert again == {"computed": 0, "without_images": 0, "skipped_done": 12}
