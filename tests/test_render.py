@@ -1,0 +1,174 @@
+"""Torch renderer: geometry against analytic answers, view conventions, colours, gradients, batching."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from edg_core.grid import CubeGrid
+from edg_core.readers import open_source
+from edg_core.units import ANGSTROM_IN_BOHR
+from render import RenderConfig, Renderer, render_ed, render_structure
+from render.camera import view_rotation
+from render.colors import esp_ramp
+from render.structure import find_bonds
+
+
+def gaussian_fields(n=41, spacing=0.4, height=0.5, sigma=1.5, center=(0.0, 0.0, 0.0), dtype=torch.float64):
+    """A spherical Gaussian ED (e/bohr^3) and an ESP linear in x, centred at ``center`` (Å)."""
+    c = np.asarray(center) * ANGSTROM_IN_BOHR
+    grid = CubeGrid(tuple((c - (n - 1) / 2 * spacing).tolist()), (spacing,) * 3, (n,) * 3)
+    pts = torch.tensor(grid.points(), dtype=dtype).view(n, n, n, 3) - torch.tensor(c, dtype=dtype)
+    ed = height * torch.exp(-(pts ** 2).sum(-1) / (2 * sigma ** 2))
+    esp = 0.02 * pts[..., 0]
+    return ed, esp, grid
+
+
+def test_gaussian_sphere_disc_and_depth():
+    height, sigma, iso = 0.5, 1.5, 0.05
+    r0 = sigma * math.sqrt(2 * math.log(height / iso)) / ANGSTROM_IN_BOHR  # isosurface radius, Å
+    ed, esp, grid = gaussian_fields(height=height, sigma=sigma)
+    size = 48
+    cfg = RenderConfig(image_size=size, ed_views=("x,0", "y,90"), structure_in_ed=False)
+    img = render_ed([1], torch.zeros(1, 3, dtype=torch.float64), ed, esp, grid, cfg)
+    alpha_img = render_ed([1], torch.zeros(1, 3, dtype=torch.float64), ed, esp, grid,
+                          RenderConfig(**{**cfg.__dict__, "fourth_channel": "alpha"}))
+    half_width = 0.0 + cfg.ed_margin  # one atom at the origin: framing radius = margin
+    px = 2 * half_width / size
+    coords = (torch.arange(size, dtype=torch.float64) + 0.5) * px - half_width
+    rho = torch.sqrt(coords[None, :] ** 2 + coords[:, None] ** 2)
+    for v in range(2):
+        covered = alpha_img[v, 3] > 0.5
+        radius = math.sqrt(covered.sum().item() / math.pi) * px
+        assert abs(radius - r0) < px, (radius, r0)
+        inner = rho < r0 - px
+        expected = (half_width - torch.sqrt(r0 ** 2 - rho[inner] ** 2)) / (2 * half_width)
+        err = (img[v, 3][inner] - expected).abs().max().item() * 2 * half_width
+        assert err < px, err
+        assert torch.all(img[v, 3][~covered] == 1.0)  # background depth
+        assert torch.all(img[v, :3][:, ~covered] == 0.0)  # black ED background
+
+
+@pytest.mark.parametrize("view", ["x,0", "x,180", "x,90", "x,-90", "y,90", "y,-90", "y,180", "z,180"])
+def test_view_puts_marked_atom_in_place(view):
+    # carbon at the origin, a red oxygen far out on a generic direction: find the red blob
+    p = torch.tensor([[0.0, 0.0, 0.0], [2.5, 1.5, -2.0]], dtype=torch.float64)
+    size = 64
+    cfg = RenderConfig(image_size=size, structure_views=(view,), structure_margin=1.0)
+    img = render_structure([6, 8], p, cfg)[0]
+    red = (img[0] > 0.6) & (img[1] < 0.5) & (img[2] < 0.5)
+    rows, cols = torch.nonzero(red, as_tuple=True)
+    center = (p.min(0).values + p.max(0).values) / 2
+    half_width = (p - center).norm(dim=1).max().item() + 1.0
+    cam = view_rotation(view) @ (p[1] - center)
+    col = (cam[0].item() + half_width) / (2 * half_width) * size - 0.5
+    row = (half_width - cam[1].item()) / (2 * half_width) * size - 0.5
+    assert abs(cols.double().mean().item() - col) < 1.0
+    assert abs(rows.double().mean().item() - row) < 1.0
+
+
+def test_turn_semantics_match_pymol():
+    # measured with PyMOL 3: after `turn y, 90` a point on +z is drawn right of centre; after `turn x, 90`, below
+    assert view_rotation("y,90") @ torch.tensor([0, 0, 1.0], dtype=torch.float64) == pytest.approx([1, 0, 0])
+    assert (view_rotation("x,90") @ torch.tensor([0, 0, 1.0], dtype=torch.float64))[1] == pytest.approx(-1)
+
+
+def test_esp_ramp_end_points_and_midpoints():
+    esp = torch.tensor([-0.2, -0.08, -0.04, 0.0, 0.04, 0.08, 0.3])
+    rgb = esp_ramp(esp)
+    expect = torch.tensor([[1, 0, 0], [1, 0, 0], [1, 0.5, 0.5], [1, 1, 1], [0.5, 0.5, 1], [0, 0, 1], [0, 0, 1.0]])
+    assert torch.allclose(rgb, expect, atol=1e-6)
+
+
+def test_bonds_from_covalent_radii_and_hydrogen_switch():
+    mols = {m.formula: m for m in open_source("embedded:qm9").molecules()}
+    water, methane = mols["H2O"], mols["CH4"]
+    from render.renderer import pad_atoms
+    z, pos, mask = pad_atoms([water.z, methane.z], [torch.tensor(water.pos), torch.tensor(methane.pos)])
+    bonds, bond_mask = find_bonds(z, pos, mask)
+    assert bond_mask.sum(1).tolist() == [2, 4]
+    for b in range(2):
+        pairs = {tuple(sorted(int(a) for a in bonds[b, k])) for k in range(bond_mask.shape[1]) if bond_mask[b, k]}
+        heavy = int(torch.nonzero(z[b] != 1)[0])
+        assert all(heavy in pr for pr in pairs)
+    with_h = render_structure(methane.z, methane.pos, RenderConfig(image_size=48))
+    no_h = render_structure(methane.z, methane.pos, RenderConfig(image_size=48, hydrogens=False))
+    assert with_h.shape == (4, 3, 48, 48)
+    grey = lambda im: ((im - 0.9 * (im.max(0).values > 0)).abs().sum(0) < 0.05) & (im.sum(0) < 2.9)  # noqa: E731
+    assert grey(no_h[0]).sum() == 0 and (no_h[0] < 0.99).any(0).sum() < (with_h[0] < 0.99).any(0).sum()
+    assert torch.all(with_h[:, :, 0, 0] == 1.0)  # white background
+
+
+def test_batch_equals_single_molecules():
+    mols = list(open_source("embedded:qm9?limit=6").molecules())[3:6]
+    fields = []
+    for i, m in enumerate(mols):  # Gaussian-sum densities on grids of different shapes and spacings
+        sp = 0.4 + 0.05 * i
+        from edg_core.grid import grid_for_positions
+        g = grid_for_positions(m.pos, sp, 3.0)
+        pts = torch.tensor(g.points()).view(*g.shape, 3)
+        atoms = torch.tensor(m.pos) * ANGSTROM_IN_BOHR
+        d2 = ((pts[..., None, :] - atoms) ** 2).sum(-1)
+        ed = (torch.tensor(m.z, dtype=torch.float64) * torch.exp(-d2 / 0.8)).sum(-1).float()
+        esp = (0.05 * torch.sin(pts[..., 0]) * torch.cos(pts[..., 1])).float()
+        fields.append((ed, esp, g))
+    cfg = RenderConfig(image_size=24, ed_views=("x,0", "y,90"), batch_size=3)
+    r = Renderer(cfg)
+    zs, ps = [m.z for m in mols], [torch.tensor(m.pos, dtype=torch.float32) for m in mols]
+    batch, frames = r.ed_images(zs, ps, [f[0] for f in fields], [f[1] for f in fields], [f[2] for f in fields])
+    st_batch, _ = r.structure_images(zs, ps)
+    for i in range(3):
+        one, fr = r.ed_images(zs[i:i + 1], ps[i:i + 1], [fields[i][0]], [fields[i][1]], [fields[i][2]])
+        assert torch.allclose(batch[i], one[0], atol=1e-4), (i, (batch[i] - one[0]).abs().max())
+        assert fr[0] == frames[i]
+        assert torch.allclose(st_batch[i], r.structure_images(zs[i:i + 1], ps[i:i + 1])[0][0], atol=1e-5)
+    assert (batch[:, :, 3] < 1).float().mean() > 0.1  # the surfaces are there
+
+
+def _tiny_setup():
+    ed, esp, grid = gaussian_fields(n=11, spacing=0.5, height=0.4, sigma=1.0, center=(0.1, -0.05, 0.03))
+    pos = torch.tensor([[0.1, -0.05, 0.03]], dtype=torch.float64)
+    return ed, esp, grid, pos
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_gradcheck_density_esp_positions(soft):
+    ed, esp, grid, pos = _tiny_setup()
+    cfg = RenderConfig(image_size=5, ed_views=("x,90",), ed_margin=1.3, max_layers=2, soft_coverage=soft,
+                       soft_width=0.02)
+
+    def f(ed_, esp_, pos_):
+        return render_ed([8], pos_, ed_, esp_, grid, cfg)
+
+    ed_p, esp_p, pos_p = (t.clone().requires_grad_(True) for t in (ed, esp, pos))
+    out = f(ed_p, esp_p, pos_p)
+    out.sum().backward()
+    assert ed_p.grad.abs().sum() > 0 and esp_p.grad.abs().sum() > 0 and pos_p.grad.abs().sum() > 0
+    assert torch.autograd.gradcheck(lambda e: f(e, esp, pos), (ed.clone().requires_grad_(True),), eps=1e-6,
+                                    atol=1e-5)
+    assert torch.autograd.gradcheck(lambda e: f(ed, e, pos), (esp.clone().requires_grad_(True),), eps=1e-6,
+                                    atol=1e-5)
+    assert torch.autograd.gradcheck(lambda p: f(ed, esp, p), (pos.clone().requires_grad_(True),), eps=1e-6,
+                                    atol=1e-5)
+
+
+def test_soft_coverage_moves_silhouette_with_density():
+    ed, esp, grid, pos = _tiny_setup()
+    cfg = RenderConfig(image_size=9, ed_views=("x,0",), fourth_channel="alpha", soft_coverage=True,
+                       structure_in_ed=False, soft_width=0.02)
+    ed_p = ed.clone().requires_grad_(True)
+    img = render_ed([8], pos, ed_p, esp, grid, cfg)
+    img[3].sum().backward()  # more density -> more coverage
+    assert ed_p.grad.sum() > 0
+
+
+def test_fixed_scale_and_bad_grid():
+    ed, esp, grid, pos = _tiny_setup()
+    r = Renderer(RenderConfig(image_size=8, ed_views=("x,0",), angstrom_per_pixel=0.5), dtype=torch.float64)
+    _, frames = r.ed_images([[8]], [pos], [ed], [esp], [grid], ids=["m0"])
+    assert frames[0]["angstrom_per_pixel"] == pytest.approx(0.5)
+    from edg_core.errors import InvalidRecord
+    with pytest.raises(InvalidRecord, match="m0.*ESP grid shape"):
+        r.ed_images([[8]], [pos], [ed], [esp[:-1]], [grid], ids=["m0"])
