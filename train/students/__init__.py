@@ -9,10 +9,18 @@ from __future__ import annotations
 from edg_core.config import from_dict
 
 from .base import Student, energy_and_forces, pool
+from .dimenetpp import DimeNetPPConfig, DimeNetPPStudent
+from .egnn import EGNNConfig, EGNNStudent
+from .painn import PaiNNConfig, PaiNNStudent
 from .schnet import SchNetConfig, SchNetStudent
+from .visnet import ViSNetConfig, ViSNetStudent
 
 STUDENTS: dict[str, tuple[type, type]] = {
     "schnet": (SchNetStudent, SchNetConfig),
+    "visnet": (ViSNetStudent, ViSNetConfig),
+    "dimenetpp": (DimeNetPPStudent, DimeNetPPConfig),
+    "egnn": (EGNNStudent, EGNNConfig),
+    "painn": (PaiNNStudent, PaiNNConfig),
 }
 """Student name -> (model class, config dataclass)."""
 

@@ -1,0 +1,82 @@
+"""ViSNet student (Wang et al., 2022/2024) wrapping ``torch_geometric.nn.models.ViSNet``.
+
+The representation block (``ViSNetBlock``) maps atoms to scalar features x_i (hidden) and vector features
+v_i ((lmax+1)^2 - 1, hidden) by vector-scalar interactive message passing over the radius graph with
+self-loops. F_G = sum_i x_i (the paper pools ViSNet by sum); pred = sum_i GatedEquivariant2(x_i, v_i)
+(two gated equivariant blocks, hidden -> hidden/2 -> out_dim, as PyG's ``EquivariantScalar``).
+
+Defaults are PyG's ViSNet defaults (lmax 1, 8 heads, 6 layers, 128 hidden, 32 RBFs, cutoff 5 Å). The
+graph step is ours (``train.graph.radius_graph``): PyG's needs pyg-lib, and its self-loop edge lengths are
+created as float32 whatever the input dtype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch_geometric.nn.models import ViSNet
+from torch_geometric.nn.models.visnet import GatedEquivariantBlock
+
+from ..graph import radius_graph
+from .base import Student, pool
+
+
+@dataclass
+class ViSNetConfig:
+    lmax: int = 1
+    num_heads: int = 8
+    num_layers: int = 6
+    hidden_channels: int = 128
+    num_rbf: int = 32
+    trainable_rbf: bool = False
+    cutoff: float = 5.0  # Å
+    max_num_neighbors: int = 32
+    vecnorm_type: str | None = None
+    vertex: bool = False
+    feature_pool: str = "sum"
+    out_dim: int = 1
+
+
+class SelfLoopRadiusDistance(torch.nn.Module):
+    """``(pos, batch) -> (edge_index, edge_weight, edge_vec)`` with self-loops, as ViSNet's ``Distance``.
+
+    edge_vec = pos[j] - pos[i] (Å), edge_weight = |edge_vec| (0 on self-loops, without a NaN gradient).
+    """
+
+    def __init__(self, cutoff: float, max_num_neighbors: int):
+        super().__init__()
+        self.cutoff = cutoff
+        self.max_num_neighbors = max_num_neighbors
+
+    def forward(self, pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        edge_index = radius_graph(pos, self.cutoff, batch, self.max_num_neighbors, loop=True)
+        edge_vec = pos[edge_index[0]] - pos[edge_index[1]]
+        mask = edge_index[0] != edge_index[1]
+        edge_weight = edge_vec.new_zeros(edge_vec.size(0))
+        edge_weight[mask] = edge_vec[mask].norm(dim=-1)
+        return edge_index, edge_weight, edge_vec
+
+
+class ViSNetStudent(Student):
+    def __init__(self, config: ViSNetConfig | None = None):
+        super().__init__()
+        self.config = c = config or ViSNetConfig()
+        net = ViSNet(lmax=c.lmax, vecnorm_type=c.vecnorm_type, num_heads=c.num_heads, num_layers=c.num_layers,
+                     hidden_channels=c.hidden_channels, num_rbf=c.num_rbf, trainable_rbf=c.trainable_rbf,
+                     cutoff=c.cutoff, max_num_neighbors=c.max_num_neighbors, vertex=c.vertex)
+        self.representation = net.representation_model
+        self.representation.distance = SelfLoopRadiusDistance(c.cutoff, c.max_num_neighbors)
+        self.head = torch.nn.ModuleList([
+            GatedEquivariantBlock(c.hidden_channels, c.hidden_channels // 2, scalar_activation=True),
+            GatedEquivariantBlock(c.hidden_channels // 2, c.out_dim, scalar_activation=False),
+        ])
+        self.feature_dim = c.hidden_channels
+        self.out_dim = c.out_dim
+
+    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, n_graphs: int) -> tuple[Tensor, Tensor]:
+        x, vec = self.representation(z, pos, batch)
+        feats = pool(x, batch, n_graphs, self.config.feature_pool)
+        for block in self.head:
+            x, vec = block(x, vec)
+        return feats, pool(x, batch, n_graphs, "sum")
