@@ -137,6 +137,7 @@ def train_imageed(cfg: ImageEDTrainConfig, shards, out_dir, report: Report | Non
                   device: torch.device | str | None = None, resume_from: str | Path | None = None) -> dict:
     """Pretrain ImageED on the ``edimg`` of ``shards``; returns the last epoch's metrics. Writes
     ``out_dir/imageed.pt`` (config + weights) when the schedule is done."""
+    torch.manual_seed(cfg.seed)  # the initial weights
     return fit(_imageed_stage(cfg, shards), cfg, shards, out_dir, report, device, resume_from)
 
 
@@ -144,6 +145,7 @@ def train_teacher(cfg: TeacherTrainConfig, shards, out_dir, report: Report | Non
                   device: torch.device | str | None = None, resume_from: str | Path | None = None) -> dict:
     """Pretrain the teacher on ``stimg`` -> ``fu`` of ``shards`` (molecules without ``fu`` are masked out of
     the loss); writes ``out_dir/teacher.pt`` (loadable with ``load_teacher`` / ``load_ed_predictor``)."""
+    torch.manual_seed(cfg.seed)
     return fit(_teacher_stage(cfg, shards), cfg, shards, out_dir, report, device, resume_from)
 
 
@@ -201,7 +203,6 @@ def fit(stage: _Stage, cfg, shards, out_dir, report: Report | None = None, devic
         if ck.get("stage") != stage.name:
             raise EDGError(f"{src}: checkpoint of stage {ck.get('stage')!r}, not {stage.name!r}")
         model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
         start_epoch, history, steps = ck["epoch"] + 1, ck["history"], ck["steps_per_epoch"]
     if steps is None:
         n_train = cfg.samples_per_epoch or count_samples(shards, "train", cfg.val_fraction)
@@ -211,7 +212,8 @@ def fit(stage: _Stage, cfg, shards, out_dir, report: Report | None = None, devic
     warmup = cfg.warmup_epochs * steps
     cosine = getattr(cfg, "cosine", True)
     scheduler = warmup_cosine(optimizer, warmup, cfg.epochs * steps if cosine else 1 << 62)
-    if src is not None:
+    if src is not None:  # after the scheduler is built, which would otherwise reset the lr of the restored state
+        optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
 
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
