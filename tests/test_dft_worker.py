@@ -1,0 +1,131 @@
+"""DFT worker and `edg dft` (in-process): result files, failure manifest, resume, fields storage, hand-off.
+
+Mechanics tests use STO-3G and a 0.8-bohr grid to stay fast; the paper settings are tested in test_dft_scf.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dft.config import DFTConfig
+from dft.handoff import cupy_to_torch
+from dft.worker import DFTWorker, done_keys, failed_keys, load_result
+from edg_core.errors import InvalidRecord
+from edg_core.io import read_jsonl
+from edg_core.molecule import Molecule
+
+FAST = dict(backend="cpu", basis="sto-3g", grid_spacing=0.8)
+H2 = Molecule(z=[1, 1], pos=[[0, 0, 0], [0, 0, 0.74]], id="h2/a")  # '/' is sanitised in the key
+WATER = Molecule(z=[8, 1, 1], pos=[[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]],
+                 id="water")
+COLLAPSED = Molecule(z=[8, 1], pos=[[0, 0, 0], [0, 0, 0.01]], id="collapsed")
+
+
+def test_result_file_round_trip(tmp_path):
+    w = DFTWorker(DFTConfig(**FAST, field_dtype="float16"), out=tmp_path)
+    st = w.process(WATER)
+    assert st["status"] == "done"
+    r = load_result(tmp_path / "fields" / "water.npz")
+    assert r.id == "water" and r.converged and r.method.startswith("RKS b3lyp/sto-3g")
+    assert set(r.energies) == {f"E{i}" for i in range(1, 7)} and r.energies["E6"] == pytest.approx(st["E6"])
+    assert r.homo < r.lumo and r.dipole.shape == (3,)
+    assert r.ed.shape == r.esp.shape == r.grid.shape and r.ed.dtype == np.float32
+    assert r.grid.spacing == (0.8, 0.8, 0.8)
+    with np.load(tmp_path / "fields" / "water.npz") as f:
+        assert f["ed"].dtype == np.float16  # compact storage
+    # the stored grid is the same computation as in memory (up to float16 rounding)
+    mem = DFTWorker(DFTConfig(**FAST), out=None).process(WATER)["result"]
+    np.testing.assert_allclose(r.ed, mem.ed, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(r.esp, mem.esp, rtol=1e-3, atol=1e-3)
+    assert (r.ed >= 0).all() and r.ed.max() > 1  # peaked near the oxygen nucleus
+    np.testing.assert_allclose(r.pos, WATER.pos)
+    assert {"scf_s", "ed_s", "esp_s"} <= set(r.timings)
+
+
+def test_failures_go_to_the_manifest_and_the_run_continues(tmp_path):
+    w = DFTWorker(DFTConfig(**FAST, fields=False), out=tmp_path)
+    unreadable = InvalidRecord("input.xyz:frame 3", "unknown element 'Xx'")
+    s = w.run([H2, COLLAPSED, unreadable, WATER])
+    assert (s.done, s.failed, s.skipped) == (2, 2, 0)
+    entries = read_jsonl(tmp_path / "failures.jsonl")
+    by_record = {e["record"]: e for e in entries}
+    assert by_record["collapsed"]["stage"] == "dft" and "bad geometry" in by_record["collapsed"]["reason"]
+    assert by_record["input.xyz:frame 3"]["stage"] == "read"
+    assert done_keys(tmp_path) == {"h2_a", "water"}
+    r = load_result(tmp_path / "fields" / "h2_a.npz")
+    assert r.id == "h2/a" and r.grid is None and r.ed is None
+
+
+def test_timeout_and_non_convergence_are_recorded(tmp_path):
+    w = DFTWorker(DFTConfig(**FAST, timeout_s=1e-6), out=tmp_path)
+    assert w.process(WATER)["status"] == "failed"
+    w2 = DFTWorker(DFTConfig(**FAST, max_cycle=1, retries=False), out=tmp_path)
+    assert w2.process(H2)["status"] == "failed"
+    reasons = {e["record"]: e["reason"] for e in read_jsonl(tmp_path / "failures.jsonl")}
+    assert reasons["water"].startswith("timeout")
+    assert reasons["h2/a"].startswith("not converged") and "diis" in reasons["h2/a"]
+    assert failed_keys(tmp_path) == {"water", "h2_a"}
+
+
+def test_resume_skips_finished_and_failed_molecules(tmp_path):
+    cfg = DFTConfig(**FAST, fields=False)
+    first = DFTWorker(cfg, out=tmp_path).run([H2, COLLAPSED])
+    assert (first.done, first.failed) == (1, 1)
+    stamp = (tmp_path / "fields" / "h2_a.npz").stat().st_mtime_ns
+    again = DFTWorker(cfg, out=tmp_path).run([H2, COLLAPSED, WATER])
+    assert (again.done, again.skipped, again.failed) == (1, 2, 0)
+    assert (tmp_path / "fields" / "h2_a.npz").stat().st_mtime_ns == stamp  # not recomputed
+    retried = DFTWorker(cfg, out=tmp_path).run([COLLAPSED], retry_failed=True)
+    assert (retried.done, retried.failed, retried.skipped) == (0, 1, 0)
+
+
+def test_band_mode_records_its_exact_fraction(tmp_path):
+    r = DFTWorker(DFTConfig(**FAST, esp_mode="band"), out=None).process(WATER)["result"]
+    full = DFTWorker(DFTConfig(**FAST), out=None).process(WATER)["result"]
+    assert 0 < r.esp_exact_fraction < 1 and full.esp_exact_fraction == 1.0
+    from dft.esp_band import band_mask
+    m = band_mask(r.ed)
+    np.testing.assert_allclose(r.esp[m], full.esp[m], rtol=1e-10, atol=1e-10)
+
+
+def test_cupy_to_torch_accepts_host_arrays_and_rejects_others():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    t = cupy_to_torch(a)
+    assert tuple(t.shape) == (2, 3) and float(t[1, 2]) == 5.0
+    with pytest.raises(TypeError):
+        cupy_to_torch([1, 2, 3])
+
+
+@pytest.mark.gpu
+def test_gpu_fields_match_cpu_and_stay_on_device():
+    cupy = pytest.importorskip("cupy")
+    pytest.importorskip("gpu4pyscf")
+    cfg = DFTConfig(backend="gpu", grid_spacing=0.4)
+    gpu = DFTWorker(cfg, out=None, keep_on_gpu=True).process(WATER)["result"]
+    cpu = DFTWorker(DFTConfig(backend="cpu", density_fit=True), out=None).process(WATER)["result"]
+    assert isinstance(gpu.ed, cupy.ndarray)
+    t = cupy_to_torch(gpu.esp)
+    assert t.is_cuda and t.data_ptr() == gpu.esp.data.ptr  # no copy
+    assert abs(gpu.energies["E6"] - cpu.energies["E6"]) < 1e-5
+    np.testing.assert_allclose(gpu.ed.get(), cpu.ed, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(gpu.esp.get(), cpu.esp, atol=1e-4, rtol=1e-4)
+
+
+def test_cli_local_run_and_resume(tmp_path, capsys):
+    from cluster.cli import main
+    out = tmp_path / "run"
+    argv = ["dft", "--input", "embedded:qm9?limit=2", "--out", str(out), "--workers", "0",
+            "--basis", "sto-3g", "--grid-spacing", "0.8", "--save-cubes", "--esp-band", "0.02", "0.2"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "done 2, skipped 0, failed 0" in text
+    assert sorted(p.name for p in (out / "fields").iterdir()) == ["qm9:1.npz", "qm9:2.npz"]
+    assert (out / "cubes" / "qm9:1.esp.cube").exists()
+    cfg = (out / "dft_config.yaml").read_text()
+    assert "basis: sto-3g" in cfg and "esp_band:\n- 0.02\n- 0.2" in cfg
+    assert main(argv) == 0
+    assert "done 0, skipped 2, failed 0" in capsys.readouterr().out
+    meta = json.loads(str(np.load(out / "fields" / "qm9:1.npz")["meta"]))
+    assert meta["id"] == "qm9:1" and meta["method"].startswith("RKS b3lyp/sto-3g")
