@@ -1,0 +1,253 @@
+"""The student training loop, with or without EDG, and one resumable run = one result file.
+
+``fit`` trains a student on a task: Adam, cosine schedule, model selection on the validation metric, test
+errors taken at the best validation epoch. ``run_distill`` builds task, student and EDG head from a
+``DistillConfig``, writes ``<out>/<run name>/`` (config.yaml, history.jsonl, checkpoint.pt, test_errors.npz,
+result.json last, atomically) and skips a run whose result.json exists; an interrupted run resumes from its
+last epoch checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edg_core.config import dump_yaml, to_dict
+from edg_core.io import append_jsonl, atomic_path, progress, read_jsonl, write_json_atomic
+
+from .edg import EDGConfig, EDGHead, build_ed_predictor, coulomb_standin_features, edg_objective, load_teacher_targets
+from .tasks import Batch, PackedMolecules, Task, build_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitConfig:
+    epochs: int = 1000                 # Geom3D-style budget; shrink for CPU runs
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"          # cosine (to 0 over ``epochs``) or none
+    grad_clip: float | None = None     # max grad norm; None: no clipping
+    seed: int = 42
+    device: str = "cpu"
+    checkpoint_every: int = 1          # epochs between resumable checkpoints (0: never)
+
+
+@dataclass
+class DistillConfig:
+    student: str = "schnet"
+    dataset: str = "rmd17:aspirin"     # rmd17:<molecule> or qm9:<target>
+    out: str = "runs/distill"
+    fit: FitConfig = field(default_factory=FitConfig)
+    edg: EDGConfig = field(default_factory=EDGConfig)
+    task: dict = field(default_factory=dict)             # RMD17Config / QM9Config overrides
+    student_args: dict = field(default_factory=dict)     # build_student overrides
+
+    def run_name(self) -> str:
+        lam = f"{self.edg.lambda_ed:g}"
+        return f"{self.student}__{self.dataset.replace(':', '-')}__lam{lam}__seed{self.fit.seed}"
+
+
+# ---------------------------------------------------------------- one step, one evaluation
+def train_step(task: Task, model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
+               lambda_ed: float = 0.0, head: EDGHead | None = None, grad_clip: float | None = None
+               ) -> dict[str, float]:
+    """One optimisation step of L = L_task + lambda * L_ED (batch.labels["edp"] holds EDP(F_S) when lambda > 0)."""
+    optimizer.zero_grad(set_to_none=True)
+    pred = task.predict(model, batch, training=True)
+    l_task = task.loss(pred, batch)
+    loss, l_ed = edg_objective(l_task, lambda_ed, head, pred.features, batch.labels.get("edp"))
+    loss.backward()
+    if grad_clip:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return {"loss": loss.item(), "task_loss": l_task.item(), "ed_loss": l_ed.item() if l_ed is not None else 0.0}
+
+
+def evaluate(task: Task, model: torch.nn.Module, data: PackedMolecules, batch_size: int
+             ) -> dict[str, np.ndarray]:
+    """Per-molecule absolute errors (M,) for each metric of ``task`` (model in eval mode, no parameter grads)."""
+    model.eval()
+    out: dict[str, list[torch.Tensor]] = {}
+    ctx = torch.enable_grad() if task.needs_forces else torch.no_grad()
+    with ctx:
+        for batch in data.batches(batch_size):
+            pred = task.predict(model, batch, training=False)
+            for k, v in task.abs_errors(pred, batch).items():
+                out.setdefault(k, []).append(v.detach().cpu())
+    return {k: torch.cat(v).double().numpy() for k, v in out.items()}
+
+
+def _means(errors: dict[str, np.ndarray]) -> dict[str, float]:
+    return {k: float(v.mean()) for k, v in errors.items()}
+
+
+# ---------------------------------------------------------------- the loop
+@dataclass
+class FitResult:
+    best_epoch: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    test_errors: dict[str, np.ndarray]
+    history: list[dict]
+    seconds: float
+    best_state: dict | None = None
+
+
+def fit(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed: float = 0.0, head: EDGHead | None = None,
+        run_dir: Path | None = None, desc: str = "fit") -> FitResult:
+    """Train ``model`` on ``task.train``; select on ``task.select_metric`` of ``task.valid``; test at the best epoch.
+
+    With ``lambda_ed > 0`` the training set must carry ``edp`` (M, 768) molecule labels and ``head`` is trained
+    (its mapper) together with the student. ``run_dir`` enables per-epoch history and resumable checkpoints.
+    """
+    device = torch.device(cfg.device)
+    model.to(device)
+    train, valid, test = task.train.to(device), task.valid.to(device), task.test.to(device)
+    if lambda_ed > 0:
+        if head is None or "edp" not in train.mol_labels:
+            raise ValueError(f"{desc}: lambda_ed={lambda_ed} needs an EDG head and teacher targets on the train set")
+        head.to(device)
+    params = list(model.parameters()) + (list(head.mapper.parameters()) if lambda_ed > 0 else [])
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1)) \
+        if cfg.scheduler == "cosine" else None
+    if cfg.scheduler not in ("cosine", "none"):
+        raise ValueError(f"unknown scheduler {cfg.scheduler!r}; use cosine or none")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    metric = task.select_metric
+    state = {"epoch": 0, "best": math.inf, "best_epoch": -1, "valid": {}, "test": {}, "test_errors": {},
+             "seconds": 0.0, "best_state": None}
+    ckpt = run_dir / "checkpoint.pt" if run_dir is not None else None
+    if ckpt is not None and ckpt.exists():
+        saved = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved["scheduler"] is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        if head is not None and saved.get("mapper") is not None:
+            head.mapper.load_state_dict(saved["mapper"])
+        gen.set_state(saved["generator"])
+        state = saved["state"]
+        log.info("%s: resumed at epoch %d", desc, state["epoch"])
+    history = read_jsonl(run_dir / "history.jsonl")[:state["epoch"]] if run_dir is not None else []
+
+    for epoch in progress(range(state["epoch"], cfg.epochs), desc, total=cfg.epochs - state["epoch"]):
+        t0 = time.perf_counter()
+        model.train()
+        if head is not None:
+            head.train()
+        sums, n = {"loss": 0.0, "task_loss": 0.0, "ed_loss": 0.0}, 0
+        for batch in train.batches(cfg.batch_size, shuffle=True, generator=gen):
+            step = train_step(task, model, batch, optimizer, lambda_ed, head, cfg.grad_clip)
+            b = batch.num_molecules
+            for k in sums:
+                sums[k] += step[k] * b
+            n += b
+        if scheduler is not None:
+            scheduler.step()
+        train_time = time.perf_counter() - t0
+        val = _means(evaluate(task, model, valid, cfg.eval_batch_size))
+        row = {"epoch": epoch + 1, **{f"train_{k}": v / max(n, 1) for k, v in sums.items()},
+               **{f"valid_{k}": v for k, v in val.items()}, "train_seconds": train_time,
+               "lr": optimizer.param_groups[0]["lr"]}
+        if val[metric] < state["best"]:
+            test_err = evaluate(task, model, test, cfg.eval_batch_size)
+            state.update(best=val[metric], best_epoch=epoch + 1, valid=val, test=_means(test_err),
+                         test_errors=test_err, best_state=copy.deepcopy(model.state_dict()))
+            row.update({f"test_{k}": v for k, v in state["test"].items()})
+        state["epoch"] = epoch + 1
+        state["seconds"] += time.perf_counter() - t0
+        history.append(row)
+        if run_dir is not None:
+            append_jsonl(run_dir / "history.jsonl", row)
+            last = epoch + 1 == cfg.epochs
+            if cfg.checkpoint_every and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
+                with atomic_path(ckpt) as tmp:
+                    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                                "mapper": head.mapper.state_dict() if head is not None else None,
+                                "generator": gen.get_state(), "state": state}, tmp)
+    return FitResult(state["best_epoch"], state["valid"], state["test"], state["test_errors"], history,
+                     state["seconds"], state["best_state"])
+
+
+# ---------------------------------------------------------------- one run from a config
+def prepare_targets(cfg: EDGConfig, task: Task, ed_predictor: torch.nn.Module) -> tuple[PackedMolecules, str]:
+    """The training set with its teacher targets ``edp`` (M, 768) attached, and a description of their origin."""
+    src = cfg.teacher_targets
+    if not src:
+        raise ValueError(f"lambda_ed={cfg.lambda_ed} > 0 needs teacher targets (edg.teacher_targets)")
+    tr = task.train
+    if src == "standin:coulomb":
+        with torch.no_grad():
+            fs = coulomb_standin_features(tr.z, tr.pos, tr.offsets, seed=cfg.ed_predictor_seed)
+            edp = ed_predictor(fs)
+        return tr.with_labels(edp=edp), "stand-in: Coulomb-matrix eigenvalues -> fixed random MLP (F_S)"
+    return tr.with_labels(edp=load_teacher_targets(src, tr.ids, ed_predictor)), f"file: {src}"
+
+
+def run_distill(cfg: DistillConfig, force: bool = False) -> dict:
+    """Run (or skip, if finished) one student x dataset x lambda x seed; returns the result record."""
+    from train.students import build_student
+
+    run_dir = Path(cfg.out) / cfg.run_name()
+    result_path = run_dir / "result.json"
+    if result_path.exists() and not force:
+        log.info("%s: finished already, skipped", cfg.run_name())
+        return json.loads(result_path.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, run_dir / "config.yaml")
+
+    task = build_task(cfg.dataset, **cfg.task)
+    torch.manual_seed(cfg.fit.seed)
+    model = build_student(cfg.student, **{"out_dim": task.out_dim, **cfg.student_args})
+    head, targets = None, "none (baseline)"
+    if cfg.edg.lambda_ed > 0:
+        edp_model = build_ed_predictor(cfg.edg.ed_predictor, cfg.edg.ed_predictor_seed)
+        task.train, targets = prepare_targets(cfg.edg, task, edp_model)
+        head = EDGHead(model.feature_dim, edp_model, beta=cfg.edg.smooth_l1_beta)
+    res = fit(task, model, cfg.fit, cfg.edg.lambda_ed, head, run_dir, desc=cfg.run_name())
+
+    with atomic_path(run_dir / "test_errors.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=np.array(task.test.ids), **res.test_errors)
+    if res.best_state is not None:
+        with atomic_path(run_dir / "best_student.pt") as tmp:
+            torch.save(res.best_state, tmp)
+    record = {"run": cfg.run_name(), "student": cfg.student, "dataset": cfg.dataset,
+              "lambda_ed": cfg.edg.lambda_ed, "seed": cfg.fit.seed, "epochs": cfg.fit.epochs,
+              "best_epoch": res.best_epoch, "valid": res.valid, "test": res.test, "units": task.units,
+              "select_metric": task.select_metric, "train_seconds": res.seconds,
+              "seconds_per_epoch": res.seconds / max(len(res.history), 1),
+              "teacher_targets": targets, "task_info": task.describe(), "config": to_dict(cfg),
+              "split": {"train": task.train.ids, "valid": task.valid.ids, "test": task.test.ids}
+              if len(task.train) + len(task.valid) + len(task.test) <= 5000 else "see task_info"}
+    write_json_atomic(result_path, record)
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    return record
+
+
+def replace(cfg: DistillConfig, **changes) -> DistillConfig:
+    """A copy of ``cfg`` with top-level fields or dotted nested fields (``fit.seed``, ``edg.lambda_ed``) changed."""
+    top, nested = {}, {}
+    for k, v in changes.items():
+        if "." in k:
+            outer, inner = k.split(".", 1)
+            nested.setdefault(outer, {})[inner] = v
+        else:
+            top[k] = v
+    for outer, inner in nested.items():
+        top[outer] = dataclasses.replace(getattr(cfg, outer), **inner)
+    return dataclasses.replace(cfg, **top)

@@ -1,0 +1,283 @@
+"""Result tables in the paper's layout (w/o EDG, w/ EDG, relative improvement) and figures.
+
+Input: the run records written by ``train.fit.run_distill`` (``<out>/<run>/result.json``, with
+``history.jsonl`` and ``test_errors.npz`` beside them). "w/ EDG" is the lambda > 0 whose mean validation
+metric (over seeds) is lowest, as the paper searches lambda; every number is a mean (± std) over seeds.
+Figures (matplotlib, Agg): learning curves, the lambda sweep (paper Figure 4), and per-frame |error| along the
+test trajectory (paper Figure 3).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edg_core.io import read_jsonl, write_bytes_atomic
+
+from .metrics import mean_std, relative_improvement
+
+REPORTED_METRICS = {"rmd17": ("energy_mae", "force_mae"), "qm9": ("mae",)}
+METRIC_NAMES = {"energy_mae": "Energy", "force_mae": "Force", "mae": "MAE"}
+
+
+def collect_results(out: str | Path) -> list[dict]:
+    """Every finished run record under ``out`` (``*/result.json``), with ``run_dir`` added."""
+    records = []
+    for p in sorted(Path(out).glob("*/result.json")):
+        r = json.loads(p.read_text())
+        r["run_dir"] = str(p.parent)
+        records.append(r)
+    return records
+
+
+@dataclass
+class Cell:
+    """Mean ± std over seeds of one metric for one (dataset, student, lambda)."""
+    mean: float
+    std: float
+    n: int
+    lambda_ed: float
+
+
+@dataclass
+class TableRow:
+    dataset: str
+    metric: str
+    unit: str
+    student: str
+    baseline: Cell | None
+    edg: Cell | None
+
+    @property
+    def improvement(self) -> float:
+        if self.baseline is None or self.edg is None:
+            return float("nan")
+        return relative_improvement(self.baseline.mean, self.edg.mean)
+
+
+def _groups(results: list[dict]) -> dict[tuple[str, str, float], list[dict]]:
+    g = defaultdict(list)
+    for r in results:
+        g[(r["dataset"], r["student"], float(r["lambda_ed"]))].append(r)
+    return g
+
+
+def _cell(runs: list[dict], split: str, metric: str) -> Cell:
+    m, s = mean_std(r[split][metric] for r in runs)
+    return Cell(m, s, len(runs), float(runs[0]["lambda_ed"]))
+
+
+def best_lambda(results: list[dict], dataset: str, student: str) -> float | None:
+    """The lambda > 0 with the lowest mean validation selection metric, or None without EDG runs."""
+    best, best_val = None, np.inf
+    for (d, s, lam), runs in _groups(results).items():
+        if d != dataset or s != student or lam == 0:
+            continue
+        val = mean_std(r["valid"][r["select_metric"]] for r in runs)[0]
+        if val < best_val:
+            best, best_val = lam, val
+    return best
+
+
+def build_rows(results: list[dict]) -> list[TableRow]:
+    """One row per (dataset, metric, student): baseline (lambda 0) and EDG at the validation-best lambda."""
+    groups = _groups(results)
+    rows = []
+    for dataset, student in sorted({(d, s) for d, s, _ in groups}):
+        kind = dataset.split(":")[0]
+        lam = best_lambda(results, dataset, student)
+        base_runs, edg_runs = groups.get((dataset, student, 0.0)), groups.get((dataset, student, lam))
+        any_run = (base_runs or edg_runs)[0]
+        for metric in REPORTED_METRICS.get(kind, tuple(any_run["test"])):
+            rows.append(TableRow(dataset, metric, any_run["units"].get(metric, ""), student,
+                                 _cell(base_runs, "test", metric) if base_runs else None,
+                                 _cell(edg_runs, "test", metric) if edg_runs else None))
+    return rows
+
+
+def _fmt(c: Cell | None, digits: int = 4) -> str:
+    if c is None:
+        return "–"
+    return f"{c.mean:.{digits}f}" + (f" ± {c.std:.{digits}f}" if c.n > 1 else "")
+
+
+def markdown_tables(rows: list[TableRow]) -> str:
+    """One Markdown table per dataset family; rows = (dataset, metric), columns = student x (w/o, w/, Impr.)."""
+    out = []
+    for kind in sorted({r.dataset.split(":")[0] for r in rows}):
+        sub = [r for r in rows if r.dataset.startswith(kind + ":")]
+        students = sorted({r.student for r in sub})
+        head = ["Dataset", "Metric"] + [f"{s} {c}" for s in students for c in ("w/o EDG", "w/ EDG", "Impr.")]
+        lines = [f"### {kind}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        by_key = {(r.dataset, r.metric, r.student): r for r in sub}
+        for dataset, metric in sorted({(r.dataset, r.metric) for r in sub}):
+            unit = next(r.unit for r in sub if (r.dataset, r.metric) == (dataset, metric))
+            cells = [dataset.split(":", 1)[1], f"{METRIC_NAMES.get(metric, metric)} ({unit})"]
+            for s in students:
+                r = by_key.get((dataset, metric, s))
+                if r is None:
+                    cells += ["–"] * 3
+                    continue
+                lam = f" (λ={r.edg.lambda_ed:g})" if r.edg is not None else ""
+                imp = r.improvement
+                cells += [_fmt(r.baseline), _fmt(r.edg) + lam, "–" if np.isnan(imp) else f"{imp:+.1f}%"]
+            lines.append("| " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    note = ("Test MAE at the best validation epoch; mean ± std over seeds. w/ EDG: the λ > 0 with the lowest "
+            "mean validation metric. Impr. = (w/o − w/) / w/o.")
+    return "\n\n".join(out) + "\n\n" + note + "\n"
+
+
+def csv_table(rows: list[TableRow]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["dataset", "metric", "unit", "student", "baseline_mean", "baseline_std", "baseline_seeds",
+                "edg_mean", "edg_std", "edg_seeds", "edg_lambda", "improvement_pct"])
+    for r in rows:
+        b, e = r.baseline, r.edg
+        w.writerow([r.dataset, r.metric, r.unit, r.student,
+                    *(("", "", "") if b is None else (f"{b.mean:.6g}", f"{b.std:.6g}", b.n)),
+                    *(("", "", "", "") if e is None else (f"{e.mean:.6g}", f"{e.std:.6g}", e.n, f"{e.lambda_ed:g}")),
+                    "" if np.isnan(r.improvement) else f"{r.improvement:.3f}"])
+    return buf.getvalue()
+
+
+def lambda_sweep_csv(results: list[dict]) -> str:
+    """Every (dataset, student, lambda): mean valid selection metric and mean test metrics."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["dataset", "student", "lambda", "seeds", "valid_select", "metric", "test_mean", "test_std"])
+    for (d, s, lam), runs in sorted(_groups(results).items()):
+        val = mean_std(r["valid"][r["select_metric"]] for r in runs)[0]
+        for metric in REPORTED_METRICS.get(d.split(":")[0], tuple(runs[0]["test"])):
+            c = _cell(runs, "test", metric)
+            w.writerow([d, s, f"{lam:g}", len(runs), f"{val:.6g}", metric, f"{c.mean:.6g}", f"{c.std:.6g}"])
+    return buf.getvalue()
+
+
+def write_tables(results: list[dict], out: str | Path) -> dict[str, Path]:
+    """results.md, results.csv and lambda_sweep.csv under ``out`` (atomically)."""
+    out = Path(out)
+    rows = build_rows(results)
+    paths = {"markdown": out / "results.md", "csv": out / "results.csv", "lambda_sweep": out / "lambda_sweep.csv"}
+    write_bytes_atomic(paths["markdown"], ("# EDG results\n\n" + markdown_tables(rows)).encode())
+    write_bytes_atomic(paths["csv"], csv_table(rows).encode())
+    write_bytes_atomic(paths["lambda_sweep"], lambda_sweep_csv(results).encode())
+    return paths
+
+
+# ---------------------------------------------------------------- figures
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
+def plot_learning_curves(results: list[dict], out: str | Path) -> list[Path]:
+    """Per dataset x student: validation selection metric per epoch, one line per (lambda, seed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = []
+    by = defaultdict(list)
+    for r in results:
+        by[(r["dataset"], r["student"])].append(r)
+    for (d, s), runs in sorted(by.items()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in sorted(runs, key=lambda r: (r["lambda_ed"], r["seed"])):
+            hist = read_jsonl(Path(r["run_dir"]) / "history.jsonl")
+            key = f"valid_{r['select_metric']}"
+            ep = [h["epoch"] for h in hist if key in h]
+            ax.plot(ep, [h[key] for h in hist if key in h], lw=1.2,
+                    label=f"λ={r['lambda_ed']:g} seed {r['seed']}", ls="-" if r["lambda_ed"] == 0 else "--")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"validation {runs[0]['select_metric']}")
+        ax.set_yscale("log")
+        ax.set_title(f"{s} on {d}")
+        ax.legend(fontsize=7)
+        paths.append(_save(fig, Path(out) / f"curves_{s}_{d.replace(':', '-')}.png"))
+        plt.close(fig)
+    return paths
+
+
+def plot_lambda_sweep(results: list[dict], out: str | Path) -> list[Path]:
+    """Figure 4: test metric against lambda (log axis), the baseline (lambda 0) as a horizontal line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = []
+    groups = _groups(results)
+    for d, s in sorted({(d, s) for d, s, _ in groups}):
+        metrics = REPORTED_METRICS.get(d.split(":")[0], ("mae",))
+        lams = sorted(lam for dd, ss, lam in groups if (dd, ss) == (d, s) and lam > 0)
+        if not lams:
+            continue
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+        for ax, metric in zip(axes[0], metrics):
+            cells = [_cell(groups[(d, s, lam)], "test", metric) for lam in lams]
+            ax.errorbar(lams, [c.mean for c in cells], yerr=[c.std for c in cells], marker="o", label="w/ EDG")
+            if (d, s, 0.0) in groups:
+                b = _cell(groups[(d, s, 0.0)], "test", metric)
+                ax.axhline(b.mean, color="k", ls="--", label="w/o EDG")
+            ax.set_xscale("log")
+            ax.set_xlabel("λ")
+            unit = groups[(d, s, lams[0])][0]["units"].get(metric, "")
+            ax.set_ylabel(f"test {METRIC_NAMES.get(metric, metric)} ({unit})")
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{s} on {d}: λ sweep")
+        paths.append(_save(fig, Path(out) / f"lambda_sweep_{s}_{d.replace(':', '-')}.png"))
+        plt.close(fig)
+    return paths
+
+
+def plot_trajectory_errors(results: list[dict], out: str | Path, max_frames: int = 1000) -> list[Path]:
+    """Figure 3: per-frame |error| of the test frames in trajectory order, baseline vs EDG (best lambda, seed
+    of the lowest id). Only for rMD17 runs (the frame index is the last field of the molecule id)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = []
+    for d, s in sorted({(r["dataset"], r["student"]) for r in results if r["dataset"].startswith("rmd17:")}):
+        lam = best_lambda(results, d, s)
+        chosen = {}
+        for label, want in (("w/o EDG", 0.0), (f"w/ EDG (λ={lam:g})" if lam else "", lam)):
+            runs = sorted((r for r in results if (r["dataset"], r["student"], r["lambda_ed"]) == (d, s, want)),
+                          key=lambda r: r["seed"])
+            if runs and want is not None:
+                chosen[label] = runs[0]
+        if not chosen:
+            continue
+        metrics = REPORTED_METRICS["rmd17"]
+        fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 2.6 * len(metrics)), sharex=True, squeeze=False)
+        for label, r in chosen.items():
+            with np.load(Path(r["run_dir"]) / "test_errors.npz") as z:
+                frame = np.array([int(i.rsplit(":", 1)[1]) for i in z["ids"]])
+                order = np.argsort(frame)[:max_frames]
+                for ax, metric in zip(axes[:, 0], metrics):
+                    ax.plot(frame[order], z[metric][order], lw=0.8, label=label, alpha=0.8)
+                    ax.set_ylabel(f"|{METRIC_NAMES[metric]} error| ({r['units'][metric]})")
+        axes[0, 0].legend(fontsize=8)
+        axes[-1, 0].set_xlabel("frame index in the MD trajectory")
+        fig.suptitle(f"{s} on {d}: per-frame test error")
+        paths.append(_save(fig, Path(out) / f"trajectory_{s}_{d.replace(':', '-')}.png"))
+        plt.close(fig)
+    return paths
+
+
+def write_report(out: str | Path, results: list[dict] | None = None, plots: bool = True) -> dict[str, object]:
+    """Tables and (optionally) figures for every finished run under ``out``; returns the written paths."""
+    results = collect_results(out) if results is None else results
+    if not results:
+        return {}
+    paths: dict[str, object] = dict(write_tables(results, out))
+    if plots:
+        paths["curves"] = plot_learning_curves(results, out)
+        paths["lambda_sweep_plots"] = plot_lambda_sweep(results, out)
+        paths["trajectory_plots"] = plot_trajectory_errors(results, out)
+    return paths

@@ -1,0 +1,42 @@
+"""What every supervised task offers the training loop (``train/fit.py``).
+
+A task owns its data (train / valid / test ``PackedMolecules``), turns a student's output into predictions in
+reporting units, defines the task loss and the per-molecule errors used for metrics and model selection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from .packed import Batch, PackedMolecules
+
+
+@dataclass
+class Prediction:
+    """A student's output on one batch: pooled features F_G (B, d_G) and predictions in reporting units
+    (``values`` name -> tensor: molecule quantities (B,), atom quantities (A, ...), e.g. forces (A, 3))."""
+    features: torch.Tensor
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    name: str                 # e.g. "rmd17:aspirin", "qm9:U0"
+    out_dim: int              # student output width
+    needs_forces: bool        # whether prediction needs d/dpos (then evaluation runs with autograd)
+    select_metric: str        # validation metric (lower is better) used for model selection
+    units: dict[str, str]     # metric name -> unit
+    train: PackedMolecules
+    valid: PackedMolecules
+    test: PackedMolecules
+
+    def predict(self, model: torch.nn.Module, batch: Batch, training: bool) -> Prediction: ...
+
+    def loss(self, pred: Prediction, batch: Batch) -> torch.Tensor: ...
+
+    def abs_errors(self, pred: Prediction, batch: Batch) -> dict[str, torch.Tensor]:
+        """Per-molecule absolute errors (B,) in reporting units, one entry per metric."""
+        ...
+
+    def describe(self) -> dict: ...
