@@ -122,15 +122,18 @@ def run_scf(mol: Molecule, cfg: DFTConfig | None = None, backend: str = "cpu") -
                    ("newton", None)]
     mf, attempts, dm0 = None, [], None
     for name, settings in ladder:
-        mf = make_scf(pmol, cfg, backend)
+        attempt = make_scf(pmol, cfg, backend)
         if settings is None:
-            mf = mf.newton()
+            if not hasattr(attempt, "newton"):  # a backend without second-order SCF: the ladder ends here
+                break
+            attempt = attempt.newton()
         else:
             for k, v in settings.items():
-                setattr(mf, k, v)
-        mf.callback = _deadline_callback(t_end, mol.id)
+                setattr(attempt, k, v)
+        attempt.callback = _deadline_callback(t_end, mol.id)
         attempts.append(name)
-        mf.kernel(dm0=dm0)
+        attempt.kernel(dm0=dm0)
+        mf = attempt
         if mf.converged:
             break
         log.info("%s: SCF attempt %r did not converge (E = %.8f)", mol.id, name, float(mf.e_tot))
