@@ -85,3 +85,25 @@ def load_result(path: str | Path) -> DFTResult:
                      charge=meta["charge"], multiplicity=meta["multiplicity"], method=meta["method"],
                      attempts=meta["attempts"], timings=meta["timings"], grid=grid, ed=ed, esp=esp,
                      esp_exact_fraction=meta["esp_exact_fraction"])
+
+
+def result_sample(r: DFTResult, mol=None, **extra) -> dict:
+    """A shard sample (``edg_core.shards.encode_sample``) of a result: the molecule with labels E1..E6,
+    ``dft_homo``/``dft_lumo`` (Hartree) and ``dft_dipole`` (3,) Debye, plus float16 ED/ESP and grid.json.
+
+    ``mol`` (the input record) keeps its own labels (e.g. the QM9 targets); ``extra`` goes to
+    ``encode_sample`` (e.g. rendered images).
+    """
+    from edg_core.molecule import Molecule
+    from edg_core.shards import encode_sample
+    if mol is None:
+        mol = Molecule(z=r.z, pos=r.pos, id=r.id, charge=r.charge, multiplicity=r.multiplicity)
+    labels = dict(mol.labels)
+    labels.update({k: float(v) for k, v in r.energies.items()})
+    labels.update({"dft_homo": float(r.homo), "dft_lumo": float(r.lumo),
+                   "dft_dipole": np.asarray(r.dipole, np.float64)})
+    rec = Molecule(z=mol.z, pos=mol.pos, id=mol.id, charge=mol.charge, multiplicity=mol.multiplicity,
+                   smiles=mol.smiles, labels=labels)
+    ed = to_numpy(r.ed) if r.ed is not None else None
+    esp = to_numpy(r.esp) if r.esp is not None else None
+    return encode_sample(rec, grid=r.grid, ed=ed, esp=esp, **extra)

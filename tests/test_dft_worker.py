@@ -129,3 +129,17 @@ def test_cli_local_run_and_resume(tmp_path, capsys):
     assert "done 0, skipped 2, failed 0" in capsys.readouterr().out
     meta = json.loads(str(np.load(out / "fields" / "qm9:1.npz")["meta"]))
     assert meta["id"] == "qm9:1" and meta["method"].startswith("RKS b3lyp/sto-3g")
+
+
+def test_result_goes_into_a_shard_sample(tmp_path):
+    from dft.result import result_sample
+    from edg_core.shards import ShardWriter, read_samples
+    mol = Molecule(z=WATER.z, pos=WATER.pos, id="water", labels={"U0": -76.4})
+    r = DFTWorker(DFTConfig(**FAST), out=None).process(mol)["result"]
+    with ShardWriter(tmp_path, "dft") as w:
+        w.write(result_sample(r, mol))
+    (d,) = list(read_samples(tmp_path, torch_tensors=False))
+    assert d["grid"] == r.grid and d["ed"].shape == r.grid.shape
+    np.testing.assert_allclose(d["esp"], r.esp, rtol=1e-3, atol=1e-3)  # float16 in the shard
+    assert d["labels"]["U0"] == -76.4 and d["labels"]["E6"] == pytest.approx(r.energies["E6"])
+    np.testing.assert_allclose(d["labels"]["dft_dipole"], r.dipole)
