@@ -137,3 +137,15 @@ def test_schnet_paper_defaults():
     assert len(model.net.interactions) == 6 and model.config.cutoff == 10.0
     with pytest.raises(ValueError, match="pos"):
         model(torch.tensor([6, 1]), torch.zeros(3, 3))
+
+
+def test_energy_and_forces_under_no_grad_in_eval():
+    model = make("schnet")
+    z, pos, batch = collate(molecules(2))
+    _, e_ref, f_ref = energy_and_forces(model, z, pos, batch)
+    with torch.no_grad():
+        _, energy, forces = energy_and_forces(model, z, pos, batch)
+    assert not forces.requires_grad  # eval: no graph kept for the forces
+    assert torch.allclose(energy, e_ref) and torch.allclose(forces, f_ref)
+    with pytest.raises(ValueError, match="out_dim=1"):
+        energy_and_forces(make("schnet", out_dim=2), z, pos, batch)
