@@ -69,4 +69,5 @@ def main(argv: list[str]) -> None:
         r = measure(name, steps=2 if quick else 5, warmup=1 if quick else 2, device=device)
         print(f"students train step  {r['model']} rmd17:aspirin batch {r['batch_size']} E+F on {r['device']} "
               f"({r['threads']} threads, load avg {r['load_avg']:.1f}, median of {r['steps']}): "
-              f"{r['step_ms']:.0f} ms/step, {r['steps_per_s']:.2f} steps/s, {r['frames_per_s']:.0f} frames/s", flush=True)
+              f"{r['step_ms']:.0f} ms/step, {r['steps_per_s']:.2f} steps/s, {r['frames_per_s']:.0f} frames/s",
+              flush=True)
