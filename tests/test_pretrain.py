@@ -117,15 +117,19 @@ def test_teacher_learns_fu(shards, tmp_path):
 @pytest.mark.slow
 def test_ray_train_two_cpu_workers(shards, tmp_path):
     ray = pytest.importorskip("ray")
+    import shutil
+    import tempfile
+
     from cluster.train_ray import run_pretraining
-    ray.init(address="local", _temp_dir=str(tmp_path / "ray_tmp"), num_cpus=4, include_dashboard=False,
-             log_to_driver=False)
+    ray_tmp = tempfile.mkdtemp(prefix="edgr", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    ray.init(address="local", _temp_dir=ray_tmp, num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         cfg = _imageed_cfg(epochs=1, warmup_epochs=0, batch_size=4)
         result = run_pretraining("imageed", cfg, shards, tmp_path / "out", num_workers=2,
                                  storage_path=tmp_path / "storage")
     finally:
         ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert result.error is None
     assert result.metrics["epoch"] == 0 and result.metrics["step"] == math.ceil(24 / (4 * 2))
     assert result.checkpoint is not None

@@ -75,7 +75,7 @@ class ShardImages(IterableDataset):
                 continue
             if tuple(img.shape) != self.shape:
                 raise ShardError(f"{s.get('__url__')}:{key}: {member} has shape {tuple(img.shape)}, "
-                                 f"expected {self.shape} (check --img-size / the renderer's views)")
+                                 f"expected {self.shape} (check the model img_size / n_views against the images)")
             out = {"key": key, member: img.float()}
             if self.kind == "teacher":
                 fu = s.get("fu")

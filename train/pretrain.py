@@ -27,6 +27,7 @@ import torch.nn as nn
 from edg_core.config import dump_yaml
 from edg_core.errors import EDGError, ShardError
 from edg_core.io import append_jsonl, atomic_path, progress
+from edg_core.shards import shard_paths
 
 from .data import ShardImages, count_samples, image_loader
 from .imageed import ImageED, ImageEDConfig, imageed_state, save_reconstruction_png
@@ -205,6 +206,7 @@ def fit(stage: _Stage, cfg, shards, out_dir, report: Report | None = None, devic
         model.load_state_dict(ck["model"])
         start_epoch, history, steps = ck["epoch"] + 1, ck["history"], ck["steps_per_epoch"]
     if steps is None:
+        shard_paths(shards)  # a missing folder or pattern raises here, naming it
         n_train = cfg.samples_per_epoch or count_samples(shards, "train", cfg.val_fraction)
         if n_train == 0:
             raise ShardError(f"{shards}: no training samples")
@@ -285,4 +287,5 @@ def _validate(stage: _Stage, model: nn.Module, cfg, device, world: int, autocast
         n += len(batch["key"])
         sums["loss"] += float(parts["loss"]) * len(batch["key"])
     model.train()
-    return {f"valid_{k}": v for k, v in _mean_across_ranks(sums, n, device, world).items()}
+    means = _mean_across_ranks(sums, n, device, world)
+    return {} if math.isnan(means["loss"]) else {f"valid_{k}": v for k, v in means.items()}  # {}: no held-out keys
