@@ -58,6 +58,9 @@ class Framing:
     half_width: torch.Tensor
     depth_radius: torch.Tensor
 
+    def select(self, sl: slice) -> Framing:
+        return Framing(self.center[sl], self.half_width[sl], self.depth_radius[sl])
+
     def angstrom_per_pixel(self, image_size: int) -> torch.Tensor:
         return 2.0 * self.half_width / image_size
 

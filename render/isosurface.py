@@ -34,7 +34,7 @@ class FieldVolume:
     shape: torch.Tensor
 
     @classmethod
-    def stack(cls, eds, esps, grids: list[CubeGrid], ids=None, dtype=torch.float32, device=None) -> "FieldVolume":
+    def stack(cls, eds, esps, grids: list[CubeGrid], ids=None, dtype=torch.float32, device=None) -> FieldVolume:
         ids = ids or [f"molecule {i}" for i in range(len(eds))]
         for name, ed, esp, g in zip(ids, eds, esps, grids):
             for what, f in (("ED", ed), ("ESP", esp)):

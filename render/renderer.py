@@ -48,24 +48,31 @@ class Renderer:
         self.dtype = dtype
 
     # ------------------------------------------------------------------ public API
-    def structure_images(self, zs: Sequence, positions: Sequence) -> tuple[torch.Tensor, list[dict]]:
-        """(B, V, 3, H, W) ball-and-stick images on ``structure_background`` and each molecule's framing record."""
+    def structure_images(self, zs: Sequence, positions: Sequence, framing: Framing | None = None
+                         ) -> tuple[torch.Tensor, list[dict]]:
+        """(B, V, 3, H, W) ball-and-stick images on ``structure_background`` and each molecule's framing record.
+        ``framing`` (optional) fixes the cameras instead of fitting them to the molecules."""
         out, frames = [], []
-        for s in range(0, len(zs), self.cfg.batch_size):
-            img, fr = self._structure_batch(zs[s:s + self.cfg.batch_size], positions[s:s + self.cfg.batch_size])
+        bs = self.cfg.batch_size
+        for s in range(0, len(zs), bs):
+            sl = slice(s, s + bs)
+            img, fr = self._structure_batch(zs[sl], positions[sl], None if framing is None else framing.select(sl))
             out.append(img)
             frames += fr
         return torch.cat(out), frames
 
     def ed_images(self, zs: Sequence, positions: Sequence, eds: Sequence, esps: Sequence,
-                  grids: Sequence[CubeGrid], ids: Sequence[str] | None = None) -> tuple[torch.Tensor, list[dict]]:
-        """(B, V, 4, H, W) ED images (RGB + depth or alpha) and each molecule's framing record."""
+                  grids: Sequence[CubeGrid], ids: Sequence[str] | None = None, framing: Framing | None = None
+                  ) -> tuple[torch.Tensor, list[dict]]:
+        """(B, V, 4, H, W) ED images (RGB + depth or alpha) and each molecule's framing record (``ids`` name
+        molecules in errors; ``framing`` optionally fixes the cameras)."""
         out, frames = [], []
         bs = self.cfg.batch_size
         for s in range(0, len(zs), bs):
             sl = slice(s, s + bs)
             img, fr = self._ed_batch(zs[sl], positions[sl], eds[sl], esps[sl], grids[sl],
-                                     None if ids is None else list(ids[sl]))
+                                     None if ids is None else list(ids[sl]),
+                                     None if framing is None else framing.select(sl))
             out.append(img)
             frames += fr
         return torch.cat(out), frames
@@ -74,10 +81,16 @@ class Renderer:
     def _device_of(self, x):
         return self.device or (x.device if torch.is_tensor(x) else torch.device("cpu"))
 
-    def _atoms(self, zs, positions, margin):
+    def fit(self, zs: Sequence, positions: Sequence, kind: str = "ed") -> Framing:
+        """The framing the renderer would fit to these molecules (``kind`` ed or structure)."""
+        return self._atoms(zs, positions, kind)[3]
+
+    def _atoms(self, zs, positions, kind, framing=None):
         cfg = self.cfg
         z, pos, mask = pad_atoms(zs, positions, self.dtype, self._device_of(positions[0]))
-        framing = fit_framing(pos, mask, margin, cfg.image_size, cfg.angstrom_per_pixel)
+        if framing is None:
+            margin = cfg.ed_margin if kind == "ed" else cfg.structure_margin
+            framing = fit_framing(pos, mask, margin, cfg.image_size, cfg.angstrom_per_pixel)
         drawn = mask & (z != 1) if not cfg.hydrogens else mask
         return z, pos, drawn, framing
 
@@ -97,9 +110,9 @@ class Renderer:
     def _records(self, framing: Framing) -> list[dict]:
         return [framing.to_dict(i, self.cfg.image_size) for i in range(len(framing.half_width))]
 
-    def _structure_batch(self, zs, positions):
+    def _structure_batch(self, zs, positions, framing):
         cfg = self.cfg
-        z, pos, drawn, framing = self._atoms(zs, positions, cfg.structure_margin)
+        z, pos, drawn, framing = self._atoms(zs, positions, "structure", framing)
         rot = view_rotations(cfg.structure_views, self.dtype, pos.device)
         x, y = pixel_coords(framing, cfg.image_size)
         hits, color = self._trace(z, pos, drawn, rot, framing, x, y)
@@ -107,9 +120,9 @@ class Renderer:
         rgb = torch.where(hits.hit[..., None], color, bg)
         return self._to_image(rgb, len(cfg.structure_views)), self._records(framing)
 
-    def _ed_batch(self, zs, positions, eds, esps, grids, ids):
+    def _ed_batch(self, zs, positions, eds, esps, grids, ids, framing):
         cfg = self.cfg
-        z, pos, drawn, framing = self._atoms(zs, positions, cfg.ed_margin)
+        z, pos, drawn, framing = self._atoms(zs, positions, "ed", framing)
         device = pos.device
         vol = FieldVolume.stack(eds, esps, list(grids), ids, self.dtype, device)
         rot = view_rotations(cfg.ed_views, self.dtype, device)
