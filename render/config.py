@@ -25,6 +25,7 @@ class RenderConfig:
         "help": "fixed world scale (Å per pixel) instead of fitting each molecule"})
     hydrogens: bool = field(default=True, metadata={"help": "draw hydrogens in the ball-and-stick structure"})
     stick_radius: float = field(default=0.15, metadata={"help": "bond cylinder radius, Å"})
+    stick_h_scale: float = field(default=0.4, metadata={"help": "radius factor of bonds to hydrogen (PyMOL)"})
     sphere_scale: float = field(default=0.2, metadata={"help": "ball radius = sphere_scale x vdW radius"})
     bond_tolerance: float = field(default=0.45, metadata={"help": "bond if d < r_cov_i + r_cov_j + this (Å)"})
     structure_in_ed: bool = field(default=True, metadata={"help": "draw the ball-and-stick inside the ED surface"})

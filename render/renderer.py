@@ -99,7 +99,7 @@ class Renderer:
         cam = to_camera(pos, rot, framing)
         bonds, bond_mask = find_bonds(z, pos, drawn, cfg.bond_tolerance)
         hits = trace_structure(cam, z, drawn, bonds, bond_mask, x, y, framing.depth_radius,
-                               cfg.stick_radius, cfg.sphere_scale)
+                               cfg.stick_radius, cfg.sphere_scale, cfg.stick_h_scale)
         return hits, shade(hits.color, hits.normal, cfg)
 
     def _to_image(self, pixels: torch.Tensor, n_views: int) -> torch.Tensor:

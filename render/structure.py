@@ -55,10 +55,10 @@ def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def trace_structure(cam: torch.Tensor, z: torch.Tensor, mask: torch.Tensor, bonds: torch.Tensor,
                     bond_mask: torch.Tensor, x: torch.Tensor, y: torch.Tensor, depth_radius: torch.Tensor,
-                    stick_radius: float = 0.15, sphere_scale: float = 0.2, max_elements: int = 1 << 24
-                    ) -> StructureHits:
-    """Ray-trace balls (radius ``sphere_scale`` x vdW) and sticks (radius ``stick_radius``, each half in its
-    atom's colour).
+                    stick_radius: float = 0.15, sphere_scale: float = 0.2, stick_h_scale: float = 0.4,
+                    max_elements: int = 1 << 24) -> StructureHits:
+    """Ray-trace balls (radius ``sphere_scale`` x vdW) and sticks (radius ``stick_radius``, times
+    ``stick_h_scale`` for bonds to hydrogen as in PyMOL; each half in its atom's colour).
 
     ``cam`` (B, V, N, 3) camera-space atom positions (Å), ``z``/``mask`` (B, N), ``bonds``/``bond_mask`` from
     ``find_bonds``, ``x``/``y`` (B, R) pixel coordinates (Å), ``depth_radius`` (B,) Å. Pixels are processed in
@@ -68,12 +68,14 @@ def trace_structure(cam: torch.Tensor, z: torch.Tensor, mask: torch.Tensor, bond
     r_count = x.shape[1]
     p = bonds.shape[1]
     chunk = max(1, max_elements // max(b * v * (n + p), 1))
+    to_h = (torch.gather(z, 1, bonds[..., 0]) == 1) | (torch.gather(z, 1, bonds[..., 1]) == 1)
+    bond_radius = stick_radius * torch.where(to_h, stick_h_scale, 1.0).to(cam.dtype)  # (B, P)
     parts = [_trace_chunk(cam, z, mask, bonds, bond_mask, x[:, s:s + chunk], y[:, s:s + chunk], depth_radius,
-                          stick_radius, sphere_scale) for s in range(0, r_count, chunk)]
+                          bond_radius, sphere_scale) for s in range(0, r_count, chunk)]
     return StructureHits(*(torch.cat([getattr(q, f) for q in parts], dim=2) for f in ("t", "normal", "color", "hit")))
 
 
-def _trace_chunk(cam, z, mask, bonds, bond_mask, x, y, zr, stick_radius, sphere_scale) -> StructureHits:
+def _trace_chunk(cam, z, mask, bonds, bond_mask, x, y, zr, bond_radius, sphere_scale) -> StructureHits:
     dtype = cam.dtype
     v = cam.shape[1]
     inf = torch.tensor(float("inf"), dtype=dtype, device=cam.device)
@@ -105,7 +107,7 @@ def _trace_chunk(cam, z, mask, bonds, bond_mask, x, y, zr, stick_radius, sphere_
     perp_x, perp_y, perp_z = wx - w_u * ux, wy - w_u * uy, wz - w_u * uz
     qa = 1 - uz ** 2
     qb = -2 * perp_z
-    qc = perp_x ** 2 + perp_y ** 2 + perp_z ** 2 - stick_radius ** 2
+    qc = perp_x ** 2 + perp_y ** 2 + perp_z ** 2 - (bond_radius ** 2)[:, None, None, :]
     disc = qb ** 2 - 4 * qa * qc
     ok = (disc > 0) & (qa > 1e-9) & bond_mask[:, None, None, :]
     safe_qa = torch.where(ok, qa, torch.ones_like(qa))
@@ -128,7 +130,7 @@ def _trace_chunk(cam, z, mask, bonds, bond_mask, x, y, zr, stick_radius, sphere_
 
     a_hit, u_hit = _gather(a_end, k_c), _gather(u, k_c)
     along = ((q - a_hit) * u_hit).sum(-1, keepdim=True)
-    n_cyl = (q - a_hit - along * u_hit) / stick_radius
+    n_cyl = (q - a_hit - along * u_hit) / torch.gather(bond_radius[:, None].expand(-1, v, -1), 2, k_c)[..., None]
     atom_i = torch.gather(bonds[:, None, :, 0].expand(-1, v, -1), 2, k_c)
     atom_j = torch.gather(bonds[:, None, :, 1].expand(-1, v, -1), 2, k_c)
     first_half = along[..., 0] < 0.5 * torch.gather(length, 2, k_c)
