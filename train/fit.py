@@ -40,6 +40,7 @@ class FitConfig:
     grad_clip: float | None = None     # max grad norm; None: no clipping
     seed: int = 42
     device: str = "cpu"
+    num_threads: int | None = None     # torch CPU threads (None: torch's default)
     checkpoint_every: int = 1          # epochs between resumable checkpoints (0: never)
 
 
@@ -106,13 +107,16 @@ class FitResult:
 
 
 def fit(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed: float = 0.0, head: EDGHead | None = None,
-        run_dir: Path | None = None, desc: str = "fit") -> FitResult:
+        run_dir: Path | None = None, desc: str = "fit", stop_after: int | None = None) -> FitResult:
     """Train ``model`` on ``task.train``; select on ``task.select_metric`` of ``task.valid``; test at the best epoch.
 
     With ``lambda_ed > 0`` the training set must carry ``edp`` (M, 768) molecule labels and ``head`` is trained
-    (its mapper) together with the student. ``run_dir`` enables per-epoch history and resumable checkpoints.
+    (its mapper) together with the student. ``run_dir`` enables per-epoch history and resumable checkpoints;
+    ``stop_after`` ends the call after that many epochs of the schedule (a rerun resumes from there).
     """
     device = torch.device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     model.to(device)
     train, valid, test = task.train.to(device), task.valid.to(device), task.test.to(device)
     if lambda_ed > 0:
@@ -143,7 +147,8 @@ def fit(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed: float = 0
         log.info("%s: resumed at epoch %d", desc, state["epoch"])
     history = read_jsonl(run_dir / "history.jsonl")[:state["epoch"]] if run_dir is not None else []
 
-    for epoch in progress(range(state["epoch"], cfg.epochs), desc, total=cfg.epochs - state["epoch"]):
+    last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+    for epoch in progress(range(state["epoch"], last_epoch), desc, total=last_epoch - state["epoch"]):
         t0 = time.perf_counter()
         model.train()
         if head is not None:

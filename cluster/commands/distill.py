@@ -1,0 +1,171 @@
+"""``edg distill`` (one student x dataset x lambda x seed) and ``edg benchmark`` (a grid of them + tables).
+
+Runs are resumable: a run whose ``result.json`` exists is skipped, an interrupted one continues from its
+last epoch checkpoint. ``edg benchmark --ray`` runs each grid point as a Ray task (one per run, ``--cpus-per-run``
+CPUs, ``--gpus-per-run`` GPUs) on a running cluster or a local runtime; otherwise runs go one after another
+in this process.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+from pathlib import Path
+
+from edg_core.config import ConfigError, add_config_args, apply_args, load_yaml
+
+log = logging.getLogger(__name__)
+
+
+def _key_values(items: list[str] | None, what: str) -> dict:
+    """``["train_size=100", "root=/d"]`` -> ``{"train_size": 100, "root": "/d"}`` (values parsed as YAML scalars)."""
+    import yaml
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what}: expected KEY=VALUE, got {item!r}")
+        out[key.replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from train.fit import FitConfig
+    p.add_argument("--config", help="YAML file with DistillConfig fields (flags override it)")
+    p.add_argument("--out", help="output folder of the runs (default: runs/distill)")
+    p.add_argument("--teacher-targets", help="EDP(F_S) per molecule id: .npz or shard folder; "
+                                             "'standin:coulomb' = geometry-only stand-in teacher (no ED)")
+    p.add_argument("--ed-predictor", help="teacher checkpoint with the trained ED predictor "
+                                          "(default: a seeded random ED predictor)")
+    p.add_argument("--task", action="append", metavar="KEY=VALUE",
+                   help="task option, repeatable: train_size, valid_size, test_size, root, split_id, "
+                        "select_metric (rMD17); train_size, ... (QM9)")
+    p.add_argument("--student-arg", action="append", metavar="KEY=VALUE",
+                   help="student config override, repeatable (e.g. hidden_channels=64)")
+    p.add_argument("--force", action="store_true", help="rerun finished runs")
+    add_config_args(p, FitConfig, skip=("seed",))
+
+
+def register(sub) -> None:
+    d = sub.add_parser("distill", help="train one student with or without EDG",
+                       description="Train a geometry student on a task with L = L_task + lambda * L_ED "
+                                   "(lambda 0: the baseline). Writes <out>/<run>/result.json, history, "
+                                   "test errors, best weights and the resolved config.")
+    d.add_argument("--student", help="student name (default: schnet)")
+    d.add_argument("--dataset", help="rmd17:<molecule> or qm9:<target> (default: rmd17:aspirin)")
+    d.add_argument("--lambda", dest="lambda_ed", type=float, help="EDG weight lambda (default: 0 = baseline)")
+    d.add_argument("--seed", type=int, help="seed of init, shuffling (default: 42)")
+    _common(d)
+    d.set_defaults(func=cmd_distill)
+
+    b = sub.add_parser("benchmark", help="grid of students x datasets x lambdas x seeds, then result tables",
+                       description="Run every combination (skipping finished runs) and write results.md, "
+                                   "results.csv, lambda_sweep.csv and figures under --out.")
+    b.add_argument("--students", nargs="+", default=["schnet"])
+    b.add_argument("--datasets", nargs="+", default=["rmd17:ethanol", "rmd17:aspirin"])
+    b.add_argument("--lambdas", nargs="+", type=float, default=[0.0, 0.1])
+    b.add_argument("--seeds", nargs="+", type=int, default=[42])
+    b.add_argument("--ray", action="store_true", help="run each grid point as a Ray task")
+    b.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS / a local head / a new local runtime)")
+    b.add_argument("--ray-temp-dir", help="session folder of a local Ray runtime")
+    b.add_argument("--cpus-per-run", type=float, default=1.0)
+    b.add_argument("--gpus-per-run", type=float, default=0.0)
+    b.add_argument("--no-plots", action="store_true", help="tables only")
+    _common(b)
+    b.set_defaults(func=cmd_benchmark)
+
+
+def _base_config(args):
+    from train.fit import DistillConfig
+    cfg = load_yaml(DistillConfig, args.config) if args.config else DistillConfig()
+    changes = {}
+    for name in ("student", "dataset", "out"):
+        if getattr(args, name, None) is not None:
+            changes[name] = getattr(args, name)
+    if getattr(args, "lambda_ed", None) is not None:
+        changes["edg.lambda_ed"] = args.lambda_ed
+    if getattr(args, "seed", None) is not None:
+        changes["fit.seed"] = args.seed
+    if args.teacher_targets is not None:
+        changes["edg.teacher_targets"] = args.teacher_targets
+    if args.ed_predictor is not None:
+        changes["edg.ed_predictor"] = args.ed_predictor
+    from train.fit import replace
+    cfg = replace(cfg, **changes)
+    cfg = replace(cfg, fit=apply_args(cfg.fit, args),
+                  task={**cfg.task, **_key_values(args.task, "--task")},
+                  student_args={**cfg.student_args, **_key_values(args.student_arg, "--student-arg")})
+    if cfg.edg.lambda_ed < 0:
+        raise ConfigError(f"lambda must be >= 0, got {cfg.edg.lambda_ed}")
+    return cfg
+
+
+def _check_targets(cfg) -> None:
+    if cfg.edg.lambda_ed > 0 and not cfg.edg.teacher_targets:
+        raise ConfigError(f"lambda {cfg.edg.lambda_ed} > 0 needs --teacher-targets (a .npz / shard folder from the "
+                          "teacher stage, or standin:coulomb)")
+
+
+def _line(r: dict) -> str:
+    test = ", ".join(f"{k} {v:.4f}" for k, v in r["test"].items() if k != "weighted_mae")
+    return (f"{r['run']}: best epoch {r['best_epoch']}/{r['epochs']}, test {test} "
+            f"({r['seconds_per_epoch']:.1f} s/epoch)")
+
+
+def cmd_distill(args) -> int:
+    from train.fit import run_distill
+    cfg = _base_config(args)
+    _check_targets(cfg)
+    r = run_distill(cfg, force=args.force)
+    print(_line(r))
+    print(f"-> {Path(cfg.out) / cfg.run_name()}")
+    return 0
+
+
+def grid(base, students, datasets, lambdas, seeds) -> list:
+    """Every DistillConfig of the grid (students x datasets x lambdas x seeds)."""
+    from train.fit import replace
+    return [replace(base, student=s, dataset=d, **{"edg.lambda_ed": float(lam), "fit.seed": int(seed)})
+            for s, d, lam, seed in itertools.product(students, datasets, lambdas, seeds)]
+
+
+def _run_with_ray(cfgs, args) -> list[dict]:
+    import ray
+
+    from cluster.runtime import ray_session
+    from train.fit import run_distill
+
+    remote = ray.remote(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run)(run_distill)
+    with ray_session(args.address, temp_dir=args.ray_temp_dir):
+        refs = {remote.remote(c, args.force): c.run_name() for c in cfgs}
+        out = []
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            r = ray.get(done[0])
+            print(_line(r), flush=True)
+            out.append(r)
+    return out
+
+
+def cmd_benchmark(args) -> int:
+    from train.fit import run_distill
+    from train.report import write_report
+    base = _base_config(args)
+    cfgs = grid(base, args.students, args.datasets, args.lambdas, args.seeds)
+    for c in cfgs:
+        _check_targets(c)
+    print(f"benchmark: {len(cfgs)} runs -> {base.out}")
+    if args.ray:
+        _run_with_ray(cfgs, args)
+    else:
+        for c in cfgs:
+            print(_line(run_distill(c, force=args.force)), flush=True)
+    wanted = {c.run_name() for c in cfgs}
+    from train.report import collect_results
+    results = [r for r in collect_results(base.out) if r["run"] in wanted]
+    paths = write_report(base.out, results, plots=not args.no_plots)
+    print(json.dumps({k: (str(v) if not isinstance(v, list) else [str(x) for x in v]) for k, v in paths.items()},
+                     indent=1))
+    return 0

@@ -1,0 +1,95 @@
+"""``edg distill`` and ``edg benchmark`` end to end on a few rMD17 frames with a tiny SchNet."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from cluster.cli import main
+
+ROOT = "/work/shared/data/rmd17"
+TINY = ["--student-arg", "hidden_channels=8", "--student-arg", "num_filters=8", "--student-arg",
+        "num_interactions=1", "--student-arg", "num_gaussians=8", "--student-arg", "cutoff=4.0"]
+DATA = ["--task", f"root={ROOT}", "--task", "train_size=8", "--task", "valid_size=4", "--task", "test_size=4"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_distill_writes_run_and_skips_when_finished(tmp_path, capsys):
+    args = ["distill", "--dataset", "rmd17:ethanol", "--lambda", "0.5", "--teacher-targets", "standin:coulomb",
+            "--out", str(tmp_path), "--epochs", "2", "--batch-size", "4", "--seed", "3", *TINY, *DATA]
+    assert main(args) == 0
+    run = tmp_path / "schnet__rmd17-ethanol__lam0.5__seed3"
+    r = json.loads((run / "result.json").read_text())
+    assert r["lambda_ed"] == 0.5 and r["seed"] == 3 and r["epochs"] == 2
+    assert r["split"]["train"][0].startswith("rmd17:ethanol:") and len(r["split"]["test"]) == 4
+    assert set(r["test"]) == {"energy_mae", "force_mae", "weighted_mae"}
+    assert "stand-in" in r["teacher_targets"]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["edg"]["lambda_ed"] == 0.5 and cfg["student_args"]["hidden_channels"] == 8
+    hist = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    assert len(hist) == 2 and hist[0]["train_ed_loss"] > 0
+    assert (run / "best_student.pt").exists() and (run / "test_errors.npz").exists()
+    assert not (run / "checkpoint.pt").exists()
+
+    stamp = (run / "result.json").stat().st_mtime_ns
+    assert main(args) == 0  # finished: skipped
+    assert (run / "result.json").stat().st_mtime_ns == stamp
+    assert len((run / "history.jsonl").read_text().splitlines()) == 2
+
+
+def test_distill_resumes_from_checkpoint(tmp_path):
+    base = ["distill", "--dataset", "rmd17:ethanol", "--out", str(tmp_path), "--batch-size", "4", *TINY, *DATA]
+    assert main(base + ["--epochs", "3"]) == 0
+    full = json.loads((tmp_path / "schnet__rmd17-ethanol__lam0__seed42" / "result.json").read_text())
+
+    from train.fit import DistillConfig, FitConfig, fit
+    from train.students import build_student
+    from train.tasks import build_task
+    cfg = DistillConfig(out=str(tmp_path / "b"), dataset="rmd17:ethanol")
+    task = build_task("rmd17:ethanol", root=ROOT, train_size=8, valid_size=4, test_size=4)
+    run_dir = tmp_path / "b" / "run"
+    run_dir.mkdir(parents=True)
+    sargs = {"hidden_channels": 8, "num_filters": 8, "num_interactions": 1, "num_gaussians": 8, "cutoff": 4.0}
+    torch.manual_seed(cfg.fit.seed)
+    m = build_student("schnet", **sargs)
+    # an "interrupted" run: 2 epochs done under a 3-epoch schedule
+    fit(task, m, FitConfig(epochs=3, batch_size=4), run_dir=run_dir, stop_after=2)
+    assert len((run_dir / "history.jsonl").read_text().splitlines()) == 2
+    torch.manual_seed(123)  # a resumed run must not depend on a fresh initialisation
+    res = fit(task, build_student("schnet", **sargs), FitConfig(epochs=3, batch_size=4), run_dir=run_dir)
+    assert len(res.history) == 3
+    assert res.test["force_mae"] == pytest.approx(full["test"]["force_mae"], rel=1e-5)
+
+
+def test_benchmark_grid_writes_tables(tmp_path, capsys):
+    args = ["benchmark", "--datasets", "rmd17:ethanol", "--lambdas", "0", "0.1", "--seeds", "1",
+            "--teacher-targets", "standin:coulomb", "--out", str(tmp_path), "--epochs", "1", "--batch-size", "4",
+            "--no-plots", *TINY, *DATA]
+    assert main(args) == 0
+    md = (tmp_path / "results.md").read_text()
+    assert "| ethanol | Energy (kcal/mol) |" in md and "(λ=0.1)" in md
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == 3  # header + energy + force
+
+
+def test_lambda_without_targets_is_a_clear_error(tmp_path, capsys):
+    assert main(["distill", "--lambda", "0.1", "--out", str(tmp_path)]) == 2
+    assert "--teacher-targets" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_benchmark_with_ray_tasks(tmp_path):
+    args = ["benchmark", "--datasets", "rmd17:ethanol", "--lambdas", "0", "0.1", "--seeds", "1", "--ray",
+            "--ray-temp-dir", str(tmp_path / "ray"), "--teacher-targets", "standin:coulomb",
+            "--out", str(tmp_path / "runs"), "--epochs", "1", "--batch-size", "4", "--no-plots", *TINY, *DATA]
+    assert main(args) == 0
+    assert len(list((tmp_path / "runs").glob("*/result.json"))) == 2
+    assert (tmp_path / "runs" / "results.md").exists()
