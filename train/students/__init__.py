@@ -13,6 +13,7 @@ from .dimenetpp import DimeNetPPConfig, DimeNetPPStudent
 from .egnn import EGNNConfig, EGNNStudent
 from .painn import PaiNNConfig, PaiNNStudent
 from .schnet import SchNetConfig, SchNetStudent
+from .spherenet import SphereNetConfig, SphereNetStudent
 from .visnet import ViSNetConfig, ViSNetStudent
 
 STUDENTS: dict[str, tuple[type, type]] = {
@@ -21,6 +22,7 @@ STUDENTS: dict[str, tuple[type, type]] = {
     "dimenetpp": (DimeNetPPStudent, DimeNetPPConfig),
     "egnn": (EGNNStudent, EGNNConfig),
     "painn": (PaiNNStudent, PaiNNConfig),
+    "spherenet": (SphereNetStudent, SphereNetConfig),
 }
 """Student name -> (model class, config dataclass)."""
 
