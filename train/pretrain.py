@@ -177,9 +177,10 @@ def _to(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _mean_across_ranks(sums: dict[str, float], count: float, device, world: int) -> dict[str, float]:
+def _mean_across_ranks(sums: dict, count: float, device, world: int) -> dict[str, float]:
     keys = sorted(sums)
-    t = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64, device=device)
+    t = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=device).reshape(()) for k in keys]
+                    + [torch.tensor(float(count), dtype=torch.float64, device=device)])
     if world > 1:
         dist.all_reduce(t)
     return {k: (t[i] / t[-1]).item() if t[-1] > 0 else float("nan") for i, k in enumerate(keys)}
@@ -230,7 +231,7 @@ def fit(stage: _Stage, cfg, shards, out_dir, report: Report | None = None, devic
         g = torch.Generator(device=device).manual_seed(seed + rank)
         batches = _batches(stage, seed + rank, cfg.batch_size, cfg.num_workers, rank)
         model.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         t0, n_samples = time.perf_counter(), 0
         for _ in progress(range(steps), f"{stage.name} epoch {epoch + 1}/{cfg.epochs}"):
             batch = _to(next(batches), device)
@@ -244,8 +245,8 @@ def fit(stage: _Stage, cfg, shards, out_dir, report: Report | None = None, devic
             scheduler.step()
             b = len(batch["key"])
             n_samples += b
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * b
+            for k, v in parts.items():  # kept on the device: no host sync per step
+                sums[k] = sums.get(k, 0.0) + v.detach().double() * b
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
