@@ -102,6 +102,27 @@ def test_paper_sizes_build():
     assert len(m.blocks) == 12 and len(m.decoder_blocks) == 8
     assert m.blocks[0].attn.num_heads == 12 and m.decoder_blocks[0].attn.num_heads == 16
     assert m.pos_embed.shape == (1, 1176, 768) and m.decoder_pos_embed.shape == (1, 1176, 512)
+    assert all(b.attn.fused_attn for b in [*m.blocks, *m.decoder_blocks])  # F.scaled_dot_product_attention
+
+
+@pytest.mark.gpu
+def test_bf16_sdpa_step_on_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    m = ImageED(imageed_preset("tiny")).cuda()
+    x = torch.rand(4, 6, 4, 32, 32, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = m(x, generator=g)
+    assert out["mask"].sum().item() == 4 * 24
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and all(torch.isfinite(p.grad).all() for p in m.parameters())
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        fu_bf16 = m.features(x)
+    fu = m.features(x)
+    assert fu_bf16.dtype == torch.float32
+    torch.testing.assert_close(fu_bf16, fu, atol=0.1, rtol=0.05)
 
 
 def test_losses_match_hand_computation(tiny):
