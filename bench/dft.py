@@ -58,7 +58,7 @@ def band_study(mol) -> None:
     full = fields.esp(out.mol, out.dm, pts, "cpu")
     t_full = time.perf_counter() - t
     t = time.perf_counter()
-    fast, exact = esp_band_cpu(out.mol, out.dm, pts, ed, cfg.iso_value, cfg.esp_band, cfg.esp_stride)
+    fast, exact = esp_band_cpu(out.mol, out.dm, pts, ed, iso=cfg.iso_value, band=cfg.esp_band, stride=cfg.esp_stride)
     t_band = time.perf_counter() - t
     err = np.abs(fast - full)
     edf = ed.reshape(-1)

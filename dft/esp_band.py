@@ -46,7 +46,7 @@ def coarse_axes(shape: tuple[int, int, int], stride: int) -> list[np.ndarray]:
     return [np.unique(np.append(np.arange(0, n, stride), n - 1)) for n in shape]
 
 
-def esp_band_cpu(pmol, dm: np.ndarray, points: np.ndarray, ed: np.ndarray, iso: float = 0.05,
+def esp_band_cpu(pmol, dm: np.ndarray, points: np.ndarray, ed: np.ndarray, *, iso: float = 0.05,
                  band: tuple[float, float] = (0.01, 0.25), stride: int = 3, sigma: float = 1.0, chunk: int = 0,
                  max_memory_mb: int = 4000) -> tuple[np.ndarray, np.ndarray]:
     """ESP on a cube grid, exact inside ``band_mask`` and on a coarse sub-grid, interpolated elsewhere.
@@ -59,6 +59,8 @@ def esp_band_cpu(pmol, dm: np.ndarray, points: np.ndarray, ed: np.ndarray, iso: 
     if ed.ndim != 3 or ed.size != points.shape[0]:
         raise ValueError(f"esp_band_cpu needs the density as a 3-D grid of {points.shape[0]} points, "
                          f"got shape {ed.shape}")
+    if sigma <= 0 or stride < 1:
+        raise ValueError(f"esp_band_cpu: need sigma > 0 and stride >= 1, got sigma={sigma}, stride={stride}")
     shape = ed.shape
     band_pts = band_mask(ed, iso, band)
     axes = coarse_axes(shape, stride)

@@ -120,8 +120,9 @@ class DFTWorker:
         t = time.monotonic()
         if cfg.esp_mode == "band" and self.backend == "cpu":
             from .esp_band import esp_band_cpu
-            esp, exact = esp_band_cpu(out.mol, dm, pts, ed, cfg.iso_value, cfg.esp_band, cfg.esp_stride,
-                                      cfg.chunk_points, cfg.max_memory_mb)
+            esp, exact = esp_band_cpu(out.mol, dm, pts, ed, iso=cfg.iso_value, band=cfg.esp_band,
+                                      stride=cfg.esp_stride, chunk=cfg.chunk_points,
+                                      max_memory_mb=cfg.max_memory_mb)
             r.esp_exact_fraction = float(exact.mean())
         else:  # the GPU evaluates the full grid in a fraction of a second: no band needed
             esp = fields.esp(out.mol, dm, pts, self.backend, cfg.chunk_points, cfg.max_memory_mb)

@@ -24,12 +24,13 @@ METHANE = Molecule(z=[6, 1, 1, 1, 1], pos=[[0, 0, 0], [0.6291, 0.6291, 0.6291], 
 OH = Molecule(z=[8, 1], pos=[[0.0, 0.0, 0.0], [0.0, 0.0, 0.9697]], id="OH")  # radical: multiplicity 2 by parity
 
 
-def plain_pyscf_energy(mol: Molecule, basis="6-31g**", xc="b3lyp"):
+def plain_pyscf_energy(mol: Molecule, basis="6-31g**", xc="b3lyp", grid_level=3):
     from pyscf import dft, gto
     atom = "; ".join(f"{s} {x} {y} {z}" for s, (x, y, z) in zip(mol.symbols, mol.pos))
     m = gto.M(atom=atom, basis=basis, charge=mol.charge, spin=mol.multiplicity - 1, verbose=0)
     mf = dft.RKS(m) if m.spin == 0 else dft.UKS(m)
     mf.xc = xc
+    mf.grids.level = grid_level
     mf.conv_tol = 1e-10
     return mf.kernel(), mf
 
@@ -88,9 +89,9 @@ def test_frontier_orbitals_and_dipole(water):
 def test_open_shell_radical_runs_uks():
     from pyscf.dft import uks
     assert OH.multiplicity == 2
-    out = run_scf(OH, DFTConfig(backend="cpu"), "cpu")
+    out = run_scf(OH, DFTConfig(backend="cpu", basis="6-31g"), "cpu")
     assert isinstance(out.mf, uks.UKS) and out.converged
-    ref, _ = plain_pyscf_energy(OH)
+    ref, _ = plain_pyscf_energy(OH, basis="6-31g")
     assert abs(float(out.mf.e_tot) - ref) < 1e-7
     s2, _ = out.mf.spin_square()
     assert abs(s2 - 0.75) < 0.01
@@ -112,12 +113,12 @@ def test_charge_is_honoured():
 
 
 def test_retry_ladder_recovers_from_non_convergence():
-    cfg = DFTConfig(basis="sto-3g", max_cycle=2)
-    no_retry = run_scf(OH, DFTConfig(basis="sto-3g", max_cycle=2, retries=False), "cpu")
+    cfg = DFTConfig(basis="sto-3g", max_cycle=2, grid_level=1)
+    no_retry = run_scf(OH, DFTConfig(basis="sto-3g", max_cycle=2, grid_level=1, retries=False), "cpu")
     assert not no_retry.converged and no_retry.attempts == ["diis"]
     out = run_scf(OH, cfg, "cpu")
     assert out.converged and len(out.attempts) >= 2 and out.attempts[0] == "diis"
-    ref, _ = plain_pyscf_energy(OH, basis="sto-3g")
+    ref, _ = plain_pyscf_energy(OH, basis="sto-3g", grid_level=1)
     assert abs(float(out.mf.e_tot) - ref) < 1e-5
 
 

@@ -116,8 +116,8 @@ def test_gpu_fields_match_cpu_and_stay_on_device():
 def test_cli_local_run_and_resume(tmp_path, capsys):
     from cluster.cli import main
     out = tmp_path / "run"
-    argv = ["dft", "--input", "embedded:qm9?limit=2", "--out", str(out), "--workers", "0",
-            "--basis", "sto-3g", "--grid-spacing", "0.8", "--save-cubes", "--esp-band", "0.02", "0.2"]
+    argv = ["dft", "--input", "embedded:qm9?limit=2", "--out", str(out), "--workers", "0", "--basis", "sto-3g",
+            "--grid-level", "1", "--grid-spacing", "1.0", "--save-cubes", "--esp-band", "0.02", "0.2"]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "done 2, skipped 0, failed 0" in text

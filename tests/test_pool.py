@@ -80,18 +80,19 @@ def test_pool_gives_up_on_an_item_that_keeps_killing_actors(ray_head, tmp_path):
             os._exit(1)
 
     failures = {}
-    s = run_actor_pool(AlwaysCrash, [("x", 1)], ctor_args=(str(tmp_path),), num_actors=1, max_retries=1,
+    s = run_actor_pool(AlwaysCrash, [("x", 1)], ctor_args=(str(tmp_path),), num_actors=1, max_retries=0,
                        on_failure=lambda k, r: failures.__setitem__(k, r))
-    assert s.failed == 1 and s.done == 0 and s.actors_replaced == 2
-    assert "died 2 times" in failures["x"]
+    assert s.failed == 1 and s.done == 0 and s.actors_replaced == 1 and s.retried == 0
+    assert "died 1 times" in failures["x"]
 
 
+@pytest.mark.slow  # Ray workers import PySCF: about 30 s on 2 idle cores
 def test_edg_dft_on_ray_actors(ray_head, tmp_path, capsys):
     from cluster.cli import main
     from dft.worker import load_result
     out = tmp_path / "run"
     argv = ["dft", "--input", "embedded:qm9?limit=3", "--out", str(out), "--workers", "2", "--ray-address",
-            "local", "--basis", "sto-3g", "--no-fields"]
+            "local", "--basis", "sto-3g", "--grid-level", "1", "--no-fields"]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "2 actors" in text and "done 3, skipped 0, failed 0" in text
