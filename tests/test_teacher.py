@@ -1,4 +1,6 @@
 """Teacher: F_S pooling, ED predictor, masked L1, augmentations, checkpoints, target export."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +145,29 @@ def test_exported_targets_shapes_and_determinism(teacher, shards_with_fu, tmp_pa
     np.testing.assert_allclose(np.stack([d["edp"].numpy() for d in samples]), za["edp"], rtol=1e-6)
     again = export_targets(teacher, shards_with_fu / "fu", tmp_path / "tshards", batch_size=5)
     assert again == {"computed": 0, "without_images": 0, "skipped_done": 12}
+
+
+def test_teacher_on_rendered_structure_images(tmp_path):
+    """The structure images from the real renderer (32 px) through F_U -> teacher training -> target export."""
+    render = pytest.importorskip("render.renderer")
+    from edg_core.readers import open_source
+    from edg_core.shards import ShardWriter, encode_sample
+    from render.config import RenderConfig
+    from train.data import synthetic_images
+    from train.pretrain import TeacherTrainConfig, train_teacher
+    with ShardWriter(tmp_path / "img", maxcount=8) as w:
+        for mol in open_source("embedded:qm9?limit=16").molecules():
+            ed, _ = synthetic_images(mol.z, mol.pos, 32)  # ED images need DFT fields: synthetic here
+            st = render.render_structure(mol.z, mol.pos, RenderConfig(image_size=32))
+            w.write(encode_sample(mol, edimg=ed, stimg=st))
+    torch.manual_seed(0)
+    extract_features(ImageED(imageed_preset("tiny")), tmp_path / "img", tmp_path / "fu")
+    cfg = TeacherTrainConfig(model=TEACHER_PRESETS["tiny"], epochs=2, batch_size=8, num_workers=0, val_fraction=0.0)
+    m = train_teacher(cfg, tmp_path / "fu", tmp_path / "run")
+    assert math.isfinite(m["train_loss"]) and m["train_with_fu"] == 1.0
+    t = load_teacher(tmp_path / "run" / "teacher.pt")
+    export_targets(t, tmp_path / "fu", tmp_path / "a.npz")
+    export_targets(t, tmp_path / "fu", tmp_path / "b.npz")
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert a["edp"].shape == (16, 64) and np.array_equal(a["edp"], b["edp"]) and np.array_equal(a["fs"], b["fs"])
+    assert np.unique(a["fs"].round(5), axis=0).shape[0] == 16  # every molecule gets its own F_S
