@@ -48,7 +48,7 @@ def test_distill_writes_run_and_skips_when_finished(tmp_path, capsys):
 
 def test_distill_resumes_from_checkpoint(tmp_path):
     base = ["distill", "--dataset", "rmd17:ethanol", "--out", str(tmp_path), "--batch-size", "4", *TINY, *DATA]
-    assert main(base + ["--epochs", "3"]) == 0
+    assert main(base + ["--epochs", "4"]) == 0
     full = json.loads((tmp_path / "schnet__rmd17-ethanol__lam0__seed42" / "result.json").read_text())
 
     from train.fit import DistillConfig, FitConfig, fit
@@ -61,12 +61,14 @@ def test_distill_resumes_from_checkpoint(tmp_path):
     sargs = {"hidden_channels": 8, "num_filters": 8, "num_interactions": 1, "num_gaussians": 8, "cutoff": 4.0}
     torch.manual_seed(cfg.fit.seed)
     m = build_student("schnet", **sargs)
-    # an "interrupted" run: 2 epochs done under a 3-epoch schedule
-    fit(task, m, FitConfig(epochs=3, batch_size=4), run_dir=run_dir, stop_after=2)
-    assert len((run_dir / "history.jsonl").read_text().splitlines()) == 2
+    # an "interrupted" run: 3 epochs done under a 4-epoch schedule, the last checkpoint after epoch 2
+    fc = FitConfig(epochs=4, batch_size=4, checkpoint_every=2)
+    fit(task, m, fc, run_dir=run_dir, stop_after=3)
+    assert len((run_dir / "history.jsonl").read_text().splitlines()) == 3
     torch.manual_seed(123)  # a resumed run must not depend on a fresh initialisation
-    res = fit(task, build_student("schnet", **sargs), FitConfig(epochs=3, batch_size=4), run_dir=run_dir)
-    assert len(res.history) == 3
+    res = fit(task, build_student("schnet", **sargs), fc, run_dir=run_dir)
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
+    assert len((run_dir / "history.jsonl").read_text().splitlines()) == 4
     assert res.test["force_mae"] == pytest.approx(full["test"]["force_mae"], rel=1e-5)
 
 

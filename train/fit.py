@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from edg_core.config import dump_yaml, to_dict
-from edg_core.io import append_jsonl, atomic_path, progress, read_jsonl, write_json_atomic
+from edg_core.io import append_jsonl, atomic_path, progress, read_jsonl, write_bytes_atomic, write_json_atomic
 
 from .edg import EDGConfig, EDGHead, build_ed_predictor, coulomb_standin_features, edg_objective, load_teacher_targets
 from .tasks import Batch, PackedMolecules, Task, build_task
@@ -146,6 +146,9 @@ def fit(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed: float = 0
         state = saved["state"]
         log.info("%s: resumed at epoch %d", desc, state["epoch"])
     history = read_jsonl(run_dir / "history.jsonl")[:state["epoch"]] if run_dir is not None else []
+    if run_dir is not None:  # drop epochs logged after the last checkpoint: they are trained again
+        write_bytes_atomic(run_dir / "history.jsonl", "".join(json.dumps(h, sort_keys=True) + "\n"
+                                                              for h in history).encode())
 
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
     for epoch in progress(range(state["epoch"], last_epoch), desc, total=last_epoch - state["epoch"]):
