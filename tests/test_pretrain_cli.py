@@ -62,3 +62,23 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
                  "--preset", "tiny", "--model.img-size", "64", "--num-workers", "0", "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert re.search(r"synthetic-000000\.tar:qm9:[12]: edimg has shape \(6, 4, 32, 32\)", err), err
+
+
+def test_config_layers_preset_yaml_flags(tmp_path):
+    import argparse
+
+    from cluster.commands.pretrain import resolve_config
+    (tmp_path / "c.yaml").write_text("imageed:\n  epochs: 7\n  betas: [0.8, 0.9]\n  model:\n    depth: 3\n")
+    args = argparse.ArgumentParser()
+    sub = args.add_subparsers()
+    from cluster.commands import pretrain as cmd
+    cmd.register(sub)
+    ns = args.parse_args(["pretrain", "imageed", "--shards", "s", "--out", "o", "--preset", "tiny",
+                          "--config", str(tmp_path / "c.yaml"), "--config-section", "imageed", "--blr", "1e-3"])
+    cfg = resolve_config(ns)
+    assert (cfg.epochs, cfg.betas, cfg.blr) == (7, (0.8, 0.9), 1e-3)
+    assert (cfg.model.depth, cfg.model.embed_dim, cfg.model.img_size) == (3, 64, 32)  # yaml over the tiny preset
+    (tmp_path / "bad.yaml").write_text("epoch: 3\n")
+    ns.config, ns.config_section = str(tmp_path / "bad.yaml"), None
+    with pytest.raises(Exception, match=r"bad.yaml: unknown key\(s\) \['epoch'\]"):
+        resolve_config(ns)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from edg_core.config import add_config_args, apply_args, load_yaml
+from edg_core.config import ConfigError, add_config_args, apply_args, from_dict
 
 IMAGEED_HELP = """\
 Pretrain ImageED, a masked autoencoder over the 6 RGB-D ED images of each molecule (member `edimg` of the
@@ -90,18 +90,31 @@ def register(sub) -> None:
 
 
 def resolve_config(args):
-    """Preset (or paper defaults) <- YAML file <- command-line flags."""
+    """Paper defaults <- --preset (model sizes) <- YAML file (--config) <- command-line flags."""
+    import yaml
+
     from train.imageed import imageed_preset
     from train.pretrain import ImageEDTrainConfig, TeacherTrainConfig
     from train.teacher import TEACHER_PRESETS
     cls = ImageEDTrainConfig if args.stage == "imageed" else TeacherTrainConfig
-    if args.config:
-        cfg = load_yaml(cls, args.config, args.config_section)
-    else:
-        cfg = cls()
+    cfg = cls()
     if args.preset:
         model = imageed_preset(args.preset) if args.stage == "imageed" else TEACHER_PRESETS[args.preset]
         cfg = replace(cfg, model=model)
+    if args.config:
+        path = Path(args.config)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        given = yaml.safe_load(path.read_text()) or {}
+        if args.config_section:
+            given = given.get(args.config_section) or {}
+        data = asdict(cfg)
+        for k, v in given.items():  # unknown keys are reported by from_dict, naming the file
+            if isinstance(v, dict) and isinstance(data.get(k), dict):
+                data[k].update(v)
+            else:
+                data[k] = v
+        cfg = from_dict(cls, data, where=f"{path}" + (f":{args.config_section}" if args.config_section else ""))
     return apply_args(cfg, args)
 
 
