@@ -124,14 +124,16 @@ def test_ray_train_two_cpu_workers(shards, tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="edgr", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
     ray.init(address="local", _temp_dir=ray_tmp, num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
-        cfg = _imageed_cfg(epochs=1, warmup_epochs=0, batch_size=4)
+        cfg = _imageed_cfg(epochs=1, warmup_epochs=0, batch_size=4, val_fraction=0.25)  # uneven shares per rank
         result = run_pretraining("imageed", cfg, shards, tmp_path / "out", num_workers=2,
                                  storage_path=tmp_path / "storage")
     finally:
         ray.shutdown()
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert result.error is None
-    assert result.metrics["epoch"] == 0 and result.metrics["step"] == math.ceil(24 / (4 * 2))
+    n_train = count_samples(shards, "train", 0.25)
+    assert result.metrics["epoch"] == 0 and result.metrics["step"] == math.ceil(n_train / (4 * 2))
+    assert math.isfinite(result.metrics["valid_loss"])
     assert result.checkpoint is not None
     with result.checkpoint.as_directory() as d:
         ck = torch.load(f"{d}/checkpoint.pt", weights_only=False)
