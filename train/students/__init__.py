@@ -11,6 +11,7 @@ from edg_core.config import from_dict
 from .base import Student, energy_and_forces, pool
 from .dimenetpp import DimeNetPPConfig, DimeNetPPStudent
 from .egnn import EGNNConfig, EGNNStudent
+from .equiformer import EquiformerConfig, EquiformerStudent
 from .painn import PaiNNConfig, PaiNNStudent
 from .schnet import SchNetConfig, SchNetStudent
 from .spherenet import SphereNetConfig, SphereNetStudent
@@ -23,6 +24,7 @@ STUDENTS: dict[str, tuple[type, type]] = {
     "egnn": (EGNNStudent, EGNNConfig),
     "painn": (PaiNNStudent, PaiNNConfig),
     "spherenet": (SphereNetStudent, SphereNetConfig),
+    "equiformer": (EquiformerStudent, EquiformerConfig),
 }
 """Student name -> (model class, config dataclass)."""
 

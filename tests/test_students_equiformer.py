@@ -1,0 +1,125 @@
+"""Equiformer student: equivariant layer norm and attention, symmetry, forces, batching, cutoff continuity."""
+from __future__ import annotations
+
+import pytest
+import torch
+from test_students_models import collate, molecules, random_rotation
+
+from train.students import build_student, config_for, energy_and_forces
+
+e3nn = pytest.importorskip("e3nn", reason="the Equiformer student needs e3nn (pip install e3nn)")
+from e3nn import o3  # noqa: E402
+
+from train.students.equiformer import EquivariantLayerNorm, GraphAttention, node_irreps  # noqa: E402
+
+SMALL = dict(hidden_channels=8, num_layers=2, num_heads=2, alpha_channels=4, num_rbf=8, radial_hidden=8, cutoff=5.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny graphs: intra-op threads only add contention on a loaded 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_student("equiformer", **SMALL).double().eval()
+
+
+def test_layer_norm_is_equivariant_and_normalises():
+    irreps = o3.Irreps("6x0e+4x1e+2x2e")
+    norm = EquivariantLayerNorm(irreps).double()
+    g = torch.Generator().manual_seed(0)
+    x = 3.0 * torch.randn(5, irreps.dim, generator=g, dtype=torch.float64) + 1.0
+    rot = random_rotation(2)
+    d = irreps.D_from_matrix(rot)
+    y = norm(x)
+    assert torch.allclose(norm(x @ d.T), y @ d.T, atol=1e-6)
+    scalars = y[:, :6]
+    assert torch.allclose(scalars.mean(dim=1), torch.zeros(5, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(scalars.pow(2).mean(dim=1), torch.ones(5, dtype=torch.float64), atol=1e-3)
+    vectors = y[:, 6:18].reshape(5, 4, 3)
+    assert torch.allclose(vectors.pow(2).mean(dim=(1, 2)), torch.ones(5, dtype=torch.float64), atol=1e-3)
+
+
+def test_attention_block_is_equivariant_in_every_degree():
+    torch.manual_seed(1)
+    c = config_for("equiformer", **SMALL)
+    irreps, irreps_sh = o3.Irreps(node_irreps(8, 2)), o3.Irreps("1x0e+1x1e+1x2e")
+    attn = GraphAttention(irreps, irreps_sh, c).double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, irreps.dim, generator=g, dtype=torch.float64)
+    vec = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    edge_index = torch.tensor([[1, 2, 3, 0, 2, 0], [0, 0, 0, 1, 1, 3]])
+    rbf = torch.rand(6, c.num_rbf, generator=g, dtype=torch.float64)
+    envelope = torch.rand(6, generator=g, dtype=torch.float64) + 0.1
+    sh = o3.SphericalHarmonics(irreps_sh, normalize=True, normalization="component")
+    rot = random_rotation(4)
+    d = irreps.D_from_matrix(rot)
+    out = attn(x, edge_index, sh(vec), rbf, envelope)
+    out_rot = attn(x @ d.T, edge_index, sh(vec @ rot.T), rbf, envelope)
+    assert torch.allclose(out_rot, out @ d.T, atol=1e-6)  # e3nn builds D in float32
+    assert out[:, 8:].abs().max() > 1e-3  # the l > 0 channels carry signal
+    assert out[2].abs().max() == 0  # node 2 has no incoming edge
+
+
+def test_energy_invariant_forces_equivariant(model):
+    z, pos, batch = collate(molecules(3)[1:])
+    rot, shift = random_rotation(5), torch.tensor([0.3, -1.1, 2.0], dtype=torch.float64)
+    f0, e0, frc0 = energy_and_forces(model, z, pos, batch)
+    f1, e1, frc1 = energy_and_forces(model, z, pos @ rot.T + shift, batch)
+    assert torch.allclose(e1, e0, atol=1e-5, rtol=1e-7) and torch.allclose(f1, f0, atol=1e-5, rtol=1e-7)
+    assert torch.allclose(frc1, frc0 @ rot.T, atol=1e-5, rtol=1e-7)
+    assert frc0.abs().max() > 1e-6
+
+
+def test_forces_are_minus_finite_difference_gradient(model):
+    z, pos, batch = collate(molecules(3)[1:])
+    _, _, forces = energy_and_forces(model, z, pos, batch)
+    g = torch.Generator().manual_seed(7)
+    h = 1e-5
+    for _ in range(2):
+        u = torch.randn(pos.shape, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            numeric = (model(z, pos + h * u, batch)[1].sum() - model(z, pos - h * u, batch)[1].sum()) / (2 * h)
+        assert torch.allclose(-(forces * u).sum(), numeric, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_equals_single_molecules(model):
+    mols = molecules()
+    feats, energy, forces = energy_and_forces(model, *collate(mols))
+    start = 0
+    for b, m in enumerate(mols):
+        f1, e1, frc1 = energy_and_forces(model, *collate([m]))
+        assert torch.allclose(f1[0], feats[b], atol=1e-8) and torch.allclose(e1[0], energy[b], atol=1e-8)
+        assert torch.allclose(frc1, forces[start:start + m.n_atoms], atol=1e-8)
+        start += m.n_atoms
+
+
+def test_energy_is_continuous_when_an_atom_crosses_the_cutoff(model):
+    # atom 2 sits on the cutoff sphere of atom 0 and beyond the cutoff of atom 1
+    z = torch.tensor([6, 8, 1])
+    energies = []
+    for x in (4.999999, 5.000001, 5.3):
+        pos = torch.tensor([[0.0, 0, 0], [-1.2, 0, 0], [x, 0, 0]], dtype=torch.float64)
+        with torch.no_grad():
+            energies.append(float(model(z, pos)[1][0]))
+    assert abs(energies[0] - energies[1]) < 1e-6  # no jump at the cutoff (envelope-weighted softmax)
+    assert abs(energies[2] - energies[1]) < 1e-12  # beyond: the atom is invisible to atom 0
+    close = torch.tensor([[0.0, 0, 0], [-1.2, 0, 0], [2.0, 0, 0]], dtype=torch.float64)
+    with torch.no_grad():
+        assert abs(float(model(z, close)[1][0]) - energies[1]) > 1e-6  # and it matters inside
+
+
+def test_defaults_and_errors():
+    c = config_for("equiformer")
+    assert node_irreps(c.hidden_channels, c.lmax) == "128x0e+64x1e+32x2e"
+    assert (c.num_layers, c.num_heads, c.num_rbf, c.cutoff) == (6, 4, 128, 5.0)
+    with pytest.raises(ValueError, match="heads"):
+        build_student("equiformer", **{**SMALL, "num_heads": 3})
+    with pytest.raises(ValueError, match="atomic numbers"):
+        build_student("equiformer", **SMALL)(torch.tensor([6, 120]), torch.zeros(2, 3))
