@@ -163,3 +163,13 @@ def test_rmd17_errors(tmp_path, rmd17_root):
         open_source(f"rmd17:aspirin?root={tmp_path / 'nope'}")
     src = open_source(f"rmd17:aspirin:test?root={rmd17_root}&limit=3")
     assert [m.labels["split"] for m in src] == ["test"] * 3
+
+
+def test_rmd17_embedded_root():
+    s = load_rmd17("embedded", "ethanol")
+    assert {k: len(v) for k, v in s.items()} == {"train": 16, "valid": 4, "test": 4}
+    ids = [m.id for m in open_source("rmd17:ethanol:train?root=embedded").molecules()]
+    emb = [m.id for m in open_source("embedded:rmd17").molecules() if "ethanol" in m.id]
+    assert ids == emb[:16]
+    with pytest.raises(DataSourceError, match="only ethanol and aspirin"):
+        load_rmd17("embedded", "uracil")

@@ -74,7 +74,11 @@ def embedded_path(name: str) -> Path:
     return Path(str(resources.files("edg_core") / "data" / EMBEDDED[name]))
 
 
-def rmd17_root(root: str | None = None) -> Path:
+def rmd17_root(root: str | None = None) -> Path | str:
+    """The rMD17 folder to read: ``root`` if given (``"embedded"`` selects the embedded frames), else the first
+    of ``$EDG_RMD17_ROOT``, ./data/rmd17, ../shared/data/rmd17 that exists."""
+    if root == "embedded":
+        return root
     cands = [root] if root else [os.environ.get("EDG_RMD17_ROOT"), "data/rmd17", "../shared/data/rmd17"]
     for c in cands:
         if c and Path(c).exists():

@@ -76,9 +76,29 @@ def _read_index_csv(path: Path) -> np.ndarray:
     return np.array([int(float(x)) for x in path.read_text().split()], dtype=np.int64)
 
 
-def load_rmd17(root: str | Path, molecule: str, split_id: int = 1) -> dict[str, RMD17Frames]:
-    """``{"train": 950, "valid": 50, "test": 1000}`` frames of ``molecule`` from either layout under ``root``."""
+def load_rmd17_embedded(molecule: str) -> dict[str, RMD17Frames]:
+    """The rMD17 frames shipped inside the package (24 ethanol, 16 aspirin; see edg_core/data/README.md),
+    split 2/3 train, 1/6 validation, 1/6 test in file order. For demos and tests only."""
+    from . import embedded_path
+    from .xyz import read_xyz
     _check_molecule(molecule)
+    mols = [m for m in read_xyz(embedded_path("rmd17")) if m.id.startswith(f"rmd17:{molecule}:")]
+    if not mols:
+        raise DataSourceError(f"the embedded data has no rMD17 {molecule} frames (only ethanol and aspirin)")
+    frames = RMD17Frames(molecule, mols[0].z, np.stack([m.pos for m in mols]),
+                         np.array([m.labels["energy"] for m in mols]), np.stack([m.labels["forces"] for m in mols]),
+                         np.array([int(m.id.rsplit(":", 1)[1]) for m in mols], dtype=np.int64))
+    n = len(frames)
+    a, b = (2 * n) // 3, (2 * n) // 3 + n // 6
+    return {"train": frames[:a], "valid": frames[a:b], "test": frames[b:]}
+
+
+def load_rmd17(root: str | Path, molecule: str, split_id: int = 1) -> dict[str, RMD17Frames]:
+    """``{"train": 950, "valid": 50, "test": 1000}`` frames of ``molecule`` from either layout under ``root``
+    (``root="embedded"``: the small embedded set, see ``load_rmd17_embedded``)."""
+    _check_molecule(molecule)
+    if str(root) == "embedded":
+        return load_rmd17_embedded(molecule)
     root = Path(root)
     if not root.exists():
         raise DataSourceError(f"rMD17 path {root} does not exist")
