@@ -143,3 +143,13 @@ def test_result_goes_into_a_shard_sample(tmp_path):
     np.testing.assert_allclose(d["esp"], r.esp, rtol=1e-3, atol=1e-3)  # float16 in the shard
     assert d["labels"]["U0"] == -76.4 and d["labels"]["E6"] == pytest.approx(r.energies["E6"])
     np.testing.assert_allclose(d["labels"]["dft_dipole"], r.dipole)
+
+
+def test_out_of_memory_is_recognised_on_host_and_device():
+    from dft.backend import is_out_of_memory
+
+    class OutOfMemoryError(Exception):  # the name CuPy's device allocator raises
+        pass
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(OutOfMemoryError("Out of memory allocating 1,073,741,824 bytes"))
+    assert not is_out_of_memory(ValueError("memory layout"))
