@@ -72,22 +72,23 @@ def run(device: str, n: int, size: int, batch: int) -> None:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sync()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     with torch.no_grad():
         img, _ = r.ed_images(zs, ps, eds, esps, grids)
     sync()
-    dt_ed = time.perf_counter() - t
+    dt_ed, cpu_ed = time.perf_counter() - t, time.process_time() - c
     mem = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if dev.type == "cuda" else ""
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     with torch.no_grad():
         st, _ = r.structure_images(zs, ps)
     sync()
-    dt_st = time.perf_counter() - t
+    dt_st, cpu_st = time.perf_counter() - t, time.process_time() - c
     atoms = np.mean([m.n_atoms for m in mols])
     shape = tuple(int(s) for s in np.mean([g.shape for g in grids], axis=0).round())
     print(f"render ed        {device:>4}: {n / dt_ed:8.2f} mol/s  ({n} molecules, {atoms:.1f} atoms, grid ~{shape}, "
-          f"{tuple(img.shape[1:])}, batch {batch}{mem})", flush=True)
-    print(f"render structure {device:>4}: {n / dt_st:8.2f} mol/s  ({tuple(st.shape[1:])}, batch {batch})", flush=True)
+          f"{tuple(img.shape[1:])}, batch {batch}{mem}; {cpu_ed / n:.2f} CPU-s/mol)", flush=True)
+    print(f"render structure {device:>4}: {n / dt_st:8.2f} mol/s  ({tuple(st.shape[1:])}, batch {batch}; "
+          f"{cpu_st / n:.2f} CPU-s/mol)", flush=True)
 
 
 def main(argv: list[str]) -> None:

@@ -157,7 +157,8 @@ def march_isosurface(vol: FieldVolume, rot: torch.Tensor, framing: Framing, x: t
     dtype, device = vol.data.dtype, vol.data.device
     step = (step_voxels * vol.spacing.amin(1) * BOHR_IN_ANGSTROM).to(dtype)  # (B,) Å
     with torch.no_grad():
-        prev = torch.full((b, n_rays), float("nan"), dtype=dtype, device=device)
+        prev_pos = torch.zeros(b, n_rays, dtype=torch.bool, device=device)  # last sample had ED >= iso
+        prev_in = torch.zeros(b, n_rays, dtype=torch.bool, device=device)  # ... and was inside the box
         n_found = torch.zeros(b, n_rays, dtype=torch.long, device=device)
         t_lo = torch.zeros(b, n_rays, n_layers, dtype=dtype, device=device)
         t_hi = torch.zeros_like(t_lo)
@@ -170,33 +171,31 @@ def march_isosurface(vol: FieldVolume, rot: torch.Tensor, framing: Framing, x: t
             if not alive.any():
                 break
             idx, valid = _compact(alive)
-            remaining = int(((_take(t_out, idx) - _take(t_now, idx)) / step[:, None]).amax()) + 1
+            t_start = _take(t_in, idx)
+            remaining = int(((_take(t_out, idx) - t_start) / step[:, None]).amax()) + 1 - k0
             c = int(max(1, min(remaining, samples_per_chunk // idx.numel())))
             ks = k0 + torch.arange(c, dtype=dtype, device=device)
-            t = _take(t_in, idx)[..., None] + ks * step[:, None, None]  # (B, A, C)
+            t = t_start[..., None] + ks * step[:, None, None]  # (B, A, C)
             inb = valid[..., None] & (t <= _take(t_out, idx)[..., None])
-            pts = _take(g0, idx)[:, :, None] + t[..., None] * _take(gd, idx)[:, :, None]
-            f = vol.sample(pts.reshape(b, -1, 3), slice(0, 1))[:, 0].view_as(t) - iso
-            f = torch.where(inb, f, torch.full_like(f, float("nan")))
-            seq = torch.cat([_take(prev, idx)[..., None], f], dim=-1)
-            t_prev = t - step[:, None, None]
-            cross = torch.isfinite(seq[..., :-1]) & torch.isfinite(seq[..., 1:]) & \
-                ((seq[..., :-1] >= 0) != (seq[..., 1:] >= 0))
+            pts = torch.addcmul(_take(g0, idx)[:, :, None], t[..., None], _take(gd, idx)[:, :, None])
+            f = vol.sample(pts.view(b, -1, 3), slice(0, 1))[:, 0].view_as(t)
+            pos = f >= iso
+            pos_seq = torch.cat([_take(prev_pos, idx)[..., None], pos], -1)
+            in_seq = torch.cat([_take(prev_in, idx)[..., None], inb], -1)
+            cross = (pos_seq[..., 1:] != pos_seq[..., :-1]) & in_seq[..., 1:] & in_seq[..., :-1]
             nf = _take(n_found, idx)
-            layer = nf[..., None] + torch.cumsum(cross.long(), -1) - 1
-            lo_a, hi_a = _take(t_lo, idx), _take(t_hi, idx)
-            for lay in range(n_layers):
-                sel = cross & (layer == lay)
-                has = sel.any(-1)
-                lo_a[..., lay] = torch.where(has, torch.where(sel, t_prev, 0).sum(-1), lo_a[..., lay])
-                hi_a[..., lay] = torch.where(has, torch.where(sel, t, 0).sum(-1), hi_a[..., lay])
-            t_lo.scatter_(1, idx[..., None].expand_as(lo_a), lo_a)
-            t_hi.scatter_(1, idx[..., None].expand_as(hi_a), hi_a)
-            n_found.scatter_(1, idx, (nf + cross.sum(-1)).clamp(max=n_layers))
-            last = f[..., -1]
-            prev.scatter_(1, idx, torch.where(valid & torch.isfinite(last), last, _take(prev, idx)))
+            count = torch.cumsum(cross, -1)
+            layer = nf[..., None] + count - 1
+            bb, aa, cc = (cross & (layer < n_layers)).nonzero(as_tuple=True)
+            ray, lay = idx[bb, aa], layer[bb, aa, cc]
+            t_cross = t_start[bb, aa] + (k0 + cc).to(dtype) * step[bb]
+            t_hi[bb, ray, lay] = t_cross
+            t_lo[bb, ray, lay] = t_cross - step[bb]
+            n_found.scatter_(1, idx, (nf + count[..., -1]).clamp(max=n_layers))
+            prev_pos.scatter_(1, idx, pos[..., -1])
+            prev_in.scatter_(1, idx, inb[..., -1])
             if soft:
-                fm, km = torch.where(torch.isfinite(f), f, -float("inf")).max(-1)
+                fm, km = torch.where(inb, f - iso, -float("inf")).max(-1)
                 better = fm > _take(f_max, idx)
                 f_max.scatter_(1, idx, torch.where(better, fm, _take(f_max, idx)))
                 t_max.scatter_(1, idx, torch.where(better, torch.gather(t, -1, km[..., None])[..., 0],
