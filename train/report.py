@@ -231,6 +231,7 @@ def plot_lambda_sweep(results: list[dict], out: str | Path) -> list[Path]:
             ax.set_ylabel(f"test {METRIC_NAMES.get(metric, metric)} ({unit})")
             ax.legend(fontsize=8)
         fig.suptitle(f"{s} on {d}: λ sweep")
+        fig.tight_layout()
         paths.append(_save(fig, Path(out) / f"lambda_sweep_{s}_{d.replace(':', '-')}.png"))
         plt.close(fig)
     return paths
