@@ -43,7 +43,7 @@ class FieldVolume:
             if min(g.shape) < 2:
                 raise InvalidRecord(name, f"grid shape {g.shape} needs at least 2 points per axis")
         m = [max(g.shape[k] for g in grids) for k in range(3)]
-        device = device or eds[0].device
+        device = device or torch.as_tensor(eds[0]).device
         parts = []
         for ed, esp in zip(eds, esps):
             f = torch.stack([torch.as_tensor(ed), torch.as_tensor(esp)]).to(device=device, dtype=dtype)
@@ -146,7 +146,7 @@ def march_isosurface(vol: FieldVolume, rot: torch.Tensor, framing: Framing, x: t
                      iso: float = 0.05, step_voxels: float = 0.5, bisection_steps: int = 6, max_layers: int = 4,
                      samples_per_chunk: int = 1 << 23, soft: bool = False, soft_width: float = 0.005
                      ) -> SurfaceLayers:
-    """Find and shade-ready the surface layers of every pixel ray of every view.
+    """The surface layers (hit depth, normal, ESP) of every pixel ray of every view.
 
     ``rot`` (V, 3, 3) view rotations, ``x``/``y`` (B, R) pixel coordinates (Å). Returns ``SurfaceLayers`` with
     rays ordered view-major (ray index = view * R + pixel).
