@@ -27,29 +27,12 @@ def _parse(argv):
     return opts
 
 
-def promolecule_fields(mol, spacing=0.4, padding=4.0):
-    """Synthetic (ED, ESP, CubeGrid) for ``mol`` on the paper's grid."""
-    import torch
-
-    from edg_core.grid import grid_for_positions
-    from edg_core.units import ANGSTROM_IN_BOHR
-    grid = grid_for_positions(mol.pos, spacing, padding)
-    pts = torch.tensor(grid.points(), dtype=torch.float32)
-    atoms = torch.tensor(mol.pos * ANGSTROM_IN_BOHR, dtype=torch.float32)
-    z = torch.tensor(mol.z)
-    reach = torch.where(z == 1, 1.25, 2.1)  # bohr from the nucleus to rho = 0.05
-    r = torch.cdist(pts, atoms)
-    ed = (0.05 * torch.exp((reach - r) / 0.45)).sum(1)
-    q = torch.where(z == 1, 0.15, -0.15 * (z == 8).float() - 0.1 * (z == 7).float())
-    esp = (q / r.clamp(min=0.3)).sum(1)
-    return ed.view(grid.shape), esp.view(grid.shape), grid
-
-
 def run(device: str, n: int, size: int, batch: int) -> None:
     import torch
 
     from edg_core.readers import open_source
     from render import RenderConfig, Renderer
+    from render.synthetic import promolecule_fields
     mols = [m for m in open_source("embedded:qm9").molecules() if m.n_atoms >= 12][:n]
     while len(mols) < n:
         mols = mols + mols[: n - len(mols)]

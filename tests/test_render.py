@@ -181,7 +181,7 @@ def test_fixed_scale_and_bad_grid():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_matches_cpu():
     mols = list(open_source("embedded:qm9?limit=8").molecules())[4:8]
-    from bench.render import promolecule_fields
+    from render.synthetic import promolecule_fields
     fields = [promolecule_fields(m) for m in mols]
     cfg = RenderConfig(image_size=64, batch_size=4)
     out = {}
