@@ -3,7 +3,7 @@ transparency over deeper layers and the ball-and-stick) and for 4-view structure
 present, the GPU (with peak GPU memory).
 
 Fields are synthetic promolecule densities (a sum of atom-centred exponentials whose 0.05 e/bohr^3
-isosurface sits where B3LYP's does, within ~0.1 Å) and point-charge ESPs, on the paper's cube grids
+isosurface sits roughly where B3LYP's does) and point-charge ESPs, on the paper's cube grids
 (0.4 bohr spacing, 4 bohr padding), so that large batches are cheap to set up; the cost of rendering does not
 depend on where the numbers came from.
 
