@@ -32,7 +32,7 @@ class RenderConfig:
     step_voxels: float = field(default=1.0, metadata={"help": "ray-march step in voxels of the finest grid axis"})
     bisection_steps: int = field(default=6, metadata={"help": "bisection steps refining each crossing"})
     max_layers: int = field(default=4, metadata={"help": "surface crossings composited per ray"})
-    samples_per_chunk: int = field(default=1 << 23, metadata={"help": "density samples per march chunk (memory)"})
+    samples_per_chunk: int = field(default=1 << 25, metadata={"help": "density samples per march chunk (memory)"})
     batch_size: int = field(default=8, metadata={"help": "molecules rendered together"})
     soft_coverage: bool = field(default=False, metadata={"help": "differentiable (sigmoid) silhouettes"})
     soft_width: float = field(default=0.005, metadata={"help": "sigmoid width of soft coverage, e/bohr^3"})

@@ -144,7 +144,7 @@ def ray_setup(vol: FieldVolume, rot: torch.Tensor, framing: Framing, x: torch.Te
 
 def march_isosurface(vol: FieldVolume, rot: torch.Tensor, framing: Framing, x: torch.Tensor, y: torch.Tensor,
                      iso: float = 0.05, step_voxels: float = 0.5, bisection_steps: int = 6, max_layers: int = 4,
-                     samples_per_chunk: int = 1 << 23, soft: bool = False, soft_width: float = 0.005
+                     samples_per_chunk: int = 1 << 25, soft: bool = False, soft_width: float = 0.005
                      ) -> SurfaceLayers:
     """The surface layers (hit depth, normal, ESP) of every pixel ray of every view.
 
