@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from edg_core.config import add_config_args, apply_args, dump_yaml, load_yaml
-from edg_core.errors import InvalidRecord
-from edg_core.io import append_jsonl
 from edg_core.readers import open_source
-from edg_core.shards import sample_key
 
 log = logging.getLogger(__name__)
 
@@ -46,68 +42,41 @@ def _config(args):
 
 
 def cmd_dft(args) -> int:
-    from dft.worker import STAGE, DFTWorker, done_keys, failed_keys
+    from cluster.stages import Workers, run_dft
     cfg = _config(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, out / "dft_config.yaml")
     src = open_source(args.input)
     total = len(src)
-    failures = out / "failures.jsonl"
-    local = args.local or args.workers == 0
-    if local:
-        worker = DFTWorker(cfg, out)
-        print(f"edg dft: {total} records from {args.input} -> {out} (in-process, backend {worker.backend})")
-        s = worker.run(src, total=total, retry_failed=args.retry_failed)
-        line = s.line()
-        n_failed = s.failed
+    if args.local or args.workers == 0:
+        from dft.backend import resolve_backend
+        print(f"edg dft: {total} records from {args.input} -> {out} (in-process, backend "
+              f"{resolve_backend(cfg.backend)})")
+        s = run_dft(src, out, cfg, Workers(actors=0), total=total, retry_failed=args.retry_failed)
     else:
-        line, n_failed = _run_on_ray(args, cfg, src, total, out, failures, STAGE, done_keys, failed_keys)
-    print(f"edg dft: {line}")
-    if n_failed or failures.exists():
-        print(f"failure manifest: {failures}")
+        import ray
+
+        from cluster.pool import init_ray
+        started = not ray.is_initialized()
+        how = init_ray(args.ray_address)
+        try:
+            gpus = ray.cluster_resources().get("GPU", 0.0)
+            cpus = ray.cluster_resources().get("CPU", 1.0)
+            gpw = args.gpus_per_worker
+            if gpw is None:
+                gpw = 0.25 if gpus > 0 and cfg.backend != "cpu" else 0.0
+            n = args.workers or (int(gpus / gpw) if gpw > 0 else max(1, int(cpus // args.cpus_per_worker)))
+            print(f"edg dft: {total} records from {args.input} -> {out} ({how}; {n} actors x "
+                  f"{args.cpus_per_worker:g} CPU, {gpw:g} GPU)")
+            s = run_dft(src, out, cfg, Workers(actors=n, cpus=args.cpus_per_worker, gpus=gpw), total=total,
+                        retry_failed=args.retry_failed)
+        finally:
+            if started:
+                ray.shutdown()
+    print(f"edg dft: done {s['done']}, skipped {s['skipped']}, failed {s['failed']} in {s['seconds']:.1f} s "
+          f"({s['molecules_per_s']:.3f} mol/s)")
+    if s["failed"] or Path(s["failures"]).exists():
+        print(f"failure manifest: {s['failures']}")
     print(f"results: {out / 'fields'}")
     return 0
-
-
-def _run_on_ray(args, cfg, src, total, out, failures, stage, done_keys, failed_keys):
-    import ray
-
-    from cluster.pool import init_ray, run_actor_pool
-    from dft.worker import DFTWorker
-    started = not ray.is_initialized()
-    how = init_ray(args.ray_address)
-    try:
-        gpus = ray.cluster_resources().get("GPU", 0.0)
-        cpus = ray.cluster_resources().get("CPU", 1.0)
-        gpw = args.gpus_per_worker
-        if gpw is None:
-            gpw = 0.25 if gpus > 0 and cfg.backend != "cpu" else 0.0
-        n = args.workers or (int(gpus / gpw) if gpw > 0 else max(1, int(cpus // args.cpus_per_worker)))
-        skip = done_keys(out) | (set() if args.retry_failed else failed_keys(out))
-        print(f"edg dft: {total} records from {args.input} -> {out} ({how}; {n} actors x "
-              f"{args.cpus_per_worker:g} CPU, {gpw:g} GPU)")
-        n_read_bad = 0
-
-        def items():
-            nonlocal n_read_bad
-            for rec in src:
-                if isinstance(rec, InvalidRecord):
-                    n_read_bad += 1
-                    append_jsonl(failures, {"record": rec.record, "key": sample_key(rec.record), "stage": "read",
-                                            "reason": rec.problem, "time": time.time()})
-                    continue
-                yield sample_key(rec.id), rec
-
-        def on_failure(key, reason):
-            append_jsonl(failures, {"record": key, "key": key, "stage": stage, "reason": reason, "time": time.time()})
-
-        s = run_actor_pool(DFTWorker, items(), ctor_args=(cfg, str(out)), done_keys=skip, num_actors=n,
-                           num_cpus=args.cpus_per_worker, num_gpus=gpw, on_failure=on_failure, total=total,
-                           desc="dft (ray)")
-    finally:
-        if started:
-            ray.shutdown()
-    line = (f"done {s.done}, skipped {s.skipped}, failed {s.failed + n_read_bad} in {s.wall_s:.1f} s "
-            f"({s.items_per_s:.3f} mol/s; {s.retried} retries, {s.actors_replaced} actors replaced)")
-    return line, s.failed + n_read_bad

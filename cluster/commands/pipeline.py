@@ -1,0 +1,58 @@
+"""``edg pipeline``: the whole EDG pipeline from one YAML config (see cluster/pipeline.py)."""
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "pipeline", help="run every stage from a config: DFT -> images -> ImageED -> teacher -> students -> tables",
+        description="Run the whole pipeline described by a YAML config (shipped: configs/demo.yaml, "
+                    "qm9-small.yaml, rmd17.yaml, paper.yaml). Each stage is skipped when it finished before "
+                    "and resumes when it was interrupted; outputs, the resolved config and manifest.json go "
+                    "to the config's `out` folder. On a cluster: "
+                    "`ray job submit --working-dir . -- edg pipeline --config configs/paper.yaml`.")
+    p.add_argument("--config", required=True, help="pipeline YAML (see configs/)")
+    p.add_argument("--out", help="output folder (overrides the config's `out`)")
+    p.add_argument("--input", help="input spec for DFT/pretraining (overrides the config's `input`)")
+    p.add_argument("--ray", action=__import__("argparse").BooleanOptionalAction, default=None,
+                   help="run stages as Ray work (overrides ray.enabled)")
+    p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, a local head, or a new "
+                                         "local runtime)")
+    p.add_argument("--stop-after", help="stop after this stage (dft, render, imageed, features, teacher, "
+                                        "student_images, teacher_targets, distill)")
+    p.add_argument("--force", nargs="+", default=(), metavar="STAGE", help="rerun these stages even if finished")
+    p.set_defaults(func=cmd_pipeline)
+
+
+def cmd_pipeline(args) -> int:
+    from cluster.pipeline import Pipeline, load_pipeline_config
+    over: dict = {}
+    if args.out:
+        over["out"] = args.out
+    if args.input:
+        over["input"] = args.input
+    if args.stop_after:
+        over["stop_after"] = args.stop_after
+    ray = {}
+    if args.ray is not None:
+        ray["enabled"] = args.ray
+    if args.ray_address:
+        ray["address"] = args.ray_address
+    if ray:
+        over["ray"] = ray
+    cfg = load_pipeline_config(args.config, over)
+    manifest = Pipeline(cfg, force=tuple(args.force)).run()
+    out = cfg.out
+    print(f"\npipeline finished in {manifest['seconds']:.1f} s -> {out}")
+    print(f"  run manifest:   {out}/manifest.json   (resolved config: {out}/config.yaml)")
+    print(f"  ED image shards: {out}/shards/ed")
+    if "distill" in manifest["stages"]:
+        print(f"  result table:   {out}/distill/results.md")
+        tables = manifest["stages"]["distill"].get("tables")
+        if tables:
+            print(open(tables).read())
+    fails = {k: v for k, v in manifest["failures"].items() if v}
+    if fails:
+        print("  failures: " + json.dumps(fails))
+    return 0

@@ -1,0 +1,289 @@
+"""``edg pipeline``: every stage of EDG, in order, each resumable, with a run manifest.
+
+    read -> DFT -> render (or fused DFT+render) -> ED shards -> ImageED -> F_U -> teacher
+         -> structure images of the student set -> teacher targets -> distillation (w/o and w/ EDG) -> tables
+
+A stage that finished writes ``<out>/<stage>/DONE.json`` (its summary) and is skipped on a rerun; a stage that
+was interrupted resumes from what it wrote (DFT result files, finished shards, training checkpoints, finished
+distillation runs). ``<out>/config.yaml`` is the resolved config and ``<out>/manifest.json`` the run manifest
+(inputs, versions, seeds, counts, failures, timings).
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edg_core.config import dump_yaml, from_dict, to_dict
+from edg_core.io import read_jsonl, write_json_atomic
+
+from .stages import Workers, run_dft, run_fused, run_render
+
+log = logging.getLogger(__name__)
+STAGES = ("dft", "render", "imageed", "features", "teacher", "student_images", "teacher_targets", "distill")
+
+
+def _dft_config():
+    from dft.config import DFTConfig
+    return DFTConfig()
+
+
+def _render_config():
+    from render.config import RenderConfig
+    return RenderConfig()
+
+
+def _imageed_config():
+    from train.pretrain import ImageEDTrainConfig
+    return ImageEDTrainConfig()
+
+
+def _teacher_config():
+    from train.pretrain import TeacherTrainConfig
+    return TeacherTrainConfig()
+
+
+def _fit_config():
+    from train.fit import FitConfig
+    return FitConfig()
+
+
+@dataclass
+class RayConfig:
+    enabled: bool = False                  # False: every stage in this process (no Ray)
+    address: str | None = None             # None: $RAY_ADDRESS, a local head, or a new local runtime
+    temp_dir: str | None = None            # session files of a runtime started here
+    dft: Workers = field(default_factory=lambda: Workers(actors=2))
+    render: Workers = field(default_factory=lambda: Workers(actors=1))
+    train_workers: int = 1                 # Ray Train ranks for ImageED / teacher
+    use_gpu: bool = False                  # one GPU per training rank
+    max_failures: int = 1                  # Ray Train restarts after a worker failure
+    distill_cpus: float = 1.0              # CPUs per distillation run (runs go out as Ray tasks)
+    distill_gpus: float = 0.0
+
+
+@dataclass
+class StudentsConfig:
+    dataset: str = "rmd17:aspirin"         # rmd17:<molecule> or qm9:<target>
+    conformations: str = "rmd17:aspirin:train"  # input spec of the training conformations (teacher targets)
+    task: dict = field(default_factory=dict)    # RMD17Config / QM9Config overrides (root, train_size, ...)
+    students: list = field(default_factory=lambda: ["schnet"])
+    lambdas: list = field(default_factory=lambda: [0.0, 0.1])
+    seeds: list = field(default_factory=lambda: [42])
+    student_args: dict = field(default_factory=dict)
+    fit: object = field(default_factory=_fit_config)
+
+
+@dataclass
+class PipelineConfig:
+    out: str = "runs/pipeline"
+    input: str = "qm9:train"               # conformations for DFT, ED images and pretraining
+    fused: bool = False                    # DFT + render in one actor (GPU: fields stay on the device)
+    keep_fields: bool = False              # also store float16 ED/ESP grids in the shards
+    device: str | None = None              # torch device for local stages (None: cuda if present)
+    stop_after: str | None = None          # run the stages up to and including this one
+    ray: RayConfig = field(default_factory=RayConfig)
+    dft: object = field(default_factory=_dft_config)
+    render: object = field(default_factory=_render_config)
+    imageed: object = field(default_factory=_imageed_config)
+    teacher: object = field(default_factory=_teacher_config)
+    students: StudentsConfig = field(default_factory=StudentsConfig)
+
+
+def load_pipeline_config(path: str | Path | None = None, overrides: dict | None = None) -> PipelineConfig:
+    """Paper defaults <- YAML file <- ``overrides`` (a nested dict). Nested stage configs are the stages' own
+    dataclasses (DFTConfig, RenderConfig, ImageEDTrainConfig, TeacherTrainConfig, FitConfig)."""
+    import yaml
+
+    from dft.config import DFTConfig
+    from render.config import RenderConfig
+    from train.fit import FitConfig
+    from train.pretrain import ImageEDTrainConfig, TeacherTrainConfig
+    data = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            from edg_core.config import ConfigError
+            raise ConfigError(f"pipeline config {path} does not exist (shipped: configs/*.yaml)")
+        data = yaml.safe_load(path.read_text()) or {}
+    for k, v in (overrides or {}).items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        else:
+            data[k] = v
+    where = str(path or "pipeline config")
+    typed = {"dft": DFTConfig, "render": RenderConfig, "imageed": ImageEDTrainConfig, "teacher": TeacherTrainConfig}
+    for k, cls in typed.items():
+        data[k] = from_dict(cls, data.get(k), where=f"{where}:{k}")
+    st = dict(data.get("students") or {})
+    st["fit"] = from_dict(FitConfig, st.get("fit"), where=f"{where}:students.fit")
+    data["students"] = from_dict(StudentsConfig, st, where=f"{where}:students")
+    ray = dict(data.get("ray") or {})
+    for k in ("dft", "render"):
+        if k in ray:
+            ray[k] = from_dict(Workers, ray[k], where=f"{where}:ray.{k}")
+    data["ray"] = from_dict(RayConfig, ray, where=f"{where}:ray")
+    cfg = from_dict(PipelineConfig, data, where=where)
+    if cfg.stop_after is not None and cfg.stop_after not in STAGES:
+        from edg_core.config import ConfigError
+        raise ConfigError(f"{where}: stop_after {cfg.stop_after!r} is not a stage; stages: {', '.join(STAGES)}")
+    return cfg
+
+
+class Pipeline:
+    """Runs the stages of a ``PipelineConfig`` (see the module docstring). ``run()`` returns the manifest."""
+
+    def __init__(self, cfg: PipelineConfig, force: tuple[str, ...] = ()):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.force = set(force)
+        self.manifest: dict = {}
+
+    # paths of the artefacts
+    def path(self, name: str) -> Path:
+        return {"dft": self.out / "dft", "ed_shards": self.out / "shards" / "ed",
+                "fu_shards": self.out / "shards" / "ed_fu", "imageed": self.out / "imageed",
+                "teacher": self.out / "teacher", "student_shards": self.out / "shards" / "student",
+                "targets": self.out / "teacher_targets.npz", "distill": self.out / "distill"}[name]
+
+    def _workers(self, stage: str) -> Workers:
+        return getattr(self.cfg.ray, stage) if self.cfg.ray.enabled else Workers(actors=0)
+
+    def _stage(self, name: str, fn) -> dict:
+        marker = self.out / "stages" / f"{name}.json"
+        if marker.exists() and name not in self.force:
+            import json
+            summary = json.loads(marker.read_text())
+            log.info("stage %s: finished before, skipped", name)
+            print(f"[{name}] finished before ({summary.get('seconds', '?')} s): skipped", flush=True)
+            return summary
+        print(f"[{name}] running", flush=True)
+        t0 = time.time()
+        summary = fn() or {}
+        summary["seconds"] = round(time.time() - t0, 2)
+        write_json_atomic(marker, summary)
+        print(f"[{name}] done in {summary['seconds']:.1f} s: "
+              + ", ".join(f"{k}={v}" for k, v in summary.items() if k not in ("seconds", "failures")), flush=True)
+        return summary
+
+    # ---------------------------------------------------------------- stages
+    def dft(self) -> dict:
+        from edg_core.readers import open_source
+        src = open_source(self.cfg.input)
+        if self.cfg.fused:
+            return run_fused(src, self.path("ed_shards"), self.path("dft"), self.cfg.dft, self.cfg.render,
+                             self._workers("dft"), total=len(src), keep_fields=self.cfg.keep_fields)
+        return run_dft(src, self.path("dft"), self.cfg.dft, self._workers("dft"), total=len(src))
+
+    def render(self) -> dict:
+        if self.cfg.fused:
+            return {"fused": True}
+        paths = sorted(str(p) for p in (self.path("dft") / "fields").glob("*.npz"))
+        return run_render(paths, self.path("ed_shards"), self.cfg.render, self._workers("render"),
+                          total=len(paths), keep_fields=self.cfg.keep_fields, device=self.cfg.device)
+
+    def _pretrain(self, stage: str, cfg, shards: Path, out: Path) -> dict:
+        if self.cfg.ray.enabled:
+            from .train_ray import run_pretraining
+            result = run_pretraining(stage, cfg, shards, out, num_workers=self.cfg.ray.train_workers,
+                                     use_gpu=self.cfg.ray.use_gpu, max_failures=self.cfg.ray.max_failures)
+            if result.error is not None:
+                raise result.error
+            return dict(result.metrics)
+        from train.pretrain import train_imageed, train_teacher
+        fit = train_imageed if stage == "imageed" else train_teacher
+        return fit(cfg, shards, out, device=self.cfg.device)
+
+    def imageed(self) -> dict:
+        return self._pretrain("imageed", self.cfg.imageed, self.path("ed_shards"), self.path("imageed"))
+
+    def features(self) -> dict:
+        from train.imageed import extract_features, load_imageed
+        model = load_imageed(self.path("imageed") / "imageed.pt")
+        return extract_features(model, self.path("ed_shards"), self.path("fu_shards"), device=self.cfg.device)
+
+    def teacher(self) -> dict:
+        return self._pretrain("teacher", self.cfg.teacher, self.path("fu_shards"), self.path("teacher"))
+
+    def student_images(self) -> dict:
+        from edg_core.readers import open_source
+        src = open_source(self.cfg.students.conformations)
+        return run_render(src, self.path("student_shards"), self.cfg.render, self._workers("render"),
+                          total=len(src), ed=False, device=self.cfg.device)
+
+    def teacher_targets(self) -> dict:
+        from train.teacher import export_targets, load_teacher
+        teacher = load_teacher(self.path("teacher") / "teacher.pt")
+        return export_targets(teacher, self.path("student_shards"), self.path("targets"), device=self.cfg.device)
+
+    def distill_configs(self) -> list:
+        from train.edg import EDGConfig
+        from train.fit import DistillConfig
+
+        from .commands.distill import grid
+        st = self.cfg.students
+        base = DistillConfig(student=st.students[0], dataset=st.dataset, out=str(self.path("distill")),
+                             fit=st.fit, task=dict(st.task), student_args=dict(st.student_args),
+                             edg=EDGConfig(ed_predictor=str(self.path("teacher") / "teacher.pt"),
+                                           teacher_targets=str(self.path("targets"))))
+        return grid(base, st.students, [st.dataset], st.lambdas, st.seeds)
+
+    def distill(self) -> dict:
+        from train.fit import run_distill
+        from train.report import write_report
+        cfgs = self.distill_configs()
+        if self.cfg.ray.enabled:
+            import ray
+            remote = ray.remote(num_cpus=self.cfg.ray.distill_cpus, num_gpus=self.cfg.ray.distill_gpus)(run_distill)
+            results = ray.get([remote.options(name=f"distill:{c.run_name()}").remote(c) for c in cfgs])
+        else:
+            results = [run_distill(c) for c in cfgs]
+        paths = write_report(self.path("distill"), results)
+        return {"runs": len(results), "tables": str(paths.get("markdown", "")),
+                "test": {r["run"]: r["test"] for r in results}}
+
+    # ---------------------------------------------------------------- driver
+    def run(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(to_dict(self.cfg), self.out / "config.yaml")
+        t0 = time.time()
+        self.manifest = {"config": str(self.out / "config.yaml"), "input": self.cfg.input,
+                         "student_conformations": self.cfg.students.conformations,
+                         "seeds": {"imageed": self.cfg.imageed.seed, "teacher": self.cfg.teacher.seed,
+                                   "students": list(self.cfg.students.seeds)},
+                         "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}}
+        if self.cfg.ray.enabled:
+            from .runtime import ray_session
+            with ray_session(self.cfg.ray.address, temp_dir=self.cfg.ray.temp_dir) as resources:
+                self.manifest["ray_resources"] = dict(resources)
+                self._run_stages()
+        else:
+            self._run_stages()
+        self.manifest["seconds"] = round(time.time() - t0, 2)
+        self.manifest["failures"] = self.failures()
+        write_json_atomic(self.out / "manifest.json", self.manifest)
+        return self.manifest
+
+    def _run_stages(self) -> None:
+        for name in STAGES:
+            self.manifest["stages"][name] = self._stage(name, getattr(self, name))
+            write_json_atomic(self.out / "manifest.json", self.manifest)
+            if name == self.cfg.stop_after:
+                break
+
+    def failures(self) -> dict:
+        """Every failure manifest of the run: {path: number of entries}."""
+        return {str(p): len(read_jsonl(p)) for p in sorted(self.out.rglob("failures.jsonl"))}
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+    v = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("edg", "torch", "timm", "torch-geometric", "pyscf", "ray", "webdataset", "numpy"):
+        try:
+            v[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            v[pkg] = None
+    return v

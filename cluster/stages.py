@@ -1,0 +1,255 @@
+"""Stage runners shared by ``edg pipeline`` and the per-stage commands: each runs in this process or on a
+pool of Ray actors (``cluster.pool.run_actor_pool``), resumes from what its output folder already holds, and
+records failures in ``<out>/failures.jsonl``.
+
+* ``run_dft``: molecules -> ``<out>/fields/<key>.npz`` (DFTWorker).
+* ``run_render``: DFT results and/or molecules -> shards with ED and structure images (RenderWorker).
+* ``run_fused``: DFT then rendering in one actor (one GPU share): fields go from CuPy to torch by DLPack and
+  never touch the host unless ``keep_fields``; only the shard sample comes back to the driver.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from edg_core.errors import InvalidRecord
+from edg_core.io import append_jsonl
+from edg_core.molecule import Molecule
+from edg_core.shards import ShardWriter, sample_key, shard_keys
+
+from .metrics import StageProgress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Workers:
+    """How a stage runs: ``actors`` = 0 runs in this process; otherwise a pool of Ray actors, each with
+    ``cpus`` CPUs and ``gpus`` (a fraction shares one GPU between several actors)."""
+    actors: int = 0
+    cpus: float = 1.0
+    gpus: float = 0.0
+    max_retries: int = 2
+
+
+def _read_failure(failures: Path, rec: InvalidRecord) -> None:
+    append_jsonl(failures, {"record": rec.record, "key": sample_key(rec.record), "stage": "read",
+                            "reason": rec.problem, "time": time.time()})
+
+
+def _keyed(records: Iterable, failures: Path, prog: StageProgress) -> Iterator[tuple[str, Molecule]]:
+    for rec in records:
+        if isinstance(rec, InvalidRecord):
+            _read_failure(failures, rec)
+            prog.update(failed=1)
+            continue
+        yield sample_key(rec.id), rec
+
+
+def _on_failure(failures: Path, stage: str, prog: StageProgress):
+    def record(key: str, reason: str) -> None:
+        append_jsonl(failures, {"record": key, "key": key, "stage": stage, "reason": reason, "time": time.time()})
+        prog.update(failed=1)
+    return record
+
+
+# ---------------------------------------------------------------- DFT
+def run_dft(records, out: str | Path, cfg, workers: Workers, total: int | None = None,
+            retry_failed: bool = False) -> dict:
+    """DFT for every record not finished (or failed, unless ``retry_failed``) in ``out``; returns a summary."""
+    from dft.worker import STAGE, DFTWorker, done_keys, failed_keys
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prog = StageProgress("dft", total, out)
+    if workers.actors == 0:
+        s = DFTWorker(cfg, out).run(records, total=total, retry_failed=retry_failed)
+        prog.update(done=s.done, failed=s.failed, skipped=s.skipped)
+    else:
+        from .pool import run_actor_pool
+        failures = out / "failures.jsonl"
+        skip = done_keys(out) | (set() if retry_failed else failed_keys(out))
+
+        def on_result(key, status):
+            prog.update(done=int(status.get("status") == "done"))
+        s = run_actor_pool(DFTWorker, _keyed(records, failures, prog), ctor_args=(cfg, str(out)), done_keys=skip,
+                           num_actors=workers.actors, num_cpus=workers.cpus, num_gpus=workers.gpus,
+                           max_retries=workers.max_retries, on_result=on_result,
+                           on_failure=_on_failure(failures, STAGE, prog), total=total, desc="dft (ray)")
+        prog.skipped = s.skipped
+    prog.write()
+    return {**prog.summary(), "failures": str(out / "failures.jsonl")}
+
+
+# ---------------------------------------------------------------- rendering
+def _fields_of(path: str | None):
+    """(molecule, Fields) from a DFT result file; the molecule keeps the DFT labels E1..E6."""
+    from dft.result import load_result
+    from render.worker import Fields
+    r = load_result(path)
+    labels = dict(r.energies)
+    labels.update(dft_homo=float(r.homo), dft_lumo=float(r.lumo))
+    mol = Molecule(z=r.z, pos=r.pos, id=r.id, charge=r.charge, multiplicity=r.multiplicity, labels=labels)
+    return mol, (Fields(r.grid, r.ed, r.esp) if r.ed is not None else None)
+
+
+class RenderActor:
+    """A Ray actor (or plain object) rendering batches: items are lists of ``Molecule`` or DFT result paths."""
+
+    def __init__(self, cfg, device: str | None = None, structure: bool = True, ed: bool = True,
+                 keep_fields: bool = False):
+        from render.worker import RenderWorker
+        self.worker = RenderWorker(cfg, device=device, structure=structure, ed=ed, keep_fields=keep_fields)
+
+    def process(self, batch: list) -> dict:
+        mols, fields, failures = [], [], []
+        for item in batch:
+            if isinstance(item, Molecule):
+                mols.append(item)
+                fields.append(None)
+                continue
+            try:
+                m, f = _fields_of(item)
+            except InvalidRecord as e:
+                failures.append({"record": e.record, "key": Path(item).stem, "stage": "render",
+                                 "reason": e.problem})
+                continue
+            mols.append(m)
+            fields.append(f)
+        res = self.worker.render(mols, fields) if mols else None
+        return {"samples": res.samples if res else [], "failures": failures + (res.failures if res else [])}
+
+
+def _batched(items: Iterable, n: int) -> Iterator[list]:
+    batch = []
+    for it in items:
+        batch.append(it)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_results(writer: ShardWriter, failures: Path, prog: StageProgress, done: set):
+    def on_result(key, value):
+        for s in value["samples"]:
+            writer.write(s)
+            done.add(s["__key__"])
+        for f in value["failures"]:
+            append_jsonl(failures, {**f, "time": time.time()})
+        prog.update(done=len(value["samples"]), failed=len(value["failures"]))
+    return on_result
+
+
+def run_render(items: Iterable, out: str | Path, cfg, workers: Workers, total: int | None = None,
+               structure: bool = True, ed: bool = True, keep_fields: bool = False, maxcount: int = 1000,
+               device: str | None = None) -> dict:
+    """Render ``items`` (``Molecule`` records for structure images, or paths of DFT result files for ED +
+    structure images) into shards in ``out``; skips keys already in finished shards."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = out / "failures.jsonl"
+    done = shard_keys(out)
+    prog = StageProgress("render", total, out)
+
+    def todo():
+        for it in items:
+            if isinstance(it, InvalidRecord):
+                _read_failure(failures, it)
+                prog.update(failed=1)
+                continue
+            key = sample_key(it.id) if isinstance(it, Molecule) else Path(it).stem
+            if key in done:
+                prog.update(skipped=1)
+                continue
+            yield it
+
+    batches = _batched(todo(), cfg.batch_size)
+    with ShardWriter(out, "render", maxcount) as writer:
+        on_result = _write_results(writer, failures, prog, done)
+        if workers.actors == 0:
+            actor = RenderActor(cfg, device, structure, ed, keep_fields)
+            from edg_core.io import progress
+            n_batches = None if total is None else -(-total // cfg.batch_size)
+            for b in progress(batches, f"render -> {out}", total=n_batches):
+                on_result(None, actor.process(b))
+        else:
+            from .pool import run_actor_pool
+            keyed = ((f"batch{i}", b) for i, b in enumerate(batches))
+            run_actor_pool(RenderActor, keyed, ctor_args=(cfg, device, structure, ed, keep_fields),
+                           num_actors=workers.actors, num_cpus=workers.cpus, num_gpus=workers.gpus,
+                           max_retries=workers.max_retries, on_result=on_result,
+                           on_failure=lambda key, reason: log.error("render %s failed: %s", key, reason),
+                           desc="render (ray)")
+    prog.write()
+    return {**prog.summary(), "failures": str(failures)}
+
+
+# ---------------------------------------------------------------- fused DFT + render on one device
+class FusedActor:
+    """DFT then rendering of one molecule in one process: on GPU the ED/ESP grids stay on the device
+    (CuPy -> torch by DLPack, ``dft.handoff.cupy_to_torch``); the DFT scalars are written to
+    ``<dft_out>/fields/<key>.npz`` (with the fields only when ``keep_fields``) and the shard sample
+    (molecule, labels E1..E6, ED and structure images) is returned to the driver."""
+
+    def __init__(self, dft_cfg, render_cfg, dft_out: str, keep_fields: bool = False, device: str | None = None):
+        from dft.worker import DFTWorker
+        from render.worker import RenderWorker
+        self.dft = DFTWorker(dft_cfg, None, keep_on_gpu=True)
+        self.dft_out = Path(dft_out)
+        self.keep_fields = keep_fields
+        self.render = RenderWorker(render_cfg, device=device, keep_fields=keep_fields)
+
+    def process(self, mol: Molecule) -> dict:
+        import dataclasses
+
+        from dft.handoff import cupy_to_torch
+        from dft.result import save_result
+        from dft.worker import result_path
+        from render.worker import Fields
+        status = self.dft.process(mol)
+        if status["status"] != "done":
+            return {"samples": [], "failures": [{"record": mol.id, "key": status["key"], "stage": "dft",
+                                                 "reason": status["reason"]}]}
+        r = status["result"]
+        fields = Fields(r.grid, cupy_to_torch(r.ed), cupy_to_torch(r.esp))
+        labels = {**mol.labels, **r.energies, "dft_homo": float(r.homo), "dft_lumo": float(r.lumo)}
+        rec = dataclasses.replace(mol, labels=labels)
+        res = self.render.render([rec], [fields])
+        kept = r if self.keep_fields else dataclasses.replace(r, ed=None, esp=None)
+        save_result(result_path(self.dft_out, status["key"]), kept, self.dft.cfg.field_dtype)
+        return {"samples": res.samples, "failures": res.failures}
+
+
+def run_fused(records, out: str | Path, dft_out: str | Path, dft_cfg, render_cfg, workers: Workers,
+              total: int | None = None, keep_fields: bool = False, maxcount: int = 1000) -> dict:
+    """DFT + rendering per molecule (``FusedActor``) into shards in ``out``; resumable by shard keys."""
+    out, dft_out = Path(out), Path(dft_out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = out / "failures.jsonl"
+    done = shard_keys(out)
+    prog = StageProgress("dft+render", total, out)
+    with ShardWriter(out, "render", maxcount) as writer:
+        on_result = _write_results(writer, failures, prog, done)
+        items = _keyed(records, failures, prog)
+        if workers.actors == 0:
+            actor = FusedActor(dft_cfg, render_cfg, str(dft_out), keep_fields)
+            from edg_core.io import progress
+            for key, mol in progress(items, "dft+render", total=total):
+                if key in done:
+                    prog.update(skipped=1)
+                    continue
+                on_result(key, actor.process(mol))
+        else:
+            from .pool import run_actor_pool
+            s = run_actor_pool(FusedActor, items, ctor_args=(dft_cfg, render_cfg, str(dft_out), keep_fields),
+                               done_keys=done, num_actors=workers.actors, num_cpus=workers.cpus,
+                               num_gpus=workers.gpus, max_retries=workers.max_retries, on_result=on_result,
+                               on_failure=_on_failure(failures, "dft+render", prog), total=total,
+                               desc="dft+render (ray)")
+            prog.skipped = s.skipped
+    prog.write()
+    return {**prog.summary(), "failures": str(failures)}
