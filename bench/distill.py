@@ -2,7 +2,7 @@
 
 Both use ``train.fit.train_step`` with the same model state, batches and optimiser; baseline and EDG steps
 alternate so that load from other processes hits both alike. Reported: median process CPU time per step (all
-threads; robust on a shared machine) and median wall time, and the relative overhead of each.
+threads; one thread by default, robust on a shared machine) and median wall time, and the relative overhead of each.
 ``python -m bench distill [--quick]`` (--quick: a smaller SchNet, fewer steps).
 """
 from __future__ import annotations
@@ -15,12 +15,13 @@ import torch
 
 
 def measure(molecule: str = "aspirin", batch_size: int = 32, rounds: int = 5, steps: int = 4,
-            student_args: dict | None = None, lambda_ed: float = 0.1) -> dict:
+            student_args: dict | None = None, lambda_ed: float = 0.1, threads: int = 1) -> dict:
     from train.edg import EDGHead, build_ed_predictor
     from train.fit import train_step
     from train.students import build_student
     from train.tasks import build_task
 
+    torch.set_num_threads(threads)  # one thread: CPU time then measures the step's work, not spinning
     task = build_task(f"rmd17:{molecule}", train_size=batch_size * steps, valid_size=1, test_size=1)
     torch.manual_seed(0)
     base = build_student("schnet", **(student_args or {}))
@@ -56,7 +57,7 @@ QUICK_STUDENT = {"hidden_channels": 64, "num_filters": 64, "num_interactions": 3
 
 def main(argv: list[str]) -> None:
     quick = "--quick" in argv
-    r = measure(rounds=2 if quick else 3, steps=2, student_args=QUICK_STUDENT if quick else None)
+    r = measure(rounds=4, steps=2 if quick else 1, student_args=QUICK_STUDENT if quick else None)
     size = "small SchNet (64 hidden, 3 interactions)" if quick else "SchNet (paper size: 128 hidden, 6 interactions)"
     print(f"distill step  {size} rmd17:{r['molecule']} batch {r['batch_size']} ({r['steps_timed']} steps each, "
           f"{r['threads']} threads): CPU time baseline {r['baseline_cpu_ms']:.0f} ms, EDG {r['edg_cpu_ms']:.0f} ms, "
