@@ -160,3 +160,17 @@ def test_coulomb_standin_is_invariant_to_rotation_and_permutation():
     assert a.shape == (6, 512)
     assert torch.allclose(a, b, atol=1e-4)
     assert not torch.allclose(a[0], a[1])
+
+
+def test_teacher_targets_follow_the_ed_predictor_width(tmp_path):
+    from train.teacher import EDPredictor
+    small = EDPredictor(512, 32, 64)  # a demo-size teacher predicts 64 features, not 768
+    ids = ["a", "b"]
+    edp = np.random.default_rng(2).normal(size=(2, 64)).astype(np.float32)
+    np.savez(tmp_path / "t.npz", ids=np.array(ids), edp=edp)
+    assert load_teacher_targets(str(tmp_path / "t.npz"), ids, small).shape == (2, 64)
+    with pytest.raises(DataSourceError, match="expected 768"):
+        load_teacher_targets(str(tmp_path / "t.npz"), ids)
+    head = EDGHead(16, small)
+    assert head.mapper.in_features == 16 and head.mapper.out_features == 512
+    assert head(torch.randn(3, 16)).shape == (3, 64)

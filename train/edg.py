@@ -36,9 +36,9 @@ class EDGConfig:
 class EDGHead(nn.Module):
     """Mapper M (trainable) followed by the frozen ED predictor; ``loss`` is L_ED."""
 
-    def __init__(self, feature_dim: int, ed_predictor: nn.Module, fs_dim: int = FS_DIM, beta: float = 1.0):
+    def __init__(self, feature_dim: int, ed_predictor: nn.Module, fs_dim: int | None = None, beta: float = 1.0):
         super().__init__()
-        self.mapper = nn.Linear(feature_dim, fs_dim)
+        self.mapper = nn.Linear(feature_dim, fs_dim or predictor_dims(ed_predictor)[0])
         self.ed_predictor = ed_predictor
         self.ed_predictor.requires_grad_(False)
         self.ed_predictor.eval()
@@ -86,7 +86,8 @@ def build_ed_predictor(path: str | None = None, seed: int = 0) -> nn.Module:
 
 
 # ---------------------------------------------------------------- teacher targets
-def _rows_from_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _rows_from_npz(path: Path, fs_dim: int = FS_DIM, edp_dim: int = EDP_DIM
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """id -> edp (768,) and id -> fs (512,) from an npz in either layout (see ``load_teacher_targets``)."""
     edp, fs = {}, {}
     with np.load(path, allow_pickle=False) as d:
@@ -103,14 +104,14 @@ def _rows_from_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
             for key in files:
                 mol_id, _, member = key.rpartition("/") if "/" in key else (key, "", "")
                 vec = d[key].reshape(-1)
-                kind = member or {EDP_DIM: "edp", FS_DIM: "fs"}.get(vec.shape[0], "")
+                kind = member or {edp_dim: "edp", fs_dim: "fs"}.get(vec.shape[0], "")
                 if kind == "edp":
                     edp[mol_id] = vec
                 elif kind == "fs":
                     fs[mol_id] = vec
                 else:
                     raise DataSourceError(f"{path}: key {key!r} holds {vec.shape[0]} values; expected "
-                                          f"edp ({EDP_DIM}) or fs ({FS_DIM}), or name it '<id>/edp' / '<id>/fs'")
+                                          f"edp ({edp_dim}) or fs ({fs_dim}), or name it '<id>/edp' / '<id>/fs'")
     if not edp and not fs:
         raise DataSourceError(f"{path}: no teacher targets (need arrays ids + edp/fs, or one key per molecule id)")
     return edp, fs
@@ -128,19 +129,27 @@ def _rows_from_shards(spec: str) -> tuple[dict[str, np.ndarray], dict[str, np.nd
     return edp, fs
 
 
+def predictor_dims(module: nn.Module | None) -> tuple[int, int]:
+    """(input, output) width of an ED predictor: (512, 768) for the paper's; smaller in demo-size pipelines."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)] if module is not None else []
+    return (linears[0].in_features, linears[-1].out_features) if linears else (FS_DIM, EDP_DIM)
+
+
 def load_teacher_targets(source: str, ids: list[str], ed_predictor: nn.Module | None = None) -> torch.Tensor:
-    """EDP(F_S) (M, 768) float32 for the molecules ``ids``, in that order.
+    """EDP(F_S) (M, 768) float32 for the molecules ``ids``, in that order (the width is the ED predictor's output
+    when one is given: demo-size teachers predict fewer than 768 features).
 
     ``source``: an ``.npz`` with arrays ``ids`` (M,) str and ``edp`` (M, 768) and/or ``fs`` (M, 512); or an
     ``.npz`` with one key per molecule id (value (768,) = edp or (512,) = fs; or keys ``<id>/edp``, ``<id>/fs``);
     or shards (folder / glob / .tar) whose samples carry ``edp.npy`` or ``fs.npy``. Where only F_S is stored,
     EDP(F_S) is computed once with ``ed_predictor``. A missing id raises ``DataSourceError`` naming it.
     """
+    fs_dim, edp_dim = predictor_dims(ed_predictor)
     path = Path(source)
     if path.suffix == ".npz":
         if not path.exists():
             raise DataSourceError(f"teacher targets {path} do not exist")
-        edp, fs = _rows_from_npz(path)
+        edp, fs = _rows_from_npz(path, fs_dim, edp_dim)
     else:
         edp, fs = _rows_from_shards(source)
     missing = [i for i in ids if i not in edp and i not in fs]
@@ -157,9 +166,9 @@ def load_teacher_targets(source: str, ids: list[str], ed_predictor: nn.Module | 
             computed = ed_predictor(x).numpy()
         edp.update(zip(need_fs, computed))
     out = np.stack([np.asarray(edp[i], dtype=np.float32).reshape(-1) for i in ids])
-    if out.shape[1] != EDP_DIM:
+    if out.shape[1] != edp_dim:
         raise DataSourceError(f"teacher targets {source}: edp has {out.shape[1]} values per molecule, "
-                              f"expected {EDP_DIM}")
+                              f"expected {edp_dim} (the ED predictor's output)")
     if not np.isfinite(out).all():
         bad = ids[int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])]
         raise DataSourceError(f"teacher targets {source}: non-finite edp for {bad}")

@@ -23,7 +23,15 @@ import torch
 from edg_core.config import dump_yaml, to_dict
 from edg_core.io import append_jsonl, atomic_path, progress, read_jsonl, write_bytes_atomic, write_json_atomic
 
-from .edg import EDGConfig, EDGHead, build_ed_predictor, coulomb_standin_features, edg_objective, load_teacher_targets
+from .edg import (
+    EDGConfig,
+    EDGHead,
+    build_ed_predictor,
+    coulomb_standin_features,
+    edg_objective,
+    load_teacher_targets,
+    predictor_dims,
+)
 from .tasks import Batch, PackedMolecules, Task, build_task
 
 log = logging.getLogger(__name__)
@@ -200,7 +208,8 @@ def prepare_targets(cfg: EDGConfig, task: Task, ed_predictor: torch.nn.Module) -
     tr = task.train
     if src == "standin:coulomb":
         with torch.no_grad():
-            fs = coulomb_standin_features(tr.z, tr.pos, tr.offsets, seed=cfg.ed_predictor_seed)
+            fs = coulomb_standin_features(tr.z, tr.pos, tr.offsets, dim=predictor_dims(ed_predictor)[0],
+                                          seed=cfg.ed_predictor_seed)
             edp = ed_predictor(fs)
         return tr.with_labels(edp=edp), "stand-in: Coulomb-matrix eigenvalues -> fixed random MLP (F_S)"
     return tr.with_labels(edp=load_teacher_targets(src, tr.ids, ed_predictor)), f"file: {src}"
