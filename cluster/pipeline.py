@@ -232,7 +232,7 @@ class Pipeline:
 
     def distill(self) -> dict:
         from train.fit import run_distill
-        from train.report import write_report
+        from train.report import collect_results, write_report
         cfgs = self.distill_configs()
         if self.cfg.ray.enabled:
             import ray
@@ -240,6 +240,8 @@ class Pipeline:
             results = ray.get([remote.options(name=f"distill:{c.run_name()}").remote(c) for c in cfgs])
         else:
             results = [run_distill(c) for c in cfgs]
+        wanted = {c.run_name() for c in cfgs}
+        results = [r for r in collect_results(self.path("distill")) if r["run"] in wanted]
         paths = write_report(self.path("distill"), results)
         return {"runs": len(results), "tables": str(paths.get("markdown", "")),
                 "test": {r["run"]: r["test"] for r in results}}

@@ -72,8 +72,9 @@ def run_dft(records, out: str | Path, cfg, workers: Workers, total: int | None =
         failures = out / "failures.jsonl"
         skip = done_keys(out) | (set() if retry_failed else failed_keys(out))
 
-        def on_result(key, status):
-            prog.update(done=int(status.get("status") == "done"))
+        def on_result(key, status):  # the worker itself logged a failed molecule in failures.jsonl
+            ok = status.get("status") == "done"
+            prog.update(done=int(ok), failed=int(not ok))
         s = run_actor_pool(DFTWorker, _keyed(records, failures, prog), ctor_args=(cfg, str(out)), done_keys=skip,
                            num_actors=workers.actors, num_cpus=workers.cpus, num_gpus=workers.gpus,
                            max_retries=workers.max_retries, on_result=on_result,

@@ -202,13 +202,16 @@ class ShardWriter:
 
     Each shard is written as ``.tar.tmp`` and renamed when full or on ``close()``; if the writer is left
     by an exception the open shard is deleted, so only complete shards exist. Numbering continues after the
-    shards already in ``out`` (resume).
+    shards already in ``out`` (resume); a ``.tar.tmp`` left there by a killed writer is removed (one writer per
+    folder and prefix).
     """
 
     def __init__(self, out: str | Path, prefix: str = "shard", maxcount: int = 1000, maxsize: int = 1 << 30):
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.prefix, self.maxcount, self.maxsize = prefix, maxcount, maxsize
+        for stale in self.out.glob(f"{prefix}-*.tar.tmp"):  # left by a writer that was killed
+            stale.unlink(missing_ok=True)
         existing = sorted(self.out.glob(f"{prefix}-*.tar"))
         self.index = int(existing[-1].stem.split("-")[-1]) + 1 if existing else 0
         self._tar: tarfile.TarFile | None = None
