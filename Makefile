@@ -28,6 +28,8 @@ test-all: install
 demo: install
 	$(BIN)/edg pipeline --config configs/demo.yaml
 
+# --quick: small configs that finish on a 2-core CPU; on a GPU machine use `make bench BENCH_ARGS=`.
+BENCH_ARGS ?= --quick
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

@@ -100,7 +100,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 GPU, 3 CPU)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd ImageED")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    a = ap.parse_args(argv)
+    a, _ = ap.parse_known_args(argv)  # flags meant for other benchmarks (make bench) are ignored
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

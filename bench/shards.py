@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench shards")
     ap.add_argument("--shards", help="real shards to take images from (default: synthetic images)")
     ap.add_argument("-n", type=int, default=32)
-    a = ap.parse_args(argv)
+    a, _ = ap.parse_known_args(argv)  # flags meant for other benchmarks (make bench) are ignored
     imgs = _real(a.shards, a.n) if a.shards else _synthetic(a.n)
     src = "real" if a.shards else "synthetic"
     raw = imgs[0][0].size + imgs[0][1].size

@@ -1,0 +1,81 @@
+"""`ray job submit --working-dir . -- edg ...` against a head started here with `ray start --head`, with
+`ray job status` and `ray job logs`: the way EDG runs on a cluster (docs/cluster.md)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parent.parent
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head with its dashboard (the job server) on 127.0.0.1; stopped by signalling the process group
+    of the `ray start --block` we started, which takes down only the processes of this head."""
+    if not Path(RAY).exists():
+        pytest.skip(f"ray CLI not found at {RAY}")
+    tmp = tempfile.mkdtemp(prefix="edgj")
+    port, dash = _free_port(), _free_port()
+    # Ray turns token authentication on by itself when ~/.ray/auth_token exists; this private head runs
+    # without it (clients below say the same), so the test does not depend on the machine's home folder.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                             f"--temp-dir={tmp}", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{url}/api/version", timeout=2)
+                break
+            except OSError:
+                if head.poll() is not None:
+                    pytest.fail("ray start --head exited early")
+                time.sleep(1)
+        else:
+            pytest.fail("the Ray dashboard (job server) did not come up within 120 s")
+        yield url
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_ray_job_submit_runs_edg_and_reports_status_and_logs(ray_head, tmp_path):
+    env = {**os.environ, "RAY_ADDRESS": ray_head, "RAY_AUTH_MODE": "disabled"}
+    out = tmp_path / "shards"
+    submit = subprocess.run(
+        [RAY, "job", "submit", "--working-dir", str(ROOT), "--submission-id", "edg-test-convert", "--",
+         sys.executable, "-m", "cluster.cli", "data", "convert", "--input", "embedded:qm9?limit=5",
+         "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
+    assert "wrote 5 samples" in submit.stdout  # the job's own output, streamed back by `ray job submit`
+    status = subprocess.run([RAY, "job", "status", "edg-test-convert"], capture_output=True, text=True, env=env)
+    assert "succeeded" in (status.stdout + status.stderr).lower() and status.returncode == 0
+    logs = subprocess.run([RAY, "job", "logs", "edg-test-convert"], capture_output=True, text=True, env=env)
+    assert "wrote 5 samples" in logs.stdout
+    assert len(list(out.glob("*.tar"))) == 1
