@@ -14,16 +14,6 @@ from train.fit import train_step
 from train.students import build_student
 from train.tasks import build_task
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded, and the test machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_gaussians": 10, "cutoff": 5.0}
 
 

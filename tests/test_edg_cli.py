@@ -15,14 +15,6 @@ TINY = ["--student-arg", "hidden_channels=8", "--student-arg", "num_filters=8", 
 DATA = ["--task", f"root={ROOT}", "--task", "train_size=8", "--task", "valid_size=4", "--task", "test_size=4"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_distill_writes_run_and_skips_when_finished(tmp_path, capsys):
     args = ["distill", "--dataset", "rmd17:ethanol", "--lambda", "0.5", "--teacher-targets", "standin:coulomb",
             "--out", str(tmp_path), "--epochs", "2", "--batch-size", "4", "--seed", "3", *TINY, *DATA]

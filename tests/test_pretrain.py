@@ -14,14 +14,6 @@ from train.pretrain import ImageEDTrainConfig, TeacherTrainConfig, train_imageed
 from train.teacher import TEACHER_PRESETS, load_ed_predictor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain_shards")

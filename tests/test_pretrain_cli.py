@@ -3,20 +3,11 @@ import re
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from cluster.cli import main
 from edg_core.shards import read_samples
 from train.data import write_synthetic_shards
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_help_lists_the_stages(capsys):

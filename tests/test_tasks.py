@@ -14,15 +14,6 @@ from train.tasks import PackedMolecules, Prediction, build_task
 from train.tasks.qm9 import QM9Task, pack_table
 
 ROOT = "/work/shared/data/rmd17"
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded, and the test machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_gaussians": 10, "cutoff": 5.0}
 HARTREE_EV = 27.211386245988
 
