@@ -85,15 +85,17 @@ def run_dft(records, out: str | Path, cfg, workers: Workers, total: int | None =
 
 
 # ---------------------------------------------------------------- rendering
-def _fields_of(path: str | None):
-    """(molecule, Fields) from a DFT result file; the molecule keeps the DFT labels E1..E6."""
+def molecule_and_fields(path: str | Path):
+    """(molecule, Fields or None) from a DFT result file; the molecule carries the DFT labels E1..E6,
+    ``dft_homo`` and ``dft_lumo`` (Hartree). Raises ``InvalidRecord`` for an unreadable file."""
     from dft.result import load_result
     from render.worker import Fields
     r = load_result(path)
     labels = dict(r.energies)
     labels.update(dft_homo=float(r.homo), dft_lumo=float(r.lumo))
     mol = Molecule(z=r.z, pos=r.pos, id=r.id, charge=r.charge, multiplicity=r.multiplicity, labels=labels)
-    return mol, (Fields(r.grid, r.ed, r.esp) if r.ed is not None else None)
+    has_fields = r.ed is not None and r.esp is not None and r.grid is not None
+    return mol, (Fields(r.grid, r.ed, r.esp) if has_fields else None)
 
 
 class RenderActor:
@@ -112,7 +114,7 @@ class RenderActor:
                 fields.append(None)
                 continue
             try:
-                m, f = _fields_of(item)
+                m, f = molecule_and_fields(item)
             except InvalidRecord as e:
                 failures.append({"record": e.record, "key": Path(item).stem, "stage": "render",
                                  "reason": e.problem})

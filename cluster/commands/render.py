@@ -7,7 +7,6 @@ from pathlib import Path
 
 from edg_core.config import add_config_args, apply_args, dump_yaml, load_yaml
 from edg_core.errors import DataSourceError, InvalidRecord
-from edg_core.molecule import Molecule
 from edg_core.readers import open_source
 from edg_core.shards import sample_key
 
@@ -39,19 +38,14 @@ def register(sub) -> None:
 
 def _records(args):
     """(molecule or InvalidRecord, Fields or None) pairs and their count."""
-    from render.worker import Fields
+    from cluster.stages import molecule_and_fields
     if args.fields is None:
         src = open_source(args.input)
         return ((r, None) for r in src), len(src)
-    from dft.worker import load_result, result_path
+    from dft.worker import result_path
     root = Path(args.fields)
     if not (root / "fields").is_dir():
         raise DataSourceError(f"{root}: no fields/ folder; run `edg dft --out {root}` first")
-
-    def fields_of(r):
-        if r.ed is None or r.esp is None or r.grid is None:
-            return None
-        return Fields(r.grid, r.ed, r.esp)
 
     if args.input:
         src = open_source(args.input)
@@ -65,19 +59,19 @@ def _records(args):
                 if not path.exists():
                     yield InvalidRecord(rec.id, f"no DFT result {path}"), None
                     continue
-                yield rec, fields_of(load_result(path))
+                mol, fields = molecule_and_fields(path)
+                mol.labels = {**rec.labels, **mol.labels}
+                mol.smiles = rec.smiles
+                yield mol, fields
         return gen(), len(src)
     paths = sorted((root / "fields").glob("*.npz"))
 
     def gen_all():
         for path in paths:
             try:
-                r = load_result(path)
-                mol = Molecule(z=r.z, pos=r.pos, id=r.id, charge=r.charge, multiplicity=r.multiplicity)
+                yield molecule_and_fields(path)
             except InvalidRecord as e:
                 yield e, None
-                continue
-            yield mol, fields_of(r)
     return gen_all(), len(paths)
 
 
