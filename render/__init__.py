@@ -2,8 +2,15 @@
 plus a PyMOL reference renderer (``render.reference``) and the render worker (``render.worker``).
 
 Entry points: ``Renderer`` (batched), ``render_ed`` and ``render_structure`` (one molecule), ``RenderConfig``.
+The renderer (and torch) load on first use, so ``render.config`` stays cheap to import (the CLI needs it).
 """
 from .config import RenderConfig
-from .renderer import Renderer, render_ed, render_structure
 
 __all__ = ["RenderConfig", "Renderer", "render_ed", "render_structure"]
+
+
+def __getattr__(name: str):
+    if name in ("Renderer", "render_ed", "render_structure"):
+        from . import renderer
+        return getattr(renderer, name)
+    raise AttributeError(f"module 'render' has no attribute {name!r}")

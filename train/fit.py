@@ -23,6 +23,7 @@ import torch
 from edg_core.config import dump_yaml, to_dict
 from edg_core.io import append_jsonl, atomic_path, progress, read_jsonl, write_bytes_atomic, write_json_atomic
 
+from .configs import FitConfig  # noqa: F401 (re-exported)
 from .edg import (
     EDGConfig,
     EDGHead,
@@ -35,21 +36,6 @@ from .edg import (
 from .tasks import Batch, PackedMolecules, Task, build_task
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FitConfig:
-    epochs: int = 1000                 # Geom3D-style budget; shrink for CPU runs
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    scheduler: str = "cosine"          # cosine (to 0 over ``epochs``) or none
-    grad_clip: float | None = None     # max grad norm; None: no clipping
-    seed: int = 42
-    device: str = "cpu"
-    num_threads: int | None = None     # torch CPU threads (None: torch's default)
-    checkpoint_every: int = 1          # epochs between resumable checkpoints (0: never)
 
 
 @dataclass

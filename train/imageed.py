@@ -13,65 +13,14 @@ normalised with the ImageNet mean/std inside the model, the D channel is left in
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
+from .configs import IMAGEED_PRESETS, ImageEDConfig, imageed_preset  # noqa: F401 (re-exported)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class ImageEDConfig:
-    """Model sizes; the defaults are the paper's ViT-B/16 MAE at 224 x 224."""
-    img_size: int = field(default=224, metadata={"help": "image side in pixels"})
-    patch_size: int = field(default=16, metadata={"help": "patch side in pixels"})
-    n_views: int = field(default=6, metadata={"help": "ED views per molecule"})
-    in_chans: int = field(default=4, metadata={"help": "channels per view (RGB-D)"})
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    decoder_embed_dim: int = 512
-    decoder_depth: int = 8
-    decoder_num_heads: int = 16
-    mlp_ratio: float = 4.0
-    mask_ratio: float = field(default=0.25, metadata={"help": "fraction of all tokens masked"})
-    view_embedding: bool = field(default=True, metadata={"help": "add a learned per-view embedding (ablation: off)"})
-    norm_pix_loss: bool = field(default=True, metadata={"help": "normalise pixel targets per patch"})
-    mp_weight: float = field(default=1.0, metadata={"help": "weight of L_MP (masked-patch loss)"})
-    rp_weight: float = field(default=1.0, metadata={"help": "weight of L_RP (visible-patch loss)"})
-
-    @property
-    def grid_size(self) -> int:
-        return self.img_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        """Patches per view."""
-        return self.grid_size ** 2
-
-    @property
-    def num_tokens(self) -> int:
-        return self.n_views * self.num_patches
-
-    @property
-    def num_visible(self) -> int:
-        return int(self.num_tokens * (1 - self.mask_ratio))
-
-
-IMAGEED_PRESETS = {
-    "vit_b16": ImageEDConfig(),
-    "tiny": ImageEDConfig(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
-                          decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4),
-}
-
-
-def imageed_preset(name: str, **overrides) -> ImageEDConfig:
-    if name not in IMAGEED_PRESETS:
-        raise ValueError(f"unknown ImageED preset {name!r}; known: {sorted(IMAGEED_PRESETS)}")
-    return replace(IMAGEED_PRESETS[name], **overrides)
 
 
 def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:

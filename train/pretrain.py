@@ -17,7 +17,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -29,56 +29,13 @@ from edg_core.errors import EDGError, ShardError
 from edg_core.io import append_jsonl, atomic_path, progress
 from edg_core.shards import shard_paths
 
+from .configs import ImageEDTrainConfig, TeacherTrainConfig  # noqa: F401 (re-exported)
 from .data import ShardImages, count_samples, image_loader
-from .imageed import ImageED, ImageEDConfig, imageed_state, save_reconstruction_png
+from .imageed import ImageED, imageed_state, save_reconstruction_png
 from .optim import adamw, scaled_lr, sgd, warmup_cosine
-from .teacher import Teacher, TeacherConfig, augment_structure_images, teacher_loss, teacher_state
+from .teacher import Teacher, augment_structure_images, teacher_loss, teacher_state
 
 Report = Callable[[dict, "Path | None"], None]
-
-
-@dataclass
-class ImageEDTrainConfig:
-    """ImageED pretraining (paper / official code: 800 epochs, 5 warm-up, blr 1.5e-4, wd 0.05)."""
-    model: ImageEDConfig = field(default_factory=ImageEDConfig)
-    epochs: int = 800
-    warmup_epochs: int = 5
-    batch_size: int = field(default=64, metadata={"help": "per worker; the global batch sets the lr"})
-    blr: float = field(default=1.5e-4, metadata={"help": "base lr; lr = blr * global_batch / 256"})
-    lr: float | None = field(default=None, metadata={"help": "absolute lr (overrides blr)"})
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    val_fraction: float = field(default=0.0, metadata={"help": "fraction of keys held out for validation"})
-    samples_per_epoch: int | None = field(default=None, metadata={"help": "default: count the train samples"})
-    shuffle_buffer: int = 1000
-    num_workers: int = field(default=4, metadata={"help": "DataLoader workers per rank"})
-    seed: int = 0
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (ignored on CPU)"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
-    grad_clip: float | None = None
-    figure_every: int = field(default=0, metadata={"help": "write a reconstruction PNG every N epochs (0: off)"})
-
-
-@dataclass
-class TeacherTrainConfig:
-    """Teacher pretraining (paper / official code: SGD lr 5e-3, momentum 0.9, wd 1e-4, batch 128, 50 epochs,
-    2 % validation)."""
-    model: TeacherConfig = field(default_factory=TeacherConfig)
-    epochs: int = 50
-    warmup_epochs: int = 0
-    batch_size: int = field(default=128, metadata={"help": "per worker"})
-    lr: float = 5e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    cosine: bool = field(default=True, metadata={"help": "cosine-decay the lr (off: constant)"})
-    val_fraction: float = 0.02
-    samples_per_epoch: int | None = None
-    shuffle_buffer: int = 1000
-    num_workers: int = 4
-    seed: int = 0
-    bf16: bool = True
-    compile: bool = False
-    grad_clip: float | None = None
 
 
 # ---------------------------------------------------------------- the two stages

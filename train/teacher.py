@@ -8,7 +8,7 @@ the backbone features, and EDP(F_S) (B, 768), which is trained with L1 to ImageE
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -18,29 +18,8 @@ import torch.nn.functional as F
 from edg_core.config import from_dict
 from edg_core.errors import EDGError
 
+from .configs import TEACHER_PRESETS, TeacherConfig  # noqa: F401 (re-exported)
 from .imageed import IMAGENET_MEAN, IMAGENET_STD
-
-
-@dataclass
-class TeacherConfig:
-    """Teacher model and augmentation settings; defaults follow the paper."""
-    arch: str = field(default="resnet18", metadata={"help": "timm backbone name (head removed)"})
-    backbone_checkpoint: str | None = field(default=None, metadata={
-        "help": "local state dict for the backbone (classifier keys are dropped); random init if unset"})
-    n_views: int = field(default=4, metadata={"help": "structure views per molecule"})
-    img_size: int = field(default=224, metadata={"help": "image side in pixels"})
-    hidden_dim: int = field(default=256, metadata={"help": "ED predictor hidden width"})
-    fu_dim: int = field(default=768, metadata={"help": "width of F_U (ImageED embed_dim)"})
-    aug_p: float = field(default=0.2, metadata={"help": "probability of each augmentation (train only)"})
-    crop_scale: float = field(default=0.8, metadata={"help": "centre crop keeps this fraction of the side"})
-    max_rotation_deg: float = field(default=180.0, metadata={"help": "rotation angle drawn from +-this"})
-    blur_sigma: tuple[float, float] = field(default=(0.1, 2.0), metadata={"help": "Gaussian blur sigma range, px"})
-
-
-TEACHER_PRESETS = {
-    "resnet18": TeacherConfig(),
-    "tiny": TeacherConfig(arch="resnet10t", img_size=32, hidden_dim=32, fu_dim=64),
-}
 
 
 class EDPredictor(nn.Sequential):

@@ -31,7 +31,7 @@ def _key_values(items: list[str] | None, what: str) -> dict:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from train.fit import FitConfig
+    from train.configs import FitConfig
     p.add_argument("--config", help="YAML file with DistillConfig fields (flags override it)")
     p.add_argument("--out", help="output folder of the runs (default: runs/distill)")
     p.add_argument("--teacher-targets", help="EDP(F_S) per molecule id: .npz or shard folder; "

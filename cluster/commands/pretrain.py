@@ -57,9 +57,7 @@ def _add_common(p: argparse.ArgumentParser, presets) -> None:
 
 
 def register(sub) -> None:
-    from train.imageed import IMAGEED_PRESETS
-    from train.pretrain import ImageEDTrainConfig, TeacherTrainConfig
-    from train.teacher import TEACHER_PRESETS
+    from train.configs import IMAGEED_PRESETS, TEACHER_PRESETS, ImageEDTrainConfig, TeacherTrainConfig
     p = sub.add_parser("pretrain", help="pretrain ImageED or the ED-aware teacher",
                        description="Pretraining stages: imageed (ED images -> F_U), teacher (structure images "
                                    "-> F_S, EDP(F_S) ~ F_U), figure (reconstructions like the paper's Fig. 5).")
@@ -93,9 +91,7 @@ def resolve_config(args):
     """Paper defaults <- --preset (model sizes) <- YAML file (--config) <- command-line flags."""
     import yaml
 
-    from train.imageed import imageed_preset
-    from train.pretrain import ImageEDTrainConfig, TeacherTrainConfig
-    from train.teacher import TEACHER_PRESETS
+    from train.configs import TEACHER_PRESETS, ImageEDTrainConfig, TeacherTrainConfig, imageed_preset
     cls = ImageEDTrainConfig if args.stage == "imageed" else TeacherTrainConfig
     cfg = cls()
     if args.preset:

@@ -1,0 +1,139 @@
+"""Training configs importable without torch or timm (the ``edg`` CLI builds its flags from them): the ImageED
+model and its presets, the teacher model and its presets, the two pretraining configs and the student
+``FitConfig``. Defaults reproduce the paper and its official code; ``train.imageed``, ``train.teacher``,
+``train.pretrain`` and ``train.fit`` re-export them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass
+class ImageEDConfig:
+    """Model sizes; the defaults are the paper's ViT-B/16 MAE at 224 x 224."""
+    img_size: int = field(default=224, metadata={"help": "image side in pixels"})
+    patch_size: int = field(default=16, metadata={"help": "patch side in pixels"})
+    n_views: int = field(default=6, metadata={"help": "ED views per molecule"})
+    in_chans: int = field(default=4, metadata={"help": "channels per view (RGB-D)"})
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    mlp_ratio: float = 4.0
+    mask_ratio: float = field(default=0.25, metadata={"help": "fraction of all tokens masked"})
+    view_embedding: bool = field(default=True, metadata={"help": "add a learned per-view embedding (ablation: off)"})
+    norm_pix_loss: bool = field(default=True, metadata={"help": "normalise pixel targets per patch"})
+    mp_weight: float = field(default=1.0, metadata={"help": "weight of L_MP (masked-patch loss)"})
+    rp_weight: float = field(default=1.0, metadata={"help": "weight of L_RP (visible-patch loss)"})
+
+    @property
+    def grid_size(self) -> int:
+        return self.img_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """Patches per view."""
+        return self.grid_size ** 2
+
+    @property
+    def num_tokens(self) -> int:
+        return self.n_views * self.num_patches
+
+    @property
+    def num_visible(self) -> int:
+        return int(self.num_tokens * (1 - self.mask_ratio))
+
+
+IMAGEED_PRESETS = {
+    "vit_b16": ImageEDConfig(),
+    "tiny": ImageEDConfig(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
+                          decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4),
+}
+
+
+def imageed_preset(name: str, **overrides) -> ImageEDConfig:
+    if name not in IMAGEED_PRESETS:
+        raise ValueError(f"unknown ImageED preset {name!r}; known: {sorted(IMAGEED_PRESETS)}")
+    return replace(IMAGEED_PRESETS[name], **overrides)
+
+
+@dataclass
+class TeacherConfig:
+    """Teacher model and augmentation settings; defaults follow the paper."""
+    arch: str = field(default="resnet18", metadata={"help": "timm backbone name (head removed)"})
+    backbone_checkpoint: str | None = field(default=None, metadata={
+        "help": "local state dict for the backbone (classifier keys are dropped); random init if unset"})
+    n_views: int = field(default=4, metadata={"help": "structure views per molecule"})
+    img_size: int = field(default=224, metadata={"help": "image side in pixels"})
+    hidden_dim: int = field(default=256, metadata={"help": "ED predictor hidden width"})
+    fu_dim: int = field(default=768, metadata={"help": "width of F_U (ImageED embed_dim)"})
+    aug_p: float = field(default=0.2, metadata={"help": "probability of each augmentation (train only)"})
+    crop_scale: float = field(default=0.8, metadata={"help": "centre crop keeps this fraction of the side"})
+    max_rotation_deg: float = field(default=180.0, metadata={"help": "rotation angle drawn from +-this"})
+    blur_sigma: tuple[float, float] = field(default=(0.1, 2.0), metadata={"help": "Gaussian blur sigma range, px"})
+
+
+TEACHER_PRESETS = {
+    "resnet18": TeacherConfig(),
+    "tiny": TeacherConfig(arch="resnet10t", img_size=32, hidden_dim=32, fu_dim=64),
+}
+
+
+@dataclass
+class ImageEDTrainConfig:
+    """ImageED pretraining (paper / official code: 800 epochs, 5 warm-up, blr 1.5e-4, wd 0.05)."""
+    model: ImageEDConfig = field(default_factory=ImageEDConfig)
+    epochs: int = 800
+    warmup_epochs: int = 5
+    batch_size: int = field(default=64, metadata={"help": "per worker; the global batch sets the lr"})
+    blr: float = field(default=1.5e-4, metadata={"help": "base lr; lr = blr * global_batch / 256"})
+    lr: float | None = field(default=None, metadata={"help": "absolute lr (overrides blr)"})
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    val_fraction: float = field(default=0.0, metadata={"help": "fraction of keys held out for validation"})
+    samples_per_epoch: int | None = field(default=None, metadata={"help": "default: count the train samples"})
+    shuffle_buffer: int = 1000
+    num_workers: int = field(default=4, metadata={"help": "DataLoader workers per rank"})
+    seed: int = 0
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (ignored on CPU)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    grad_clip: float | None = None
+    figure_every: int = field(default=0, metadata={"help": "write a reconstruction PNG every N epochs (0: off)"})
+
+
+@dataclass
+class TeacherTrainConfig:
+    """Teacher pretraining (paper / official code: SGD lr 5e-3, momentum 0.9, wd 1e-4, batch 128, 50 epochs,
+    2 % validation)."""
+    model: TeacherConfig = field(default_factory=TeacherConfig)
+    epochs: int = 50
+    warmup_epochs: int = 0
+    batch_size: int = field(default=128, metadata={"help": "per worker"})
+    lr: float = 5e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    cosine: bool = field(default=True, metadata={"help": "cosine-decay the lr (off: constant)"})
+    val_fraction: float = 0.02
+    samples_per_epoch: int | None = None
+    shuffle_buffer: int = 1000
+    num_workers: int = 4
+    seed: int = 0
+    bf16: bool = True
+    compile: bool = False
+    grad_clip: float | None = None
+
+
+@dataclass
+class FitConfig:
+    epochs: int = 1000                 # Geom3D-style budget; shrink for CPU runs
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"          # cosine (to 0 over ``epochs``) or none
+    grad_clip: float | None = None     # max grad norm; None: no clipping
+    seed: int = 42
+    device: str = "cpu"
+    num_threads: int | None = None     # torch CPU threads (None: torch's default)
+    checkpoint_every: int = 1          # epochs between resumable checkpoints (0: never)
