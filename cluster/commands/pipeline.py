@@ -1,6 +1,7 @@
 """``edg pipeline``: the whole EDG pipeline from one YAML config (see cluster/pipeline.py)."""
 from __future__ import annotations
 
+import argparse
 import json
 
 
@@ -15,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--config", required=True, help="pipeline YAML (see configs/)")
     p.add_argument("--out", help="output folder (overrides the config's `out`)")
     p.add_argument("--input", help="input spec for DFT/pretraining (overrides the config's `input`)")
-    p.add_argument("--ray", action=__import__("argparse").BooleanOptionalAction, default=None,
+    p.add_argument("--ray", action=argparse.BooleanOptionalAction, default=None,
                    help="run stages as Ray work (overrides ray.enabled)")
     p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, a local head, or a new "
                                          "local runtime)")
