@@ -10,6 +10,7 @@ distillation runs). ``<out>/config.yaml`` is the resolved config and ``<out>/man
 """
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -154,7 +155,6 @@ class Pipeline:
     def _stage(self, name: str, fn) -> dict:
         marker = self.out / "stages" / f"{name}.json"
         if marker.exists() and name not in self.force:
-            import json
             summary = json.loads(marker.read_text())
             log.info("stage %s: finished before, skipped", name)
             print(f"[{name}] finished before ({summary.get('seconds', '?')} s): skipped", flush=True)
