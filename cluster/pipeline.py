@@ -179,10 +179,26 @@ class Pipeline:
 
     def render(self) -> dict:
         if self.cfg.fused:
-            return {"fused": True}
-        paths = sorted(str(p) for p in (self.path("dft") / "fields").glob("*.npz"))
-        return run_render(paths, self.path("ed_shards"), self.cfg.render, self._workers("render"),
-                          total=len(paths), keep_fields=self.cfg.keep_fields, device=self.cfg.device)
+            summary = {"fused": True}
+        else:
+            paths = sorted(str(p) for p in (self.path("dft") / "fields").glob("*.npz"))
+            summary = run_render(paths, self.path("ed_shards"), self.cfg.render, self._workers("render"),
+                                 total=len(paths), keep_fields=self.cfg.keep_fields, device=self.cfg.device)
+        summary["contact_sheet"] = str(self.contact_sheet())
+        return summary
+
+    def contact_sheet(self, n: int = 4) -> Path:
+        """``<out>/contact_sheet.png``: every ED view (RGB and depth) and structure view of the first molecules."""
+        from edg_core.shards import read_samples
+        from render.contact_sheet import contact_sheet
+        rows = []
+        for s in read_samples(self.path("ed_shards"), torch_tensors=False):
+            rows += [(f"{s['meta']['id']} ED", s["edimg"]), (f"{s['meta']['id']} structure", s["stimg"])]
+            if len(rows) >= 2 * n:
+                break
+        path = self.out / "contact_sheet.png"
+        contact_sheet(rows, path)
+        return path
 
     def _pretrain(self, stage: str, cfg, shards: Path, out: Path) -> dict:
         if self.cfg.ray.enabled:

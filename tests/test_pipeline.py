@@ -98,6 +98,8 @@ def test_pipeline_end_to_end_in_process(tmp_path):
     for s in samples:
         assert s["edimg"].shape == (6, 4, 32, 32) and s["stimg"].shape == (4, 3, 32, 32)
         assert s["labels"]["E6"] < 0 and abs(s["labels"]["E1"] - s["labels"]["E6"]) < 1e-6
+    from PIL import Image
+    assert Image.open(run / "contact_sheet.png").size[1] == 112 * 12  # 4 molecules x (ED, depth, structure)
     water = next(s for s in samples if s["meta"]["id"] == "water")
     assert -76.0 < water["labels"]["E6"] < -75.0  # B3LYP/STO-3G water, Hartree
     fu = list(read_samples(run / "shards" / "ed_fu", torch_tensors=False))

@@ -48,6 +48,7 @@ def cmd_pipeline(args) -> int:
     print(f"\npipeline finished in {manifest['seconds']:.1f} s -> {out}")
     print(f"  run manifest:   {out}/manifest.json   (resolved config: {out}/config.yaml)")
     print(f"  ED image shards: {out}/shards/ed")
+    print(f"  contact sheet:  {out}/contact_sheet.png   (all views of the first molecules)")
     if "distill" in manifest["stages"]:
         print(f"  result table:   {out}/distill/results.md")
         tables = manifest["stages"]["distill"].get("tables")
