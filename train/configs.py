@@ -1,10 +1,13 @@
 """Training configs importable without torch or timm (the ``edg`` CLI builds its flags from them): the ImageED
-model and its presets, the teacher model and its presets, the two pretraining configs and the student
-``FitConfig``. Defaults reproduce the paper and its official code; ``train.imageed``, ``train.teacher``,
-``train.pretrain`` and ``train.fit`` re-export them."""
+model and its presets, the teacher model and its presets, the two pretraining configs, the student
+``FitConfig`` and the representation study's ``RepresentationConfig``. Defaults reproduce the paper and its
+official code; ``train.imageed``, ``train.teacher``, ``train.pretrain``, ``train.fit`` and
+``train.representation`` re-export them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+
+from edg_core.errors import EDGError
 
 
 @dataclass
@@ -137,3 +140,41 @@ class FitConfig:
     device: str = "cpu"
     num_threads: int | None = None     # torch CPU threads (None: torch's default)
     checkpoint_every: int = 1          # epochs between resumable checkpoints (0: never)
+
+
+# ---------------------------------------------------------------- representation study (Table 4)
+TARGETS = ("E1", "E2", "E3", "E4", "E5", "E6")
+REPRESENTATIONS = ("pointnet", "voxel", "image")
+
+
+@dataclass
+class RepresentationConfig:
+    """The study's settings. Sizes in bohr, densities in e/bohr^3."""
+    reps: tuple[str, ...] = field(default=REPRESENTATIONS, metadata={"help": "representations to train"})
+    seed: int = field(default=42, metadata={"help": "seed of split, sampling, init and shuffling"})
+    split: tuple[float, float, float] = field(default=(0.8, 0.1, 0.1), metadata={
+        "help": "train/validation/test fractions of the molecules (seeded random split)"})
+    atom_refs: bool = field(default=True, metadata={
+        "help": "subtract per-element atom references fitted by least squares on the training set"})
+    epochs: int = field(default=100, metadata={"help": "training epochs per representation"})
+    batch_size: int = field(default=8, metadata={"help": "molecules per batch"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (cosine to 0)"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    n_points: int = field(default=1024, metadata={"help": "points per molecule in the ED point cloud"})
+    point_iso: float = field(default=1e-3, metadata={"help": "points are drawn only where rho > this (e/bohr^3)"})
+    point_jitter: bool = field(default=True, metadata={"help": "spread each point uniformly inside its grid cell"})
+    voxel_size: int = field(default=32, metadata={"help": "voxels per side of the resampled ED cube"})
+    voxel_box_bohr: float = field(default=24.0, metadata={"help": "side of the voxel cube (bohr)"})
+    voxel_width: int = field(default=16, metadata={"help": "channels of the first 3-D ResNet stage"})
+    image_arch: str = field(default="resnet18", metadata={"help": "timm backbone of the image model (random init)"})
+    device: str = field(default="cpu", metadata={"help": "torch device"})
+
+    def __post_init__(self):
+        bad = [r for r in self.reps if r not in REPRESENTATIONS]
+        if bad:
+            raise EDGError(f"unknown representation(s) {bad}; choose from {REPRESENTATIONS}")
+        if len(self.split) != 3 or min(self.split) < 0 or sum(self.split) <= 0:
+            raise EDGError(f"split must be three non-negative fractions, got {self.split}")
+
+
+# ---------------------------------------------------------------- representations of one molecule

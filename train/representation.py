@@ -35,45 +35,13 @@ from edg_core.grid import CubeGrid
 from edg_core.io import progress
 from edg_core.units import ANGSTROM_IN_BOHR, HARTREE_IN_KCAL_PER_MOL
 
+from .configs import REPRESENTATIONS, TARGETS, RepresentationConfig  # noqa: F401 (re-exported)
 from .imageed import IMAGENET_MEAN, IMAGENET_STD
 
-TARGETS = ("E1", "E2", "E3", "E4", "E5", "E6")
-REPRESENTATIONS = ("pointnet", "voxel", "image")
 REP_TITLES = {"pointnet": "ED point cloud (PointNet)", "voxel": "ED voxels (3-D ResNet)",
               "image": "ED images (ResNet18, 6 views)", "atomref": "atom references only (composition)"}
 
 
-@dataclass
-class RepresentationConfig:
-    """The study's settings. Sizes in bohr, densities in e/bohr^3."""
-    reps: tuple[str, ...] = field(default=REPRESENTATIONS, metadata={"help": "representations to train"})
-    seed: int = field(default=42, metadata={"help": "seed of split, sampling, init and shuffling"})
-    split: tuple[float, float, float] = field(default=(0.8, 0.1, 0.1), metadata={
-        "help": "train/validation/test fractions of the molecules (seeded random split)"})
-    atom_refs: bool = field(default=True, metadata={
-        "help": "subtract per-element atom references fitted by least squares on the training set"})
-    epochs: int = field(default=100, metadata={"help": "training epochs per representation"})
-    batch_size: int = field(default=8, metadata={"help": "molecules per batch"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (cosine to 0)"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
-    n_points: int = field(default=1024, metadata={"help": "points per molecule in the ED point cloud"})
-    point_iso: float = field(default=1e-3, metadata={"help": "points are drawn only where rho > this (e/bohr^3)"})
-    point_jitter: bool = field(default=True, metadata={"help": "spread each point uniformly inside its grid cell"})
-    voxel_size: int = field(default=32, metadata={"help": "voxels per side of the resampled ED cube"})
-    voxel_box_bohr: float = field(default=24.0, metadata={"help": "side of the voxel cube (bohr)"})
-    voxel_width: int = field(default=16, metadata={"help": "channels of the first 3-D ResNet stage"})
-    image_arch: str = field(default="resnet18", metadata={"help": "timm backbone of the image model (random init)"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
-
-    def __post_init__(self):
-        bad = [r for r in self.reps if r not in REPRESENTATIONS]
-        if bad:
-            raise EDGError(f"unknown representation(s) {bad}; choose from {REPRESENTATIONS}")
-        if len(self.split) != 3 or min(self.split) < 0 or sum(self.split) <= 0:
-            raise EDGError(f"split must be three non-negative fractions, got {self.split}")
-
-
-# ---------------------------------------------------------------- representations of one molecule
 def atoms_centre_bohr(pos_angstrom) -> torch.Tensor:
     """Centroid of the atoms, (3,) float64, bohr."""
     return torch.as_tensor(np.asarray(pos_angstrom, dtype=np.float64)).mean(0) * ANGSTROM_IN_BOHR

@@ -27,7 +27,7 @@ Example:
 def register(sub) -> None:
     import argparse
 
-    from train.representation import RepresentationConfig
+    from train.configs import RepresentationConfig
     p = sub.add_parser("represent", help="ED representation study (Table 4): point cloud vs voxels vs images",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, help="shard folder/glob from edg render --keep-fields")
