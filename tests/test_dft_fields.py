@@ -126,15 +126,19 @@ def test_cube_round_trip_and_angstrom_axes(tmp_path):
 
 
 def test_pymol_loads_our_cube(tmp_path):
-    pymol = pytest.importorskip("pymol")
+    pymol2 = pytest.importorskip("pymol2")
     grid = CubeGrid((-4.0, -2.0, -1.0), (0.4, 0.4, 0.4), (11, 21, 31))
     x = grid.points().reshape(*grid.shape, 3)
     write_cube(tmp_path / "g.cube", grid, np.exp(-np.linalg.norm(x, axis=-1)), [1], [[0.0, 0.0, 0.0]])
-    pymol.finish_launching(["pymol", "-qc"])
-    cmd = pymol.cmd
-    cmd.reinitialize()
-    cmd.load(str(tmp_path / "g.cube"), "g")
-    lo, hi = np.array(cmd.get_extent("g"))
+    # An instance, not pymol.finish_launching(): that starts a non-daemon thread that never ends, and the
+    # test process then hangs at exit.
+    p = pymol2.PyMOL()
+    p.start()
+    try:
+        p.cmd.load(str(tmp_path / "g.cube"), "g")
+        lo, hi = np.array(p.cmd.get_extent("g"))
+    finally:
+        p.stop()
     # PyMOL reports a map's extent as its points padded by half a voxel on each side
     h = 0.4 / ANGSTROM_IN_BOHR
     first = np.array(grid.origin) / ANGSTROM_IN_BOHR
