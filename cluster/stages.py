@@ -181,12 +181,25 @@ def run_render(items: Iterable, out: str | Path, cfg, workers: Workers, total: i
                 on_result(None, actor.process(b))
         else:
             from .pool import run_actor_pool
-            keyed = ((f"batch{i}", b) for i, b in enumerate(batches))
-            run_actor_pool(RenderActor, keyed, ctor_args=(cfg, device, structure, ed, keep_fields),
+            in_batch: dict[str, list[str]] = {}  # batch key -> sample keys, to name them if the batch fails
+
+            def keyed():
+                for i, b in enumerate(batches):
+                    in_batch[f"batch{i}"] = [sample_key(m.id) if isinstance(m, Molecule) else Path(m).stem for m in b]
+                    yield f"batch{i}", b
+
+            def on_batch_result(key, value):
+                in_batch.pop(key, None)
+                on_result(key, value)
+
+            def on_batch_failure(key, reason):
+                record = _on_failure(failures, "render", prog)
+                for k in in_batch.pop(key, []):
+                    record(k, reason)
+            run_actor_pool(RenderActor, keyed(), ctor_args=(cfg, device, structure, ed, keep_fields),
                            num_actors=workers.actors, num_cpus=workers.cpus, num_gpus=workers.gpus,
-                           max_retries=workers.max_retries, on_result=on_result,
-                           on_failure=lambda key, reason: log.error("render %s failed: %s", key, reason),
-                           desc="render (ray)")
+                           max_retries=workers.max_retries, on_result=on_batch_result,
+                           on_failure=on_batch_failure, desc="render (ray)")
     prog.write()
     return {**prog.summary(), "failures": str(failures)}
 
