@@ -25,7 +25,8 @@ Images are stored as uint8 (quantised like the paper's PNG files). ``<enc>`` is 
 zlib level 1, with a small shape header; the default, chosen by measurement: see docs/shards.md and
 ``make bench``) or ``png`` (one PNG strip of all views). Arrays are bit-exact through a round trip.
 Shards are written to ``name.tar.tmp`` and renamed on completion, so a crash never leaves a
-half-written ``.tar``.
+half-written ``.tar``. Shard folders may be local or any fsspec URL (``s3://bucket/shards``, ``gs://...``,
+``memory://...``): a remote shard is written to a local temporary file and uploaded whole when complete.
 """
 from __future__ import annotations
 
@@ -196,6 +197,40 @@ def sample_molecule(d: dict[str, Any]) -> Molecule:
                     multiplicity=m["multiplicity"], smiles=m.get("smiles"), labels=labels)
 
 
+# ---------------------------------------------------------------- storage: local paths or fsspec URLs
+def is_remote(path) -> bool:
+    """True for an fsspec URL other than a local one (``s3://``, ``gs://``, ``memory://``, ...)."""
+    s = str(path)
+    return "://" in s and not s.startswith("file://")
+
+
+def _fs(url: str):
+    import fsspec
+    return fsspec.core.url_to_fs(url)  # (filesystem, path without protocol)
+
+
+def open_shard(path):
+    """A binary file object for a local path or an fsspec URL."""
+    if is_remote(path):
+        import fsspec
+        return fsspec.open(str(path), "rb").open()
+    return open(path, "rb")
+
+
+def _exists(path) -> bool:
+    if is_remote(path):
+        fs, p = _fs(str(path))
+        return fs.exists(p)
+    return Path(path).exists()
+
+
+def _size(path) -> int:
+    if is_remote(path):
+        fs, p = _fs(str(path))
+        return int(fs.size(p))
+    return Path(path).stat().st_size
+
+
 # ---------------------------------------------------------------- writing
 class ShardWriter:
     """Write samples into ``<out>/<prefix>-NNNNNN.tar`` shards of at most ``maxcount`` samples / ``maxsize`` bytes.
@@ -207,19 +242,27 @@ class ShardWriter:
     """
 
     def __init__(self, out: str | Path, prefix: str = "shard", maxcount: int = 1000, maxsize: int = 1 << 30):
-        self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.prefix, self.maxcount, self.maxsize = prefix, maxcount, maxsize
-        for stale in self.out.glob(f"{prefix}-*.tar.tmp"):  # left by a writer that was killed
-            stale.unlink(missing_ok=True)
-        existing = sorted(self.out.glob(f"{prefix}-*.tar"))
-        self.index = int(existing[-1].stem.split("-")[-1]) + 1 if existing else 0
+        self.remote = str(out).rstrip("/") if is_remote(out) else None
+        if self.remote is not None:  # stage each shard locally, upload it whole when complete
+            import tempfile
+            self.out = Path(tempfile.mkdtemp(prefix="edg-shards-"))
+            fs, root = _fs(self.remote)
+            existing = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{root}/{prefix}-*.tar"))
+        else:
+            self.out = Path(out)
+            self.out.mkdir(parents=True, exist_ok=True)
+            for stale in self.out.glob(f"{prefix}-*.tar.tmp"):  # left by a writer that was killed
+                stale.unlink(missing_ok=True)
+            existing = sorted(p.name for p in self.out.glob(f"{prefix}-*.tar"))
+        self.index = int(existing[-1][:-4].split("-")[-1]) + 1 if existing else 0
         self._tar: tarfile.TarFile | None = None
         self._tmp: Path | None = None
         self.count = self.size = 0
         self.finished: list[Path] = []
 
     def _open(self):
+        self.out.mkdir(parents=True, exist_ok=True)
         self._tmp = self.out / f"{self.prefix}-{self.index:06d}.tar.tmp"
         self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
         self.count = self.size = 0
@@ -245,6 +288,11 @@ class ShardWriter:
         self._tar.close()
         final = self._tmp.with_suffix("")  # drop .tmp
         self._tmp.rename(final)
+        if self.remote is not None:
+            fs, root = _fs(self.remote)
+            fs.put_file(str(final), f"{root}/{final.name}")
+            final.unlink()
+            final = f"{self.remote}/{final.name}"
         self.finished.append(final)
         self._tar = self._tmp = None
         self.index += 1
@@ -254,9 +302,16 @@ class ShardWriter:
             self._tar.close()
             self._tmp.unlink(missing_ok=True)
             self._tar = self._tmp = None
+        self._drop_staging()
 
     def close(self):
         self._finish()
+        self._drop_staging()
+
+    def _drop_staging(self):
+        if self.remote is not None:
+            import shutil
+            shutil.rmtree(self.out, ignore_errors=True)
 
     def __enter__(self):
         return self
@@ -273,6 +328,17 @@ def shard_paths(spec: str | Path | Iterable) -> list[str]:
     """A folder, a glob, a brace pattern (``shard-{000000..000009}.tar``) or a list -> sorted shard paths."""
     if isinstance(spec, (list, tuple)):
         return [str(p) for p in spec]
+    if is_remote(spec):
+        fs, root = _fs(str(spec))
+        if any(c in root for c in "*?["):
+            found = fs.glob(root)
+        elif root.endswith(".tar"):
+            found = [root] if fs.exists(root) else []
+        else:
+            found = fs.glob(root.rstrip("/") + "/*.tar")
+        if not found:
+            raise ShardError(f"{spec}: no .tar shards there")
+        return sorted(fs.unstrip_protocol(x) for x in found)
     p = Path(spec)
     if p.is_dir():
         paths = sorted(str(x) for x in p.glob("*.tar"))
@@ -297,11 +363,10 @@ def shard_paths(spec: str | Path | Iterable) -> list[str]:
 def check_complete(path: str | Path) -> None:
     """Raise ``ShardError`` unless ``path`` is a whole tar file: a multiple of 512 bytes ending in the
     end-of-archive marker (two zero blocks). A copy cut short or a crash mid-write fails this check."""
-    path = Path(path)
-    if not path.exists():
+    if not _exists(path):
         raise ShardError(f"shard {path} does not exist")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    size = _size(path)
+    with open_shard(path) as f:
         f.seek(max(size - 1024, 0))
         tail = f.read()
     if size < 1024 or size % 512 or tail.count(0) != len(tail):
@@ -310,11 +375,10 @@ def check_complete(path: str | Path) -> None:
 
 def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
     """Raw samples (member bytes) of one local shard, grouped by key; corruption raises ``ShardError``."""
-    path = Path(path)
     check_complete(path)
     cur: dict[str, Any] | None = None
     try:
-        with tarfile.open(path, "r:") as tar:
+        with open_shard(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for m in tar:
                 if not m.isfile():
                     continue
@@ -350,7 +414,7 @@ def shard_keys(spec) -> set[str]:
     for p in paths:
         check_complete(p)
         try:
-            with tarfile.open(p, "r:") as tar:
+            with open_shard(p) as f, tarfile.open(fileobj=f, mode="r:") as tar:
                 keys.update(m.name.partition(".")[0] for m in tar.getmembers())
         except (tarfile.TarError, OSError) as e:
             raise ShardError(f"{p}: corrupt or truncated shard ({e})") from None
@@ -359,6 +423,17 @@ def shard_keys(spec) -> set[str]:
 
 def _raise_shard_error(exn: Exception) -> bool:
     raise ShardError(f"corrupt shard in stream: {type(exn).__name__}: {exn}") from exn
+
+
+def _open_streams(src, handler):
+    """WebDataset stage: ``{"url": ...}`` -> the same with an open ``stream`` (local path or fsspec URL)."""
+    for sample in src:
+        try:
+            yield {**sample, "stream": open_shard(sample["url"])}
+        except Exception as e:
+            if handler(e):
+                continue
+            break
 
 
 def webdataset_pipeline(spec, shuffle: int = 0, seed: int = 0, torch_tensors: bool = True,
@@ -370,7 +445,14 @@ def webdataset_pipeline(spec, shuffle: int = 0, seed: int = 0, torch_tensors: bo
     stages = [wds.ResampledShards(urls, seed=seed) if resampled else wds.SimpleShardList(urls)]
     if not resampled:
         stages += [wds.split_by_node, wds.split_by_worker]
-    stages += [wds.tarfile_to_samples(handler=handler)]
+    if any(is_remote(u) for u in urls):  # open through fsspec rather than webdataset's own URL schemes
+        from webdataset.tariterators import group_by_keys, tar_file_expander
+
+        def remote_samples(src):
+            return group_by_keys(tar_file_expander(_open_streams(src, handler), handler=handler), handler=handler)
+        stages.append(remote_samples)
+    else:
+        stages += [wds.tarfile_to_samples(handler=handler)]
     if shuffle:
         import random
         stages.append(wds.shuffle(shuffle, rng=random.Random(seed)))

@@ -183,3 +183,40 @@ def test_molecule_survives_shard_with_charge_and_smiles(tmp_path):
     assert d["__key__"] == "OH-radical_x_1"
     back = sample_molecule(next(read_samples(tmp_path)))
     assert back.id == m.id and back.multiplicity == 2 and back.smiles == "[OH]"
+
+
+def test_shards_on_an_fsspec_filesystem():
+    """Shard folders may be fsspec URLs: write, resume numbering, list, read, key scan and stream, through
+    fsspec's in-memory file system (the same code path as s3:// or gs://)."""
+    import fsspec
+    import torch
+    url = "memory://edg-test/shards"
+    fs = fsspec.filesystem("memory")
+    if fs.exists("/edg-test"):
+        fs.rm("/edg-test", recursive=True)
+    mols = list(open_source("embedded:qm9?limit=5").molecules())
+    with ShardWriter(url, maxcount=2) as w:
+        for m in mols[:4]:
+            w.write(encode_sample(m))
+    with ShardWriter(url, maxcount=2) as w:  # a second run continues the numbering
+        w.write(encode_sample(mols[4]))
+    assert [p.rsplit("/", 1)[-1] for p in sorted(fs.glob("/edg-test/shards/*.tar"))] == \
+        ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert [d["meta"]["id"] for d in read_samples(url)] == [m.id for m in mols]
+    assert shard_keys(url) == {sample_key(m.id) for m in mols}
+    loader = torch.utils.data.DataLoader(webdataset_pipeline(url), batch_size=None, num_workers=0)
+    assert sorted(d["meta"]["id"] for d in loader) == sorted(m.id for m in mols)
+    with fs.open("/edg-test/shards/shard-000001.tar", "rb") as f:
+        data = f.read()
+    with fs.open("/edg-test/shards/shard-000001.tar", "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(ShardError, match="edg-test/shards/shard-000001.tar: truncated"):
+        list(read_samples(url))
+    with pytest.raises(ShardError, match="no .tar shards"):
+        list(read_samples("memory://edg-test/empty"))
+    with pytest.raises(RuntimeError):
+        with ShardWriter("memory://edg-test/aborted") as w:
+            w.write(encode_sample(mols[0]))
+            raise RuntimeError("crash mid-shard")
+    assert not fs.exists("/edg-test/aborted") or not fs.glob("/edg-test/aborted/*.tar")
+    fs.rm("/edg-test", recursive=True)

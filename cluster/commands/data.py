@@ -31,7 +31,9 @@ def register(sub) -> None:
                                     "already in finished shards are skipped. Bad records go to "
                                     "<out>/failures.jsonl and the run continues.")
     c.add_argument("--input", required=True, help="input spec, e.g. embedded, qm9:train, rmd17:aspirin:test")
-    c.add_argument("--out", required=True, help="output folder for <prefix>-NNNNNN.tar shards")
+    c.add_argument("--out", required=True, help="output folder for <prefix>-NNNNNN.tar shards: a local path or an "
+                                                "fsspec URL (s3://bucket/shards, gs://..., each shard uploaded whole)")
+    c.add_argument("--failures", help="failure manifest (default: <out>/failures.jsonl; ./failures.jsonl for URLs)")
     c.add_argument("--prefix", default="shard", help="shard file prefix (default: shard)")
     c.add_argument("--maxcount", type=int, default=1000, help="samples per shard (default: 1000)")
     c.add_argument("--maxsize", type=float, default=1.0, help="max shard size in GiB (default: 1)")
@@ -89,10 +91,12 @@ def cmd_info(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    from edg_core.shards import is_remote
     src = open_source(args.input)
-    out = Path(args.out)
-    done = shard_keys(out) if out.exists() else set()
-    failures = out / "failures.jsonl"
+    out = args.out
+    done = shard_keys(out)
+    failures = Path(args.failures) if args.failures else \
+        (Path("failures.jsonl") if is_remote(out) else Path(out) / "failures.jsonl")
     n_new = n_skip = n_bad = 0
     t0 = time.time()
     with ShardWriter(out, args.prefix, args.maxcount, int(args.maxsize * (1 << 30))) as w:
