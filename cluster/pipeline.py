@@ -127,6 +127,10 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
             ray[k] = from_dict(Workers, ray[k], where=f"{where}:ray.{k}")
     data["ray"] = from_dict(RayConfig, ray, where=f"{where}:ray")
     cfg = from_dict(PipelineConfig, data, where=where)
+    if cfg.teacher.model.fu_dim != cfg.imageed.model.embed_dim:
+        from edg_core.config import ConfigError
+        raise ConfigError(f"{where}: teacher.model.fu_dim ({cfg.teacher.model.fu_dim}) must equal "
+                          f"imageed.model.embed_dim ({cfg.imageed.model.embed_dim}): the teacher predicts F_U")
     if cfg.stop_after is not None and cfg.stop_after not in STAGES:
         from edg_core.config import ConfigError
         raise ConfigError(f"{where}: stop_after {cfg.stop_after!r} is not a stage; stages: {', '.join(STAGES)}")
@@ -140,6 +144,10 @@ class Pipeline:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.force = set(force)
+        unknown = sorted(self.force - set(STAGES))
+        if unknown:
+            from edg_core.config import ConfigError
+            raise ConfigError(f"--force {' '.join(unknown)}: not a stage; stages: {', '.join(STAGES)}")
         self.manifest: dict = {}
 
     # paths of the artefacts

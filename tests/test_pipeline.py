@@ -192,3 +192,19 @@ def test_interrupted_pipeline_resumes_without_duplicates(tmp_path):
     assert sorted(ids) == sorted(GOOD) and len(ids) == len(set(ids))
     assert shard_keys(run / "shards" / "ed") == GOOD
     assert not list((run / "shards" / "ed").glob("*.tmp"))
+
+
+def test_pipeline_config_errors_name_the_problem(tmp_path):
+    from cluster.pipeline import Pipeline, load_pipeline_config
+    from edg_core.config import ConfigError
+    path = small_config(tmp_path)
+    with pytest.raises(ConfigError, match="stop_after 'rendering' is not a stage"):
+        load_pipeline_config(path, {"stop_after": "rendering"})
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_pipeline_config(path, {"dft": {"basiss": "sto-3g"}})
+    with pytest.raises(ConfigError, match="--force teachr: not a stage"):
+        Pipeline(load_pipeline_config(path), force=("teachr",))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_pipeline_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=r"fu_dim \(48\) must equal imageed.model.embed_dim \(32\)"):
+        load_pipeline_config(path, {"teacher": {"model": {"arch": "resnet10t", "img_size": 32, "fu_dim": 48}}})
