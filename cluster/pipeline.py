@@ -259,9 +259,8 @@ class Pipeline:
         from train.report import collect_results, write_report
         cfgs = self.distill_configs()
         if self.cfg.ray.enabled:
-            import ray
-            remote = ray.remote(num_cpus=self.cfg.ray.distill_cpus, num_gpus=self.cfg.ray.distill_gpus)(run_distill)
-            results = ray.get([remote.options(name=f"distill:{c.run_name()}").remote(c) for c in cfgs])
+            from .commands.distill import run_on_ray
+            results = run_on_ray(cfgs, self.cfg.ray.distill_cpus, self.cfg.ray.distill_gpus)
         else:
             results = [run_distill(c) for c in cfgs]
         wanted = {c.run_name() for c in cfgs}

@@ -58,7 +58,8 @@ def sample_key(mol_id: str) -> str:
 
 
 # ---------------------------------------------------------------- array and image codecs
-def _npy(a: np.ndarray) -> bytes:
+def npy_bytes(a: np.ndarray) -> bytes:
+    """An array as .npy bytes (no pickle): the encoding of every array member of a sample."""
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
     return buf.getvalue()
@@ -120,9 +121,9 @@ def encode_sample(mol: Molecule, *, grid: CubeGrid | None = None, ed=None, esp=N
     meta = {"schema": SCHEMA_VERSION, "id": mol.id, "charge": mol.charge, "multiplicity": mol.multiplicity,
             "smiles": mol.smiles, "labels": scalars, **(extra_meta or {})}
     s: dict[str, Any] = {"__key__": sample_key(mol.id), "meta.json": json.dumps(meta).encode(),
-                         "z.npy": _npy(mol.z.astype(np.uint8)), "pos.npy": _npy(mol.pos)}
+                         "z.npy": npy_bytes(mol.z.astype(np.uint8)), "pos.npy": npy_bytes(mol.pos)}
     for k, v in arrays.items():
-        s[f"lab.{k}.npy"] = _npy(v)
+        s[f"lab.{k}.npy"] = npy_bytes(v)
     if ed is not None or esp is not None:
         if grid is None:
             raise ValueError(f"{mol.id}: ED/ESP grids need their CubeGrid (origin, spacing, shape)")
@@ -132,7 +133,7 @@ def encode_sample(mol: Molecule, *, grid: CubeGrid | None = None, ed=None, esp=N
             a = field.detach().cpu().numpy() if hasattr(field, "detach") else np.asarray(field)
             if grid is not None and tuple(a.shape) != tuple(grid.shape):
                 raise ValueError(f"{mol.id}: {name} grid shape {a.shape} != CubeGrid shape {grid.shape}")
-            s[f"{name}.npy"] = _npy(a.astype(np.float16))
+            s[f"{name}.npy"] = npy_bytes(a.astype(np.float16))
     if edimg is not None:
         s[f"edimg.{image_encoding}"] = encode_images(edimg, image_encoding)
     if stimg is not None:
@@ -140,7 +141,7 @@ def encode_sample(mol: Molecule, *, grid: CubeGrid | None = None, ed=None, esp=N
     for name, vec in (("fu", fu), ("fs", fs), ("edp", edp)):
         if vec is not None:
             a = vec.detach().cpu().numpy() if hasattr(vec, "detach") else np.asarray(vec)
-            s[f"{name}.npy"] = _npy(a.astype(np.float32))
+            s[f"{name}.npy"] = npy_bytes(a.astype(np.float32))
     return s
 
 

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from edg_core.errors import ShardError
-from edg_core.shards import shard_keys, webdataset_pipeline
+from edg_core.shards import npy_bytes, shard_keys, webdataset_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +173,6 @@ def write_synthetic_shards(out, source: str = "embedded:qm9", size: int = 32, ma
 
 
 # ---------------------------------------------------------------- per-sample outputs: shards or .npz
-def _npy_bytes(a: np.ndarray) -> bytes:
-    import io
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
-    return buf.getvalue()
-
-
 def annotate_shards(spec, out, member: str, compute, *, batch_size: int = 64, drop_images: bool = False,
                     desc: str = "annotate") -> dict:
     """Run ``compute`` once per sample that has image ``member`` ('edimg' or 'stimg') and store its outputs.
@@ -215,7 +208,7 @@ def annotate_shards(spec, out, member: str, compute, *, batch_size: int = 64, dr
                 for k, v in res.items():
                     arrays.setdefault(k, []).append(v[i])
             else:
-                writer.write({**_strip(raw, drop_images), **{f"{k}.npy": _npy_bytes(v[i]) for k, v in res.items()}})
+                writer.write({**_strip(raw, drop_images), **{f"{k}.npy": npy_bytes(v[i]) for k, v in res.items()}})
         stats["computed"] += len(pending)
         pending.clear()
 

@@ -55,25 +55,17 @@ def cmd_dft(args) -> int:
               f"{resolve_backend(cfg.backend)})")
         s = run_dft(src, out, cfg, Workers(actors=0), total=total, retry_failed=args.retry_failed)
     else:
-        import ray
-
-        from cluster.pool import init_ray
-        started = not ray.is_initialized()
-        how = init_ray(args.ray_address)
-        try:
-            gpus = ray.cluster_resources().get("GPU", 0.0)
-            cpus = ray.cluster_resources().get("CPU", 1.0)
+        from cluster.runtime import ray_session
+        with ray_session(args.ray_address) as resources:
+            gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
             gpw = args.gpus_per_worker
             if gpw is None:
                 gpw = 0.25 if gpus > 0 and cfg.backend != "cpu" else 0.0
             n = args.workers or (int(gpus / gpw) if gpw > 0 else max(1, int(cpus // args.cpus_per_worker)))
-            print(f"edg dft: {total} records from {args.input} -> {out} ({how}; {n} actors x "
+            print(f"edg dft: {total} records from {args.input} -> {out} (Ray: {n} actors x "
                   f"{args.cpus_per_worker:g} CPU, {gpw:g} GPU)")
             s = run_dft(src, out, cfg, Workers(actors=n, cpus=args.cpus_per_worker, gpus=gpw), total=total,
                         retry_failed=args.retry_failed)
-        finally:
-            if started:
-                ray.shutdown()
     print(f"edg dft: done {s['done']}, skipped {s['skipped']}, failed {s['failed']} in {s['seconds']:.1f} s "
           f"({s['molecules_per_s']:.3f} mol/s)")
     if s["failed"] or Path(s["failures"]).exists():

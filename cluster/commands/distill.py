@@ -130,23 +130,28 @@ def grid(base, students, datasets, lambdas, seeds) -> list:
             for s, d, lam, seed in itertools.product(students, datasets, lambdas, seeds)]
 
 
-def _run_with_ray(cfgs, args) -> list[dict]:
+def run_on_ray(cfgs, cpus: float = 1.0, gpus: float = 0.0, force: bool = False, on_result=None) -> list[dict]:
+    """Run every DistillConfig as a Ray task (Ray must be initialised); results in finishing order."""
     import ray
 
-    from cluster.runtime import ray_session
     from train.fit import run_distill
-
-    remote = ray.remote(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run)(run_distill)
-    with ray_session(args.address, temp_dir=args.ray_temp_dir):
-        refs = {remote.remote(c, args.force): c.run_name() for c in cfgs}
-        out = []
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            r = ray.get(done[0])
-            print(_line(r), flush=True)
-            out.append(r)
+    remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_distill)
+    pending = [remote.options(name=f"distill:{c.run_name()}").remote(c, force) for c in cfgs]
+    out = []
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        r = ray.get(done[0])
+        if on_result is not None:
+            on_result(r)
+        out.append(r)
     return out
+
+
+def _run_with_ray(cfgs, args) -> list[dict]:
+    from cluster.runtime import ray_session
+    with ray_session(args.address, temp_dir=args.ray_temp_dir):
+        return run_on_ray(cfgs, args.cpus_per_run, args.gpus_per_run, args.force,
+                          on_result=lambda r: print(_line(r), flush=True))
 
 
 def cmd_benchmark(args) -> int:
