@@ -7,6 +7,12 @@ A stage that finished writes ``<out>/<stage>/DONE.json`` (its summary) and is sk
 was interrupted resumes from what it wrote (DFT result files, finished shards, training checkpoints, finished
 distillation runs). ``<out>/config.yaml`` is the resolved config and ``<out>/manifest.json`` the run manifest
 (inputs, versions, seeds, counts, failures, timings).
+
+``out`` may be a local or shared folder, or any fsspec URL (``s3://bucket/runs/paper``). For a URL, DFT
+result files and shards are uploaded whole by whoever writes them (Ray actors on any node included), and
+everything else (markers, manifest, checkpoints, teacher targets, distillation runs) lives in a local working
+copy (``work_dir``) that is pulled at the start, pushed every ``sync_s`` seconds and after every stage, and
+pulled again after a stage whose Ray workers wrote into the run. A rerun anywhere resumes from the URL.
 """
 from __future__ import annotations
 
@@ -19,11 +25,13 @@ from pathlib import Path
 
 from edg_core.config import dump_yaml, from_dict, to_dict
 from edg_core.io import read_jsonl, write_json_atomic
+from edg_core.storage import Mirror, join, list_files
 
 from .stages import Workers, run_dft, run_fused, run_render
 
 log = logging.getLogger(__name__)
 STAGES = ("dft", "render", "imageed", "features", "teacher", "student_images", "teacher_targets", "distill")
+BULKY = ("dft/fields/*", "dft/cubes/*", "shards/*/*.tar")  # uploaded by their writers, read in place
 
 
 def _dft_config():
@@ -79,7 +87,9 @@ class StudentsConfig:
 
 @dataclass
 class PipelineConfig:
-    out: str = "runs/pipeline"
+    out: str = "runs/pipeline"             # a folder, or an fsspec URL (s3://bucket/runs/x, gs://...)
+    work_dir: str | None = None            # local working copy of a URL out (None: $EDG_CACHE/staging/<hash>)
+    sync_s: float = 60.0                   # push the working copy of a URL out this often (seconds)
     input: str = "qm9:train"               # conformations for DFT, ED images and pretraining
     fused: bool = False                    # DFT + render in one actor (GPU: fields stay on the device)
     keep_fields: bool = False              # also store float16 ED/ESP grids in the shards
@@ -142,7 +152,8 @@ class Pipeline:
 
     def __init__(self, cfg: PipelineConfig, force: tuple[str, ...] = ()):
         self.cfg = cfg
-        self.out = Path(cfg.out)
+        self.store = Mirror(cfg.out, local=cfg.work_dir, exclude=BULKY)
+        self.out = self.store.local  # where this process writes; the same folder unless out is a URL
         self.force = set(force)
         unknown = sorted(self.force - set(STAGES))
         if unknown:
@@ -150,11 +161,13 @@ class Pipeline:
             raise ConfigError(f"--force {' '.join(unknown)}: not a stage; stages: {', '.join(STAGES)}")
         self.manifest: dict = {}
 
-    # paths of the artefacts
-    def path(self, name: str) -> Path:
-        return {"dft": self.out / "dft", "ed_shards": self.out / "shards" / "ed",
-                "fu_shards": self.out / "shards" / "ed_fu", "imageed": self.out / "imageed",
-                "teacher": self.out / "teacher", "student_shards": self.out / "shards" / "student",
+    # paths of the artefacts: DFT results and shards where they live (URLs for a remote out), the rest local
+    def path(self, name: str):
+        remote = {"dft": "dft", "ed_shards": "shards/ed", "fu_shards": "shards/ed_fu",
+                  "student_shards": "shards/student"}
+        if name in remote:
+            return self.store.where(remote[name])
+        return {"imageed": self.out / "imageed", "teacher": self.out / "teacher",
                 "targets": self.out / "teacher_targets.npz", "distill": self.out / "distill"}[name]
 
     def _workers(self, stage: str) -> Workers:
@@ -171,7 +184,9 @@ class Pipeline:
         t0 = time.time()
         summary = fn() or {}
         summary["seconds"] = round(time.time() - t0, 2)
+        self.store.pull()  # what Ray workers and stage drivers uploaded (failure manifests, checkpoints)
         write_json_atomic(marker, summary)
+        self.store.push()
         print(f"[{name}] done in {summary['seconds']:.1f} s: "
               + ", ".join(f"{k}={v}" for k, v in summary.items() if k not in ("seconds", "failures")), flush=True)
         return summary
@@ -189,7 +204,7 @@ class Pipeline:
         if self.cfg.fused:
             summary = {"fused": True}
         else:
-            paths = sorted(str(p) for p in (self.path("dft") / "fields").glob("*.npz"))
+            paths = list_files(join(self.path("dft"), "fields"), "*.npz")
             summary = run_render(paths, self.path("ed_shards"), self.cfg.render, self._workers("render"),
                                  total=len(paths), keep_fields=self.cfg.keep_fields, device=self.cfg.device)
         summary["contact_sheet"] = str(self.contact_sheet())
@@ -212,7 +227,9 @@ class Pipeline:
         if self.cfg.ray.enabled:
             from .train_ray import run_pretraining
             result = run_pretraining(stage, cfg, shards, out, num_workers=self.cfg.ray.train_workers,
-                                     use_gpu=self.cfg.ray.use_gpu, max_failures=self.cfg.ray.max_failures)
+                                     use_gpu=self.cfg.ray.use_gpu, max_failures=self.cfg.ray.max_failures,
+                                     out_url=self.store.where(out.relative_to(self.out).as_posix())
+                                     if self.store.remote else None)
             if result.error is not None:
                 raise result.error
             return dict(result.metrics)
@@ -260,7 +277,10 @@ class Pipeline:
         cfgs = self.distill_configs()
         if self.cfg.ray.enabled:
             from .commands.distill import run_on_ray
-            results = run_on_ray(cfgs, self.cfg.ray.distill_cpus, self.cfg.ray.distill_gpus)
+            self.store.push()  # the teacher and its targets, for runs on other nodes
+            results = run_on_ray(cfgs, self.cfg.ray.distill_cpus, self.cfg.ray.distill_gpus,
+                                 run_url=self.store.remote, work_dir=str(self.out))
+            self.store.pull()
         else:
             results = [run_distill(c) for c in cfgs]
         wanted = {c.run_name() for c in cfgs}
@@ -271,7 +291,13 @@ class Pipeline:
 
     # ---------------------------------------------------------------- driver
     def run(self) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.store.remote:
+            n = self.store.pull()
+            print(f"[storage] {self.store.remote}: working copy {self.out} ({n} files fetched)", flush=True)
+        with self.store.autosync(self.cfg.sync_s):
+            return self._run()
+
+    def _run(self) -> dict:
         dump_yaml(to_dict(self.cfg), self.out / "config.yaml")
         t0 = time.time()
         self.manifest = {"config": str(self.out / "config.yaml"), "input": self.cfg.input,

@@ -1,6 +1,8 @@
 """Stage runners shared by ``edg pipeline`` and the per-stage commands: each runs in this process or on a
 pool of Ray actors (``cluster.pool.run_actor_pool``), resumes from what its output folder already holds, and
-records failures in ``<out>/failures.jsonl``.
+records failures in ``<out>/failures.jsonl``. ``out`` may be a folder or an fsspec URL: bulky outputs (result
+files, shards) are uploaded whole by their writers, and the driver's own files (``failures.jsonl``,
+``progress.json``) live in a ``Mirror`` that is pushed as they change.
 
 * ``run_dft``: molecules -> ``<out>/fields/<key>.npz`` (DFTWorker).
 * ``run_render``: DFT results and/or molecules -> shards with ED and structure images (RenderWorker).
@@ -19,6 +21,7 @@ from edg_core.errors import InvalidRecord
 from edg_core.io import append_jsonl
 from edg_core.molecule import Molecule
 from edg_core.shards import ShardWriter, sample_key, shard_keys
+from edg_core.storage import Mirror
 
 from .metrics import StageProgress
 
@@ -49,11 +52,21 @@ def _keyed(records: Iterable, failures: Path, prog: StageProgress) -> Iterator[t
         yield sample_key(rec.id), rec
 
 
-def _on_failure(failures: Path, stage: str, prog: StageProgress):
-    def record(key: str, reason: str) -> None:
-        append_jsonl(failures, {"record": key, "key": key, "stage": stage, "reason": reason, "time": time.time()})
+def _on_failure(failures: Path, stage: str, prog: StageProgress, logs: Mirror | None = None):
+    def record(key: str, reason: str, record: str | None = None) -> None:
+        append_jsonl(failures, {"record": record or key, "key": key, "stage": stage, "reason": reason,
+                                "time": time.time()})
         prog.update(failed=1)
+        if logs is not None:
+            logs.commit(failures.name)
     return record
+
+
+def _driver_files(out, exclude: tuple[str, ...]) -> Mirror:
+    """The driver's working copy of ``out`` for its failure manifest and progress file (pulled, to resume)."""
+    logs = Mirror(out, exclude=exclude, temporary=True)
+    logs.pull()
+    return logs
 
 
 # ---------------------------------------------------------------- DFT
@@ -61,27 +74,31 @@ def run_dft(records, out: str | Path, cfg, workers: Workers, total: int | None =
             retry_failed: bool = False) -> dict:
     """DFT for every record not finished (or failed, unless ``retry_failed``) in ``out``; returns a summary."""
     from dft.worker import STAGE, DFTWorker, done_keys, failed_keys
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    prog = StageProgress("dft", total, out)
-    if workers.actors == 0:
+    logs = _driver_files(out, ("fields/*", "cubes/*"))
+    out = logs.url
+    prog = StageProgress("dft", total, logs.local)
+    if workers.actors == 0:  # the worker is the one writer of failures.jsonl
         s = DFTWorker(cfg, out).run(records, total=total, retry_failed=retry_failed)
         prog.update(done=s.done, failed=s.failed, skipped=s.skipped)
-    else:
+    else:  # the actors only compute and upload results; this driver writes failures.jsonl
         from .pool import run_actor_pool
-        failures = out / "failures.jsonl"
+        failures = logs.local / "failures.jsonl"
         skip = done_keys(out) | (set() if retry_failed else failed_keys(out))
+        record = _on_failure(failures, STAGE, prog, logs)
 
-        def on_result(key, status):  # the worker itself logged a failed molecule in failures.jsonl
-            ok = status.get("status") == "done"
-            prog.update(done=int(ok), failed=int(not ok))
-        s = run_actor_pool(DFTWorker, _keyed(records, failures, prog), ctor_args=(cfg, str(out)), done_keys=skip,
-                           num_actors=workers.actors, num_cpus=workers.cpus, num_gpus=workers.gpus,
-                           max_retries=workers.max_retries, on_result=on_result,
-                           on_failure=_on_failure(failures, STAGE, prog), total=total, desc="dft (ray)")
+        def on_result(key, status):
+            if status.get("status") == "done":
+                prog.update(done=1)
+            else:
+                record(status["key"], status.get("reason", "?"), status.get("id"))
+        s = run_actor_pool(DFTWorker, _keyed(records, failures, prog), ctor_args=(cfg, out, False, False),
+                           done_keys=skip, num_actors=workers.actors, num_cpus=workers.cpus, num_gpus=workers.gpus,
+                           max_retries=workers.max_retries, on_result=on_result, on_failure=record, total=total,
+                           desc="dft (ray)")
         prog.skipped = s.skipped
     prog.write()
-    return {**prog.summary(), "failures": str(out / "failures.jsonl")}
+    logs.push()
+    return {**prog.summary(), "failures": str(logs.where("failures.jsonl"))}
 
 
 # ---------------------------------------------------------------- rendering
@@ -136,13 +153,15 @@ def _batched(items: Iterable, n: int) -> Iterator[list]:
         yield batch
 
 
-def _write_results(writer: ShardWriter, failures: Path, prog: StageProgress, done: set):
+def _write_results(writer: ShardWriter, logs: Mirror, prog: StageProgress, done: set):
     def on_result(key, value):
         for s in value["samples"]:
             writer.write(s)
             done.add(s["__key__"])
         for f in value["failures"]:
-            append_jsonl(failures, {**f, "time": time.time()})
+            append_jsonl(logs.local / "failures.jsonl", {**f, "time": time.time()})
+        if value["failures"]:
+            logs.commit("failures.jsonl")
         prog.update(done=len(value["samples"]), failed=len(value["failures"]))
     return on_result
 
@@ -151,12 +170,12 @@ def run_render(items: Iterable, out: str | Path, cfg, workers: Workers, total: i
                structure: bool = True, ed: bool = True, keep_fields: bool = False, maxcount: int = 1000,
                device: str | None = None) -> dict:
     """Render ``items`` (``Molecule`` records for structure images, or paths of DFT result files for ED +
-    structure images) into shards in ``out``; skips keys already in finished shards."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    failures = out / "failures.jsonl"
+    structure images) into shards in ``out`` (a folder or a URL); skips keys already in finished shards."""
+    logs = _driver_files(out, ("*.tar",))
+    out = logs.url
+    failures = logs.local / "failures.jsonl"
     done = shard_keys(out)
-    prog = StageProgress("render", total, out)
+    prog = StageProgress("render", total, logs.local)
 
     def todo():
         for it in items:
@@ -172,7 +191,7 @@ def run_render(items: Iterable, out: str | Path, cfg, workers: Workers, total: i
 
     batches = _batched(todo(), cfg.batch_size)
     with ShardWriter(out, "render", maxcount) as writer:
-        on_result = _write_results(writer, failures, prog, done)
+        on_result = _write_results(writer, logs, prog, done)
         if workers.actors == 0:
             actor = RenderActor(cfg, device, structure, ed, keep_fields)
             from edg_core.io import progress
@@ -193,7 +212,7 @@ def run_render(items: Iterable, out: str | Path, cfg, workers: Workers, total: i
                 on_result(key, value)
 
             def on_batch_failure(key, reason):
-                record = _on_failure(failures, "render", prog)
+                record = _on_failure(failures, "render", prog, logs)
                 for k in in_batch.pop(key, []):
                     record(k, reason)
             run_actor_pool(RenderActor, keyed(), ctor_args=(cfg, device, structure, ed, keep_fields),
@@ -201,21 +220,21 @@ def run_render(items: Iterable, out: str | Path, cfg, workers: Workers, total: i
                            max_retries=workers.max_retries, on_result=on_batch_result,
                            on_failure=on_batch_failure, desc="render (ray)")
     prog.write()
-    return {**prog.summary(), "failures": str(failures)}
+    logs.push()
+    return {**prog.summary(), "failures": str(logs.where("failures.jsonl"))}
 
 
 # ---------------------------------------------------------------- fused DFT + render on one device
 class FusedActor:
     """DFT then rendering of one molecule in one process: on GPU the ED/ESP grids stay on the device
     (CuPy -> torch by DLPack, ``dft.handoff.cupy_to_torch``); the DFT scalars are written to
-    ``<dft_out>/fields/<key>.npz`` (with the fields only when ``keep_fields``) and the shard sample
-    (molecule, labels E1..E6, ED and structure images) is returned to the driver."""
+    ``<dft_out>/fields/<key>.npz`` (a folder or a URL; with the fields only when ``keep_fields``) and the
+    shard sample (molecule, labels E1..E6, ED and structure images) is returned to the driver."""
 
     def __init__(self, dft_cfg, render_cfg, dft_out: str, keep_fields: bool = False, device: str | None = None):
         from dft.worker import DFTWorker
         from render.worker import RenderWorker
-        self.dft = DFTWorker(dft_cfg, None, keep_on_gpu=True)
-        self.dft_out = Path(dft_out)
+        self.dft = DFTWorker(dft_cfg, dft_out, keep_on_gpu=True, record_failures=False)
         self.keep_fields = keep_fields
         self.render = RenderWorker(render_cfg, device=device, keep_fields=keep_fields)
 
@@ -223,10 +242,8 @@ class FusedActor:
         import dataclasses
 
         from dft.handoff import cupy_to_torch
-        from dft.result import save_result
-        from dft.worker import result_path
         from render.worker import Fields
-        status = self.dft.process(mol)
+        status = self.dft.process(mol, write=False)
         if status["status"] != "done":
             return {"samples": [], "failures": [{"record": mol.id, "key": status["key"], "stage": "dft",
                                                  "reason": status["reason"]}]}
@@ -236,23 +253,24 @@ class FusedActor:
         rec = dataclasses.replace(mol, labels=labels)
         res = self.render.render([rec], [fields])
         kept = r if self.keep_fields else dataclasses.replace(r, ed=None, esp=None)
-        save_result(result_path(self.dft_out, status["key"]), kept, self.dft.cfg.field_dtype)
+        self.dft.write(status["key"], kept)
         return {"samples": res.samples, "failures": res.failures}
 
 
 def run_fused(records, out: str | Path, dft_out: str | Path, dft_cfg, render_cfg, workers: Workers,
               total: int | None = None, keep_fields: bool = False, maxcount: int = 1000) -> dict:
-    """DFT + rendering per molecule (``FusedActor``) into shards in ``out``; resumable by shard keys."""
-    out, dft_out = Path(out), Path(dft_out)
-    out.mkdir(parents=True, exist_ok=True)
-    failures = out / "failures.jsonl"
+    """DFT + rendering per molecule (``FusedActor``) into shards in ``out``; resumable by shard keys.
+    ``out`` and ``dft_out`` may be folders or URLs."""
+    logs = _driver_files(out, ("*.tar",))
+    out, dft_out = logs.url, str(dft_out)
+    failures = logs.local / "failures.jsonl"
     done = shard_keys(out)
-    prog = StageProgress("dft+render", total, out)
+    prog = StageProgress("dft+render", total, logs.local)
     with ShardWriter(out, "render", maxcount) as writer:
-        on_result = _write_results(writer, failures, prog, done)
+        on_result = _write_results(writer, logs, prog, done)
         items = _keyed(records, failures, prog)
         if workers.actors == 0:
-            actor = FusedActor(dft_cfg, render_cfg, str(dft_out), keep_fields)
+            actor = FusedActor(dft_cfg, render_cfg, dft_out, keep_fields)
             from edg_core.io import progress
             for key, mol in progress(items, "dft+render", total=total):
                 if key in done:
@@ -261,11 +279,12 @@ def run_fused(records, out: str | Path, dft_out: str | Path, dft_cfg, render_cfg
                 on_result(key, actor.process(mol))
         else:
             from .pool import run_actor_pool
-            s = run_actor_pool(FusedActor, items, ctor_args=(dft_cfg, render_cfg, str(dft_out), keep_fields),
+            s = run_actor_pool(FusedActor, items, ctor_args=(dft_cfg, render_cfg, dft_out, keep_fields),
                                done_keys=done, num_actors=workers.actors, num_cpus=workers.cpus,
                                num_gpus=workers.gpus, max_retries=workers.max_retries, on_result=on_result,
-                               on_failure=_on_failure(failures, "dft+render", prog), total=total,
+                               on_failure=_on_failure(failures, "dft+render", prog, logs), total=total,
                                desc="dft+render (ray)")
             prog.skipped = s.skipped
     prog.write()
-    return {**prog.summary(), "failures": str(failures)}
+    logs.push()
+    return {**prog.summary(), "failures": str(logs.where("failures.jsonl"))}

@@ -6,7 +6,9 @@ the plain loop, which wraps the model in DDP and splits the shards by rank. Each
 checkpoint folder go to ``ray.train.report`` (visible in the Ray dashboard, kept under
 ``storage_path/name``). When a worker dies, Ray restarts the group up to ``max_failures`` times and the loop
 resumes from the last reported checkpoint. ``out_dir`` and ``shards`` must be reachable from every worker
-(one machine, or a shared file system).
+(one machine, or a shared file system) unless ``out_url`` is given: then every rank works in a temporary
+copy of that URL (pulled at start, so a restarted group finds the last checkpoint), rank 0 pushes it after
+every epoch, and Ray keeps no checkpoint of its own; ``shards`` may be a URL too.
 """
 from __future__ import annotations
 
@@ -28,6 +30,19 @@ def _train_loop_per_worker(config: dict) -> None:
     stage = config["stage"]
     cls = pretrain.ImageEDTrainConfig if stage == "imageed" else pretrain.TeacherTrainConfig
     cfg = from_dict(cls, config["cfg"], where=f"{stage} config")
+    fit = pretrain.train_imageed if stage == "imageed" else pretrain.train_teacher
+    device = ray.train.torch.get_device()
+    if config.get("out_url"):
+        from edg_core.storage import Mirror
+        run = Mirror(config["out_url"], temporary=True)
+        run.pull()  # the last checkpoint, after a restart
+
+        def push(metrics: dict, checkpoint_dir: Path | None) -> None:
+            if checkpoint_dir is not None:  # rank 0
+                run.push()
+            ray.train.report(metrics)
+        fit(cfg, config["shards"], run.local, report=push, device=device)
+        return
     resume_from = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -39,9 +54,7 @@ def _train_loop_per_worker(config: dict) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    fit = pretrain.train_imageed if stage == "imageed" else pretrain.train_teacher
-    fit(cfg, config["shards"], config["out_dir"], report=report, device=ray.train.torch.get_device(),
-        resume_from=resume_from)
+    fit(cfg, config["shards"], config["out_dir"], report=report, device=device, resume_from=resume_from)
 
 
 def _plain(v):
@@ -54,7 +67,7 @@ def _plain(v):
 
 def run_pretraining(stage: str, cfg, shards, out_dir, *, num_workers: int = 1, use_gpu: bool = False,
                     max_failures: int = 0, storage_path: str | os.PathLike | None = None, name: str | None = None,
-                    cpus_per_worker: float = 1.0):
+                    cpus_per_worker: float = 1.0, out_url: str | None = None):
     """Train ``stage`` with Ray Train; returns the ``ray.train.Result`` (``.metrics``: last epoch,
     ``.checkpoint``: last checkpoint). Call inside a connected Ray runtime (``cluster.runtime.ray_session``)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -62,13 +75,14 @@ def run_pretraining(stage: str, cfg, shards, out_dir, *, num_workers: int = 1, u
     if stage not in STAGES:
         raise ValueError(f"unknown pretraining stage {stage!r}; use one of {STAGES}")
     out_dir = Path(out_dir).resolve()
-    shards = [str(Path(p).resolve()) for p in shards] if isinstance(shards, (list, tuple)) else \
-        str(Path(shards).resolve()) if Path(str(shards)).exists() else str(shards)
+    from edg_core.storage import is_remote
+    shards = [str(p if is_remote(p) else Path(p).resolve()) for p in shards] if isinstance(shards, (list, tuple)) \
+        else str(shards) if is_remote(shards) or not Path(str(shards)).exists() else str(Path(shards).resolve())
     storage = Path(storage_path).resolve() if storage_path else out_dir / "ray"
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config={"stage": stage, "cfg": _plain(dataclasses.asdict(cfg)), "shards": shards,
-                           "out_dir": str(out_dir)},
+                           "out_dir": str(out_dir), "out_url": out_url},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name=name or f"edg-{stage}", storage_path=str(storage),

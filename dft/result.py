@@ -67,10 +67,14 @@ def save_result(path: str | Path, r: DFTResult, dtype: str = "float16") -> None:
 
 
 def load_result(path: str | Path) -> DFTResult:
-    """Read a file written by ``save_result``; fields come back as float32 numpy arrays."""
-    path = Path(path)
+    """Read a file written by ``save_result`` (a local path or an fsspec URL); fields come back as float32
+    numpy arrays."""
+    import io
+
+    from edg_core.storage import is_remote, read_bytes
     try:
-        with np.load(path, allow_pickle=False) as f:
+        src = io.BytesIO(read_bytes(path)) if is_remote(path) else Path(path)
+        with np.load(src, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
             ed = f["ed"].astype(np.float32) if "ed" in f else None
             esp = f["esp"].astype(np.float32) if "esp" in f else None

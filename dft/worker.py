@@ -7,7 +7,9 @@ Ray actors. Output folder layout::
     <out>/cubes/<key>.ed.cube   optional Gaussian cubes (``save_cubes``)
     <out>/failures.jsonl        {record, key, stage, reason} per failed molecule
 
-Reruns skip molecules whose file exists, and (unless ``retry_failed``) those already in the manifest.
+``out`` may be an fsspec URL (``s3://bucket/run/dft``): each file is written to a local staging folder and
+uploaded whole (``edg_core.storage.Mirror``). Reruns skip molecules whose file exists, and (unless
+``retry_failed``) those already in the manifest.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from edg_core.grid import grid_for_positions
 from edg_core.io import append_jsonl, progress, read_jsonl
 from edg_core.molecule import Molecule
 from edg_core.shards import sample_key
+from edg_core.storage import Mirror, exists, is_remote, join, list_files, read_bytes
 
 from . import fields
 from .backend import is_out_of_memory, resolve_backend, to_numpy
@@ -42,19 +45,27 @@ class SCFNotConverged(RuntimeError):
     pass
 
 
-def result_path(out: str | Path, key: str) -> Path:
-    return Path(out) / "fields" / f"{key}.npz"
+def result_path(out: str | Path, key: str):
+    """Where the result file of ``key`` lives: a ``Path``, or a URL string for a remote ``out``."""
+    return join(out, "fields", f"{key}.npz")
 
 
 def done_keys(out: str | Path) -> set[str]:
-    """Keys with a finished result file in ``out``."""
-    d = Path(out) / "fields"
-    return {p.name[:-4] for p in d.glob("*.npz")} if d.exists() else set()
+    """Keys with a finished result file in ``out`` (a folder or a URL)."""
+    return {p.rsplit("/", 1)[-1][:-4] for p in list_files(join(out, "fields"), "*.npz")}
 
 
 def failed_keys(out: str | Path) -> set[str]:
     """Keys recorded as failed by this stage in ``<out>/failures.jsonl``."""
-    return {e["key"] for e in read_jsonl(Path(out) / "failures.jsonl") if e.get("stage") == STAGE and "key" in e}
+    path = join(out, "failures.jsonl")
+    if is_remote(path):
+        if not exists(path):
+            return set()
+        import json
+        entries = [json.loads(line) for line in read_bytes(path).decode().splitlines() if line.strip()]
+    else:
+        entries = read_jsonl(path)
+    return {e["key"] for e in entries if e.get("stage") == STAGE and "key" in e}
 
 
 @dataclass
@@ -77,14 +88,20 @@ class RunSummary:
 class DFTWorker:
     """Runs DFT (+ ED/ESP fields) for one molecule at a time with a fixed ``DFTConfig``.
 
-    ``out`` is the output folder (None: compute only, nothing written). ``keep_on_gpu`` leaves ED/ESP as
-    CuPy arrays in the returned ``DFTResult`` (hand them to torch with ``dft.handoff.cupy_to_torch``).
+    ``out`` is the output folder or URL (None: compute only, nothing written). ``keep_on_gpu`` leaves ED/ESP
+    as CuPy arrays in the returned ``DFTResult`` (hand them to torch with ``dft.handoff.cupy_to_torch``).
+    ``record_failures=False`` leaves ``failures.jsonl`` to the caller (a Ray driver, the file's one writer).
     """
 
-    def __init__(self, cfg: DFTConfig | None = None, out: str | Path | None = None, keep_on_gpu: bool = False):
+    def __init__(self, cfg: DFTConfig | None = None, out: str | Path | None = None, keep_on_gpu: bool = False,
+                 record_failures: bool = True):
         self.cfg = cfg or DFTConfig()
         self.backend = resolve_backend(self.cfg.backend)
-        self.out = Path(out) if out is not None else None
+        self.store = None if out is None else Mirror(out, exclude=("fields/*", "cubes/*"), temporary=True)
+        self.out = None if out is None else self.store.url
+        self.record_failures = record_failures and out is not None
+        if self.record_failures:
+            self.store.pull()  # a remote failures.jsonl, to append to
         self.keep_on_gpu = keep_on_gpu and self.backend == "gpu"
 
     # ------------------------------------------------------------ pure computation
@@ -135,15 +152,16 @@ class DFTWorker:
     # ------------------------------------------------------------ one molecule with bookkeeping
     def _fail(self, record: str, key: str, reason: str, stage: str = STAGE) -> dict:
         log.warning("%s: %s failed: %s", record, stage, reason)
-        if self.out is not None:
-            append_jsonl(self.out / "failures.jsonl", {"record": record, "key": key, "stage": stage,
-                                                       "reason": reason, "time": time.time()})
+        if self.record_failures:
+            append_jsonl(self.store.local / "failures.jsonl", {"record": record, "key": key, "stage": stage,
+                                                               "reason": reason, "time": time.time()})
+            self.store.commit("failures.jsonl")
         return {"key": key, "id": record, "status": "failed", "reason": reason}
 
-    def process(self, mol: Molecule | InvalidRecord) -> dict:
+    def process(self, mol: Molecule | InvalidRecord, write: bool = True) -> dict:
         """Compute and write one molecule; never raises for a bad molecule. Returns a small status dict
         ``{key, id, status: done|failed, reason?, wall_s?}`` (and the ``DFTResult`` under ``result`` when
-        ``out`` is None)."""
+        ``out`` is None or not ``write``)."""
         if isinstance(mol, InvalidRecord):
             return self._fail(mol.record, sample_key(mol.record), mol.problem, stage="read")
         key = sample_key(mol.id)
@@ -161,21 +179,24 @@ class DFTWorker:
             log.debug("%s: unexpected DFT error", mol.id, exc_info=True)
             return self._fail(mol.id, key, f"error: {type(e).__name__}: {e}")
         status = {"key": key, "id": mol.id, "status": "done", "wall_s": r.wall_s, "E6": r.energies["E6"]}
-        if self.out is None:
+        if self.out is None or not write:
             status["result"] = r
             return status
         self.write(key, r)
         return status
 
-    def write(self, key: str, r: DFTResult) -> Path:
-        """Write the result file (and cubes when configured); returns the result path."""
-        path = result_path(self.out, key)
+    def write(self, key: str, r: DFTResult):
+        """Write the result file (and cubes when configured); returns where the result file is."""
+        local = self.store.local
         if self.cfg.save_cubes and r.ed is not None:
-            cubes = self.out / "cubes"
-            write_cube(cubes / f"{key}.ed.cube", r.grid, r.ed, r.z, r.pos, f"{r.id} electron density e/bohr^3")
-            write_cube(cubes / f"{key}.esp.cube", r.grid, r.esp, r.z, r.pos, f"{r.id} ESP Hartree/e")
-        save_result(path, r, self.cfg.field_dtype)
-        return path
+            for name, values, what in (("ed", r.ed, "electron density e/bohr^3"), ("esp", r.esp, "ESP Hartree/e")):
+                rel = f"cubes/{key}.{name}.cube"
+                write_cube(local / rel, r.grid, values, r.z, r.pos, f"{r.id} {what}")
+                self.store.commit(rel, keep=self.store.remote is None)
+        rel = f"fields/{key}.npz"
+        save_result(local / rel, r, self.cfg.field_dtype)
+        self.store.commit(rel, keep=self.store.remote is None)  # remote: uploaded, the staged copy goes
+        return result_path(self.out, key)
 
     __call__ = process
 
@@ -186,7 +207,7 @@ class DFTWorker:
         if self.out is None:
             raise ValueError("DFTWorker.run needs an output folder")
         skip = done_keys(self.out) | (set() if retry_failed else failed_keys(self.out))
-        s = RunSummary(failures_path=str(self.out / "failures.jsonl"))
+        s = RunSummary(failures_path=str(join(self.out, "failures.jsonl")))
         t0 = time.monotonic()
         for rec in progress(records, f"dft ({self.backend})", total=total):
             key = sample_key(rec.record if isinstance(rec, InvalidRecord) else rec.id)
@@ -204,7 +225,7 @@ class DFTWorker:
 
 def energies_table(out: str | Path) -> dict[str, np.ndarray]:
     """All finished results of ``out`` as columns: id, E1..E6, homo, lumo (Hartree), converged."""
-    rows = [load_result(p) for p in sorted((Path(out) / "fields").glob("*.npz"))]
+    rows = [load_result(p) for p in list_files(join(out, "fields"), "*.npz")]
     cols = {"id": np.array([r.id for r in rows])}
     for k in ("E1", "E2", "E3", "E4", "E5", "E6"):
         cols[k] = np.array([r.energies[k] for r in rows])

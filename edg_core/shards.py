@@ -45,6 +45,10 @@ import numpy as np
 from .errors import ShardError
 from .grid import CubeGrid
 from .molecule import Molecule
+from .storage import exists as _exists
+from .storage import is_remote, unstrip, upload, url_to_fs
+from .storage import open_read as open_shard
+from .storage import size as _size
 
 SCHEMA_VERSION = 1
 IMAGE_ENCODINGS = ("u8z", "png")
@@ -198,40 +202,6 @@ def sample_molecule(d: dict[str, Any]) -> Molecule:
                     multiplicity=m["multiplicity"], smiles=m.get("smiles"), labels=labels)
 
 
-# ---------------------------------------------------------------- storage: local paths or fsspec URLs
-def is_remote(path) -> bool:
-    """True for an fsspec URL other than a local one (``s3://``, ``gs://``, ``memory://``, ...)."""
-    s = str(path)
-    return "://" in s and not s.startswith("file://")
-
-
-def _fs(url: str):
-    import fsspec
-    return fsspec.core.url_to_fs(url)  # (filesystem, path without protocol)
-
-
-def open_shard(path):
-    """A binary file object for a local path or an fsspec URL."""
-    if is_remote(path):
-        import fsspec
-        return fsspec.open(str(path), "rb").open()
-    return open(path, "rb")
-
-
-def _exists(path) -> bool:
-    if is_remote(path):
-        fs, p = _fs(str(path))
-        return fs.exists(p)
-    return Path(path).exists()
-
-
-def _size(path) -> int:
-    if is_remote(path):
-        fs, p = _fs(str(path))
-        return int(fs.size(p))
-    return Path(path).stat().st_size
-
-
 # ---------------------------------------------------------------- writing
 class ShardWriter:
     """Write samples into ``<out>/<prefix>-NNNNNN.tar`` shards of at most ``maxcount`` samples / ``maxsize`` bytes.
@@ -248,7 +218,7 @@ class ShardWriter:
         if self.remote is not None:  # stage each shard locally, upload it whole when complete
             import tempfile
             self.out = Path(tempfile.mkdtemp(prefix="edg-shards-"))
-            fs, root = _fs(self.remote)
+            fs, root = url_to_fs(self.remote)
             existing = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{root}/{prefix}-*.tar"))
         else:
             self.out = Path(out)
@@ -290,8 +260,7 @@ class ShardWriter:
         final = self._tmp.with_suffix("")  # drop .tmp
         self._tmp.rename(final)
         if self.remote is not None:
-            fs, root = _fs(self.remote)
-            fs.put_file(str(final), f"{root}/{final.name}")
+            upload(final, f"{self.remote}/{final.name}")
             final.unlink()
             final = f"{self.remote}/{final.name}"
         self.finished.append(final)
@@ -330,7 +299,7 @@ def shard_paths(spec: str | Path | Iterable) -> list[str]:
     if isinstance(spec, (list, tuple)):
         return [str(p) for p in spec]
     if is_remote(spec):
-        fs, root = _fs(str(spec))
+        fs, root = url_to_fs(str(spec))
         if any(c in root for c in "*?["):
             found = fs.glob(root)
         elif root.endswith(".tar"):
@@ -339,7 +308,7 @@ def shard_paths(spec: str | Path | Iterable) -> list[str]:
             found = fs.glob(root.rstrip("/") + "/*.tar")
         if not found:
             raise ShardError(f"{spec}: no .tar shards there")
-        return sorted(fs.unstrip_protocol(x) for x in found)
+        return sorted(unstrip(str(spec), x) for x in found)
     p = Path(spec)
     if p.is_dir():
         paths = sorted(str(x) for x in p.glob("*.tar"))

@@ -188,9 +188,10 @@ def annotate_shards(spec, out, member: str, compute, *, batch_size: int = 64, dr
 
     from edg_core.io import atomic_path, progress
     from edg_core.shards import ShardWriter, decode_images_u8, iter_shard, shard_paths
-    out = Path(out)
-    to_npz = out.suffix == ".npz"
-    done = set() if to_npz or not out.exists() else shard_keys(out)
+    to_npz = str(out).endswith(".npz")  # a local file; a shard folder may be a URL
+    if to_npz:
+        out = Path(out)
+    done = set() if to_npz else shard_keys(out)
     stats = {"computed": 0, "without_images": 0, "skipped_done": 0}
     ids: list[str] = []
     arrays: dict[str, list[np.ndarray]] = {}

@@ -91,7 +91,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from edg_core.shards import is_remote
+    from edg_core.storage import is_remote
     src = open_source(args.input)
     out = args.out
     done = shard_keys(out)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from edg_core.config import add_config_args, apply_args, dump_yaml, load_yaml
 from edg_core.readers import open_source
@@ -20,7 +19,8 @@ def register(sub) -> None:
                     "continues. --workers 0 (or --local) runs in this process; otherwise Ray actors "
                     "(an existing cluster if reachable, else a local runtime).")
     p.add_argument("--input", required=True, help="input spec (see `edg --help`), e.g. embedded:qm9, qm9:train")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder, or an fsspec URL (s3://bucket/dft: each result "
+                                                "file is uploaded whole by the worker that wrote it)")
     p.add_argument("--config", help="YAML file with a `dft:` section of DFTConfig fields (flags override it)")
     p.add_argument("--workers", type=int, default=None,
                    help="Ray actors (0 = in-process; default: one per GPU share, else one per CPU)")
@@ -43,10 +43,12 @@ def _config(args):
 
 def cmd_dft(args) -> int:
     from cluster.stages import Workers, run_dft
+    from edg_core.storage import Mirror, exists, join
     cfg = _config(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, out / "dft_config.yaml")
+    out = args.out
+    store = Mirror(out, exclude=("fields/*", "cubes/*"), temporary=True)
+    dump_yaml(cfg, store.local / "dft_config.yaml")
+    store.commit("dft_config.yaml")
     src = open_source(args.input)
     total = len(src)
     if args.local or args.workers == 0:
@@ -68,7 +70,7 @@ def cmd_dft(args) -> int:
                         retry_failed=args.retry_failed)
     print(f"edg dft: done {s['done']}, skipped {s['skipped']}, failed {s['failed']} in {s['seconds']:.1f} s "
           f"({s['molecules_per_s']:.3f} mol/s)")
-    if s["failed"] or Path(s["failures"]).exists():
+    if s["failed"] or exists(s["failures"]):
         print(f"failure manifest: {s['failures']}")
-    print(f"results: {out / 'fields'}")
+    print(f"results: {join(out, 'fields')}")
     return 0

@@ -14,7 +14,8 @@ def register(sub) -> None:
                     "to the config's `out` folder. On a cluster: "
                     "`ray job submit --working-dir . -- edg pipeline --config configs/paper.yaml`.")
     p.add_argument("--config", required=True, help="pipeline YAML (see configs/)")
-    p.add_argument("--out", help="output folder (overrides the config's `out`)")
+    p.add_argument("--out", help="output folder or fsspec URL, e.g. s3://bucket/runs/x (overrides `out`)")
+    p.add_argument("--work-dir", help="local working copy of a URL --out (default: $EDG_CACHE/staging/<hash>)")
     p.add_argument("--input", help="input spec for DFT/pretraining (overrides the config's `input`)")
     p.add_argument("--ray", action=argparse.BooleanOptionalAction, default=None,
                    help="run stages as Ray work (overrides ray.enabled)")
@@ -31,6 +32,8 @@ def cmd_pipeline(args) -> int:
     over: dict = {}
     if args.out:
         over["out"] = args.out
+    if args.work_dir:
+        over["work_dir"] = args.work_dir
     if args.input:
         over["input"] = args.input
     if args.stop_after:
@@ -43,9 +46,12 @@ def cmd_pipeline(args) -> int:
     if ray:
         over["ray"] = ray
     cfg = load_pipeline_config(args.config, over)
-    manifest = Pipeline(cfg, force=tuple(args.force)).run()
-    out = cfg.out
+    pipeline = Pipeline(cfg, force=tuple(args.force))
+    manifest = pipeline.run()
+    out = cfg.out.rstrip("/")
     print(f"\npipeline finished in {manifest['seconds']:.1f} s -> {out}")
+    if pipeline.store.remote:
+        print(f"  local working copy: {pipeline.out}")
     print(f"  run manifest:   {out}/manifest.json   (resolved config: {out}/config.yaml)")
     print(f"  ED image shards: {out}/shards/ed")
     print(f"  contact sheet:  {out}/contact_sheet.png   (all views of the first molecules)")

@@ -1,0 +1,266 @@
+"""Where EDG keeps files: local paths, shared file systems, or any fsspec URL (``s3://``, ``gs://``, ...).
+
+Two tools, used by every stage that writes:
+
+* small functions that take a local path or a URL alike (``exists``, ``open_read``, ``read_bytes``,
+  ``list_files``, ``upload``, ``join``);
+* ``Mirror``: a local working copy of a folder that may be remote. Code writes into ``mirror.local`` with the
+  usual atomic local writes; ``push()`` uploads what changed, ``pull()`` fetches what others wrote,
+  ``commit(rel)`` uploads one file at once. For a local folder the mirror *is* the folder and both are no-ops,
+  so callers never branch on where the run lives.
+
+Remote files are uploaded whole (an object store never shows a half-written object); on file systems that
+can rename, an upload goes to a temporary name first. Temporary files (``*.tmp``) are never uploaded.
+``local:///abs/path`` names a local folder through fsspec: it behaves like a remote URL (staging, uploads,
+listings) and is how the tests check the remote code path across processes.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import os
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+__all__ = ["is_remote", "url_to_fs", "join", "exists", "size", "open_read", "read_bytes", "list_files",
+           "upload", "download", "Mirror", "staging_dir"]
+
+
+def is_remote(path) -> bool:
+    """True for an fsspec URL other than a plain local one (``s3://``, ``gs://``, ``memory://``, ``local://``)."""
+    s = str(path)
+    return "://" in s and not s.startswith("file://")
+
+
+def url_to_fs(url: str):
+    """(fsspec file system, path without the protocol) for ``url``."""
+    import fsspec
+    return fsspec.core.url_to_fs(str(url))
+
+
+def _protocol(url: str) -> str:
+    return str(url).split("://", 1)[0]
+
+
+def unstrip(url: str, path: str) -> str:
+    """The URL of ``path`` (as an fsspec listing gives it) on the file system of ``url``."""
+    return f"{_protocol(url)}://{path.lstrip('/') if _protocol(url) not in ('memory', 'local') else path}"
+
+
+def join(base, *parts: str):
+    """``base/part/...``: a ``Path`` for a local base, a URL string for a remote one."""
+    if is_remote(base):
+        return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+    return Path(base).joinpath(*parts)
+
+
+def exists(path) -> bool:
+    if is_remote(path):
+        fs, p = url_to_fs(path)
+        return fs.exists(p)
+    return Path(path).exists()
+
+
+def size(path) -> int:
+    if is_remote(path):
+        fs, p = url_to_fs(path)
+        return int(fs.size(p))
+    return Path(path).stat().st_size
+
+
+def open_read(path):
+    """A binary file object for a local path or a URL."""
+    if is_remote(path):
+        import fsspec
+        return fsspec.open(str(path), "rb").open()
+    return open(path, "rb")
+
+
+def read_bytes(path) -> bytes:
+    with open_read(path) as f:
+        return f.read()
+
+
+def list_files(folder, pattern: str = "*") -> list[str]:
+    """Sorted paths (local) or URLs (remote) of the files matching ``pattern`` directly in ``folder``;
+    an absent folder has none."""
+    if is_remote(folder):
+        fs, root = url_to_fs(folder)
+        if not fs.exists(root):
+            return []
+        return sorted(unstrip(str(folder), p) for p in fs.glob(f"{root.rstrip('/')}/{pattern}"))
+    folder = Path(folder)
+    return sorted(str(p) for p in folder.glob(pattern)) if folder.is_dir() else []
+
+
+def upload(local: str | os.PathLike, url: str) -> None:
+    """Copy the local file to ``url`` whole: a renaming file system gets a temporary name first."""
+    fs, p = url_to_fs(url)
+    parent = p.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        tmp = f"{p}.{uuid.uuid4().hex[:8]}.tmp"
+        fs.put_file(str(local), tmp)
+        fs.mv(tmp, p)
+    else:
+        fs.put_file(str(local), p)
+
+
+def download(url: str, local: str | os.PathLike) -> None:
+    """Copy ``url`` to the local file, atomically (write then rename)."""
+    from .io import atomic_path
+    fs, p = url_to_fs(url)
+    with atomic_path(local) as tmp:
+        fs.get_file(p, str(tmp))
+
+
+def staging_dir(url: str) -> Path:
+    """The default local working copy of a remote folder: ``$EDG_CACHE/staging/<hash of the URL>``
+    (``~/.cache/edg`` when unset), so a rerun on the same machine finds what it had."""
+    root = Path(os.environ.get("EDG_CACHE") or Path.home() / ".cache" / "edg")
+    tag = hashlib.sha1(str(url).rstrip("/").encode()).hexdigest()[:16]
+    return root / "staging" / tag
+
+
+def _version(info: dict) -> tuple:
+    """What tells two versions of a remote file apart: size and whatever stamp the file system keeps."""
+    stamp = next((info[k] for k in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "updated", "created")
+                  if info.get(k) is not None), "")
+    return int(info.get("size") or 0), str(stamp)
+
+
+class Mirror:
+    """A local working copy ``local`` of the folder ``url`` (a path or a URL).
+
+    ``exclude``: glob patterns of relative paths that are neither pulled nor pushed (bulky files that their
+    writers upload themselves, such as DFT result files or shards). ``local`` defaults to ``staging_dir(url)``
+    for a remote folder, or a fresh temporary folder with ``temporary=True`` (Ray actors, whose copies are
+    thrown away).
+    """
+
+    def __init__(self, url, local: str | os.PathLike | None = None, exclude: Iterable[str] = (),
+                 temporary: bool = False):
+        self.remote = str(url).rstrip("/") if is_remote(url) else None
+        self.exclude = tuple(exclude)
+        if self.remote is None:
+            self.local = Path(url)
+        elif local is not None:
+            self.local = Path(local)
+        else:
+            self.local = Path(tempfile.mkdtemp(prefix="edg-mirror-")) if temporary else staging_dir(self.remote)
+        self.local.mkdir(parents=True, exist_ok=True)
+        self._local_seen: dict[str, tuple] = {}   # rel -> (size, mtime_ns) at the last sync
+        self._remote_seen: dict[str, tuple] = {}  # rel -> _version at the last sync
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """Where the folder lives: the URL, or the local path."""
+        return self.remote or str(self.local)
+
+    def where(self, rel: str):
+        """The durable location of ``rel`` (a URL for a remote folder), for readers in other processes."""
+        return join(self.remote, rel) if self.remote else self.local / rel
+
+    def _skip(self, rel: str) -> bool:
+        name = rel.rsplit("/", 1)[-1]
+        return name.endswith(".tmp") or any(fnmatch.fnmatch(rel, pat) for pat in self.exclude)
+
+    def _local_files(self) -> Iterator[tuple[str, Path]]:
+        for dirpath, _, files in os.walk(self.local):
+            for f in files:
+                p = Path(dirpath) / f
+                rel = p.relative_to(self.local).as_posix()
+                if not self._skip(rel):
+                    yield rel, p
+
+    def commit(self, rel: str, keep: bool = True) -> None:
+        """Upload ``local/rel`` now (and delete the local copy unless ``keep``); a local folder: nothing."""
+        if self.remote is None:
+            return
+        path = self.local / rel
+        upload(path, join(self.remote, rel))
+        with self._lock:
+            st = path.stat()
+            self._local_seen[rel] = (st.st_size, st.st_mtime_ns)
+        if not keep:
+            path.unlink(missing_ok=True)
+            self._local_seen.pop(rel, None)
+
+    def push(self) -> int:
+        """Upload every local file changed since the last sync; returns how many."""
+        if self.remote is None:
+            return 0
+        n = 0
+        with self._lock:
+            for rel, p in list(self._local_files()):
+                try:
+                    st = p.stat()
+                except FileNotFoundError:  # replaced while we walked
+                    continue
+                stamp = (st.st_size, st.st_mtime_ns)
+                if self._local_seen.get(rel) == stamp:
+                    continue
+                upload(p, join(self.remote, rel))
+                self._local_seen[rel] = stamp
+                n += 1
+        return n
+
+    def pull(self) -> int:
+        """Fetch every remote file that is new or changed since the last sync (one never seen before is
+        fetched when its size differs from the local copy); returns how many."""
+        if self.remote is None:
+            return 0
+        fs, root = url_to_fs(self.remote)
+        if not fs.exists(root):
+            return 0
+        root = root.rstrip("/")
+        n = 0
+        with self._lock:
+            for path, info in fs.find(root, detail=True).items():
+                if info.get("type") == "directory":
+                    continue
+                rel = path[len(root):].lstrip("/")
+                if not rel or self._skip(rel):
+                    continue
+                version, local = _version(info), self.local / rel
+                seen = self._remote_seen.get(rel)
+                stale = not local.exists() or (version != seen if seen is not None
+                                               else local.stat().st_size != version[0])
+                if stale:
+                    download(join(self.remote, rel), local)
+                    n += 1
+                self._remote_seen[rel] = version
+                st = local.stat()
+                self._local_seen[rel] = (st.st_size, st.st_mtime_ns)
+        return n
+
+    @contextlib.contextmanager
+    def autosync(self, every_s: float = 60.0) -> Iterator[Mirror]:
+        """Push in a background thread every ``every_s`` seconds while the block runs, and once at its end."""
+        if self.remote is None:
+            yield self
+            return
+        stop = threading.Event()
+
+        def loop():
+            while not stop.wait(every_s):
+                try:
+                    self.push()
+                except Exception:  # a failed periodic sync is retried; the final push raises
+                    import logging
+                    logging.getLogger(__name__).warning("sync of %s failed; will retry", self.remote,
+                                                        exc_info=True)
+        t = threading.Thread(target=loop, name="edg-mirror-sync", daemon=True)
+        t.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            t.join()
+            self.push()
