@@ -232,6 +232,9 @@ class Pipeline:
                                      if self.store.remote else None)
             if result.error is not None:
                 raise result.error
+            if self.store.remote:  # the ranks pushed their working copy; Ray kept no checkpoint to read
+                self.store.pull()
+                return read_jsonl(out / "metrics.jsonl")[-1]
             return dict(result.metrics)
         from train.pretrain import train_imageed, train_teacher
         fit = train_imageed if stage == "imageed" else train_teacher

@@ -168,10 +168,16 @@ def test_pipeline_on_local_ray_head_survives_a_killed_actor(tmp_path, short_tmp)
     assert (run / "teacher_targets.npz").exists()
 
 
-def test_interrupted_pipeline_resumes_without_duplicates(tmp_path):
+@pytest.mark.parametrize("where", ["folder", "url"])
+def test_interrupted_pipeline_resumes_without_duplicates(tmp_path, where):
+    """SIGKILL mid-DFT, then the same command again; ``url``: out is local:///... (uploads through fsspec, a
+    local working copy that the second run rebuilds from the URL)."""
     path = small_config(tmp_path)
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "cluster.cli", "pipeline", "--config", str(path), "--stop-after", "render"]
+    if where == "url":
+        run = tmp_path / "bucket" / "run"
+        cmd += ["--out", f"local://{run}", "--work-dir", str(tmp_path / "wc")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
@@ -184,6 +190,8 @@ def test_interrupted_pipeline_resumes_without_duplicates(tmp_path):
     finished_before = {p.stem for p in (run / "dft" / "fields").glob("*.npz")}
     assert 2 <= len(finished_before) < 4 and not (run / "stages" / "dft.json").exists()
     mtimes = {p.stem: p.stat().st_mtime_ns for p in (run / "dft" / "fields").glob("*.npz")}
+    if where == "url":
+        shutil.rmtree(tmp_path / "wc")  # resume from the URL alone
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     # finished molecules were not recomputed, the rest were, and the shards hold each molecule once
@@ -208,3 +216,75 @@ def test_pipeline_config_errors_name_the_problem(tmp_path):
         load_pipeline_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match=r"fu_dim \(48\) must equal imageed.model.embed_dim \(32\)"):
         load_pipeline_config(path, {"teacher": {"model": {"arch": "resnet10t", "img_size": 32, "fu_dim": 48}}})
+
+
+def _remote_tree(url: str) -> dict[str, int]:
+    """{relative path: size} of every file under an fsspec URL."""
+    import fsspec
+    fs, root = fsspec.core.url_to_fs(url)
+    return {p[len(root.rstrip("/")) + 1:]: info["size"] for p, info in fs.find(root, detail=True).items()}
+
+
+def _check_remote_run(url: str) -> None:
+    tree = _remote_tree(url)
+    assert {f"stages/{s}.json" for s in ("dft", "render", "imageed", "features", "teacher", "student_images",
+                                         "teacher_targets", "distill")} <= set(tree)
+    assert {f"dft/fields/{k}.npz" for k in ("water", "methane", "ammonia", "hydrogen-fluoride")} <= set(tree)
+    for f in ("manifest.json", "config.yaml", "contact_sheet.png", "imageed/imageed.pt", "teacher/teacher.pt",
+              "teacher_targets.npz", "distill/results.md", "dft/failures.jsonl"):
+        assert tree.get(f, 0) > 0, f"{f} missing from {url}"
+    assert any(k.startswith("shards/ed/") and k.endswith(".tar") for k in tree)
+    assert any(k.startswith("shards/ed_fu/") and k.endswith(".tar") for k in tree)
+    assert not any(k.endswith(".tmp") for k in tree)
+    from edg_core.storage import read_bytes
+    fails = [json.loads(x) for x in read_bytes(f"{url}/dft/failures.jsonl").decode().splitlines()]
+    assert {f["record"]: f["stage"] for f in fails} == {"unknown-element": "read", "fused-atoms": "dft"}
+    assert {s["meta"]["id"] for s in read_samples(f"{url}/shards/ed", torch_tensors=False)} == GOOD
+
+
+def test_pipeline_on_an_fsspec_url_resumes_from_another_working_copy(tmp_path, monkeypatch):
+    """out = memory://...: every artefact reaches the URL (nothing is written to a local folder named after
+    it), and a second run with an empty working copy resumes from the URL alone: it finds every stage done."""
+    import uuid
+
+    import fsspec
+
+    from cluster.pipeline import Pipeline, load_pipeline_config
+    monkeypatch.chdir(tmp_path)  # a URL mistaken for a path would create ./memory:/...
+    url = f"memory:///edg-run-{uuid.uuid4().hex[:8]}"
+    try:
+        cfg = load_pipeline_config(small_config(tmp_path), {"out": url, "work_dir": str(tmp_path / "wc1")})
+        manifest = Pipeline(cfg).run()
+        _check_remote_run(url)
+        assert not (tmp_path / "memory:").exists()
+        assert not (tmp_path / "wc1" / "dft" / "fields").exists()  # bulky results live only at the URL
+        again = Pipeline(load_pipeline_config(small_config(tmp_path),
+                                              {"out": url, "work_dir": str(tmp_path / "wc2")})).run()
+        assert all(s.get("seconds") == manifest["stages"][k]["seconds"] for k, s in again["stages"].items())
+        assert again["stages"]["distill"]["test"] == manifest["stages"]["distill"]["test"]
+        assert (tmp_path / "wc2" / "teacher" / "teacher.pt").exists()  # pulled
+    finally:
+        fs, root = fsspec.core.url_to_fs(url)
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+
+
+@pytest.mark.ray
+def test_pipeline_on_ray_with_a_url_out_uploads_from_every_worker(tmp_path, short_tmp):
+    """The same on a local Ray head with out = local:///... (a URL the actors, Ray Train ranks and distillation
+    tasks reach from their own processes): DFT actors upload result files, the driver writes the failure
+    manifest, Ray Train ranks push their working copies, distillation tasks upload their run folders."""
+    pytest.importorskip("ray")
+    from cluster.pipeline import Pipeline, load_pipeline_config
+    from cluster.runtime import ray_session
+    remote_root = tmp_path / "bucket"
+    url = f"local://{remote_root}/run"
+    path = small_config(tmp_path, ray={"enabled": True, "address": "local", "dft": {"actors": 2},
+                                       "render": {"actors": 1}, "train_workers": 1})
+    cfg = load_pipeline_config(path, {"out": url, "work_dir": str(tmp_path / "wc")})
+    with ray_session("local", temp_dir=short_tmp, num_cpus=2):
+        manifest = Pipeline(cfg).run()
+    _check_remote_run(url)
+    assert manifest["stages"]["imageed"]["epoch"] == 1
+    assert len(list((remote_root / "run" / "distill").glob("*/result.json"))) == 2
+    assert not (tmp_path / "wc" / "dft" / "fields").exists()

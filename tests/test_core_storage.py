@@ -1,0 +1,82 @@
+"""edg_core.storage: path-or-URL helpers and the Mirror working copy, on fsspec's in-memory file system (the
+code path of s3:// or gs://) and on a plain folder (where a mirror is the folder itself)."""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import fsspec
+import pytest
+
+from edg_core.storage import Mirror, exists, is_remote, join, list_files, read_bytes, upload
+
+
+@pytest.fixture
+def mem_url():
+    root = f"/edg-test-{uuid.uuid4().hex[:8]}"
+    yield f"memory://{root}"
+    fs = fsspec.filesystem("memory")
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def test_helpers_take_paths_and_urls_alike(tmp_path, mem_url):
+    assert is_remote(mem_url) and is_remote("s3://b/k") and not is_remote(tmp_path) and not is_remote("file:///x")
+    assert join(mem_url, "a", "b.txt") == f"{mem_url}/a/b.txt" and join(tmp_path, "a") == tmp_path / "a"
+    for base in (str(tmp_path / "folder"), mem_url):
+        assert list_files(base, "*.npz") == [] and not exists(join(base, "x.npz"))
+        src = tmp_path / "payload"
+        src.write_bytes(b"\x00edg")
+        if is_remote(base):
+            upload(src, join(base, "x.npz"))
+        else:
+            os.makedirs(base)
+            (tmp_path / "folder" / "x.npz").write_bytes(b"\x00edg")
+        assert list_files(base, "*.npz") == [str(join(base, "x.npz"))]
+        assert read_bytes(list_files(base, "*.npz")[0]) == b"\x00edg"
+
+
+def test_mirror_pushes_changes_pulls_others_and_skips_excluded_and_tmp(tmp_path, mem_url):
+    a = Mirror(mem_url, local=tmp_path / "a", exclude=("big/*",))
+    (a.local / "stages").mkdir()
+    (a.local / "stages" / "dft.json").write_text("{}")
+    (a.local / "big").mkdir()
+    (a.local / "big" / "f.npz").write_bytes(b"bulky")
+    (a.local / "half.json.tmp").write_text("partial")
+    assert a.push() == 1  # only the marker: excluded and temporary files never travel
+    assert a.push() == 0  # nothing changed since
+    fs, root = fsspec.core.url_to_fs(mem_url)
+    assert sorted(p[len(root) + 1:] for p in fs.find(root)) == ["stages/dft.json"]
+
+    b = Mirror(mem_url, local=tmp_path / "b", exclude=("big/*",))
+    assert b.pull() == 1 and (b.local / "stages" / "dft.json").read_text() == "{}"
+    assert b.pull() == 0
+    time.sleep(0.01)
+    (a.local / "stages" / "dft.json").write_text('{"done": 4}')  # same writer, new content
+    assert a.push() == 1 and b.pull() == 1
+    assert (b.local / "stages" / "dft.json").read_text() == '{"done": 4}'
+    # commit uploads one file now; keep=False leaves no staged copy behind
+    (b.local / "big" / "g.npz").parent.mkdir(parents=True, exist_ok=True)
+    (b.local / "big" / "g.npz").write_bytes(b"result")
+    b.commit("big/g.npz", keep=False)
+    assert not (b.local / "big" / "g.npz").exists() and read_bytes(f"{mem_url}/big/g.npz") == b"result"
+
+
+def test_mirror_of_a_local_folder_is_the_folder(tmp_path):
+    m = Mirror(tmp_path / "run")
+    assert m.remote is None and m.local == tmp_path / "run" and m.local.is_dir()
+    (m.local / "x").write_text("1")
+    assert m.push() == 0 and m.pull() == 0 and m.where("x") == tmp_path / "run" / "x"
+
+
+def test_autosync_pushes_in_the_background_and_at_the_end(tmp_path, mem_url):
+    m = Mirror(mem_url, local=tmp_path / "w")
+    with m.autosync(every_s=0.05):
+        (m.local / "early.json").write_text("1")
+        deadline = time.time() + 5
+        while not exists(f"{mem_url}/early.json") and time.time() < deadline:
+            time.sleep(0.02)
+        assert exists(f"{mem_url}/early.json")  # pushed while the block still runs
+        (m.local / "late.json").write_text("2")
+    assert read_bytes(f"{mem_url}/late.json") == b"2"
