@@ -225,17 +225,9 @@ class Pipeline:
 
     def _pretrain(self, stage: str, cfg, shards: Path, out: Path) -> dict:
         if self.cfg.ray.enabled:
-            from .train_ray import run_pretraining
-            result = run_pretraining(stage, cfg, shards, out, num_workers=self.cfg.ray.train_workers,
-                                     use_gpu=self.cfg.ray.use_gpu, max_failures=self.cfg.ray.max_failures,
-                                     out_url=self.store.where(out.relative_to(self.out).as_posix())
-                                     if self.store.remote else None)
-            if result.error is not None:
-                raise result.error
-            if self.store.remote:  # the ranks pushed their working copy; Ray kept no checkpoint to read
-                self.store.pull()
-                return read_jsonl(out / "metrics.jsonl")[-1]
-            return dict(result.metrics)
+            from .train_ray import train_on_ray
+            return train_on_ray(stage, cfg, shards, out, self.store, num_workers=self.cfg.ray.train_workers,
+                                use_gpu=self.cfg.ray.use_gpu, max_failures=self.cfg.ray.max_failures)
         from train.pretrain import train_imageed, train_teacher
         fit = train_imageed if stage == "imageed" else train_teacher
         return fit(cfg, shards, out, device=self.cfg.device)

@@ -89,3 +89,22 @@ def run_pretraining(stage: str, cfg, shards, out_dir, *, num_workers: int = 1, u
                              failure_config=FailureConfig(max_failures=max_failures)),
     )
     return trainer.fit()
+
+
+def train_on_ray(stage: str, cfg, shards, out_dir, store=None, **kwargs) -> dict:
+    """``run_pretraining`` into ``out_dir`` and the last epoch's metrics. ``store``: the ``Mirror`` whose
+    working copy holds ``out_dir``; when it mirrors a URL, the ranks work on the URL (``out_url``) and the
+    metrics come from the ``metrics.jsonl`` they pushed."""
+    from edg_core.io import read_jsonl
+    remote = store is not None and store.remote is not None
+    out_url = None
+    if remote:
+        rel = Path(out_dir).resolve().relative_to(store.local.resolve()).as_posix()
+        out_url = store.remote if rel == "." else str(store.where(rel))
+    result = run_pretraining(stage, cfg, shards, out_dir, out_url=out_url, **kwargs)
+    if result.error is not None:
+        raise result.error
+    if remote:
+        store.pull()
+        return read_jsonl(Path(out_dir) / "metrics.jsonl")[-1]
+    return dict(result.metrics)

@@ -73,3 +73,34 @@ def test_config_layers_preset_yaml_flags(tmp_path):
     ns.config, ns.config_section = str(tmp_path / "bad.yaml"), None
     with pytest.raises(Exception, match=r"bad.yaml: unknown key\(s\) \['epoch'\]"):
         resolve_config(ns)
+
+
+def test_pretrain_to_an_fsspec_url_resumes_from_it(tmp_path, monkeypatch):
+    """--out memory://...: the run folder reaches the URL; a rerun with an empty working copy ($EDG_CACHE)
+    pulls the finished checkpoint and trains no further epoch."""
+    import uuid
+
+    import fsspec
+    shards = tmp_path / "shards"
+    write_synthetic_shards(shards, size=32, maxcount=8, limit=8)
+    url = f"memory:///edg-pretrain-{uuid.uuid4().hex[:8]}"
+    argv = ["pretrain", "imageed", "--shards", str(shards), "--out", url, "--epochs", "1", "--warmup-epochs", "0",
+            "--preset", "tiny", "--num-workers", "0", "--batch-size", "8"]
+    fs, root = fsspec.core.url_to_fs(url)
+    try:
+        monkeypatch.setenv("EDG_CACHE", str(tmp_path / "cache1"))
+        assert main(argv) == 0
+        assert {p.rsplit("/", 1)[-1] for p in fs.find(root)} >= {"imageed.pt", "checkpoint.pt", "config.yaml",
+                                                                  "metrics.jsonl"}
+        def stamps():  # config.yaml is rewritten by every run; the rest only by training
+            return {p: i["created"] for p, i in fs.find(root, detail=True).items() if not p.endswith("config.yaml")}
+        before = stamps()
+        monkeypatch.setenv("EDG_CACHE", str(tmp_path / "cache2"))  # another machine: nothing local
+        assert main(argv) == 0
+        assert (tmp_path / "cache2" / "staging").is_dir()
+        # nothing was trained or uploaded again: every file at the URL is the one the first run wrote
+        assert stamps() == before and len(before) == 3
+        assert len(fs.cat(f"{root}/metrics.jsonl").decode().splitlines()) == 1
+    finally:
+        if fs.exists(root):
+            fs.rm(root, recursive=True)

@@ -41,7 +41,7 @@ Examples:
 
 def _add_common(p: argparse.ArgumentParser, presets) -> None:
     p.add_argument("--shards", required=True, help="shard folder, glob or brace pattern")
-    p.add_argument("--out", required=True, help="run folder (created; a rerun resumes from it)")
+    p.add_argument("--out", required=True, help="run folder or fsspec URL (created; a rerun resumes from it)")
     p.add_argument("--preset", choices=sorted(presets), default=None,
                    help="model size preset (default: the paper's); 'tiny' is for CPU smoke runs")
     p.add_argument("--config", help="YAML file with the training config (section given by --config-section)")
@@ -115,23 +115,24 @@ def resolve_config(args):
 
 
 def cmd_pretrain(args) -> int:
+    from edg_core.storage import Mirror
     cfg = resolve_config(args)
-    out = Path(args.out)
-    if args.ray:
-        from cluster.runtime import ray_session
-        from cluster.train_ray import run_pretraining
-        with ray_session(args.ray_address):
-            result = run_pretraining(args.stage, cfg, args.shards, out, num_workers=args.ray_workers,
-                                     use_gpu=args.use_gpu, max_failures=args.max_failures)
-        if result.error is not None:
-            raise result.error
-        metrics = result.metrics
-    else:
-        from train.pretrain import train_imageed, train_teacher
-        fit = train_imageed if args.stage == "imageed" else train_teacher
-        metrics = fit(cfg, args.shards, out, device=args.device)
+    store = Mirror(args.out)  # a URL --out: a synced local working copy (a rerun resumes from the URL)
+    store.pull()
+    out = store.local
+    with store.autosync(60.0):
+        if args.ray:
+            from cluster.runtime import ray_session
+            from cluster.train_ray import train_on_ray
+            with ray_session(args.ray_address):
+                metrics = train_on_ray(args.stage, cfg, args.shards, out, store, num_workers=args.ray_workers,
+                                       use_gpu=args.use_gpu, max_failures=args.max_failures)
+        else:
+            from train.pretrain import train_imageed, train_teacher
+            fit = train_imageed if args.stage == "imageed" else train_teacher
+            metrics = fit(cfg, args.shards, out, device=args.device)
     print(json.dumps(metrics, indent=2))
-    print(f"{args.stage} pretraining done -> {out}")
+    print(f"{args.stage} pretraining done -> {store.url}" + (f" (working copy {out})" if store.remote else ""))
     return 0
 
 
