@@ -9,6 +9,7 @@ The rate is end to end as an operator sees it: actor start-up and the first GPU 
 """
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
 
@@ -51,7 +52,7 @@ def main(argv: list[str]) -> None:
     gpu = gpu_usable() and torch.cuda.is_available()
     n = opts["n"] or (2 if not gpu else 32)
     spec = opts["input"] or f"embedded:qm9?limit={n}"
-    mols = [m for m in open_source(spec).molecules()][:n]
+    mols = list(itertools.islice(open_source(spec).molecules(), n))
     device = "GPU (gpu4pyscf + torch)" if gpu else "CPU (pyscf + torch)"
     sweeps = opts["actors"] or [0]
     n_gpus = torch.cuda.device_count() if gpu else 0

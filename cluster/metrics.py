@@ -62,8 +62,3 @@ class StageProgress:
         if self.path is not None:
             write_json_atomic(self.path, self.summary())
             self._last_write = time.time()
-
-    def line(self) -> str:
-        s = self.summary()
-        return (f"{self.stage}: {s['done']} done, {s['skipped']} skipped, {s['failed']} failed "
-                f"in {s['seconds']:.1f} s ({s[self.unit + '_per_s']:.2f} {self.unit}/s)")

@@ -273,11 +273,12 @@ class Pipeline:
         if self.cfg.ray.enabled:
             from .commands.distill import run_on_ray
             self.store.push()  # the teacher and its targets, for runs on other nodes
-            results = run_on_ray(cfgs, self.cfg.ray.distill_cpus, self.cfg.ray.distill_gpus,
-                                 run_url=self.store.remote, work_dir=str(self.out))
+            run_on_ray(cfgs, self.cfg.ray.distill_cpus, self.cfg.ray.distill_gpus,
+                       run_url=self.store.remote, work_dir=str(self.out))
             self.store.pull()
         else:
-            results = [run_distill(c) for c in cfgs]
+            for c in cfgs:
+                run_distill(c)
         wanted = {c.run_name() for c in cfgs}
         results = [r for r in collect_results(self.path("distill")) if r["run"] in wanted]
         paths = write_report(self.path("distill"), results)

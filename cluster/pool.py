@@ -35,14 +35,6 @@ class PoolSummary:
     wall_s: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason), first 100
 
-    @property
-    def items_per_s(self) -> float:
-        return self.done / self.wall_s if self.wall_s > 0 else 0.0
-
-    def line(self) -> str:
-        return (f"done {self.done}, skipped {self.skipped}, failed {self.failed} in {self.wall_s:.1f} s "
-                f"({self.items_per_s:.3f} items/s; {self.retried} retries, {self.actors_replaced} actors replaced)")
-
 
 def init_ray(address: str | None = "auto", num_cpus: int | None = None, temp_dir: str | None = None) -> str:
     """Connect to a running Ray cluster (``address``, default ``auto``) or, when none is reachable or

@@ -11,7 +11,6 @@ files, shards) are uploaded whole by their writers, and the driver's own files (
 """
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,8 +24,6 @@ from edg_core.storage import Mirror
 
 from .metrics import StageProgress
 
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class Workers:
@@ -38,35 +35,47 @@ class Workers:
     max_retries: int = 2
 
 
-def _read_failure(failures: Path, rec: InvalidRecord) -> None:
-    append_jsonl(failures, {"record": rec.record, "key": sample_key(rec.record), "stage": "read",
-                            "reason": rec.problem, "time": time.time()})
+class _DriverFiles:
+    """A stage driver's own files in ``out`` (a folder or a URL): ``failures.jsonl``, whose one writer it is,
+    and ``progress.json``. Kept in a ``Mirror`` (pulled first, to resume); each failure is uploaded at once."""
 
+    def __init__(self, stage: str, out, total: int | None, exclude: tuple[str, ...]):
+        self.logs = Mirror(out, exclude=exclude, temporary=True)
+        self.logs.pull()
+        self.url = self.logs.url
+        self.prog = StageProgress(stage, total, self.logs.local)
 
-def _keyed(records: Iterable, failures: Path, prog: StageProgress) -> Iterator[tuple[str, Molecule]]:
-    for rec in records:
-        if isinstance(rec, InvalidRecord):
-            _read_failure(failures, rec)
-            prog.update(failed=1)
-            continue
-        yield sample_key(rec.id), rec
+    def fail(self, *entries: dict) -> None:
+        """Record failure entries ``{record, key, stage, reason}``."""
+        for e in entries:
+            append_jsonl(self.logs.local / "failures.jsonl", {**e, "time": time.time()})
+        if entries:
+            self.logs.commit("failures.jsonl")
+            self.prog.update(failed=len(entries))
 
+    def on_failure(self, stage: str):
+        """A ``(key, reason, record=None)`` callback for molecules given up on (``run_actor_pool``'s)."""
+        def record(key: str, reason: str, record: str | None = None) -> None:
+            self.fail({"record": record or key, "key": key, "stage": stage, "reason": reason})
+        return record
 
-def _on_failure(failures: Path, stage: str, prog: StageProgress, logs: Mirror | None = None):
-    def record(key: str, reason: str, record: str | None = None) -> None:
-        append_jsonl(failures, {"record": record or key, "key": key, "stage": stage, "reason": reason,
-                                "time": time.time()})
-        prog.update(failed=1)
-        if logs is not None:
-            logs.commit(failures.name)
-    return record
+    def valid(self, records: Iterable) -> Iterator:
+        """The records that are not ``InvalidRecord``; those are recorded as read failures."""
+        for rec in records:
+            if isinstance(rec, InvalidRecord):
+                self.fail({"record": rec.record, "key": sample_key(rec.record), "stage": "read",
+                           "reason": rec.problem})
+                continue
+            yield rec
 
+    def keyed(self, records: Iterable) -> Iterator[tuple[str, Molecule]]:
+        return ((sample_key(rec.id), rec) for rec in self.valid(records))
 
-def _driver_files(out, exclude: tuple[str, ...]) -> Mirror:
-    """The driver's working copy of ``out`` for its failure manifest and progress file (pulled, to resume)."""
-    logs = Mirror(out, exclude=exclude, temporary=True)
-    logs.pull()
-    return logs
+    def finish(self) -> dict:
+        self.prog.write()
+        self.logs.push()
+        self.logs.close()
+        return {**self.prog.summary(), "failures": str(self.logs.where("failures.jsonl"))}
 
 
 # ---------------------------------------------------------------- DFT
@@ -74,31 +83,27 @@ def run_dft(records, out: str | Path, cfg, workers: Workers, total: int | None =
             retry_failed: bool = False) -> dict:
     """DFT for every record not finished (or failed, unless ``retry_failed``) in ``out``; returns a summary."""
     from dft.worker import STAGE, DFTWorker, done_keys, failed_keys
-    logs = _driver_files(out, ("fields/*", "cubes/*"))
-    out = logs.url
-    prog = StageProgress("dft", total, logs.local)
+    driver = _DriverFiles("dft", out, total, exclude=("fields/*", "cubes/*"))
+    out, prog = driver.url, driver.prog
     if workers.actors == 0:  # the worker is the one writer of failures.jsonl
         s = DFTWorker(cfg, out).run(records, total=total, retry_failed=retry_failed)
         prog.update(done=s.done, failed=s.failed, skipped=s.skipped)
     else:  # the actors only compute and upload results; this driver writes failures.jsonl
         from .pool import run_actor_pool
-        failures = logs.local / "failures.jsonl"
         skip = done_keys(out) | (set() if retry_failed else failed_keys(out))
-        record = _on_failure(failures, STAGE, prog, logs)
+        record = driver.on_failure(STAGE)
 
         def on_result(key, status):
             if status.get("status") == "done":
                 prog.update(done=1)
             else:
                 record(status["key"], status.get("reason", "?"), status.get("id"))
-        s = run_actor_pool(DFTWorker, _keyed(records, failures, prog), ctor_args=(cfg, out, False, False),
+        s = run_actor_pool(DFTWorker, driver.keyed(records), ctor_args=(cfg, out, False, False),
                            done_keys=skip, num_actors=workers.actors, num_cpus=workers.cpus, num_gpus=workers.gpus,
                            max_retries=workers.max_retries, on_result=on_result, on_failure=record, total=total,
                            desc="dft (ray)")
         prog.skipped = s.skipped
-    prog.write()
-    logs.push()
-    return {**prog.summary(), "failures": str(logs.where("failures.jsonl"))}
+    return driver.finish()
 
 
 # ---------------------------------------------------------------- rendering
@@ -153,16 +158,13 @@ def _batched(items: Iterable, n: int) -> Iterator[list]:
         yield batch
 
 
-def _write_results(writer: ShardWriter, logs: Mirror, prog: StageProgress, done: set):
+def _write_results(writer: ShardWriter, driver: _DriverFiles, done: set):
     def on_result(key, value):
         for s in value["samples"]:
             writer.write(s)
             done.add(s["__key__"])
-        for f in value["failures"]:
-            append_jsonl(logs.local / "failures.jsonl", {**f, "time": time.time()})
-        if value["failures"]:
-            logs.commit("failures.jsonl")
-        prog.update(done=len(value["samples"]), failed=len(value["failures"]))
+        driver.fail(*value["failures"])
+        driver.prog.update(done=len(value["samples"]))
     return on_result
 
 
@@ -171,18 +173,12 @@ def run_render(items: Iterable, out: str | Path, cfg, workers: Workers, total: i
                device: str | None = None) -> dict:
     """Render ``items`` (``Molecule`` records for structure images, or paths of DFT result files for ED +
     structure images) into shards in ``out`` (a folder or a URL); skips keys already in finished shards."""
-    logs = _driver_files(out, ("*.tar",))
-    out = logs.url
-    failures = logs.local / "failures.jsonl"
+    driver = _DriverFiles("render", out, total, exclude=("*.tar",))
+    out, prog = driver.url, driver.prog
     done = shard_keys(out)
-    prog = StageProgress("render", total, logs.local)
 
     def todo():
-        for it in items:
-            if isinstance(it, InvalidRecord):
-                _read_failure(failures, it)
-                prog.update(failed=1)
-                continue
+        for it in driver.valid(items):
             key = sample_key(it.id) if isinstance(it, Molecule) else Path(it).stem
             if key in done:
                 prog.update(skipped=1)
@@ -191,7 +187,7 @@ def run_render(items: Iterable, out: str | Path, cfg, workers: Workers, total: i
 
     batches = _batched(todo(), cfg.batch_size)
     with ShardWriter(out, "render", maxcount) as writer:
-        on_result = _write_results(writer, logs, prog, done)
+        on_result = _write_results(writer, driver, done)
         if workers.actors == 0:
             actor = RenderActor(cfg, device, structure, ed, keep_fields)
             from edg_core.io import progress
@@ -212,16 +208,14 @@ def run_render(items: Iterable, out: str | Path, cfg, workers: Workers, total: i
                 on_result(key, value)
 
             def on_batch_failure(key, reason):
-                record = _on_failure(failures, "render", prog, logs)
+                record = driver.on_failure("render")
                 for k in in_batch.pop(key, []):
                     record(k, reason)
             run_actor_pool(RenderActor, keyed(), ctor_args=(cfg, device, structure, ed, keep_fields),
                            num_actors=workers.actors, num_cpus=workers.cpus, num_gpus=workers.gpus,
                            max_retries=workers.max_retries, on_result=on_batch_result,
                            on_failure=on_batch_failure, desc="render (ray)")
-    prog.write()
-    logs.push()
-    return {**prog.summary(), "failures": str(logs.where("failures.jsonl"))}
+    return driver.finish()
 
 
 # ---------------------------------------------------------------- fused DFT + render on one device
@@ -261,14 +255,12 @@ def run_fused(records, out: str | Path, dft_out: str | Path, dft_cfg, render_cfg
               total: int | None = None, keep_fields: bool = False, maxcount: int = 1000) -> dict:
     """DFT + rendering per molecule (``FusedActor``) into shards in ``out``; resumable by shard keys.
     ``out`` and ``dft_out`` may be folders or URLs."""
-    logs = _driver_files(out, ("*.tar",))
-    out, dft_out = logs.url, str(dft_out)
-    failures = logs.local / "failures.jsonl"
+    driver = _DriverFiles("dft+render", out, total, exclude=("*.tar",))
+    out, dft_out, prog = driver.url, str(dft_out), driver.prog
     done = shard_keys(out)
-    prog = StageProgress("dft+render", total, logs.local)
     with ShardWriter(out, "render", maxcount) as writer:
-        on_result = _write_results(writer, logs, prog, done)
-        items = _keyed(records, failures, prog)
+        on_result = _write_results(writer, driver, done)
+        items = driver.keyed(records)
         if workers.actors == 0:
             actor = FusedActor(dft_cfg, render_cfg, dft_out, keep_fields)
             from edg_core.io import progress
@@ -282,9 +274,7 @@ def run_fused(records, out: str | Path, dft_out: str | Path, dft_cfg, render_cfg
             s = run_actor_pool(FusedActor, items, ctor_args=(dft_cfg, render_cfg, dft_out, keep_fields),
                                done_keys=done, num_actors=workers.actors, num_cpus=workers.cpus,
                                num_gpus=workers.gpus, max_retries=workers.max_retries, on_result=on_result,
-                               on_failure=_on_failure(failures, "dft+render", prog, logs), total=total,
+                               on_failure=driver.on_failure("dft+render"), total=total,
                                desc="dft+render (ray)")
             prog.skipped = s.skipped
-    prog.write()
-    logs.push()
-    return {**prog.summary(), "failures": str(logs.where("failures.jsonl"))}
+    return driver.finish()

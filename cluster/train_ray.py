@@ -41,7 +41,10 @@ def _train_loop_per_worker(config: dict) -> None:
             if checkpoint_dir is not None:  # rank 0
                 run.push()
             ray.train.report(metrics)
-        fit(cfg, config["shards"], run.local, report=push, device=device)
+        try:
+            fit(cfg, config["shards"], run.local, report=push, device=device)
+        finally:
+            run.close()  # a temporary copy (checkpoints included) per rank and restart
         return
     resume_from = None
     ckpt = ray.train.get_checkpoint()
@@ -76,8 +79,9 @@ def run_pretraining(stage: str, cfg, shards, out_dir, *, num_workers: int = 1, u
         raise ValueError(f"unknown pretraining stage {stage!r}; use one of {STAGES}")
     out_dir = Path(out_dir).resolve()
     from edg_core.storage import is_remote
-    shards = [str(p if is_remote(p) else Path(p).resolve()) for p in shards] if isinstance(shards, (list, tuple)) \
-        else str(shards) if is_remote(shards) or not Path(str(shards)).exists() else str(Path(shards).resolve())
+    def absolute(p) -> str:  # workers may start in another folder; patterns and URLs stay patterns and URLs
+        return str(p) if is_remote(p) else os.path.abspath(p)
+    shards = [absolute(p) for p in shards] if isinstance(shards, (list, tuple)) else absolute(shards)
     storage = Path(storage_path).resolve() if storage_path else out_dir / "ray"
     trainer = TorchTrainer(
         _train_loop_per_worker,
@@ -92,9 +96,9 @@ def run_pretraining(stage: str, cfg, shards, out_dir, *, num_workers: int = 1, u
 
 
 def train_on_ray(stage: str, cfg, shards, out_dir, store=None, **kwargs) -> dict:
-    """``run_pretraining`` into ``out_dir`` and the last epoch's metrics. ``store``: the ``Mirror`` whose
-    working copy holds ``out_dir``; when it mirrors a URL, the ranks work on the URL (``out_url``) and the
-    metrics come from the ``metrics.jsonl`` they pushed."""
+    """``run_pretraining`` into ``out_dir`` and the last epoch's metrics (from rank 0's ``metrics.jsonl``, also
+    when a resumed run had no epoch left to report). ``store``: the ``Mirror`` whose working copy holds
+    ``out_dir``; when it mirrors a URL, the ranks work on the URL (``out_url``) and push ``out_dir`` there."""
     from edg_core.io import read_jsonl
     remote = store is not None and store.remote is not None
     out_url = None
@@ -106,5 +110,4 @@ def train_on_ray(stage: str, cfg, shards, out_dir, store=None, **kwargs) -> dict
         raise result.error
     if remote:
         store.pull()
-        return read_jsonl(Path(out_dir) / "metrics.jsonl")[-1]
-    return dict(result.metrics)
+    return read_jsonl(Path(out_dir) / "metrics.jsonl")[-1]

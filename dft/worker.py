@@ -19,15 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from edg_core.cube import write_cube
 from edg_core.errors import InvalidRecord
 from edg_core.grid import grid_for_positions
 from edg_core.io import append_jsonl, progress, read_jsonl
 from edg_core.molecule import Molecule
 from edg_core.shards import sample_key
-from edg_core.storage import Mirror, exists, is_remote, join, list_files, read_bytes
+from edg_core.storage import Mirror, join, list_files
 
 from . import fields
 from .backend import is_out_of_memory, resolve_backend, to_numpy
@@ -57,15 +55,7 @@ def done_keys(out: str | Path) -> set[str]:
 
 def failed_keys(out: str | Path) -> set[str]:
     """Keys recorded as failed by this stage in ``<out>/failures.jsonl``."""
-    path = join(out, "failures.jsonl")
-    if is_remote(path):
-        if not exists(path):
-            return set()
-        import json
-        entries = [json.loads(line) for line in read_bytes(path).decode().splitlines() if line.strip()]
-    else:
-        entries = read_jsonl(path)
-    return {e["key"] for e in entries if e.get("stage") == STAGE and "key" in e}
+    return {e["key"] for e in read_jsonl(join(out, "failures.jsonl")) if e.get("stage") == STAGE and "key" in e}
 
 
 @dataclass
@@ -221,14 +211,3 @@ class DFTWorker:
                 s.failed += 1
         s.wall_s = time.monotonic() - t0
         return s
-
-
-def energies_table(out: str | Path) -> dict[str, np.ndarray]:
-    """All finished results of ``out`` as columns: id, E1..E6, homo, lumo (Hartree), converged."""
-    rows = [load_result(p) for p in list_files(join(out, "fields"), "*.npz")]
-    cols = {"id": np.array([r.id for r in rows])}
-    for k in ("E1", "E2", "E3", "E4", "E5", "E6"):
-        cols[k] = np.array([r.energies[k] for r in rows])
-    cols["homo"] = np.array([r.homo for r in rows])
-    cols["lumo"] = np.array([r.lumo for r in rows])
-    return cols

@@ -50,11 +50,12 @@ def append_jsonl(path: str | os.PathLike, obj) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
+    """The entries of a JSON-lines file (a local path or an fsspec URL); [] when it does not exist."""
+    from . import storage
+    if not storage.exists(path):
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in storage.read_bytes(path).decode().splitlines():
         line = line.strip()
         if line:
             try:

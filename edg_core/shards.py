@@ -42,13 +42,11 @@ from typing import Any
 
 import numpy as np
 
+from . import storage
 from .errors import ShardError
 from .grid import CubeGrid
 from .molecule import Molecule
-from .storage import exists as _exists
-from .storage import is_remote, unstrip, upload, url_to_fs
-from .storage import open_read as open_shard
-from .storage import size as _size
+from .storage import is_remote, open_read, unstrip, upload, url_to_fs
 
 SCHEMA_VERSION = 1
 IMAGE_ENCODINGS = ("u8z", "png")
@@ -333,10 +331,10 @@ def shard_paths(spec: str | Path | Iterable) -> list[str]:
 def check_complete(path: str | Path) -> None:
     """Raise ``ShardError`` unless ``path`` is a whole tar file: a multiple of 512 bytes ending in the
     end-of-archive marker (two zero blocks). A copy cut short or a crash mid-write fails this check."""
-    if not _exists(path):
+    if not storage.exists(path):
         raise ShardError(f"shard {path} does not exist")
-    size = _size(path)
-    with open_shard(path) as f:
+    size = storage.size(path)
+    with open_read(path) as f:
         f.seek(max(size - 1024, 0))
         tail = f.read()
     if size < 1024 or size % 512 or tail.count(0) != len(tail):
@@ -348,7 +346,7 @@ def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
     check_complete(path)
     cur: dict[str, Any] | None = None
     try:
-        with open_shard(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        with open_read(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for m in tar:
                 if not m.isfile():
                     continue
@@ -384,7 +382,7 @@ def shard_keys(spec) -> set[str]:
     for p in paths:
         check_complete(p)
         try:
-            with open_shard(p) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            with open_read(p) as f, tarfile.open(fileobj=f, mode="r:") as tar:
                 keys.update(m.name.partition(".")[0] for m in tar.getmembers())
         except (tarfile.TarError, OSError) as e:
             raise ShardError(f"{p}: corrupt or truncated shard ({e})") from None
@@ -399,7 +397,7 @@ def _open_streams(src, handler):
     """WebDataset stage: ``{"url": ...}`` -> the same with an open ``stream`` (local path or fsspec URL)."""
     for sample in src:
         try:
-            yield {**sample, "stream": open_shard(sample["url"])}
+            yield {**sample, "stream": open_read(sample["url"])}
         except Exception as e:
             if handler(e):
                 continue

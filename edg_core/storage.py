@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = ["is_remote", "url_to_fs", "join", "exists", "size", "open_read", "read_bytes", "list_files",
-           "upload", "download", "Mirror", "staging_dir"]
+           "upload", "download", "Mirror", "cache_root", "staging_dir"]
 
 
 def is_remote(path) -> bool:
@@ -42,13 +42,10 @@ def url_to_fs(url: str):
     return fsspec.core.url_to_fs(str(url))
 
 
-def _protocol(url: str) -> str:
-    return str(url).split("://", 1)[0]
-
-
 def unstrip(url: str, path: str) -> str:
-    """The URL of ``path`` (as an fsspec listing gives it) on the file system of ``url``."""
-    return f"{_protocol(url)}://{path.lstrip('/') if _protocol(url) not in ('memory', 'local') else path}"
+    """The URL of ``path`` (as an fsspec listing gives it: ``bucket/key`` or ``/abs/key``) on the file system
+    of ``url``."""
+    return f"{str(url).split('://', 1)[0]}://{path}"
 
 
 def join(base, *parts: str):
@@ -119,18 +116,26 @@ def download(url: str, local: str | os.PathLike) -> None:
         fs.get_file(p, str(tmp))
 
 
+def cache_root() -> Path:
+    """EDG's cache folder: ``$EDG_CACHE``, or ``~/.cache/edg`` when unset or empty."""
+    return Path(os.environ.get("EDG_CACHE") or Path.home() / ".cache" / "edg")
+
+
 def staging_dir(url: str) -> Path:
-    """The default local working copy of a remote folder: ``$EDG_CACHE/staging/<hash of the URL>``
-    (``~/.cache/edg`` when unset), so a rerun on the same machine finds what it had."""
-    root = Path(os.environ.get("EDG_CACHE") or Path.home() / ".cache" / "edg")
-    tag = hashlib.sha1(str(url).rstrip("/").encode()).hexdigest()[:16]
-    return root / "staging" / tag
+    """The default local working copy of a remote folder: ``<cache_root>/staging/<hash of the URL>``, so a
+    rerun on the same machine finds what it had."""
+    return cache_root() / "staging" / hashlib.sha1(str(url).rstrip("/").encode()).hexdigest()[:16]
+
+
+_STATE = ".edg-mirror.json"  # a working copy's record of what it last synced (never uploaded)
 
 
 def _version(info: dict) -> tuple:
     """What tells two versions of a remote file apart: size and whatever stamp the file system keeps."""
     stamp = next((info[k] for k in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "updated", "created")
                   if info.get(k) is not None), "")
+    if hasattr(stamp, "timestamp"):  # some file systems give a datetime from info() and a float from find()
+        stamp = stamp.timestamp()
     return int(info.get("size") or 0), str(stamp)
 
 
@@ -147,6 +152,7 @@ class Mirror:
                  temporary: bool = False):
         self.remote = str(url).rstrip("/") if is_remote(url) else None
         self.exclude = tuple(exclude)
+        self.temporary = temporary and self.remote is not None and local is None
         if self.remote is None:
             self.local = Path(url)
         elif local is not None:
@@ -154,8 +160,13 @@ class Mirror:
         else:
             self.local = Path(tempfile.mkdtemp(prefix="edg-mirror-")) if temporary else staging_dir(self.remote)
         self.local.mkdir(parents=True, exist_ok=True)
-        self._local_seen: dict[str, tuple] = {}   # rel -> (size, mtime_ns) at the last sync
-        self._remote_seen: dict[str, tuple] = {}  # rel -> _version at the last sync
+        # rel -> [(size, mtime_ns) of the local copy, _version of the remote file] at the last sync; kept in
+        # local/.edg-mirror.json so that a working copy reused later knows what it holds
+        self._seen: dict[str, list] = {}
+        if self.remote is not None and (self.local / _STATE).exists():
+            import json
+            self._seen = {k: [tuple(a), tuple(b)] for k, (a, b) in
+                          json.loads((self.local / _STATE).read_text()).items()}
         self._lock = threading.Lock()
 
     @property
@@ -169,7 +180,7 @@ class Mirror:
 
     def _skip(self, rel: str) -> bool:
         name = rel.rsplit("/", 1)[-1]
-        return name.endswith(".tmp") or any(fnmatch.fnmatch(rel, pat) for pat in self.exclude)
+        return name.endswith(".tmp") or rel == _STATE or any(fnmatch.fnmatch(rel, pat) for pat in self.exclude)
 
     def _local_files(self) -> Iterator[tuple[str, Path]]:
         for dirpath, _, files in os.walk(self.local):
@@ -179,41 +190,56 @@ class Mirror:
                 if not self._skip(rel):
                     yield rel, p
 
+    def _synced(self, rel: str, fs, rpath: str) -> None:
+        """Note that ``rel`` is the same here and there (after an upload or a download)."""
+        st = (self.local / rel).stat()
+        self._seen[rel] = [(st.st_size, st.st_mtime_ns), _version(fs.info(rpath))]
+
+    def _changed_here(self, rel: str) -> bool:
+        try:
+            st = (self.local / rel).stat()
+        except FileNotFoundError:
+            return False
+        return rel not in self._seen or self._seen[rel][0] != (st.st_size, st.st_mtime_ns)
+
+    def _save(self) -> None:
+        from .io import write_json_atomic
+        write_json_atomic(self.local / _STATE, self._seen)
+
     def commit(self, rel: str, keep: bool = True) -> None:
         """Upload ``local/rel`` now (and delete the local copy unless ``keep``); a local folder: nothing."""
         if self.remote is None:
             return
-        path = self.local / rel
-        upload(path, join(self.remote, rel))
+        fs, root = url_to_fs(self.remote)
         with self._lock:
-            st = path.stat()
-            self._local_seen[rel] = (st.st_size, st.st_mtime_ns)
-        if not keep:
-            path.unlink(missing_ok=True)
-            self._local_seen.pop(rel, None)
+            upload(self.local / rel, join(self.remote, rel))
+            if keep:
+                self._synced(rel, fs, f"{root.rstrip('/')}/{rel}")
+            else:
+                (self.local / rel).unlink(missing_ok=True)
+                self._seen.pop(rel, None)
 
     def push(self) -> int:
         """Upload every local file changed since the last sync; returns how many."""
         if self.remote is None:
             return 0
+        fs, root = url_to_fs(self.remote)
         n = 0
         with self._lock:
             for rel, p in list(self._local_files()):
-                try:
-                    st = p.stat()
-                except FileNotFoundError:  # replaced while we walked
-                    continue
-                stamp = (st.st_size, st.st_mtime_ns)
-                if self._local_seen.get(rel) == stamp:
+                if not self._changed_here(rel):
                     continue
                 upload(p, join(self.remote, rel))
-                self._local_seen[rel] = stamp
+                self._synced(rel, fs, f"{root.rstrip('/')}/{rel}")
                 n += 1
+            if n:
+                self._save()
         return n
 
     def pull(self) -> int:
-        """Fetch every remote file that is new or changed since the last sync (one never seen before is
-        fetched when its size differs from the local copy); returns how many."""
+        """Fetch every remote file changed since the last sync, unless its local copy changed too (the local
+        one wins: the next push sends it). A file never synced here is fetched when missing or of another
+        size. Returns how many were fetched."""
         if self.remote is None:
             return 0
         fs, root = url_to_fs(self.remote)
@@ -223,22 +249,30 @@ class Mirror:
         n = 0
         with self._lock:
             for path, info in fs.find(root, detail=True).items():
-                if info.get("type") == "directory":
-                    continue
                 rel = path[len(root):].lstrip("/")
-                if not rel or self._skip(rel):
+                if info.get("type") == "directory" or not rel or self._skip(rel):
                     continue
-                version, local = _version(info), self.local / rel
-                seen = self._remote_seen.get(rel)
-                stale = not local.exists() or (version != seen if seen is not None
-                                               else local.stat().st_size != version[0])
+                local, version = self.local / rel, _version(info)
+                if not local.exists():
+                    stale = True
+                elif rel in self._seen:
+                    stale = self._seen[rel][1] != version and not self._changed_here(rel)
+                else:
+                    stale = local.stat().st_size != version[0]
                 if stale:
                     download(join(self.remote, rel), local)
                     n += 1
-                self._remote_seen[rel] = version
-                st = local.stat()
-                self._local_seen[rel] = (st.st_size, st.st_mtime_ns)
+                if stale or rel not in self._seen:
+                    st = local.stat()
+                    self._seen[rel] = [(st.st_size, st.st_mtime_ns), version]
+            self._save()
         return n
+
+    def close(self) -> None:
+        """Remove a temporary working copy (one made with ``temporary=True``)."""
+        if self.temporary:
+            import shutil
+            shutil.rmtree(self.local, ignore_errors=True)
 
     @contextlib.contextmanager
     def autosync(self, every_s: float = 60.0) -> Iterator[Mirror]:

@@ -80,3 +80,33 @@ def test_autosync_pushes_in_the_background_and_at_the_end(tmp_path, mem_url):
         assert exists(f"{mem_url}/early.json")  # pushed while the block still runs
         (m.local / "late.json").write_text("2")
     assert read_bytes(f"{mem_url}/late.json") == b"2"
+
+
+def test_pull_keeps_local_changes_and_a_reused_copy_sees_same_size_updates(tmp_path, mem_url):
+    a = Mirror(mem_url, local=tmp_path / "a")
+    log = a.local / "metrics.jsonl"
+    log.write_text("epoch 0\n")
+    a.push()
+    time.sleep(0.01)
+    log.write_text("epoch 0\nepoch 1\n")  # written after the push, not pushed yet
+    assert a.pull() == 0 and log.read_text() == "epoch 0\nepoch 1\n"  # our own upload does not overwrite it
+    assert a.push() == 1 and read_bytes(f"{mem_url}/metrics.jsonl") == b"epoch 0\nepoch 1\n"
+
+    # a working copy left on disk, then the file changes at the URL (same size: a new checkpoint)
+    b = Mirror(mem_url, local=tmp_path / "b")
+    b.pull()
+    time.sleep(0.01)
+    upload_src = tmp_path / "new"
+    upload_src.write_text("epoch 0\nepoch 2\n")
+    from edg_core.storage import upload
+    upload(upload_src, f"{mem_url}/metrics.jsonl")
+    again = Mirror(mem_url, local=tmp_path / "b")  # a later process reusing the copy
+    assert again.pull() == 1 and (again.local / "metrics.jsonl").read_text() == "epoch 0\nepoch 2\n"
+
+
+def test_a_temporary_mirror_is_removed_on_close(mem_url):
+    m = Mirror(mem_url, temporary=True)
+    (m.local / "x").write_text("1")
+    m.commit("x")
+    m.close()
+    assert not m.local.exists() and read_bytes(f"{mem_url}/x") == b"1"

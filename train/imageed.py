@@ -17,10 +17,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
-from .configs import IMAGEED_PRESETS, ImageEDConfig, imageed_preset  # noqa: F401 (re-exported)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .configs import IMAGEED_PRESETS, IMAGENET_MEAN, IMAGENET_STD, ImageEDConfig, imageed_preset  # noqa: F401
 
 
 def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:

@@ -35,8 +35,7 @@ from edg_core.grid import CubeGrid
 from edg_core.io import progress
 from edg_core.units import ANGSTROM_IN_BOHR, HARTREE_IN_KCAL_PER_MOL
 
-from .configs import REPRESENTATIONS, TARGETS, RepresentationConfig  # noqa: F401 (re-exported)
-from .imageed import IMAGENET_MEAN, IMAGENET_STD
+from .configs import IMAGENET_MEAN, IMAGENET_STD, REPRESENTATIONS, TARGETS, RepresentationConfig  # noqa: F401 (re-exported)
 
 REP_TITLES = {"pointnet": "ED point cloud (PointNet)", "voxel": "ED voxels (3-D ResNet)",
               "image": "ED images (ResNet18, 6 views)", "atomref": "atom references only (composition)"}

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from edg_core.config import from_dict
 from edg_core.errors import EDGError
 
-from .configs import TEACHER_PRESETS, TeacherConfig  # noqa: F401 (re-exported)
-from .imageed import IMAGENET_MEAN, IMAGENET_STD
+from .configs import IMAGENET_MEAN, IMAGENET_STD, TEACHER_PRESETS, TeacherConfig  # noqa: F401 (re-exported)
 
 
 class EDPredictor(nn.Sequential):

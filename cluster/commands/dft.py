@@ -1,12 +1,8 @@
 """``edg dft``: B3LYP single points + ED/ESP grids for every molecule of an input, in-process or on Ray actors."""
 from __future__ import annotations
 
-import logging
-
 from edg_core.config import add_config_args, apply_args, dump_yaml, load_yaml
 from edg_core.readers import open_source
-
-log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
@@ -49,6 +45,7 @@ def cmd_dft(args) -> int:
     store = Mirror(out, exclude=("fields/*", "cubes/*"), temporary=True)
     dump_yaml(cfg, store.local / "dft_config.yaml")
     store.commit("dft_config.yaml")
+    store.close()
     src = open_source(args.input)
     total = len(src)
     if args.local or args.workers == 0:

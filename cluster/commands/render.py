@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from edg_core.config import add_config_args, apply_args, dump_yaml, load_yaml
 from edg_core.errors import DataSourceError, InvalidRecord
 from edg_core.readers import open_source
 from edg_core.shards import sample_key
-
-log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:

@@ -11,7 +11,6 @@ The CSV tables are parsed once (about a minute) into a cache file (``$EDG_CACHE`
 from __future__ import annotations
 
 import csv
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from ..errors import DataSourceError
 from ..io import atomic_path, progress
 from ..molecule import Molecule
+from ..storage import cache_root
 from ..units import HARTREE_IN_EV, symbol_to_z
 
 N_MOLECULES = 130_831
@@ -123,17 +123,13 @@ def _parse_csv(data_dir: Path) -> QM9Table:
                     np.array(tg, dtype=np.float64), np.array(smi))
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("EDG_CACHE", Path.home() / ".cache" / "edg"))
-
-
 def load_qm9(data_dir: str | Path | None = None, cache: bool = True) -> QM9Table:
     """All 130,831 QM9 molecules in gdb order (raw targets; see ``geom3d_targets``)."""
     data_dir = Path(data_dir) if data_dir else qm9pack_data_dir()
     if not data_dir.exists():
         raise DataSourceError(f"QM9 data folder {data_dir} does not exist")
     stamp = sum((data_dir / f"qm9_part{i}.csv").stat().st_size for i in (1, 2, 3))
-    path = cache_dir() / f"qm9_v{CACHE_VERSION}_{stamp}.npz"
+    path = cache_root() / f"qm9_v{CACHE_VERSION}_{stamp}.npz"
     if cache and path.exists():
         d = np.load(path, allow_pickle=False)
         return QM9Table(d["gdb_id"], d["z"], d["pos"], d["offsets"], d["targets"], d["smiles"])
