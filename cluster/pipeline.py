@@ -55,7 +55,7 @@ def _teacher_config():
 
 
 def _fit_config():
-    from train.fit import FitConfig
+    from train.distill import FitConfig
     return FitConfig()
 
 
@@ -110,7 +110,7 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
 
     from dft.config import DFTConfig
     from render.config import RenderConfig
-    from train.fit import FitConfig
+    from train.distill import FitConfig
     from train.pretrain import ImageEDTrainConfig, TeacherTrainConfig
     data = {}
     if path is not None:
@@ -229,8 +229,8 @@ class Pipeline:
             return train_on_ray(stage, cfg, shards, out, self.store, num_workers=self.cfg.ray.train_workers,
                                 use_gpu=self.cfg.ray.use_gpu, max_failures=self.cfg.ray.max_failures)
         from train.pretrain import train_imageed, train_teacher
-        fit = train_imageed if stage == "imageed" else train_teacher
-        return fit(cfg, shards, out, device=self.cfg.device)
+        train = train_imageed if stage == "imageed" else train_teacher
+        return train(cfg, shards, out, device=self.cfg.device)
 
     def imageed(self) -> dict:
         return self._pretrain("imageed", self.cfg.imageed, self.path("ed_shards"), self.path("imageed"))
@@ -256,7 +256,7 @@ class Pipeline:
 
     def distill_configs(self) -> list:
         from train.edg import EDGConfig
-        from train.fit import DistillConfig
+        from train.distill import DistillConfig
 
         from .commands.distill import grid
         st = self.cfg.students
@@ -267,7 +267,7 @@ class Pipeline:
         return grid(base, st.students, [st.dataset], st.lambdas, st.seeds)
 
     def distill(self) -> dict:
-        from train.fit import run_distill
+        from train.distill import run_distill
         from train.report import collect_results, write_report
         cfgs = self.distill_configs()
         if self.cfg.ray.enabled:

@@ -30,7 +30,7 @@ def _train_loop_per_worker(config: dict) -> None:
     stage = config["stage"]
     cls = pretrain.ImageEDTrainConfig if stage == "imageed" else pretrain.TeacherTrainConfig
     cfg = from_dict(cls, config["cfg"], where=f"{stage} config")
-    fit = pretrain.train_imageed if stage == "imageed" else pretrain.train_teacher
+    train = pretrain.train_imageed if stage == "imageed" else pretrain.train_teacher
     device = ray.train.torch.get_device()
     if config.get("out_url"):
         from edg_core.storage import Mirror
@@ -42,7 +42,7 @@ def _train_loop_per_worker(config: dict) -> None:
                 run.push()
             ray.train.report(metrics)
         try:
-            fit(cfg, config["shards"], run.local, report=push, device=device)
+            train(cfg, config["shards"], run.local, report=push, device=device)
         finally:
             run.close()  # a temporary copy (checkpoints included) per rank and restart
         return
@@ -57,7 +57,7 @@ def _train_loop_per_worker(config: dict) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    fit(cfg, config["shards"], config["out_dir"], report=report, device=device, resume_from=resume_from)
+    train(cfg, config["shards"], config["out_dir"], report=report, device=device, resume_from=resume_from)
 
 
 def _plain(v):

@@ -43,7 +43,7 @@ def test_distill_resumes_from_checkpoint(tmp_path):
     assert main(base + ["--epochs", "4"]) == 0
     full = json.loads((tmp_path / "schnet__rmd17-ethanol__lam0__seed42" / "result.json").read_text())
 
-    from train.fit import DistillConfig, FitConfig, fit
+    from train.distill import DistillConfig, FitConfig, train_student
     from train.students import build_student
     from train.tasks import build_task
     cfg = DistillConfig(out=str(tmp_path / "b"), dataset="rmd17:ethanol")
@@ -55,10 +55,10 @@ def test_distill_resumes_from_checkpoint(tmp_path):
     m = build_student("schnet", **sargs)
     # an "interrupted" run: 3 epochs done under a 4-epoch schedule, the last checkpoint after epoch 2
     fc = FitConfig(epochs=4, batch_size=4, checkpoint_every=2)
-    fit(task, m, fc, run_dir=run_dir, stop_after=3)
+    train_student(task, m, fc, run_dir=run_dir, stop_after=3)
     assert len((run_dir / "history.jsonl").read_text().splitlines()) == 3
     torch.manual_seed(123)  # a resumed run must not depend on a fresh initialisation
-    res = fit(task, build_student("schnet", **sargs), fc, run_dir=run_dir)
+    res = train_student(task, build_student("schnet", **sargs), fc, run_dir=run_dir)
     assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
     assert len((run_dir / "history.jsonl").read_text().splitlines()) == 4
     assert res.test["force_mae"] == pytest.approx(full["test"]["force_mae"], rel=1e-5)

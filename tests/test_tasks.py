@@ -8,7 +8,7 @@ import torch
 
 from edg_core.readers import open_source
 from edg_core.readers.qm9 import TARGETS, QM9Table
-from train.fit import FitConfig, evaluate, fit
+from train.distill import FitConfig, evaluate, train_student
 from train.students import build_student
 from train.tasks import PackedMolecules, Prediction, build_task
 from train.tasks.qm9 import QM9Task, pack_table
@@ -138,7 +138,7 @@ def test_tiny_training_run_lowers_validation_error():
     torch.manual_seed(0)
     model = build_student("schnet", **TINY)
     before = evaluate(task, model, task.valid, 64)
-    res = fit(task, model, FitConfig(epochs=30, batch_size=8, lr=5e-3, seed=0))
+    res = train_student(task, model, FitConfig(epochs=30, batch_size=8, lr=5e-3, seed=0))
     assert res.valid["weighted_mae"] < 0.7 * before["weighted_mae"].mean()
     assert res.valid["energy_mae"] < before["energy_mae"].mean()
     assert 1 <= res.best_epoch <= 30 and len(res.history) == 30

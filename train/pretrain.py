@@ -96,7 +96,7 @@ def train_imageed(cfg: ImageEDTrainConfig, shards, out_dir, report: Report | Non
     """Pretrain ImageED on the ``edimg`` of ``shards``; returns the last epoch's metrics. Writes
     ``out_dir/imageed.pt`` (config + weights) when the schedule is done."""
     torch.manual_seed(cfg.seed)  # the initial weights
-    return fit(_imageed_stage(cfg, shards), cfg, shards, out_dir, report, device, resume_from)
+    return train_stage(_imageed_stage(cfg, shards), cfg, shards, out_dir, report, device, resume_from)
 
 
 def train_teacher(cfg: TeacherTrainConfig, shards, out_dir, report: Report | None = None,
@@ -104,7 +104,7 @@ def train_teacher(cfg: TeacherTrainConfig, shards, out_dir, report: Report | Non
     """Pretrain the teacher on ``stimg`` -> ``fu`` of ``shards`` (molecules without ``fu`` are masked out of
     the loss); writes ``out_dir/teacher.pt`` (loadable with ``load_teacher`` / ``load_ed_predictor``)."""
     torch.manual_seed(cfg.seed)
-    return fit(_teacher_stage(cfg, shards), cfg, shards, out_dir, report, device, resume_from)
+    return train_stage(_teacher_stage(cfg, shards), cfg, shards, out_dir, report, device, resume_from)
 
 
 # ---------------------------------------------------------------- the loop
@@ -143,7 +143,7 @@ def _mean_across_ranks(sums: dict, count: float, device, world: int) -> dict[str
     return {k: (t[i] / t[-1]).item() if t[-1] > 0 else float("nan") for i, k in enumerate(keys)}
 
 
-def fit(stage: _Stage, cfg, shards, out_dir, report: Report | None = None, device=None, resume_from=None) -> dict:
+def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = None, device=None, resume_from=None) -> dict:
     rank, world = _rank_world()
     device = torch.device(device) if device is not None else default_device()
     out_dir = Path(out_dir)

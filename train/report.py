@@ -1,6 +1,6 @@
 """Result tables in the paper's layout (w/o EDG, w/ EDG, relative improvement) and figures.
 
-Input: the run records written by ``train.fit.run_distill`` (``<out>/<run>/result.json``, with
+Input: the run records written by ``train.distill.run_distill`` (``<out>/<run>/result.json``, with
 ``history.jsonl`` and ``test_errors.npz`` beside them). "w/ EDG" is the lambda > 0 whose mean validation
 metric (over seeds) is lowest, as the paper searches lambda; every number is a mean (± std) over seeds.
 Figures (matplotlib, Agg): learning curves, the lambda sweep (paper Figure 4), and per-frame |error| along the

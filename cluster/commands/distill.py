@@ -77,7 +77,7 @@ def register(sub) -> None:
 
 
 def _base_config(args):
-    from train.fit import DistillConfig
+    from train.distill import DistillConfig
     cfg = load_yaml(DistillConfig, args.config) if args.config else DistillConfig()
     changes = {}
     for name in ("student", "dataset", "out"):
@@ -91,7 +91,7 @@ def _base_config(args):
         changes["edg.teacher_targets"] = args.teacher_targets
     if args.ed_predictor is not None:
         changes["edg.ed_predictor"] = args.ed_predictor
-    from train.fit import replace
+    from train.distill import replace
     cfg = replace(cfg, **changes)
     cfg = replace(cfg, fit=apply_args(cfg.fit, args),
                   task={**cfg.task, **_key_values(args.task, "--task")},
@@ -114,7 +114,7 @@ def _line(r: dict) -> str:
 
 
 def cmd_distill(args) -> int:
-    from train.fit import run_distill
+    from train.distill import run_distill
     cfg = _base_config(args)
     _check_targets(cfg)
     r = run_distill(cfg, force=args.force)
@@ -125,7 +125,7 @@ def cmd_distill(args) -> int:
 
 def grid(base, students, datasets, lambdas, seeds) -> list:
     """Every DistillConfig of the grid (students x datasets x lambdas x seeds)."""
-    from train.fit import replace
+    from train.distill import replace
     return [replace(base, student=s, dataset=d, **{"edg.lambda_ed": float(lam), "fit.seed": int(seed)})
             for s, d, lam, seed in itertools.product(students, datasets, lambdas, seeds)]
 
@@ -152,7 +152,7 @@ def run_on_ray(cfgs, cpus: float = 1.0, gpus: float = 0.0, force: bool = False, 
 
 def distill_task(cfg, force: bool = False, run_url: str | None = None, work_dir: str | None = None) -> dict:
     """One distillation run; with ``run_url`` (see ``run_on_ray``) on a node that need not see ``work_dir``."""
-    from train.fit import run_distill
+    from train.distill import run_distill
     if run_url is None:
         return run_distill(cfg, force)
     import dataclasses
@@ -190,7 +190,7 @@ def _run_with_ray(cfgs, args) -> list[dict]:
 
 
 def cmd_benchmark(args) -> int:
-    from train.fit import run_distill
+    from train.distill import run_distill
     from train.report import write_report
     base = _base_config(args)
     cfgs = grid(base, args.students, args.datasets, args.lambdas, args.seeds)

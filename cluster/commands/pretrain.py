@@ -129,8 +129,8 @@ def cmd_pretrain(args) -> int:
                                        use_gpu=args.use_gpu, max_failures=args.max_failures)
         else:
             from train.pretrain import train_imageed, train_teacher
-            fit = train_imageed if args.stage == "imageed" else train_teacher
-            metrics = fit(cfg, args.shards, out, device=args.device)
+            train = train_imageed if args.stage == "imageed" else train_teacher
+            metrics = train(cfg, args.shards, out, device=args.device)
     print(json.dumps(metrics, indent=2))
     print(f"{args.stage} pretraining done -> {store.url}" + (f" (working copy {out})" if store.remote else ""))
     return 0

@@ -1,4 +1,4 @@
-"""What every supervised task offers the training loop (``train/fit.py``).
+"""What every supervised task offers the training loop (``train/distill.py``).
 
 A task owns its data (train / valid / test ``PackedMolecules``), turns a student's output into predictions in
 reporting units, defines the task loss and the per-molecule errors used for metrics and model selection.

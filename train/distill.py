@@ -100,7 +100,7 @@ class FitResult:
     best_state: dict | None = None
 
 
-def fit(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed: float = 0.0, head: EDGHead | None = None,
+def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed: float = 0.0, head: EDGHead | None = None,
         run_dir: Path | None = None, desc: str = "fit", stop_after: int | None = None) -> FitResult:
     """Train ``model`` on ``task.train``; select on ``task.select_metric`` of ``task.valid``; test at the best epoch.
 
@@ -221,7 +221,7 @@ def run_distill(cfg: DistillConfig, force: bool = False) -> dict:
         edp_model = build_ed_predictor(cfg.edg.ed_predictor, cfg.edg.ed_predictor_seed)
         task.train, targets = prepare_targets(cfg.edg, task, edp_model)
         head = EDGHead(model.feature_dim, edp_model, beta=cfg.edg.smooth_l1_beta)
-    res = fit(task, model, cfg.fit, cfg.edg.lambda_ed, head, run_dir, desc=cfg.run_name())
+    res = train_student(task, model, cfg.fit, cfg.edg.lambda_ed, head, run_dir, desc=cfg.run_name())
 
     with atomic_path(run_dir / "test_errors.npz") as tmp:
         with open(tmp, "wb") as f:
