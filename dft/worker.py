@@ -3,7 +3,10 @@
 A plain class (no Ray): the CLI runs it in-process with ``--workers 0`` and ``cluster/pool.py`` wraps it in
 Ray actors. Output folder layout::
 
-    <out>/fields/<key>.npz      one DFTResult per molecule (``load_result``), key = sample_key(mol.id)
+    <out>/fields/<pp>/<key>.npz one DFTResult per molecule (``load_result``), key = sample_key(mol.id),
+                                pp = 2 hex digits of the key's SHA-1 (256 folders: ~8k files each at
+                                2 M molecules); results of older runs in <out>/fields/<key>.npz are
+                                still found (``done_keys``, ``result_files``, ``find_result``)
     <out>/cubes/<key>.ed.cube   optional Gaussian cubes (``save_cubes``)
     <out>/failures.jsonl        {record, key, stage, reason} per failed molecule
 
@@ -13,6 +16,7 @@ uploaded whole (``edg_core.storage.Mirror``). Reruns skip molecules whose file e
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterable
@@ -25,15 +29,16 @@ from edg_core.grid import grid_for_positions
 from edg_core.io import append_jsonl, progress, read_jsonl
 from edg_core.molecule import Molecule
 from edg_core.shards import sample_key
-from edg_core.storage import Mirror, join, list_files
+from edg_core.storage import Mirror, exists, join, list_files
 
 from . import fields
 from .backend import is_out_of_memory, resolve_backend, to_numpy
 from .config import DFTConfig
 from .result import DFTResult, load_result, save_result
-from .scf import SCFTimeout, dipole_debye, energy_components, frontier_orbitals, run_scf
+from .scf import SCFTimeout, basis_convention, dipole_debye, energy_components, frontier_orbitals, run_scf
 
-__all__ = ["DFTWorker", "RunSummary", "load_result", "done_keys", "failed_keys", "result_path"]
+__all__ = ["DFTWorker", "RunSummary", "load_result", "done_keys", "failed_keys", "find_result", "result_files",
+           "result_path", "result_rel"]
 
 log = logging.getLogger(__name__)
 STAGE = "dft"
@@ -43,14 +48,35 @@ class SCFNotConverged(RuntimeError):
     pass
 
 
+def result_rel(key: str) -> str:
+    """The result file of ``key`` relative to ``out``: ``fields/<pp>/<key>.npz``, ``pp`` = the first two hex
+    digits of SHA-1(key), so no folder holds more than ~1/256 of the results (POSIX directories and object-store
+    listings stay small at millions of molecules)."""
+    return f"fields/{hashlib.sha1(key.encode()).hexdigest()[:2]}/{key}.npz"
+
+
 def result_path(out: str | Path, key: str):
-    """Where the result file of ``key`` lives: a ``Path``, or a URL string for a remote ``out``."""
-    return join(out, "fields", f"{key}.npz")
+    """Where the result file of ``key`` is written: a ``Path``, or a URL string for a remote ``out``."""
+    return join(out, *result_rel(key).split("/"))
+
+
+def result_files(out: str | Path) -> list[str]:
+    """Paths (or URLs) of every result file in ``out``: the nested layout and the flat one of older runs."""
+    folder = join(out, "fields")
+    return list_files(folder, "*/*.npz") + list_files(folder, "*.npz")
+
+
+def find_result(out: str | Path, key: str):
+    """The existing result file of ``key`` (nested layout, else the flat one of older runs), or None."""
+    for p in (result_path(out, key), join(out, "fields", f"{key}.npz")):
+        if exists(p):
+            return p
+    return None
 
 
 def done_keys(out: str | Path) -> set[str]:
-    """Keys with a finished result file in ``out`` (a folder or a URL)."""
-    return {p.rsplit("/", 1)[-1][:-4] for p in list_files(join(out, "fields"), "*.npz")}
+    """Keys with a finished result file in ``out`` (a folder or a URL), in either layout."""
+    return {p.rsplit("/", 1)[-1][:-4] for p in result_files(out)}
 
 
 def failed_keys(out: str | Path) -> set[str]:
@@ -108,8 +134,8 @@ class DFTWorker:
         kind = "RKS" if out.mol.spin == 0 else "UKS"
         r = DFTResult(id=mol.id, energies=energies, homo=homo, lumo=lumo, dipole=dipole_debye(out),
                       converged=True, wall_s=0.0, z=mol.z, pos=mol.pos, charge=mol.charge,
-                      multiplicity=mol.multiplicity, attempts=out.attempts,
-                      method=f"{kind} {cfg.xc}/{out.mol.basis} ({self.backend})")
+                      multiplicity=mol.multiplicity, attempts=out.attempts, basis_functions=basis_convention(out.mol),
+                      method=f"{kind} {cfg.xc}/{out.mol.basis} {basis_convention(out.mol)} ({self.backend})")
         if cfg.fields:
             self._fields(mol, out, r, timings)
         r.timings = timings
@@ -183,7 +209,7 @@ class DFTWorker:
                 rel = f"cubes/{key}.{name}.cube"
                 write_cube(local / rel, r.grid, values, r.z, r.pos, f"{r.id} {what}")
                 self.store.commit(rel, keep=self.store.remote is None)
-        rel = f"fields/{key}.npz"
+        rel = result_rel(key)
         save_result(local / rel, r, self.cfg.field_dtype)
         self.store.commit(rel, keep=self.store.remote is None)  # remote: uploaded, the staged copy goes
         return result_path(self.out, key)

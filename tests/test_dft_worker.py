@@ -5,13 +5,14 @@ Mechanics tests use STO-3G and a 0.8-bohr grid to stay fast; the paper settings 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dft.config import DFTConfig
 from dft.handoff import cupy_to_torch
-from dft.worker import DFTWorker, done_keys, failed_keys, load_result
+from dft.worker import DFTWorker, done_keys, failed_keys, load_result, result_path
 from edg_core.errors import InvalidRecord
 from edg_core.io import read_jsonl
 from edg_core.molecule import Molecule
@@ -27,13 +28,13 @@ def test_result_file_round_trip(tmp_path):
     w = DFTWorker(DFTConfig(**FAST, field_dtype="float16"), out=tmp_path)
     st = w.process(WATER)
     assert st["status"] == "done"
-    r = load_result(tmp_path / "fields" / "water.npz")
+    r = load_result(result_path(tmp_path, "water"))
     assert r.id == "water" and r.converged and r.method.startswith("RKS b3lyp/sto-3g")
     assert set(r.energies) == {f"E{i}" for i in range(1, 7)} and r.energies["E6"] == pytest.approx(st["E6"])
     assert r.homo < r.lumo and r.dipole.shape == (3,)
     assert r.ed.shape == r.esp.shape == r.grid.shape and r.ed.dtype == np.float32
     assert r.grid.spacing == (0.8, 0.8, 0.8)
-    with np.load(tmp_path / "fields" / "water.npz") as f:
+    with np.load(result_path(tmp_path, "water")) as f:
         assert f["ed"].dtype == np.float16  # compact storage
     # the stored grid is the same computation as in memory (up to float16 rounding)
     mem = DFTWorker(DFTConfig(**FAST), out=None).process(WATER)["result"]
@@ -54,7 +55,7 @@ def test_failures_go_to_the_manifest_and_the_run_continues(tmp_path):
     assert by_record["collapsed"]["stage"] == "dft" and "bad geometry" in by_record["collapsed"]["reason"]
     assert by_record["input.xyz:frame 3"]["stage"] == "read"
     assert done_keys(tmp_path) == {"h2_a", "water"}
-    r = load_result(tmp_path / "fields" / "h2_a.npz")
+    r = load_result(result_path(tmp_path, "h2_a"))
     assert r.id == "h2/a" and r.grid is None and r.ed is None
 
 
@@ -73,12 +74,31 @@ def test_resume_skips_finished_and_failed_molecules(tmp_path):
     cfg = DFTConfig(**FAST, fields=False)
     first = DFTWorker(cfg, out=tmp_path).run([H2, COLLAPSED])
     assert (first.done, first.failed) == (1, 1)
-    stamp = (tmp_path / "fields" / "h2_a.npz").stat().st_mtime_ns
+    stamp = result_path(tmp_path, "h2_a").stat().st_mtime_ns
     again = DFTWorker(cfg, out=tmp_path).run([H2, COLLAPSED, WATER])
     assert (again.done, again.skipped, again.failed) == (1, 2, 0)
-    assert (tmp_path / "fields" / "h2_a.npz").stat().st_mtime_ns == stamp  # not recomputed
+    assert result_path(tmp_path, "h2_a").stat().st_mtime_ns == stamp  # not recomputed
     retried = DFTWorker(cfg, out=tmp_path).run([COLLAPSED], retry_failed=True)
     assert (retried.done, retried.failed, retried.skipped) == (0, 1, 0)
+
+
+def test_results_fan_out_into_prefix_folders_and_flat_results_of_older_runs_still_resume(tmp_path):
+    from dft.worker import find_result, result_files, result_rel
+    rels = {result_rel(f"mol{i}") for i in range(2000)}
+    folders = {r.split("/")[1] for r in rels}
+    assert len(rels) == 2000 and len(folders) == 256  # ~8 files per folder here, ~8k at 2 M molecules
+    assert all(len(f) == 2 and int(f, 16) >= 0 for f in folders) and result_rel("a") == result_rel("a")
+    cfg = DFTConfig(**FAST, fields=False)
+    DFTWorker(cfg, out=tmp_path).run([H2])
+    nested = result_path(tmp_path, "h2_a")
+    assert nested.parent.parent == tmp_path / "fields" and nested.exists()
+    flat = tmp_path / "fields" / "h2_a.npz"  # the layout of runs before the prefix folders
+    nested.rename(flat)
+    assert done_keys(tmp_path) == {"h2_a"} and find_result(tmp_path, "h2_a") == flat
+    again = DFTWorker(cfg, out=tmp_path).run([H2, WATER])
+    assert (again.done, again.skipped) == (1, 1) and not nested.exists()  # the flat result is not recomputed
+    assert sorted(Path(p).name for p in result_files(tmp_path)) == ["h2_a.npz", "water.npz"]
+    assert find_result(tmp_path, "water") == result_path(tmp_path, "water") and find_result(tmp_path, "x") is None
 
 
 def test_band_mode_records_its_exact_fraction(tmp_path):
@@ -121,13 +141,13 @@ def test_cli_local_run_and_resume(tmp_path, capsys):
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "done 2, skipped 0, failed 0" in text
-    assert sorted(p.name for p in (out / "fields").iterdir()) == ["qm9:1.npz", "qm9:2.npz"]
+    assert done_keys(out) == {"qm9:1", "qm9:2"} and result_path(out, "qm9:1").exists()
     assert (out / "cubes" / "qm9:1.esp.cube").exists()
     cfg = (out / "dft_config.yaml").read_text()
     assert "basis: sto-3g" in cfg and "esp_band:\n- 0.02\n- 0.2" in cfg
     assert main(argv) == 0
     assert "done 0, skipped 2, failed 0" in capsys.readouterr().out
-    meta = json.loads(str(np.load(out / "fields" / "qm9:1.npz")["meta"]))
+    meta = json.loads(str(np.load(result_path(out, "qm9:1"))["meta"]))
     assert meta["id"] == "qm9:1" and meta["method"].startswith("RKS b3lyp/sto-3g")
 
 
@@ -153,3 +173,24 @@ def test_out_of_memory_is_recognised_on_host_and_device():
     assert is_out_of_memory(MemoryError())
     assert is_out_of_memory(OutOfMemoryError("Out of memory allocating 1,073,741,824 bytes"))
     assert not is_out_of_memory(ValueError("memory layout"))
+
+
+def test_edg_dft_reproduces_plain_pyscf_cartesian_b3lyp_631gss(tmp_path):
+    """`edg dft` with its defaults on a QM9 molecule (water, qm9:3) gives plain PySCF's Cartesian-d
+    B3LYP/6-31G** energy, and the convention is written into the result."""
+    from pyscf import dft, gto
+
+    from cluster.cli import main
+    from edg_core.readers import open_source
+    out = tmp_path / "dft"
+    argv = ["dft", "--input", "embedded:qm9?limit=3", "--out", str(out), "--workers", "0", "--no-fields"]
+    assert main(argv) == 0
+    mol = {m.id: m for m in open_source("embedded:qm9?limit=3").molecules()}["qm9:3"]
+    from edg_core.shards import sample_key
+    r = load_result(result_path(out, sample_key(mol.id)))
+    assert r.basis_functions == "cartesian" and "6-31g** cartesian" in r.method
+    m = gto.M(atom=[(int(z), tuple(p)) for z, p in zip(mol.z, mol.pos)], basis="6-31g**", cart=True, verbose=0)
+    mf = dft.RKS(m)
+    mf.xc, mf.grids.level, mf.conv_tol = "b3lyp", 3, 1e-10
+    assert abs(r.energies["E6"] - mf.kernel()) < 1e-6
+

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
+from dft.worker import result_path, result_rel
 from edg_core.shards import read_samples, shard_keys
 
 MOLECULES = """3
@@ -181,21 +182,21 @@ def test_interrupted_pipeline_resumes_without_duplicates(tmp_path, where):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
-        while time.time() < deadline and len(list((run / "dft" / "fields").glob("*.npz"))) < 2:
+        while time.time() < deadline and len(list((run / "dft" / "fields").rglob("*.npz"))) < 2:
             time.sleep(0.1)
         assert proc.poll() is None, "the run ended before it could be interrupted"
     finally:
         proc.send_signal(signal.SIGKILL)  # abrupt: no clean-up code runs
         proc.wait()
-    finished_before = {p.stem for p in (run / "dft" / "fields").glob("*.npz")}
+    finished_before = {p.stem for p in (run / "dft" / "fields").rglob("*.npz")}
     assert 2 <= len(finished_before) < 4 and not (run / "stages" / "dft.json").exists()
-    mtimes = {p.stem: p.stat().st_mtime_ns for p in (run / "dft" / "fields").glob("*.npz")}
+    mtimes = {p.stem: p.stat().st_mtime_ns for p in (run / "dft" / "fields").rglob("*.npz")}
     if where == "url":
         shutil.rmtree(tmp_path / "wc")  # resume from the URL alone
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     # finished molecules were not recomputed, the rest were, and the shards hold each molecule once
-    assert all((run / "dft" / "fields" / f"{k}.npz").stat().st_mtime_ns == mtimes[k] for k in finished_before)
+    assert all(result_path(run / "dft", k).stat().st_mtime_ns == mtimes[k] for k in finished_before)
     ids = [s["meta"]["id"] for s in _ed_samples(run)]
     assert sorted(ids) == sorted(GOOD) and len(ids) == len(set(ids))
     assert shard_keys(run / "shards" / "ed") == GOOD
@@ -229,7 +230,7 @@ def _check_remote_run(url: str) -> None:
     tree = _remote_tree(url)
     assert {f"stages/{s}.json" for s in ("dft", "render", "imageed", "features", "teacher", "student_images",
                                          "teacher_targets", "distill")} <= set(tree)
-    assert {f"dft/fields/{k}.npz" for k in ("water", "methane", "ammonia", "hydrogen-fluoride")} <= set(tree)
+    assert {f"dft/{result_rel(k)}" for k in ("water", "methane", "ammonia", "hydrogen-fluoride")} <= set(tree)
     for f in ("manifest.json", "config.yaml", "contact_sheet.png", "imageed/imageed.pt", "teacher/teacher.pt",
               "teacher_targets.npz", "distill/results.md", "dft/failures.jsonl"):
         assert tree.get(f, 0) > 0, f"{f} missing from {url}"

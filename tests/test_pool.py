@@ -89,13 +89,13 @@ def test_pool_gives_up_on_an_item_that_keeps_killing_actors(ray_head, tmp_path):
 @pytest.mark.slow  # Ray workers import PySCF: about 30 s on 2 idle cores
 def test_edg_dft_on_ray_actors(ray_head, tmp_path, capsys):
     from cluster.cli import main
-    from dft.worker import load_result
+    from dft.worker import load_result, result_path
     out = tmp_path / "run"
     argv = ["dft", "--input", "embedded:qm9?limit=3", "--out", str(out), "--workers", "2", "--ray-address",
             "local", "--basis", "sto-3g", "--grid-level", "1", "--no-fields"]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "2 actors" in text and "done 3, skipped 0, failed 0" in text
-    r = load_result(out / "fields" / "qm9:2.npz")
+    r = load_result(result_path(out, "qm9:2"))
     assert r.converged and r.id == "qm9:2"
     assert ray_head.is_initialized()  # the CLI leaves a runtime it did not start alone

@@ -61,7 +61,7 @@ def _records(args):
                 mol.smiles = rec.smiles
                 yield mol, fields
         return gen(), len(src)
-    paths = sorted((root / "fields").glob("*.npz"))
+    paths = sorted((root / "fields").glob("*/*.npz")) + sorted((root / "fields").glob("*.npz"))  # nested + flat
 
     def gen_all():
         for path in paths:
