@@ -7,6 +7,15 @@ from edg_core.grid import DEFAULT_PADDING_BOHR, DEFAULT_SPACING_BOHR
 
 BACKENDS = ("auto", "cpu", "gpu")
 ESP_MODES = ("full", "band")
+BASIS_FUNCTIONS = ("auto", "cartesian", "spherical")
+
+
+def psi4_uses_cartesian(basis: str) -> bool:
+    """Whether Psi4's basis file for ``basis`` declares Cartesian functions (6d/10f): the Pople split-valence
+    families 3-21G and 6-31G (with any polarisation or diffuse suffix) and STO-nG do; 6-311G, the
+    Dunning/Karlsruhe families and everything else are spherical (5d/7f)."""
+    b = basis.lower().replace(" ", "")
+    return b.startswith(("6-31g", "6-31+", "6-31++", "3-21", "sto-")) and not b.startswith("6-311")
 
 
 @dataclass
@@ -15,6 +24,9 @@ class DFTConfig:
     xc: str = field(default="b3lyp", metadata={"help": "exchange-correlation functional"})
     basis: str = field(default="6-31g**", metadata={"help": "basis set for molecules without sulfur"})
     basis_sulfur: str = field(default="6-31+g**", metadata={"help": "basis set for molecules containing S"})
+    basis_functions: str = field(default="auto", metadata={
+        "help": "d/f shells: auto (Psi4's convention per basis, which EDBench's labels use: Cartesian 6d for "
+                "the Pople 6-31G/3-21G/STO-nG families, spherical otherwise), cartesian or spherical"})
     grid_level: int = field(default=3, metadata={"help": "DFT integration grid level (PySCF 0-9)"})
     conv_tol: float = field(default=1e-9, metadata={"help": "SCF energy convergence threshold, Hartree"})
     max_cycle: int = field(default=100, metadata={"help": "SCF iterations per attempt"})
@@ -45,6 +57,8 @@ class DFTConfig:
         from edg_core.config import ConfigError
         if self.backend not in BACKENDS:
             raise ConfigError(f"dft.backend {self.backend!r}: use one of {BACKENDS}")
+        if self.basis_functions not in BASIS_FUNCTIONS:
+            raise ConfigError(f"dft.basis_functions {self.basis_functions!r}: use one of {BASIS_FUNCTIONS}")
         if self.esp_mode not in ESP_MODES:
             raise ConfigError(f"dft.esp_mode {self.esp_mode!r}: use one of {ESP_MODES}")
         if self.field_dtype not in ("float16", "float32"):
@@ -61,3 +75,9 @@ class DFTConfig:
     def basis_for(self, z) -> str:
         """The basis for a molecule with atomic numbers ``z``: the diffuse one when sulfur (Z=16) is present."""
         return self.basis_sulfur if 16 in set(int(x) for x in z) else self.basis
+
+    def cartesian_for(self, basis: str) -> bool:
+        """True when ``basis`` is used with Cartesian d/f functions (PySCF ``cart=True``) under this config."""
+        if self.basis_functions == "auto":
+            return psi4_uses_cartesian(basis)
+        return self.basis_functions == "cartesian"

@@ -36,7 +36,8 @@ class DFTResult:
     pos: np.ndarray  # Å
     charge: int = 0
     multiplicity: int = 1
-    method: str = ""  # e.g. "RKS B3LYP/6-31g** (cpu)"
+    method: str = ""  # e.g. "RKS b3lyp/6-31g** cartesian (cpu)"
+    basis_functions: str = ""  # "cartesian" (6d/10f) or "spherical" (5d/7f); "" in files from before it was kept
     attempts: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     grid: CubeGrid | None = None
@@ -48,7 +49,8 @@ class DFTResult:
         """Every scalar as a JSON-friendly dict (the ``meta`` of the file)."""
         return {"version": RESULT_VERSION, "id": self.id, "energies": self.energies, "homo": self.homo,
                 "lumo": self.lumo, "converged": self.converged, "wall_s": self.wall_s, "charge": self.charge,
-                "multiplicity": self.multiplicity, "method": self.method, "attempts": self.attempts,
+                "multiplicity": self.multiplicity, "method": self.method,
+                "basis_functions": self.basis_functions, "attempts": self.attempts,
                 "timings": self.timings, "esp_exact_fraction": self.esp_exact_fraction,
                 "grid": self.grid.to_dict() if self.grid is not None else None}
 
@@ -87,6 +89,7 @@ def load_result(path: str | Path) -> DFTResult:
     return DFTResult(id=meta["id"], energies=meta["energies"], homo=meta["homo"], lumo=meta["lumo"],
                      dipole=dipole, converged=meta["converged"], wall_s=meta["wall_s"], z=z, pos=pos,
                      charge=meta["charge"], multiplicity=meta["multiplicity"], method=meta["method"],
+                     basis_functions=meta.get("basis_functions", ""),
                      attempts=meta["attempts"], timings=meta["timings"], grid=grid, ed=ed, esp=esp,
                      esp_exact_fraction=meta["esp_exact_fraction"])
 

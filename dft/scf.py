@@ -1,7 +1,8 @@
 """Single-point Kohn-Sham DFT on one ``Molecule``: PySCF (CPU) or GPU4PySCF (GPU) behind one function.
 
-Paper settings by default (``DFTConfig``): B3LYP, 6-31G** (6-31+G** with sulfur), RKS for singlets and
-UKS otherwise, the record's charge and multiplicity. Non-convergence climbs a retry ladder:
+Paper settings by default (``DFTConfig``): B3LYP, 6-31G** (6-31+G** with sulfur) with Cartesian d functions
+(Psi4's convention for these bases, which EDBench's labels use), RKS for singlets and UKS otherwise, the
+record's charge and multiplicity. Non-convergence climbs a retry ladder:
 plain DIIS -> damping + level shift -> second-order SCF (Newton), each attempt starting from the last density.
 Energies are in Hartree.
 """
@@ -68,15 +69,22 @@ def check_geometry(mol: Molecule) -> None:
 
 
 def build_pyscf_mol(mol: Molecule, cfg: DFTConfig):
-    """A built ``pyscf.gto.Mole`` (Å input, basis by ``cfg.basis_for``, charge, spin = multiplicity - 1)."""
+    """A built ``pyscf.gto.Mole`` (Å input, basis by ``cfg.basis_for``, Cartesian or spherical d/f functions by
+    ``cfg.cartesian_for``, charge, spin = multiplicity - 1)."""
     from pyscf import gto
     check_geometry(mol)
     atoms = [(int(z), tuple(map(float, p))) for z, p in zip(mol.z, mol.pos)]
+    basis = cfg.basis_for(mol.z)
     try:
-        return gto.M(atom=atoms, unit="Angstrom", basis=cfg.basis_for(mol.z), charge=mol.charge,
+        return gto.M(atom=atoms, unit="Angstrom", basis=basis, cart=cfg.cartesian_for(basis), charge=mol.charge,
                      spin=mol.multiplicity - 1, verbose=cfg.verbose, max_memory=cfg.max_memory_mb)
     except (RuntimeError, KeyError, ValueError) as e:
         raise InvalidRecord(mol.id, f"PySCF cannot build the molecule ({type(e).__name__}: {e})") from None
+
+
+def basis_convention(pmol) -> str:
+    """'cartesian' (6d/10f) or 'spherical' (5d/7f): how ``pmol``'s shells are expanded."""
+    return "cartesian" if pmol.cart else "spherical"
 
 
 def make_scf(pmol, cfg: DFTConfig, backend: str):

@@ -24,10 +24,11 @@ METHANE = Molecule(z=[6, 1, 1, 1, 1], pos=[[0, 0, 0], [0.6291, 0.6291, 0.6291], 
 OH = Molecule(z=[8, 1], pos=[[0.0, 0.0, 0.0], [0.0, 0.0, 0.9697]], id="OH")  # radical: multiplicity 2 by parity
 
 
-def plain_pyscf_energy(mol: Molecule, basis="6-31g**", xc="b3lyp", grid_level=3):
+def plain_pyscf_energy(mol: Molecule, basis="6-31g**", xc="b3lyp", grid_level=3, cart=True):
+    """Cartesian d functions by default: Psi4's 6-31G** (EDBench's labels) is a 6d basis."""
     from pyscf import dft, gto
     atom = "; ".join(f"{s} {x} {y} {z}" for s, (x, y, z) in zip(mol.symbols, mol.pos))
-    m = gto.M(atom=atom, basis=basis, charge=mol.charge, spin=mol.multiplicity - 1, verbose=0)
+    m = gto.M(atom=atom, basis=basis, charge=mol.charge, spin=mol.multiplicity - 1, verbose=0, cart=cart)
     mf = dft.RKS(m) if m.spin == 0 else dft.UKS(m)
     mf.xc = xc
     mf.grids.level = grid_level
@@ -44,8 +45,23 @@ def test_water_b3lyp_631gss_energy_matches_independent_pyscf(water):
     ref, _ = plain_pyscf_energy(WATER)
     assert water.converged and water.attempts == ["diis"]
     assert water.mol.basis == "6-31g**" and water.mf.xc == "b3lyp"
+    assert water.mol.cart and water.mol.nao == 25  # 6d: O has 6 d functions, 2 x H 3 p + O 6 = 25
     assert abs(energy_components(water)["E6"] - ref) < 1e-8
-    assert -76.43 < ref < -76.40  # B3LYP/6-31G** water is about -76.42 Eh (CCCBDB -76.4197 at its geometry)
+    assert abs(ref - -76.419626) < 2e-6  # Cartesian-d B3LYP/6-31G** water at this geometry (DESIGN.md)
+
+
+def test_spherical_d_functions_are_an_option():
+    out = run_scf(WATER, DFTConfig(backend="cpu", basis_functions="spherical"), "cpu")
+    ref, _ = plain_pyscf_energy(WATER, cart=False)
+    assert not out.mol.cart and out.mol.nao == 24
+    assert abs(float(out.mf.e_tot) - ref) < 1e-8
+    assert abs(ref - -76.418064) < 2e-6  # 1.56 mEh above the Cartesian-d energy
+    from dft.config import psi4_uses_cartesian
+    assert psi4_uses_cartesian("6-31G**") and psi4_uses_cartesian("6-31+g**") and psi4_uses_cartesian("sto-3g")
+    assert not psi4_uses_cartesian("6-311g**") and not psi4_uses_cartesian("cc-pvdz")
+    assert not DFTConfig().cartesian_for("def2-svp") and DFTConfig(basis_functions="cartesian").cartesian_for("cc-pvdz")
+    with pytest.raises(Exception, match="basis_functions"):
+        DFTConfig(basis_functions="6d")
 
 
 def test_methane_b3lyp_631gss_energy_matches_independent_pyscf():
