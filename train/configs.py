@@ -106,6 +106,10 @@ class ImageEDTrainConfig:
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     grad_clip: float | None = None
     figure_every: int = field(default=0, metadata={"help": "write a reconstruction PNG every N epochs (0: off)"})
+    checkpoint_every: int = field(default=5, metadata={
+        "help": "epochs between resumable checkpoints (and after the last; 0: only after the last)"})
+    keep_last: int = field(default=1, metadata={"help": "resumable checkpoints kept (newest first); a best.pt "
+                                                        "beside them when there is a validation split"})
 
 
 @dataclass
@@ -128,6 +132,9 @@ class TeacherTrainConfig:
     bf16: bool = True
     compile: bool = False
     grad_clip: float | None = None
+    checkpoint_every: int = field(default=1, metadata={
+        "help": "epochs between resumable checkpoints (and after the last; 0: only after the last)"})
+    keep_last: int = field(default=1, metadata={"help": "resumable checkpoints kept; best.pt beside them"})
 
 
 @dataclass
@@ -142,7 +149,8 @@ class FitConfig:
     seed: int = 42
     device: str = "cpu"
     num_threads: int | None = None     # torch CPU threads (None: torch's default)
-    checkpoint_every: int = 1          # epochs between resumable checkpoints (0: never)
+    checkpoint_every: int = 1          # epochs between resumable checkpoints (0: only after the last)
+    keep_last: int = 1                 # resumable checkpoints kept (best_student.pt is written at the end)
 
 
 # ---------------------------------------------------------------- representation study (Table 4)
@@ -171,6 +179,9 @@ class RepresentationConfig:
     voxel_width: int = field(default=16, metadata={"help": "channels of the first 3-D ResNet stage"})
     image_arch: str = field(default="resnet18", metadata={"help": "timm backbone of the image model (random init)"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
+    checkpoint_every: int = field(default=10, metadata={
+        "help": "epochs between resumable checkpoints of each representation (0: none)"})
+    keep_last: int = field(default=1, metadata={"help": "resumable checkpoints kept per representation"})
 
     def __post_init__(self):
         bad = [r for r in self.reps if r not in REPRESENTATIONS]
