@@ -12,7 +12,8 @@ from e3nn import o3  # noqa: E402
 
 from train.students.equiformer import EquivariantLayerNorm, GraphAttention, node_irreps  # noqa: E402
 
-SMALL = dict(hidden_channels=8, num_layers=2, num_heads=2, alpha_channels=4, num_rbf=8, radial_hidden=8, cutoff=5.0)
+SMALL = dict(hidden_channels=8, num_layers=2, num_heads=2, alpha_channels=4, num_rbf=8, radial_hidden=8, cutoff=5.0,
+             feature_channels=12)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_attention_block_is_equivariant_in_every_degree():
     torch.manual_seed(1)
     c = config_for("equiformer", **SMALL)
     irreps, irreps_sh = o3.Irreps(node_irreps(8, 2)), o3.Irreps("1x0e+1x1e+1x2e")
-    attn = GraphAttention(irreps, irreps_sh, c).double()
+    attn = GraphAttention(irreps, irreps_sh, c).double().eval()  # eval: no attention dropout
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, irreps.dim, generator=g, dtype=torch.float64)
     vec = torch.randn(6, 3, generator=g, dtype=torch.float64)
@@ -73,10 +74,32 @@ def test_energy_is_continuous_when_an_atom_crosses_the_cutoff(model):
         assert abs(float(model(z, close)[1][0]) - energies[1]) > 1e-6  # and it matters inside
 
 
+def test_features_are_the_last_blocks_scalars_and_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    m = build_student("equiformer", **{**SMALL, "alpha_drop": 0.5}).double()
+    assert m.feature_dim == 12 and str(m.blocks[-1].ffn.lin_out.irreps_out) == "12x0e"
+    z = torch.tensor([6, 8, 1, 1])
+    pos = torch.tensor([[0.0, 0, 0], [1.2, 0, 0], [-0.5, 0.9, 0], [-0.5, -0.9, 0.1]], dtype=torch.float64)
+    seen = {}
+    m.norm.register_forward_hook(lambda mod, inp, out: seen.update(scalars=out))
+    m.eval()
+    with torch.no_grad():
+        feats, pred = m(z, pos)
+        scale = 1.0 / m.config.avg_num_nodes ** 0.5  # Equiformer's ScaledScatter
+        assert feats.shape == (1, 12)
+        assert torch.allclose(feats[0], seen["scalars"].sum(0) * scale)
+        assert torch.allclose(pred[0], m.head(seen["scalars"]).sum(0) * scale)
+        assert torch.equal(m(z, pos)[1], pred)  # eval: deterministic
+        m.train()
+        outs = {float(m(z, pos)[1][0]) for _ in range(4)}
+    assert len(outs) > 1  # training: attention dropout makes repeated calls differ
+
+
 def test_defaults_and_errors():
     c = config_for("equiformer")
     assert node_irreps(c.hidden_channels, c.lmax) == "128x0e+64x1e+32x2e"
     assert (c.num_layers, c.num_heads, c.num_rbf, c.cutoff) == (6, 4, 128, 5.0)
+    assert (c.feature_channels, c.alpha_drop) == (512, 0.2)  # the authors' irreps_feature 512x0e, alpha_drop 0.2
     with pytest.raises(ValueError, match="heads"):
         build_student("equiformer", **{**SMALL, "num_heads": 3})
     with pytest.raises(ValueError, match="atomic numbers"):

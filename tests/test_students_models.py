@@ -14,13 +14,14 @@ SMALL = {
     "visnet": dict(hidden_channels=16, num_layers=2, num_heads=2, num_rbf=8, cutoff=5.0),
     "dimenetpp": dict(hidden_channels=16, num_blocks=2, int_emb_size=8, basis_emb_size=4, out_emb_channels=16,
                       num_spherical=3, num_radial=4, cutoff=5.0, output_initializer="glorot_orthogonal"),
-    "egnn": dict(hidden_channels=16, num_layers=2, cutoff=5.0),
-    "egnn_coords": dict(hidden_channels=16, num_layers=2, cutoff=5.0, update_coords=True),
+    "egnn": dict(hidden_channels=16, num_layers=2),
+    "egnn_coords": dict(hidden_channels=16, num_layers=2, update_coords=True),
+    "egnn_radius": dict(hidden_channels=16, num_layers=2, cutoff=5.0, envelope=True),
     "painn": dict(hidden_channels=16, num_layers=2, num_rbf=8, cutoff=5.0),
     "spherenet": dict(hidden_channels=16, num_layers=2, int_emb_size=8, basis_emb_size_dist=4,
                       basis_emb_size_angle=4, basis_emb_size_torsion=4, out_emb_channels=16, num_spherical=3,
                       num_radial=4, cutoff=5.0),
-    "equiformer": dict(hidden_channels=16, num_layers=2, num_heads=2, num_rbf=8, cutoff=5.0),
+    "equiformer": dict(hidden_channels=16, num_layers=2, num_heads=2, num_rbf=8, cutoff=5.0, feature_channels=24),
 }
 CASES = [c for c in SMALL if c.split("_")[0] in STUDENTS]
 
@@ -133,10 +134,52 @@ def test_build_student_rejects_bad_names_and_keys():
 
 def test_schnet_paper_defaults():
     model = build_student("schnet")
-    assert model.feature_dim == 128
+    assert model.feature_dim == 128 and model.config.readout == "mean"
     assert len(model.net.interactions) == 6 and model.config.cutoff == 10.0
     with pytest.raises(ValueError, match="pos"):
         model(torch.tensor([6, 1]), torch.zeros(3, 3))
+
+
+def test_schnet_predicts_from_the_mean_pooled_features():
+    # Geom3D: F_G = mean_i Lin2(ssp(Lin1(h_i))) and pred = Linear(F_G), so EDG distils what the prediction reads
+    model = make("schnet")
+    z, pos, batch = collate(molecules())
+    feats, pred = model(z, pos, batch)
+    assert torch.allclose(pred, model.head(feats), atol=1e-12)
+    h = model.net.embedding(z)
+    edge_index, w = model.net.interaction_graph(pos, batch)
+    for block in model.net.interactions:
+        h = h + block(h, edge_index, w, model.net.distance_expansion(w))
+    u = model.net.lin2(model.net.act(model.net.lin1(h)))
+    assert torch.allclose(feats[0], u[batch == 0].mean(dim=0), atol=1e-10)
+
+
+def test_visnet_has_the_papers_rmd17_size():
+    model = build_student("visnet")
+    c = model.config
+    assert (c.hidden_channels, c.num_layers, c.lmax, c.num_heads, c.num_rbf, c.cutoff) == (256, 9, 2, 8, 32, 5.0)
+    n = sum(p.numel() for p in model.parameters())
+    assert 9.7e6 < n < 9.9e6, n  # about 9.8 M, as the paper's ViSNet (PyG's defaults give about 1.7 M)
+    assert model.feature_dim == 256
+
+
+def test_egnn_fully_connected_mean_pooling_by_default():
+    model = make("egnn")
+    assert model.config.cutoff is None and model.config.feature_pool == "mean"
+    # two atoms 30 Å apart still interact on the fully connected graph
+    z = torch.tensor([6, 8])
+    near = torch.tensor([[0.0, 0, 0], [1.2, 0, 0]], dtype=torch.float64)
+    far = torch.tensor([[0.0, 0, 0], [30.0, 0, 0]], dtype=torch.float64)
+    far2 = torch.tensor([[0.0, 0, 0], [40.0, 0, 0]], dtype=torch.float64)
+    with torch.no_grad():
+        e = [float(model(z, p)[1][0]) for p in (near, far, far2)]
+    assert abs(e[1] - e[2]) > 1e-9 and abs(e[0] - e[1]) > 1e-9
+    # mean pooling: a molecule and its duplicate (same atoms twice, far apart, as two molecules) agree
+    feats, _ = model(z, near)
+    two = model(torch.cat([z, z]), torch.cat([near, near + 50.0]), torch.tensor([0, 0, 1, 1]))[0]
+    assert torch.allclose(two[0], feats[0]) and torch.allclose(two[1], feats[0])
+    with pytest.raises(ValueError, match="envelope"):
+        build_student("egnn", envelope=True)
 
 
 def test_energy_and_forces_under_no_grad_in_eval():

@@ -10,18 +10,23 @@ l's (SE(3): all parities even, as in Equiformer's QM9 model). With LN the equiva
                 alpha_ij^h = f_c(|r_ij|) exp(a_ij^h) / sum_k f_c(|r_ik|) exp(a_ik^h)
                 x_i <- x_i + Lin(sum_j alpha_ij^h Gate(m_ij)^h)
     feed-fwd:   x_i <- x_i + Lin(Gate(Lin(LN x_i)))                                 (3x wider hidden irreps)
-    output:     s_i = scalars of LN(x_i);  F_G = sum_i s_i;  pred = sum_i MLP(s_i)
+    last block: its feed-forward maps to F x 0e scalars (F = feature_channels = 512), the residual through an
+                equivariant linear shortcut (Equiformer's ``irreps_feature='512x0e'``)
+    output:     s_i = LN(x_i) (F scalars);  F_G = sum_i s_i / sqrt(N_avg);  pred = sum_i MLP(s_i) / sqrt(N_avg)
 
 DTP is a depthwise ("uvu") tensor product whose per-edge weights come from an MLP R of the RBFs, Lin are
 e3nn equivariant linear maps, Gate is e3nn's gate (SiLU on scalars, sigmoid gates on l > 0), f_c the cosine
-cutoff and k = avg_num_neighbors.
+cutoff, k = avg_num_neighbors and N_avg = avg_num_nodes (Equiformer's ``ScaledScatter``). Attention weights
+alpha go through dropout (``alpha_drop``) in training.
 
-Defaults follow Equiformer's QM9 model (irreps 128x0e+64x1e+32x2e, 6 blocks, 4 heads, 128 RBFs, cutoff 5 Å,
-feed-forward irreps 3x the node irreps, sum readout). Simplifications relative to the paper: one depthwise
-tensor product per message (the paper's value path applies a second one after the gate), value heads are
-channel groups of the node irreps (the paper projects to separate head irreps), Gaussian RBFs instead of
-the paper's learned ones, no dropout / drop-path, and the softmax is weighted by the cutoff envelope f_c so
-that energies and forces are continuous when atoms cross the cutoff (the paper's plain softmax is not).
+Defaults follow the Equiformer the paper ran for QM9 (Geom3D ``EquiformerEnergy`` in ``EDG/finetune_QM9_EDG.py``:
+irreps 128x0e+64x1e+32x2e, 6 blocks, 4 heads, 128 RBFs, cutoff 5 Å, feed-forward irreps 3x the node irreps,
+512x0e features, MLP head 512 -> 512 -> 1, attention dropout 0.2, sums scaled by 1/sqrt(18.03)).
+Simplifications relative to the paper: one depthwise tensor product per message (the paper's value path
+applies a second one after the gate), value heads are channel groups of the node irreps (the paper projects
+to separate head irreps), Gaussian RBFs instead of the paper's learned ones, no projection dropout /
+drop-path (0 in the paper's settings too), and the softmax is weighted by the cutoff envelope f_c so that
+energies and forces are continuous when atoms cross the cutoff (the paper's plain softmax is not).
 e3nn is imported when a model is built, so ``import train.students`` works without it.
 """
 from __future__ import annotations
@@ -52,8 +57,11 @@ class EquiformerConfig:
     num_rbf: int = 128
     radial_hidden: int = 64
     cutoff: float = 5.0  # Å
-    max_num_neighbors: int = 32
+    max_num_neighbors: int | None = None  # None: every neighbour within the cutoff (Equiformer: 1000)
     avg_num_neighbors: float = 15.57  # QM9 value used by Equiformer to scale neighbour sums
+    avg_num_nodes: float = 18.03065905448718  # QM9 value used by Equiformer to scale the sums over atoms
+    feature_channels: int = 512  # F: scalars of the last block = F_G width (Equiformer's irreps_feature)
+    alpha_drop: float = 0.2  # dropout on the attention weights (training only)
     max_z: int = 100
     feature_pool: str = "sum"
     out_dim: int = 1
@@ -169,6 +177,7 @@ class GraphAttention(torch.nn.Module):
         self.n_alpha = alpha_irreps.dim
         self.alpha_dot = torch.nn.Parameter(torch.randn(c.num_heads, c.alpha_channels) / math.sqrt(c.alpha_channels))
         self.lin_out = o3.Linear(self.gate.irreps_out, irreps_node)
+        self.alpha_dropout = torch.nn.Dropout(c.alpha_drop) if c.alpha_drop > 0 else None
         head_of_dim = []  # the head of every component of the value irreps (channel groups per irrep)
         for mul, ir in self.gate.irreps_out:
             head_of_dim += [h for h in range(c.num_heads) for _ in range(mul // c.num_heads * ir.dim)]
@@ -185,33 +194,43 @@ class GraphAttention(torch.nn.Module):
         shift = scatter(logits.detach(), i, dim=0, dim_size=x.size(0), reduce="max")[i]
         weight = torch.exp(logits - shift) * envelope[:, None]
         alpha = weight / scatter(weight, i, dim=0, dim_size=x.size(0), reduce="sum")[i]
+        if self.alpha_dropout is not None:
+            alpha = self.alpha_dropout(alpha)
         value = self.gate(msg[:, self.n_alpha:]) * alpha[:, self.head_of_dim]
         return self.lin_out(scatter(value, i, dim=0, dim_size=x.size(0), reduce="sum"))
 
 
 class FeedForward(torch.nn.Module):
-    def __init__(self, irreps_node, multiplier: int):
+    def __init__(self, irreps_node, multiplier: int, irreps_out=None):
         super().__init__()
         o3, _ = _require_e3nn()
         self.gate = _gate(irreps_node, multiplier)
         self.lin_in = o3.Linear(irreps_node, self.gate.irreps_in, biases=True)
-        self.lin_out = o3.Linear(self.gate.irreps_out, irreps_node)
+        self.lin_out = o3.Linear(self.gate.irreps_out, irreps_node if irreps_out is None else irreps_out)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.lin_out(self.gate(self.lin_in(x)))
 
 
 class TransformerBlock(torch.nn.Module):
-    def __init__(self, irreps_node, irreps_sh, c: EquiformerConfig):
+    """Pre-norm attention and feed-forward with residuals; with ``irreps_out`` other than the node irreps the
+    feed-forward maps to ``irreps_out`` and the residual goes through an equivariant linear shortcut."""
+
+    def __init__(self, irreps_node, irreps_sh, c: EquiformerConfig, irreps_out=None):
         super().__init__()
+        o3, _ = _require_e3nn()
         self.norm_attn = EquivariantLayerNorm(irreps_node)
         self.attn = GraphAttention(irreps_node, irreps_sh, c)
         self.norm_ffn = EquivariantLayerNorm(irreps_node)
-        self.ffn = FeedForward(irreps_node, c.ffn_multiplier)
+        self.ffn = FeedForward(irreps_node, c.ffn_multiplier, irreps_out)
+        self.shortcut = None
+        if irreps_out is not None and o3.Irreps(irreps_out) != o3.Irreps(irreps_node):
+            self.shortcut = o3.Linear(irreps_node, irreps_out, biases=True)
 
     def forward(self, x: Tensor, edge_index: Tensor, sh: Tensor, rbf: Tensor, envelope: Tensor) -> Tensor:
         x = x + self.attn(self.norm_attn(x), edge_index, sh, rbf, envelope)
-        return x + self.ffn(self.norm_ffn(x))
+        residual = x if self.shortcut is None else self.shortcut(x)
+        return residual + self.ffn(self.norm_ffn(x))
 
 
 class EdgeDegreeEmbedding(torch.nn.Module):
@@ -238,6 +257,8 @@ class EquiformerStudent(Student):
         super().__init__()
         o3, _ = _require_e3nn()
         self.config = c = config or EquiformerConfig()
+        if c.num_layers < 1:
+            raise ValueError("Equiformer: num_layers must be >= 1 (the last block makes the scalar features)")
         self.irreps_node = o3.Irreps(node_irreps(c.hidden_channels, c.lmax))
         self.irreps_sh = o3.Irreps(node_irreps(1, c.lmax))  # 1x0e+1x1e+1x2e: SH of a pseudovector (SE(3))
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
@@ -245,12 +266,15 @@ class EquiformerStudent(Student):
         self.rbf_width = c.cutoff / max(c.num_rbf - 1, 1)
         self.atom_emb = Embedding(c.max_z, c.hidden_channels)
         self.degree_emb = EdgeDegreeEmbedding(self.irreps_node, self.irreps_sh, c)
-        self.blocks = torch.nn.ModuleList([TransformerBlock(self.irreps_node, self.irreps_sh, c)
-                                           for _ in range(c.num_layers)])
-        self.norm = EquivariantLayerNorm(self.irreps_node)
-        self.head = torch.nn.Sequential(Linear(c.hidden_channels, c.hidden_channels), SiLU(),
-                                        Linear(c.hidden_channels, c.out_dim))
-        self.feature_dim = c.hidden_channels
+        irreps_feature = o3.Irreps(f"{c.feature_channels}x0e")
+        self.blocks = torch.nn.ModuleList([
+            TransformerBlock(self.irreps_node, self.irreps_sh, c,
+                             irreps_feature if k == c.num_layers - 1 else None) for k in range(c.num_layers)])
+        self.norm = EquivariantLayerNorm(irreps_feature)
+        self.head = torch.nn.Sequential(Linear(c.feature_channels, c.feature_channels), SiLU(),
+                                        Linear(c.feature_channels, c.out_dim))
+        self.pool_scale = 1.0 / math.sqrt(c.avg_num_nodes)
+        self.feature_dim = c.feature_channels
         self.out_dim = c.out_dim
 
     def encode(self, z: Tensor, pos: Tensor, batch: Tensor, n_graphs: int) -> tuple[Tensor, Tensor]:
@@ -270,5 +294,6 @@ class EquiformerStudent(Student):
         x = torch.cat([x[:, :c.hidden_channels] + self.atom_emb(z), x[:, c.hidden_channels:]], dim=1)
         for block in self.blocks:
             x = block(x, edge_index, sh, rbf, envelope)
-        scalars = self.norm(x)[:, :c.hidden_channels]
-        return pool(scalars, batch, n_graphs, c.feature_pool), pool(self.head(scalars), batch, n_graphs, "sum")
+        scalars = self.norm(x)  # (A, feature_channels): the last block leaves scalars only
+        feats = pool(scalars, batch, n_graphs, c.feature_pool) * self.pool_scale
+        return feats, pool(self.head(scalars), batch, n_graphs, "sum") * self.pool_scale
