@@ -33,12 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_locations(args) -> None:
+    """Every command's ``--out`` must outlive the process (no ``memory://``); ``--out``, ``--shards`` and
+    ``--fields`` may be ``file://`` URLs (local paths) and must name a known protocol (``edg_core.storage``)."""
+    from edg_core.storage import check_location
+    for name, persistent in (("out", True), ("shards", False), ("fields", False)):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, check_location(value, persistent=persistent))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        _check_locations(args)
         return int(args.func(args) or 0)
     except EDGError as e:
         print(f"edg {args.command}: error: {e}", file=sys.stderr)

@@ -21,3 +21,14 @@ class DataSourceError(EDGError, FileNotFoundError):
 
 class ShardError(EDGError, IOError):
     """A shard is truncated, corrupt, or written with an incompatible schema."""
+
+
+class StorageError(EDGError, ValueError):
+    """A storage location (path or fsspec URL) that EDG cannot or must not use: an unknown protocol, a missing
+    file-system package, an in-memory URL for output that must outlive the process, or a remote key that would
+    land outside the local working copy."""
+
+
+class DiskFullError(EDGError, OSError):
+    """No space (or quota) left while writing a file; the message names the file (and the molecule, where the
+    writer knows it)."""

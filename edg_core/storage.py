@@ -12,7 +12,14 @@ Two tools, used by every stage that writes:
 Remote files are uploaded whole (an object store never shows a half-written object); on file systems that
 can rename, an upload goes to a temporary name first. Temporary files (``*.tmp``) are never uploaded.
 ``local:///abs/path`` names a local folder through fsspec: it behaves like a remote URL (staging, uploads,
-listings) and is how the tests check the remote code path across processes.
+listings) and is how the tests check the remote code path across processes. ``file:///abs/path`` is simply
+that local path.
+
+Safety: ``check_location`` refuses an unknown protocol (or one whose package is missing) with a clear error,
+and ``memory://`` for output that must outlive the process (every CLI ``--out``) unless
+``$EDG_ALLOW_MEMORY_OUT=1`` (tests that run a command in-process set it). Every remote key that becomes a local
+path goes through ``local_path_for``: a key with ``..``, an absolute key, or one that resolves through a symlink
+to somewhere outside the working copy is refused (``StorageError``), never written.
 """
 from __future__ import annotations
 
@@ -22,11 +29,12 @@ import hashlib
 import os
 import tempfile
 import threading
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["is_remote", "url_to_fs", "join", "exists", "size", "open_read", "read_bytes", "list_files",
+from .errors import StorageError
+
+__all__ = ["is_remote", "check_location", "local_path_for", "url_to_fs", "join", "exists", "size", "open_read", "read_bytes", "list_files",
            "upload", "download", "Mirror", "cache_root", "staging_dir"]
 
 
@@ -36,10 +44,72 @@ def is_remote(path) -> bool:
     return "://" in s and not s.startswith("file://")
 
 
+def _plain(path):
+    """``file:///abs/path`` -> ``/abs/path``; anything else unchanged."""
+    s = str(path)
+    return s[len("file://"):] if s.startswith("file://") else path
+
+
+ALLOW_MEMORY_ENV = "EDG_ALLOW_MEMORY_OUT"
+
+
+def check_location(loc, persistent: bool = False):
+    """Validate a folder or file location given by a user and return it in the form EDG uses: a local path
+    unchanged, ``file:///x`` as ``/x``, any other URL as a string once its protocol is known and usable.
+
+    ``persistent``: the location must outlive this process (a command's ``--out``): ``memory://`` is refused
+    there unless ``$EDG_ALLOW_MEMORY_OUT=1`` (in-process tests). Raises ``StorageError``."""
+    if loc is None:
+        return loc
+    s = str(loc)
+    if s.startswith("file://"):
+        return s[len("file://"):]
+    if not is_remote(s):
+        return loc
+    url_to_fs(s)  # unknown protocol / missing package: a clear StorageError
+    if persistent and s.split("://", 1)[0] == "memory" and os.environ.get(ALLOW_MEMORY_ENV) != "1":
+        raise StorageError(f"{s}: memory:// lives only as long as this process, so its output would be lost "
+                           f"when the command ends; use a folder or a durable URL (s3://, gs://, ...) "
+                           f"(set {ALLOW_MEMORY_ENV}=1 to allow it for in-process tests)")
+    return s
+
+
 def url_to_fs(url: str):
-    """(fsspec file system, path without the protocol) for ``url``."""
+    """(fsspec file system, path without the protocol) for ``url``; an unknown protocol or a missing
+    file-system package raises ``StorageError``."""
     import fsspec
-    return fsspec.core.url_to_fs(str(url))
+    from fsspec.registry import known_implementations, registry
+    url = str(url)
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ValueError as e:
+        proto = url.split("://", 1)[0]
+        if proto not in known_implementations and proto not in registry:
+            known = ", ".join(sorted({"file", "local", "memory", "s3", "gs", "gcs", "az", "abfs", "http", "https",
+                                      "hdfs", "sftp", "ssh"}))
+            raise StorageError(f"{url}: unknown storage protocol {proto!r} (use a local path or an fsspec URL: "
+                               f"{known}, ...)") from None
+        raise StorageError(f"{url}: {e}") from None
+    except ImportError as e:
+        raise StorageError(f"{url}: the {url.split('://', 1)[0]}:// file system needs a package that is not "
+                           f"installed ({e})") from None
+
+
+def local_path_for(root: str | os.PathLike, rel: str) -> Path:
+    """``root/rel`` for a key ``rel`` that came from a remote listing (or any untrusted source), refusing
+    keys that would land outside ``root``: absolute keys, ``..`` components, and paths whose existing parts
+    are symlinks leading out of ``root``. Raises ``StorageError``."""
+    root = Path(root)
+    parts = rel.replace("\\", "/").split("/")
+    if not rel or rel.startswith(("/", "\\")) or ".." in parts:
+        raise StorageError(f"remote key {rel!r} would be written outside the working copy {root}; refused")
+    target = root.joinpath(*[p for p in parts if p not in ("", ".")])
+    base = root.resolve()
+    real = target.resolve()  # follows every symlink that exists along the way
+    if real != base and base not in real.parents:
+        raise StorageError(f"remote key {rel!r} resolves to {real}, outside the working copy {root} "
+                           "(a symlink?); refused")
+    return target
 
 
 def unstrip(url: str, path: str) -> str:
@@ -52,29 +122,29 @@ def join(base, *parts: str):
     """``base/part/...``: a ``Path`` for a local base, a URL string for a remote one."""
     if is_remote(base):
         return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
-    return Path(base).joinpath(*parts)
+    return Path(_plain(base)).joinpath(*parts)
 
 
 def exists(path) -> bool:
     if is_remote(path):
         fs, p = url_to_fs(path)
         return fs.exists(p)
-    return Path(path).exists()
+    return Path(_plain(path)).exists()
 
 
 def size(path) -> int:
     if is_remote(path):
         fs, p = url_to_fs(path)
         return int(fs.size(p))
-    return Path(path).stat().st_size
+    return Path(_plain(path)).stat().st_size
 
 
 def open_read(path):
     """A binary file object for a local path or a URL."""
     if is_remote(path):
-        import fsspec
-        return fsspec.open(str(path), "rb").open()
-    return open(path, "rb")
+        fs, p = url_to_fs(path)
+        return fs.open(p, "rb")
+    return open(_plain(path), "rb")
 
 
 def read_bytes(path) -> bytes:
@@ -90,7 +160,7 @@ def list_files(folder, pattern: str = "*") -> list[str]:
         if not fs.exists(root):
             return []
         return sorted(unstrip(str(folder), p) for p in fs.glob(f"{root.rstrip('/')}/{pattern}"))
-    folder = Path(folder)
+    folder = Path(_plain(folder))
     return sorted(str(p) for p in folder.glob(pattern)) if folder.is_dir() else []
 
 
@@ -101,7 +171,8 @@ def upload(local: str | os.PathLike, url: str) -> None:
     if parent:
         fs.makedirs(parent, exist_ok=True)
     if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        tmp = f"{p}.{uuid.uuid4().hex[:8]}.tmp"
+        from .io import temp_name
+        tmp = f"{parent}/{temp_name(p.rsplit('/', 1)[-1])}" if parent else temp_name(p)
         fs.put_file(str(local), tmp)
         fs.mv(tmp, p)
     else:
@@ -154,7 +225,7 @@ class Mirror:
         self.exclude = tuple(exclude)
         self.temporary = temporary and self.remote is not None and local is None
         if self.remote is None:
-            self.local = Path(url)
+            self.local = Path(_plain(url))
         elif local is not None:
             self.local = Path(local)
         else:
@@ -187,8 +258,14 @@ class Mirror:
             for f in files:
                 p = Path(dirpath) / f
                 rel = p.relative_to(self.local).as_posix()
-                if not self._skip(rel):
-                    yield rel, p
+                if self._skip(rel):
+                    continue
+                if p.is_symlink():  # never upload what a link points to outside the working copy
+                    try:
+                        local_path_for(self.local, rel)
+                    except StorageError:
+                        continue
+                yield rel, p
 
     def _synced(self, rel: str, fs, rpath: str) -> None:
         """Note that ``rel`` is the same here and there (after an upload or a download)."""
@@ -212,7 +289,7 @@ class Mirror:
             return
         fs, root = url_to_fs(self.remote)
         with self._lock:
-            upload(self.local / rel, join(self.remote, rel))
+            upload(local_path_for(self.local, rel), join(self.remote, rel))
             if keep:
                 self._synced(rel, fs, f"{root.rstrip('/')}/{rel}")
             else:
@@ -252,7 +329,7 @@ class Mirror:
                 rel = path[len(root):].lstrip("/")
                 if info.get("type") == "directory" or not rel or self._skip(rel):
                     continue
-                local, version = self.local / rel, _version(info)
+                local, version = local_path_for(self.local, rel), _version(info)
                 if not local.exists():
                     stale = True
                 elif rel in self._seen:

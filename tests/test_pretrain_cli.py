@@ -81,6 +81,7 @@ def test_pretrain_to_an_fsspec_url_resumes_from_it(tmp_path, monkeypatch):
     import uuid
 
     import fsspec
+    monkeypatch.setenv("EDG_ALLOW_MEMORY_OUT", "1")  # memory:// --out is refused outside in-process tests
     shards = tmp_path / "shards"
     write_synthetic_shards(shards, size=32, maxcount=8, limit=8)
     url = f"memory:///edg-pretrain-{uuid.uuid4().hex[:8]}"

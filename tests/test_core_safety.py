@@ -1,0 +1,169 @@
+"""Hostile or damaged storage: keys that escape the working copy, URLs that cannot work, file modes, a full
+disk, and the temporary files killed writers leave behind (issue 12)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import fsspec
+import pytest
+from fsspec.implementations.memory import MemoryFile
+
+from edg_core.errors import DiskFullError, StorageError
+from edg_core.io import atomic_path, remove_stale_temps, temp_name, write_bytes_atomic
+from edg_core.storage import Mirror, check_location, exists, join, local_path_for, read_bytes, url_to_fs
+
+
+@pytest.fixture
+def mem_url():
+    root = f"/edg-safety-{uuid.uuid4().hex[:8]}"
+    fs = fsspec.filesystem("memory")
+    yield fs, root
+    for k in [k for k in fs.store if k.startswith(root)]:
+        del fs.store[k]
+
+
+@pytest.mark.parametrize("key", ["../evil.txt", "a/../../evil.txt", "/etc/evil.txt", "..", "a/.."])
+def test_local_path_for_refuses_keys_outside_the_working_copy(tmp_path, key):
+    with pytest.raises(StorageError, match="outside the working copy"):
+        local_path_for(tmp_path / "wc", key)
+    assert local_path_for(tmp_path / "wc", "a/./b.txt") == tmp_path / "wc" / "a" / "b.txt"
+
+
+def test_mirror_pull_refuses_a_traversing_key_and_writes_nothing_outside(tmp_path, mem_url):
+    fs, root = mem_url
+    fs.pipe(f"{root}/run/ok.txt", b"ok")
+    fs.store[f"{root}/run/../../escaped-{uuid.uuid4().hex[:6]}.txt"] = MemoryFile(fs, "x", b"evil")
+    wc = tmp_path / "deep" / "wc"
+    m = Mirror(f"memory://{root}/run", local=wc)
+    with pytest.raises(StorageError, match=r"\.\./\.\./escaped"):
+        m.pull()
+    written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert not any("escaped" in p for p in written), written
+
+
+def test_mirror_pull_refuses_a_key_through_a_symlink_out_of_the_working_copy(tmp_path):
+    """local:// behaves like a bucket; the working copy holds a symlink ``cache -> /outside`` (planted by
+    someone else): a remote key ``cache/x`` must not be written through it."""
+    remote = tmp_path / "bucket" / "run"
+    (remote / "cache").mkdir(parents=True)
+    (remote / "cache" / "x.txt").write_text("payload")
+    (remote / "fine.txt").write_text("fine")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    wc = tmp_path / "wc"
+    wc.mkdir()
+    (wc / "cache").symlink_to(outside)
+    m = Mirror(f"local://{remote}", local=wc)
+    with pytest.raises(StorageError, match="outside the working copy"):
+        m.pull()
+    assert list(outside.iterdir()) == []
+
+
+def test_mirror_push_skips_symlinks_leading_out_of_the_working_copy(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not upload")
+    wc = tmp_path / "wc"
+    wc.mkdir()
+    (wc / "link.txt").symlink_to(secret)
+    (wc / "real.txt").write_text("upload me")
+    remote = tmp_path / "bucket"
+    m = Mirror(f"local://{remote}", local=wc)
+    assert m.push() == 1
+    assert sorted(p.name for p in remote.iterdir()) == ["real.txt"]
+
+
+def test_unknown_protocol_is_a_clear_error():
+    with pytest.raises(StorageError, match=r"unknown storage protocol 'nosuchfs'"):
+        check_location("nosuchfs://bucket/run")
+    with pytest.raises(StorageError, match="unknown storage protocol"):
+        exists("nosuchfs://bucket/run/x")
+
+
+def test_file_urls_are_local_paths(tmp_path):
+    (tmp_path / "a.txt").write_text("hello")
+    url = f"file://{tmp_path}"
+    assert check_location(url) == str(tmp_path)
+    assert exists(f"{url}/a.txt") and read_bytes(f"{url}/a.txt") == b"hello"
+    assert join(url, "a.txt") == tmp_path / "a.txt"
+    m = Mirror(url)
+    assert m.remote is None and m.local == tmp_path
+
+
+def test_memory_output_is_refused_where_it_must_outlive_the_process(monkeypatch):
+    monkeypatch.delenv("EDG_ALLOW_MEMORY_OUT", raising=False)
+    assert check_location("memory://scratch/x") == "memory://scratch/x"  # in-process use is fine
+    with pytest.raises(StorageError, match="lives only as long as this process"):
+        check_location("memory://scratch/x", persistent=True)
+    monkeypatch.setenv("EDG_ALLOW_MEMORY_OUT", "1")
+    assert check_location("memory://scratch/x", persistent=True) == "memory://scratch/x"
+
+
+def test_cli_refuses_memory_out_and_unknown_protocols(tmp_path, monkeypatch, capsys):
+    from cluster.cli import main
+    monkeypatch.delenv("EDG_ALLOW_MEMORY_OUT", raising=False)
+    assert main(["data", "convert", "--input", "embedded:qm9?limit=2", "--out", "memory://x/shards"]) == 2
+    assert "lives only as long as this process" in capsys.readouterr().err
+    assert main(["data", "convert", "--input", "embedded:qm9?limit=2", "--out", "nosuchfs://x/shards"]) == 2
+    assert "unknown storage protocol 'nosuchfs'" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "convert", "--input", "embedded:qm9?limit=2", "--out", f"file://{tmp_path}/s"]) == 0
+    assert len(list((tmp_path / "s").glob("*.tar"))) == 1 and not (tmp_path / "file:").exists()
+
+
+def test_result_files_get_the_users_umask_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_bytes_atomic(tmp_path / "a.bin", b"x")
+        assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+        os.umask(0o007)
+        with atomic_path(tmp_path / "b.npz") as tmp:
+            tmp.write_bytes(b"y")
+        assert (tmp_path / "b.npz").stat().st_mode & 0o777 == 0o660
+    finally:
+        os.umask(old)
+
+
+def test_a_full_disk_names_the_file(tmp_path):
+    """RLIMIT_FSIZE makes the kernel refuse a write past 1 kB (EFBIG), as a full disk (ENOSPC) would."""
+    code = f"""
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+from edg_core.io import write_bytes_atomic
+from edg_core.errors import DiskFullError
+try:
+    write_bytes_atomic({str(tmp_path / 'fields' / 'mol-1.npz')!r}, b'x' * 100000)
+except DiskFullError as e:
+    print('DISKFULL', e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "DISKFULL" in out.stdout and "fields/mol-1.npz" in out.stdout, out.stdout + out.stderr
+    assert not list((tmp_path / "fields").iterdir())  # the partial temporary file is gone too
+    assert issubclass(DiskFullError, OSError)
+
+
+def test_stale_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = tmp_path / "f" / temp_name("live.npz")
+    (tmp_path / "f").mkdir()
+    mine.write_bytes(b"being written")
+    left = tmp_path / "f" / temp_name("dead.npz").replace(f"-{os.getpid()}-", f"-{dead.pid}-")
+    left.write_bytes(b"half")
+    other = tmp_path / "f" / "notes.tmp"  # not ours: kept
+    other.write_text("x")
+    assert remove_stale_temps(tmp_path) == [left]
+    assert mine.exists() and other.exists() and not left.exists()
+
+
+def test_url_to_fs_names_a_missing_package():
+    try:
+        import s3fs  # noqa: F401
+        pytest.skip("s3fs is installed")
+    except ImportError:
+        pass
+    with pytest.raises(StorageError, match="needs a package"):
+        url_to_fs("s3://bucket/x")
