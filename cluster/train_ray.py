@@ -2,9 +2,11 @@
 
 ``run_pretraining("imageed" | "teacher", cfg, shards, out_dir, ...)`` starts a ``TorchTrainer`` with
 ``num_workers`` ranks (one GPU each with ``use_gpu``); Ray sets up ``torch.distributed`` and every rank runs
-the plain loop, which wraps the model in DDP and splits the shards by rank. Each epoch's metrics and rank 0's
-checkpoint folder go to ``ray.train.report`` (visible in the Ray dashboard, kept under
-``storage_path/name``). When a worker dies, Ray restarts the group up to ``max_failures`` times and the loop
+the plain loop, which wraps the model in DDP and splits the shards by rank. Each epoch's metrics go to
+``ray.train.report`` (visible in the Ray dashboard), with rank 0's checkpoint file when one was written that
+epoch (``checkpoint_every``), as a folder holding ``checkpoint.pt`` kept under ``storage_path/name`` (the
+newest ``keep_last``). Rank 0 also keeps ``metrics.jsonl``, ``metrics.csv`` and ``progress.json`` in
+``out_dir`` up to date after every epoch, as in a local run. When a worker dies, Ray restarts the group up to ``max_failures`` times and the loop
 resumes from the last reported checkpoint. ``out_dir`` and ``shards`` must be reachable from every worker
 (one machine, or a shared file system) unless ``out_url`` is given: then every rank works in a temporary
 copy of that URL (pulled at start, so a restarted group finds the last checkpoint), rank 0 pushes it after
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 STAGES = ("imageed", "teacher")
@@ -37,8 +41,8 @@ def _train_loop_per_worker(config: dict) -> None:
         run = Mirror(config["out_url"], temporary=True)
         run.pull()  # the last checkpoint, after a restart
 
-        def push(metrics: dict, checkpoint_dir: Path | None) -> None:
-            if checkpoint_dir is not None:  # rank 0
+        def push(metrics: dict, checkpoint: Path | None) -> None:
+            if ray.train.get_context().get_world_rank() == 0:  # metrics.csv / progress.json every epoch
                 run.push()
             ray.train.report(metrics)
         try:
@@ -53,9 +57,16 @@ def _train_loop_per_worker(config: dict) -> None:
         if local.exists():
             resume_from = local
 
-    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
-        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+    def report(metrics: dict, checkpoint: Path | None) -> None:
+        if checkpoint is None:  # no checkpoint this epoch (checkpoint_every), or not rank 0
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="edg-ckpt-") as tmp:  # Ray copies the folder into its storage
+            try:
+                os.link(checkpoint, Path(tmp) / "checkpoint.pt")  # no copy when on the same file system
+            except OSError:
+                shutil.copy2(checkpoint, Path(tmp) / "checkpoint.pt")
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     train(cfg, config["shards"], config["out_dir"], report=report, device=device, resume_from=resume_from)
 
@@ -73,7 +84,7 @@ def run_pretraining(stage: str, cfg, shards, out_dir, *, num_workers: int = 1, u
                     cpus_per_worker: float = 1.0, out_url: str | None = None):
     """Train ``stage`` with Ray Train; returns the ``ray.train.Result`` (``.metrics``: last epoch,
     ``.checkpoint``: last checkpoint). Call inside a connected Ray runtime (``cluster.runtime.ray_session``)."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     if stage not in STAGES:
         raise ValueError(f"unknown pretraining stage {stage!r}; use one of {STAGES}")
@@ -90,7 +101,8 @@ def run_pretraining(stage: str, cfg, shards, out_dir, *, num_workers: int = 1, u
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name=name or f"edg-{stage}", storage_path=str(storage),
-                             failure_config=FailureConfig(max_failures=max_failures)),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=max(1, getattr(cfg, "keep_last", 1)))),
     )
     return trainer.fit()
 

@@ -8,6 +8,7 @@ import torch
 from edg_core.errors import EDGError
 from edg_core.io import read_jsonl
 from train.data import count_samples, in_validation, write_synthetic_shards
+from train.checkpoint import Checkpoints, load_checkpoint
 from train.imageed import imageed_preset, load_imageed
 from train.optim import scaled_lr, warmup_cosine
 from train.pretrain import ImageEDTrainConfig, TeacherTrainConfig, train_imageed, train_teacher
@@ -23,7 +24,7 @@ def shards(tmp_path_factory):
 
 def _imageed_cfg(**kw):
     base = dict(model=imageed_preset("tiny"), epochs=2, warmup_epochs=1, batch_size=8, num_workers=0, lr=1e-3,
-                shuffle_buffer=16)
+                shuffle_buffer=16, checkpoint_every=1)
     return ImageEDTrainConfig(**{**base, **kw})
 
 
@@ -56,8 +57,9 @@ def test_resume_takes_the_same_next_step(shards, tmp_path):
     class Crash(Exception):
         pass
 
-    def crash_after_first_epoch(metrics, ckpt_dir):
-        assert ckpt_dir is not None and (ckpt_dir / "checkpoint.pt").exists()
+    def crash_after_first_epoch(metrics, ckpt_file):
+        assert ckpt_file is not None and ckpt_file.name == f"epoch-{metrics['epoch'] + 1:06d}.pt"
+        assert ckpt_file.exists()
         if metrics["epoch"] == 0:
             raise Crash
     with pytest.raises(Crash):
@@ -74,7 +76,8 @@ def test_resume_takes_the_same_next_step(shards, tmp_path):
     # a finished run resumes to nothing: no more steps, same result
     again = train_imageed(cfg, shards, tmp_path / "resumed")
     assert again == resumed
-    ck = torch.load(tmp_path / "resumed" / "checkpoint" / "checkpoint.pt", weights_only=False)
+    assert [p.name for p in Checkpoints(tmp_path / "resumed" / "checkpoint").files()] == ["epoch-000002.pt"]
+    ck = load_checkpoint(tmp_path / "resumed" / "checkpoint" / "epoch-000002.pt")
     assert set(ck) >= {"model", "optimizer", "scheduler", "epoch", "config", "history"}
     with pytest.raises(EDGError, match="stage 'imageed'"):
         train_teacher(TeacherTrainConfig(model=TEACHER_PRESETS["tiny"], num_workers=0), shards,
@@ -128,6 +131,6 @@ def test_ray_train_two_cpu_workers(shards, tmp_path):
     assert math.isfinite(result.metrics["valid_loss"])
     assert result.checkpoint is not None
     with result.checkpoint.as_directory() as d:
-        ck = torch.load(f"{d}/checkpoint.pt", weights_only=False)
+        ck = torch.load(f"{d}/checkpoint.pt", weights_only=True)
     assert ck["stage"] == "imageed" and ck["epoch"] == 0
     assert (tmp_path / "out" / "imageed.pt").exists()

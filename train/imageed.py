@@ -239,24 +239,32 @@ def save_reconstruction_png(model: ImageED, imgs: torch.Tensor, path, seed: int 
 
 
 def imageed_state(model: ImageED) -> dict:
+    """The content of ``imageed.pt``: the config as a plain dict and the weights."""
     from dataclasses import asdict
     return {"imageed_config": asdict(model.cfg), "model": model.state_dict()}
 
 
-def load_imageed(path, map_location="cpu") -> ImageED:
-    """An ImageED (eval mode) from ``imageed.pt`` or a training checkpoint (or a run folder holding one)."""
+def load_imageed(path, map_location="cpu", unsafe_pickle: bool | None = None) -> ImageED:
+    """An ImageED (eval mode) from ``imageed.pt``, a training checkpoint, or a run folder holding either
+    (``imageed.pt``, else ``checkpoint/best.pt``, else the newest ``checkpoint/epoch-*.pt``). Plain-data files
+    only, unless ``unsafe_pickle`` (see ``train.checkpoint.load_checkpoint``)."""
     from pathlib import Path
 
     from edg_core.config import from_dict
-    from edg_core.errors import EDGError
+
+    from .checkpoint import CheckpointError, Checkpoints, load_checkpoint
     path = Path(path)
     if path.is_dir():
-        path = path / "imageed.pt" if (path / "imageed.pt").exists() else path / "checkpoint" / "checkpoint.pt"
-    if not path.exists():
-        raise EDGError(f"ImageED checkpoint {path} does not exist")
-    ck = torch.load(path, map_location=map_location, weights_only=False)
+        ckpts = Checkpoints(path / "checkpoint")
+        for cand in (path / "imageed.pt", ckpts.best_path, ckpts.latest(), ckpts.folder / "checkpoint.pt"):
+            if cand is not None and cand.is_file():
+                path = cand
+                break
+        else:
+            raise CheckpointError(f"{path}: no imageed.pt and no checkpoint in this ImageED run folder")
+    ck = load_checkpoint(path, map_location, "ImageED checkpoint", unsafe_pickle)
     if "imageed_config" not in ck:
-        raise EDGError(f"{path}: not an ImageED checkpoint (keys {sorted(ck)[:8]})")
+        raise CheckpointError(f"{path}: not an ImageED checkpoint (keys {sorted(ck)[:8]})")
     model = ImageED(from_dict(ImageEDConfig, ck["imageed_config"], where=f"{path}:imageed_config"))
     model.load_state_dict(ck["model"])
     return model.eval()

@@ -2,11 +2,18 @@
 
 ``train_imageed(cfg, shards, out_dir)`` and ``train_teacher(cfg, shards, out_dir)`` run the whole schedule
 in this process, or as one rank of a ``torch.distributed`` group (DDP; the shards are split by rank and by
-DataLoader worker). After each epoch, rank 0 writes ``<out_dir>/checkpoint/checkpoint.pt`` atomically
-(model, optimizer, scheduler, epoch, config, metric history) and appends the epoch's metrics to
-``<out_dir>/metrics.jsonl``; then every rank calls ``report(metrics, checkpoint_dir)`` (the directory on
-rank 0, ``None`` elsewhere). A rerun resumes after the last finished epoch and takes the same steps it would
-have taken without the interruption: data order, masks and augmentations are seeded by (seed, epoch, rank).
+DataLoader worker). Before any work the model's image size, view count and F_U width are checked against
+the first sample of the shards (``check_shapes``; ``fit_to_shards`` adapts a config to them).
+
+Run folder (the convention of every EDG training loop, see ``train.checkpoint`` / ``train.progress``):
+``config.yaml``; ``metrics.jsonl``, ``metrics.csv`` and ``progress.json`` rewritten after every epoch, with
+a line per epoch on stderr; ``checkpoint/epoch-NNNNNN.pt`` (plain data: model, optimizer, scheduler, epoch,
+config, metric history) every ``checkpoint_every`` epochs and after the last, the newest ``keep_last``
+kept, and ``checkpoint/best.pt`` (the exported model at the lowest validation loss, when there is a
+validation split); ``imageed.pt`` / ``teacher.pt`` when the schedule is done. After each epoch every rank
+calls ``report(metrics, checkpoint_file)`` (the file written this epoch on rank 0, else ``None``). A rerun
+resumes after the last checkpointed epoch and takes the same steps it would have taken without the
+interruption: data order, masks and augmentations are seeded by (seed, epoch, rank).
 
 Every rank takes the same number of steps per epoch (``ceil(train samples / global batch)``; a rank whose
 shards run out starts another pass), so DDP never waits on a rank that has finished.
@@ -26,16 +33,22 @@ import torch.nn as nn
 
 from edg_core.config import dump_yaml
 from edg_core.errors import EDGError, ShardError
-from edg_core.io import append_jsonl, atomic_path, progress
-from edg_core.shards import shard_paths
+from edg_core.io import progress
+from edg_core.shards import shard_paths, webdataset_pipeline
 
 from .configs import ImageEDTrainConfig, TeacherTrainConfig  # noqa: F401 (re-exported)
 from .data import ShardImages, count_samples, image_loader
+from .checkpoint import CheckpointError, Checkpoints, load_checkpoint, save_checkpoint
 from .imageed import ImageED, imageed_state, save_reconstruction_png
 from .optim import adamw, scaled_lr, sgd, warmup_cosine
+from .progress import TrainLog
 from .teacher import Teacher, augment_structure_images, teacher_loss, teacher_state
 
-Report = Callable[[dict, "Path | None"], None]
+Report = Callable[[dict, "Path | None"], None]  # (epoch metrics, checkpoint file written this epoch or None)
+
+UNITS = {"imageed": {"loss": "(normalised-pixel MSE)", "l_mp": "(normalised-pixel MSE)",
+                     "l_rp": "(normalised-pixel MSE)"},
+         "teacher": {"loss": "(L1 to F_U, feature units)", "with_fu": "(fraction)"}}
 
 
 # ---------------------------------------------------------------- the two stages
@@ -49,6 +62,7 @@ class _Stage:
     export: Callable[[nn.Module], dict]                                  # model -> its standalone file content
     export_name: str
     after_epoch: Callable[[nn.Module, int, Path, dict], None] | None = None
+    loads: str = "stimg"                                                 # the shard member the stage reads
 
 
 def _imageed_stage(cfg: ImageEDTrainConfig, shards) -> _Stage:
@@ -70,7 +84,8 @@ def _imageed_stage(cfg: ImageEDTrainConfig, shards) -> _Stage:
         if cfg.figure_every and (epoch + 1) % cfg.figure_every == 0:
             save_reconstruction_png(model, batch["edimg"], out_dir / "figures" / f"reconstruction-{epoch:04d}.png",
                                     seed=cfg.seed)
-    return _Stage("imageed", ImageED(mc), make_optimizer, loss, dataset, imageed_state, "imageed.pt", after_epoch)
+    return _Stage("imageed", ImageED(mc), make_optimizer, loss, dataset, imageed_state, "imageed.pt", after_epoch,
+                  "edimg")
 
 
 def _teacher_stage(cfg: TeacherTrainConfig, shards) -> _Stage:
@@ -105,6 +120,93 @@ def train_teacher(cfg: TeacherTrainConfig, shards, out_dir, report: Report | Non
     the loss); writes ``out_dir/teacher.pt`` (loadable with ``load_teacher`` / ``load_ed_predictor``)."""
     torch.manual_seed(cfg.seed)
     return train_stage(_teacher_stage(cfg, shards), cfg, shards, out_dir, report, device, resume_from)
+
+
+# ---------------------------------------------------------------- shapes read from the shards
+def shard_shapes(shards, member: str, look_for_fu: int = 256) -> dict:
+    """Image shape and F_U width of the shards, from their first samples: ``views``, ``channels``,
+    ``img_size`` (side in pixels; images must be square), ``where`` (shard:key of the sample read), and
+    ``fu_dim`` (``None`` if none of the first ``look_for_fu`` samples with ``member`` has ``fu``)."""
+    found, seen = None, 0
+    for s in webdataset_pipeline(shards):
+        img = s.get(member)
+        if img is None:
+            continue
+        seen += 1
+        if found is None:
+            v, c, h, w = img.shape
+            if h != w:
+                raise ShardError(f"{s.get('__url__')}:{s['__key__']}: {member} images are {h} x {w} px; "
+                                 f"pretraining needs square images")
+            found = {"views": v, "channels": c, "img_size": h, "fu_dim": None,
+                     "where": f"{s.get('__url__')}:{s['__key__']}"}
+        if s.get("fu") is not None:
+            found["fu_dim"] = int(s["fu"].shape[-1])
+        if found["fu_dim"] is not None or member != "stimg" or seen >= look_for_fu:
+            break
+    if found is None:
+        raise ShardError(f"{shards}: no sample has {member} images (render them with `edg render`"
+                         + (" --structure-images" if member == "stimg" else "") + ")")
+    return found
+
+
+def _shape_problems(stage: str, cfg, got: dict) -> list[str]:
+    mc, out = cfg.model, []
+    if stage == "imageed" and got["channels"] != mc.in_chans:
+        out.append(f"{got['channels']} channels per view, the model takes {mc.in_chans} (--model.in-chans)")
+    if got["views"] != mc.n_views:
+        out.append(f"{got['views']} views per molecule, the model takes {mc.n_views}: set --model.n-views "
+                   f"{got['views']}")
+    if got["img_size"] != mc.img_size:
+        hint = f" with a --model.patch-size that divides it (now {mc.patch_size})" if stage == "imageed" else ""
+        out.append(f"{got['img_size']} px images, the model takes {mc.img_size} px: set --model.img-size "
+                   f"{got['img_size']}{hint}")
+    if stage == "imageed" and mc.img_size % mc.patch_size:
+        out.append(f"--model.img-size {mc.img_size} is not a multiple of --model.patch-size {mc.patch_size}")
+    if stage == "teacher" and got["fu_dim"] is not None and got["fu_dim"] != mc.fu_dim:
+        out.append(f"F_U of width {got['fu_dim']} (the ImageED that wrote it), the teacher predicts "
+                   f"{mc.fu_dim}: set --model.fu-dim {got['fu_dim']}")
+    return out
+
+
+def check_shapes(stage: str, cfg, shards, got: dict | None = None) -> dict:
+    """Refuse, before any work, a model config that does not fit the shards' images or F_U; returns the
+    shapes read (``shard_shapes``, or ``got`` when given)."""
+    got = got or shard_shapes(shards, "edimg" if stage == "imageed" else "stimg")
+    problems = _shape_problems(stage, cfg, got)
+    if problems:
+        raise EDGError(f"{stage}: the model does not fit the shards {shards} (first sample {got['where']}): "
+                       + "; ".join(problems))
+    return got
+
+
+def fit_to_shards(stage: str, cfg, shards, explicit: frozenset[str] = frozenset()) -> tuple:
+    """``cfg`` with its model's image size, views and F_U width taken from the shards, except the fields
+    named in ``explicit`` (``img_size``, ``patch_size``, ``n_views``, ``fu_dim``: the user set them);
+    returns (config, list of changes made, in words). An ImageED keeps its patch grid (its cost) when the
+    new size allows, else its patch size. Anything that still does not fit raises ``EDGError`` (``check_shapes``)."""
+    from dataclasses import replace
+    got = shard_shapes(shards, "edimg" if stage == "imageed" else "stimg")
+    mc, changes, new = cfg.model, [], {}
+    if got["views"] != mc.n_views and "n_views" not in explicit:
+        new["n_views"] = got["views"]
+    if got["img_size"] != mc.img_size and "img_size" not in explicit:
+        h = got["img_size"]
+        new["img_size"] = h
+        if stage == "imageed" and "patch_size" not in explicit:
+            grid = mc.img_size // mc.patch_size
+            if h % grid == 0 and h // grid >= 1:
+                new["patch_size"] = h // grid
+            elif h % mc.patch_size:
+                raise EDGError(f"imageed: {h} px images in {shards}: neither the {grid} x {grid} patch grid nor "
+                               f"{mc.patch_size} px patches fit; set --model.img-size {h} and --model.patch-size")
+    if stage == "teacher" and got["fu_dim"] is not None and got["fu_dim"] != mc.fu_dim and "fu_dim" not in explicit:
+        new["fu_dim"] = got["fu_dim"]
+    for k, v in new.items():
+        changes.append(f"model.{k} {getattr(mc, k)} -> {v}")
+    cfg = replace(cfg, model=replace(mc, **new)) if new else cfg
+    check_shapes(stage, cfg, shards, got)
+    return cfg, changes
 
 
 # ---------------------------------------------------------------- the loop
@@ -143,12 +245,16 @@ def _mean_across_ranks(sums: dict, count: float, device, world: int) -> dict[str
     return {k: (t[i] / t[-1]).item() if t[-1] > 0 else float("nan") for i, k in enumerate(keys)}
 
 
-def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = None, device=None, resume_from=None) -> dict:
+def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = None, device=None, resume_from=None,
+                unsafe_pickle: bool | None = None) -> dict:
+    """Run ``stage``'s schedule (see the module docstring); returns the last epoch's metrics.
+    ``unsafe_pickle``: allow a resume checkpoint that needs full unpickling (default: ``EDG_UNSAFE_LOAD_PICKLE``)."""
     rank, world = _rank_world()
     device = torch.device(device) if device is not None else default_device()
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoint"
-    ckpt_path = ckpt_dir / "checkpoint.pt"
+    ckpts = Checkpoints(out_dir / "checkpoint", cfg.checkpoint_every, cfg.keep_last)
+    shard_paths(shards)  # a missing folder or pattern raises here, naming it
+    check_shapes(stage.name, cfg, shards)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, out_dir / "config.yaml")
@@ -156,15 +262,16 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
     model = stage.model.to(device)
     optimizer = stage.make_optimizer(model, cfg.batch_size * world)
     start_epoch, history, steps = 0, [], None
-    src = Path(resume_from) if resume_from else (ckpt_path if ckpt_path.exists() else None)
+    src = Path(resume_from) if resume_from else ckpts.latest()
+    if src is None and (ckpts.folder / "checkpoint.pt").is_file():
+        src = ckpts.folder / "checkpoint.pt"  # the one-file layout of earlier EDG versions
     if src is not None:
-        ck = torch.load(src, map_location=device, weights_only=False)
+        ck = load_checkpoint(src, device, f"{stage.name} checkpoint", unsafe_pickle)
         if ck.get("stage") != stage.name:
-            raise EDGError(f"{src}: checkpoint of stage {ck.get('stage')!r}, not {stage.name!r}")
+            raise CheckpointError(f"{src}: checkpoint of stage {ck.get('stage')!r}, not {stage.name!r}")
         model.load_state_dict(ck["model"])
         start_epoch, history, steps = ck["epoch"] + 1, ck["history"], ck["steps_per_epoch"]
     if steps is None:
-        shard_paths(shards)  # a missing folder or pattern raises here, naming it
         n_train = cfg.samples_per_epoch or count_samples(shards, "train", cfg.val_fraction)
         if n_train == 0:
             raise ShardError(f"{shards}: no training samples")
@@ -182,6 +289,10 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda" \
         else contextlib.nullcontext()
     metrics: dict = history[-1] if history else {}
+    best = min((h["valid_loss"] for h in history if "valid_loss" in h), default=math.inf)
+    log = TrainLog(out_dir if rank == 0 else None, stage.name, cfg.epochs, start_epoch, UNITS[stage.name],
+                   show=("train_loss", "valid_loss"), quiet=rank != 0)
+    timed = 4 if start_epoch < cfg.epochs and steps > 4 else 0  # steps timed at start-up for the estimate
 
     for epoch in range(start_epoch, cfg.epochs):
         seed = cfg.seed * 1_000_003 + epoch * 7_919
@@ -190,7 +301,7 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
         model.train()
         sums: dict[str, torch.Tensor] = {}
         t0, n_samples = time.perf_counter(), 0
-        for _ in progress(range(steps), f"{stage.name} epoch {epoch + 1}/{cfg.epochs}"):
+        for i in progress(range(steps), f"{stage.name} epoch {epoch + 1}/{cfg.epochs}"):
             batch = _to(next(batches), device)
             with autocast:
                 loss, parts = stage.loss(fwd, batch, g, True)
@@ -204,6 +315,13 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
             n_samples += b
             for k, v in parts.items():  # kept on the device: no host sync per step
                 sums[k] = sums.get(k, 0.0) + v.detach().double() * b
+            if epoch == start_epoch and timed and i in (0, timed):  # the first step includes loader start-up
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i == 0:
+                    t_first = time.perf_counter()
+                else:
+                    log.estimate(time.perf_counter() - t_first, timed, steps)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
@@ -213,22 +331,26 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
         if cfg.val_fraction > 0:
             metrics.update(_validate(stage, model, cfg, device, world, autocast))
         history.append(metrics)
+        written = None
         if rank == 0:
-            state = {"stage": stage.name, "epoch": epoch, "steps_per_epoch": steps, "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "config": asdict(cfg), "history": history, **stage.export(model)}
-            with atomic_path(ckpt_path) as tmp:
-                torch.save(state, tmp)
-            append_jsonl(out_dir / "metrics.jsonl", metrics)
+            if metrics.get("valid_loss", math.inf) < best:
+                best = metrics["valid_loss"]
+                ckpts.save_best({**stage.export(model), "stage": stage.name, "epoch": epoch,
+                                 "valid_loss": best})
+            if ckpts.due(epoch + 1, cfg.epochs):
+                written = ckpts.save({"stage": stage.name, "epoch": epoch, "steps_per_epoch": steps,
+                                      "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                      "scheduler": scheduler.state_dict(), "config": asdict(cfg),
+                                      "history": history, **stage.export(model)}, epoch + 1)
+            log.epoch(metrics, time.perf_counter() - t0, epoch + 1)
             if stage.after_epoch is not None:
                 stage.after_epoch(model, epoch, out_dir, batch)
             if epoch == cfg.epochs - 1:
-                with atomic_path(out_dir / stage.export_name) as tmp:
-                    torch.save(stage.export(model), tmp)
+                save_checkpoint(stage.export(model), out_dir / stage.export_name)
         if world > 1:
             dist.barrier()
         if report is not None:
-            report(metrics, ckpt_dir if rank == 0 else None)
+            report(metrics, written)
     return metrics
 
 

@@ -36,7 +36,8 @@ def _backbone(cfg: TeacherConfig) -> nn.Module:
         path = Path(cfg.backbone_checkpoint)
         if not path.exists():
             raise EDGError(f"teacher backbone checkpoint {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from .checkpoint import load_checkpoint
+        state = load_checkpoint(path, "cpu", "teacher backbone checkpoint")
         state = state.get("state_dict", state.get("model", state))
         head = net.default_cfg.get("classifier", "fc")
         state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
@@ -135,8 +136,12 @@ def teacher_state(model: Teacher) -> dict:
             "ed_predictor": model.ed_predictor.state_dict(), "ed_predictor_dims": list(model.ed_predictor.dims)}
 
 
-def load_teacher(path: str | Path, map_location="cpu") -> Teacher:
-    ck = _load(path, map_location)
+def load_teacher(path: str | Path, map_location="cpu", unsafe_pickle: bool | None = None) -> Teacher:
+    """The teacher (eval mode) from ``teacher.pt``, a training checkpoint or a run folder (plain data only,
+    unless ``unsafe_pickle``: see ``train.checkpoint.load_checkpoint``)."""
+    path, ck = _load(path, map_location, unsafe_pickle)
+    if "teacher_config" not in ck:
+        raise EDGError(f"{path}: not a teacher checkpoint (keys {sorted(ck)[:8]}); expected 'teacher_config'")
     cfg = from_dict(TeacherConfig, _tuples(ck["teacher_config"]), where=f"{path}:teacher_config")
     cfg.backbone_checkpoint = None  # the weights come from the checkpoint itself
     model = Teacher(cfg)
@@ -144,9 +149,9 @@ def load_teacher(path: str | Path, map_location="cpu") -> Teacher:
     return model.eval()
 
 
-def load_ed_predictor(path: str | Path, map_location="cpu") -> EDPredictor:
+def load_ed_predictor(path: str | Path, map_location="cpu", unsafe_pickle: bool | None = None) -> EDPredictor:
     """The frozen ED predictor (eval mode, requires_grad False) from a teacher checkpoint file."""
-    ck = _load(path, map_location)
+    path, ck = _load(path, map_location, unsafe_pickle)
     if "ed_predictor" not in ck:
         raise EDGError(f"{path}: not a teacher checkpoint (keys {sorted(ck)[:8]}); expected 'ed_predictor'")
     edp = EDPredictor(*ck["ed_predictor_dims"])
@@ -156,13 +161,14 @@ def load_ed_predictor(path: str | Path, map_location="cpu") -> EDPredictor:
     return edp.eval()
 
 
-def _load(path, map_location):
+def _load(path, map_location, unsafe_pickle: bool | None = None) -> tuple[Path, dict]:
+    """(file, content) of a teacher checkpoint; a run folder means its ``teacher.pt``, else its newest checkpoint."""
+    from .checkpoint import Checkpoints, load_checkpoint
     path = Path(path)
     if path.is_dir():
-        path = path / "teacher.pt"
-    if not path.exists():
-        raise EDGError(f"teacher checkpoint {path} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=False)
+        latest = Checkpoints(path / "checkpoint").latest()
+        path = path / "teacher.pt" if (path / "teacher.pt").is_file() or latest is None else latest
+    return path, load_checkpoint(path, map_location, "teacher checkpoint", unsafe_pickle)
 
 
 def _tuples(d: dict) -> dict:

@@ -1,0 +1,144 @@
+"""The per-epoch record every training loop keeps: a log line, ``metrics.jsonl``, ``metrics.csv`` and
+``progress.json`` in the run folder, all updated after each epoch (not only at the end).
+
+``TrainLog(out_dir, name, epochs, start_epoch, units)``:
+
+* ``estimate(seconds, steps_done, steps_per_epoch)``: at start-up, once a few steps are timed, one line with
+  the estimated time per epoch and for the epochs left (so CPU-sized defaults announce their cost);
+* ``epoch(row, train_seconds, samples)``: after each epoch, appends ``row`` to ``metrics.jsonl``, rewrites
+  ``metrics.csv`` (one column per key ever seen) and ``progress.json`` (epoch k of N, last row, seconds per
+  epoch, ETA), and prints ``<name> epoch k/N  train loss ..  valid <metric> .. <unit>  lr ..  .. samples/s
+  .. s/epoch  ETA ..`` to stderr, TTY or not.
+
+A resumed run keeps the first ``start_epoch`` rows of ``metrics.jsonl`` (rows logged after the checkpoint it
+resumes from are trained again). Only the writer (rank 0) should build one with ``out_dir``; other ranks pass
+``out_dir=None, quiet=True``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from edg_core.io import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic
+
+
+def duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``4.2s``."""
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    m, s = divmod(int(round(seconds)), 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h < 48 else f"{h / 24:.1f} days"
+
+
+def _num(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+class TrainLog:
+    """See the module docstring. ``units`` maps a metric name (without ``train_``/``valid_``/``test_``) to its
+    unit, e.g. ``{"weighted_mae": "kcal/mol(/Å)", "loss": "normalised pixel MSE"}``; ``show`` names the
+    metrics of the log line (default: ``loss``, then each ``valid_*`` key)."""
+
+    def __init__(self, out_dir: str | Path | None, name: str, epochs: int, start_epoch: int = 0,
+                 units: dict[str, str] | None = None, show: tuple[str, ...] | None = None, quiet: bool = False,
+                 stream=None):
+        self.dir = Path(out_dir) if out_dir is not None else None
+        self.name, self.epochs, self.start_epoch = name, epochs, start_epoch
+        self.units, self.show, self.quiet = dict(units or {}), show, quiet
+        self.stream = stream
+        self.rows: list[dict] = []
+        self.seconds: list[float] = []  # wall seconds of each epoch run in this process
+        self.t_start = time.perf_counter()
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.rows = read_jsonl(self.dir / "metrics.jsonl")[:start_epoch]
+            write_bytes_atomic(self.dir / "metrics.jsonl",
+                               "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in self.rows).encode())
+            self._write_csv()
+            self._write_progress(state="running" if start_epoch < epochs else "done")
+        if start_epoch and not quiet:
+            self.say(f"{name}: resumed after epoch {start_epoch}/{epochs}")
+
+    # ------------------------------------------------------------ output
+    def say(self, line: str) -> None:
+        if not self.quiet:
+            print(line, file=self.stream or sys.stderr, flush=True)
+
+    def unit(self, key: str) -> str:
+        base = key.split("_", 1)[1] if key.split("_", 1)[0] in ("train", "valid", "test") else key
+        u = self.units.get(base, "")
+        return f" {u}" if u else ""
+
+    # ------------------------------------------------------------ events
+    def estimate(self, seconds: float, steps_done: int, steps_per_epoch: int) -> float:
+        """Announce the estimated time per epoch from ``steps_done`` timed steps; returns seconds per epoch."""
+        per_epoch = seconds / max(steps_done, 1) * steps_per_epoch
+        left = self.epochs - self.start_epoch
+        self.say(f"{self.name}: {seconds / max(steps_done, 1):.3g} s/step over the first {steps_done} steps -> "
+                 f"~{duration(per_epoch)} per epoch ({steps_per_epoch} steps), ~{duration(per_epoch * left)} for "
+                 f"the {left} epochs left (training steps only; shrink --epochs or the model for a quick run)")
+        return per_epoch
+
+    def eta(self, epochs_done: int) -> float:
+        """Seconds left: mean seconds per epoch run in this process x epochs left."""
+        if not self.seconds:
+            return float("nan")
+        return sum(self.seconds) / len(self.seconds) * (self.epochs - epochs_done)
+
+    def epoch(self, row: dict, seconds: float, epochs_done: int) -> str:
+        """Record one finished epoch (``row``: its metrics; ``seconds``: its wall time; ``epochs_done``: 1-based)."""
+        self.seconds.append(seconds)
+        self.rows.append(row)
+        if self.dir is not None:
+            append_jsonl(self.dir / "metrics.jsonl", row)
+            self._write_csv()
+            self._write_progress(state="running" if epochs_done < self.epochs else "done", seconds=seconds,
+                                 epochs_done=epochs_done)
+        line = self.line(row, seconds, epochs_done)
+        self.say(line)
+        return line
+
+    def line(self, row: dict, seconds: float, epochs_done: int) -> str:
+        keys = self.show or ("train_loss", *sorted(k for k in row if k.startswith("valid_")))
+        parts = [f"{self.name} epoch {epochs_done}/{self.epochs}"]
+        for k in keys:
+            if k in row and isinstance(row[k], (int, float)):
+                parts.append(f"{k.replace('_', ' ', 1)} {_num(row[k])}{self.unit(k)}")
+        if "lr" in row:
+            parts.append(f"lr {row['lr']:.3g}")
+        if row.get("samples_per_s"):
+            parts.append(f"{row['samples_per_s']:.1f} samples/s")
+        parts.append(f"{seconds:.1f} s/epoch")
+        parts.append(f"ETA {duration(self.eta(epochs_done))}")
+        return "  ".join(parts)
+
+    # ------------------------------------------------------------ files
+    def _write_csv(self) -> None:
+        cols: list[str] = []
+        for r in self.rows:
+            cols += [k for k in r if k not in cols]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()})
+        write_bytes_atomic(self.dir / "metrics.csv", buf.getvalue().encode())
+
+    def _write_progress(self, state: str, seconds: float | None = None, epochs_done: int | None = None) -> None:
+        done = epochs_done if epochs_done is not None else self.start_epoch
+        eta = self.eta(done)
+        write_json_atomic(self.dir / "progress.json", {
+            "stage": self.name, "state": state, "epoch": done, "epochs": self.epochs,
+            "last": self.rows[-1] if self.rows else None, "units": self.units,
+            "seconds_last_epoch": seconds, "seconds_this_run": round(time.perf_counter() - self.t_start, 3),
+            "eta_s": round(eta, 1) if math.isfinite(eta) else None, "updated": time.time()})
