@@ -48,6 +48,21 @@ class DistillConfig:
     task: dict = field(default_factory=dict)             # RMD17Config / QM9Config overrides
     student_args: dict = field(default_factory=dict)     # build_student overrides
 
+    def __post_init__(self):
+        # options after the dataset name (rmd17:aspirin?root=DIR) are task options; --task KEY=VALUE wins
+        from .tasks import parse_dataset
+        self.dataset, opts = parse_dataset(self.dataset)
+        if opts:
+            self.task = {**opts, **self.task}
+
+    def validate(self) -> None:
+        """Raise an ``EDGError`` naming the valid choices for an unknown student, dataset, molecule, target or
+        option, or a missing rMD17 root, before anything is written."""
+        from .students import config_for
+        from .tasks import validate_dataset
+        config_for(self.student, **self.student_args)
+        validate_dataset(self.dataset, **self.task)
+
     def run_name(self) -> str:
         lam = f"{self.edg.lambda_ed:g}"
         return f"{self.student}__{self.dataset.replace(':', '-')}__lam{lam}__seed{self.fit.seed}"
@@ -205,6 +220,7 @@ def run_distill(cfg: DistillConfig, force: bool = False) -> dict:
     """Run (or skip, if finished) one student x dataset x lambda x seed; returns the result record."""
     from train.students import build_student
 
+    cfg.validate()
     run_dir = Path(cfg.out) / cfg.run_name()
     result_path = run_dir / "result.json"
     if result_path.exists() and not force:

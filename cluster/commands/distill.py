@@ -102,6 +102,7 @@ def _base_config(args):
 
 
 def _check_targets(cfg) -> None:
+    cfg.validate()  # unknown student / dataset / molecule / target: one-line error before any run starts
     if cfg.edg.lambda_ed > 0 and not cfg.edg.teacher_targets:
         raise ConfigError(f"lambda {cfg.edg.lambda_ed} > 0 needs --teacher-targets (a .npz / shard folder from the "
                           "teacher stage, or standin:coulomb)")

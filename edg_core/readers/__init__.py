@@ -83,8 +83,10 @@ def rmd17_root(root: str | None = None) -> Path | str:
     for c in cands:
         if c and Path(c).exists():
             return Path(c)
-    raise DataSourceError("rMD17 data not found: pass ?root=DIR, or set EDG_RMD17_ROOT "
-                          f"(looked in {[c for c in cands if c]})")
+    raise DataSourceError(f"rMD17 data not found (looked in {[str(c) for c in cands if c]}): add ?root=DIR to the "
+                          "spec (rmd17:aspirin:train?root=DIR, --dataset rmd17:aspirin?root=DIR; ?root=embedded "
+                          "for the frames shipped in the package), or set EDG_RMD17_ROOT=DIR; "
+                          "download the data with: edg fetch rmd17 --out DIR")
 
 
 def open_source(spec: str) -> Source:

@@ -6,9 +6,18 @@
 Either way a split id k gives 950 train / 50 validation / 1000 test frames (Geom3D convention:
 train = first 950 of the train indices, validation = the last 50, test = the test indices).
 Energies in kcal/mol, forces in kcal/mol/Å, positions in Å (the files' own units).
+
+Frame ids are the same from both layouts: ``rmd17:<molecule>:<i>`` with ``i`` the frame's index in the
+original MD17 trajectory (the files' ``old_indices``; the archive's split files index its 100k frames, which
+are mapped through the archive's ``old_indices``). The embedded frames carry the same ids.
+
+Where the data comes from: ``edg fetch rmd17 --out DIR`` downloads the official archive (figshare,
+``OFFICIAL_URL``), checks it and unpacks it (``fetch_rmd17``); point ``$EDG_RMD17_ROOT`` or ``?root=DIR`` at
+``DIR``.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +29,10 @@ from ..molecule import Molecule
 MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde", "naphthalene",
              "paracetamol", "salicylic", "toluene", "uracil")
 N_TRAIN, N_VALID, N_TEST = 950, 50, 1000
+OFFICIAL_URL = "https://figshare.com/ndownloader/files/23950376"  # rmd17.tar.bz2, figshare article 12672038
+EMBEDDED_MOLECULES = ("ethanol", "aspirin")
+KEYS = ("nuclear_charges", "coords", "energies", "forces")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,7 +43,7 @@ class RMD17Frames:
     pos: np.ndarray
     energy: np.ndarray
     forces: np.ndarray
-    index: np.ndarray  # frame index in the original 100k-frame trajectory
+    index: np.ndarray  # frame index in the original MD17 trajectory (the files' old_indices)
 
     def __len__(self) -> int:
         return int(self.pos.shape[0])
@@ -47,7 +60,10 @@ class RMD17Frames:
 
 def _check_molecule(name: str) -> None:
     if name not in MOLECULES:
-        raise DataSourceError(f"unknown rMD17 molecule {name!r}; known: {', '.join(MOLECULES)}")
+        import difflib
+        near = difflib.get_close_matches(name, MOLECULES, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise DataSourceError(f"unknown rMD17 molecule {name!r}{hint}; known: {', '.join(MOLECULES)}")
 
 
 def _load_npz(path: Path, molecule: str, index: np.ndarray | None = None) -> RMD17Frames:
@@ -61,7 +77,10 @@ def _load_npz(path: Path, molecule: str, index: np.ndarray | None = None) -> RMD
     if index is not None:
         if index.max(initial=-1) >= len(energy):
             raise DataSourceError(f"{path}: split index {int(index.max())} beyond {len(energy)} frames")
-        pos, energy, forces, idx = pos[index], energy[index], forces[index], index
+        if "old_indices" not in d.files:
+            log.warning("%s has no old_indices: frame ids are archive positions, not MD17 indices "
+                        "(they will not match ids read from the pre-split layout)", path)
+        pos, energy, forces, idx = pos[index], energy[index], forces[index], idx[index]
     n = len(z)
     if pos.shape[1:] != (n, 3) or forces.shape != pos.shape or energy.shape != pos.shape[:1]:
         raise DataSourceError(f"{path}: inconsistent shapes z{z.shape} coords{pos.shape} "
@@ -93,6 +112,37 @@ def load_rmd17_embedded(molecule: str) -> dict[str, RMD17Frames]:
     return {"train": frames[:a], "valid": frames[a:b], "test": frames[b:]}
 
 
+def _layout_root(root: Path) -> Path:
+    """``root`` itself, or ``root/rmd17`` when that is where the unpacked archive's folders are."""
+    if not (root / "npz_data").exists() and (root / "rmd17" / "npz_data").exists():
+        return root / "rmd17"
+    return root
+
+
+def check_available(root: str | Path, molecule: str, split_id: int = 1) -> None:
+    """Raise ``DataSourceError`` (saying what is missing and where) unless ``load_rmd17`` can find the files
+    of ``molecule`` split ``split_id`` under ``root``; cheap (no array is read)."""
+    _check_molecule(molecule)
+    if str(root) == "embedded":
+        if molecule not in EMBEDDED_MOLECULES:
+            raise DataSourceError(f"the embedded data has no rMD17 {molecule} frames (only ethanol and aspirin)")
+        return
+    root = Path(root)
+    if not root.exists():
+        raise DataSourceError(f"rMD17 path {root} does not exist")
+    base, sid = _layout_root(root), f"{int(split_id):02d}"
+    presplit = [base / f"rmd17_{molecule}_{s}_{sid}.npz" for s in ("train", "test")]
+    archive = [base / "npz_data" / f"rmd17_{molecule}.npz",
+               *(base / "splits" / f"index_{s}_{sid}.csv" for s in ("train", "test"))]
+    for files in (presplit, archive):
+        if all(f.exists() for f in files):
+            return
+    raise DataSourceError(f"no rMD17 data for {molecule!r} split {sid} under {root}: expected "
+                          f"{presplit[0].name} + {presplit[1].name} (pre-split layout) or "
+                          f"npz_data/rmd17_{molecule}.npz + splits/index_{{train,test}}_{sid}.csv "
+                          "(official archive layout; edg fetch rmd17 --out DIR)")
+
+
 def load_rmd17(root: str | Path, molecule: str, split_id: int = 1) -> dict[str, RMD17Frames]:
     """``{"train": 950, "valid": 50, "test": 1000}`` frames of ``molecule`` from either layout under ``root``
     (``root="embedded"``: the small embedded set, see ``load_rmd17_embedded``)."""
@@ -102,6 +152,7 @@ def load_rmd17(root: str | Path, molecule: str, split_id: int = 1) -> dict[str, 
     root = Path(root)
     if not root.exists():
         raise DataSourceError(f"rMD17 path {root} does not exist")
+    root = _layout_root(root)
     sid = f"{int(split_id):02d}"
     presplit_train = root / f"rmd17_{molecule}_train_{sid}.npz"
     archive = root / "npz_data" / f"rmd17_{molecule}.npz"
@@ -124,3 +175,66 @@ def load_rmd17(root: str | Path, molecule: str, split_id: int = 1) -> dict[str, 
         raise DataSourceError(f"{root}: {molecule} split {sid} has {len(train)} training frames, "
                               f"need {N_TRAIN + N_VALID}")
     return {"train": train[:N_TRAIN], "valid": train[N_TRAIN:N_TRAIN + N_VALID], "test": test[:N_TEST]}
+
+
+def verify_archive_layout(root: str | Path, molecules=MOLECULES) -> dict[str, int]:
+    """Check an unpacked official archive: every ``npz_data/rmd17_<mol>.npz`` of ``molecules`` has the rMD17
+    keys with consistent shapes, and every ``splits/index_{train,test}_0k.csv`` indexes existing frames.
+    Returns frames per molecule; raises ``DataSourceError`` naming the first bad file."""
+    root = _layout_root(Path(root))
+    counts: dict[str, int] = {}
+    for mol in molecules:
+        path = root / "npz_data" / f"rmd17_{mol}.npz"
+        if not path.exists():
+            raise DataSourceError(f"{root}: the archive has no npz_data/rmd17_{mol}.npz")
+        try:
+            with np.load(path) as d:
+                missing = [k for k in (*KEYS, "old_indices") if k not in d.files]
+                if missing:
+                    raise DataSourceError(f"{path}: missing keys {missing}")
+                n_atoms, shape = len(d["nuclear_charges"]), d["coords"].shape
+                if shape[1:] != (n_atoms, 3) or d["forces"].shape != shape or d["energies"].shape != shape[:1] \
+                        or d["old_indices"].shape != shape[:1]:
+                    raise DataSourceError(f"{path}: inconsistent array shapes")
+        except (OSError, ValueError) as e:
+            raise DataSourceError(f"{path}: not a readable rMD17 npz ({e})") from None
+        counts[mol] = int(shape[0])
+    splits = sorted((root / "splits").glob("index_*_0*.csv")) if (root / "splits").exists() else []
+    if not splits:
+        raise DataSourceError(f"{root}: the archive has no splits/index_{{train,test}}_0k.csv files")
+    n_min = min(counts.values(), default=0)
+    for f in splits:
+        idx = _read_index_csv(f)
+        if len(idx) and (idx.min() < 0 or idx.max() >= n_min):
+            raise DataSourceError(f"{f}: index {int(idx.max())} outside the {n_min} frames of the npz files")
+    return counts
+
+
+def fetch_rmd17(out: str | Path, url: str = OFFICIAL_URL, sha256: str | None = None, md5: str | None = None,
+                molecules=MOLECULES, keep_archive: bool = False, max_bytes: int = 8 * 1024 ** 3):
+    """Download the official rMD17 archive from ``url`` into ``out``, verify it, unpack it safely and check
+    its contents; returns ``(root, digests)`` where ``root`` is the folder to pass as ``?root=`` /
+    ``$EDG_RMD17_ROOT`` and ``digests`` the archive's sha256/md5/size.
+
+    ``sha256`` / ``md5``: expected checksums of the archive (a mismatch raises ``ChecksumError`` and removes
+    the file); without them the digests are only reported. ``molecules``: the npz files that must be in it.
+    A rerun with a complete ``out`` returns at once."""
+    from ..download import download, extract_tar
+    out = Path(out)
+    marker = out / ".edg-fetched.json"
+    if marker.exists():
+        import json
+        info = json.loads(marker.read_text())
+        return _layout_root(out), info["digests"]
+    archive = out / "rmd17.tar.bz2"
+    digests = download(url, archive, sha256=sha256, md5=md5, max_bytes=max_bytes)
+    extract_tar(archive, out, max_bytes=4 * max_bytes)
+    counts = verify_archive_layout(out, molecules)
+    if not keep_archive:
+        archive.unlink()
+    import dataclasses
+
+    from ..io import write_json_atomic
+    d = dataclasses.asdict(digests)
+    write_json_atomic(marker, {"url": url, "digests": d, "frames": counts})
+    return _layout_root(out), d

@@ -1,0 +1,180 @@
+"""rMD17 from download to task: ``edg fetch rmd17`` against a local HTTP server (never the internet), safe
+extraction, the same frame ids from both layouts, and one-line errors for unknown names before any run folder."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+
+from cluster.cli import main
+from edg_core.download import ChecksumError, UnsafeArchiveError, extract_tar
+from edg_core.errors import DataSourceError
+from edg_core.readers import open_source
+from edg_core.readers.rmd17 import fetch_rmd17, load_rmd17
+
+
+def _archive_from_presplit(rmd17_root, out, molecule="ethanol", seed=0):
+    """An official-layout archive (rmd17/npz_data + rmd17/splits) holding the train_01 + test_01 frames of
+    ``molecule`` in shuffled order, like the real archive whose split files index its own frame order."""
+    tr = np.load(rmd17_root / f"rmd17_{molecule}_train_01.npz")
+    te = np.load(rmd17_root / f"rmd17_{molecule}_test_01.npz")
+    n_tr, n_te = len(tr["energies"]), len(te["energies"])
+    order = np.random.default_rng(seed).permutation(n_tr + n_te)  # archive position -> stacked frame
+    stacked = {k: np.concatenate([tr[k], te[k]]) for k in ("coords", "energies", "forces", "old_indices")}
+    arrays = {k: v[order] for k, v in stacked.items()}
+    where = np.argsort(order)  # stacked frame -> archive position
+    members = {}
+    buf = io.BytesIO()
+    np.savez(buf, nuclear_charges=tr["nuclear_charges"], **arrays)
+    members[f"rmd17/npz_data/rmd17_{molecule}.npz"] = buf.getvalue()
+    members["rmd17/splits/index_train_01.csv"] = "\n".join(str(i) for i in where[:n_tr]).encode()
+    members["rmd17/splits/index_test_01.csv"] = "\n".join(str(i) for i in where[n_tr:]).encode()
+    path = out / "rmd17.tar.bz2"
+    with tarfile.open(path, "w:bz2") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Serve a folder on 127.0.0.1 (a thread, stopped after the test); yields a function folder -> base URL."""
+    servers = []
+
+    def start(folder):
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}"
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def test_fetch_verifies_unpacks_and_ids_match_presplit(tmp_path, rmd17_root, serve, capsys):
+    srv_dir = tmp_path / "srv"
+    srv_dir.mkdir()
+    archive = _archive_from_presplit(rmd17_root, srv_dir)
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    url = serve(srv_dir) + "/rmd17.tar.bz2"
+
+    out = tmp_path / "data"
+    rc = main(["fetch", "rmd17", "--url", url, "--out", str(out), "--sha256", sha, "--molecules", "ethanol"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert sha in printed and "verified" in printed and f"EDG_RMD17_ROOT={out / 'rmd17'}" in printed
+    assert not (out / "rmd17.tar.bz2").exists()  # removed after unpacking unless --keep-archive
+
+    a, b = load_rmd17(out, "ethanol"), load_rmd17(rmd17_root, "ethanol")
+    for split in ("train", "valid", "test"):
+        assert np.array_equal(a[split].index, b[split].index)  # MD17 old_indices from both layouts
+        assert np.array_equal(a[split].pos, b[split].pos) and np.array_equal(a[split].energy, b[split].energy)
+    assert int(a["train"].index.max()) > 100_000  # MD17 trajectory indices, not archive positions
+    ids_archive = [m.id for m in open_source(f"rmd17:ethanol:valid?root={out}").molecules()]
+    ids_presplit = [m.id for m in open_source(f"rmd17:ethanol:valid?root={rmd17_root}").molecules()]
+    assert ids_archive == ids_presplit and len(ids_archive) == 50
+    # the embedded frames are the first train_01 frames and carry the same ids
+    emb = [m.id for m in open_source("rmd17:ethanol:train?root=embedded").molecules()]
+    assert emb == [m.id for m in open_source(f"rmd17:ethanol:train?root={out}&limit={len(emb)}").molecules()]
+
+    # a rerun on a finished folder does not download again (the server is gone)
+    archive.unlink()
+    assert fetch_rmd17(out, url=url, molecules=["ethanol"])[0] == out / "rmd17"
+
+
+def test_fetch_checksum_mismatch_removes_the_file(tmp_path, rmd17_root, serve):
+    srv_dir = tmp_path / "srv"
+    srv_dir.mkdir()
+    _archive_from_presplit(rmd17_root, srv_dir)
+    url = serve(srv_dir) + "/rmd17.tar.bz2"
+    with pytest.raises(ChecksumError, match="md5 is .* expected 0123"):
+        fetch_rmd17(tmp_path / "data", url=url, md5="0123456789abcdef0123456789abcdef", molecules=["ethanol"])
+    assert not (tmp_path / "data" / "rmd17.tar.bz2").exists()
+    assert not list((tmp_path / "data").glob("*.part"))
+    with pytest.raises(DataSourceError, match="cannot download"):
+        fetch_rmd17(tmp_path / "data", url=url.replace("rmd17.tar.bz2", "missing.tar.bz2"))
+
+
+def test_fetch_refuses_an_archive_without_the_molecules(tmp_path, rmd17_root, serve):
+    srv_dir = tmp_path / "srv"
+    srv_dir.mkdir()
+    _archive_from_presplit(rmd17_root, srv_dir)
+    with pytest.raises(DataSourceError, match="no npz_data/rmd17_aspirin.npz"):
+        fetch_rmd17(tmp_path / "data", url=serve(srv_dir) + "/rmd17.tar.bz2")
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w:gz") as tf:
+        for info, data in members:
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _file(name, data=b"x"):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "/tmp/evil.txt", "a/../../evil.txt"])
+def test_extract_refuses_path_traversal(tmp_path, name):
+    arc = _tar(tmp_path / "a.tar.gz", [_file("ok/good.txt"), _file(name)])
+    with pytest.raises(UnsafeArchiveError, match="outside the output folder"):
+        extract_tar(arc, tmp_path / "out")
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_extract_refuses_links_and_oversize(tmp_path):
+    link = tarfile.TarInfo("ok/link")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    with pytest.raises(UnsafeArchiveError, match="link or special file"):
+        extract_tar(_tar(tmp_path / "l.tar.gz", [(link, None)]), tmp_path / "out")
+    assert not (tmp_path / "out" / "ok" / "link").exists()
+    big = _tar(tmp_path / "b.tar.gz", [_file("a.bin", b"0" * 600), _file("b.bin", b"0" * 600)])
+    with pytest.raises(UnsafeArchiveError, match="more than 1000 bytes"):
+        extract_tar(big, tmp_path / "out2", max_bytes=1000)
+    files = extract_tar(big, tmp_path / "out3", max_bytes=2000)
+    assert sorted(f.name for f in files) == ["a.bin", "b.bin"] and (tmp_path / "out3" / "a.bin").stat().st_size == 600
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--student", "foo"], "unknown student 'foo'"),
+    (["--student", "schnt"], "did you mean 'schnet'"),
+    (["--dataset", "rmd17:asprin"], "unknown rMD17 molecule 'asprin' (did you mean 'aspirin'?)"),
+    (["--dataset", "qm9:foo"], "unknown QM9 target 'foo'"),
+    (["--dataset", "md17:aspirin"], "unknown dataset 'md17:aspirin'"),
+    (["--dataset", "rmd17:aspirin?root=/nonexistent/rmd17"], "add ?root=DIR"),
+    (["--dataset", "rmd17:aspirin", "--task", "root=/nonexistent/rmd17"], "rMD17 data not found"),
+    (["--dataset", "rmd17:uracil?root=embedded"], "only ethanol and aspirin"),
+    (["--dataset", "rmd17:ethanol?root=embedded&bogus=1"], "unknown key(s) ['bogus']"),
+])
+def test_distill_unknown_names_are_one_line_errors_without_run_folder(tmp_path, capsys, args, message):
+    for cmd in (["distill", *args], ["benchmark", *(["--students", args[1]] if args[0] == "--student"
+                                                   else ["--datasets", *args[1:2]] + args[2:])]):
+        assert main([*cmd, "--out", str(tmp_path / "runs"), "--epochs", "1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and err[0].startswith(f"edg {cmd[0]}: error:")
+        assert not (tmp_path / "runs").exists()
+
+
+def test_dataset_options_in_the_spec_become_task_options():
+    from train.distill import DistillConfig, replace
+    cfg = DistillConfig(dataset="rmd17:ethanol?root=embedded&train_size=8", task={"train_size": 4})
+    assert cfg.dataset == "rmd17:ethanol" and cfg.task == {"root": "embedded", "train_size": 4}
+    assert "?" not in cfg.run_name() and "root" not in cfg.run_name()
+    assert replace(cfg, student="painn").task == cfg.task
+    cfg.validate()
