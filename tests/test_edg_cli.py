@@ -27,15 +27,17 @@ def test_distill_writes_run_and_skips_when_finished(tmp_path, capsys):
     assert "stand-in" in r["teacher_targets"]
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["edg"]["lambda_ed"] == 0.5 and cfg["student_args"]["hidden_channels"] == 8
-    hist = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(hist) == 2 and hist[0]["train_ed_loss"] > 0
     assert (run / "best_student.pt").exists() and (run / "test_errors.npz").exists()
-    assert not (run / "checkpoint.pt").exists()
+    assert not (run / "checkpoint").exists()  # removed when the run is finished
+    assert (run / "metrics.csv").read_text().splitlines()[0].split(",")[:2] == ["epoch", "train_loss"]
+    assert json.loads((run / "progress.json").read_text())["state"] == "done"
 
     stamp = (run / "result.json").stat().st_mtime_ns
     assert main(args) == 0  # finished: skipped
     assert (run / "result.json").stat().st_mtime_ns == stamp
-    assert len((run / "history.jsonl").read_text().splitlines()) == 2
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_distill_resumes_from_checkpoint(tmp_path):
@@ -56,11 +58,11 @@ def test_distill_resumes_from_checkpoint(tmp_path):
     # an "interrupted" run: 3 epochs done under a 4-epoch schedule, the last checkpoint after epoch 2
     fc = FitConfig(epochs=4, batch_size=4, checkpoint_every=2)
     train_student(task, m, fc, run_dir=run_dir, stop_after=3)
-    assert len((run_dir / "history.jsonl").read_text().splitlines()) == 3
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
     torch.manual_seed(123)  # a resumed run must not depend on a fresh initialisation
     res = train_student(task, build_student("schnet", **sargs), fc, run_dir=run_dir)
     assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
-    assert len((run_dir / "history.jsonl").read_text().splitlines()) == 4
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 4
     assert res.test["force_mae"] == pytest.approx(full["test"]["force_mae"], rel=1e-5)
 
 

@@ -1,10 +1,15 @@
 """The student training loop, with or without EDG, and one resumable run = one result file.
 
-``fit`` trains a student on a task: Adam, cosine schedule, model selection on the validation metric, test
-errors taken at the best validation epoch. ``run_distill`` builds task, student and EDG head from a
-``DistillConfig``, writes ``<out>/<run name>/`` (config.yaml, history.jsonl, checkpoint.pt, test_errors.npz,
-result.json last, atomically) and skips a run whose result.json exists; an interrupted run resumes from its
-last epoch checkpoint.
+``train_student`` trains a student on a task: Adam, cosine schedule, model selection on the validation
+metric, test errors taken at the best validation epoch. Losses are summed on the device and read once per
+epoch (no host sync per step). ``run_distill`` builds task, student and EDG head from a ``DistillConfig``
+and writes ``<out>/<run name>/`` in the run-folder convention of every EDG training loop: config.yaml;
+metrics.jsonl, metrics.csv and progress.json after every epoch, with a line per epoch on stderr (losses,
+validation metrics with units, lr, samples/s, ETA); ``checkpoint/epoch-NNNNNN.pt`` (plain data, every
+``checkpoint_every`` epochs, newest ``keep_last`` kept); at the end test_errors.npz, best_student.pt (the
+student's weights at the best validation epoch) and result.json last, atomically. A run whose result.json
+exists is skipped; an interrupted run resumes from its last checkpoint; the checkpoints are removed when the
+run is finished.
 """
 from __future__ import annotations
 
@@ -21,8 +26,9 @@ import numpy as np
 import torch
 
 from edg_core.config import dump_yaml, to_dict
-from edg_core.io import append_jsonl, atomic_path, progress, read_jsonl, write_bytes_atomic, write_json_atomic
+from edg_core.io import atomic_path, progress, write_json_atomic
 
+from .checkpoint import Checkpoints, load_checkpoint, save_checkpoint
 from .configs import FitConfig  # noqa: F401 (re-exported)
 from .edg import (
     EDGConfig,
@@ -33,6 +39,7 @@ from .edg import (
     load_teacher_targets,
     predictor_dims,
 )
+from .progress import TrainLog
 from .tasks import Batch, PackedMolecules, Task, build_task
 
 log = logging.getLogger(__name__)
@@ -71,8 +78,10 @@ class DistillConfig:
 # ---------------------------------------------------------------- one step, one evaluation
 def train_step(task: Task, model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
                lambda_ed: float = 0.0, head: EDGHead | None = None, grad_clip: float | None = None
-               ) -> dict[str, float]:
-    """One optimisation step of L = L_task + lambda * L_ED (batch.labels["edp"] holds EDP(F_S) when lambda > 0)."""
+               ) -> dict[str, torch.Tensor]:
+    """One optimisation step of L = L_task + lambda * L_ED (batch.labels["edp"] holds EDP(F_S) when lambda > 0).
+    Returns ``loss``, ``task_loss``, ``ed_loss`` as detached 0-dim tensors on the model's device (reading them
+    is a host sync: sum them on the device and read once per epoch)."""
     optimizer.zero_grad(set_to_none=True)
     pred = task.predict(model, batch, training=True)
     l_task = task.loss(pred, batch)
@@ -82,7 +91,8 @@ def train_step(task: Task, model: torch.nn.Module, batch: Batch, optimizer: torc
         params = [p for g in optimizer.param_groups for p in g["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
-    return {"loss": loss.item(), "task_loss": l_task.item(), "ed_loss": l_ed.item() if l_ed is not None else 0.0}
+    return {"loss": loss.detach(), "task_loss": l_task.detach(),
+            "ed_loss": l_ed.detach() if l_ed is not None else torch.zeros((), device=loss.device)}
 
 
 def evaluate(task: Task, model: torch.nn.Module, data: PackedMolecules, batch_size: int
@@ -115,13 +125,15 @@ class FitResult:
     best_state: dict | None = None
 
 
-def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed: float = 0.0, head: EDGHead | None = None,
-        run_dir: Path | None = None, desc: str = "fit", stop_after: int | None = None) -> FitResult:
+def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed: float = 0.0,
+                  head: EDGHead | None = None, run_dir: Path | None = None, desc: str = "fit",
+                  stop_after: int | None = None, unsafe_pickle: bool | None = None) -> FitResult:
     """Train ``model`` on ``task.train``; select on ``task.select_metric`` of ``task.valid``; test at the best epoch.
 
     With ``lambda_ed > 0`` the training set must carry ``edp`` (M, 768) molecule labels and ``head`` is trained
-    (its mapper) together with the student. ``run_dir`` enables per-epoch history and resumable checkpoints;
-    ``stop_after`` ends the call after that many epochs of the schedule (a rerun resumes from there).
+    (its mapper) together with the student. ``run_dir`` enables the per-epoch files and resumable checkpoints
+    (see the module docstring); ``stop_after`` ends the call after that many epochs of the schedule (a rerun
+    resumes from there). ``unsafe_pickle``: see ``train.checkpoint.load_checkpoint``.
     """
     device = torch.device(cfg.device)
     if cfg.num_threads:
@@ -142,9 +154,9 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
     metric = task.select_metric
     state = {"epoch": 0, "best": math.inf, "best_epoch": -1, "valid": {}, "test": {}, "test_errors": {},
              "seconds": 0.0, "best_state": None}
-    ckpt = run_dir / "checkpoint.pt" if run_dir is not None else None
-    if ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, map_location=device, weights_only=False)
+    ckpts = Checkpoints(run_dir / "checkpoint", cfg.checkpoint_every, cfg.keep_last) if run_dir is not None else None
+    saved = ckpts.load_latest(device, f"{desc} checkpoint", unsafe_pickle) if ckpts is not None else None
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None and saved["scheduler"] is not None:
@@ -153,51 +165,66 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
             head.mapper.load_state_dict(saved["mapper"])
         gen.set_state(saved["generator"])
         state = saved["state"]
-        log.info("%s: resumed at epoch %d", desc, state["epoch"])
-    history = read_jsonl(run_dir / "history.jsonl")[:state["epoch"]] if run_dir is not None else []
-    if run_dir is not None:  # drop epochs logged after the last checkpoint: they are trained again
-        write_bytes_atomic(run_dir / "history.jsonl", "".join(json.dumps(h, sort_keys=True) + "\n"
-                                                              for h in history).encode())
 
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+    units = {**task.units, "loss": "(L_task + lambda L_ED)", "task_loss": "(L_task)", "ed_loss": "(L_ED)"}
+    trainlog = TrainLog(run_dir, desc, cfg.epochs, state["epoch"], units,
+                        show=("train_loss", f"valid_{metric}", *(f"valid_{k}" for k in task.units if k != metric)))
+    history, first = list(trainlog.rows), state["epoch"]
     for epoch in progress(range(state["epoch"], last_epoch), desc, total=last_epoch - state["epoch"]):
         t0 = time.perf_counter()
         model.train()
         if head is not None:
             head.train()
-        sums, n = {"loss": 0.0, "task_loss": 0.0, "ed_loss": 0.0}, 0
-        for batch in train.batches(cfg.batch_size, shuffle=True, generator=gen):
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, task_loss, ed_loss x molecules
+        n = 0
+        for i, batch in enumerate(train.batches(cfg.batch_size, shuffle=True, generator=gen)):
             step = train_step(task, model, batch, optimizer, lambda_ed, head, cfg.grad_clip)
             b = batch.num_molecules
-            for k in sums:
-                sums[k] += step[k] * b
+            sums += torch.stack([step["loss"], step["task_loss"], step["ed_loss"]]).double() * b
             n += b
+            if epoch == first and i in (0, 4):  # a start-up estimate from steps 2-5 (1: warm-up)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i == 0:
+                    t_first = time.perf_counter()
+                else:
+                    trainlog.estimate(time.perf_counter() - t_first, 4, math.ceil(len(train) / cfg.batch_size))
         if scheduler is not None:
             scheduler.step()
+        means = (sums / max(n, 1)).tolist()  # the epoch's one host sync for the training losses
         train_time = time.perf_counter() - t0
         val = _means(evaluate(task, model, valid, cfg.eval_batch_size))
-        row = {"epoch": epoch + 1, **{f"train_{k}": v / max(n, 1) for k, v in sums.items()},
+        row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in zip(("loss", "task_loss", "ed_loss"), means)},
                **{f"valid_{k}": v for k, v in val.items()}, "train_seconds": train_time,
-               "lr": optimizer.param_groups[0]["lr"]}
+               "samples_per_s": n / max(train_time, 1e-9), "lr": optimizer.param_groups[0]["lr"]}
         if val[metric] < state["best"]:
             test_err = evaluate(task, model, test, cfg.eval_batch_size)
             state.update(best=val[metric], best_epoch=epoch + 1, valid=val, test=_means(test_err),
-                         test_errors=test_err, best_state=copy.deepcopy(model.state_dict()))
+                         test_errors={k: torch.from_numpy(v) for k, v in test_err.items()},
+                         best_state=copy.deepcopy(model.state_dict()))
             row.update({f"test_{k}": v for k, v in state["test"].items()})
         state["epoch"] = epoch + 1
         state["seconds"] += time.perf_counter() - t0
         history.append(row)
-        if run_dir is not None:
-            append_jsonl(run_dir / "history.jsonl", row)
-            last = epoch + 1 == cfg.epochs
-            if cfg.checkpoint_every and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
-                with atomic_path(ckpt) as tmp:
-                    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                                "mapper": head.mapper.state_dict() if head is not None else None,
-                                "generator": gen.get_state(), "state": state}, tmp)
-    return FitResult(state["best_epoch"], state["valid"], state["test"], state["test_errors"], history,
+        if ckpts is not None and ckpts.due(epoch + 1, cfg.epochs):
+            ckpts.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "mapper": head.mapper.state_dict() if head is not None else None,
+                        "generator": gen.get_state(), "state": state}, epoch + 1)
+        trainlog.epoch(row, time.perf_counter() - t0, epoch + 1)
+    return FitResult(state["best_epoch"], state["valid"], state["test"],
+                     {k: v.numpy() for k, v in state["test_errors"].items()}, history,
                      state["seconds"], state["best_state"])
+
+
+def load_student_state(path: str | Path, map_location="cpu", unsafe_pickle: bool | None = None) -> dict:
+    """The student weights of ``best_student.pt`` (or of a run folder holding it), for ``build_student(...)
+    .load_state_dict``; plain data only, unless ``unsafe_pickle`` (see ``train.checkpoint.load_checkpoint``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best_student.pt"
+    return load_checkpoint(path, map_location, "student weights", unsafe_pickle)
 
 
 # ---------------------------------------------------------------- one run from a config
@@ -243,8 +270,7 @@ def run_distill(cfg: DistillConfig, force: bool = False) -> dict:
         with open(tmp, "wb") as f:
             np.savez(f, ids=np.array(task.test.ids), **res.test_errors)
     if res.best_state is not None:
-        with atomic_path(run_dir / "best_student.pt") as tmp:
-            torch.save(res.best_state, tmp)
+        save_checkpoint(res.best_state, run_dir / "best_student.pt")
     record = {"run": cfg.run_name(), "student": cfg.student, "dataset": cfg.dataset,
               "lambda_ed": cfg.edg.lambda_ed, "seed": cfg.fit.seed, "epochs": cfg.fit.epochs,
               "best_epoch": res.best_epoch, "valid": res.valid, "test": res.test, "units": task.units,
@@ -254,7 +280,8 @@ def run_distill(cfg: DistillConfig, force: bool = False) -> dict:
               "split": {"train": task.train.ids, "valid": task.valid.ids, "test": task.test.ids}
               if len(task.train) + len(task.valid) + len(task.test) <= 5000 else "see task_info"}
     write_json_atomic(result_path, record)
-    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    Checkpoints(run_dir / "checkpoint").clear()
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)  # the one-file layout of earlier EDG versions
     return record
 
 

@@ -191,7 +191,8 @@ def plot_learning_curves(results: list[dict], out: str | Path) -> list[Path]:
     for (d, s), runs in sorted(by.items()):
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in sorted(runs, key=lambda r: (r["lambda_ed"], r["seed"])):
-            hist = read_jsonl(Path(r["run_dir"]) / "history.jsonl")
+            hist = read_jsonl(Path(r["run_dir"]) / "metrics.jsonl") or \
+                read_jsonl(Path(r["run_dir"]) / "history.jsonl")  # the file's name in earlier EDG versions
             key = f"valid_{r['select_metric']}"
             ep = [h["epoch"] for h in hist if key in h]
             ax.plot(ep, [h[key] for h in hist if key in h], lw=1.2,
