@@ -48,11 +48,37 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
                  "--preset", "tiny", "--num-workers", "0"]) == 2
     assert "does not exist" in capsys.readouterr().err
     write_synthetic_shards(tmp_path / "s", size=32, limit=2)
-    # images rendered at 32 px, model configured for 64 px: the error names the shard and the key
+    # images rendered at 32 px, model set to 64 px: refused at start-up, naming the sample and the flag
     assert main(["pretrain", "imageed", "--shards", str(tmp_path / "s"), "--out", str(tmp_path / "o"),
                  "--preset", "tiny", "--model.img-size", "64", "--num-workers", "0", "--epochs", "1"]) == 2
     err = capsys.readouterr().err
-    assert re.search(r"synthetic-000000\.tar:qm9:[12]: edimg has shape \(6, 4, 32, 32\)", err), err
+    assert re.search(r"synthetic-000000\.tar:qm9:[12]\): 32 px images, the model takes 64 px: set "
+                     r"--model.img-size 32", err), err
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_model_shapes_are_read_from_the_shards(tmp_path, capsys):
+    """--preset tiny (32 px) on 64 px images adapts and keeps its 4 x 4 patch grid; a teacher whose F_U width
+    was set by hand and disagrees with the shards is refused at start-up with the flag to set."""
+    from train.imageed import ImageED, extract_features, imageed_preset, load_imageed
+    write_synthetic_shards(tmp_path / "s", size=64, limit=8)
+    common = ["--preset", "tiny", "--num-workers", "0", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0"]
+    assert main(["pretrain", "imageed", "--shards", str(tmp_path / "s"), "--out", str(tmp_path / "i"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "model.img_size 32 -> 64" in out and "model.patch_size 8 -> 16" in out
+    assert "train loss" in out and "(normalised-pixel MSE)" in out  # the closing line has units
+    model = load_imageed(tmp_path / "i")
+    assert (model.cfg.img_size, model.cfg.patch_size, model.cfg.grid_size) == (64, 16, 4)
+
+    extract_features(ImageED(imageed_preset("tiny", img_size=64, patch_size=16, embed_dim=48)), tmp_path / "s",
+                     tmp_path / "fu")  # F_U 48 wide
+    t = ["pretrain", "teacher", "--shards", str(tmp_path / "fu"), *common]
+    assert main([*t, "--out", str(tmp_path / "t1"), "--model.fu-dim", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "F_U of width 48" in err and "set --model.fu-dim 48" in err and not (tmp_path / "t1").exists()
+    assert main([*t, "--out", str(tmp_path / "t2")]) == 0  # not set by hand: taken from the shards
+    out = capsys.readouterr().out
+    assert "model.fu_dim 64 -> 48" in out and "model.img_size 32 -> 64" in out
 
 
 def test_config_layers_preset_yaml_flags(tmp_path):
@@ -91,7 +117,7 @@ def test_pretrain_to_an_fsspec_url_resumes_from_it(tmp_path, monkeypatch):
     try:
         monkeypatch.setenv("EDG_CACHE", str(tmp_path / "cache1"))
         assert main(argv) == 0
-        assert {p.rsplit("/", 1)[-1] for p in fs.find(root)} >= {"imageed.pt", "checkpoint.pt", "config.yaml",
+        assert {p.rsplit("/", 1)[-1] for p in fs.find(root)} >= {"imageed.pt", "epoch-000001.pt", "config.yaml",
                                                                   "metrics.jsonl"}
         def stamps():  # config.yaml is rewritten by every run; the rest only by training
             return {p: i["created"] for p, i in fs.find(root, detail=True).items() if not p.endswith("config.yaml")}
@@ -100,7 +126,8 @@ def test_pretrain_to_an_fsspec_url_resumes_from_it(tmp_path, monkeypatch):
         assert main(argv) == 0
         assert (tmp_path / "cache2" / "staging").is_dir()
         # nothing was trained or uploaded again: every file at the URL is the one the first run wrote
-        assert stamps() == before and len(before) == 3
+        assert stamps() == before and {p.rsplit("/", 1)[-1] for p in before} == {
+            "imageed.pt", "epoch-000001.pt", "metrics.jsonl", "metrics.csv", "progress.json"}
         assert len(fs.cat(f"{root}/metrics.jsonl").decode().splitlines()) == 1
     finally:
         if fs.exists(root):

@@ -10,7 +10,7 @@ started from that process inherit it), for an old file the user made and trusts.
 ``Checkpoints(folder, every, keep_last)`` keeps a run's resumable state as ``<folder>/epoch-NNNNNN.pt``
 (NNNNNN = epochs finished), written atomically every ``every`` epochs and after the last epoch, pruned to
 the newest ``keep_last``; ``best.pt`` beside them holds the best model so far when the loop has a
-validation metric.
+validation metric. Importing this module does not import torch (the CLI adds its flag from here).
 """
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ import pickle
 import re
 from collections import OrderedDict
 from pathlib import Path
-
-import torch
 
 from edg_core.errors import EDGError
 from edg_core.io import atomic_path
@@ -55,12 +53,10 @@ def unsafe_allowed(unsafe: bool | None = None) -> bool:
     return bool(unsafe) if unsafe is not None else os.environ.get(UNSAFE_ENV) == "1"
 
 
-_PLAIN = (int, float, bool, str, bytes, type(None), torch.Tensor, torch.Size, torch.dtype)
-
-
 def check_plain(obj, where: str = "checkpoint") -> None:
     """Raise ``CheckpointError`` naming the first value that ``torch.load(weights_only=True)`` would refuse."""
-    if isinstance(obj, _PLAIN):
+    import torch
+    if isinstance(obj, (int, float, bool, str, bytes, type(None), torch.Tensor, torch.Size, torch.dtype)):
         return
     if isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
@@ -78,6 +74,7 @@ def check_plain(obj, where: str = "checkpoint") -> None:
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write ``state`` (plain data only, checked first) to ``path`` atomically."""
+    import torch
     path = Path(path)
     check_plain(state, path.name)
     with atomic_path(path) as tmp:
@@ -89,6 +86,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", what: str = "ch
                     unsafe: bool | None = None) -> dict:
     """A checkpoint's content, read with ``weights_only=True``. A file that needs full unpickling (an old
     EDG checkpoint, or a hostile one) is refused unless ``unsafe`` (default: ``EDG_UNSAFE_LOAD_PICKLE=1``)."""
+    import torch
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")

@@ -59,13 +59,18 @@ class TrainLog:
         self.rows: list[dict] = []
         self.seconds: list[float] = []  # wall seconds of each epoch run in this process
         self.t_start = time.perf_counter()
-        if self.dir is not None:
+        if self.dir is not None:  # files are rewritten only when they change (a finished run stays untouched)
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.rows = read_jsonl(self.dir / "metrics.jsonl")[:start_epoch]
-            write_bytes_atomic(self.dir / "metrics.jsonl",
-                               "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in self.rows).encode())
-            self._write_csv()
-            self._write_progress(state="running" if start_epoch < epochs else "done")
+            logged = read_jsonl(self.dir / "metrics.jsonl")
+            self.rows = logged[:start_epoch]
+            if len(logged) != len(self.rows) or not (self.dir / "metrics.jsonl").exists():
+                write_bytes_atomic(self.dir / "metrics.jsonl", "".join(
+                    json.dumps(r, sort_keys=True, default=str) + "\n" for r in self.rows).encode())
+                self._write_csv()
+            elif not (self.dir / "metrics.csv").exists():
+                self._write_csv()
+            if start_epoch < epochs or not (self.dir / "progress.json").exists():
+                self._write_progress(state="running" if start_epoch < epochs else "done")
         if start_epoch and not quiet:
             self.say(f"{name}: resumed after epoch {start_epoch}/{epochs}")
 

@@ -14,28 +14,41 @@ shards, from `edg render`). Defaults are the paper's: ViT-B/16 at 224 px, mask r
 per-patch normalised pixels, AdamW (0.9, 0.95), wd 0.05, lr = 1.5e-4 x global batch / 256, 5 warm-up
 epochs then cosine, 800 epochs.
 
-Outputs in --out: config.yaml (resolved), metrics.jsonl (one line per epoch), checkpoint/checkpoint.pt
-(every epoch, atomic), imageed.pt when done, figures/ if --figure-every. Rerunning the same command resumes
-after the last finished epoch. Then run `edg extract imageed-features` to write F_U.
+Image size and views are read from the shards: a model size you did not set (--model.img-size,
+--model.patch-size, --model.n-views) is adapted to them (a preset keeps its patch grid, so its cost), and a
+size you set that does not fit is refused before any work, naming the flag.
 
-Examples:
-  edg pretrain imageed --shards runs/qm9/shards --out runs/imageed --epochs 100
-  edg pretrain imageed --shards runs/demo/shards --out runs/demo/imageed --preset tiny --epochs 5
+A line per epoch goes to stderr (loss, validation loss with --val-fraction, lr, samples/s, ETA), with an
+estimate of the time per epoch after the first steps. Outputs in --out: config.yaml (resolved),
+metrics.jsonl, metrics.csv and progress.json (rewritten after every epoch), checkpoint/epoch-NNNNNN.pt
+(plain data, every --checkpoint-every epochs and after the last, the newest --keep-last kept),
+checkpoint/best.pt (lowest validation loss, with --val-fraction), imageed.pt when done, figures/ with
+--figure-every. Rerunning the same command resumes after the last checkpoint. Then run
+`edg extract imageed-features` to write F_U.
+
+Examples (`make demo` writes runs/demo/shards/ed, 64 px images, and runs/demo/shards/ed_fu):
+  edg pretrain imageed --shards runs/demo/shards/ed --out runs/demo-imageed --preset tiny --epochs 5
+  edg pretrain imageed --shards runs/qm9/shards --out runs/imageed --epochs 100 --checkpoint-every 10
   edg pretrain imageed --shards /data/shards --out /data/imageed --ray --ray-workers 8 --use-gpu
 """
 
 TEACHER_HELP = """\
 Pretrain the ED-aware teacher: ResNet18 over the 4 structure images (`stimg`) with view-mean pooling -> F_S,
 and the ED predictor EDP (512 -> 256 -> 768) trained with L1(EDP(F_S), F_U) on molecules that have F_U
-(`fu`, from `edg extract imageed-features`). Defaults are the paper's: SGD lr 5e-3, momentum 0.9,
-wd 1e-4, batch 128, 50 epochs, augmentations with p = 0.2 (centre crop, rotation, blur), 2 % validation.
+(`fu`, from `edg extract imageed-features`). Defaults are the authors' (ED_teacher/): ResNet18 from timm's
+ImageNet weights (hub or --model.pretrained-weights FILE; --no-model.pretrained: from scratch), SGD
+lr 5e-3 constant (--cosine: decay), momentum 0.9, wd 1e-4, batch 128, 50 epochs, 2 % validation,
+augmentations each with p = 0.2 drawn per view: rotation up to 360 degrees with black corners, Gaussian
+blur with 3 taps (this project's earlier ones are options: docs/pretrain.md).
 
-Outputs in --out as for imageed, with teacher.pt (loadable with train.teacher.load_teacher /
+Image size, views and the F_U width (--model.fu-dim: the ImageED's embed_dim) are read from the shards as
+for imageed. Outputs in --out as for imageed, with teacher.pt (loadable with train.teacher.load_teacher /
 load_ed_predictor). Then run `edg extract teacher-targets`.
 
-Examples:
+Examples (`make demo` writes runs/demo/shards/ed_fu: 64 px structure images, 64-wide F_U):
+  edg pretrain teacher --shards runs/demo/shards/ed_fu --out runs/demo-teacher --preset tiny --epochs 3
   edg pretrain teacher --shards runs/qm9/shards-fu --out runs/teacher
-  edg pretrain teacher --shards runs/demo/fu --out runs/demo/teacher --preset tiny --epochs 3
+  edg pretrain teacher --shards S --out R --model.pretrained-weights resnet18.safetensors   # offline
 """
 
 
@@ -47,6 +60,8 @@ def _add_common(p: argparse.ArgumentParser, presets) -> None:
     p.add_argument("--config", help="YAML file with the training config (section given by --config-section)")
     p.add_argument("--config-section", default=None, help="top-level YAML key to read (default: whole file)")
     p.add_argument("--device", default=None, help="torch device for a local run (default: cuda if present)")
+    from train.checkpoint import add_unsafe_flag
+    add_unsafe_flag(p)
     r = p.add_argument_group("Ray Train (multi-worker / multi-GPU)")
     r.add_argument("--ray", action="store_true", help="run with Ray Train instead of in this process")
     r.add_argument("--ray-workers", type=int, default=1, help="training ranks (default: 1)")
@@ -84,6 +99,8 @@ def register(sub) -> None:
     f.add_argument("--out", required=True, help="output .png")
     f.add_argument("--molecules", type=int, default=2, help="how many molecules to draw (default: 2)")
     f.add_argument("--seed", type=int, default=0, help="mask seed (default: 0)")
+    from train.checkpoint import add_unsafe_flag
+    add_unsafe_flag(f)
     f.set_defaults(func=cmd_figure)
 
 
@@ -114,9 +131,28 @@ def resolve_config(args):
     return apply_args(cfg, args)
 
 
+MODEL_SHAPES = ("img_size", "patch_size", "n_views", "fu_dim")
+
+
+def explicit_model_fields(args) -> frozenset[str]:
+    """The model shape fields the user set (a --model.* flag or the YAML file's ``model`` section)."""
+    import yaml
+    given = {k for k in MODEL_SHAPES if getattr(args, f"model__{k}", None) is not None}
+    if args.config and Path(args.config).exists():
+        data = yaml.safe_load(Path(args.config).read_text()) or {}
+        data = (data.get(args.config_section) or {}) if args.config_section else data
+        given |= {k for k in MODEL_SHAPES if isinstance(data.get("model"), dict) and k in data["model"]}
+    return frozenset(given)
+
+
 def cmd_pretrain(args) -> int:
     from edg_core.storage import Mirror
+    from train.pretrain import UNITS, fit_to_shards
     cfg = resolve_config(args)
+    cfg, changes = fit_to_shards(args.stage, cfg, args.shards, explicit_model_fields(args))
+    if changes:
+        print(f"{args.stage}: adapted to the shards' images: {', '.join(changes)} "
+              f"(set the --model.* flags to choose yourself)", flush=True)
     store = Mirror(args.out)  # a URL --out: a synced local working copy (a rerun resumes from the URL)
     store.pull()
     out = store.local
@@ -132,7 +168,12 @@ def cmd_pretrain(args) -> int:
             train = train_imageed if args.stage == "imageed" else train_teacher
             metrics = train(cfg, args.shards, out, device=args.device)
     print(json.dumps(metrics, indent=2))
-    print(f"{args.stage} pretraining done -> {store.url}" + (f" (working copy {out})" if store.remote else ""))
+    units = UNITS[args.stage]
+    losses = ", ".join(f"{k.replace('_', ' ', 1)} {metrics[k]:.4g} {units['loss']}" for k in ("train_loss", "valid_loss")
+                       if k in metrics)
+    print(f"{args.stage} pretraining done: epoch {metrics.get('epoch', -1) + 1}/{cfg.epochs}, {losses}, "
+          f"{metrics.get('samples_per_s', float('nan')):.1f} samples/s -> {store.url}"
+          + (f" (working copy {out})" if store.remote else ""))
     return 0
 
 
@@ -141,7 +182,7 @@ def cmd_figure(args) -> int:
 
     from train.data import ShardImages, image_loader
     from train.imageed import load_imageed, save_reconstruction_png
-    model = load_imageed(args.model)
+    model = load_imageed(args.model, unsafe_pickle=args.unsafe_load_pickle or None)
     ds = ShardImages(args.shards, "imageed", img_size=model.cfg.img_size, n_views=model.cfg.n_views, split="all")
     batch = next(iter(image_loader(ds, args.molecules)), None)
     if batch is None:
