@@ -76,12 +76,51 @@ def test_augmentations():
     y = augment_structure_images(x, TeacherConfig(aug_p=1.0), g)
     assert y.shape == x.shape and (y - x).abs().mean() > 0.05
     assert 0 <= y.min() and y.max() <= 1
-    flat = torch.full((2, 4, 3, 32, 32), 0.7)  # a flat image stays flat under crop/rotation/blur
-    torch.testing.assert_close(augment_structure_images(flat, TeacherConfig(aug_p=1.0), g), flat)
-    crop_only = TeacherConfig(aug_p=1.0, max_rotation_deg=0.0, blur_sigma=(1e-3, 1e-3))
+    flat = torch.full((2, 4, 3, 32, 32), 0.7)  # a flat image stays flat under zoom/rotation (border fill)/blur
+    border = TeacherConfig(aug_p=1.0, rotation_fill="border", crop_scale=0.8)
+    torch.testing.assert_close(augment_structure_images(flat, border, g), flat)
+    crop_only = TeacherConfig(aug_p=1.0, max_rotation_deg=0.0, blur_sigma=(1e-3, 1e-3), crop_scale=0.8,
+                              rotation_interpolation="bilinear")
     img = torch.zeros(1, 4, 3, 32, 32)
     img[..., 15:17, 15:17] = 1.0  # a centre dot grows when zoomed in
     assert (augment_structure_images(img, crop_only, g) > 0.1).sum() > (img > 0.1).sum()
+    assert torch.equal(augment_structure_images(img, TeacherConfig(aug_p=1.0, max_rotation_deg=0.0,
+                                                                   blur_sigma=(1e-3, 1e-3)), g), img)  # no zoom
+
+
+def test_default_augmentations_are_the_authors():
+    """Rotation up to 360 degrees with black corners, blur with a 3-tap kernel, each drawn per view."""
+    cfg = TeacherConfig()
+    assert (cfg.aug_p, cfg.max_rotation_deg, cfg.rotation_fill, cfg.blur_kernel, cfg.crop_scale,
+            cfg.aug_per_view) == (0.2, 360.0, "black", 3, 1.0, True)
+    g = torch.Generator().manual_seed(0)
+    white = torch.ones(32, 4, 3, 32, 32)  # structure images have a white background
+    rot = augment_structure_images(white, TeacherConfig(aug_p=1.0, blur_sigma=(1e-3, 1e-3)), g)
+    corners = rot[..., [0, 0, -1, -1], [0, -1, 0, -1]]  # (B, V, 3, 4)
+    assert (corners == 0).float().mean() > 0.5  # uncovered corners are black, not the background
+    assert (rot[..., 16, 16] == 1).all()  # the centre stays
+    dot = torch.zeros(1, 4, 3, 32, 32)
+    dot[..., 16, 16] = 1.0
+    blur3 = TeacherConfig(aug_p=1.0, max_rotation_deg=0.0, blur_sigma=(2.0, 2.0))
+    spread = augment_structure_images(dot, blur3, g)[0, 0, 0] > 0
+    assert spread.sum() == 9 and spread[15:18, 15:18].all()  # 3 x 3 kernel
+    wide = TeacherConfig(aug_p=1.0, max_rotation_deg=0.0, blur_sigma=(2.0, 2.0), blur_kernel=0)
+    assert (augment_structure_images(dot, wide, g)[0, 0, 0] > 0).sum() == 13 * 13  # the earlier option
+    # per view: with p = 0.5 the 4 views of one molecule are not all treated alike; per molecule they are
+    x = torch.rand(1, 1, 3, 32, 32).expand(64, 4, 3, 32, 32).contiguous()
+    half = dict(aug_p=0.5, blur_sigma=(1.0, 1.0))
+    per_view = augment_structure_images(x, TeacherConfig(**half), g)
+    per_mol = augment_structure_images(x, TeacherConfig(**half, aug_per_view=False), g)
+    differs = lambda y: (y - y[:, :1]).flatten(1).abs().amax(1) > 1e-6  # noqa: E731
+    assert differs(per_view).float().mean() > 0.5 and not differs(per_mol).any()
+
+
+def test_augmentations_run_in_float32_under_bf16_autocast():
+    x = torch.rand(2, 4, 3, 32, 32, dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = augment_structure_images(x, TeacherConfig(aug_p=1.0), g)
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape and torch.isfinite(y.float()).all()
 
 
 def test_ed_predictor_loads_alone(teacher, tmp_path):
@@ -99,14 +138,52 @@ def test_ed_predictor_loads_alone(teacher, tmp_path):
         load_ed_predictor(tmp_path / "other.pt")
 
 
-def test_backbone_checkpoint_is_loaded(tmp_path):
+def test_pretrained_weights_from_a_local_file(tmp_path):
     import timm
+    from safetensors.torch import save_file
+    torch.manual_seed(1)
     src = timm.create_model("resnet10t", pretrained=False, num_classes=10)
     torch.save(src.state_dict(), tmp_path / "r10t.pth")
-    t = Teacher(TeacherConfig(arch="resnet10t", backbone_checkpoint=str(tmp_path / "r10t.pth"), fu_dim=8))
-    torch.testing.assert_close(t.backbone.conv1[0].weight, src.conv1[0].weight)
+    save_file(src.state_dict(), str(tmp_path / "r10t.safetensors"))
+    for name in ("r10t.pth", "r10t.safetensors"):
+        t = Teacher(TeacherConfig(arch="resnet10t", pretrained_weights=str(tmp_path / name), fu_dim=8))
+        assert not torch.equal(t.backbone.conv1[0].weight, src.conv1[0].weight)  # construction: random init
+        assert t.init_backbone() is t
+        torch.testing.assert_close(t.backbone.conv1[0].weight, src.conv1[0].weight)
     with pytest.raises(EDGError, match="does not exist"):
-        Teacher(TeacherConfig(arch="resnet10t", backbone_checkpoint=str(tmp_path / "missing.pth")))
+        Teacher(TeacherConfig(arch="resnet10t", pretrained_weights=str(tmp_path / "missing.pth"))).init_backbone()
+    with pytest.raises(EDGError, match="do not fit"):
+        Teacher(TeacherConfig(arch="resnet18", pretrained_weights=str(tmp_path / "r10t.pth"))).init_backbone()
+    with pytest.raises(ValueError, match="pretrained is off"):
+        TeacherConfig(pretrained=False, pretrained_weights=str(tmp_path / "r10t.pth"))
+
+
+@pytest.fixture()
+def no_hub(tmp_path, monkeypatch):
+    """The Hugging Face hub unreachable and nothing cached (offline mode fails at once instead of retrying)."""
+    import huggingface_hub.constants as hub
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+
+
+def test_imagenet_start_without_hub_or_file_is_a_one_line_error(no_hub):
+    t = Teacher(TeacherConfig(arch="resnet10t", fu_dim=8))
+    with pytest.raises(EDGError) as e:
+        t.init_backbone()
+    msg = str(e.value)
+    assert "\n" not in msg and "--model.pretrained-weights" in msg and "--no-model.pretrained" in msg
+    scratch = Teacher(TeacherConfig(arch="resnet10t", fu_dim=8, pretrained=False))
+    w = scratch.backbone.conv1[0].weight.clone()
+    assert torch.equal(scratch.init_backbone().backbone.conv1[0].weight, w)  # from scratch: nothing loaded
+
+
+def test_edg_pretrain_teacher_without_weights_says_what_to_do(no_hub, shards_with_fu, tmp_path, capsys):
+    from cluster.cli import main
+    argv = ["pretrain", "teacher", "--shards", str(shards_with_fu / "fu"), "--out", str(tmp_path / "t"),
+            "--preset", "tiny", "--model.pretrained", "--num-workers", "0", "--epochs", "1"]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "--no-model.pretrained" in err[0] and "Traceback" not in err[0]
 
 
 def test_teacher_batches_mark_missing_fu(shards_with_fu):
@@ -157,6 +234,7 @@ def test_teacher_on_rendered_structure_images(tmp_path):
     cfg = TeacherTrainConfig(model=TEACHER_PRESETS["tiny"], epochs=2, batch_size=8, num_workers=0, val_fraction=0.0)
     m = train_teacher(cfg, tmp_path / "fu", tmp_path / "run")
     assert math.isfinite(m["train_loss"]) and m["train_with_fu"] == 1.0
+    assert m["lr"] == pytest.approx(cfg.lr)  # constant lr (the authors'), not decayed to 0 at the last epoch
     t = load_teacher(tmp_path / "run" / "teacher.pt")
     export_targets(t, tmp_path / "fu", tmp_path / "a.npz")
     export_targets(t, tmp_path / "fu", tmp_path / "b.npz")

@@ -66,23 +66,58 @@ def imageed_preset(name: str, **overrides) -> ImageEDConfig:
 
 @dataclass
 class TeacherConfig:
-    """Teacher model and augmentation settings; defaults follow the paper."""
+    """Teacher model, its starting weights and its training augmentations. Defaults follow the authors' code
+    (``ED_teacher/``): timm ``resnet18`` from ImageNet weights (``pretrained=True``); torchvision
+    ``RandomApply(p=0.2)``, drawn for every view image on its own, of ``RandomRotation(360)`` (nearest, black
+    fill) and ``GaussianBlur(3, sigma 0.1-2.0)`` (their ``CenterCrop(224)`` after ``Resize(224)`` is a no-op)."""
     arch: str = field(default="resnet18", metadata={"help": "timm backbone name (head removed)"})
-    backbone_checkpoint: str | None = field(default=None, metadata={
-        "help": "local state dict for the backbone (classifier keys are dropped); random init if unset"})
+    pretrained: bool = field(default=True, metadata={
+        "help": "start the backbone from ImageNet weights (timm hub, or --model.pretrained-weights); "
+                "--no-model.pretrained: random init (from scratch)"})
+    pretrained_weights: str | None = field(default=None, metadata={
+        "help": "local file with the backbone's starting weights (a state dict, .pth/.pt/.safetensors; classifier "
+                "keys dropped), used instead of the hub, e.g. on an offline cluster"})
     n_views: int = field(default=4, metadata={"help": "structure views per molecule"})
     img_size: int = field(default=224, metadata={"help": "image side in pixels"})
     hidden_dim: int = field(default=256, metadata={"help": "ED predictor hidden width"})
     fu_dim: int = field(default=768, metadata={"help": "width of F_U (ImageED embed_dim)"})
     aug_p: float = field(default=0.2, metadata={"help": "probability of each augmentation (train only)"})
-    crop_scale: float = field(default=0.8, metadata={"help": "centre crop keeps this fraction of the side"})
-    max_rotation_deg: float = field(default=180.0, metadata={"help": "rotation angle drawn from +-this"})
+    aug_per_view: bool = field(default=True, metadata={
+        "help": "draw each augmentation for every view on its own (the authors'); off: one draw per molecule, "
+                "shared by its views"})
+    max_rotation_deg: float = field(default=360.0, metadata={"help": "rotation angle drawn uniformly from +-this"})
+    rotation_fill: str = field(default="black", metadata={
+        "help": "corners uncovered by a rotation: black (the authors', torchvision fill 0) or border (edge pixels)"})
+    rotation_interpolation: str = field(default="nearest", metadata={
+        "help": "nearest (torchvision RandomRotation's default, the authors') or bilinear"})
+    crop_scale: float = field(default=1.0, metadata={
+        "help": "zoom: centre crop keeping this fraction of the side, resized back; 1.0 = no zoom (the authors')"})
+    blur_kernel: int = field(default=3, metadata={
+        "help": "Gaussian blur taps (odd; the authors': 3); 0 = 2 ceil(3 sigma) + 1 taps, up to 13 at sigma 2"})
     blur_sigma: tuple[float, float] = field(default=(0.1, 2.0), metadata={"help": "Gaussian blur sigma range, px"})
+
+    def __post_init__(self):
+        if self.pretrained_weights and not self.pretrained:
+            raise ValueError("teacher: pretrained_weights is given but pretrained is off; drop one of them")
+        if self.rotation_fill not in ("black", "border"):
+            raise ValueError(f"teacher: rotation_fill must be 'black' or 'border', got {self.rotation_fill!r}")
+        if self.rotation_interpolation not in ("nearest", "bilinear"):
+            raise ValueError(f"teacher: rotation_interpolation must be 'nearest' or 'bilinear', "
+                             f"got {self.rotation_interpolation!r}")
+        if self.blur_kernel < 0 or (self.blur_kernel and self.blur_kernel % 2 == 0):
+            raise ValueError(f"teacher: blur_kernel must be 0 or odd, got {self.blur_kernel}")
+        if not 0 < self.crop_scale <= 1:
+            raise ValueError(f"teacher: crop_scale must be in (0, 1], got {self.crop_scale}")
+
+
+# What this project used before following the authors' code, kept as options (docs/pretrain.md):
+EARLIER_TEACHER_AUGMENTATION = dict(aug_per_view=False, max_rotation_deg=180.0, rotation_fill="border",
+                                    rotation_interpolation="bilinear", crop_scale=0.8, blur_kernel=0)
 
 
 TEACHER_PRESETS = {
     "resnet18": TeacherConfig(),
-    "tiny": TeacherConfig(arch="resnet10t", img_size=32, hidden_dim=32, fu_dim=64),
+    "tiny": TeacherConfig(arch="resnet10t", pretrained=False, img_size=32, hidden_dim=32, fu_dim=64),
 }
 
 
@@ -114,8 +149,8 @@ class ImageEDTrainConfig:
 
 @dataclass
 class TeacherTrainConfig:
-    """Teacher pretraining (paper / official code: SGD lr 5e-3, momentum 0.9, wd 1e-4, batch 128, 50 epochs,
-    2 % validation)."""
+    """Teacher pretraining (paper / official code: SGD lr 5e-3 constant, momentum 0.9, wd 1e-4, batch 128,
+    50 epochs, 2 % validation)."""
     model: TeacherConfig = field(default_factory=TeacherConfig)
     epochs: int = 50
     warmup_epochs: int = 0
@@ -123,7 +158,9 @@ class TeacherTrainConfig:
     lr: float = 5e-3
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    cosine: bool = field(default=True, metadata={"help": "cosine-decay the lr (off: constant)"})
+    cosine: bool = field(default=False, metadata={
+        "help": "cosine-decay the lr to 0 over the epochs (this project's earlier default); off: constant lr, as "
+                "the authors' code (no scheduler)"})
     val_fraction: float = 0.02
     samples_per_epoch: int | None = None
     shuffle_buffer: int = 1000

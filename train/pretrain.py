@@ -101,7 +101,7 @@ def _teacher_stage(cfg: TeacherTrainConfig, shards) -> _Stage:
         return ShardImages(shards, "teacher", img_size=mc.img_size, n_views=mc.n_views, split=split,
                            val_fraction=cfg.val_fraction, shuffle=cfg.shuffle_buffer if split == "train" else 0,
                            seed=seed, fu_dim=mc.fu_dim)
-    return _Stage("teacher", Teacher(mc),
+    return _Stage("teacher", Teacher(mc).init_backbone(),
                   lambda model, gb: sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay),
                   loss, dataset, teacher_state, "teacher.pt")
 

@@ -30,21 +30,34 @@ class EDPredictor(nn.Sequential):
 
 
 def _backbone(cfg: TeacherConfig) -> nn.Module:
+    """The timm backbone with random weights (``Teacher.init_backbone`` loads the starting weights)."""
     import timm
-    net = timm.create_model(cfg.arch, pretrained=False, num_classes=0)
-    if cfg.backbone_checkpoint:
-        path = Path(cfg.backbone_checkpoint)
-        if not path.exists():
-            raise EDGError(f"teacher backbone checkpoint {path} does not exist")
-        from .checkpoint import load_checkpoint
-        state = load_checkpoint(path, "cpu", "teacher backbone checkpoint")
-        state = state.get("state_dict", state.get("model", state))
-        head = net.default_cfg.get("classifier", "fc")
-        state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise EDGError(f"{path}: does not fit {cfg.arch} (missing {missing[:5]}, unexpected {unexpected[:5]})")
-    return net
+    return timm.create_model(cfg.arch, pretrained=False, num_classes=0)
+
+
+def _weights_file(path: Path) -> dict:
+    """A state dict from a local file: ``.safetensors``, or a torch file of tensors (plain data only), possibly
+    wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``."""
+    if not path.is_file():
+        raise EDGError(f"teacher: pretrained weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    from .checkpoint import load_checkpoint
+    state = load_checkpoint(path, "cpu", "teacher pretrained weights")
+    return state.get("state_dict", state.get("model", state))
+
+
+def _hub_weights(arch: str) -> dict:
+    """timm's pretrained (ImageNet) weights for ``arch`` from the Hugging Face hub or its local cache."""
+    import timm
+    try:
+        return timm.create_model(arch, pretrained=True, num_classes=0).state_dict()
+    except Exception as e:  # no network, nothing cached, no weights for this arch: the way out is the same
+        why = (str(e).splitlines() or [""])[0][:160]
+        raise EDGError(f"teacher: cannot get pretrained weights for {arch!r} from the timm hub ({type(e).__name__}: "
+                       f"{why}); give a local file with --model.pretrained-weights FILE, or train from random "
+                       f"weights with --no-model.pretrained (YAML: model: {{pretrained: false}})") from None
 
 
 class Teacher(nn.Module):
@@ -55,6 +68,28 @@ class Teacher(nn.Module):
         self.ed_predictor = EDPredictor(self.backbone.num_features, cfg.hidden_dim, cfg.fu_dim)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def init_backbone(self) -> Teacher:
+        """Load the backbone's starting weights as configured and return ``self``: the file
+        ``cfg.pretrained_weights``, else timm's ImageNet weights from the hub (``cfg.pretrained``, the authors'
+        start), else nothing (random init). Training from scratch calls this; a teacher loaded from its own
+        checkpoint never needs it. Classifier keys are dropped; any other mismatch is an ``EDGError``."""
+        cfg = self.cfg
+        if not cfg.pretrained:
+            return self
+        path = Path(cfg.pretrained_weights) if cfg.pretrained_weights else None
+        state = _weights_file(path) if path else _hub_weights(cfg.arch)
+        head = self.backbone.default_cfg.get("classifier", "fc")
+        state = {k: v for k, v in state.items() if k != head and not k.startswith(head + ".")}
+        try:
+            missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise EDGError(f"{path or 'timm hub weights'}: do not fit {cfg.arch} "
+                           f"({str(e).splitlines()[-1].strip()})") from None
+        if missing or unexpected:
+            raise EDGError(f"{path or 'timm hub weights'}: do not fit {cfg.arch} (missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]})")
+        return self
 
     @property
     def fs_dim(self) -> int:
@@ -83,14 +118,15 @@ def teacher_loss(edp: torch.Tensor, fu: torch.Tensor, has_fu: torch.Tensor) -> t
 
 
 # ---------------------------------------------------------------- augmentations
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-image Gaussian blur: x (N, C, H, W), sigma (N,) in pixels; kernel 2*ceil(3*max sigma)+1."""
-    r = int(math.ceil(3 * float(sigma.max())))
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, taps: int = 0) -> torch.Tensor:
+    """Per-image Gaussian blur: x (N, C, H, W), sigma (N,) in pixels; ``taps`` kernel taps (odd), or
+    2 ceil(3 max sigma) + 1 when 0; borders reflected (as torchvision's ``GaussianBlur``)."""
+    r = taps // 2 if taps else int(math.ceil(3 * float(sigma.max())))
     t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
     k = torch.exp(-0.5 * (t[None] / sigma[:, None].to(x.dtype)) ** 2)
     k = k / k.sum(dim=1, keepdim=True)                         # (N, K)
     n, c, h, w = x.shape
-    y = F.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="replicate")
+    y = F.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")
     kc = k.repeat_interleave(c, dim=0)                          # (N*C, K)
     y = F.conv2d(y, kc[:, None, None, :], groups=n * c)         # along width
     y = F.conv2d(y, kc[:, None, :, None], groups=n * c)         # along height
@@ -98,34 +134,47 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def augment_structure_images(stimg: torch.Tensor, cfg: TeacherConfig, generator: torch.Generator | None = None):
-    """Training augmentations, each applied to a molecule (all its views alike) with probability ``aug_p``:
-    centre crop (zoom to ``crop_scale``), in-plane rotation (+-``max_rotation_deg``; corners filled from the
-    border, i.e. background), Gaussian blur. stimg (B, V, 3, H, W) in [0, 1] -> same shape."""
-    b, v, c, h, w = stimg.shape
-    dev = stimg.device
+    """Training augmentations of structure images (B, V, 3, H, W) in [0, 1] -> same shape and dtype.
 
-    def draw(*shape):
-        return torch.rand(*shape, generator=generator, device=generator.device if generator else None).to(dev)
-    crop, rot, blur = (draw(b) < cfg.aug_p for _ in range(3))
-    angle = (draw(b) * 2 - 1) * math.radians(cfg.max_rotation_deg) * rot
-    scale = torch.where(crop, torch.full_like(angle, cfg.crop_scale), torch.ones_like(angle))
-    out = stimg
-    if bool((crop | rot).any()):
-        cos, sin = angle.cos() * scale, angle.sin() * scale
-        theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], -1),
-                             torch.stack([sin, cos, torch.zeros_like(cos)], -1)], 1)  # (B, 2, 3)
-        theta = theta.repeat_interleave(v, dim=0).to(stimg.dtype)
-        x = stimg.reshape(b * v, c, h, w)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False).reshape(stimg.shape)
-    if bool(blur.any()):
-        lo, hi = cfg.blur_sigma
-        sigma = (lo + (hi - lo) * draw(b))[blur]
-        idx = blur.nonzero().squeeze(1)
-        blurred = _gaussian_blur(out[idx].reshape(-1, c, h, w), sigma.repeat_interleave(v))
-        out = out.clone()
-        out[idx] = blurred.reshape(-1, v, c, h, w)
-    return out
+    Each is applied with probability ``aug_p``, drawn for every view image on its own (``aug_per_view``, the
+    authors') or once per molecule for all its views: zoom (centre crop keeping ``crop_scale`` of the side,
+    resized back; none at 1.0), rotation about the centre by U(-``max_rotation_deg``, +``max_rotation_deg``)
+    (uncovered corners ``rotation_fill``: black or the border pixels), Gaussian blur (``blur_kernel`` taps,
+    sigma U(``blur_sigma``) px). Zoom and rotation are one batched affine ``grid_sample``; blur is a separable
+    convolution. The same number of random draws is taken whatever is applied (reproducible streams); the
+    work is done in float32 outside any autocast region.
+    """
+    b, v, c, h, w = stimg.shape
+    n, dev = b * v, stimg.device
+
+    def draw() -> torch.Tensor:  # (B*V,) uniforms, one per view or one per molecule repeated over its views
+        r = torch.rand(n if cfg.aug_per_view else b, generator=generator,
+                       device=generator.device if generator is not None else None).to(dev)
+        return r if cfg.aug_per_view else r.repeat_interleave(v)
+    zoom = (draw() < cfg.aug_p) & (cfg.crop_scale < 1.0)
+    rot = (draw() < cfg.aug_p) & (cfg.max_rotation_deg > 0)
+    blur = draw() < cfg.aug_p
+    angle = (draw() * 2 - 1) * math.radians(cfg.max_rotation_deg)
+    lo, hi = cfg.blur_sigma
+    sigma = lo + (hi - lo) * draw()
+    with torch.autocast(dev.type, enabled=False):
+        x = stimg.reshape(n, c, h, w).float()
+        moved = (zoom | rot).nonzero().squeeze(1)
+        if moved.numel():
+            a = angle[moved] * rot[moved]
+            s = torch.where(zoom[moved], cfg.crop_scale, 1.0)
+            cos, sin, zero = a.cos() * s, a.sin() * s, torch.zeros_like(a)
+            theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1)
+            grid = F.affine_grid(theta, [moved.numel(), c, h, w], align_corners=False)
+            x = x.clone()
+            x[moved] = F.grid_sample(x[moved], grid, mode=cfg.rotation_interpolation,
+                                     padding_mode="zeros" if cfg.rotation_fill == "black" else "border",
+                                     align_corners=False)
+        blurred = blur.nonzero().squeeze(1)
+        if blurred.numel():
+            x = x.clone()
+            x[blurred] = _gaussian_blur(x[blurred], sigma[blurred], cfg.blur_kernel)
+    return x.reshape(stimg.shape).to(stimg.dtype)
 
 
 # ---------------------------------------------------------------- checkpoints
