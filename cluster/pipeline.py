@@ -23,9 +23,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edg_core.config import dump_yaml, from_dict, to_dict
+from dft.config import DFTConfig
+from edg_core.config import ConfigError, dump_yaml, from_dict, read_yaml, to_dict
 from edg_core.io import read_jsonl, write_json_atomic
-from edg_core.storage import Mirror, join, list_files
+from edg_core.storage import Mirror
+from render.config import RenderConfig
+from train.configs import FitConfig, ImageEDTrainConfig, TeacherTrainConfig
 
 from .stages import Workers, run_dft, run_fused, run_render
 
@@ -34,34 +37,9 @@ STAGES = ("dft", "render", "imageed", "features", "teacher", "student_images", "
 BULKY = ("dft/fields/*", "dft/cubes/*", "shards/*/*.tar")  # uploaded by their writers, read in place
 
 
-def _dft_config():
-    from dft.config import DFTConfig
-    return DFTConfig()
-
-
-def _render_config():
-    from render.config import RenderConfig
-    return RenderConfig()
-
-
-def _imageed_config():
-    from train.pretrain import ImageEDTrainConfig
-    return ImageEDTrainConfig()
-
-
-def _teacher_config():
-    from train.pretrain import TeacherTrainConfig
-    return TeacherTrainConfig()
-
-
-def _fit_config():
-    from train.distill import FitConfig
-    return FitConfig()
-
-
 @dataclass
 class RayConfig:
-    enabled: bool = False                  # False: every stage in this process (no Ray)
+    enabled: bool | None = None            # None: Ray inside a Ray job or when $RAY_ADDRESS is set; False: no Ray
     address: str | None = None             # None: $RAY_ADDRESS, a local head, or a new local runtime
     temp_dir: str | None = None            # session files of a runtime started here
     dft: Workers = field(default_factory=lambda: Workers(actors=2))
@@ -75,14 +53,37 @@ class RayConfig:
 
 @dataclass
 class StudentsConfig:
-    dataset: str = "rmd17:aspirin"         # rmd17:<molecule> or qm9:<target>
-    conformations: str = "rmd17:aspirin:train"  # input spec of the training conformations (teacher targets)
-    task: dict = field(default_factory=dict)    # RMD17Config / QM9Config overrides (root, train_size, ...)
-    students: list = field(default_factory=lambda: ["schnet"])
+    """The distillation grid: students x datasets x lambdas x seeds. ``fit`` fields left unset take the paper's
+    settings per student and dataset family (``train.paper_settings``)."""
+    dataset: str = "rmd17:aspirin"         # rmd17:<molecule> or qm9:<target> (used when ``datasets`` is empty)
+    datasets: list = field(default_factory=list)  # several datasets (Table 1: 12 QM9 targets; Table 2: 10 molecules)
+    # input spec(s) of the training conformations (teacher targets): one spec or a list of specs
+    conformations: str | list = "rmd17:aspirin:train"
+    task: dict = field(default_factory=dict)    # task overrides (root, train_size, ...), or {qm9: {...}, rmd17: {...}}
+    students: list | dict = field(default_factory=lambda: ["schnet"])  # a list, or {qm9: [...], rmd17: [...]}
     lambdas: list = field(default_factory=lambda: [0.0, 0.1])
     seeds: list = field(default_factory=lambda: [42])
     student_args: dict = field(default_factory=dict)
-    fit: object = field(default_factory=_fit_config)
+    fit: FitConfig = field(default_factory=FitConfig)
+
+    def dataset_list(self) -> list[str]:
+        return list(self.datasets) or [self.dataset]
+
+    def conformation_specs(self) -> list[str]:
+        return [self.conformations] if isinstance(self.conformations, str) else list(self.conformations)
+
+    def students_for(self, dataset: str) -> list[str]:
+        """The students of ``dataset``: the list, or the entry of its family (qm9 / rmd17)."""
+        if isinstance(self.students, dict):
+            return list(self.students.get(dataset.split(":", 1)[0], []))
+        return list(self.students)
+
+    def task_for(self, dataset: str) -> dict:
+        """Task overrides of ``dataset``: ``task`` itself, or its family's entry when keyed by family."""
+        fam = dataset.split(":", 1)[0]
+        if self.task and set(self.task) <= {"qm9", "rmd17"}:
+            return dict(self.task.get(fam) or {})
+        return dict(self.task)
 
 
 @dataclass
@@ -96,53 +97,30 @@ class PipelineConfig:
     device: str | None = None              # torch device for local stages (None: cuda if present)
     stop_after: str | None = None          # run the stages up to and including this one
     ray: RayConfig = field(default_factory=RayConfig)
-    dft: object = field(default_factory=_dft_config)
-    render: object = field(default_factory=_render_config)
-    imageed: object = field(default_factory=_imageed_config)
-    teacher: object = field(default_factory=_teacher_config)
+    dft: DFTConfig = field(default_factory=DFTConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    imageed: ImageEDTrainConfig = field(default_factory=ImageEDTrainConfig)
+    teacher: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
     students: StudentsConfig = field(default_factory=StudentsConfig)
 
 
 def load_pipeline_config(path: str | Path | None = None, overrides: dict | None = None) -> PipelineConfig:
-    """Paper defaults <- YAML file <- ``overrides`` (a nested dict). Nested stage configs are the stages' own
-    dataclasses (DFTConfig, RenderConfig, ImageEDTrainConfig, TeacherTrainConfig, FitConfig)."""
-    import yaml
-
-    from dft.config import DFTConfig
-    from render.config import RenderConfig
-    from train.distill import FitConfig
-    from train.pretrain import ImageEDTrainConfig, TeacherTrainConfig
-    data = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            from edg_core.config import ConfigError
-            raise ConfigError(f"pipeline config {path} does not exist (shipped: configs/*.yaml)")
-        data = yaml.safe_load(path.read_text()) or {}
+    """Paper defaults <- YAML file <- ``overrides`` (a nested dict, e.g. from flags). Every section is typed
+    by its stage's own dataclass (``DFTConfig``, ``RenderConfig``, ``ImageEDTrainConfig``,
+    ``TeacherTrainConfig``, ``FitConfig``, ``Workers``), so a wrong value is refused here, naming the file,
+    the key, the value and the expected type, before any stage runs."""
+    data = read_yaml(path) if path is not None else {}
     for k, v in (overrides or {}).items():
         if isinstance(v, dict) and isinstance(data.get(k), dict):
             data[k] = {**data[k], **v}
         else:
             data[k] = v
     where = str(path or "pipeline config")
-    typed = {"dft": DFTConfig, "render": RenderConfig, "imageed": ImageEDTrainConfig, "teacher": TeacherTrainConfig}
-    for k, cls in typed.items():
-        data[k] = from_dict(cls, data.get(k), where=f"{where}:{k}")
-    st = dict(data.get("students") or {})
-    st["fit"] = from_dict(FitConfig, st.get("fit"), where=f"{where}:students.fit")
-    data["students"] = from_dict(StudentsConfig, st, where=f"{where}:students")
-    ray = dict(data.get("ray") or {})
-    for k in ("dft", "render"):
-        if k in ray:
-            ray[k] = from_dict(Workers, ray[k], where=f"{where}:ray.{k}")
-    data["ray"] = from_dict(RayConfig, ray, where=f"{where}:ray")
     cfg = from_dict(PipelineConfig, data, where=where)
     if cfg.teacher.model.fu_dim != cfg.imageed.model.embed_dim:
-        from edg_core.config import ConfigError
         raise ConfigError(f"{where}: teacher.model.fu_dim ({cfg.teacher.model.fu_dim}) must equal "
                           f"imageed.model.embed_dim ({cfg.imageed.model.embed_dim}): the teacher predicts F_U")
     if cfg.stop_after is not None and cfg.stop_after not in STAGES:
-        from edg_core.config import ConfigError
         raise ConfigError(f"{where}: stop_after {cfg.stop_after!r} is not a stage; stages: {', '.join(STAGES)}")
     return cfg
 
@@ -157,9 +135,12 @@ class Pipeline:
         self.force = set(force)
         unknown = sorted(self.force - set(STAGES))
         if unknown:
-            from edg_core.config import ConfigError
             raise ConfigError(f"--force {' '.join(unknown)}: not a stage; stages: {', '.join(STAGES)}")
         self.manifest: dict = {}
+        from .runtime import use_ray
+        self.use_ray, why = use_ray(cfg.ray.enabled)
+        print(f"[ray] {'stages run as Ray work' if self.use_ray else 'every stage in this process'} ({why})",
+              flush=True)
 
     # paths of the artefacts: DFT results and shards where they live (URLs for a remote out), the rest local
     def path(self, name: str):
@@ -171,7 +152,7 @@ class Pipeline:
                 "targets": self.out / "teacher_targets.npz", "distill": self.out / "distill"}[name]
 
     def _workers(self, stage: str) -> Workers:
-        return getattr(self.cfg.ray, stage) if self.cfg.ray.enabled else Workers(actors=0)
+        return getattr(self.cfg.ray, stage) if self.use_ray else Workers(actors=0)
 
     def _stage(self, name: str, fn) -> dict:
         marker = self.out / "stages" / f"{name}.json"
@@ -197,16 +178,18 @@ class Pipeline:
         src = open_source(self.cfg.input)
         if self.cfg.fused:
             return run_fused(src, self.path("ed_shards"), self.path("dft"), self.cfg.dft, self.cfg.render,
-                             self._workers("dft"), total=len(src), keep_fields=self.cfg.keep_fields)
-        return run_dft(src, self.path("dft"), self.cfg.dft, self._workers("dft"), total=len(src))
+                             self._workers("dft"), total=len(src), keep_fields=self.cfg.keep_fields).to_dict()
+        return run_dft(src, self.path("dft"), self.cfg.dft, self._workers("dft"), total=len(src)).to_dict()
 
     def render(self) -> dict:
         if self.cfg.fused:
             summary = {"fused": True}
         else:
-            paths = list_files(join(self.path("dft"), "fields"), "*.npz")
+            from dft.worker import result_files  # nested fields/<pp>/<key>.npz, and flat (older runs)
+            paths = result_files(self.path("dft"))
             summary = run_render(paths, self.path("ed_shards"), self.cfg.render, self._workers("render"),
-                                 total=len(paths), keep_fields=self.cfg.keep_fields, device=self.cfg.device)
+                                 total=len(paths), keep_fields=self.cfg.keep_fields,
+                                 device=self.cfg.device).to_dict()
         summary["contact_sheet"] = str(self.contact_sheet())
         return summary
 
@@ -224,7 +207,7 @@ class Pipeline:
         return path
 
     def _pretrain(self, stage: str, cfg, shards: Path, out: Path) -> dict:
-        if self.cfg.ray.enabled:
+        if self.use_ray:
             from .train_ray import train_on_ray
             return train_on_ray(stage, cfg, shards, out, self.store, num_workers=self.cfg.ray.train_workers,
                                 use_gpu=self.cfg.ray.use_gpu, max_failures=self.cfg.ray.max_failures)
@@ -247,7 +230,7 @@ class Pipeline:
         from edg_core.readers import open_source
         src = open_source(self.cfg.students.conformations)
         return run_render(src, self.path("student_shards"), self.cfg.render, self._workers("render"),
-                          total=len(src), ed=False, device=self.cfg.device)
+                          total=len(src), ed=False, device=self.cfg.device).to_dict()
 
     def teacher_targets(self) -> dict:
         from train.teacher import export_targets, load_teacher
@@ -255,23 +238,29 @@ class Pipeline:
         return export_targets(teacher, self.path("student_shards"), self.path("targets"), device=self.cfg.device)
 
     def distill_configs(self) -> list:
-        from train.edg import EDGConfig
         from train.distill import DistillConfig
+        from train.edg import EDGConfig
 
-        from .commands.distill import grid
+        from .distill_runs import grid
         st = self.cfg.students
-        base = DistillConfig(student=st.students[0], dataset=st.dataset, out=str(self.path("distill")),
-                             fit=st.fit, task=dict(st.task), student_args=dict(st.student_args),
-                             edg=EDGConfig(ed_predictor=str(self.path("teacher") / "teacher.pt"),
-                                           teacher_targets=str(self.path("targets"))))
-        return grid(base, st.students, [st.dataset], st.lambdas, st.seeds)
+        cfgs = []
+        for dataset in st.dataset_list():  # every student of the dataset's family x lambdas x seeds
+            students = st.students_for(dataset)
+            if not students:
+                continue
+            base = DistillConfig(student=students[0], dataset=dataset, out=str(self.path("distill")),
+                                 fit=st.fit, task=st.task_for(dataset), student_args=dict(st.student_args),
+                                 edg=EDGConfig(ed_predictor=str(self.path("teacher") / "teacher.pt"),
+                                               teacher_targets=str(self.path("targets"))))
+            cfgs += grid(base, students, [dataset], st.lambdas, st.seeds)
+        return cfgs
 
     def distill(self) -> dict:
         from train.distill import run_distill
         from train.report import collect_results, write_report
         cfgs = self.distill_configs()
-        if self.cfg.ray.enabled:
-            from .commands.distill import run_on_ray
+        if self.use_ray:
+            from .distill_runs import run_on_ray
             self.store.push()  # the teacher and its targets, for runs on other nodes
             run_on_ray(cfgs, self.cfg.ray.distill_cpus, self.cfg.ray.distill_gpus,
                        run_url=self.store.remote, work_dir=str(self.out))
@@ -301,7 +290,7 @@ class Pipeline:
                          "seeds": {"imageed": self.cfg.imageed.seed, "teacher": self.cfg.teacher.seed,
                                    "students": list(self.cfg.students.seeds)},
                          "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}}
-        if self.cfg.ray.enabled:
+        if self.use_ray:
             from .runtime import ray_session
             with ray_session(self.cfg.ray.address, temp_dir=self.cfg.ray.temp_dir) as resources:
                 self.manifest["ray_resources"] = dict(resources)

@@ -1,176 +1,107 @@
-"""A generic streaming pool of Ray actors (used by the DFT stage, and by rendering later).
+"""A streaming pool of Ray actors: ``(key, item)`` pairs in, ``(key, value, error)`` triples out.
 
-The caller gives an actor class, its constructor arguments, an iterable of ``(key, item)`` pairs and the
-set of keys already done. Actors are created with ``num_cpus`` / fractional ``num_gpus``; each holds at most
-``in_flight_per_actor`` items (back-pressure: the iterable is consumed only as fast as actors finish, so a
-two-million-molecule source is never materialised). The actor's ``method`` processes one item and either
-writes its own outputs (and returns a small status) or returns the result for ``on_result``.
+Actors are created with ``cpus`` CPUs and a (possibly fractional) ``gpus`` share each; every actor holds at most
+``in_flight`` items, so the source iterable is consumed only as fast as actors finish (back-pressure: a
+two-million-molecule source is never materialised). ``process(item)`` runs on an actor; what it returns comes
+back as ``value``. An exception raised by ``process`` is deterministic: it comes back at once as ``error``. An
+actor that dies (killed, crashed, node lost, out of memory) is replaced and the items it held are retried, each
+at most ``max_retries`` times; after that the item comes back with an error saying so.
 
-An actor that dies (killed, crashed, out of memory) is replaced by a fresh one and the items it held are
-retried, each at most ``max_retries`` times; beyond that the item is reported through ``on_failure``.
-An exception raised by the method itself is deterministic, so it is reported at once, not retried.
+The pool knows nothing about stages, keys on disk or failure manifests: ``cluster.engine.run_stage`` does.
+Ray must be initialised (``cluster.runtime.ray_session``).
 """
 from __future__ import annotations
 
 import logging
-import tempfile
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
-
-from edg_core.io import progress
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class PoolSummary:
-    done: int = 0
-    failed: int = 0
-    skipped: int = 0
+class PoolStats:
     retried: int = 0
     actors_replaced: int = 0
-    wall_s: float = 0.0
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason), first 100
 
 
-def init_ray(address: str | None = "auto", num_cpus: int | None = None, temp_dir: str | None = None) -> str:
-    """Connect to a running Ray cluster (``address``, default ``auto``) or, when none is reachable or
-    ``address`` is ``local``, start a local runtime with its files under ``temp_dir`` (a fresh temp dir
-    by default). Returns a description of what it did. Does nothing when Ray is already initialised."""
-    import ray
-    if ray.is_initialized():
-        return "ray already initialised"
-    if address not in (None, "local"):
-        try:
-            ray.init(address=address, log_to_driver=False)
-            return f"connected to Ray cluster at {address}"
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            log.info("no Ray cluster at %s (%s); starting a local runtime", address, e)
-    temp_dir = temp_dir or tempfile.mkdtemp(prefix="edgray")
-    ray.init(num_cpus=num_cpus, _temp_dir=temp_dir, include_dashboard=False, log_to_driver=False)
-    return f"local Ray runtime ({temp_dir})"
+@dataclass
+class _Slot:
+    actor: Any
+    generation: int = 0
+    load: int = 0
 
 
-def _status_of(result: Any) -> tuple[bool, str]:
-    """(ok, reason) from a method's return value: a dict with ``status: failed`` counts as a failure."""
-    if isinstance(result, dict) and result.get("status") == "failed":
-        return False, str(result.get("reason", "failed"))
-    return True, ""
+class ActorPool:
+    """``ActorPool(cls, kwargs, size, cpus, gpus).map(items)``; see the module docstring."""
 
+    def __init__(self, actor_cls: type, kwargs: dict | None = None, *, size: int = 2, cpus: float = 1.0,
+                 gpus: float = 0.0, in_flight: int = 2, max_retries: int = 2, method: str = "process"):
+        import ray
+        if size < 1:
+            raise ValueError("ActorPool needs size >= 1")
+        self._remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(actor_cls)
+        self.kwargs, self.in_flight, self.max_retries, self.method = kwargs or {}, in_flight, max_retries, method
+        self.slots = [_Slot(self._new_actor()) for _ in range(size)]
+        self.stats = PoolStats()
+        self._pending: dict[Any, tuple[int, int, str, Any, int]] = {}  # ref -> (slot, generation, key, item, tries)
+        self._retry: deque[tuple[str, Any, int]] = deque()
 
-def run_actor_pool(actor_cls: type, items: Iterable[tuple[str, Any]], *, ctor_args: tuple = (),
-                   ctor_kwargs: dict | None = None, done_keys: set[str] | frozenset = frozenset(),
-                   num_actors: int = 2, num_cpus: float = 1, num_gpus: float = 0, method: str = "process",
-                   in_flight_per_actor: int = 2, max_retries: int = 2,
-                   on_result: Callable[[str, Any], None] | None = None,
-                   on_failure: Callable[[str, str], None] | None = None,
-                   total: int | None = None, desc: str = "pool") -> PoolSummary:
-    """Stream ``items`` through ``num_actors`` Ray actors of ``actor_cls``; see the module docstring.
+    def _new_actor(self):
+        return self._remote.remote(**self.kwargs)
 
-    Ray must be initialised (``init_ray``). ``on_result(key, value)`` runs in the driver for every finished
-    item; ``on_failure(key, reason)`` for items that failed (method error, status ``failed``, or an actor that
-    kept dying). Returns a ``PoolSummary``.
-    """
-    import ray
-    from ray.exceptions import RayActorError, RayTaskError
-    if num_actors < 1:
-        raise ValueError("run_actor_pool needs num_actors >= 1")
-    remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(actor_cls)
-    ctor_kwargs = ctor_kwargs or {}
-    summary = PoolSummary()
-    actors = [remote_cls.remote(*ctor_args, **ctor_kwargs) for _ in range(num_actors)]
-    generation = [0] * num_actors
-    load = [0] * num_actors
-    in_flight: dict[Any, tuple[int, int, str, Any, int]] = {}  # ref -> (slot, generation, key, item, tries)
-    retry: deque[tuple[str, Any, int]] = deque()
-    source = iter(items)
-    exhausted = False
-
-    def next_item() -> tuple[str, Any, int] | None:
-        nonlocal exhausted
-        if retry:
-            return retry.popleft()
-        while not exhausted:
-            try:
-                key, item = next(source)
-            except StopIteration:
-                exhausted = True
-                return None
-            if key in done_keys:
-                summary.skipped += 1
-                continue
-            return key, item, 0
-        return None
-
-    def fill() -> None:
-        for slot in range(num_actors):
-            while load[slot] < in_flight_per_actor:
-                nxt = next_item()
-                if nxt is None:
-                    return
-                key, item, tries = nxt
-                ref = getattr(actors[slot], method).remote(item)
-                in_flight[ref] = (slot, generation[slot], key, item, tries)
-                load[slot] += 1
-
-    def fail(key: str, reason: str) -> None:
-        summary.failed += 1
-        if len(summary.failures) < 100:
-            summary.failures.append((key, reason))
-        if on_failure is not None:
-            on_failure(key, reason)
-
-    def completions() -> Iterator[None]:
-        fill()
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=60.0)
-            for ref in ready:
-                slot, gen, key, item, tries = in_flight.pop(ref)
-                if gen == generation[slot]:
-                    load[slot] -= 1
-                try:
-                    value = ray.get(ref)
-                except RayActorError as e:
-                    if gen == generation[slot]:  # first news of this actor's death: replace it
-                        log.warning("actor %d died (%s); replacing it", slot, type(e).__name__)
-                        ray.kill(actors[slot], no_restart=True)
-                        actors[slot] = remote_cls.remote(*ctor_args, **ctor_kwargs)
-                        generation[slot] += 1
-                        load[slot] = 0
-                        summary.actors_replaced += 1
-                    if tries < max_retries:
-                        summary.retried += 1
-                        retry.append((key, item, tries + 1))
-                    else:
-                        fail(key, f"worker died {tries + 1} times while processing it")
-                        yield
-                    continue
-                except RayTaskError as e:
-                    cause = getattr(e, "cause", None)
-                    fail(key, f"error: {cause if cause is not None else e}".splitlines()[0])
-                    yield
-                    continue
-                ok, reason = _status_of(value)
-                if ok:
-                    summary.done += 1
+    def _submit(self, source: Iterator[tuple[str, Any]]) -> None:
+        for i, slot in enumerate(self.slots):
+            while slot.load < self.in_flight:
+                if self._retry:
+                    key, item, tries = self._retry.popleft()
                 else:
-                    summary.failed += 1
-                    if len(summary.failures) < 100:
-                        summary.failures.append((key, reason))
-                if on_result is not None:
-                    on_result(key, value)
-                yield
-            fill()
+                    nxt = next(source, None)
+                    if nxt is None:
+                        return
+                    (key, item), tries = nxt, 0
+                ref = getattr(slot.actor, self.method).remote(item)
+                self._pending[ref] = (i, slot.generation, key, item, tries)
+                slot.load += 1
 
-    t0 = time.monotonic()
-    try:
-        for _ in progress(completions(), desc, total=total):
-            pass
-    finally:
-        for a in actors:
-            ray.kill(a, no_restart=True)
-    summary.wall_s = time.monotonic() - t0
-    return summary
+    def _replace(self, i: int, why: str) -> None:
+        import ray
+        log.warning("actor %d died (%s); replacing it", i, why)
+        ray.kill(self.slots[i].actor, no_restart=True)
+        self.slots[i] = _Slot(self._new_actor(), self.slots[i].generation + 1)
+        self.stats.actors_replaced += 1
+
+    def map(self, items: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any, str | None]]:
+        """Yield ``(key, value, None)`` per finished item and ``(key, None, reason)`` per item given up on,
+        in completion order. The actors are killed when the iteration ends (or is abandoned)."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+        source = iter(items)
+        try:
+            self._submit(source)
+            while self._pending:
+                ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=60.0)
+                for ref in ready:
+                    i, gen, key, item, tries = self._pending.pop(ref)
+                    current = gen == self.slots[i].generation
+                    if current:
+                        self.slots[i].load -= 1
+                    try:
+                        yield key, ray.get(ref), None
+                    except RayActorError as e:
+                        if current:  # first news of this actor's death
+                            self._replace(i, type(e).__name__)
+                        if tries < self.max_retries:
+                            self.stats.retried += 1
+                            self._retry.append((key, item, tries + 1))
+                        else:
+                            yield key, None, f"worker died {tries + 1} times while processing it"
+                    except RayTaskError as e:
+                        cause = getattr(e, "cause", None)
+                        yield key, None, f"error: {cause if cause is not None else e}".splitlines()[0]
+                self._submit(source)
+        finally:
+            for slot in self.slots:
+                ray.kill(slot.actor, no_restart=True)

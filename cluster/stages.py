@@ -1,109 +1,58 @@
-"""Stage runners shared by ``edg pipeline`` and the per-stage commands: each runs in this process or on a
-pool of Ray actors (``cluster.pool.run_actor_pool``), resumes from what its output folder already holds, and
-records failures in ``<out>/failures.jsonl``. ``out`` may be a folder or an fsspec URL: bulky outputs (result
-files, shards) are uploaded whole by their writers, and the driver's own files (``failures.jsonl``,
-``progress.json``) live in a ``Mirror`` that is pushed as they change.
+"""Every batch stage of EDG, declared once and run by the one driver (``cluster.engine.run_stage``).
 
-* ``run_dft``: molecules -> ``<out>/fields/<key>.npz`` (DFTWorker).
-* ``run_render``: DFT results and/or molecules -> shards with ED and structure images (RenderWorker).
-* ``run_fused``: DFT then rendering in one actor (one GPU share): fields go from CuPy to torch by DLPack and
-  never touch the host unless ``keep_fields``; only the shard sample comes back to the driver.
+* ``dft``: ``Molecule`` items -> ``dft.worker.DFTWorker`` -> ``<out>/fields/<pp>/<key>.npz``, written by the
+  workers themselves (``ResultFiles``).
+* ``render``: ``Molecule`` (structure images), a DFT result path (ED + structure images) or
+  ``(Molecule, result path)`` -> ``RenderActor`` -> shards.
+* ``dft+render`` (fused): ``Molecule`` -> ``FusedActor`` -> shards (+ the DFT scalars as result files).
+* ``convert``: ``Molecule`` -> ``ConvertWorker`` -> shards (molecule and labels, no images).
+
+``edg dft``, ``edg render``, ``edg data convert`` and ``edg pipeline`` all call ``run_dft`` / ``run_render`` /
+``run_fused`` / ``run_convert`` below, so each runs in this process or on Ray actors the same way (``Workers``),
+resumes from what ``out`` (a folder or an fsspec URL) already holds, and records typed failures.
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
 
 from edg_core.errors import InvalidRecord
-from edg_core.io import append_jsonl
 from edg_core.molecule import Molecule
-from edg_core.shards import ShardWriter, sample_key, shard_keys
-from edg_core.storage import Mirror
+from edg_core.shards import encode_sample, sample_key
+from edg_core.stage import BatchResult, Failure
 
-from .metrics import StageProgress
+from .engine import ResultFiles, Shards, Stage, StageSummary, Workers, run_stage
 
-
-@dataclass
-class Workers:
-    """How a stage runs: ``actors`` = 0 runs in this process; otherwise a pool of Ray actors, each with
-    ``cpus`` CPUs and ``gpus`` (a fraction shares one GPU between several actors)."""
-    actors: int = 0
-    cpus: float = 1.0
-    gpus: float = 0.0
-    max_retries: int = 2
+__all__ = ["Workers", "StageSummary", "run_dft", "run_render", "run_fused", "run_convert",
+           "molecule_and_fields", "item_key", "item_record"]
 
 
-class _DriverFiles:
-    """A stage driver's own files in ``out`` (a folder or a URL): ``failures.jsonl``, whose one writer it is,
-    and ``progress.json``. Kept in a ``Mirror`` (pulled first, to resume); each failure is uploaded at once."""
+def item_key(item) -> str:
+    """The sample key of a stage item: a ``Molecule``, a DFT result path, or ``(Molecule, path)``."""
+    if isinstance(item, tuple):
+        item = item[0]
+    if isinstance(item, Molecule):
+        return sample_key(item.id)
+    return Path(str(item)).stem
 
-    def __init__(self, stage: str, out, total: int | None, exclude: tuple[str, ...]):
-        self.logs = Mirror(out, exclude=exclude, temporary=True)
-        self.logs.pull()
-        self.url = self.logs.url
-        self.prog = StageProgress(stage, total, self.logs.local)
 
-    def fail(self, *entries: dict) -> None:
-        """Record failure entries ``{record, key, stage, reason}``."""
-        for e in entries:
-            append_jsonl(self.logs.local / "failures.jsonl", {**e, "time": time.time()})
-        if entries:
-            self.logs.commit("failures.jsonl")
-            self.prog.update(failed=len(entries))
-
-    def on_failure(self, stage: str):
-        """A ``(key, reason, record=None)`` callback for molecules given up on (``run_actor_pool``'s)."""
-        def record(key: str, reason: str, record: str | None = None) -> None:
-            self.fail({"record": record or key, "key": key, "stage": stage, "reason": reason})
-        return record
-
-    def valid(self, records: Iterable) -> Iterator:
-        """The records that are not ``InvalidRecord``; those are recorded as read failures."""
-        for rec in records:
-            if isinstance(rec, InvalidRecord):
-                self.fail({"record": rec.record, "key": sample_key(rec.record), "stage": "read",
-                           "reason": rec.problem})
-                continue
-            yield rec
-
-    def keyed(self, records: Iterable) -> Iterator[tuple[str, Molecule]]:
-        return ((sample_key(rec.id), rec) for rec in self.valid(records))
-
-    def finish(self) -> dict:
-        self.prog.write()
-        self.logs.push()
-        self.logs.close()
-        return {**self.prog.summary(), "failures": str(self.logs.where("failures.jsonl"))}
+def item_record(item) -> str:
+    """What a user calls a stage item (its molecule id or its file), for the failure manifest."""
+    if isinstance(item, tuple):
+        item = item[0]
+    return item.id if isinstance(item, Molecule) else str(item)
 
 
 # ---------------------------------------------------------------- DFT
-def run_dft(records, out: str | Path, cfg, workers: Workers, total: int | None = None,
-            retry_failed: bool = False) -> dict:
-    """DFT for every record not finished (or failed, unless ``retry_failed``) in ``out``; returns a summary."""
-    from dft.worker import STAGE, DFTWorker, done_keys, failed_keys
-    driver = _DriverFiles("dft", out, total, exclude=("fields/*", "cubes/*"))
-    out, prog = driver.url, driver.prog
-    if workers.actors == 0:  # the worker is the one writer of failures.jsonl
-        s = DFTWorker(cfg, out).run(records, total=total, retry_failed=retry_failed)
-        prog.update(done=s.done, failed=s.failed, skipped=s.skipped)
-    else:  # the actors only compute and upload results; this driver writes failures.jsonl
-        from .pool import run_actor_pool
-        skip = done_keys(out) | (set() if retry_failed else failed_keys(out))
-        record = driver.on_failure(STAGE)
-
-        def on_result(key, status):
-            if status.get("status") == "done":
-                prog.update(done=1)
-            else:
-                record(status["key"], status.get("reason", "?"), status.get("id"))
-        s = run_actor_pool(DFTWorker, driver.keyed(records), ctor_args=(cfg, out, False, False),
-                           done_keys=skip, num_actors=workers.actors, num_cpus=workers.cpus, num_gpus=workers.gpus,
-                           max_retries=workers.max_retries, on_result=on_result, on_failure=record, total=total,
-                           desc="dft (ray)")
-        prog.skipped = s.skipped
-    return driver.finish()
+def run_dft(records: Iterable, out: str | Path, cfg, workers: Workers, total: int | None = None,
+            retry_failed: bool = False) -> StageSummary:
+    """DFT for every record not finished (or failed, unless ``retry_failed``) in ``out``."""
+    from dft.worker import DFTWorker, done_keys
+    stage = Stage("dft", DFTWorker, {"cfg": cfg, "out": str(out)},
+                  ResultFiles("fields", ".npz", list_keys=done_keys), key=item_key, record=item_record,
+                  exclude=("cubes/*",))
+    return run_stage(stage, records, out, workers, total=total, retry_failed=retry_failed)
 
 
 # ---------------------------------------------------------------- rendering
@@ -121,160 +70,115 @@ def molecule_and_fields(path: str | Path):
 
 
 class RenderActor:
-    """A Ray actor (or plain object) rendering batches: items are lists of ``Molecule`` or DFT result paths."""
+    """Renders batches of stage items (see ``item_key``): a ``Molecule`` gets structure images, a DFT result
+    path ED + structure images, ``(Molecule, path)`` both with the input's labels kept beside the DFT labels."""
 
     def __init__(self, cfg, device: str | None = None, structure: bool = True, ed: bool = True,
                  keep_fields: bool = False):
         from render.worker import RenderWorker
         self.worker = RenderWorker(cfg, device=device, structure=structure, ed=ed, keep_fields=keep_fields)
 
-    def process(self, batch: list) -> dict:
+    @staticmethod
+    def load(item):
+        """(molecule, Fields or None) of a stage item."""
+        if isinstance(item, Molecule):
+            return item, None
+        if isinstance(item, tuple):
+            rec, path = item
+            mol, fields = molecule_and_fields(path)
+            return dataclasses.replace(mol, labels={**rec.labels, **mol.labels}, smiles=rec.smiles), fields
+        return molecule_and_fields(item)
+
+    def process_batch(self, batch: list) -> BatchResult:
         mols, fields, failures = [], [], []
         for item in batch:
-            if isinstance(item, Molecule):
-                mols.append(item)
-                fields.append(None)
-                continue
             try:
-                m, f = molecule_and_fields(item)
+                m, f = self.load(item)
             except InvalidRecord as e:
-                failures.append({"record": e.record, "key": Path(item).stem, "stage": "render",
-                                 "reason": e.problem})
+                failures.append(Failure.of(e.record, "render", e.problem, item_key(item)))
                 continue
             mols.append(m)
             fields.append(f)
-        res = self.worker.render(mols, fields) if mols else None
-        return {"samples": res.samples if res else [], "failures": failures + (res.failures if res else [])}
-
-
-def _batched(items: Iterable, n: int) -> Iterator[list]:
-    batch = []
-    for it in items:
-        batch.append(it)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _write_results(writer: ShardWriter, driver: _DriverFiles, done: set):
-    def on_result(key, value):
-        for s in value["samples"]:
-            writer.write(s)
-            done.add(s["__key__"])
-        driver.fail(*value["failures"])
-        driver.prog.update(done=len(value["samples"]))
-    return on_result
+        res = self.worker.render(mols, fields) if mols else BatchResult()
+        return BatchResult(samples=res.samples, failures=failures + res.failures)
 
 
 def run_render(items: Iterable, out: str | Path, cfg, workers: Workers, total: int | None = None,
                structure: bool = True, ed: bool = True, keep_fields: bool = False, maxcount: int = 1000,
-               device: str | None = None) -> dict:
-    """Render ``items`` (``Molecule`` records for structure images, or paths of DFT result files for ED +
-    structure images) into shards in ``out`` (a folder or a URL); skips keys already in finished shards."""
-    driver = _DriverFiles("render", out, total, exclude=("*.tar",))
-    out, prog = driver.url, driver.prog
-    done = shard_keys(out)
-
-    def todo():
-        for it in driver.valid(items):
-            key = sample_key(it.id) if isinstance(it, Molecule) else Path(it).stem
-            if key in done:
-                prog.update(skipped=1)
-                continue
-            yield it
-
-    batches = _batched(todo(), cfg.batch_size)
-    with ShardWriter(out, "render", maxcount) as writer:
-        on_result = _write_results(writer, driver, done)
-        if workers.actors == 0:
-            actor = RenderActor(cfg, device, structure, ed, keep_fields)
-            from edg_core.io import progress
-            n_batches = None if total is None else -(-total // cfg.batch_size)
-            for b in progress(batches, f"render -> {out}", total=n_batches):
-                on_result(None, actor.process(b))
-        else:
-            from .pool import run_actor_pool
-            in_batch: dict[str, list[str]] = {}  # batch key -> sample keys, to name them if the batch fails
-
-            def keyed():
-                for i, b in enumerate(batches):
-                    in_batch[f"batch{i}"] = [sample_key(m.id) if isinstance(m, Molecule) else Path(m).stem for m in b]
-                    yield f"batch{i}", b
-
-            def on_batch_result(key, value):
-                in_batch.pop(key, None)
-                on_result(key, value)
-
-            def on_batch_failure(key, reason):
-                record = driver.on_failure("render")
-                for k in in_batch.pop(key, []):
-                    record(k, reason)
-            run_actor_pool(RenderActor, keyed(), ctor_args=(cfg, device, structure, ed, keep_fields),
-                           num_actors=workers.actors, num_cpus=workers.cpus, num_gpus=workers.gpus,
-                           max_retries=workers.max_retries, on_result=on_batch_result,
-                           on_failure=on_batch_failure, desc="render (ray)")
-    return driver.finish()
+               device: str | None = None, prefix: str = "render") -> StageSummary:
+    """Render ``items`` (see ``RenderActor``) into shards in ``out`` (a folder or a URL); keys already in
+    finished shards are skipped."""
+    stage = Stage("render", RenderActor, {"cfg": cfg, "device": device, "structure": structure, "ed": ed,
+                                          "keep_fields": keep_fields},
+                  Shards(prefix, maxcount), key=item_key, record=item_record, batch_size=cfg.batch_size)
+    return run_stage(stage, items, out, workers, total=total)
 
 
 # ---------------------------------------------------------------- fused DFT + render on one device
 class FusedActor:
     """DFT then rendering of one molecule in one process: on GPU the ED/ESP grids stay on the device
     (CuPy -> torch by DLPack, ``dft.handoff.cupy_to_torch``); the DFT scalars are written to
-    ``<dft_out>/fields/<key>.npz`` (a folder or a URL; with the fields only when ``keep_fields``) and the
-    shard sample (molecule, labels E1..E6, ED and structure images) is returned to the driver."""
+    ``<dft_out>/fields/**/<key>.npz`` (a folder or a URL; with the fields only when ``keep_fields``) and the
+    shard sample (molecule, labels E1..E6, ED and structure images) goes back to the driver. With
+    ``dft.fields`` off there are no grids to hand over: the sample has structure images only."""
 
     def __init__(self, dft_cfg, render_cfg, dft_out: str, keep_fields: bool = False, device: str | None = None):
         from dft.worker import DFTWorker
         from render.worker import RenderWorker
-        self.dft = DFTWorker(dft_cfg, dft_out, keep_on_gpu=True, record_failures=False)
+        self.dft = DFTWorker(dft_cfg, dft_out, keep_on_gpu=True)
         self.keep_fields = keep_fields
         self.render = RenderWorker(render_cfg, device=device, keep_fields=keep_fields)
 
-    def process(self, mol: Molecule) -> dict:
-        import dataclasses
+    def process_batch(self, mols: list[Molecule]) -> BatchResult:
+        res = BatchResult()
+        for mol in mols:
+            res += self._one(mol)
+        return res
 
+    def _one(self, mol: Molecule) -> BatchResult:
         from dft.handoff import cupy_to_torch
         from render.worker import Fields
         status = self.dft.process(mol, write=False)
         if status["status"] != "done":
-            return {"samples": [], "failures": [{"record": mol.id, "key": status["key"], "stage": "dft",
-                                                 "reason": status["reason"]}]}
+            return BatchResult(failures=[Failure.of(mol.id, "dft", status["reason"], status["key"])])
         r = status["result"]
-        fields = Fields(r.grid, cupy_to_torch(r.ed), cupy_to_torch(r.esp))
+        fields = None
+        if r.ed is not None and r.esp is not None:
+            fields = Fields(r.grid, cupy_to_torch(r.ed), cupy_to_torch(r.esp))
         labels = {**mol.labels, **r.energies, "dft_homo": float(r.homo), "dft_lumo": float(r.lumo)}
-        rec = dataclasses.replace(mol, labels=labels)
-        res = self.render.render([rec], [fields])
+        out = self.render.render([dataclasses.replace(mol, labels=labels)], [fields])
         kept = r if self.keep_fields else dataclasses.replace(r, ed=None, esp=None)
         self.dft.write(status["key"], kept)
-        return {"samples": res.samples, "failures": res.failures}
+        return out
 
 
-def run_fused(records, out: str | Path, dft_out: str | Path, dft_cfg, render_cfg, workers: Workers,
-              total: int | None = None, keep_fields: bool = False, maxcount: int = 1000) -> dict:
+def run_fused(records: Iterable, out: str | Path, dft_out: str | Path, dft_cfg, render_cfg, workers: Workers,
+              total: int | None = None, keep_fields: bool = False, maxcount: int = 1000) -> StageSummary:
     """DFT + rendering per molecule (``FusedActor``) into shards in ``out``; resumable by shard keys.
     ``out`` and ``dft_out`` may be folders or URLs."""
-    driver = _DriverFiles("dft+render", out, total, exclude=("*.tar",))
-    out, dft_out, prog = driver.url, str(dft_out), driver.prog
-    done = shard_keys(out)
-    with ShardWriter(out, "render", maxcount) as writer:
-        on_result = _write_results(writer, driver, done)
-        items = driver.keyed(records)
-        if workers.actors == 0:
-            actor = FusedActor(dft_cfg, render_cfg, dft_out, keep_fields)
-            from edg_core.io import progress
-            for key, mol in progress(items, "dft+render", total=total):
-                if key in done:
-                    prog.update(skipped=1)
-                    continue
-                on_result(key, actor.process(mol))
-        else:
-            from .pool import run_actor_pool
-            s = run_actor_pool(FusedActor, items, ctor_args=(dft_cfg, render_cfg, dft_out, keep_fields),
-                               done_keys=done, num_actors=workers.actors, num_cpus=workers.cpus,
-                               num_gpus=workers.gpus, max_retries=workers.max_retries, on_result=on_result,
-                               on_failure=driver.on_failure("dft+render"), total=total,
-                               desc="dft+render (ray)")
-            prog.skipped = s.skipped
-    return driver.finish()
+    stage = Stage("dft+render", FusedActor, {"dft_cfg": dft_cfg, "render_cfg": render_cfg,
+                                              "dft_out": str(dft_out), "keep_fields": keep_fields},
+                  Shards("render", maxcount), key=item_key, record=item_record)
+    return run_stage(stage, records, out, workers, total=total)
+
+
+# ---------------------------------------------------------------- conversion to shards
+class ConvertWorker:
+    """Molecules (with their labels) -> shard samples, no images."""
+
+    def process_batch(self, mols: list[Molecule]) -> BatchResult:
+        res = BatchResult()
+        for m in mols:
+            try:
+                res.samples.append(encode_sample(m))
+            except (InvalidRecord, ValueError) as e:
+                res.failures.append(Failure.of(m.id, "convert", f"{type(e).__name__}: {e}"))
+        return res
+
+
+def run_convert(records: Iterable, out: str | Path, workers: Workers, total: int | None = None,
+                prefix: str = "shard", maxcount: int = 1000, maxsize: int = 1 << 30) -> StageSummary:
+    """Write every record of ``records`` as a shard sample in ``out`` (a folder or a URL); resumable."""
+    stage = Stage("convert", ConvertWorker, {}, Shards(prefix, maxcount, maxsize), key=item_key,
+                  record=item_record, batch_size=256)
+    return run_stage(stage, records, out, workers, total=total)

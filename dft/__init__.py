@@ -6,6 +6,6 @@ Nothing here imports ray, cupy or gpu4pyscf at import time.
 """
 from .config import DFTConfig
 from .result import DFTResult, load_result, save_result
-from .worker import DFTWorker, RunSummary
+from .worker import DFTWorker
 
-__all__ = ["DFTConfig", "DFTResult", "DFTWorker", "RunSummary", "load_result", "save_result"]
+__all__ = ["DFTConfig", "DFTResult", "DFTWorker", "load_result", "save_result"]

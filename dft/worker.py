@@ -1,7 +1,7 @@
-"""``DFTWorker``: one molecule in, one result file out; failures go to a manifest and the run goes on.
+"""``DFTWorker``: one molecule in, one result file out; a bad molecule is a ``Failure``, never an exception.
 
-A plain class (no Ray): the CLI runs it in-process with ``--workers 0`` and ``cluster/pool.py`` wraps it in
-Ray actors. Output folder layout::
+A plain class (no Ray): the stage driver (``cluster.engine.run_stage``, declared in ``cluster/stages.py``) runs
+it in this process or on Ray actors and owns resume and the failure manifest. Output folder layout::
 
     <out>/fields/<pp>/<key>.npz one DFTResult per molecule (``load_result``), key = sample_key(mol.id),
                                 pp = 2 hex digits of the key's SHA-1 (256 folders: ~8k files each at
@@ -11,33 +11,31 @@ Ray actors. Output folder layout::
     <out>/failures.jsonl        {record, key, stage, reason} per failed molecule
 
 ``out`` may be an fsspec URL (``s3://bucket/run/dft``): each file is written to a local staging folder and
-uploaded whole (``edg_core.storage.Mirror``). Reruns skip molecules whose file exists, and (unless
-``retry_failed``) those already in the manifest.
+uploaded whole (``edg_core.storage.Mirror``).
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from edg_core.cube import write_cube
 from edg_core.errors import InvalidRecord
 from edg_core.grid import grid_for_positions
-from edg_core.io import append_jsonl, progress, read_jsonl
 from edg_core.molecule import Molecule
 from edg_core.shards import sample_key
+from edg_core.stage import BatchResult, Failure
 from edg_core.storage import Mirror, exists, join, list_files
 
 from . import fields
-from .backend import is_out_of_memory, resolve_backend, to_numpy
+from .backend import is_out_of_memory, release_memory_pool, resolve_backend, synchronize, to_numpy
 from .config import DFTConfig
 from .result import DFTResult, load_result, save_result
-from .scf import SCFTimeout, basis_convention, dipole_debye, energy_components, frontier_orbitals, run_scf
+from .scf import (SCFTimeout, basis_convention, dipole_debye, energy_components, frontier_orbitals, jk_method,
+                  run_scf)
 
-__all__ = ["DFTWorker", "RunSummary", "load_result", "done_keys", "failed_keys", "find_result", "result_files",
+__all__ = ["DFTWorker", "load_result", "done_keys", "find_result", "result_files",
            "result_path", "result_rel"]
 
 log = logging.getLogger(__name__)
@@ -79,50 +77,34 @@ def done_keys(out: str | Path) -> set[str]:
     return {p.rsplit("/", 1)[-1][:-4] for p in result_files(out)}
 
 
-def failed_keys(out: str | Path) -> set[str]:
-    """Keys recorded as failed by this stage in ``<out>/failures.jsonl``."""
-    return {e["key"] for e in read_jsonl(join(out, "failures.jsonl")) if e.get("stage") == STAGE and "key" in e}
-
-
-@dataclass
-class RunSummary:
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    wall_s: float = 0.0
-    failures_path: str = ""
-
-    @property
-    def mol_per_s(self) -> float:
-        return self.done / self.wall_s if self.wall_s > 0 else 0.0
-
-    def line(self) -> str:
-        return (f"done {self.done}, skipped {self.skipped}, failed {self.failed} in {self.wall_s:.1f} s "
-                f"({self.mol_per_s:.3f} mol/s)")
-
-
 class DFTWorker:
     """Runs DFT (+ ED/ESP fields) for one molecule at a time with a fixed ``DFTConfig``.
 
     ``out`` is the output folder or URL (None: compute only, nothing written). ``keep_on_gpu`` leaves ED/ESP
     as CuPy arrays in the returned ``DFTResult`` (hand them to torch with ``dft.handoff.cupy_to_torch``).
-    ``record_failures=False`` leaves ``failures.jsonl`` to the caller (a Ray driver, the file's one writer).
+    The worker writes result files only; the stage driver (``cluster.engine.run_stage``) owns the failure
+    manifest, resume and batching (``process_batch``).
     """
 
-    def __init__(self, cfg: DFTConfig | None = None, out: str | Path | None = None, keep_on_gpu: bool = False,
-                 record_failures: bool = True):
+    def __init__(self, cfg: DFTConfig | None = None, out: str | Path | None = None, keep_on_gpu: bool = False):
         self.cfg = cfg or DFTConfig()
         self.backend = resolve_backend(self.cfg.backend)
         self.store = None if out is None else Mirror(out, exclude=("fields/*", "cubes/*"), temporary=True)
         self.out = None if out is None else self.store.url
-        self.record_failures = record_failures and out is not None
-        if self.record_failures:
-            self.store.pull()  # a remote failures.jsonl, to append to
         self.keep_on_gpu = keep_on_gpu and self.backend == "gpu"
 
     # ------------------------------------------------------------ pure computation
     def compute(self, mol: Molecule) -> DFTResult:
-        """SCF + labels + fields for ``mol``; raises on failure (``SCFNotConverged``, ``SCFTimeout``, ...)."""
+        """SCF + labels + fields for ``mol``; raises on failure (``SCFNotConverged``, ``SCFTimeout``, ...).
+
+        On the GPU, CuPy's cached blocks go back to the driver after every molecule (done or failed), so
+        several actors sharing one GPU do not each hold their peak footprint; arrays in the result stay."""
+        try:
+            return self._compute(mol)
+        finally:
+            release_memory_pool(self.backend)
+
+    def _compute(self, mol: Molecule) -> DFTResult:
         cfg, t0 = self.cfg, time.monotonic()
         out = run_scf(mol, cfg, self.backend)
         if not out.converged:
@@ -132,10 +114,12 @@ class DFTWorker:
         energies = energy_components(out)
         homo, lumo = frontier_orbitals(out)
         kind = "RKS" if out.mol.spin == 0 else "UKS"
+        basis = out.mol.basis
         r = DFTResult(id=mol.id, energies=energies, homo=homo, lumo=lumo, dipole=dipole_debye(out),
                       converged=True, wall_s=0.0, z=mol.z, pos=mol.pos, charge=mol.charge,
                       multiplicity=mol.multiplicity, attempts=out.attempts, basis_functions=basis_convention(out.mol),
-                      method=f"{kind} {cfg.xc}/{out.mol.basis} {basis_convention(out.mol)} ({self.backend})")
+                      method=f"{kind} {cfg.xc}/{basis} {basis_convention(out.mol)} {jk_method(cfg, basis)} "
+                             f"({self.backend})")
         if cfg.fields:
             self._fields(mol, out, r, timings)
         r.timings = timings
@@ -143,12 +127,16 @@ class DFTWorker:
         return r
 
     def _fields(self, mol: Molecule, out, r: DFTResult, timings: dict) -> None:
+        """ED and ESP on the molecule's cube grid into ``r``; ``timings`` gets ``ed_s``/``esp_s`` measured
+        after the device has finished each (CuPy kernels are asynchronous)."""
         cfg = self.cfg
         grid = grid_for_positions(mol.pos, cfg.grid_spacing, cfg.grid_padding)
         pts = fields.grid_points(grid, self.backend)
         dm = out.dm
+        synchronize(self.backend)  # the SCF's and the grid upload's queued work is not the ED's
         t = time.monotonic()
         ed = fields.density(out.mol, dm, pts, self.backend).reshape(grid.shape)
+        synchronize(self.backend)
         timings["ed_s"] = time.monotonic() - t
         t = time.monotonic()
         if cfg.esp_mode == "band" and self.backend == "cpu":
@@ -159,6 +147,7 @@ class DFTWorker:
             r.esp_exact_fraction = float(exact.mean())
         else:  # the GPU evaluates the full grid in a fraction of a second: no band needed
             esp = fields.esp(out.mol, dm, pts, self.backend, cfg.chunk_points, cfg.max_memory_mb)
+        synchronize(self.backend)
         timings["esp_s"] = time.monotonic() - t
         esp = esp.reshape(grid.shape)
         if not self.keep_on_gpu:
@@ -168,11 +157,7 @@ class DFTWorker:
     # ------------------------------------------------------------ one molecule with bookkeeping
     def _fail(self, record: str, key: str, reason: str, stage: str = STAGE) -> dict:
         log.warning("%s: %s failed: %s", record, stage, reason)
-        if self.record_failures:
-            append_jsonl(self.store.local / "failures.jsonl", {"record": record, "key": key, "stage": stage,
-                                                               "reason": reason, "time": time.time()})
-            self.store.commit("failures.jsonl")
-        return {"key": key, "id": record, "status": "failed", "reason": reason}
+        return {"key": key, "id": record, "status": "failed", "reason": reason, "stage": stage}
 
     def process(self, mol: Molecule | InvalidRecord, write: bool = True) -> dict:
         """Compute and write one molecule; never raises for a bad molecule. Returns a small status dict
@@ -216,24 +201,15 @@ class DFTWorker:
 
     __call__ = process
 
-    # ------------------------------------------------------------ in-process loop (no Ray)
-    def run(self, records: Iterable[Molecule | InvalidRecord], total: int | None = None,
-            retry_failed: bool = False) -> RunSummary:
-        """Process every record not finished yet (and not failed before, unless ``retry_failed``)."""
-        if self.out is None:
-            raise ValueError("DFTWorker.run needs an output folder")
-        skip = done_keys(self.out) | (set() if retry_failed else failed_keys(self.out))
-        s = RunSummary(failures_path=str(join(self.out, "failures.jsonl")))
-        t0 = time.monotonic()
-        for rec in progress(records, f"dft ({self.backend})", total=total):
-            key = sample_key(rec.record if isinstance(rec, InvalidRecord) else rec.id)
-            if key in skip:
-                s.skipped += 1
-                continue
-            st = self.process(rec)
+    # ------------------------------------------------------------ a batch, for the stage driver
+    def process_batch(self, mols: list[Molecule]) -> BatchResult:
+        """Compute and write every molecule of ``mols``: keys written, and a ``Failure`` per molecule that
+        failed (``cluster.engine.run_stage`` records them)."""
+        res = BatchResult()
+        for mol in mols:
+            st = self.process(mol)
             if st["status"] == "done":
-                s.done += 1
+                res.done.append(st["key"])
             else:
-                s.failed += 1
-        s.wall_s = time.monotonic() - t0
-        return s
+                res.failures.append(Failure.of(st["id"], st.get("stage", STAGE), st["reason"], st["key"]))
+        return res

@@ -30,39 +30,131 @@ def _is_dataclass_type(t) -> bool:
     return isinstance(t, type) and dataclasses.is_dataclass(t)
 
 
+def _type_name(t) -> str:
+    if isinstance(t, type):
+        return t.__name__
+    return str(t).replace("typing.", "")
+
+
+def _coerce(value, t, where: str):
+    """``value`` checked against the annotation ``t`` (and converted where YAML cannot say it: list -> tuple,
+    int -> float); a mismatch is a ``ConfigError`` naming the place, the value and the expected type."""
+    def bad():
+        return ConfigError(f"{where}: {value!r} is not a valid {_type_name(t)}")
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if t is typing.Any or t is object:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, a, where)
+            except ConfigError:
+                continue
+        raise bad()
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+    if _is_dataclass_type(t):
+        if isinstance(value, t):
+            return value
+        if isinstance(value, dict):
+            return from_dict(t, value, where)
+        raise ConfigError(f"{where}: expected a mapping of {t.__name__} fields, got {value!r}")
+    if origin in (tuple, list) or t in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: {value!r} must have {len(args)} items ({_type_name(t)})")
+            items = [_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            inner = args[0] if args else typing.Any
+            items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if (origin or t) is tuple else list(items)
+    if origin is dict or t is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return dict(value)
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if t is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad()
+    if t is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad()
+    if t is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    if isinstance(t, type) and not isinstance(value, t):
+        raise bad()
+    return value
+
+
 def from_dict(cls: type[C], data: dict | None, where: str = "config") -> C:
-    """Build ``cls`` from a (nested) dict; unknown keys are an error naming the key and the place."""
+    """Build ``cls`` from a (nested) dict, type-checking every value against its field's annotation.
+
+    Unknown keys and values of the wrong type are a ``ConfigError`` naming ``where`` (the file), the key, the
+    value and the expected type, before any work starts.
+    """
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {data!r}")
     data = dict(data or {})
     hints = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    kwargs = {}
-    for name, value in data.items():
-        t = hints[name]
-        if _is_dataclass_type(t) and isinstance(value, dict):
-            value = from_dict(t, value, f"{where}.{name}")
-        elif typing.get_origin(t) is tuple and isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
+    kwargs = {name: _coerce(value, hints[name], f"{where}: {name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
-def load_yaml(cls: type[C], path: str | Path, section: str | None = None) -> C:
-    """Load ``cls`` from a YAML file (optionally one top-level ``section`` of it)."""
+def read_yaml(path: str | Path) -> dict:
+    """A YAML config file as a dict (``{}`` when empty); a missing file or a non-mapping is a ``ConfigError``."""
     import yaml
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"config file {path} does not exist (shipped examples: configs/*.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
+    return data
+
+
+def load_yaml(cls: type[C], path: str | Path, section: str | None = None) -> C:
+    """Load ``cls`` from a YAML file (optionally one top-level ``section`` of it)."""
+    data = read_yaml(path)
     if section is not None:
-        data = data.get(section, {})
-    return from_dict(cls, data, where=f"{path}" + (f":{section}" if section else ""))
+        data = data.get(section) or {}
+    return from_dict(cls, data, where=f"{path}" + (f": {section}" if section else ""))
+
+
+def resolve(cls: type[C], args: argparse.Namespace | None = None, path: str | Path | None = None,
+            section: str | None = None, prefix: str = "") -> C:
+    """THE config resolver of every command: dataclass defaults <- ``section`` of the YAML file ``path`` <-
+    the flags the user typed (``add_config_args``). Types are checked at each step."""
+    cfg = load_yaml(cls, path, section) if path else cls()
+    return apply_args(cfg, args, prefix) if args is not None else cfg
 
 
 def dump_yaml(obj, path: str | Path) -> None:

@@ -1,24 +1,22 @@
 """``RenderWorker``: molecules (+ optional ED/ESP grids) in, shard samples with ``edimg``/``stimg`` out.
 
-A plain class (no Ray) so that it runs in-process (``edg render``) or inside a generic Ray actor pool. A batch
-that fails is retried molecule by molecule, so one bad record only costs itself: it is returned (and, in
-``run``, logged to ``<out>/failures.jsonl``) with the reason.
+A plain class (no Ray): the render stage (``cluster/stages.py``, run by ``cluster.engine.run_stage`` in this
+process or on Ray actors) wraps it. A batch that fails is retried molecule by molecule, so one bad record only
+costs itself: it comes back as a ``Failure`` with the reason.
 """
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from edg_core.errors import InvalidRecord
 from edg_core.grid import CubeGrid
-from edg_core.io import append_jsonl, progress
 from edg_core.molecule import Molecule
-from edg_core.shards import DEFAULT_IMAGE_ENCODING, ShardWriter, encode_sample, sample_key, shard_keys
+from edg_core.shards import DEFAULT_IMAGE_ENCODING, encode_sample
+from edg_core.stage import BatchResult, Failure
 
 from .config import RenderConfig
 from .renderer import Renderer
@@ -33,12 +31,6 @@ class Fields:
     grid: CubeGrid
     ed: object
     esp: object
-
-
-@dataclass
-class RenderOutput:
-    samples: list[dict]  # encode_sample dicts, in input order, for the molecules that succeeded
-    failures: list[dict]  # {record, key, stage, reason}
 
 
 class RenderWorker:
@@ -85,65 +77,20 @@ class RenderWorker:
             kw = {"grid": f.grid, "ed": f.ed, "esp": f.esp}
         return encode_sample(mol, image_encoding=self.image_encoding, **kw, **images)
 
-    def render(self, mols: Sequence[Molecule], fields: Sequence[Fields | None] | None = None) -> RenderOutput:
+    def render(self, mols: Sequence[Molecule], fields: Sequence[Fields | None] | None = None) -> BatchResult:
         """Images for ``mols`` (``fields[i]`` None: structure images only) -> samples and failures."""
         fields = list(fields) if fields is not None else [None] * len(mols)
         if len(fields) != len(mols):
             raise ValueError(f"{len(mols)} molecules but {len(fields)} field entries")
         try:
             images = self._images(mols, fields)
-            return RenderOutput([self._sample(m, f, im) for m, f, im in zip(mols, fields, images)], [])
+            return BatchResult(samples=[self._sample(m, f, im) for m, f, im in zip(mols, fields, images)])
         except (InvalidRecord, ValueError, RuntimeError) as batch_error:
             if len(mols) == 1:
                 m = mols[0]
-                return RenderOutput([], [{"record": m.id, "key": sample_key(m.id), "stage": STAGE,
-                                          "reason": f"{type(batch_error).__name__}: {batch_error}"}])
+                return BatchResult(failures=[Failure.of(m.id, STAGE, f"{type(batch_error).__name__}: {batch_error}")])
             log.warning("render batch of %d failed (%s); retrying one by one", len(mols), batch_error)
-        samples, failures = [], []
+        res = BatchResult()
         for m, f in zip(mols, fields):
-            one = self.render([m], [f])
-            samples += one.samples
-            failures += one.failures
-        return RenderOutput(samples, failures)
-
-    def run(self, records: Iterable[tuple[Molecule | InvalidRecord, Fields | None]], out: str | Path,
-            total: int | None = None, maxcount: int = 1000, prefix: str = "render") -> dict:
-        """Render ``(molecule, fields)`` pairs into shards under ``out``; resumable (keys already in finished
-        shards are skipped), failures appended to ``<out>/failures.jsonl``. Returns a summary dict."""
-        out = Path(out)
-        done = shard_keys(out) if out.exists() else set()
-        failures = out / "failures.jsonl"
-        counts = {"rendered": 0, "skipped": 0, "failed": 0}
-        t0 = time.monotonic()
-        batch: list[tuple[Molecule, Fields | None]] = []
-
-        def flush(writer):
-            if not batch:
-                return
-            res = self.render([m for m, _ in batch], [f for _, f in batch])
-            for s in res.samples:
-                writer.write(s)
-                done.add(s["__key__"])
-            for fail in res.failures:
-                append_jsonl(failures, fail)
-            counts["rendered"] += len(res.samples)
-            counts["failed"] += len(res.failures)
-            batch.clear()
-
-        with ShardWriter(out, prefix, maxcount) as writer:
-            for rec, f in progress(records, f"render -> {out}", total=total):
-                if isinstance(rec, InvalidRecord):
-                    append_jsonl(failures, {"record": rec.record, "key": sample_key(rec.record), "stage": "read",
-                                            "reason": rec.problem})
-                    counts["failed"] += 1
-                    continue
-                if sample_key(rec.id) in done:
-                    counts["skipped"] += 1
-                    continue
-                batch.append((rec, f))
-                if len(batch) >= self.cfg.batch_size:
-                    flush(writer)
-            flush(writer)
-        counts["seconds"] = round(time.monotonic() - t0, 3)
-        counts["mol_per_s"] = round(counts["rendered"] / max(counts["seconds"], 1e-9), 3)
-        return counts
+            res += self.render([m], [f])
+        return res

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cluster.stages import Workers, run_dft
 from dft.config import DFTConfig
 from dft.handoff import cupy_to_torch
-from dft.worker import DFTWorker, done_keys, failed_keys, load_result, result_path
+from dft.worker import DFTWorker, done_keys, load_result, result_path
 from edg_core.errors import InvalidRecord
 from edg_core.io import read_jsonl
 from edg_core.molecule import Molecule
@@ -45,10 +46,13 @@ def test_result_file_round_trip(tmp_path):
     assert {"scf_s", "ed_s", "esp_s"} <= set(r.timings)
 
 
+def failed_keys(out) -> set[str]:
+    return {e["key"] for e in read_jsonl(out / "failures.jsonl")}
+
+
 def test_failures_go_to_the_manifest_and_the_run_continues(tmp_path):
-    w = DFTWorker(DFTConfig(**FAST, fields=False), out=tmp_path)
     unreadable = InvalidRecord("input.xyz:frame 3", "unknown element 'Xx'")
-    s = w.run([H2, COLLAPSED, unreadable, WATER])
+    s = run_dft([H2, COLLAPSED, unreadable, WATER], tmp_path, DFTConfig(**FAST, fields=False), Workers())
     assert (s.done, s.failed, s.skipped) == (2, 2, 0)
     entries = read_jsonl(tmp_path / "failures.jsonl")
     by_record = {e["record"]: e for e in entries}
@@ -60,10 +64,9 @@ def test_failures_go_to_the_manifest_and_the_run_continues(tmp_path):
 
 
 def test_timeout_and_non_convergence_are_recorded(tmp_path):
-    w = DFTWorker(DFTConfig(**FAST, timeout_s=1e-6), out=tmp_path)
-    assert w.process(WATER)["status"] == "failed"
-    w2 = DFTWorker(DFTConfig(**FAST, max_cycle=1, retries=False), out=tmp_path)
-    assert w2.process(H2)["status"] == "failed"
+    s = run_dft([WATER], tmp_path, DFTConfig(**FAST, timeout_s=1e-6), Workers())
+    s2 = run_dft([H2], tmp_path, DFTConfig(**FAST, max_cycle=1, retries=False), Workers())
+    assert (s.failed, s2.failed, s.done + s2.done) == (1, 1, 0)
     reasons = {e["record"]: e["reason"] for e in read_jsonl(tmp_path / "failures.jsonl")}
     assert reasons["water"].startswith("timeout")
     assert reasons["h2/a"].startswith("not converged") and "diis" in reasons["h2/a"]
@@ -72,14 +75,16 @@ def test_timeout_and_non_convergence_are_recorded(tmp_path):
 
 def test_resume_skips_finished_and_failed_molecules(tmp_path):
     cfg = DFTConfig(**FAST, fields=False)
-    first = DFTWorker(cfg, out=tmp_path).run([H2, COLLAPSED])
+    first = run_dft([H2, COLLAPSED], tmp_path, cfg, Workers())
     assert (first.done, first.failed) == (1, 1)
     stamp = result_path(tmp_path, "h2_a").stat().st_mtime_ns
-    again = DFTWorker(cfg, out=tmp_path).run([H2, COLLAPSED, WATER])
+    again = run_dft([H2, COLLAPSED, WATER], tmp_path, cfg, Workers())
     assert (again.done, again.skipped, again.failed) == (1, 2, 0)
     assert result_path(tmp_path, "h2_a").stat().st_mtime_ns == stamp  # not recomputed
-    retried = DFTWorker(cfg, out=tmp_path).run([COLLAPSED], retry_failed=True)
-    assert (retried.done, retried.failed, retried.skipped) == (0, 1, 0)
+    for _ in range(2):  # retried twice, failed twice: still one manifest entry
+        retried = run_dft([COLLAPSED], tmp_path, cfg, Workers(), retry_failed=True)
+        assert (retried.done, retried.failed, retried.skipped) == (0, 1, 0)
+    assert [e["key"] for e in read_jsonl(tmp_path / "failures.jsonl")] == ["collapsed"]
 
 
 def test_results_fan_out_into_prefix_folders_and_flat_results_of_older_runs_still_resume(tmp_path):
@@ -89,13 +94,13 @@ def test_results_fan_out_into_prefix_folders_and_flat_results_of_older_runs_stil
     assert len(rels) == 2000 and len(folders) == 256  # ~8 files per folder here, ~8k at 2 M molecules
     assert all(len(f) == 2 and int(f, 16) >= 0 for f in folders) and result_rel("a") == result_rel("a")
     cfg = DFTConfig(**FAST, fields=False)
-    DFTWorker(cfg, out=tmp_path).run([H2])
+    run_dft([H2], tmp_path, cfg, Workers())
     nested = result_path(tmp_path, "h2_a")
     assert nested.parent.parent == tmp_path / "fields" and nested.exists()
     flat = tmp_path / "fields" / "h2_a.npz"  # the layout of runs before the prefix folders
     nested.rename(flat)
     assert done_keys(tmp_path) == {"h2_a"} and find_result(tmp_path, "h2_a") == flat
-    again = DFTWorker(cfg, out=tmp_path).run([H2, WATER])
+    again = run_dft([H2, WATER], tmp_path, cfg, Workers())
     assert (again.done, again.skipped) == (1, 1) and not nested.exists()  # the flat result is not recomputed
     assert sorted(Path(p).name for p in result_files(tmp_path)) == ["h2_a.npz", "water.npz"]
     assert find_result(tmp_path, "water") == result_path(tmp_path, "water") and find_result(tmp_path, "x") is None

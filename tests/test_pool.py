@@ -38,9 +38,11 @@ def ray_head():
     ray = pytest.importorskip("ray")
     from ray import cloudpickle
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the test module
-    from cluster.pool import init_ray
+    from cluster.runtime import connect
     tmp = tempfile.mkdtemp(prefix="edgray")  # short: Ray's socket paths must stay under 108 characters
-    init_ray("local", num_cpus=2, temp_dir=tmp)
+    session = connect("local", num_cpus=2, temp_dir=tmp)
+    assert session.started_here
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")  # a local runtime listens on loopback
     try:
         yield ray
     finally:
@@ -49,7 +51,7 @@ def ray_head():
 
 
 def test_pool_streams_items_replaces_a_dead_actor_and_reports_failures(ray_head, tmp_path):
-    from cluster.pool import run_actor_pool
+    from cluster.pool import ActorPool
     items = [(f"n{i}", i) for i in range(8)] + [("crash", "crash"), ("raise", "raise"), ("soft", "soft")]
     consumed = []
 
@@ -58,32 +60,46 @@ def test_pool_streams_items_replaces_a_dead_actor_and_reports_failures(ray_head,
             consumed.append(key)
             yield key, item
 
-    results, failures = {}, {}
-    s = run_actor_pool(Squarer, source(), ctor_args=(str(tmp_path),), done_keys={"n0", "n1"}, num_actors=2,
-                       num_cpus=1, in_flight_per_actor=2, on_result=lambda k, v: results.__setitem__(k, v),
-                       on_failure=lambda k, r: failures.__setitem__(k, r))
+    pool = ActorPool(Squarer, {"marker_dir": str(tmp_path)}, size=2, cpus=1, in_flight=2)
+    results, errors = {}, {}
+    for key, value, error in pool.map(source()):
+        assert key not in results and key not in errors  # every item comes back exactly once
+        (errors if error else results)[key] = error or value
     assert (tmp_path / "crashed-once").exists()
-    assert s.actors_replaced == 1 and 1 <= s.retried <= 2  # the items the dead actor held are retried
-    assert s.skipped == 2 and s.done == 7 and s.failed == 2
+    assert pool.stats.actors_replaced == 1 and 1 <= pool.stats.retried <= 2  # the dead actor's items retried
     assert {k: v["value"] for k, v in results.items() if v.get("status") == "done"} == \
-        {**{f"n{i}": i * i for i in range(2, 8)}, "crash": -1}
-    assert results["soft"]["reason"] == "declined"
-    assert set(failures) == {"raise"} and "cannot square this" in failures["raise"]
+        {**{f"n{i}": i * i for i in range(8)}, "crash": -1}
+    assert results["soft"]["reason"] == "declined"  # a value is passed through, never interpreted
+    assert set(errors) == {"raise"} and "cannot square this" in errors["raise"]
     assert consumed == [k for k, _ in items]
 
 
 def test_pool_gives_up_on_an_item_that_keeps_killing_actors(ray_head, tmp_path):
-    from cluster.pool import run_actor_pool
+    from cluster.pool import ActorPool
 
     class AlwaysCrash(Squarer):
         def process(self, item):
             os._exit(1)
 
-    failures = {}
-    s = run_actor_pool(AlwaysCrash, [("x", 1)], ctor_args=(str(tmp_path),), num_actors=1, max_retries=0,
-                       on_failure=lambda k, r: failures.__setitem__(k, r))
-    assert s.failed == 1 and s.done == 0 and s.actors_replaced == 1 and s.retried == 0
-    assert "died 1 times" in failures["x"]
+    pool = ActorPool(AlwaysCrash, {"marker_dir": str(tmp_path)}, size=1, max_retries=0)
+    out = list(pool.map([("x", 1)]))
+    assert out == [("x", None, "worker died 1 times while processing it")]
+    assert pool.stats.actors_replaced == 1 and pool.stats.retried == 0
+
+
+def test_render_stage_on_ray_actors_writes_to_a_url(ray_head, tmp_path, capsys):
+    """`edg render --actors 2 --out local:///...`: the stage driver on actors, shards at an fsspec URL."""
+    from cluster.cli import main
+    from edg_core.shards import read_samples
+    url = f"local://{tmp_path}/shards"
+    argv = ["render", "--input", "embedded:qm9?limit=4", "--out", url, "--actors", "2", "--image-size", "16",
+            "--batch-size", "2"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "2 Ray actors" in text and "render: done 4, skipped 0, failed 0" in text
+    samples = list(read_samples(url))
+    assert len(samples) == 4 and all(s["stimg"].shape == (4, 3, 16, 16) for s in samples)
+    assert main(argv) == 0 and "render: done 0, skipped 4" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # Ray workers import PySCF: about 30 s on 2 idle cores
@@ -91,11 +107,11 @@ def test_edg_dft_on_ray_actors(ray_head, tmp_path, capsys):
     from cluster.cli import main
     from dft.worker import load_result, result_path
     out = tmp_path / "run"
-    argv = ["dft", "--input", "embedded:qm9?limit=3", "--out", str(out), "--workers", "2", "--ray-address",
+    argv = ["dft", "--input", "embedded:qm9?limit=3", "--out", str(out), "--actors", "2", "--ray-address",
             "local", "--basis", "sto-3g", "--grid-level", "1", "--no-fields"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "2 actors" in text and "done 3, skipped 0, failed 0" in text
+    assert "2 Ray actors" in text and "dft: done 3, skipped 0, failed 0" in text
     r = load_result(result_path(out, "qm9:2"))
     assert r.converged and r.id == "qm9:2"
     assert ray_head.is_initialized()  # the CLI leaves a runtime it did not start alone

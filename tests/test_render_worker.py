@@ -17,11 +17,11 @@ from render.worker import Fields, RenderWorker
 @pytest.fixture(scope="module")
 def water_dft(tmp_path_factory):
     """A DFT output folder (dft.worker layout) with water and methane at a small basis."""
+    from cluster.stages import Workers, run_dft
     from dft.config import DFTConfig
-    from dft.worker import DFTWorker
     out = tmp_path_factory.mktemp("dft")
     mols = [m for m in open_source("embedded:qm9").molecules() if m.formula in ("H2O", "CH4")]
-    DFTWorker(DFTConfig(backend="cpu", basis="sto-3g"), out=out).run(mols)
+    assert run_dft(mols, out, DFTConfig(backend="cpu", basis="sto-3g"), Workers()).done == len(mols)
     return out, mols
 
 
@@ -33,8 +33,8 @@ def test_worker_samples_and_bad_record_isolated():
     w = RenderWorker(RenderConfig(image_size=16, batch_size=3), device="cpu", keep_fields=True)
     res = w.render(mols, [good, None, bad])
     assert [s["__key__"] for s in res.samples] == [mols[0].id, mols[1].id]
-    assert len(res.failures) == 1 and res.failures[0]["record"] == mols[2].id
-    assert "ED grid shape" in res.failures[0]["reason"]
+    assert len(res.failures) == 1 and res.failures[0].record == mols[2].id
+    assert res.failures[0].stage == "render" and "ED grid shape" in res.failures[0].reason
     d0, d1 = decode_sample(res.samples[0]), decode_sample(res.samples[1])
     assert d0["edimg"].shape == (6, 4, 16, 16) and d0["stimg"].shape == (4, 3, 16, 16)
     assert "edimg" not in d1 and d1["stimg"].shape == (4, 3, 16, 16)
@@ -51,8 +51,8 @@ def test_cli_fields_resume_and_preview(water_dft, tmp_path, capsys):
     args = ["render", "--fields", str(dft_out), "--out", str(out), "--image-size", "24", "--fourth-channel",
             "alpha"]
     assert main(args + ["--preview", str(sheet), "--preview-count", "1"]) == 0
-    summary = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert summary["rendered"] == 2 and summary["failed"] == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[1])
+    assert summary["done"] == 2 and summary["failed"] == 0
     samples = list(read_samples(out))
     assert sorted(s["meta"]["id"] for s in samples) == sorted(m.id for m in mols)
     for s in samples:
@@ -62,7 +62,7 @@ def test_cli_fields_resume_and_preview(water_dft, tmp_path, capsys):
     assert sheet.exists() and sheet.stat().st_size > 1000
     assert (out / "render_config.yaml").read_text().count("fourth_channel: alpha") == 1
     assert main(args) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[0])["skipped"] == 2
+    assert json.loads(capsys.readouterr().out.splitlines()[1])["skipped"] == 2
     # an input molecule without a DFT result is reported, the others are rendered
     out2 = tmp_path / "shards2"
     assert main(["render", "--input", "embedded:qm9?limit=3", "--fields", str(dft_out), "--out", str(out2),

@@ -130,20 +130,17 @@ def test_split_is_seeded_and_disjoint():
 @pytest.fixture(scope="module")
 def study_shards(tmp_path_factory):
     """8 smallest embedded QM9 molecules: DFT (STO-3G) -> rendered ED images (32 px) + ED grids in shards."""
-    from cluster.stages import molecule_and_fields
+    from cluster.stages import Workers, run_dft, run_render
     from dft.config import DFTConfig
-    from dft.worker import DFTWorker, result_path
+    from dft.worker import result_files
     from edg_core.readers import open_source
-    from edg_core.shards import sample_key
     from render.config import RenderConfig
-    from render.worker import RenderWorker
     root = tmp_path_factory.mktemp("represent")
     mols = list(open_source("embedded:qm9?limit=8"))
-    DFTWorker(DFTConfig(backend="cpu", basis="sto-3g", grid_level=1), root / "dft").run(mols)
-    records = [molecule_and_fields(result_path(root / "dft", sample_key(m.id))) for m in mols]
-    summary = RenderWorker(RenderConfig(image_size=32), device="cpu", structure=False, keep_fields=True).run(
-        records, root / "shards")
-    assert summary["rendered"] == len(mols)
+    run_dft(mols, root / "dft", DFTConfig(backend="cpu", basis="sto-3g", grid_level=1), Workers())
+    summary = run_render(result_files(root / "dft"), root / "shards", RenderConfig(image_size=32), Workers(),
+                         structure=False, keep_fields=True)
+    assert summary.done == len(mols)
     return root / "shards"
 
 

@@ -1,18 +1,17 @@
 """``edg data``: inspect sources, convert them to shards, write audit files of splits."""
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from cluster.stage_args import add_worker_args
 from edg_core.errors import DataSourceError, InvalidRecord
-from edg_core.io import append_jsonl, atomic_path, progress
+from edg_core.io import atomic_path, progress
 from edg_core.readers import open_source
-from edg_core.shards import IMAGE_ENCODINGS, ShardWriter, encode_sample, read_samples, sample_key, shard_keys
+from edg_core.shards import read_samples
 
 
 def register(sub) -> None:
@@ -29,15 +28,15 @@ def register(sub) -> None:
     c = dsub.add_parser("convert", help="read any input and write WebDataset shards",
                         description="Convert an input spec to shards (molecule + labels). Resumable: samples "
                                     "already in finished shards are skipped. Bad records go to "
-                                    "<out>/failures.jsonl and the run continues.")
+                                    "<out>/failures.jsonl and the run continues.",
+                        epilog="example: edg data convert --input embedded:qm9 --out runs/shards/qm9")
     c.add_argument("--input", required=True, help="input spec, e.g. embedded, qm9:train, rmd17:aspirin:test")
     c.add_argument("--out", required=True, help="output folder for <prefix>-NNNNNN.tar shards: a local path or an "
                                                 "fsspec URL (s3://bucket/shards, gs://..., each shard uploaded whole)")
-    c.add_argument("--failures", help="failure manifest (default: <out>/failures.jsonl; ./failures.jsonl for URLs)")
     c.add_argument("--prefix", default="shard", help="shard file prefix (default: shard)")
     c.add_argument("--maxcount", type=int, default=1000, help="samples per shard (default: 1000)")
     c.add_argument("--maxsize", type=float, default=1.0, help="max shard size in GiB (default: 1)")
-    c.add_argument("--image-encoding", choices=IMAGE_ENCODINGS, default="u8z", help=argparse.SUPPRESS)
+    add_worker_args(c)
     c.set_defaults(func=cmd_convert)
 
     s = dsub.add_parser("split", help="write a data set's train/valid/test membership to .npz",
@@ -91,31 +90,15 @@ def cmd_info(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from edg_core.storage import is_remote
+    from cluster.stage_args import stage_workers
+    from cluster.stages import run_convert
     src = open_source(args.input)
-    out = args.out
-    done = shard_keys(out)
-    failures = Path(args.failures) if args.failures else \
-        (Path("failures.jsonl") if is_remote(out) else Path(out) / "failures.jsonl")
-    n_new = n_skip = n_bad = 0
-    t0 = time.time()
-    with ShardWriter(out, args.prefix, args.maxcount, int(args.maxsize * (1 << 30))) as w:
-        for rec in progress(src, f"convert {args.input}", total=len(src)):
-            if isinstance(rec, InvalidRecord):
-                n_bad += 1
-                append_jsonl(failures, {"record": rec.record, "stage": "read", "reason": rec.problem})
-                continue
-            if sample_key(rec.id) in done:
-                n_skip += 1
-                continue
-            w.write(encode_sample(rec))
-            done.add(sample_key(rec.id))
-            n_new += 1
-    dt = time.time() - t0
-    print(f"wrote {n_new} samples, skipped {n_skip} already present, {n_bad} invalid "
-          f"({n_new / max(dt, 1e-9):.0f} samples/s) -> {out}")
-    if n_bad:
-        print(f"failure manifest: {failures}")
+    with stage_workers(args, "edg data convert", uses_gpu=False) as workers:
+        s = run_convert(src, args.out, workers, total=len(src), prefix=args.prefix, maxcount=args.maxcount,
+                        maxsize=int(args.maxsize * (1 << 30)))
+    print(f"edg {s.line()} -> {args.out}")
+    if s.failed:
+        print(f"failure manifest: {s.failures}")
     return 0
 
 

@@ -8,7 +8,6 @@ in this process.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 from pathlib import Path
@@ -126,66 +125,8 @@ def cmd_distill(args) -> int:
     return 0
 
 
-def grid(base, students, datasets, lambdas, seeds) -> list:
-    """Every DistillConfig of the grid (students x datasets x lambdas x seeds)."""
-    from train.distill import replace
-    return [replace(base, student=s, dataset=d, **{"edg.lambda_ed": float(lam), "fit.seed": int(seed)})
-            for s, d, lam, seed in itertools.product(students, datasets, lambdas, seeds)]
-
-
-def run_on_ray(cfgs, cpus: float = 1.0, gpus: float = 0.0, force: bool = False, on_result=None,
-               run_url: str | None = None, work_dir: str | None = None) -> list[dict]:
-    """Run every DistillConfig as a Ray task (Ray must be initialised); results in finishing order.
-
-    ``run_url``: the runs belong to a pipeline whose ``out`` is that URL and whose local working copy is
-    ``work_dir`` (every path in the configs lies under it); each task then fetches its inputs from the URL,
-    runs in a temporary folder and uploads its run folder, so it may land on any node."""
-    import ray
-    remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(distill_task)
-    pending = [remote.options(name=f"distill:{c.run_name()}").remote(c, force, run_url, work_dir) for c in cfgs]
-    out = []
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        r = ray.get(done[0])
-        if on_result is not None:
-            on_result(r)
-        out.append(r)
-    return out
-
-
-def distill_task(cfg, force: bool = False, run_url: str | None = None, work_dir: str | None = None) -> dict:
-    """One distillation run; with ``run_url`` (see ``run_on_ray``) on a node that need not see ``work_dir``."""
-    from train.distill import run_distill
-    if run_url is None:
-        return run_distill(cfg, force)
-    import dataclasses
-    import shutil
-    import tempfile
-
-    from edg_core.storage import Mirror, download, join
-    work, tmp = Path(work_dir).resolve(), Path(tempfile.mkdtemp(prefix="edg-distill-"))
-
-    def rel(path) -> str:
-        return Path(path).resolve().relative_to(work).as_posix()
-
-    def fetch(path):
-        if path is None or str(path).startswith("standin:"):
-            return path
-        download(join(run_url, rel(path)), tmp / rel(path))
-        return str(tmp / rel(path))
-    runs = rel(cfg.out)
-    run = Mirror(join(run_url, runs, cfg.run_name()), local=tmp / runs / cfg.run_name())
-    run.pull()  # a finished or half-done run resumes
-    edg = dataclasses.replace(cfg.edg, ed_predictor=fetch(cfg.edg.ed_predictor),
-                              teacher_targets=fetch(cfg.edg.teacher_targets))
-    try:
-        with run.autosync(60.0):
-            return run_distill(dataclasses.replace(cfg, out=str(tmp / runs), edg=edg), force)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _run_with_ray(cfgs, args) -> list[dict]:
+    from cluster.distill_runs import run_on_ray
     from cluster.runtime import ray_session
     with ray_session(args.address, temp_dir=args.ray_temp_dir):
         return run_on_ray(cfgs, args.cpus_per_run, args.gpus_per_run, args.force,
@@ -193,6 +134,7 @@ def _run_with_ray(cfgs, args) -> list[dict]:
 
 
 def cmd_benchmark(args) -> int:
+    from cluster.distill_runs import grid
     from train.distill import run_distill
     from train.report import write_report
     base = _base_config(args)

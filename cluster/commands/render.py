@@ -4,23 +4,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edg_core.config import add_config_args, apply_args, dump_yaml, load_yaml
+from edg_core.config import add_config_args, dump_yaml, resolve
 from edg_core.errors import DataSourceError, InvalidRecord
 from edg_core.readers import open_source
 from edg_core.shards import sample_key
 
 
 def register(sub) -> None:
+    from cluster.stage_args import add_worker_args
     p = sub.add_parser(
         "render", help="render ED images (from DFT outputs) and structure images into shards",
         description="Render 4-view ball-and-stick structure images for every molecule of --input (no DFT "
                     "needed) and, with --fields, 6-view ED images (ED isosurface coloured by ESP, RGB + depth) "
                     "from the DFT stage's output folder. Resumable: molecules already in finished shards are "
-                    "skipped; failures go to <out>/failures.jsonl. Every RenderConfig field is a flag.")
+                    "skipped; failures go to <out>/failures.jsonl. Every RenderConfig field is a flag. Runs in "
+                    "this process by default, or on Ray actors with --actors N.",
+        epilog="example: edg render --input embedded:qm9?limit=4 --out runs/render --image-size 64")
     p.add_argument("--input", help="input spec (see `edg --help`); optional with --fields")
-    p.add_argument("--fields", help="DFT output folder (edg dft --out) whose fields/<key>.npz hold ED and ESP")
-    p.add_argument("--out", required=True, help="output folder for render-NNNNNN.tar shards")
-    p.add_argument("--config", help="YAML file with a `render:` section (flags override it)")
+    p.add_argument("--fields", help="DFT output folder or URL (edg dft --out) whose fields/ hold ED and ESP")
+    p.add_argument("--out", required=True, help="output folder for render-NNNNNN.tar shards, or an fsspec URL")
+    p.add_argument("--config", help="YAML config (e.g. a pipeline config): its `render:` section sets "
+                                    "RenderConfig fields; flags override it")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--maxcount", type=int, default=1000, help="samples per shard (default: 1000)")
     p.add_argument("--no-structure", action="store_true", help="skip the structure images")
@@ -28,60 +32,52 @@ def register(sub) -> None:
     p.add_argument("--preview", help="write a contact sheet PNG of the first molecules (PyMOL's beside ours "
                                      "when pymol is installed)")
     p.add_argument("--preview-count", type=int, default=3, help="molecules on the contact sheet (default: 3)")
+    add_worker_args(p)
     from render.config import RenderConfig
-    add_config_args(p, RenderConfig)
+    add_config_args(p.add_argument_group("render settings (RenderConfig)"), RenderConfig)
     p.set_defaults(func=cmd_render)
 
 
-def _records(args):
-    """(molecule or InvalidRecord, Fields or None) pairs and their count."""
-    from cluster.stages import molecule_and_fields
+def _items(args):
+    """Stage items (``cluster.stages.RenderActor``) and their count: molecules (structure images), DFT result
+    paths (ED + structure images), or (molecule, result path) pairs when both --input and --fields are given."""
+    from dft.worker import find_result, result_files
+    from edg_core.storage import exists, join
     if args.fields is None:
         src = open_source(args.input)
-        return ((r, None) for r in src), len(src)
-    from dft.worker import result_path
-    root = Path(args.fields)
-    if not (root / "fields").is_dir():
+        return iter(src), len(src)
+    root = args.fields
+    if not exists(join(root, "fields")):
         raise DataSourceError(f"{root}: no fields/ folder; run `edg dft --out {root}` first")
-
     if args.input:
         src = open_source(args.input)
 
-        def gen():
+        def pairs():
             for rec in src:
                 if isinstance(rec, InvalidRecord):
-                    yield rec, None
+                    yield rec
                     continue
-                path = result_path(root, sample_key(rec.id))
-                if not path.exists():
-                    yield InvalidRecord(rec.id, f"no DFT result {path}"), None
-                    continue
-                mol, fields = molecule_and_fields(path)
-                mol.labels = {**rec.labels, **mol.labels}
-                mol.smiles = rec.smiles
-                yield mol, fields
-        return gen(), len(src)
-    paths = sorted((root / "fields").glob("*/*.npz")) + sorted((root / "fields").glob("*.npz"))  # nested + flat
-
-    def gen_all():
-        for path in paths:
-            try:
-                yield molecule_and_fields(path)
-            except InvalidRecord as e:
-                yield e, None
-    return gen_all(), len(paths)
+                path = find_result(root, sample_key(rec.id))
+                yield InvalidRecord(rec.id, f"no DFT result in {root}") if path is None else (rec, str(path))
+        return pairs(), len(src)
+    paths = result_files(root)
+    return iter(paths), len(paths)
 
 
 def _preview(args, cfg, worker, path: Path) -> None:
     import torch
 
+    from cluster.stages import RenderActor
     from render.contact_sheet import contact_sheet
     from render.reference import PyMOLReference, pymol_available
-    records, _ = _records(args)
+    items, _ = _items(args)
     chosen = []
-    for rec, f in records:
-        if not isinstance(rec, InvalidRecord):
-            chosen.append((rec, f))
+    for item in items:
+        if not isinstance(item, InvalidRecord):
+            try:
+                chosen.append(RenderActor.load(item))
+            except InvalidRecord:
+                continue
         if len(chosen) >= args.preview_count:
             break
     rows = []
@@ -108,22 +104,27 @@ def _preview(args, cfg, worker, path: Path) -> None:
 
 
 def cmd_render(args) -> int:
+    from cluster.stage_args import stage_workers
+    from cluster.stages import run_render
+    from edg_core.storage import Mirror
     from render.config import RenderConfig
-    from render.worker import RenderWorker
     if not args.input and not args.fields:
         raise DataSourceError("edg render: give --input (structure images) and/or --fields (ED images)")
-    cfg = load_yaml(RenderConfig, args.config, "render") if args.config else RenderConfig()
-    cfg = apply_args(cfg, args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, out / "render_config.yaml")
-    worker = RenderWorker(cfg, device=args.device, structure=not args.no_structure, keep_fields=args.keep_fields)
-    records, total = _records(args)
-    summary = worker.run(records, out, total=total, maxcount=args.maxcount)
-    summary["device"] = str(worker.device)
-    print(json.dumps(summary))
-    if summary["failed"]:
-        print(f"failure manifest: {out / 'failures.jsonl'}")
+    cfg = resolve(RenderConfig, args, args.config, "render")
+    store = Mirror(args.out, exclude=("*.tar",), temporary=True)
+    dump_yaml(cfg, store.local / "render_config.yaml")
+    store.commit("render_config.yaml")
+    store.close()
+    items, total = _items(args)
+    with stage_workers(args, "edg render") as workers:
+        s = run_render(items, args.out, cfg, workers, total=total, structure=not args.no_structure,
+                       keep_fields=args.keep_fields, maxcount=args.maxcount, device=args.device)
+    print(json.dumps(s.to_dict()))
+    print(f"edg {s.line()}")
+    if s.failed:
+        print(f"failure manifest: {s.failures}")
     if args.preview:
+        from render.worker import RenderWorker
+        worker = RenderWorker(cfg, device=args.device, structure=not args.no_structure)
         _preview(args, cfg, worker, Path(args.preview))
     return 0

@@ -1,0 +1,278 @@
+"""The one stage driver: ``run_stage(stage, items, out, workers)`` runs any batch stage of EDG.
+
+A ``Stage`` is declared once (``cluster/stages.py``): its name, the worker class that turns a batch of items
+into a ``BatchResult`` (``edg_core.stage``), the worker's keyword arguments, how an item is keyed, and its
+output ``Sink``. The driver
+
+1. reads what ``out`` (a folder or an fsspec URL) already holds: the sink's finished keys and the failure
+   manifest ``<out>/failures.jsonl``, and skips those keys (``retry_failed`` retries the failed ones);
+2. batches the remaining items and runs the batches in this process (``workers.actors == 0``) or streams them
+   through a pool of Ray actors (``cluster.pool.ActorPool``: back-pressure, dead actors replaced, retries);
+3. writes the samples that come back into the sink (shards) and records every ``Failure`` in the manifest,
+   exactly one line per failed key however often a run is resumed;
+4. returns a ``StageSummary``; progress goes to a progress bar, ``<out>/progress.json`` and, on Ray, the
+   dashboard's metrics (``cluster.metrics.StageProgress``).
+
+Why a hand-written pool and not Ray Data (``map_batches`` with an actor pool strategy): see docs/design.md.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edg_core.errors import InvalidRecord
+from edg_core.io import append_jsonl, progress, read_jsonl, write_bytes_atomic
+from edg_core.shards import ShardWriter, shard_keys
+from edg_core.stage import BatchResult, Failure
+from edg_core.storage import Mirror, list_files
+
+from .metrics import StageProgress
+
+FAILURES = "failures.jsonl"
+
+
+@dataclass
+class Workers:
+    """Where a stage runs: ``actors`` = 0 in this process; otherwise a pool of Ray actors with ``cpus`` CPUs
+    and ``gpus`` each (a fraction shares one GPU between several actors)."""
+    actors: int = 0
+    cpus: float = 1.0
+    gpus: float = 0.0
+    max_retries: int = 2
+
+
+# ---------------------------------------------------------------- sinks: where a stage's outputs go
+class Shards:
+    """The driver writes samples into ``<out>/<prefix>-NNNNNN.tar`` shards; finished keys = keys in finished
+    shards."""
+    bulky = ("*.tar",)
+
+    def __init__(self, prefix: str = "shard", maxcount: int = 1000, maxsize: int = 1 << 30):
+        self.prefix, self.maxcount, self.maxsize = prefix, maxcount, maxsize
+
+    def done_keys(self, out) -> set[str]:
+        return shard_keys(out)
+
+    def open(self, out) -> ShardWriter:
+        return ShardWriter(out, self.prefix, self.maxcount, self.maxsize)
+
+
+class ResultFiles:
+    """Workers write one file per item themselves (``<out>/<folder>/<key><suffix>``, uploaded whole); the
+    driver only counts them. ``done_keys`` lists the folder."""
+
+    def __init__(self, folder: str, suffix: str, list_keys: Callable[[Any], set[str]] | None = None):
+        self.folder, self.suffix, self._list = folder, suffix, list_keys
+        self.bulky = (f"{folder}/*",)
+
+    def done_keys(self, out) -> set[str]:
+        if self._list is not None:
+            return self._list(out)
+        from edg_core.storage import join
+        n = len(self.suffix)
+        return {p.rsplit("/", 1)[-1][:-n] for p in list_files(join(out, self.folder), f"*{self.suffix}")}
+
+    def open(self, out):
+        return _NoWriter()
+
+
+class _NoWriter:
+    def write(self, sample: dict) -> None:
+        raise RuntimeError("this stage's workers write their own outputs; they returned a sample")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@dataclass
+class Stage:
+    """A batch stage, declared once: see the module docstring."""
+    name: str
+    worker: type                               # worker(**args).process_batch(batch: list) -> BatchResult
+    args: dict                                 # keyword arguments of the worker's constructor
+    sink: Shards | ResultFiles
+    key: Callable[[Any], str]                  # the sample key of an item (resume and manifest key)
+    record: Callable[[Any], str] = str         # what a user calls the item (its id or path), for failures
+    batch_size: int = 1
+    unit: str = "molecules"
+    exclude: tuple[str, ...] = ()              # other bulky outputs the driver never mirrors
+
+
+@dataclass
+class StageSummary:
+    stage: str
+    total: int | None
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    unit: str = "molecules"
+    failures: str = ""                         # where the failure manifest is
+    actors: int = 0
+    retried: int = 0
+    actors_replaced: int = 0
+    extra: dict = field(default_factory=dict)  # stage-specific facts (device, contact sheet, ...)
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        where = f"{self.actors} Ray actors" if self.actors else "in-process"
+        return (f"{self.stage}: done {self.done}, skipped {self.skipped}, failed {self.failed} in "
+                f"{self.seconds:.1f} s ({self.rate:.3f} {self.unit}/s, {where})")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        d[f"{self.unit}_per_s"] = round(self.rate, 4)
+        return d
+
+
+# ---------------------------------------------------------------- the failure manifest
+class FailureLog:
+    """``<out>/failures.jsonl``, of which the driver is the one writer. Entries are appended as failures
+    happen (a killed run keeps them) and the file is compacted at the end: one entry per (stage, key), the
+    latest, none for a key that has since succeeded."""
+
+    def __init__(self, logs: Mirror):
+        self.logs, self.path = logs, logs.local / FAILURES
+        self.entries: dict[tuple[str, str], dict] = {}
+        self.appended = 0
+        for e in read_jsonl(self.path):
+            f = Failure.from_json(e)
+            self.entries[(f.stage, f.key)] = e
+
+    def keys(self) -> set[str]:
+        return {k for _, k in self.entries}
+
+    def add(self, failures: Iterable[Failure]) -> int:
+        n = 0
+        for f in failures:
+            e = f.to_json()
+            if self.entries.get((f.stage, f.key), {}).get("reason") != f.reason:
+                append_jsonl(self.path, e)
+                self.appended += 1
+            self.entries[(f.stage, f.key)] = e
+            n += 1
+        if n:
+            self.logs.commit(FAILURES)
+        return n
+
+    def compact(self, succeeded: set[str]) -> None:
+        keep = [e for (_, k), e in self.entries.items() if k not in succeeded]
+        lines = "".join(_json_line(e) for e in keep)
+        current = self.path.read_text() if self.path.exists() else ""
+        if lines != current and (keep or self.path.exists()):
+            write_bytes_atomic(self.path, lines.encode())
+            self.logs.commit(FAILURES)
+
+
+def _json_line(e: dict) -> str:
+    import json
+    return json.dumps(e, sort_keys=True, default=str) + "\n"
+
+
+# ---------------------------------------------------------------- the driver
+def _batches(items: Iterable, n: int) -> Iterator[list]:
+    batch: list = []
+    for it in items:
+        batch.append(it)
+        if len(batch) >= n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _in_process(stage: Stage, batches: Iterable[list]) -> Iterator[tuple[list, BatchResult]]:
+    worker = stage.worker(**stage.args)
+    for batch in batches:
+        try:
+            yield batch, worker.process_batch(batch)
+        except Exception as e:  # a worker bug costs its batch, not the run
+            reason = f"error: {type(e).__name__}: {e}"
+            yield batch, BatchResult(failures=[Failure.of(stage.record(it), stage.name, reason, stage.key(it))
+                                               for it in batch])
+
+
+def _on_actors(stage: Stage, batches: Iterable[list], workers: Workers, stats: dict
+               ) -> Iterator[tuple[list, BatchResult]]:
+    from .pool import ActorPool
+    held: dict[str, list] = {}
+
+    def keyed():
+        for i, b in enumerate(batches):
+            held[f"batch{i}"] = b
+            yield f"batch{i}", b
+
+    pool = ActorPool(stage.worker, stage.args, size=workers.actors, cpus=workers.cpus, gpus=workers.gpus,
+                     max_retries=workers.max_retries, method="process_batch")
+    for key, value, error in pool.map(keyed()):
+        batch = held.pop(key)
+        if error is not None:
+            value = BatchResult(failures=[Failure.of(stage.record(it), stage.name, error, stage.key(it))
+                                          for it in batch])
+        yield batch, value
+    stats.update(retried=pool.stats.retried, actors_replaced=pool.stats.actors_replaced)
+
+
+def run_stage(stage: Stage, items: Iterable, out: str | Path, workers: Workers | None = None, *,
+              total: int | None = None, retry_failed: bool = False) -> StageSummary:
+    """Run ``stage`` over ``items`` into ``out``; see the module docstring. ``InvalidRecord`` items (refused by
+    a reader) are recorded as ``read`` failures and never reach a worker."""
+    workers = workers or Workers()
+    logs = Mirror(out, exclude=stage.sink.bulky + stage.exclude, temporary=True)
+    logs.pull()
+    out = logs.url
+    failures = FailureLog(logs)
+    prog = StageProgress(stage.name, total, logs.local, unit=stage.unit)
+    done = stage.sink.done_keys(out)
+    skip = done | (set() if retry_failed else failures.keys())
+    succeeded: set[str] = set()
+    summary = StageSummary(stage.name, total, unit=stage.unit, actors=workers.actors,
+                           failures=str(logs.where(FAILURES)))
+    t0 = time.monotonic()
+
+    def todo():
+        for it in items:
+            if isinstance(it, InvalidRecord):
+                key = Failure.invalid(it).key
+                if key not in skip:
+                    summary.failed += failures.add([Failure.invalid(it)])
+                    prog.update(failed=1)
+                continue
+            if stage.key(it) in skip:
+                summary.skipped += 1
+                prog.update(skipped=1)
+                continue
+            yield it
+
+    batches = _batches(progress(todo(), f"{stage.name} -> {out}", total=total), stage.batch_size)
+    stats: dict = {}
+    try:
+        with stage.sink.open(out) as writer:
+            runs = _on_actors(stage, batches, workers, stats) if workers.actors else _in_process(stage, batches)
+            for _, res in runs:
+                for s in res.samples:
+                    writer.write(s)
+                new = [s["__key__"] for s in res.samples] + list(res.done)
+                succeeded.update(new)
+                summary.done += len(new)
+                summary.failed += failures.add(res.failures)
+                prog.update(done=len(new), failed=len(res.failures))
+    finally:
+        failures.compact(succeeded)
+        summary.seconds = round(time.monotonic() - t0, 3)
+        summary.retried = stats.get("retried", 0)
+        summary.actors_replaced = stats.get("actors_replaced", 0)
+        prog.write()
+        logs.push()
+        logs.close()
+    return summary

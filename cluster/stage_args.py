@@ -1,0 +1,56 @@
+"""The flags every stage command shares (``edg dft``, ``edg render``, ``edg data convert``, ``edg extract``):
+where the stage runs (this process or Ray actors), what each actor holds, and which Ray cluster to use."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+
+from .engine import Workers
+
+WORKER_FLAGS = ("--actors", "--cpus-per-actor", "--gpus-per-actor", "--max-retries", "--ray-address")
+
+
+def add_worker_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("workers (this process or a pool of Ray actors)")
+    g.add_argument("--actors", type=int, default=None,
+                   help="Ray actors for this stage; 0 = run in this process. Default: 0, except inside a Ray job "
+                        "(`ray job submit`) or with $RAY_ADDRESS set: one actor per GPU share, else per CPU")
+    g.add_argument("--workers", dest="actors", type=int, help=argparse.SUPPRESS)  # the earlier name
+    g.add_argument("--local", dest="actors", action="store_const", const=0, help="same as --actors 0")
+    g.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved by each actor (default: 1)")
+    g.add_argument("--cpus-per-worker", dest="cpus_per_actor", type=float, help=argparse.SUPPRESS)
+    g.add_argument("--gpus-per-actor", type=float, default=None,
+                   help="GPU share of each actor, e.g. 0.25 = four actors per GPU (default: 0.25 when the "
+                        "cluster has GPUs and the stage can use them, else 0)")
+    g.add_argument("--gpus-per-worker", dest="gpus_per_actor", type=float, help=argparse.SUPPRESS)
+    g.add_argument("--max-retries", type=int, default=2,
+                   help="times an item is retried when its actor dies (node lost, OOM kill; default: 2)")
+    g.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join; `local` = a fresh local runtime (default: $RAY_ADDRESS, a head "
+                        "started on this machine, or a new local runtime bound to 127.0.0.1)")
+
+
+@contextlib.contextmanager
+def stage_workers(args: argparse.Namespace, what: str, uses_gpu: bool = True) -> Iterator[Workers]:
+    """``Workers`` from the flags above, inside a Ray session when actors are wanted; prints the choice."""
+    from .runtime import ray_session, use_ray
+    actors = args.actors
+    if actors is None:
+        on_ray, why = use_ray(None)
+        if not on_ray:
+            print(f"{what}: in this process ({why}; --actors N for Ray actors)", flush=True)
+            yield Workers(actors=0)
+            return
+    elif actors == 0:
+        print(f"{what}: in this process", flush=True)
+        yield Workers(actors=0)
+        return
+    with ray_session(args.ray_address) as resources:
+        gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
+        share = args.gpus_per_actor
+        if share is None:
+            share = 0.25 if gpus > 0 and uses_gpu else 0.0
+        n = actors or (int(gpus / share) if share > 0 else max(1, int(cpus // args.cpus_per_actor)))
+        print(f"{what}: {n} Ray actors x {args.cpus_per_actor:g} CPU, {share:g} GPU", flush=True)
+        yield Workers(actors=n, cpus=args.cpus_per_actor, gpus=share, max_retries=args.max_retries)
