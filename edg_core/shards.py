@@ -52,11 +52,19 @@ SCHEMA_VERSION = 1
 IMAGE_ENCODINGS = ("u8z", "png")
 DEFAULT_IMAGE_ENCODING = "u8z"
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_:\-]")
+MAX_KEY = 64  # characters; keeps <key>.<member> within a USTAR name (100)
 
 
 def sample_key(mol_id: str) -> str:
-    """A tar-safe key for a molecule id ('.' and '/' would confuse WebDataset)."""
-    return _KEY_BAD.sub("_", mol_id)
+    """A tar-safe key for a molecule id, one-to-one: an id made of ``A-Z a-z 0-9 _ : -`` (``qm9:1``,
+    ``rmd17:aspirin:123``) of at most ``MAX_KEY`` characters is its own key; any other id (``mol.1``,
+    ``mol/1``: '.' and '/' would confuse WebDataset) becomes its sanitised prefix, ``~`` and 12 hex digits of
+    its SHA-1 (``mol_1~3f2a...``), so ids that differ never share a key (``~`` is never in a plain key)."""
+    mol_id = str(mol_id)
+    if len(mol_id) <= MAX_KEY and mol_id and not _KEY_BAD.search(mol_id):
+        return mol_id
+    import hashlib
+    return f"{_KEY_BAD.sub('_', mol_id)[:MAX_KEY - 13]}~{hashlib.sha1(mol_id.encode()).hexdigest()[:12]}"
 
 
 # ---------------------------------------------------------------- array and image codecs
@@ -96,15 +104,31 @@ def encode_images(img, encoding: str = DEFAULT_IMAGE_ENCODING) -> bytes:
     raise ValueError(f"unknown image encoding {encoding!r}; use one of {IMAGE_ENCODINGS}")
 
 
-def decode_images_u8(data: bytes, encoding: str) -> np.ndarray:
-    """bytes -> uint8 (V, C, H, W)."""
+MAX_MEMBER_BYTES = 1 << 28  # 256 MiB: the largest member (raw or decoded) a reader accepts
+
+
+def decode_images_u8(data: bytes, encoding: str, max_bytes: int = MAX_MEMBER_BYTES) -> np.ndarray:
+    """bytes -> uint8 (V, C, H, W). The shape header fixes the decoded size: a header over ``max_bytes`` is
+    refused before anything is inflated, and a payload that inflates to more or less than it is an error."""
+    if len(data) < 16:
+        raise ValueError(f"image member of {len(data)} bytes has no shape header")
     shape = struct.unpack("<4I", data[:16])
+    size = int(np.prod(shape, dtype=np.int64))
+    if size > max_bytes:
+        raise ValueError(f"images of shape {shape} would decode to {size} bytes, over the cap of {max_bytes}")
     if encoding == "u8z":
-        return np.frombuffer(zlib.decompress(data[16:]), dtype=np.uint8).reshape(shape)
+        d = zlib.decompressobj()
+        raw = d.decompress(data[16:], size + 1)  # never more than one byte past the announced size
+        if len(raw) != size or d.unconsumed_tail or not d.eof:
+            raise ValueError(f"u8z payload does not inflate to the {size} bytes of shape {shape}")
+        return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
     if encoding == "png":
         from PIL import Image
         v, c, h, w = shape
-        strip = np.asarray(Image.open(io.BytesIO(data[16:])))
+        im = Image.open(io.BytesIO(data[16:]))  # reads the PNG header only
+        if im.size != (v * w, h) or len(im.getbands()) != c:
+            raise ValueError(f"png strip of {im.size} x {len(im.getbands())} channels does not match shape {shape}")
+        strip = np.asarray(im)
         return np.ascontiguousarray(strip.reshape(h, v, w, c).transpose(1, 3, 0, 2))
     raise ValueError(f"unknown image encoding {encoding!r}")
 
@@ -147,9 +171,15 @@ def encode_sample(mol: Molecule, *, grid: CubeGrid | None = None, ed=None, esp=N
     return s
 
 
+REQUIRED_MEMBERS = ("meta.json", "z.npy", "pos.npy")  # every sample has them (``encode_sample``)
+
+
 def decode_sample(sample: dict[str, Any], torch_tensors: bool = True) -> dict[str, Any]:
-    """Member bytes -> Python/numpy (or torch) values; unknown members raise ``ShardError``."""
+    """Member bytes -> Python/numpy (or torch) values; a damaged sample (``__error__`` from ``iter_shard``), a
+    missing required member or an unknown or undecodable one raises ``ShardError`` naming shard and key."""
     where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+    if "__error__" in sample:
+        raise ShardError(f"{where}: {sample['__error__']}")
     out: dict[str, Any] = {"__key__": sample.get("__key__"), "__url__": sample.get("__url__")}
     try:
         meta = json.loads(sample["meta.json"])
@@ -182,6 +212,10 @@ def decode_sample(sample: dict[str, Any], torch_tensors: bool = True) -> dict[st
             raise
         except Exception as e:  # corrupt member bytes
             raise ShardError(f"{where}: member {k!r} cannot be decoded ({type(e).__name__}: {e})") from None
+    missing = [m for m in REQUIRED_MEMBERS if m not in sample]
+    if missing:
+        raise ShardError(f"{where}: sample lacks member(s) {missing} (members: "
+                         f"{sorted(k for k in sample if not k.startswith('__'))})")
     out["labels"] = labels
     if torch_tensors:
         import torch
@@ -341,28 +375,77 @@ def check_complete(path: str | Path) -> None:
         raise ShardError(f"{path}: truncated shard ({size} bytes, no end-of-archive marker)")
 
 
-def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Raw samples (member bytes) of one local shard, grouped by key; corruption raises ``ShardError``."""
+def iter_shard(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
+    """Raw samples (member bytes) of one shard, grouped by key.
+
+    A shard that is not a whole tar file raises ``ShardError``. Damage inside a whole file costs only the
+    samples it touches, which come with an ``__error__`` (reason) instead of being dropped silently: a member
+    over ``max_member_bytes`` (not read), and a corrupt member header in the middle of the tar, where Python's
+    tarfile would stop silently. Reading goes on at the next valid header, so the samples after the damage
+    are kept; the sample right after it (which may have lost members) is marked, and a warning names the
+    byte offset and the keys around it."""
+    import logging
     check_complete(path)
     cur: dict[str, Any] | None = None
+    expected = 0  # where the next header should start
+    gaps: list[list] = []  # [start, end, key before, damaged key]
+    mark_next: str | None = None
+    keys: list[str] = []
     try:
-        with open_read(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        with open_read(path) as f, tarfile.open(fileobj=f, mode="r:", ignore_zeros=True) as tar:
             for m in tar:
+                if m.offset != expected:  # tarfile skipped blocks to get here: zero padding or a damaged header
+                    if _nonzero(path, expected, m.offset):
+                        gaps.append([expected, m.offset, cur["__key__"] if cur else None, None])
+                        mark_next = (f"next to a corrupt tar header at byte {expected} "
+                                     f"({m.offset - expected} bytes unreadable): members of this sample may be lost")
+                expected = m.offset_data + ((m.size + 511) // 512) * 512
                 if not m.isfile():
                     continue
                 key, _, ext = m.name.partition(".")
-                data = tar.extractfile(m).read()
-                if len(data) != m.size:
-                    raise ShardError(f"{path}: member {m.name} truncated")
                 if cur is None or cur["__key__"] != key:
                     if cur is not None:
                         yield cur
                     cur = {"__key__": key, "__url__": str(path)}
+                    keys.append(key)
+                if mark_next:
+                    cur["__error__"], mark_next = mark_next, None
+                    gaps[-1][3] = key
+                if m.size > max_member_bytes:
+                    cur["__error__"] = f"member {m.name} has {m.size} bytes, over the cap of {max_member_bytes}"
+                    continue
+                data = tar.extractfile(m).read()
+                if len(data) != m.size:
+                    raise ShardError(f"{path}: member {m.name} truncated")
                 cur[ext] = data
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ShardError(f"{path}: corrupt or truncated shard ({type(e).__name__}: {e})") from None
+    end = storage.size(path)
+    if _nonzero(path, expected, end):  # damage after the last readable member
+        gaps.append([expected, end, cur["__key__"] if cur else None, None])
     if cur is not None:
         yield cur
+    for start, end, before, damaged in gaps:
+        after = len(keys) - keys.index(damaged) - 1 if damaged else 0
+        logging.getLogger(__name__).warning(
+            "%s: corrupt tar header at byte %d (%d bytes skipped, after sample %s): sample %s is failed (it may "
+            "have lost members); reading went on: %d samples after it were read", path, start, end - start,
+            before, damaged, after)
+
+
+def _nonzero(path, start: int, end: int) -> bool:
+    """Whether bytes [start, end) of the file hold anything but zeros (tar padding is zeros)."""
+    with open_read(path) as f:
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                return False
+            if chunk.count(0) != len(chunk):
+                return True
+            left -= len(chunk)
+    return False
 
 
 def read_samples(spec, torch_tensors: bool = True) -> Iterator[dict[str, Any]]:
@@ -382,8 +465,8 @@ def shard_keys(spec) -> set[str]:
     for p in paths:
         check_complete(p)
         try:
-            with open_read(p) as f, tarfile.open(fileobj=f, mode="r:") as tar:
-                keys.update(m.name.partition(".")[0] for m in tar.getmembers())
+            with open_read(p) as f, tarfile.open(fileobj=f, mode="r:", ignore_zeros=True) as tar:
+                keys.update(m.name.partition(".")[0] for m in tar.getmembers())  # past damaged headers too
         except (tarfile.TarError, OSError) as e:
             raise ShardError(f"{p}: corrupt or truncated shard ({e})") from None
     return keys
@@ -393,36 +476,47 @@ def _raise_shard_error(exn: Exception) -> bool:
     raise ShardError(f"corrupt shard in stream: {type(exn).__name__}: {exn}") from exn
 
 
-def _open_streams(src, handler):
-    """WebDataset stage: ``{"url": ...}`` -> the same with an open ``stream`` (local path or fsspec URL)."""
-    for sample in src:
+def _expand_shards(src, handler):
+    """WebDataset stage: ``{"url": ...}`` -> the raw samples of that shard (``iter_shard``: size caps, damaged
+    headers detected, local path or fsspec URL)."""
+    for item in src:
         try:
-            yield {**sample, "stream": open_read(sample["url"])}
+            yield from iter_shard(item["url"])
         except Exception as e:
             if handler(e):
                 continue
             break
 
 
+def _decoder(torch_tensors: bool, bad_samples: str):
+    def decode(src):
+        for s in src:
+            try:
+                yield decode_sample(s, torch_tensors)
+            except ShardError as e:
+                if bad_samples == "raise":
+                    raise
+                yield {"__key__": s.get("__key__"), "__url__": s.get("__url__"), "__error__": str(e)}
+    return decode
+
+
 def webdataset_pipeline(spec, shuffle: int = 0, seed: int = 0, torch_tensors: bool = True,
-                        handler=_raise_shard_error, resampled: bool = False):
-    """A ``webdataset.DataPipeline`` over the shards, split by node (torch.distributed rank) and by
-    DataLoader worker, decoding each sample with ``decode_sample``. Use it inside a DataLoader."""
+                        handler=_raise_shard_error, resampled: bool = False, bad_samples: str = "raise"):
+    """A ``webdataset.DataPipeline`` over the shards, split by node (torch.distributed rank) and by DataLoader
+    worker, decoding each sample with ``decode_sample``. Use it inside a DataLoader.
+
+    ``bad_samples``: ``"raise"`` (a damaged sample raises ``ShardError``) or ``"yield"`` (it comes out as
+    ``{"__key__", "__url__", "__error__": reason}`` so that the reader can count it and go on)."""
     import webdataset as wds
+    if bad_samples not in ("raise", "yield"):
+        raise ValueError(f"bad_samples must be 'raise' or 'yield', got {bad_samples!r}")
     urls = shard_paths(spec)
     stages = [wds.ResampledShards(urls, seed=seed) if resampled else wds.SimpleShardList(urls)]
     if not resampled:
         stages += [wds.split_by_node, wds.split_by_worker]
-    if any(is_remote(u) for u in urls):  # open through fsspec rather than webdataset's own URL schemes
-        from webdataset.tariterators import group_by_keys, tar_file_expander
-
-        def remote_samples(src):
-            return group_by_keys(tar_file_expander(_open_streams(src, handler), handler=handler), handler=handler)
-        stages.append(remote_samples)
-    else:
-        stages += [wds.tarfile_to_samples(handler=handler)]
+    stages.append(lambda src: _expand_shards(src, handler))
     if shuffle:
         import random
         stages.append(wds.shuffle(shuffle, rng=random.Random(seed)))
-    stages.append(wds.map(lambda s: decode_sample(s, torch_tensors)))
+    stages.append(_decoder(torch_tensors, bad_samples))
     return wds.DataPipeline(*stages)

@@ -14,6 +14,7 @@ images with the real schema for tests, benchmarks and dry runs where no rendered
 from __future__ import annotations
 
 import logging
+import os
 import zlib
 from collections.abc import Iterator
 
@@ -49,44 +50,70 @@ class ShardImages(IterableDataset):
     """One pass over the shards yielding per-sample dicts of the fields a stage needs.
 
     ``kind`` is ``"imageed"`` (needs ``edimg``) or ``"teacher"`` (needs ``stimg``; ``fu`` optional).
-    Samples lacking the needed images are skipped (counted in the log); images of the wrong shape raise
-    ``ShardError`` naming the shard and key.
+    Samples lacking the needed images are skipped (counted in the log). A bad sample (damaged or missing
+    members, images or ``fu`` of the wrong shape) is skipped with a warning naming the shard, key and reason;
+    more than ``max_bad_samples`` (default ``$EDG_MAX_BAD_SAMPLES``, else 100) of them in one pass, or a pass in which every sample is bad (a model configured
+    for other images), raise ``ShardError``.
     """
 
     def __init__(self, spec, kind: str, *, img_size: int, n_views: int, split: str = "train",
-                 val_fraction: float = 0.0, shuffle: int = 0, seed: int = 0, fu_dim: int = 768):
+                 val_fraction: float = 0.0, shuffle: int = 0, seed: int = 0, fu_dim: int = 768,
+                 max_bad_samples: int | None = None):
         if kind not in ("imageed", "teacher"):
             raise ValueError(f"kind must be 'imageed' or 'teacher', got {kind!r}")
         self.spec, self.kind, self.split, self.val_fraction = spec, kind, split, val_fraction
         self.shape = (n_views, 4, img_size, img_size) if kind == "imageed" else (n_views, 3, img_size, img_size)
         self.shuffle, self.seed, self.fu_dim = shuffle, seed, fu_dim
+        if max_bad_samples is None:  # the user's limit, else 100
+            max_bad_samples = int(os.environ.get("EDG_MAX_BAD_SAMPLES", "100"))
+        self.max_bad_samples = max_bad_samples
+        self.bad: list[str] = []  # "shard:key: reason" of the bad samples of the last pass (this process)
         _keep("", split, val_fraction)  # validate the split name early
 
     def __iter__(self) -> Iterator[dict]:
         member = "edimg" if self.kind == "imageed" else "stimg"
-        skipped = 0
-        for s in webdataset_pipeline(self.spec, shuffle=self.shuffle, seed=self.seed):
+        skipped = good = 0
+        self.bad = []
+        for s in webdataset_pipeline(self.spec, shuffle=self.shuffle, seed=self.seed, bad_samples="yield"):
             key = s["__key__"]
             if not _keep(key, self.split, self.val_fraction):
+                continue
+            problem = s.get("__error__") or self._shape_problem(s, member)
+            if problem:
+                self._bad(problem if "__error__" in s else f"{s.get('__url__')}:{key}: {problem}")
                 continue
             img = s.get(member)
             if img is None:
                 skipped += 1
                 continue
-            if tuple(img.shape) != self.shape:
-                raise ShardError(f"{s.get('__url__')}:{key}: {member} has shape {tuple(img.shape)}, "
-                                 f"expected {self.shape} (check the model img_size / n_views against the images)")
             out = {"key": key, member: img.float()}
             if self.kind == "teacher":
                 fu = s.get("fu")
-                if fu is not None and fu.shape != (self.fu_dim,):
-                    raise ShardError(f"{s.get('__url__')}:{key}: fu has shape {tuple(fu.shape)}, "
-                                     f"expected ({self.fu_dim},)")
                 out["has_fu"] = fu is not None
                 out["fu"] = fu.float() if fu is not None else torch.zeros(self.fu_dim)
+            good += 1
             yield out
         if skipped:
             log.warning("%s: skipped %d samples without %s", self.spec, skipped, member)
+        if self.bad and not good:  # every sample bad: a configuration mismatch rather than damaged data
+            raise ShardError(f"{self.spec}: all {len(self.bad)} samples of this pass are bad; first: {self.bad[0]}")
+
+    def _shape_problem(self, s: dict, member: str) -> str | None:
+        img = s.get(member)
+        if img is not None and tuple(img.shape) != self.shape:
+            return (f"{member} has shape {tuple(img.shape)}, expected {self.shape} (check the model img_size / "
+                    "n_views against the images)")
+        fu = s.get("fu") if self.kind == "teacher" else None
+        if fu is not None and tuple(fu.shape) != (self.fu_dim,):
+            return f"fu has shape {tuple(fu.shape)}, expected ({self.fu_dim},)"
+        return None
+
+    def _bad(self, problem: str) -> None:
+        self.bad.append(problem)
+        log.warning("bad sample skipped: %s", problem)
+        if len(self.bad) > self.max_bad_samples:
+            raise ShardError(f"{self.spec}: {len(self.bad)} bad samples in one pass, over max_bad_samples="
+                             f"{self.max_bad_samples} (first: {self.bad[0]}); fix the shards or raise the limit")
 
 
 def collate(samples: list[dict]) -> dict:
@@ -218,6 +245,10 @@ def annotate_shards(spec, out, member: str, compute, *, batch_size: int = 64, dr
             for raw in iter_shard(path):
                 if raw["__key__"] in done:
                     stats["skipped_done"] += 1
+                    continue
+                if "__error__" in raw:  # damaged sample (iter_shard): skipped, named in the log
+                    stats["bad"] = stats.get("bad", 0) + 1
+                    log.warning("%s:%s: bad sample skipped: %s", path, raw["__key__"], raw["__error__"])
                     continue
                 enc = next((k for k in raw if k.split(".")[0] == member), None)
                 if enc is None:

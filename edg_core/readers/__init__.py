@@ -14,7 +14,9 @@ Spec strings (``?key=value&...`` options may follow any of them):
 ``smiles:CCO,c1ccccc1``                SMILES given inline
 =====================================  =====================================================
 
-Every source option: ``limit=N`` (first N records).
+Every source option: ``limit=N`` (first N records); qm9 also takes ``root=DIR``, rmd17 ``root=DIR`` and
+``split_id=K``. An unknown option (``?limt=2``) or an invalid value (``?limit=-1``) is refused with the list of
+valid options.
 A ``Source`` yields ``Molecule`` objects and, for records that cannot be read, ``InvalidRecord``
 exceptions as values, so that a large job can log them in its failure manifest and go on.
 """
@@ -89,12 +91,52 @@ def rmd17_root(root: str | None = None) -> Path | str:
                           "download the data with: edg fetch rmd17 --out DIR")
 
 
+# the options each kind of source takes (``limit`` everywhere)
+OPTIONS = {"embedded": ("limit",), "qm9": ("limit", "root"), "rmd17": ("limit", "root", "split_id"),
+           "smiles": ("limit",), "file": ("limit",)}
+
+
+def _positive_int(spec: str, key: str, value: str, minimum: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = None
+    if n is None or n < minimum:
+        raise DataSourceError(f"{spec}: option {key}={value!r} must be an integer >= {minimum}")
+    return n
+
+
+def _parse_options(spec: str, query: str, kind: str) -> dict:
+    """``?key=value&...`` -> dict, refusing unknown or repeated keys and invalid values (the message lists the
+    valid options of this kind of source)."""
+    valid = OPTIONS[kind]
+    pairs = parse_qsl(query, keep_blank_values=True)
+    keys = [k for k, _ in pairs]
+    unknown = sorted({k for k in keys if k not in valid})
+    if unknown:
+        raise DataSourceError(f"{spec}: unknown option(s) {unknown}; valid options for {kind} specs: "
+                              f"{', '.join(valid)}")
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise DataSourceError(f"{spec}: option(s) {repeated} given more than once")
+    opts = dict(pairs)
+    if "limit" in opts:
+        opts["limit"] = _positive_int(spec, "limit", opts["limit"], 0)
+    if "split_id" in opts:
+        opts["split_id"] = _positive_int(spec, "split_id", opts["split_id"], 1)
+    if "root" in opts and not opts["root"]:
+        raise DataSourceError(f"{spec}: option root= needs a folder")
+    return opts
+
+
 def open_source(spec: str) -> Source:
     """Parse a source spec (see the module docstring) into a ``Source``."""
     base, _, query = spec.partition("?")
-    opts = dict(parse_qsl(query))
-    limit = int(opts.pop("limit")) if "limit" in opts else None
+    if base.startswith("file://"):
+        base = base[len("file://"):]
     kind, _, rest = base.partition(":")
+    opts = _parse_options(spec, query, kind if kind in OPTIONS and kind != "file" else "file")
+    limit = opts.pop("limit", None)
     parts = rest.split(":") if rest else []
 
     if kind == "embedded":
