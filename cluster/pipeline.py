@@ -125,6 +125,16 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
     return cfg
 
 
+def resolve_section(args, section: str):
+    """The config of one stage for a stage command (``edg dft``, ``edg render``): its dataclass defaults <- the
+    ``section`` of ``--config`` <- flags. ``--config`` means the same file for every command: a pipeline config,
+    checked whole (every section typed) before any work starts."""
+    from edg_core.config import apply_args
+    base = getattr(load_pipeline_config(args.config), section) if args.config else \
+        PipelineConfig.__dataclass_fields__[section].default_factory()
+    return apply_args(base, args)
+
+
 class Pipeline:
     """Runs the stages of a ``PipelineConfig`` (see the module docstring). ``run()`` returns the manifest."""
 

@@ -1,7 +1,7 @@
 """``edg dft``: B3LYP single points + ED/ESP grids for every molecule of an input, in-process or on Ray actors."""
 from __future__ import annotations
 
-from edg_core.config import add_config_args, dump_yaml, resolve
+from edg_core.config import add_config_args, dump_yaml
 from edg_core.readers import open_source
 
 
@@ -28,12 +28,12 @@ def register(sub) -> None:
 
 
 def cmd_dft(args) -> int:
+    from cluster.pipeline import resolve_section
     from cluster.stage_args import stage_workers
     from cluster.stages import run_dft
     from dft.backend import resolve_backend
-    from dft.config import DFTConfig
     from edg_core.storage import Mirror, exists, join
-    cfg = resolve(DFTConfig, args, args.config, "dft")
+    cfg = resolve_section(args, "dft")
     src = open_source(args.input)
     store = Mirror(args.out, exclude=("fields/*", "cubes/*"), temporary=True)
     dump_yaml(cfg, store.local / "dft_config.yaml")

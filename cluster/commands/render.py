@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edg_core.config import add_config_args, dump_yaml, resolve
+from edg_core.config import add_config_args, dump_yaml
 from edg_core.errors import DataSourceError, InvalidRecord
 from edg_core.readers import open_source
 from edg_core.shards import sample_key
@@ -107,10 +107,10 @@ def cmd_render(args) -> int:
     from cluster.stage_args import stage_workers
     from cluster.stages import run_render
     from edg_core.storage import Mirror
-    from render.config import RenderConfig
     if not args.input and not args.fields:
         raise DataSourceError("edg render: give --input (structure images) and/or --fields (ED images)")
-    cfg = resolve(RenderConfig, args, args.config, "render")
+    from cluster.pipeline import resolve_section
+    cfg = resolve_section(args, "render")
     store = Mirror(args.out, exclude=("*.tar",), temporary=True)
     dump_yaml(cfg, store.local / "render_config.yaml")
     store.commit("render_config.yaml")

@@ -1,0 +1,60 @@
+"""One config resolver: a YAML value of the wrong type is refused before any work starts, naming the file, the
+key, the value and the expected type, by `edg dft --config`, `edg render --config` and `edg pipeline --config`
+alike; the stage commands share one set of worker flags."""
+from __future__ import annotations
+
+import pytest
+
+from cluster.cli import build_parser, main
+from edg_core.config import ConfigError, from_dict
+
+BAD = [
+    ("dft:\n  max_cycle: ten\n", "dft: max_cycle: 'ten' is not a valid int"),
+    ("ray:\n  dft: {actors: two}\n", "ray: dft: actors: 'two' is not a valid int"),
+    ("students:\n  seeds: '42'\n", "students: seeds: '42' is not a valid list"),
+    ("render:\n  image_size: 22.5\n", "render: image_size: 22.5 is not a valid int"),
+    ("dft:\n  fields: 'yes'\n", "dft: fields: 'yes' is not a valid bool"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD)
+@pytest.mark.parametrize("command", ["dft", "render", "pipeline"])
+def test_wrong_types_are_refused_before_any_work(tmp_path, capsys, command, text, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    out = tmp_path / "out"
+    argv = {"dft": ["dft", "--input", "embedded:qm9?limit=1", "--out", str(out), "--config", str(cfg)],
+            "render": ["render", "--input", "embedded:qm9?limit=1", "--out", str(out), "--config", str(cfg)],
+            "pipeline": ["pipeline", "--config", str(cfg), "--out", str(out)]}[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: {message}" in err
+    assert not out.exists()  # nothing started
+
+
+def test_from_dict_checks_nested_types_and_converts_what_yaml_cannot_say():
+    from dft.config import DFTConfig
+    from render.config import RenderConfig
+    assert from_dict(DFTConfig, {"grid_spacing": 1}).grid_spacing == 1.0  # an int where a float is expected
+    assert isinstance(from_dict(DFTConfig, {"esp_band": [0.01, 0.2]}).esp_band, tuple)
+    with pytest.raises(ConfigError, match=r"esp_band\[1\]: 'x' is not a valid float"):
+        from_dict(DFTConfig, {"esp_band": [0.01, "x"]}, where="f.yaml")
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(RenderConfig, {"imag_size": 3})
+    with pytest.raises(ConfigError, match="True is not a valid int"):
+        from_dict(RenderConfig, {"image_size": True})
+
+
+def test_every_stage_command_has_the_same_worker_flags():
+    from cluster.stage_args import WORKER_FLAGS
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    commands = {"dft": sub["dft"], "render": sub["render"],
+                "data convert": next(a for a in sub["data"]._actions if a.dest == "data_command").choices["convert"]}
+    for name, p in commands.items():
+        flags = {o for a in p._actions for o in a.option_strings}
+        assert set(WORKER_FLAGS) <= flags, f"edg {name} lacks {set(WORKER_FLAGS) - flags}"
+        group = next(g for g in p._action_groups if g.title.startswith("workers"))
+        assert [a.help for a in group._group_actions if a.option_strings[0] in WORKER_FLAGS] == \
+            [a.help for a in next(g for g in sub["dft"]._action_groups if g.title.startswith("workers"))
+             ._group_actions if a.option_strings[0] in WORKER_FLAGS]  # the same words everywhere
