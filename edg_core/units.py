@@ -1,6 +1,6 @@
 """Units: the one place where physical constants and conversions live.
 
-Conventions (DESIGN.md): positions in Å; fields and cube grids in bohr; energies in Hartree inside
+Conventions (docs/design.md): positions in Å; fields and cube grids in bohr; energies in Hartree inside
 ``dft/``; task-facing energies in kcal/mol (rMD17) or eV (QM9, Geom3D protocol).
 Constants are CODATA 2018 (as used by PySCF and ASE).
 """

@@ -47,7 +47,7 @@ def test_water_b3lyp_631gss_energy_matches_independent_pyscf(water):
     assert water.mol.basis == "6-31g**" and water.mf.xc == "b3lyp"
     assert water.mol.cart and water.mol.nao == 25  # 6d: O has 6 d functions, 2 x H 3 p + O 6 = 25
     assert abs(energy_components(water)["E6"] - ref) < 1e-8
-    assert abs(ref - -76.419626) < 2e-6  # Cartesian-d B3LYP/6-31G** water at this geometry (DESIGN.md)
+    assert abs(ref - -76.419626) < 2e-6  # Cartesian-d B3LYP/6-31G** water at this geometry (Psi4/EDBench convention)
 
 
 def test_spherical_d_functions_are_an_option():

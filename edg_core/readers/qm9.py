@@ -1,7 +1,7 @@
 """QM9 from the PyPI package ``qm9pack`` (CSV tables of all 130,831 characterised molecules).
 
 Raw targets come in the units of the QM9 release; ``geom3d_targets`` applies the Geom3D protocol
-(DESIGN.md): subtract per-atom reference values (QM9 atomref table, B3LYP/6-31G(2df,p); figshare file
+(docs/shards.md): subtract per-atom reference values (QM9 atomref table, B3LYP/6-31G(2df,p); figshare file
 3195395) from U0, U, H, G (Hartree) and Cv (2.981 cal/mol/K per atom), then convert homo, lumo, gap,
 zpve, U0, U, H, G from Hartree to eV. The split ``customized_01`` is Geom3D's: ``np.random.seed(42)``,
 a permutation of all molecules in gdb order, 110,000 train / 10,000 validation / the rest test.
