@@ -17,7 +17,9 @@ must come from `edg render --fields <dft_out> --keep-fields` (ED grid + images +
 
 Outputs in --out: config.yaml (resolved), split.json, results.jsonl (one line per finished representation;
 a rerun skips those unless --force), table.md and table.csv (rows: representation, columns: E1..E6 test MAE
-in Hartree and kcal/mol).
+in Hartree and kcal/mol). While a representation trains: <rep>/metrics.jsonl, metrics.csv, progress.json
+and a line per epoch on stderr, and <rep>/checkpoint/ (every --checkpoint-every epochs) from which an
+interrupted run resumes.
 
 Example:
   edg represent --shards runs/rep64 --out runs/represent --epochs 30 --reps pointnet voxel image
@@ -85,7 +87,7 @@ def cmd_represent(args) -> int:
     write_json_atomic(out / "split.json", {"seed": cfg.seed, **{k: [data.ids[i] for i in v]
                                                                  for k, v in split.items()}})
     manifest = out / "results.jsonl"
-    settings = {k: v for k, v in to_dict(cfg).items() if k != "reps"}
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("reps", "checkpoint_every", "keep_last")}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from results.jsonl
     done = {} if args.force else {r["rep"]: r for r in read_jsonl(manifest) if r.get("settings") == settings}
     results = [atomref_baseline(data, split, cfg)]
@@ -94,7 +96,7 @@ def cmd_represent(args) -> int:
             print(f"{rep}: finished before (results.jsonl), skipped")
             results.append(done[rep])
             continue
-        r = {**train_representation(rep, data, split, cfg), "settings": settings}
+        r = {**train_representation(rep, data, split, cfg, run_dir=out / rep), "settings": settings}
         append_jsonl(manifest, r)
         results.append(r)
         print(f"{rep}: best epoch {r['best_epoch']}/{r['epochs']}, test MAE (Ha) "
