@@ -68,7 +68,8 @@ def register(sub) -> None:
     b.add_argument("--lambdas", nargs="+", type=float, default=[0.0, 0.1])
     b.add_argument("--seeds", nargs="+", type=int, default=[42])
     b.add_argument("--ray", action="store_true", help="run each grid point as a Ray task")
-    b.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS / a local head / a new local runtime)")
+    b.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS / a local head / a new local runtime)")
+    b.add_argument("--address", dest="ray_address", help=argparse.SUPPRESS)  # old name of --ray-address
     b.add_argument("--ray-temp-dir", help="session folder of a local Ray runtime")
     b.add_argument("--cpus-per-run", type=float, default=1.0)
     b.add_argument("--gpus-per-run", type=float, default=0.0)
@@ -128,7 +129,7 @@ def cmd_distill(args) -> int:
 def _run_with_ray(cfgs, args) -> list[dict]:
     from cluster.distill_runs import run_on_ray
     from cluster.runtime import ray_session
-    with ray_session(args.address, temp_dir=args.ray_temp_dir):
+    with ray_session(args.ray_address, temp_dir=args.ray_temp_dir):
         return run_on_ray(cfgs, args.cpus_per_run, args.gpus_per_run, args.force,
                           on_result=lambda r: print(_line(r), flush=True))
 
