@@ -1,6 +1,7 @@
 """``edg distill`` and ``edg benchmark`` end to end on a few rMD17 frames with a tiny SchNet."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -23,10 +24,14 @@ def test_distill_writes_run_and_skips_when_finished(tmp_path, capsys):
     r = json.loads((run / "result.json").read_text())
     assert r["lambda_ed"] == 0.5 and r["seed"] == 3 and r["epochs"] == 2
     assert r["split"]["train"][0].startswith("rmd17:ethanol:") and len(r["split"]["test"]) == 4
-    assert set(r["test"]) == {"energy_mae", "force_mae", "weighted_mae"}
+    assert set(r["test"]) == {"energy_mae", "force_mae", "weighted_mae", "weighted_mse"}
     assert "stand-in" in r["teacher_targets"]
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["edg"]["lambda_ed"] == 0.5 and cfg["student_args"]["hidden_channels"] == 8
+    # unset fields resolved to the paper's SchNet-on-rMD17 settings and written with the run
+    assert (cfg["fit"]["lr"], cfg["fit"]["loss"], cfg["fit"]["scheduler"], cfg["fit"]["batch_size"]) == \
+        (5e-4, "l1", "cosine", 4)
+    assert cfg["task"]["select_metric"] == "force_mae" and r["select_metric"] == "force_mae"
     hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(hist) == 2 and hist[0]["train_ed_loss"] > 0
     assert (run / "best_student.pt").exists() and (run / "test_errors.npz").exists()
@@ -45,18 +50,18 @@ def test_distill_resumes_from_checkpoint(tmp_path):
     assert main(base + ["--epochs", "4"]) == 0
     full = json.loads((tmp_path / "schnet__rmd17-ethanol__lam0__seed42" / "result.json").read_text())
 
-    from train.distill import DistillConfig, FitConfig, train_student
+    from train.distill import DistillConfig, train_student
     from train.students import build_student
     from train.tasks import build_task
-    cfg = DistillConfig(out=str(tmp_path / "b"), dataset="rmd17:ethanol")
-    task = build_task("rmd17:ethanol", root=ROOT, train_size=8, valid_size=4, test_size=4)
+    cfg = DistillConfig(out=str(tmp_path / "b"), dataset="rmd17:ethanol").resolved()  # the paper's settings
+    task = build_task("rmd17:ethanol", **cfg.task, root=ROOT, train_size=8, valid_size=4, test_size=4)
     run_dir = tmp_path / "b" / "run"
     run_dir.mkdir(parents=True)
     sargs = {"hidden_channels": 8, "num_filters": 8, "num_interactions": 1, "num_gaussians": 8, "cutoff": 4.0}
     torch.manual_seed(cfg.fit.seed)
     m = build_student("schnet", **sargs)
     # an "interrupted" run: 3 epochs done under a 4-epoch schedule, the last checkpoint after epoch 2
-    fc = FitConfig(epochs=4, batch_size=4, checkpoint_every=2)
+    fc = dataclasses.replace(cfg.fit, epochs=4, batch_size=4, checkpoint_every=2)
     train_student(task, m, fc, run_dir=run_dir, stop_after=3)
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
     torch.manual_seed(123)  # a resumed run must not depend on a fresh initialisation

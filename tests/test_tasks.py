@@ -145,5 +145,35 @@ def test_tiny_training_run_lowers_validation_error():
     best = res.history[res.best_epoch - 1]
     assert best["valid_weighted_mae"] == min(h["valid_weighted_mae"] for h in res.history)
     assert best["test_weighted_mae"] == pytest.approx(res.test["weighted_mae"])
-    assert set(res.test_errors) == {"energy_mae", "force_mae", "weighted_mae"}
+    assert set(res.test_errors) == {"energy_mae", "force_mae", "weighted_mae", "weighted_mse"}
     assert res.test_errors["energy_mae"].shape == (16,)
+
+
+def test_rmd17_mse_loss_energy_grad_scale_force_rms_and_weighted_mse():
+    task = build_task("rmd17:ethanol", root=ROOT, train_size=8, valid_size=2, test_size=2,
+                      energy_scale="force_rms", energy_grad_scale=0.05)
+    assert task.scale == task.force_rms != task.energy_std
+    f = task.train.atom_labels["forces"].double().reshape(8, -1)
+    assert task.force_rms == pytest.approx(float(f.pow(2).mean(dim=1).sqrt().mean()), rel=1e-6)
+    torch.manual_seed(0)
+    model = build_student("schnet", **TINY).double()
+    b = task.train.gather(torch.arange(3))
+    b.pos = b.pos.double()
+    pred = task.predict(model, b, training=True)
+    e_err = pred.values["energy"] - b.labels["energy"].double()
+    f_err = pred.values["forces"] - b.labels["forces"].double()
+    loss = task.loss(pred, b, kind="mse")
+    assert float(loss) == pytest.approx(float(0.05 * e_err.pow(2).mean() + 0.95 * f_err.pow(2).mean()), rel=1e-9)
+    # the energy term's gradient is scaled by energy_grad_scale, its value is not
+    w = model.head.weight
+    g_total = torch.autograd.grad(loss, w, retain_graph=True)[0]
+    g_e = torch.autograd.grad(e_err.pow(2).mean(), w, retain_graph=True)[0]
+    g_f = torch.autograd.grad(f_err.pow(2).mean(), w, retain_graph=True)[0]
+    assert torch.allclose(g_total, 0.05 * 0.05 * g_e + 0.95 * g_f, rtol=1e-8, atol=1e-12)
+    err = task.abs_errors(pred, b)
+    per_frame = 0.05 * e_err.pow(2) + 0.95 * f_err.pow(2).reshape(3, -1).mean(dim=1)
+    assert torch.allclose(err["weighted_mse"], per_frame.detach())
+    with pytest.raises(ValueError, match="loss"):
+        task.loss(pred, b, kind="huber")
+    with pytest.raises(ValueError, match="energy_scale"):
+        build_task("rmd17:ethanol", root=ROOT, train_size=4, valid_size=2, test_size=2, energy_scale="max")

@@ -80,3 +80,26 @@ def test_write_report_files_and_figures(results):
     assert len(paths["trajectory_plots"]) == 2
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def _qm9_record(target, student, lam, valid, mae):
+    return {"run": f"{student}__qm9-{target}__lam{lam:g}__seed42", "student": student, "dataset": f"qm9:{target}",
+            "lambda_ed": lam, "seed": 42, "valid": {"mae": valid}, "test": {"mae": mae},
+            "units": {"mae": {"U0": "eV", "mu": "D"}[target]}, "select_metric": "mae"}
+
+
+def test_table1_has_qm9_targets_as_columns_in_paper_order_and_students_as_rows():
+    results = [_qm9_record("U0", "schnet", 0.0, 0.02, 0.020), _qm9_record("U0", "schnet", 0.5, 0.015, 0.015),
+               _qm9_record("U0", "schnet", 1.0, 0.018, 0.001),  # better on test, worse on validation
+               _qm9_record("mu", "schnet", 0.0, 0.05, 0.050), _qm9_record("mu", "egnn", 0.0, 0.04, 0.040)]
+    md = markdown_tables(build_rows(results))
+    table = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines()
+             if line.startswith("| ")]
+    assert table[0][1:] == ["mu (D)", "U0 (eV)"]  # paper order: mu ... U0, not alphabetical
+    rows = {r[0]: r[1:] for r in table[1:]}
+    assert list(rows)[:5] == ["schnet w/o EDG", "schnet w/ EDG", "schnet Impr.", "schnet λ", "egnn w/o EDG"]
+    assert rows["schnet w/o EDG"] == ["0.0500", "0.0200"]
+    assert rows["schnet w/ EDG"] == ["–", "0.0150"] and rows["schnet λ"] == ["–", "0.5"]  # chosen on validation
+    assert rows["schnet Impr."] == ["–", "+25.0%"]
+    assert rows["egnn w/o EDG"] == ["0.0400", "–"] and rows["egnn w/ EDG"] == ["–", "–"]
+    assert "### Table 1: QM9" in md

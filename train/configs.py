@@ -174,20 +174,40 @@ class TeacherTrainConfig:
     keep_last: int = field(default=1, metadata={"help": "resumable checkpoints kept; best.pt beside them"})
 
 
+_PAPER = " (default: the paper's for the student and dataset, train/paper_settings.py)"
+
+
 @dataclass
 class FitConfig:
-    epochs: int = 1000                 # Geom3D-style budget; shrink for CPU runs
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    lr: float = 5e-4
+    """Student training settings. Fields left ``None`` take the paper's value for the student and dataset
+    family (``train.paper_settings``; ``DistillConfig.resolved()``); ``train_student`` alone falls back to the
+    Geom3D QM9 values (1000 epochs, batch 128, lr 5e-4, L1, cosine)."""
+    epochs: int | None = field(default=None, metadata={"help": "training epochs" + _PAPER})
+    batch_size: int | None = field(default=None, metadata={"help": "training molecules per step" + _PAPER})
+    eval_batch_size: int | None = field(default=None, metadata={"help": "molecules per evaluation batch" + _PAPER})
+    lr: float | None = field(default=None, metadata={"help": "Adam learning rate" + _PAPER})
+    loss: str | None = field(default=None, metadata={"help": "task loss: l1 or mse" + _PAPER})
+    scheduler: str | None = field(default=None, metadata={
+        "help": "cosine (to 0 over the epochs), plateau (ReduceLROnPlateau on the validation selection metric) "
+                "or none" + _PAPER})
+    warmup_steps: int | None = field(default=None, metadata={
+        "help": "linear lr warm-up over this many optimiser steps (0: none)" + _PAPER})
+    plateau_factor: float = field(default=0.8, metadata={"help": "plateau: lr factor on a plateau"})
+    plateau_patience: int = field(default=30, metadata={"help": "plateau: epochs without improvement"})
+    min_lr: float = field(default=1e-7, metadata={"help": "plateau: lower bound of the lr"})
     weight_decay: float = 0.0
-    scheduler: str = "cosine"          # cosine (to 0 over ``epochs``) or none
     grad_clip: float | None = None     # max grad norm; None: no clipping
     seed: int = 42
     device: str = "cpu"
     num_threads: int | None = None     # torch CPU threads (None: torch's default)
     checkpoint_every: int = 1          # epochs between resumable checkpoints (0: only after the last)
     keep_last: int = 1                 # resumable checkpoints kept (best_student.pt is written at the end)
+
+    def filled(self) -> FitConfig:
+        """This config with fields still ``None`` set to the Geom3D QM9 values (what ``train_student`` uses)."""
+        generic = {"epochs": 1000, "batch_size": 128, "eval_batch_size": 128, "lr": 5e-4, "loss": "l1",
+                   "scheduler": "cosine", "warmup_steps": 0}
+        return replace(self, **{k: v for k, v in generic.items() if getattr(self, k) is None})
 
 
 # ---------------------------------------------------------------- representation study (Table 4)

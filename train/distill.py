@@ -1,9 +1,11 @@
 """The student training loop, with or without EDG, and one resumable run = one result file.
 
-``train_student`` trains a student on a task: Adam, cosine schedule, model selection on the validation
-metric, test errors taken at the best validation epoch. Losses are summed on the device and read once per
-epoch (no host sync per step). ``run_distill`` builds task, student and EDG head from a ``DistillConfig``
-and writes ``<out>/<run name>/`` in the run-folder convention of every EDG training loop: config.yaml;
+``train_student`` trains a student on a task: Adam, the task loss (L1 or MSE), the lr schedule of
+``train.student_schedule`` (warm-up; cosine, plateau or none), model selection on the validation metric,
+test errors taken at the best validation epoch. Losses are summed on the device and read once per epoch (no
+host sync per step). ``run_distill`` builds task, student and EDG head from a ``DistillConfig`` (fields left
+unset take the paper's settings for the student and dataset: ``train.paper_settings``) and writes
+``<out>/<run name>/`` in the run-folder convention of every EDG training loop: config.yaml;
 metrics.jsonl, metrics.csv and progress.json after every epoch, with a line per epoch on stderr (losses,
 validation metrics with units, lr, samples/s, ETA); ``checkpoint/epoch-NNNNNN.pt`` (plain data, every
 ``checkpoint_every`` epochs, newest ``keep_last`` kept); at the end test_errors.npz, best_student.pt (the
@@ -40,6 +42,7 @@ from .edg import (
     predictor_dims,
 )
 from .progress import TrainLog
+from .student_schedule import StudentSchedule
 from .tasks import Batch, PackedMolecules, Task, build_task
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,14 @@ class DistillConfig:
         if opts:
             self.task = {**opts, **self.task}
 
+    def resolved(self) -> DistillConfig:
+        """This config with the paper's settings for the student and dataset family wherever the user set
+        nothing: ``fit`` fields left ``None``, student and task options under the given ones
+        (``train.paper_settings``)."""
+        from .paper_settings import resolve
+        fit, student_args, task = resolve(self.student, self.dataset, self.fit, self.student_args, self.task)
+        return dataclasses.replace(self, fit=fit, student_args=student_args, task=task)
+
     def validate(self) -> None:
         """Raise an ``EDGError`` naming the valid choices for an unknown student, dataset, molecule, target or
         option, or a missing rMD17 root, before anything is written."""
@@ -77,14 +88,15 @@ class DistillConfig:
 
 # ---------------------------------------------------------------- one step, one evaluation
 def train_step(task: Task, model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
-               lambda_ed: float = 0.0, head: EDGHead | None = None, grad_clip: float | None = None
-               ) -> dict[str, torch.Tensor]:
-    """One optimisation step of L = L_task + lambda * L_ED (batch.labels["edp"] holds EDP(F_S) when lambda > 0).
+               lambda_ed: float = 0.0, head: EDGHead | None = None, grad_clip: float | None = None,
+               loss: str = "l1") -> dict[str, torch.Tensor]:
+    """One optimisation step of L = L_task + lambda * L_ED (batch.labels["edp"] holds EDP(F_S) when lambda > 0;
+    L_task with the ``loss`` kind, l1 or mse).
     Returns ``loss``, ``task_loss``, ``ed_loss`` as detached 0-dim tensors on the model's device (reading them
     is a host sync: sum them on the device and read once per epoch)."""
     optimizer.zero_grad(set_to_none=True)
     pred = task.predict(model, batch, training=True)
-    l_task = task.loss(pred, batch)
+    l_task = task.loss(pred, batch, kind=loss)
     loss, l_ed = edg_objective(l_task, lambda_ed, head, pred.features, batch.labels.get("edp"))
     loss.backward()
     if grad_clip:
@@ -135,6 +147,7 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
     (see the module docstring); ``stop_after`` ends the call after that many epochs of the schedule (a rerun
     resumes from there). ``unsafe_pickle``: see ``train.checkpoint.load_checkpoint``.
     """
+    cfg = cfg.filled()
     device = torch.device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -146,10 +159,9 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
         head.to(device)
     params = list(model.parameters()) + (list(head.mapper.parameters()) if lambda_ed > 0 else [])
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1)) \
-        if cfg.scheduler == "cosine" else None
-    if cfg.scheduler not in ("cosine", "none"):
-        raise ValueError(f"unknown scheduler {cfg.scheduler!r}; use cosine or none")
+    if cfg.loss not in ("l1", "mse"):
+        raise ValueError(f"unknown loss {cfg.loss!r}; use l1 or mse")
+    scheduler = StudentSchedule(optimizer, cfg)  # warm-up per step; cosine / plateau / none per epoch
     gen = torch.Generator().manual_seed(cfg.seed)
     metric = task.select_metric
     state = {"epoch": 0, "best": math.inf, "best_epoch": -1, "valid": {}, "test": {}, "test_errors": {},
@@ -179,7 +191,8 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, task_loss, ed_loss x molecules
         n = 0
         for i, batch in enumerate(train.batches(cfg.batch_size, shuffle=True, generator=gen)):
-            step = train_step(task, model, batch, optimizer, lambda_ed, head, cfg.grad_clip)
+            scheduler.before_step()
+            step = train_step(task, model, batch, optimizer, lambda_ed, head, cfg.grad_clip, cfg.loss)
             b = batch.num_molecules
             sums += torch.stack([step["loss"], step["task_loss"], step["ed_loss"]]).double() * b
             n += b
@@ -190,14 +203,14 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
                     t_first = time.perf_counter()
                 else:
                     trainlog.estimate(time.perf_counter() - t_first, 4, math.ceil(len(train) / cfg.batch_size))
-        if scheduler is not None:
-            scheduler.step()
         means = (sums / max(n, 1)).tolist()  # the epoch's one host sync for the training losses
         train_time = time.perf_counter() - t0
         val = _means(evaluate(task, model, valid, cfg.eval_batch_size))
+        lr = optimizer.param_groups[0]["lr"]  # the lr this epoch trained with
+        scheduler.end_epoch(val[metric])
         row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in zip(("loss", "task_loss", "ed_loss"), means)},
                **{f"valid_{k}": v for k, v in val.items()}, "train_seconds": train_time,
-               "samples_per_s": n / max(train_time, 1e-9), "lr": optimizer.param_groups[0]["lr"]}
+               "samples_per_s": n / max(train_time, 1e-9), "lr": lr}
         if val[metric] < state["best"]:
             test_err = evaluate(task, model, test, cfg.eval_batch_size)
             state.update(best=val[metric], best_epoch=epoch + 1, valid=val, test=_means(test_err),
@@ -247,6 +260,7 @@ def run_distill(cfg: DistillConfig, force: bool = False) -> dict:
     """Run (or skip, if finished) one student x dataset x lambda x seed; returns the result record."""
     from train.students import build_student
 
+    cfg = cfg.resolved()
     cfg.validate()
     run_dir = Path(cfg.out) / cfg.run_name()
     result_path = run_dir / "result.json"

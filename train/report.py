@@ -1,5 +1,9 @@
 """Result tables in the paper's layout (w/o EDG, w/ EDG, relative improvement) and figures.
 
+Table 1 (QM9): one column per target in the paper's order (mu ... Cv, with units), rows per student: w/o EDG,
+w/ EDG, Impr. and the chosen lambda. Table 2 (rMD17): one row per molecule and metric (Energy, Forces),
+columns per student: w/o EDG, w/ EDG, Impr. Students appear in the paper's order, others after them.
+
 Input: the run records written by ``train.distill.run_distill`` (``<out>/<run>/result.json``, with
 ``history.jsonl`` and ``test_errors.npz`` beside them). "w/ EDG" is the lambda > 0 whose mean validation
 metric (over seeds) is lowest, as the paper searches lambda; every number is a mean (± std) over seeds.
@@ -22,7 +26,7 @@ from edg_core.io import read_jsonl, write_bytes_atomic
 from .metrics import mean_std, relative_improvement
 
 REPORTED_METRICS = {"rmd17": ("energy_mae", "force_mae"), "qm9": ("mae",)}
-METRIC_NAMES = {"energy_mae": "Energy", "force_mae": "Force", "mae": "MAE"}
+METRIC_NAMES = {"energy_mae": "Energy", "force_mae": "Forces", "mae": "MAE"}
 
 
 def collect_results(out: str | Path) -> list[dict]:
@@ -106,31 +110,80 @@ def _fmt(c: Cell | None, digits: int = 4) -> str:
     return f"{c.mean:.{digits}f}" + (f" ± {c.std:.{digits}f}" if c.n > 1 else "")
 
 
+def _student_order(kind: str, students: set[str]) -> list[str]:
+    """The paper's students of the family's table first (its order), then the others alphabetically."""
+    from .paper_settings import PAPER_TABLES
+    paper = [s for t in PAPER_TABLES.values() if t["family"] == kind for s in t["students"]]
+    return [s for s in paper if s in students] + sorted(students - set(paper))
+
+
+def _imp(r: TableRow | None) -> str:
+    return "–" if r is None or np.isnan(r.improvement) else f"{r.improvement:+.1f}%"
+
+
+def qm9_table(rows: list[TableRow]) -> str:
+    """Table 1: columns = QM9 targets (paper order, units), rows = student x (w/o EDG, w/ EDG, Impr., lambda)."""
+    from edg_core.readers.qm9 import TARGETS
+    sub = [r for r in rows if r.dataset.startswith("qm9:")]
+    by_key = {(r.dataset.split(":", 1)[1], r.student): r for r in sub}
+    seen = {r.dataset.split(":", 1)[1] for r in sub}
+    targets = [t for t in TARGETS if t in seen] + sorted(seen - set(TARGETS))
+    units = {r.dataset.split(":", 1)[1]: r.unit for r in sub}
+    head = ["Model"] + [f"{t} ({units[t]})" for t in targets]
+    lines = ["### Table 1: QM9", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in _student_order("qm9", {r.student for r in sub}):
+        cells = {"w/o EDG": [], "w/ EDG": [], "Impr.": [], "λ": []}
+        for t in targets:
+            r = by_key.get((t, s))
+            cells["w/o EDG"].append(_fmt(r.baseline) if r else "–")
+            cells["w/ EDG"].append(_fmt(r.edg) if r else "–")
+            cells["Impr."].append(_imp(r))
+            cells["λ"].append(f"{r.edg.lambda_ed:g}" if r is not None and r.edg is not None else "–")
+        for label, vals in cells.items():
+            lines.append(f"| {s} {label} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def rmd17_table(rows: list[TableRow]) -> str:
+    """Table 2: rows = molecule x (Energy, Forces), columns = student x (w/o EDG, w/ EDG, Impr.)."""
+    return _rows_by_dataset("rmd17", rows, "### Table 2: rMD17")
+
+
 def markdown_tables(rows: list[TableRow]) -> str:
-    """One Markdown table per dataset family; rows = (dataset, metric), columns = student x (w/o, w/, Impr.)."""
+    """One Markdown table per dataset family: QM9 as the paper's Table 1, rMD17 as its Table 2, others with
+    rows = (dataset, metric) and columns = student x (w/o, w/, Impr.)."""
     out = []
     for kind in sorted({r.dataset.split(":")[0] for r in rows}):
-        sub = [r for r in rows if r.dataset.startswith(kind + ":")]
-        students = sorted({r.student for r in sub})
-        head = ["Dataset", "Metric"] + [f"{s} {c}" for s in students for c in ("w/o EDG", "w/ EDG", "Impr.")]
-        lines = [f"### {kind}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        by_key = {(r.dataset, r.metric, r.student): r for r in sub}
-        for dataset, metric in sorted({(r.dataset, r.metric) for r in sub}):
-            unit = next(r.unit for r in sub if (r.dataset, r.metric) == (dataset, metric))
-            cells = [dataset.split(":", 1)[1], f"{METRIC_NAMES.get(metric, metric)} ({unit})"]
-            for s in students:
-                r = by_key.get((dataset, metric, s))
-                if r is None:
-                    cells += ["–"] * 3
-                    continue
-                lam = f" (λ={r.edg.lambda_ed:g})" if r.edg is not None else ""
-                imp = r.improvement
-                cells += [_fmt(r.baseline), _fmt(r.edg) + lam, "–" if np.isnan(imp) else f"{imp:+.1f}%"]
-            lines.append("| " + " | ".join(cells) + " |")
-        out.append("\n".join(lines))
+        if kind == "qm9":
+            out.append(qm9_table(rows))
+        elif kind == "rmd17":
+            out.append(rmd17_table(rows))
+        else:
+            out.append(_rows_by_dataset(kind, rows, f"### {kind}"))
     note = ("Test MAE at the best validation epoch; mean ± std over seeds. w/ EDG: the λ > 0 with the lowest "
             "mean validation metric. Impr. = (w/o − w/) / w/o.")
     return "\n\n".join(out) + "\n\n" + note + "\n"
+
+
+def _rows_by_dataset(kind: str, rows: list[TableRow], title: str) -> str:
+    """Rows = (dataset, metric), columns = student x (w/o EDG, w/ EDG, Impr.) for one family."""
+    sub = [r for r in rows if r.dataset.startswith(kind + ":")]
+    students = _student_order(kind, {r.student for r in sub})
+    head = ["Dataset", "Metric"] + [f"{s} {c}" for s in students for c in ("w/o EDG", "w/ EDG", "Impr.")]
+    lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    by_key = {(r.dataset, r.metric, r.student): r for r in sub}
+    for dataset, metric in sorted({(r.dataset, r.metric) for r in sub}):
+        unit = next(r.unit for r in sub if (r.dataset, r.metric) == (dataset, metric))
+        cells = [dataset.split(":", 1)[1], f"{METRIC_NAMES.get(metric, metric)} ({unit})"]
+        for s in students:
+            r = by_key.get((dataset, metric, s))
+            if r is None:
+                cells += ["–"] * 3
+                continue
+            lam = f" (λ={r.edg.lambda_ed:g})" if r.edg is not None else ""
+            cells += [_fmt(r.baseline), _fmt(r.edg) + lam, _imp(r)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def csv_table(rows: list[TableRow]) -> str:

@@ -12,6 +12,15 @@ import torch
 
 from .packed import Batch, PackedMolecules
 
+LOSSES = {"l1": torch.nn.functional.l1_loss, "mse": torch.nn.functional.mse_loss}
+
+
+def loss_fn(kind: str):
+    """``torch.nn.functional.l1_loss`` or ``mse_loss`` for ``kind`` l1 / mse."""
+    if kind not in LOSSES:
+        raise ValueError(f"unknown loss {kind!r}; use one of {', '.join(LOSSES)}")
+    return LOSSES[kind]
+
 
 @dataclass
 class Prediction:
@@ -33,7 +42,9 @@ class Task(Protocol):
 
     def predict(self, model: torch.nn.Module, batch: Batch, training: bool) -> Prediction: ...
 
-    def loss(self, pred: Prediction, batch: Batch) -> torch.Tensor: ...
+    def loss(self, pred: Prediction, batch: Batch, kind: str = "l1") -> torch.Tensor:
+        """The task loss, ``kind`` l1 (mean absolute error) or mse (mean squared error)."""
+        ...
 
     def abs_errors(self, pred: Prediction, batch: Batch) -> dict[str, torch.Tensor]:
         """Per-molecule absolute errors (B,) in reporting units, one entry per metric."""

@@ -3,19 +3,27 @@
 Split (edg_core.readers.load_rmd17): 950 train / 50 validation / 1000 test frames of split id 1..5.
 The student predicts a standardised energy s; the task reports E = mean + std * s in kcal/mol (mean, std of
 the training energies; labels and predictions are held as E - mean, so float32 keeps their precision) and
-forces F = -dE/dpos in kcal/mol/Å (autograd). Loss (paper):
-0.05 * L1(E) + 0.95 * L1(F), both in kcal/mol units; the force L1 is the mean over all force components.
+forces F = -dE/dpos in kcal/mol/Å (autograd). Loss (paper): 0.05 * L1(E) + 0.95 * L1(F) (or MSE, as the
+authors' ViSNet), both in kcal/mol units; the force term is the mean over all force components.
+
+``energy_scale``: the student's output is scaled by the standard deviation of the training energies
+(``energy_std``, the authors' ViSNet ``standardize``) or by the mean RMS of the training forces (``force_rms``,
+Geom3D's ``energy_force_with_normalization``). ``energy_grad_scale`` scales the energy term's gradient but not
+its value (the authors' ViSNet ``loss_scale_y``: an EMA over batches whose gradient is that fraction of the
+batch loss's). ``weighted_mse`` = 0.05 * (E error)^2 + 0.95 * mean (F error)^2 per frame is the authors'
+ViSNet validation loss (without its EMA), a selection metric.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from edg_core.readers import load_rmd17, rmd17_root
 from edg_core.readers.rmd17 import MOLECULES
 
-from .base import Prediction
+from .base import Prediction, loss_fn
 from .packed import Batch, PackedMolecules
 
 
@@ -29,7 +37,10 @@ class RMD17Config:
     train_size: int | None = None    # first N training frames only (None: all 950); for quick runs
     valid_size: int | None = None
     test_size: int | None = None
-    select_metric: str = "weighted_mae"  # validation metric for model selection: weighted_mae, energy_mae, force_mae
+    select_metric: str = "weighted_mae"  # validation metric for model selection: weighted_mae, energy_mae,
+    #                                      force_mae, weighted_mse
+    energy_scale: str = "energy_std"     # energy_std or force_rms (see the module docstring)
+    energy_grad_scale: float = 1.0       # gradient factor of the energy loss term (ViSNet's loss_scale_y)
 
 
 def _pack(frames, limit: int | None, energy_mean: float) -> PackedMolecules:
@@ -45,7 +56,8 @@ class RMD17Task:
     """Energies (kcal/mol) and forces (kcal/mol/Å) of one rMD17 molecule."""
     out_dim = 1
     needs_forces = True
-    units = {"energy_mae": "kcal/mol", "force_mae": "kcal/mol/Å", "weighted_mae": "kcal/mol(/Å)"}
+    units = {"energy_mae": "kcal/mol", "force_mae": "kcal/mol/Å", "weighted_mae": "kcal/mol(/Å)",
+             "weighted_mse": "(kcal/mol(/Å))^2"}
 
     def __init__(self, cfg: RMD17Config):
         if cfg.molecule not in MOLECULES:
@@ -59,6 +71,11 @@ class RMD17Task:
         e = splits["train"].energy[:cfg.train_size]  # float64, kcal/mol
         self.energy_mean = float(e.mean())
         self.energy_std = float(e.std(ddof=1)) if len(e) > 1 else 1.0
+        f = splits["train"].forces[:cfg.train_size]  # (M, N, 3) kcal/mol/Å
+        self.force_rms = float(np.sqrt((f.astype(np.float64) ** 2).mean(axis=(1, 2))).mean())
+        if cfg.energy_scale not in ("energy_std", "force_rms"):
+            raise ValueError(f"rMD17 energy_scale {cfg.energy_scale!r}: use energy_std or force_rms")
+        self.scale = self.energy_std if cfg.energy_scale == "energy_std" else self.force_rms
         # energies are stored relative to the training mean so that float32 keeps their precision
         self.train = _pack(splits["train"], cfg.train_size, self.energy_mean)
         self.valid = _pack(splits["valid"], cfg.valid_size, self.energy_mean)
@@ -68,15 +85,19 @@ class RMD17Task:
         from train.students import energy_and_forces
         f_g, s, ds = energy_and_forces(model, batch.z, batch.pos, batch.batch)
         s = s.reshape(-1)
-        energy = self.energy_std * s  # relative to energy_mean, like the stored labels
-        forces = self.energy_std * ds
+        energy = self.scale * s  # relative to energy_mean, like the stored labels
+        forces = self.scale * ds
         if not training:
             energy, forces, f_g = energy.detach(), forces.detach(), f_g.detach()
         return Prediction(f_g, {"energy": energy, "forces": forces})
 
-    def loss(self, pred: Prediction, batch: Batch) -> torch.Tensor:
-        le = torch.nn.functional.l1_loss(pred.values["energy"], batch.labels["energy"])
-        lf = torch.nn.functional.l1_loss(pred.values["forces"], batch.labels["forces"])
+    def loss(self, pred: Prediction, batch: Batch, kind: str = "l1") -> torch.Tensor:
+        fn = loss_fn(kind)
+        le = fn(pred.values["energy"], batch.labels["energy"])
+        lf = fn(pred.values["forces"], batch.labels["forces"])
+        g = self.cfg.energy_grad_scale
+        if g != 1.0:  # same value, gradient scaled by g
+            le = g * le + (1.0 - g) * le.detach()
         return self.cfg.energy_weight * le + self.cfg.force_weight * lf
 
     def abs_errors(self, pred: Prediction, batch: Batch) -> dict[str, torch.Tensor]:
@@ -86,12 +107,17 @@ class RMD17Task:
         atoms = torch.zeros(n, dtype=df_atom.dtype, device=df_atom.device).index_add_(
             0, batch.batch, torch.ones_like(df_atom))
         df = torch.zeros(n, dtype=df_atom.dtype, device=df_atom.device).index_add_(0, batch.batch, df_atom) / atoms
+        df2_atom = (pred.values["forces"] - batch.labels["forces"]).pow(2).mean(dim=1)
+        df2 = torch.zeros(n, dtype=df_atom.dtype, device=df_atom.device).index_add_(0, batch.batch, df2_atom) / atoms
         return {"energy_mae": de, "force_mae": df,
-                "weighted_mae": self.cfg.energy_weight * de + self.cfg.force_weight * df}
+                "weighted_mae": self.cfg.energy_weight * de + self.cfg.force_weight * df,
+                "weighted_mse": self.cfg.energy_weight * de.pow(2) + self.cfg.force_weight * df2}
 
     def describe(self) -> dict:
         return {"task": self.name, "split_id": self.cfg.split_id, "n_train": len(self.train),
                 "n_valid": len(self.valid), "n_test": len(self.test),
                 "energy_mean_kcal_mol": self.energy_mean, "energy_std_kcal_mol": self.energy_std,
-                "loss": f"{self.cfg.energy_weight} L1(E) + {self.cfg.force_weight} L1(F)",
+                "force_rms_kcal_mol_A": self.force_rms, "energy_scale": self.cfg.energy_scale,
+                "loss": f"{self.cfg.energy_weight} L(E) + {self.cfg.force_weight} L(F), L = L1 or MSE "
+                        f"(energy gradient x {self.cfg.energy_grad_scale:g})",
                 "select_metric": self.select_metric, "units": self.units}
