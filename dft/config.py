@@ -51,6 +51,11 @@ class DFTConfig:
         "help": "grid points per ESP integral batch (0 = from max_memory_mb)"})
     field_dtype: str = field(default="float16", metadata={"help": "float16 or float32 grids in the output files"})
     save_cubes: bool = field(default=False, metadata={"help": "also write Gaussian cube files of ED and ESP"})
+    max_atoms: int = field(default=0, metadata={
+        "help": "refuse (failure manifest) molecules with more atoms than this before any SCF (0 = no limit)"})
+    max_grid_points: int = field(default=0, metadata={
+        "help": "refuse molecules whose ED/ESP cube grid (from their extent, spacing and padding) has more points "
+                "than this (0 = no limit)"})
     verbose: int = field(default=0, metadata={"help": "PySCF verbosity"})
 
     def __post_init__(self):

@@ -20,8 +20,10 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from edg_core.cube import write_cube
-from edg_core.errors import InvalidRecord
+from edg_core.errors import DiskFullError, InvalidRecord
 from edg_core.grid import grid_for_positions
 from edg_core.molecule import Molecule
 from edg_core.shards import sample_key
@@ -73,8 +75,51 @@ def find_result(out: str | Path, key: str):
 
 
 def done_keys(out: str | Path) -> set[str]:
-    """Keys with a finished result file in ``out`` (a folder or a URL), in either layout."""
-    return {p.rsplit("/", 1)[-1][:-4] for p in result_files(out)}
+    """Keys with a finished result file in ``out`` (a folder or a URL), in either layout.
+
+    For a local folder this is also where a run starts clean: temporary files that killed writers left are
+    removed (``edg_core.io.remove_stale_temps``), and a result file that is not a whole ``.npz`` (cut short by
+    a copy, damaged on disk) is not done: it is logged and computed again (the new file replaces it). Remote
+    result files are uploaded whole, so their listing is trusted."""
+    from edg_core.io import remove_stale_temps
+    from edg_core.storage import is_remote
+    keys = set()
+    if not is_remote(out):
+        for p in remove_stale_temps(join(out, "fields")) + remove_stale_temps(out, recursive=False):
+            log.info("removed %s (left by an interrupted write)", p)
+    for p in result_files(out):
+        if not is_remote(p) and not _whole_npz(p):
+            log.warning("%s is truncated or unreadable: its molecule will be computed again", p)
+            continue
+        keys.add(p.rsplit("/", 1)[-1][:-4])
+    return keys
+
+
+def _whole_npz(path) -> bool:
+    """Whether ``path`` is a whole zip (``.npz``) archive with a result's ``meta`` entry: its end-of-directory
+    record and directory are read, not its arrays."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "meta.npy" in z.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def check_budget(mol: Molecule, cfg: DFTConfig) -> None:
+    """Raise ``InvalidRecord`` naming the size when ``mol`` exceeds ``cfg.max_atoms`` or its cube grid exceeds
+    ``cfg.max_grid_points`` (so a molecule too large is refused up front, not after an out-of-memory)."""
+    if cfg.max_atoms and mol.n_atoms > cfg.max_atoms:
+        raise InvalidRecord(mol.id, f"too large for the DFT budget: {mol.n_atoms} atoms > max_atoms "
+                                    f"{cfg.max_atoms}")
+    if cfg.max_grid_points and cfg.fields:
+        grid = grid_for_positions(mol.pos, cfg.grid_spacing, cfg.grid_padding)
+        n = int(np.prod(grid.shape))
+        if n > cfg.max_grid_points:
+            extent = np.ptp(mol.pos, axis=0)
+            raise InvalidRecord(mol.id, f"too large for the DFT budget: cube grid {tuple(grid.shape)} = {n} points "
+                                        f"> max_grid_points {cfg.max_grid_points} (extent "
+                                        f"{' x '.join(f'{x:.1f}' for x in extent)} A)")
 
 
 class DFTWorker:
@@ -99,6 +144,7 @@ class DFTWorker:
 
         On the GPU, CuPy's cached blocks go back to the driver after every molecule (done or failed), so
         several actors sharing one GPU do not each hold their peak footprint; arrays in the result stay."""
+        check_budget(mol, self.cfg)
         try:
             return self._compute(mol)
         finally:
@@ -195,7 +241,10 @@ class DFTWorker:
                 write_cube(local / rel, r.grid, values, r.z, r.pos, f"{r.id} {what}")
                 self.store.commit(rel, keep=self.store.remote is None)
         rel = result_rel(key)
-        save_result(local / rel, r, self.cfg.field_dtype)
+        try:
+            save_result(local / rel, r, self.cfg.field_dtype)
+        except DiskFullError as e:
+            raise DiskFullError(e.errno, f"molecule {r.id}: {e.strerror}", e.filename) from e
         self.store.commit(rel, keep=self.store.remote is None)  # remote: uploaded, the staged copy goes
         return result_path(self.out, key)
 

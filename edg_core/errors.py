@@ -32,3 +32,6 @@ class StorageError(EDGError, ValueError):
 class DiskFullError(EDGError, OSError):
     """No space (or quota) left while writing a file; the message names the file (and the molecule, where the
     writer knows it)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import struct
 import tarfile
@@ -43,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from . import storage
-from .errors import ShardError
+from .errors import DiskFullError, ShardError
 from .grid import CubeGrid
 from .molecule import Molecule
 from .storage import is_remote, open_read, unstrip, upload, url_to_fs
@@ -274,13 +275,20 @@ class ShardWriter:
         if self._tar is None:
             self._open()
         key = sample["__key__"]
-        for name in sorted(k for k in sample if not k.startswith("__")):
-            data = sample[name]
-            info = tarfile.TarInfo(f"{key}.{name}")
-            info.size = len(data)
-            info.mode, info.mtime = 0o444, 0
-            self._tar.addfile(info, io.BytesIO(data))
-            self.size += len(data) + 512
+        try:
+            for name in sorted(k for k in sample if not k.startswith("__")):
+                data = sample[name]
+                info = tarfile.TarInfo(f"{key}.{name}")
+                info.size = len(data)
+                info.mode, info.mtime = 0o444, 0
+                self._tar.addfile(info, io.BytesIO(data))
+                self.size += len(data) + 512
+        except OSError as e:
+            from .io import NO_SPACE
+            if e.errno in NO_SPACE:
+                raise DiskFullError(e.errno, f"no space left writing shard {self._tmp} (sample {key}; "
+                                             f"{os.strerror(e.errno)})", str(self._tmp)) from e
+            raise
         self.count += 1
         if self.count >= self.maxcount or self.size >= self.maxsize:
             self._finish()
@@ -301,7 +309,10 @@ class ShardWriter:
 
     def abort(self):
         if self._tar is not None:
-            self._tar.close()
+            try:
+                self._tar.close()
+            except OSError:  # e.g. the disk is full: the end marker cannot be written; the file goes anyway
+                self._tar.fileobj.close()
             self._tmp.unlink(missing_ok=True)
             self._tar = self._tmp = None
         self._drop_staging()

@@ -34,6 +34,10 @@ class RenderConfig:
     max_layers: int = field(default=4, metadata={"help": "surface crossings composited per ray"})
     samples_per_chunk: int = field(default=1 << 25, metadata={"help": "density samples per march chunk (memory)"})
     batch_size: int = field(default=8, metadata={"help": "molecules rendered together"})
+    max_atoms: int = field(default=0, metadata={
+        "help": "refuse (failure manifest) molecules with more atoms than this before rendering (0 = no limit)"})
+    max_grid_points: int = field(default=0, metadata={
+        "help": "refuse molecules whose ED/ESP grid has more points than this (0 = no limit)"})
     soft_coverage: bool = field(default=False, metadata={"help": "differentiable (sigmoid) silhouettes"})
     soft_width: float = field(default=0.005, metadata={"help": "sigmoid width of soft coverage, e/bohr^3"})
     ed_background: tuple[float, ...] = field(default=(0.0, 0.0, 0.0), metadata={"help": "ED background RGB"})

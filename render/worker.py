@@ -77,11 +77,29 @@ class RenderWorker:
             kw = {"grid": f.grid, "ed": f.ed, "esp": f.esp}
         return encode_sample(mol, image_encoding=self.image_encoding, **kw, **images)
 
+    def _over_budget(self, mol: Molecule, f: Fields | None) -> str | None:
+        """Why ``mol`` is too large for ``max_atoms`` / ``max_grid_points``, or None."""
+        if self.cfg.max_atoms and mol.n_atoms > self.cfg.max_atoms:
+            return f"too large for the render budget: {mol.n_atoms} atoms > max_atoms {self.cfg.max_atoms}"
+        if self.cfg.max_grid_points and f is not None and self.ed:
+            n = 1
+            for d in f.grid.shape:
+                n *= int(d)
+            if n > self.cfg.max_grid_points:
+                return (f"too large for the render budget: ED grid {tuple(f.grid.shape)} = {n} points > "
+                        f"max_grid_points {self.cfg.max_grid_points}")
+        return None
+
     def render(self, mols: Sequence[Molecule], fields: Sequence[Fields | None] | None = None) -> BatchResult:
         """Images for ``mols`` (``fields[i]`` None: structure images only) -> samples and failures."""
         fields = list(fields) if fields is not None else [None] * len(mols)
         if len(fields) != len(mols):
             raise ValueError(f"{len(mols)} molecules but {len(fields)} field entries")
+        too_large = [self._over_budget(m, f) for m, f in zip(mols, fields)]
+        if any(too_large):  # refused up front, named with their size; the rest render as usual
+            res = BatchResult(failures=[Failure.of(m.id, STAGE, why) for m, why in zip(mols, too_large) if why])
+            keep = [i for i, why in enumerate(too_large) if not why]
+            return res + self.render([mols[i] for i in keep], [fields[i] for i in keep]) if keep else res
         try:
             images = self._images(mols, fields)
             return BatchResult(samples=[self._sample(m, f, im) for m, f, im in zip(mols, fields, images)])

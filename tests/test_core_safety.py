@@ -167,3 +167,55 @@ def test_url_to_fs_names_a_missing_package():
         pass
     with pytest.raises(StorageError, match="needs a package"):
         url_to_fs("s3://bucket/x")
+
+
+def _fake_result(mol_id="water"):
+    import numpy as np
+
+    from dft.result import DFTResult
+    return DFTResult(id=mol_id, energies={"E6": -75.0}, homo=-0.3, lumo=0.1, dipole=np.zeros(3), converged=True,
+                     wall_s=1.0, z=np.array([8, 1, 1]), pos=np.array([[0, 0, 0], [0, 0, 0.96], [0.93, 0, -0.24]]))
+
+
+def test_a_truncated_result_file_is_not_done_and_temp_files_go(tmp_path, caplog):
+    import logging
+
+    from dft.result import save_result
+    from dft.worker import done_keys, result_path
+    for key in ("a", "b", "c"):
+        save_result(result_path(tmp_path, key), _fake_result(key))
+    cut = result_path(tmp_path, "b")
+    cut.write_bytes(cut.read_bytes()[:-40])  # a copy cut short
+    result_path(tmp_path, "c").write_bytes(b"")  # an empty file
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = result_path(tmp_path, "d").parent / temp_name("d.npz").replace(f"-{os.getpid()}-", f"-{dead.pid}-")
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"half a result")
+    with caplog.at_level(logging.WARNING, logger="dft.worker"):
+        assert done_keys(tmp_path) == {"a"}
+    assert "b.npz is truncated or unreadable" in caplog.text and "c.npz is truncated" in caplog.text
+    assert not orphan.exists()
+
+
+def test_molecules_over_the_dft_budget_are_refused_up_front_with_their_size():
+    from dft.config import DFTConfig
+    from dft.worker import DFTWorker
+    from edg_core.molecule import Molecule
+    water = Molecule(z=[8, 1, 1], pos=[[0, 0, 0], [0, 0, 0.96], [0.93, 0, -0.24]], id="water")
+    st = DFTWorker(DFTConfig(backend="cpu", max_atoms=2)).process(water)
+    assert st["status"] == "failed" and "3 atoms > max_atoms 2" in st["reason"]
+    long = Molecule(z=[1, 1], pos=[[0, 0, 0], [0, 0, 30.0]], id="stretched", multiplicity=3)
+    st = DFTWorker(DFTConfig(backend="cpu", max_grid_points=20_000)).process(long)
+    assert st["status"] == "failed" and "points > max_grid_points 20000" in st["reason"] and "30.0 A" in st["reason"]
+
+
+def test_molecules_over_the_render_budget_fail_alone():
+    from edg_core.readers import open_source
+    from render.config import RenderConfig
+    from render.worker import RenderWorker
+    mols = list(open_source("embedded:qm9?limit=4").molecules())  # 5, 4, 3, 4 atoms
+    res = RenderWorker(RenderConfig(image_size=16, max_atoms=4), device="cpu", ed=False).render(mols)
+    assert [s["__key__"] for s in res.samples] == ["qm9:2", "qm9:3", "qm9:4"]
+    assert [(f.record, f.reason) for f in res.failures] == [
+        ("qm9:1", "too large for the render budget: 5 atoms > max_atoms 4")]

@@ -33,30 +33,45 @@ def molecule_from_rdkit(mol, rec_id: str, conf_id: int = -1) -> Molecule:
     labels = {}
     for k, v in mol.GetPropsAsDict().items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if not np.isfinite(v):
+                raise InvalidRecord(rec_id, f"label {k}={v} is not finite")
             labels[k] = float(v)
     smiles = Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False)) if mol.GetNumAtoms() else None
     return Molecule(z=z, pos=pos, id=rec_id, charge=charge, multiplicity=n_rad + 1 if n_rad else None,
                     smiles=smiles, labels=labels)
 
 
+def _sdf_record_lines(path: Path) -> list[int]:
+    """The 1-based line where each record of an SDF starts (after each ``$$$$`` line)."""
+    starts, line = [1], 0
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, 1):
+            if raw.strip() == b"$$$$":
+                starts.append(line + 1)
+    return starts
+
+
 def read_sdf(path: str | Path) -> Iterator[Molecule | InvalidRecord]:
-    """Yield each record of an SDF (or a single MOL file); a record RDKit cannot parse is an ``InvalidRecord``."""
+    """Yield each record of an SDF (or a single MOL file); a record RDKit cannot parse (or with non-finite
+    labels) is an ``InvalidRecord`` naming the file, record index and first line, and the next record is read."""
     Chem, _ = _rdkit()
     path = Path(path)
     if not path.exists():
         raise DataSourceError(f"SDF/MOL file {path} does not exist")
+    starts = _sdf_record_lines(path)
     supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=True)
     for i, mol in enumerate(supplier):
         rec_id = f"{path.stem}:{i}"
+        where = f"{path.name}, record {i}, line {starts[i] if i < len(starts) else '?'}"
         if mol is None:
-            yield InvalidRecord(rec_id, f"{path.name}: record {i} could not be parsed by RDKit")
+            yield InvalidRecord(rec_id, f"{where}: RDKit could not parse the record")
             continue
         if mol.HasProp("_Name") and mol.GetProp("_Name").strip():
             rec_id = mol.GetProp("_Name").strip()
         try:
             yield molecule_from_rdkit(mol, rec_id)
         except InvalidRecord as e:
-            yield e
+            yield InvalidRecord(e.record, f"{where}: {e.problem}")
 
 
 def smiles_to_molecule(smiles: str, rec_id: str | None = None, seed: int = 42) -> Molecule:
@@ -82,9 +97,15 @@ def smiles_to_molecule(smiles: str, rec_id: str | None = None, seed: int = 42) -
     return m
 
 
-def read_smiles(lines: Iterable[str], source: str = "smiles") -> Iterator[Molecule | InvalidRecord]:
-    """Each non-empty line ``SMILES [id]`` -> a conformer; failures are yielded as ``InvalidRecord``."""
+def read_smiles(lines: Iterable[str | None], source: str = "smiles",
+                name: str | None = None) -> Iterator[Molecule | InvalidRecord]:
+    """Each non-empty line ``SMILES [id]`` -> a conformer (default id ``<source>:<line index>``); failures (and
+    lines that are None: not UTF-8) are yielded as ``InvalidRecord`` naming ``name`` (the file) and the line."""
+    name = name or source
     for i, line in enumerate(lines):
+        if line is None:
+            yield InvalidRecord(f"{source}:{i}", f"{name}, line {i + 1}: not UTF-8 text")
+            continue
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
@@ -92,4 +113,15 @@ def read_smiles(lines: Iterable[str], source: str = "smiles") -> Iterator[Molecu
         try:
             yield smiles_to_molecule(parts[0], rec_id)
         except InvalidRecord as e:
-            yield e
+            yield InvalidRecord(e.record, f"{name}, line {i + 1}: {e.problem}")
+
+
+def smiles_file_lines(path: str | Path) -> list[str | None]:
+    """The lines of a SMILES file; a line that is not UTF-8 is None (``read_smiles`` reports it)."""
+    out: list[str | None] = []
+    for raw in Path(path).read_bytes().splitlines():
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append(None)
+    return out
