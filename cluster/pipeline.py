@@ -205,13 +205,10 @@ class Pipeline:
 
     def contact_sheet(self, n: int = 4) -> Path:
         """``<out>/contact_sheet.png``: every ED view (RGB and depth) and structure view of the first molecules."""
-        from edg_core.shards import read_samples
-        from render.contact_sheet import contact_sheet
+        from render.contact_sheet import contact_sheet, first_molecules
         rows = []
-        for s in read_samples(self.path("ed_shards"), torch_tensors=False):
+        for s in first_molecules(self.path("ed_shards"), n):  # smallest ids, natural order (qm9:2 < qm9:10)
             rows += [(f"{s['meta']['id']} ED", s["edimg"]), (f"{s['meta']['id']} structure", s["stimg"])]
-            if len(rows) >= 2 * n:
-                break
         path = self.out / "contact_sheet.png"
         contact_sheet(rows, path)
         return path

@@ -1,11 +1,59 @@
 """Contact sheets: every view of a few molecules in one PNG, ours beside PyMOL's when given."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from edg_core.io import atomic_path
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key that orders the numbers inside ids by value: qm9:2 < qm9:10 < rmd17:aspirin:7 < rmd17:aspirin:12."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text) if t)
+
+
+def first_molecules(spec, n: int, scan: int = 2000) -> list[dict]:
+    """Decoded samples of the ``n`` molecules with the smallest ids (natural order) among the first ``scan``
+    samples of the shards ``spec`` (shards are written in completion order, not id order); only those ``n`` are
+    decoded."""
+    import heapq
+    import json
+
+    from edg_core.shards import decode_sample, iter_shard, shard_paths
+    best: list = []  # max-heap of the n smallest: (negated key order via a wrapper, raw sample)
+    seen = 0
+    for path in shard_paths(spec):
+        for raw in iter_shard(path):
+            if "__error__" in raw or "meta.json" not in raw:
+                continue
+            key = natural_key(str(json.loads(raw["meta.json"]).get("id", raw.get("__key__", ""))))
+            item = (_Reversed(key), seen, raw)
+            if len(best) < n:
+                heapq.heappush(best, item)
+            elif key < best[0][0].key:
+                heapq.heapreplace(best, item)
+            seen += 1
+            if seen >= scan:
+                break
+        if seen >= scan:
+            break
+    return [decode_sample(raw, torch_tensors=False) for _, _, raw in sorted(best, key=lambda t: t[0].key)]
+
+
+class _Reversed:
+    """Inverts the order of a key, so that ``heapq`` (a min-heap) keeps the largest of the n smallest on top."""
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
+
+    def __lt__(self, other):
+        return other.key < self.key
+
+    def __eq__(self, other):
+        return self.key == other.key
 
 
 def _rgb(images) -> np.ndarray:

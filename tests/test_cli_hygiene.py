@@ -1,0 +1,66 @@
+"""Small things a newcomer trips over: id order on contact sheets, one flag name per idea, tiny-split warnings."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from edg_core.readers import open_source
+from edg_core.shards import ShardWriter, encode_sample
+from render.contact_sheet import contact_sheet, first_molecules, natural_key
+
+
+def test_natural_key_orders_numbers_by_value():
+    ids = ["qm9:10", "qm9:2", "qm9:1", "qm9:100", "rmd17:aspirin:12", "rmd17:aspirin:7", "qm9:11"]
+    assert sorted(ids, key=natural_key) == ["qm9:1", "qm9:2", "qm9:10", "qm9:11", "qm9:100",
+                                            "rmd17:aspirin:7", "rmd17:aspirin:12"]
+
+
+def test_contact_sheet_shows_the_smallest_ids_in_natural_order(tmp_path):
+    """Shards are written in completion order; the sheet takes the molecules with the smallest ids."""
+    mols = list(open_source("embedded:qm9?limit=12").molecules())
+    order = [11, 0, 9, 3, 10, 1, 8, 2, 7, 4, 6, 5]  # qm9:12, qm9:1, qm9:10, qm9:4, qm9:11, qm9:2, ...
+    img = np.random.default_rng(0).random((4, 3, 8, 8), dtype=np.float32)
+    with ShardWriter(tmp_path / "shards", maxcount=5) as w:
+        for i in order:
+            w.write(encode_sample(mols[i], stimg=img))
+    picked = first_molecules(tmp_path / "shards", 4)
+    assert [s["meta"]["id"] for s in picked] == ["qm9:1", "qm9:2", "qm9:3", "qm9:4"]
+    assert picked[0]["stimg"].shape[0] == 4
+    # only the first `scan` samples are looked at (a large run is not read whole for a preview)
+    assert [s["meta"]["id"] for s in first_molecules(tmp_path / "shards", 2, scan=3)] == ["qm9:1", "qm9:10"]
+    contact_sheet([(f"{s['meta']['id']} structure", s["stimg"]) for s in picked], tmp_path / "sheet.png")
+    from PIL import Image
+    assert Image.open(tmp_path / "sheet.png").size[1] == 4 * 112
+
+
+def test_ray_address_is_one_flag_everywhere():
+    """Every command that joins a Ray cluster spells it --ray-address (benchmark keeps --address hidden)."""
+    import argparse
+
+    from cluster.cli import build_parser
+    parser = build_parser()
+
+    def walk(p, path):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    yield from walk(sp, [*path, name])
+            elif a.help != argparse.SUPPRESS:
+                yield path, a.option_strings
+    flags = list(walk(parser, []))
+    address_like = {(" ".join(p), o) for p, opts in flags for o in opts if "address" in o}
+    assert address_like and all(o == "--ray-address" for _, o in address_like), address_like
+    assert parser.parse_args(["benchmark", "--address", "auto"]).ray_address == "auto"
+    assert parser.parse_args(["benchmark", "--ray-address", "auto"]).ray_address == "auto"
+
+
+def test_tiny_representation_split_warns(caplog):
+    from train.representation import split_indices
+    with caplog.at_level(logging.WARNING, logger="train.representation"):
+        s = split_indices(5, (0.8, 0.1, 0.1), 0)
+    assert len(s["test"]) == 1 and "tiny split of 5 molecules" in caplog.text and "1 test" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="train.representation"):
+        split_indices(200, (0.8, 0.1, 0.1), 0)
+    assert "tiny split" not in caplog.text
