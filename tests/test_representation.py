@@ -209,11 +209,28 @@ def test_cli_writes_table_and_resumes(study_shards, tmp_path, capsys):
     args = parser.parse_args(argv)
     assert args.func(args) == 0
     rows = list(csv.reader((tmp_path / "table.csv").open()))
-    assert rows[0][:8] == ["representation", "unit", *TARGETS]
-    assert [r[0] for r in rows[1:]] == ["atomref", "atomref", "pointnet", "pointnet"]
-    assert "| ED point cloud (PointNet) |" in (tmp_path / "table.md").read_text()
+    assert rows[0][:9] == ["representation", "metric", "unit", *TARGETS]
+    assert [r[:3] for r in rows[1:5]] == [["atomref", "rmse", "hartree"], ["atomref", "rmse", "kcal/mol"],
+                                          ["atomref", "mae", "hartree"], ["atomref", "mae", "kcal/mol"]]
+    assert [r[0] for r in rows[5:]] == ["pointnet"] * 4
+    md = (tmp_path / "table.md").read_text()
+    assert "| ED point cloud (PointNet) |" in md and "| E1 RMSE (MAE) |" in md
     assert (tmp_path / "config.yaml").exists() and (tmp_path / "split.json").exists()
     capsys.readouterr()
     args = parser.parse_args(argv)
     args.func(args)
     assert "finished before" in capsys.readouterr().out
+
+
+def test_table4_reports_rmse_with_mae_beside():
+    from train.representation import _errors, markdown_table
+    true = np.zeros((4, len(TARGETS)))
+    pred = np.zeros((4, len(TARGETS)))
+    pred[:, 0] = [3.0, -4.0, 0.0, 0.0]  # E1: MAE 1.75, RMSE sqrt(25 / 4) = 2.5
+    r = {"title": "t"}
+    _errors(r, "test", pred, true)
+    assert r["test_mae_hartree"]["E1"] == pytest.approx(1.75) and r["test_rmse_hartree"]["E1"] == pytest.approx(2.5)
+    assert r["test_rmse_kcal_per_mol"]["E1"] == pytest.approx(2.5 * 627.509474, rel=1e-6)
+    md = markdown_table([r], "hartree")
+    assert md.splitlines()[0].startswith("| representation | E1 RMSE (MAE) |")
+    assert "| t | 2.5000 (1.7500) | 0.0000 (0.0000) |" in md

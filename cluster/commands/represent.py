@@ -16,8 +16,8 @@ ED point clouds (PointNet), ED voxels (3-D ResNet), rendered ED images (ResNet18
 must come from `edg render --fields <dft_out> --keep-fields` (ED grid + images + E1..E6 labels).
 
 Outputs in --out: config.yaml (resolved), split.json, results.jsonl (one line per finished representation;
-a rerun skips those unless --force), table.md and table.csv (rows: representation, columns: E1..E6 test MAE
-in Hartree and kcal/mol). While a representation trains: <rep>/metrics.jsonl, metrics.csv, progress.json
+a rerun skips those unless --force), table.md and table.csv (rows: representation, columns: E1..E6 test RMSE,
+the paper's Table 4 metric, with the MAE beside it, in Hartree and kcal/mol). While a representation trains: <rep>/metrics.jsonl, metrics.csv, progress.json
 and a line per epoch on stderr, and <rep>/checkpoint/ (every --checkpoint-every epochs) from which an
 interrupted run resumes.
 
@@ -44,11 +44,13 @@ def _csv(results: list[dict]) -> bytes:
     from train.representation import TARGETS
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["representation", "unit", *TARGETS, "best_epoch", "epochs", "seconds"])
+    w.writerow(["representation", "metric", "unit", *TARGETS, "best_epoch", "epochs", "seconds"])
     for r in results:
-        for unit, key in (("hartree", "test_mae_hartree"), ("kcal/mol", "test_mae_kcal_per_mol")):
-            w.writerow([r["rep"], unit, *(f"{r[key][t]:.6g}" for t in TARGETS), r["best_epoch"], r["epochs"],
-                        f"{r['seconds']:.1f}"])
+        for metric in ("rmse", "mae"):
+            for unit, suffix in (("hartree", "hartree"), ("kcal/mol", "kcal_per_mol")):
+                key = f"test_{metric}_{suffix}"
+                w.writerow([r["rep"], metric, unit, *(f"{r[key][t]:.6g}" for t in TARGETS), r["best_epoch"],
+                            r["epochs"], f"{r['seconds']:.1f}"])
     return buf.getvalue().encode()
 
 
@@ -56,7 +58,7 @@ def _markdown(results: list[dict], cfg, split: dict) -> bytes:
     from train.representation import markdown_table
     n = {k: len(v) for k, v in split.items()}
     lines = ["# ED representation study (Table 4 layout)", "",
-             f"Test MAE per DFT energy label; split seed {cfg.seed}: {n['train']} train / {n['valid']} validation / "
+             f"Test RMSE (MAE in brackets) per DFT energy label; split seed {cfg.seed}: {n['train']} train / {n['valid']} validation / "
              f"{n['test']} test molecules; model chosen on validation; atom references "
              f"{'subtracted' if cfg.atom_refs else 'not used'}.", "",
              "## Hartree", "", markdown_table(results, "hartree"), "",
@@ -89,7 +91,8 @@ def cmd_represent(args) -> int:
     manifest = out / "results.jsonl"
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("reps", "checkpoint_every", "keep_last")}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from results.jsonl
-    done = {} if args.force else {r["rep"]: r for r in read_jsonl(manifest) if r.get("settings") == settings}
+    done = {} if args.force else {r["rep"]: r for r in read_jsonl(manifest)  # records before RMSE: retrained
+                                  if r.get("settings") == settings and "test_rmse_hartree" in r}
     results = [atomref_baseline(data, split, cfg)]
     for rep in cfg.reps:
         if rep in done:
@@ -99,8 +102,8 @@ def cmd_represent(args) -> int:
         r = {**train_representation(rep, data, split, cfg, run_dir=out / rep), "settings": settings}
         append_jsonl(manifest, r)
         results.append(r)
-        print(f"{rep}: best epoch {r['best_epoch']}/{r['epochs']}, test MAE (Ha) "
-              + ", ".join(f"{t} {v:.4f}" for t, v in r["test_mae_hartree"].items()), flush=True)
+        print(f"{rep}: best epoch {r['best_epoch']}/{r['epochs']}, test RMSE (Ha) "
+              + ", ".join(f"{t} {v:.4f}" for t, v in r["test_rmse_hartree"].items()), flush=True)
     write_bytes_atomic(out / "table.md", _markdown(results, cfg, split))
     write_bytes_atomic(out / "table.csv", _csv(results))
     print((out / "table.md").read_text())
