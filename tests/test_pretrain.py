@@ -134,3 +134,6 @@ def test_ray_train_two_cpu_workers(shards, tmp_path):
         ck = torch.load(f"{d}/checkpoint.pt", weights_only=True)
     assert ck["stage"] == "imageed" and ck["epoch"] == 0
     assert (tmp_path / "out" / "imageed.pt").exists()
+    # rank 0 keeps the run folder's per-epoch files as in a local run
+    assert json.loads((tmp_path / "out" / "progress.json").read_text())["state"] == "done"
+    assert len((tmp_path / "out" / "metrics.csv").read_text().splitlines()) == 2
