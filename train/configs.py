@@ -174,7 +174,7 @@ class TeacherTrainConfig:
     keep_last: int = field(default=1, metadata={"help": "resumable checkpoints kept; best.pt beside them"})
 
 
-_PAPER = " (default: the paper's for the student and dataset, train/paper_settings.py)"
+_PAPER = "; unset (None): the paper's value for the student and dataset (docs/students.md)"
 
 
 @dataclass
