@@ -16,8 +16,8 @@ import torch
 
 def measure(molecule: str = "aspirin", batch_size: int = 32, rounds: int = 5, steps: int = 4,
             student_args: dict | None = None, lambda_ed: float = 0.1, threads: int = 1) -> dict:
-    from train.edg import EDGHead, build_ed_predictor
     from train.distill import train_step
+    from train.edg import EDGHead, build_ed_predictor
     from train.students import build_student
     from train.tasks import build_task
 

@@ -31,7 +31,16 @@ def _parse(argv):
     return opts
 
 
+def _count(summary, name: str) -> int:
+    """A count from the stage driver's summary (a dict or a summary object)."""
+    return int(summary[name] if isinstance(summary, dict) else getattr(summary, name))
+
+
 def run(mols, actors: int, gpus_per_actor: float, cpus_per_actor: float) -> dict:
+    """One end-to-end run into a temporary folder: counts, seconds, mol/s and the first failure reasons."""
+    import json
+    from pathlib import Path
+
     from cluster.stages import Workers, run_fused
     from dft.config import DFTConfig
     from render.config import RenderConfig
@@ -40,22 +49,33 @@ def run(mols, actors: int, gpus_per_actor: float, cpus_per_actor: float) -> dict
         t0 = time.perf_counter()
         s = run_fused(mols, f"{tmp}/shards", f"{tmp}/dft", DFTConfig(), RenderConfig(), workers, total=len(mols))
         dt = time.perf_counter() - t0
-    return {"actors": actors, "done": s["done"], "failed": s["failed"], "seconds": dt, "mol_per_s": s["done"] / dt}
+        reasons = [f"{e.get('record')}: {e.get('reason')}" for p in sorted(Path(tmp).rglob("failures.jsonl"))
+                   for e in map(json.loads, p.read_text().splitlines()) if e]
+    done, failed = _count(s, "done"), _count(s, "failed")
+    return {"actors": actors, "done": done, "failed": failed, "seconds": dt, "mol_per_s": done / dt,
+            "reasons": reasons}
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     import torch
 
     from dft.backend import gpu_usable
     from edg_core.readers import open_source
+
+    from .dft import embedded_qm9
     opts = _parse(argv)
     gpu = gpu_usable() and torch.cuda.is_available()
     n = opts["n"] or (2 if not gpu else 32)
-    spec = opts["input"] or f"embedded:qm9?limit={n}"
-    mols = list(itertools.islice(open_source(spec).molecules(), n))
+    if opts["input"]:
+        mols = list(itertools.islice(open_source(opts["input"]).molecules(), n))
+        if len(mols) < n:
+            print(f"fused: --n={n} but {opts['input']} holds {len(mols)} molecules; using {len(mols)}", flush=True)
+    else:
+        mols = embedded_qm9(n, "bench fused")
     device = "GPU (gpu4pyscf + torch)" if gpu else "CPU (pyscf + torch)"
     sweeps = opts["actors"] or [0]
     n_gpus = torch.cuda.device_count() if gpu else 0
+    rc = 0
     for actors in sweeps:
         gpa = opts["gpus_per_actor"] if opts["gpus_per_actor"] is not None else \
             (n_gpus / actors if gpu and actors else 0.0)
@@ -66,7 +86,16 @@ def main(argv: list[str]) -> None:
         else:
             r = run(mols, 0, 0.0, opts["cpus_per_actor"])
         where = "in-process" if not actors else f"{actors} Ray actors x {gpa:g} GPU, {opts['cpus_per_actor']:g} CPU"
+        if r["failed"]:
+            rc = 1
+            print(f"fused dft+render {device}, {where}: {r['failed']} of {len(mols)} molecules FAILED", flush=True)
+            for line in r["reasons"][:5]:
+                print(f"  {line}", flush=True)
+        if r["done"] == 0:
+            print(f"fused dft+render {device}, {where}: no molecule finished, no throughput", flush=True)
+            continue
         per_gpu = f", {r['mol_per_s'] / max(n_gpus, 1):.3f} mol/s per GPU" if gpu else ""
         print(f"fused dft+render {device}, {where}: {r['done']} molecules ({r['failed']} failed) in "
               f"{r['seconds']:.1f} s -> {r['mol_per_s']:.3f} mol/s{per_gpu} (B3LYP/6-31G**, 6 ED + 4 structure "
               f"views at 224 px, start-up included)", flush=True)
+    return rc

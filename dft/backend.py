@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 
 import numpy as np
 
@@ -40,11 +41,31 @@ def resolve_backend(name: str) -> str:
 
 
 def array_module(a):
-    """numpy or cupy, whichever owns ``a``."""
-    if type(a).__module__.startswith("cupy"):
-        import cupy
+    """numpy or cupy, whichever owns ``a``, by class hierarchy: subclasses of ``cupy.ndarray`` defined
+    elsewhere (gpu4pyscf's ``CPArrayWithTag`` density matrices) are cupy arrays too. Without cupy imported
+    no array can be a cupy array, so machines without it never import it here."""
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(a, cupy.ndarray):
         return cupy
     return np
+
+
+def synchronize(backend: str) -> None:
+    """Wait for the device's queued work (``backend`` 'gpu'); a no-op on the CPU. Call before reading a timer:
+    CuPy kernels run asynchronously, so without it a timer measures only the kernel launches."""
+    if backend == "gpu":
+        import cupy
+        cupy.cuda.Device().synchronize()
+
+
+def release_memory_pool(backend: str) -> None:
+    """Hand CuPy's cached (freed, unused) device and pinned host blocks back to the driver (``backend``
+    'gpu'; a no-op on the CPU). Arrays still referenced are untouched. Between molecules this keeps one
+    process from holding its peak footprint, which several actors sharing a GPU cannot afford."""
+    if backend == "gpu":
+        import cupy
+        cupy.get_default_memory_pool().free_all_blocks()
+        cupy.get_default_pinned_memory_pool().free_all_blocks()
 
 
 def to_numpy(a) -> np.ndarray:

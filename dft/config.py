@@ -30,9 +30,11 @@ class DFTConfig:
     grid_level: int = field(default=3, metadata={"help": "DFT integration grid level (PySCF 0-9)"})
     conv_tol: float = field(default=1e-9, metadata={"help": "SCF energy convergence threshold, Hartree"})
     max_cycle: int = field(default=100, metadata={"help": "SCF iterations per attempt"})
-    density_fit: bool | None = field(default=None, metadata={
-        "help": "density fitting of J/K; unset = on for the GPU backend, off (direct SCF) on CPU"})
-    auxbasis: str | None = field(default=None, metadata={"help": "auxiliary basis for density fitting"})
+    density_fit: bool = field(default=True, metadata={
+        "help": "density fitting of J/K on both backends, as EDBench's DF-RKS labels (off: direct SCF)"})
+    auxbasis: str | None = field(default=None, metadata={
+        "help": "auxiliary basis for density fitting; unset = Psi4's JKFIT partner of the orbital basis "
+                "(cc-pvdz-jkfit for 6-31G**, heavy-aug-cc-pvdz-jkfit for 6-31+G**), else PySCF's default"})
     retries: bool = field(default=True, metadata={
         "help": "on non-convergence retry with damping + level shift, then second-order SCF"})
     timeout_s: float = field(default=0.0, metadata={"help": "per-molecule SCF time limit in s (0 = none)"})

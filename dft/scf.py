@@ -87,24 +87,54 @@ def basis_convention(pmol) -> str:
     return "cartesian" if pmol.cart else "spherical"
 
 
+def psi4_jkfit(basis: str) -> str | None:
+    """The JK fitting basis Psi4 pairs with a Pople orbital basis by default (its basis-family table), which is
+    what EDBench's DF-RKS labels were computed with: 6-31G family -> cc-pVDZ-JKFIT, 6-31+G -> heavy-aug-,
+    6-31++G -> aug-; 6-311G likewise with cc-pVTZ-JKFIT; STO-nG and 3-21G -> def2-universal-JKFIT.
+    None for other bases (PySCF then picks its own default)."""
+    import re
+    b = basis.strip().lower()
+    if b in ("sto-3g", "sto-6g", "3-21g"):
+        return "def2-universal-jkfit"
+    m = re.match(r"6-311?(\+{0,2})g", b)
+    if m is None:
+        return None
+    zeta = "t" if b.startswith("6-311") else "d"
+    return ("", "heavy-aug-", "aug-")[len(m.group(1))] + f"cc-pv{zeta}z-jkfit"
+
+
+def auxbasis_for(cfg: DFTConfig, basis: str) -> str | None:
+    """The auxiliary basis the SCF fits J/K with: ``cfg.auxbasis``, else Psi4's partner of ``basis``."""
+    return cfg.auxbasis or psi4_jkfit(basis)
+
+
+def jk_method(cfg: DFTConfig, basis: str) -> str:
+    """How J/K are built, for the result's ``method``: 'DF(<auxbasis>)' or 'direct'."""
+    if not cfg.density_fit:
+        return "direct"
+    return f"DF({auxbasis_for(cfg, basis) or 'pyscf-default'})"
+
+
 def make_scf(pmol, cfg: DFTConfig, backend: str):
-    """An unrun RKS/UKS object for ``pmol`` on ``backend`` ('cpu' or 'gpu') with the config's settings."""
+    """An unrun RKS/UKS object for ``pmol`` on ``backend`` ('cpu' or 'gpu') with the config's settings.
+
+    Both backends build the same method (density fitting on by default, the same auxiliary basis), so a
+    fleet mixing CPU and GPU workers writes consistent labels.
+    """
     restricted = pmol.spin == 0
     if backend == "gpu":
         from gpu4pyscf import dft as gdft
         mf = (gdft.RKS if restricted else gdft.UKS)(pmol, xc=cfg.xc)
-        density_fit = True if cfg.density_fit is None else cfg.density_fit
     else:
         from pyscf import dft
         mf = (dft.RKS if restricted else dft.UKS)(pmol)
         mf.xc = cfg.xc
-        density_fit = bool(cfg.density_fit)
     mf.grids.level = cfg.grid_level
     mf.conv_tol = cfg.conv_tol
     mf.max_cycle = cfg.max_cycle
     mf.verbose = cfg.verbose
-    if density_fit:
-        mf = mf.density_fit(auxbasis=cfg.auxbasis)
+    if cfg.density_fit:
+        mf = mf.density_fit(auxbasis=auxbasis_for(cfg, pmol.basis))
     return mf
 
 

@@ -34,8 +34,7 @@ from . import fields
 from .backend import is_out_of_memory, release_memory_pool, resolve_backend, synchronize, to_numpy
 from .config import DFTConfig
 from .result import DFTResult, load_result, save_result
-from .scf import (SCFTimeout, basis_convention, dipole_debye, energy_components, frontier_orbitals, jk_method,
-                  run_scf)
+from .scf import SCFTimeout, basis_convention, dipole_debye, energy_components, frontier_orbitals, jk_method, run_scf
 
 __all__ = ["DFTWorker", "load_result", "done_keys", "find_result", "result_files",
            "result_path", "result_rel"]

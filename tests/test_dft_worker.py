@@ -25,6 +25,12 @@ WATER = Molecule(z=[8, 1, 1], pos=[[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [
 COLLAPSED = Molecule(z=[8, 1], pos=[[0, 0, 0], [0, 0, 0.01]], id="collapsed")
 
 
+def result_of(status: dict):
+    """The ``DFTResult`` of a ``process`` status, after checking the molecule did not fail (showing why)."""
+    assert status["status"] == "done", f"{status['id']}: {status.get('reason')}"
+    return status["result"]
+
+
 def test_result_file_round_trip(tmp_path):
     w = DFTWorker(DFTConfig(**FAST, field_dtype="float16"), out=tmp_path)
     st = w.process(WATER)
@@ -38,7 +44,7 @@ def test_result_file_round_trip(tmp_path):
     with np.load(result_path(tmp_path, "water")) as f:
         assert f["ed"].dtype == np.float16  # compact storage
     # the stored grid is the same computation as in memory (up to float16 rounding)
-    mem = DFTWorker(DFTConfig(**FAST), out=None).process(WATER)["result"]
+    mem = result_of(DFTWorker(DFTConfig(**FAST), out=None).process(WATER))
     np.testing.assert_allclose(r.ed, mem.ed, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(r.esp, mem.esp, rtol=1e-3, atol=1e-3)
     assert (r.ed >= 0).all() and r.ed.max() > 1  # peaked near the oxygen nucleus
@@ -107,8 +113,8 @@ def test_results_fan_out_into_prefix_folders_and_flat_results_of_older_runs_stil
 
 
 def test_band_mode_records_its_exact_fraction(tmp_path):
-    r = DFTWorker(DFTConfig(**FAST, esp_mode="band"), out=None).process(WATER)["result"]
-    full = DFTWorker(DFTConfig(**FAST), out=None).process(WATER)["result"]
+    r = result_of(DFTWorker(DFTConfig(**FAST, esp_mode="band"), out=None).process(WATER))
+    full = result_of(DFTWorker(DFTConfig(**FAST), out=None).process(WATER))
     assert 0 < r.esp_exact_fraction < 1 and full.esp_exact_fraction == 1.0
     from dft.esp_band import band_mask
     m = band_mask(r.ed)
@@ -128,8 +134,8 @@ def test_gpu_fields_match_cpu_and_stay_on_device():
     cupy = pytest.importorskip("cupy")
     pytest.importorskip("gpu4pyscf")
     cfg = DFTConfig(backend="gpu", grid_spacing=0.4)
-    gpu = DFTWorker(cfg, out=None, keep_on_gpu=True).process(WATER)["result"]
-    cpu = DFTWorker(DFTConfig(backend="cpu", density_fit=True), out=None).process(WATER)["result"]
+    gpu = result_of(DFTWorker(cfg, out=None, keep_on_gpu=True).process(WATER))
+    cpu = result_of(DFTWorker(DFTConfig(backend="cpu", density_fit=True), out=None).process(WATER))
     assert isinstance(gpu.ed, cupy.ndarray)
     t = cupy_to_torch(gpu.esp)
     assert t.is_cuda and t.data_ptr() == gpu.esp.data.ptr  # no copy
@@ -160,7 +166,7 @@ def test_result_goes_into_a_shard_sample(tmp_path):
     from dft.result import result_sample
     from edg_core.shards import ShardWriter, read_samples
     mol = Molecule(z=WATER.z, pos=WATER.pos, id="water", labels={"U0": -76.4})
-    r = DFTWorker(DFTConfig(**FAST), out=None).process(mol)["result"]
+    r = result_of(DFTWorker(DFTConfig(**FAST), out=None).process(mol))
     with ShardWriter(tmp_path, "dft") as w:
         w.write(result_sample(r, mol))
     (d,) = list(read_samples(tmp_path, torch_tensors=False))

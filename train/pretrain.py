@@ -220,6 +220,13 @@ def default_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+def bind_device(device: torch.device) -> None:
+    """Make ``device`` this process's current CUDA device (no-op for other devices) before any collective:
+    NCCL barriers and all-reduces run on the current device, cuda:0 in every rank unless the rank sets it."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
 def _batches(stage: _Stage, seed: int, batch_size: int, num_workers: int, rank: int):
     """Endless batches of the train split: pass after pass, each reshuffled with its own seed."""
     for cycle in range(1 << 30):
@@ -251,6 +258,7 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
     ``unsafe_pickle``: allow a resume checkpoint that needs full unpickling (default: ``EDG_UNSAFE_LOAD_PICKLE``)."""
     rank, world = _rank_world()
     device = torch.device(device) if device is not None else default_device()
+    bind_device(device)
     out_dir = Path(out_dir)
     ckpts = Checkpoints(out_dir / "checkpoint", cfg.checkpoint_every, cfg.keep_last)
     shard_paths(shards)  # a missing folder or pattern raises here, naming it
