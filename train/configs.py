@@ -29,6 +29,10 @@ class ImageEDConfig:
     mlp_ratio: float = 4.0
     mask_ratio: float = field(default=0.25, metadata={"help": "fraction of all tokens masked"})
     view_embedding: bool = field(default=True, metadata={"help": "add a learned per-view embedding (ablation: off)"})
+    cls_token: bool = field(default=False, metadata={
+        "help": "prepend a learned class token to the encoder and decoder sequences (the authors' MAE has one; "
+                "set for an imported checkpoint); F_U stays the mean of the patch tokens"})
+    norm_eps: float = field(default=1e-6, metadata={"help": "LayerNorm epsilon (the authors' MAE: 1e-6)"})
     norm_pix_loss: bool = field(default=True, metadata={"help": "normalise pixel targets per patch"})
     mp_weight: float = field(default=1.0, metadata={"help": "weight of L_MP (masked-patch loss)"})
     rp_weight: float = field(default=1.0, metadata={"help": "weight of L_RP (visible-patch loss)"})

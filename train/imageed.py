@@ -13,6 +13,8 @@ normalised with the ImageNet mean/std inside the model, the D channel is left in
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
@@ -56,17 +58,20 @@ class ImageED(nn.Module):
         self.register_buffer("pos_embed", sincos_pos_embed_2d(d, cfg.grid_size).repeat(cfg.n_views, 1)[None],
                              persistent=False)  # (1, V*L, D)
         self.view_embed = nn.Parameter(torch.zeros(1, cfg.n_views, 1, d)) if cfg.view_embedding else None
-        self.blocks = nn.ModuleList(Block(d, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(d)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.cls_token else None  # position embedding 0
+        norm = partial(nn.LayerNorm, eps=cfg.norm_eps)
+        self.blocks = nn.ModuleList(Block(d, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, norm_layer=norm)
+                                    for _ in range(cfg.depth))
+        self.norm = norm(d)
 
         self.decoder_embed = nn.Linear(d, dd)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
         self.register_buffer("decoder_pos_embed",
                              sincos_pos_embed_2d(dd, cfg.grid_size).repeat(cfg.n_views, 1)[None], persistent=False)
         self.decoder_view_embed = nn.Parameter(torch.zeros(1, cfg.n_views, 1, dd)) if cfg.view_embedding else None
-        self.decoder_blocks = nn.ModuleList(Block(dd, cfg.decoder_num_heads, cfg.mlp_ratio, qkv_bias=True)
-                                            for _ in range(cfg.decoder_depth))
-        self.decoder_norm = nn.LayerNorm(dd)
+        self.decoder_blocks = nn.ModuleList(Block(dd, cfg.decoder_num_heads, cfg.mlp_ratio, qkv_bias=True,
+                                                  norm_layer=norm) for _ in range(cfg.decoder_depth))
+        self.decoder_norm = norm(dd)
         self.decoder_pred = nn.Linear(dd, p * p * cfg.in_chans)
         self._init_weights()
 
@@ -74,6 +79,8 @@ class ImageED(nn.Module):
         w = self.patch_embed.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.mask_token, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
         for ve in (self.view_embed, self.decoder_view_embed):
             if ve is not None:
                 nn.init.normal_(ve, std=0.02)
@@ -137,19 +144,30 @@ class ImageED(nn.Module):
     def forward_encoder(self, imgs, mask_ratio: float, generator=None):
         x = self.embed(imgs)                                              # (B, N, D)
         x, mask, ids_restore = self.random_masking(x, mask_ratio, generator)  # (B, K, D)
+        x = self._with_cls(x)                                             # (B, 1 + K, D) with a class token
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x), mask, ids_restore
 
+    def _with_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepend the class token (its position embedding is zero, as in the authors' MAE) when configured."""
+        if self.cls_token is None:
+            return x
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+
     def forward_decoder(self, x, ids_restore):
-        x = self.decoder_embed(x)                                         # (B, K, Dd)
+        x = self.decoder_embed(x)                                         # (B, [1 +] K, Dd)
+        cls, x = (x[:, :1], x[:, 1:]) if self.cls_token is not None else (None, x)
         b, k, dd = x.shape
         masks = self.mask_token.expand(b, ids_restore.shape[1] - k, -1)
         x = torch.cat([x, masks], dim=1).gather(1, ids_restore[..., None].expand(-1, -1, dd))  # (B, N, Dd)
         x = x + self._positions(self.decoder_pos_embed, self.decoder_view_embed)
+        if cls is not None:
+            x = torch.cat([cls, x], dim=1)
         for blk in self.decoder_blocks:
             x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))                    # (B, N, p*p*C)
+        pred = self.decoder_pred(self.decoder_norm(x))
+        return pred[:, 1:] if cls is not None else pred                  # (B, N, p*p*C)
 
     def pixel_targets(self, imgs):
         """Per-patch targets (B, N, p*p*C): normalised images, each patch standardised if ``norm_pix_loss``."""
@@ -176,11 +194,13 @@ class ImageED(nn.Module):
 
     @torch.no_grad()
     def features(self, imgs: torch.Tensor) -> torch.Tensor:
-        """F_U: mean of the encoder tokens of all views, no masking. (B, V, C, H, W) -> (B, D) float32."""
-        x = self.embed(imgs)
+        """F_U: mean of the encoder's patch tokens of all views (a class token, if any, left out), no masking.
+        (B, V, C, H, W) -> (B, D) float32."""
+        x = self._with_cls(self.embed(imgs))
         for blk in self.blocks:
             x = blk(x)
-        return self.norm(x).mean(dim=1).float()
+        x = self.norm(x)
+        return (x[:, 1:] if self.cls_token is not None else x).mean(dim=1).float()
 
     @torch.no_grad()
     def reconstruct(self, imgs: torch.Tensor, mask_ratio: float | None = None, generator=None):
