@@ -17,6 +17,7 @@ Why a hand-written pool and not Ray Data (``map_batches`` with an actor pool str
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -79,6 +80,48 @@ class ResultFiles:
         return _NoWriter()
 
 
+class NpzFile:
+    """The driver collects every sample's new ``<name>.npy`` members (``__outputs__``) and writes one ``.npz``
+    at the end (``ids``:
+    molecule ids, one array per name, in arrival order; atomically, nothing on failure). Not resumable: a rerun
+    computes everything again."""
+    bulky = ()
+
+    def done_keys(self, out) -> set[str]:
+        return set()
+
+    @contextlib.contextmanager
+    def open(self, out):
+        sink = _NpzWriter()
+        yield sink
+        sink.save(out)
+
+
+class _NpzWriter:
+    def __init__(self):
+        self.ids: list[str] = []
+        self.arrays: dict[str, list] = {}
+
+    def write(self, sample: dict) -> None:
+        import json
+
+        from edg_core.shards import _from_npy
+        names = sample.get("__outputs__", ())
+        if not names:
+            return  # a sample without outputs (no images) has no row
+        self.ids.append(json.loads(sample["meta.json"])["id"])
+        for k in names:
+            self.arrays.setdefault(k, []).append(_from_npy(sample[f"{k}.npy"]))
+
+    def save(self, out) -> None:
+        import numpy as np
+
+        from edg_core.io import atomic_path
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, ids=np.array(self.ids), **{k: np.stack(v) for k, v in self.arrays.items()})
+
+
 class _NoWriter:
     def write(self, sample: dict) -> None:
         raise RuntimeError("this stage's workers write their own outputs; they returned a sample")
@@ -96,7 +139,7 @@ class Stage:
     name: str
     worker: type                               # worker(**args).process_batch(batch: list) -> BatchResult
     args: dict                                 # keyword arguments of the worker's constructor
-    sink: Shards | ResultFiles
+    sink: Shards | ResultFiles | NpzFile
     key: Callable[[Any], str]                  # the sample key of an item (resume and manifest key)
     record: Callable[[Any], str] = str         # what a user calls the item (its id or path), for failures
     batch_size: int = 1
@@ -141,8 +184,8 @@ class FailureLog:
     happen (a killed run keeps them) and the file is compacted at the end: one entry per (stage, key), the
     latest, none for a key that has since succeeded."""
 
-    def __init__(self, logs: Mirror):
-        self.logs, self.path = logs, logs.local / FAILURES
+    def __init__(self, logs: Mirror, name: str = FAILURES):
+        self.logs, self.name, self.path = logs, name, logs.local / name
         self.entries: dict[tuple[str, str], dict] = {}
         self.appended = 0
         for e in read_jsonl(self.path):
@@ -162,7 +205,7 @@ class FailureLog:
             self.entries[(f.stage, f.key)] = e
             n += 1
         if n:
-            self.logs.commit(FAILURES)
+            self.logs.commit(self.name)
         return n
 
     def compact(self, succeeded: set[str]) -> None:
@@ -171,7 +214,7 @@ class FailureLog:
         current = self.path.read_text() if self.path.exists() else ""
         if lines != current and (keep or self.path.exists()):
             write_bytes_atomic(self.path, lines.encode())
-            self.logs.commit(FAILURES)
+            self.logs.commit(self.name)
 
 
 def _json_line(e: dict) -> str:
@@ -228,16 +271,18 @@ def run_stage(stage: Stage, items: Iterable, out: str | Path, workers: Workers |
     """Run ``stage`` over ``items`` into ``out``; see the module docstring. ``InvalidRecord`` items (refused by
     a reader) are recorded as ``read`` failures and never reach a worker."""
     workers = workers or Workers()
-    logs = Mirror(out, exclude=stage.sink.bulky + stage.exclude, temporary=True)
+    single_file = isinstance(stage.sink, NpzFile)  # logs beside the file: <name>.failures.jsonl
+    logs = Mirror(Path(out).parent if single_file else out, exclude=stage.sink.bulky + stage.exclude,
+                  temporary=True)
     logs.pull()
-    out = logs.url
-    failures = FailureLog(logs)
-    prog = StageProgress(stage.name, total, logs.local, unit=stage.unit)
+    failures = FailureLog(logs, f"{Path(out).name}.{FAILURES}" if single_file else FAILURES)
+    out = out if single_file else logs.url
+    prog = StageProgress(stage.name, total, None if single_file else logs.local, unit=stage.unit)
     done = stage.sink.done_keys(out)
     skip = done | (set() if retry_failed else failures.keys())
     succeeded: set[str] = set()
     summary = StageSummary(stage.name, total, unit=stage.unit, actors=workers.actors,
-                           failures=str(logs.where(FAILURES)))
+                           failures=str(logs.where(failures.name)))
     t0 = time.monotonic()
 
     def todo():

@@ -30,7 +30,7 @@ from edg_core.storage import Mirror
 from render.config import RenderConfig
 from train.configs import FitConfig, ImageEDTrainConfig, TeacherTrainConfig
 
-from .stages import Workers, run_dft, run_fused, run_render
+from .stages import Workers, run_dft, run_extract, run_fused, run_render
 
 log = logging.getLogger(__name__)
 STAGES = ("dft", "render", "imageed", "features", "teacher", "student_images", "teacher_targets", "distill")
@@ -226,9 +226,10 @@ class Pipeline:
         return self._pretrain("imageed", self.cfg.imageed, self.path("ed_shards"), self.path("imageed"))
 
     def features(self) -> dict:
-        from train.imageed import extract_features, load_imageed
+        from train.imageed import load_imageed
         model = load_imageed(self.path("imageed") / "imageed.pt")
-        return extract_features(model, self.path("ed_shards"), self.path("fu_shards"), device=self.cfg.device)
+        return run_extract("imageed", model, self.path("ed_shards"), self.path("fu_shards"),
+                           device=self.cfg.device).to_dict()
 
     def teacher(self) -> dict:
         return self._pretrain("teacher", self.cfg.teacher, self.path("fu_shards"), self.path("teacher"))
@@ -240,9 +241,10 @@ class Pipeline:
                           total=len(src), ed=False, device=self.cfg.device).to_dict()
 
     def teacher_targets(self) -> dict:
-        from train.teacher import export_targets, load_teacher
+        from train.teacher import load_teacher
         teacher = load_teacher(self.path("teacher") / "teacher.pt")
-        return export_targets(teacher, self.path("student_shards"), self.path("targets"), device=self.cfg.device)
+        return run_extract("teacher", teacher, self.path("student_shards"), self.path("targets"),
+                           batch_size=128, device=self.cfg.device).to_dict()
 
     def distill_configs(self) -> list:
         from train.distill import DistillConfig

@@ -6,9 +6,11 @@
   ``(Molecule, result path)`` -> ``RenderActor`` -> shards.
 * ``dft+render`` (fused): ``Molecule`` -> ``FusedActor`` -> shards (+ the DFT scalars as result files).
 * ``convert``: ``Molecule`` -> ``ConvertWorker`` -> shards (molecule and labels, no images).
+* ``extract imageed`` / ``extract teacher``: raw shard samples -> ``train.imageed.FeatureExtractor`` /
+  ``train.teacher.TargetExtractor`` -> shards with ``fu.npy`` / ``fs.npy`` + ``edp.npy``, or one ``.npz``.
 
-``edg dft``, ``edg render``, ``edg data convert`` and ``edg pipeline`` all call ``run_dft`` / ``run_render`` /
-``run_fused`` / ``run_convert`` below, so each runs in this process or on Ray actors the same way (``Workers``),
+``edg dft``, ``edg render``, ``edg data convert``, ``edg extract`` and ``edg pipeline`` all call the ``run_*``
+functions below, so each runs in this process or on Ray actors the same way (``Workers``),
 resumes from what ``out`` (a folder or an fsspec URL) already holds, and records typed failures.
 """
 from __future__ import annotations
@@ -22,9 +24,9 @@ from edg_core.molecule import Molecule
 from edg_core.shards import encode_sample, sample_key
 from edg_core.stage import BatchResult, Failure
 
-from .engine import ResultFiles, Shards, Stage, StageSummary, Workers, run_stage
+from .engine import NpzFile, ResultFiles, Shards, Stage, StageSummary, Workers, run_stage
 
-__all__ = ["Workers", "StageSummary", "run_dft", "run_render", "run_fused", "run_convert",
+__all__ = ["Workers", "StageSummary", "run_dft", "run_render", "run_fused", "run_convert", "run_extract",
            "molecule_and_fields", "item_key", "item_record"]
 
 
@@ -182,3 +184,30 @@ def run_convert(records: Iterable, out: str | Path, workers: Workers, total: int
     stage = Stage("convert", ConvertWorker, {}, Shards(prefix, maxcount, maxsize), key=item_key,
                   record=item_record, batch_size=256)
     return run_stage(stage, records, out, workers, total=total)
+
+
+# ---------------------------------------------------------------- a trained model over existing shards
+def run_extract(kind: str, model, shards, out: str | Path, workers: Workers | None = None, *,
+                batch_size: int = 64, device: str | None = None, bf16: bool | None = None,
+                drop_images: bool = False) -> StageSummary:
+    """Run a trained model once per shard sample and store its outputs: ``kind`` ``imageed`` (F_U from ED
+    images, ``train.imageed.FeatureExtractor``) or ``teacher`` (F_S and EDP(F_S) from structure images,
+    ``train.teacher.TargetExtractor``). ``model``: the model or its checkpoint path (a path for Ray actors).
+    ``out``: a shard folder or URL (every input sample copied with the new ``.npy`` members; resumable) or a
+    path ending in ``.npz`` (``ids`` plus one array per output)."""
+    from edg_core.errors import EDGError
+    from train.data import raw_samples
+    if kind == "imageed":
+        from train.imageed import FeatureExtractor as worker
+    elif kind == "teacher":
+        from train.teacher import TargetExtractor as worker
+    else:
+        raise EDGError(f"extract: unknown model kind {kind!r}; use imageed or teacher")
+    args = {"model": model, "device": device, "drop_images": drop_images}
+    if bf16 is not None:
+        args["bf16"] = bf16
+    sink = NpzFile() if str(out).endswith(".npz") else Shards("shard", maxcount=1000)
+    stage = Stage(f"extract {kind}", worker, args, sink, key=lambda raw: raw["__key__"],
+                  record=lambda raw: f"{raw.get('__url__', '?')}:{raw['__key__']}", batch_size=batch_size,
+                  unit="samples")
+    return run_stage(stage, raw_samples(shards), out, workers or Workers())

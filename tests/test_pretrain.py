@@ -7,8 +7,8 @@ import torch
 
 from edg_core.errors import EDGError
 from edg_core.io import read_jsonl
-from train.data import count_samples, in_validation, write_synthetic_shards
 from train.checkpoint import Checkpoints, load_checkpoint
+from train.data import count_samples, in_validation, write_synthetic_shards
 from train.imageed import imageed_preset, load_imageed
 from train.optim import scaled_lr, warmup_cosine
 from train.pretrain import ImageEDTrainConfig, TeacherTrainConfig, train_imageed, train_teacher
@@ -95,9 +95,10 @@ def test_imageed_validation_and_figure(shards, tmp_path):
 
 
 def test_teacher_learns_fu(shards, tmp_path):
-    from train.imageed import ImageED, extract_features
+    from cluster.stages import run_extract
+    from train.imageed import ImageED
     torch.manual_seed(0)
-    extract_features(ImageED(imageed_preset("tiny")), shards, tmp_path / "fu")
+    run_extract("imageed", ImageED(imageed_preset("tiny")), shards, tmp_path / "fu")
     cfg = TeacherTrainConfig(model=TEACHER_PRESETS["tiny"], epochs=6, batch_size=8, lr=0.05, num_workers=0,
                              val_fraction=0.0, shuffle_buffer=16)
     train_teacher(cfg, tmp_path / "fu", tmp_path / "run")

@@ -60,7 +60,7 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
 def test_model_shapes_are_read_from_the_shards(tmp_path, capsys):
     """--preset tiny (32 px) on 64 px images adapts and keeps its 4 x 4 patch grid; a teacher whose F_U width
     was set by hand and disagrees with the shards is refused at start-up with the flag to set."""
-    from train.imageed import ImageED, extract_features, imageed_preset, load_imageed
+    from train.imageed import ImageED, imageed_preset, load_imageed
     write_synthetic_shards(tmp_path / "s", size=64, limit=8)
     common = ["--preset", "tiny", "--num-workers", "0", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0"]
     assert main(["pretrain", "imageed", "--shards", str(tmp_path / "s"), "--out", str(tmp_path / "i"), *common]) == 0
@@ -70,8 +70,9 @@ def test_model_shapes_are_read_from_the_shards(tmp_path, capsys):
     model = load_imageed(tmp_path / "i")
     assert (model.cfg.img_size, model.cfg.patch_size, model.cfg.grid_size) == (64, 16, 4)
 
-    extract_features(ImageED(imageed_preset("tiny", img_size=64, patch_size=16, embed_dim=48)), tmp_path / "s",
-                     tmp_path / "fu")  # F_U 48 wide
+    from cluster.stages import run_extract
+    run_extract("imageed", ImageED(imageed_preset("tiny", img_size=64, patch_size=16, embed_dim=48)),
+                tmp_path / "s", tmp_path / "fu")  # F_U 48 wide
     t = ["pretrain", "teacher", "--shards", str(tmp_path / "fu"), *common]
     assert main([*t, "--out", str(tmp_path / "t1"), "--model.fu-dim", "64"]) == 2
     err = capsys.readouterr().err

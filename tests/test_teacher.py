@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 import torch
 
+from cluster.stages import run_extract
 from edg_core.errors import EDGError
 from edg_core.shards import read_samples
 from train.data import ShardImages, image_loader, write_synthetic_shards
-from train.imageed import ImageED, extract_features, imageed_preset
+from train.imageed import ImageED, imageed_preset
 from train.teacher import (
     TEACHER_PRESETS,
     EDPredictor,
     Teacher,
     TeacherConfig,
     augment_structure_images,
-    export_targets,
     load_ed_predictor,
     load_teacher,
     teacher_loss,
@@ -35,8 +35,8 @@ def shards_with_fu(tmp_path_factory):
     root = tmp_path_factory.mktemp("teacher")
     write_synthetic_shards(root / "img", size=32, maxcount=6, limit=12)
     torch.manual_seed(0)
-    extract_features(ImageED(imageed_preset("tiny")), root / "img", root / "fu.npz", batch_size=5)
-    extract_features(ImageED(imageed_preset("tiny")), root / "img", root / "fu", batch_size=5)
+    run_extract("imageed", ImageED(imageed_preset("tiny")), root / "img", root / "fu.npz", batch_size=5)
+    run_extract("imageed", ImageED(imageed_preset("tiny")), root / "img", root / "fu", batch_size=5)
     return root
 
 
@@ -198,22 +198,23 @@ def test_teacher_batches_mark_missing_fu(shards_with_fu):
 
 
 def test_exported_targets_shapes_and_determinism(teacher, shards_with_fu, tmp_path):
-    a = export_targets(teacher, shards_with_fu / "fu", tmp_path / "t.npz", batch_size=5)
-    b = export_targets(teacher, shards_with_fu / "fu", tmp_path / "t2.npz", batch_size=12)
-    assert a["computed"] == b["computed"] == 12
+    a = run_extract("teacher", teacher, shards_with_fu / "fu", tmp_path / "t.npz", batch_size=5)
+    b = run_extract("teacher", teacher, shards_with_fu / "fu", tmp_path / "t2.npz", batch_size=12)
+    assert a.done == b.done == 12 and a.failed == 0
     za, zb = np.load(tmp_path / "t.npz"), np.load(tmp_path / "t2.npz")
     assert za["fs"].shape == (12, 512) and za["edp"].shape == (12, 64) and za["ids"].shape == (12,)
     np.testing.assert_allclose(za["fs"], zb["fs"], rtol=1e-5, atol=1e-6)  # batch size does not matter
     np.testing.assert_allclose(za["edp"], zb["edp"], rtol=1e-5, atol=1e-6)
     # shard output: same values, images dropped on request, and a rerun skips what is done
-    s = export_targets(teacher, shards_with_fu / "fu", tmp_path / "tshards", batch_size=5, drop_images=True)
-    assert s["computed"] == 12
+    s = run_extract("teacher", teacher, shards_with_fu / "fu", tmp_path / "tshards", batch_size=5,
+                    drop_images=True)
+    assert s.done == 12
     samples = list(read_samples(tmp_path / "tshards"))
     assert [d["meta"]["id"] for d in samples] == list(za["ids"])
     assert "stimg" not in samples[0] and "edimg" not in samples[0] and samples[0]["fu"].shape == (64,)
     np.testing.assert_allclose(np.stack([d["edp"].numpy() for d in samples]), za["edp"], rtol=1e-6)
-    again = export_targets(teacher, shards_with_fu / "fu", tmp_path / "tshards", batch_size=5)
-    assert again == {"computed": 0, "without_images": 0, "skipped_done": 12}
+    again = run_extract("teacher", teacher, shards_with_fu / "fu", tmp_path / "tshards", batch_size=5)
+    assert (again.done, again.skipped, again.failed) == (0, 12, 0)
 
 
 def test_teacher_on_rendered_structure_images(tmp_path):
@@ -230,14 +231,14 @@ def test_teacher_on_rendered_structure_images(tmp_path):
             st = render.render_structure(mol.z, mol.pos, RenderConfig(image_size=32))
             w.write(encode_sample(mol, edimg=ed, stimg=st))
     torch.manual_seed(0)
-    extract_features(ImageED(imageed_preset("tiny")), tmp_path / "img", tmp_path / "fu")
+    run_extract("imageed", ImageED(imageed_preset("tiny")), tmp_path / "img", tmp_path / "fu")
     cfg = TeacherTrainConfig(model=TEACHER_PRESETS["tiny"], epochs=2, batch_size=8, num_workers=0, val_fraction=0.0)
     m = train_teacher(cfg, tmp_path / "fu", tmp_path / "run")
     assert math.isfinite(m["train_loss"]) and m["train_with_fu"] == 1.0
     assert m["lr"] == pytest.approx(cfg.lr)  # constant lr (the authors'), not decayed to 0 at the last epoch
     t = load_teacher(tmp_path / "run" / "teacher.pt")
-    export_targets(t, tmp_path / "fu", tmp_path / "a.npz")
-    export_targets(t, tmp_path / "fu", tmp_path / "b.npz")
+    run_extract("teacher", t, tmp_path / "fu", tmp_path / "a.npz")
+    run_extract("teacher", t, tmp_path / "fu", tmp_path / "b.npz")
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     assert a["edp"].shape == (16, 64) and np.array_equal(a["edp"], b["edp"]) and np.array_equal(a["fs"], b["fs"])
     assert np.unique(a["fs"].round(5), axis=0).shape[0] == 16  # every molecule gets its own F_S

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from edg_core.errors import ShardError
 from edg_core.shards import npy_bytes, shard_keys, webdataset_pipeline
+from edg_core.stage import BatchResult, Failure
 
 log = logging.getLogger(__name__)
 
@@ -199,87 +200,57 @@ def write_synthetic_shards(out, source: str = "embedded:qm9", size: int = 32, ma
     return n
 
 
-# ---------------------------------------------------------------- per-sample outputs: shards or .npz
-def annotate_shards(spec, out, member: str, compute, *, batch_size: int = 64, drop_images: bool = False,
-                    desc: str = "annotate") -> dict:
-    """Run ``compute`` once per sample that has image ``member`` ('edimg' or 'stimg') and store its outputs.
+# ---------------------------------------------------------------- per-sample outputs of a model
+class ShardAnnotator:
+    """A stage worker (``cluster.engine``) that runs a model once per raw shard sample having image ``member``
+    ('edimg' or 'stimg') and adds its outputs as ``<name>.npy`` members.
 
-    ``compute(images (B, V, C, H, W) float32 in [0, 1]) -> {name: (B, ...) tensor}``. ``out`` ending in
-    ``.npz`` gets arrays ``ids`` (molecule ids) and one array per output name, in shard order. Otherwise
-    ``out`` is a shard folder: every input sample is copied (images dropped if ``drop_images``) with
-    ``<name>.npy`` members added; samples without ``member`` are copied unchanged. Shard output resumes:
-    keys already in finished output shards are skipped. Returns counts.
+    ``compute(images (B, V, C, H, W) float32 in [0, 1]) -> {name: (B, ...) tensor}``. Samples without
+    ``member`` are passed through unchanged (images dropped if ``drop_images``); the names of the new members
+    are listed in the sample's ``__outputs__`` (not written to shards). A sample whose images cannot be
+    decoded, or that the shard reader marked as damaged, is a ``Failure`` naming the shard and the key.
     """
-    import json
-    from pathlib import Path
+    stage = "extract"
 
-    from edg_core.io import atomic_path, progress
-    from edg_core.shards import ShardWriter, decode_images_u8, iter_shard, shard_paths
-    to_npz = str(out).endswith(".npz")  # a local file; a shard folder may be a URL
-    if to_npz:
-        out = Path(out)
-    done = set() if to_npz else shard_keys(out)
-    stats = {"computed": 0, "without_images": 0, "skipped_done": 0}
-    ids: list[str] = []
-    arrays: dict[str, list[np.ndarray]] = {}
-    writer = None if to_npz else ShardWriter(out, "shard", maxcount=1000)
-    pending: list[tuple[dict, np.ndarray]] = []
+    def __init__(self, compute, member: str, drop_images: bool = False):
+        self.compute, self.member, self.drop_images = compute, member, drop_images
 
-    def flush():
-        if not pending:
-            return
-        imgs = torch.from_numpy(np.stack([img for _, img in pending])).float() / 255.0
-        res = {k: v.detach().float().cpu().numpy() for k, v in compute(imgs).items()}
-        for i, (raw, _) in enumerate(pending):
-            if to_npz:
-                ids.append(json.loads(raw["meta.json"])["id"])
-                for k, v in res.items():
-                    arrays.setdefault(k, []).append(v[i])
-            else:
-                writer.write({**_strip(raw, drop_images), **{f"{k}.npy": npy_bytes(v[i]) for k, v in res.items()}})
-        stats["computed"] += len(pending)
-        pending.clear()
+    def process_batch(self, raws: list[dict]) -> BatchResult:
+        from edg_core.shards import decode_images_u8
+        res, todo = BatchResult(), []
+        for raw in raws:
+            where = f"{raw.get('__url__', '?')}:{raw['__key__']}"
+            if raw.get("__error__"):
+                res.failures.append(Failure.of(where, self.stage, raw["__error__"], raw["__key__"]))
+                continue
+            enc = next((k for k in raw if k.split(".")[0] == self.member), None)
+            if enc is None:
+                res.samples.append(_strip(raw, self.drop_images))
+                continue
+            try:
+                todo.append((raw, decode_images_u8(raw[enc], enc.split(".", 1)[1])))
+            except Exception as e:  # noqa: BLE001 (any decoding problem costs this sample only)
+                res.failures.append(Failure.of(where, self.stage, f"member {enc!r} cannot be decoded ({e})",
+                                               raw["__key__"]))
+        by_shape: dict[tuple, list] = {}
+        for raw, img in todo:
+            by_shape.setdefault(img.shape, []).append((raw, img))
+        for group in by_shape.values():
+            imgs = torch.from_numpy(np.stack([img for _, img in group])).float() / 255.0
+            out = {k: v.detach().float().cpu().numpy() for k, v in self.compute(imgs).items()}
+            for i, (raw, _) in enumerate(group):
+                res.samples.append({**_strip(raw, self.drop_images), "__outputs__": sorted(out),
+                                    **{f"{k}.npy": npy_bytes(v[i]) for k, v in out.items()}})
+        return res
 
-    try:
-        for path in progress(shard_paths(spec), desc):
-            for raw in iter_shard(path):
-                if raw["__key__"] in done:
-                    stats["skipped_done"] += 1
-                    continue
-                if "__error__" in raw:  # damaged sample (iter_shard): skipped, named in the log
-                    stats["bad"] = stats.get("bad", 0) + 1
-                    log.warning("%s:%s: bad sample skipped: %s", path, raw["__key__"], raw["__error__"])
-                    continue
-                enc = next((k for k in raw if k.split(".")[0] == member), None)
-                if enc is None:
-                    stats["without_images"] += 1
-                    if writer is not None:
-                        flush()  # keep shard order
-                        writer.write(_strip(raw, drop_images))
-                    continue
-                try:
-                    img = decode_images_u8(raw[enc], enc.split(".", 1)[1])
-                except Exception as e:
-                    raise ShardError(f"{path}:{raw['__key__']}: member {enc!r} cannot be decoded ({e})") from None
-                if pending and img.shape != pending[0][1].shape:
-                    flush()
-                pending.append((raw, img))
-                if len(pending) >= batch_size:
-                    flush()
-        flush()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    if writer is not None:
-        writer.close()
-    else:
-        with atomic_path(out) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, ids=np.array(ids), **{k: np.stack(v) if v else np.zeros((0,)) for k, v in arrays.items()})
-    return stats
+
+def raw_samples(spec) -> Iterator[dict]:
+    """Every raw sample (member bytes, ``__key__``, ``__url__``) of the shards of ``spec``, in order."""
+    from edg_core.shards import iter_shard, shard_paths
+    for path in shard_paths(spec):
+        yield from iter_shard(path)
 
 
 def _strip(raw: dict, drop_images: bool) -> dict:
     return {k: v for k, v in raw.items()
-            if not (drop_images and k.split(".")[0] in ("edimg", "stimg"))}
+            if k == "__key__" or not (k.startswith("__") or (drop_images and k.split(".")[0] in ("edimg", "stimg")))}

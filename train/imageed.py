@@ -290,25 +290,30 @@ def load_imageed(path, map_location="cpu", unsafe_pickle: bool | None = None) ->
     return model.eval()
 
 
-def extract_features(model: ImageED, shards, out, batch_size: int = 64, device=None, bf16: bool = True,
-                     drop_images: bool = False) -> dict:
-    """Write F_U (``fu.npy``, (embed_dim,) float32) for every sample with ED images: into a copy of the
-    shards (folder ``out``) or a ``.npz`` (``ids``, ``fu``). Resumable for shard output; returns counts."""
-    import contextlib
+class FeatureExtractor:
+    """A stage worker (``cluster.stages.run_extract``): F_U (``fu.npy``, (embed_dim,) float32) for every shard
+    sample with ED images, from ``model`` (an ``ImageED`` or a path ``load_imageed`` reads)."""
 
-    from .data import annotate_shards
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model.to(device).eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" \
-        else contextlib.nullcontext()
+    def __init__(self, model, device=None, bf16: bool = True, drop_images: bool = False):
+        import contextlib
 
-    def compute(imgs):
-        with autocast:
-            return {"fu": model.features(imgs.to(device))}
-    return annotate_shards(shards, out, "edimg", compute, batch_size=batch_size, drop_images=drop_images,
-                           desc="ImageED features")
+        from .data import ShardAnnotator
+        model = model if isinstance(model, ImageED) else load_imageed(model)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = model.to(device).eval()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" \
+            else contextlib.nullcontext()
+
+        @torch.no_grad()
+        def compute(imgs):
+            with autocast:
+                return {"fu": model.features(imgs.to(device))}
+        self.annotator = ShardAnnotator(compute, "edimg", drop_images)
+
+    def process_batch(self, raws: list[dict]):
+        return self.annotator.process_batch(raws)
 
 
 __all__ = ["ImageEDConfig", "ImageED", "IMAGEED_PRESETS", "imageed_preset", "sincos_pos_embed_2d",
            "normalise_views", "n_params", "save_reconstruction_png", "imageed_state", "load_imageed",
-           "extract_features"]
+           "FeatureExtractor"]

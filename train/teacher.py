@@ -224,24 +224,28 @@ def _tuples(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
-def export_targets(model: Teacher, shards, out, batch_size: int = 128, device=None, bf16: bool = False,
-                   drop_images: bool = False) -> dict:
-    """Run the teacher once per conformation with structure images and store F_S (``fs.npy``) and
-    EDP(F_S) (``edp.npy``): into a copy of the shards (folder ``out``) or a ``.npz`` (``ids``, ``fs``, ``edp``).
-    Eval mode, no augmentation, float32 unless ``bf16``; student training reads these instead of running
-    the teacher. Resumable for shard output; returns counts."""
-    import contextlib
+class TargetExtractor:
+    """A stage worker (``cluster.stages.run_extract``): the teacher once per conformation with structure
+    images, storing F_S (``fs.npy``) and EDP(F_S) (``edp.npy``). Eval mode, no augmentation, float32 unless
+    ``bf16``; student training reads these instead of running the teacher. ``model``: a ``Teacher`` or a path
+    ``load_teacher`` reads."""
 
-    from .data import annotate_shards
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model.to(device).eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" \
-        else contextlib.nullcontext()
+    def __init__(self, model, device=None, bf16: bool = False, drop_images: bool = False):
+        import contextlib
 
-    @torch.no_grad()
-    def compute(imgs):
-        with autocast:
-            fs, edp = model(imgs.to(device))
-        return {"fs": fs, "edp": edp}
-    return annotate_shards(shards, out, "stimg", compute, batch_size=batch_size, drop_images=drop_images,
-                           desc="teacher targets")
+        from .data import ShardAnnotator
+        model = model if isinstance(model, Teacher) else load_teacher(model)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = model.to(device).eval()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" \
+            else contextlib.nullcontext()
+
+        @torch.no_grad()
+        def compute(imgs):
+            with autocast:
+                fs, edp = model(imgs.to(device))
+            return {"fs": fs, "edp": edp}
+        self.annotator = ShardAnnotator(compute, "stimg", drop_images)
+
+    def process_batch(self, raws: list[dict]):
+        return self.annotator.process_batch(raws)

@@ -1,0 +1,90 @@
+"""The one stage driver (cluster.engine.run_stage) in this process: batching, typed failures, one manifest entry
+per failed key across resumes, compaction when a retried key succeeds, and the extract stage over damaged shards."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from cluster.engine import Shards, Stage, Workers, run_stage
+from edg_core.errors import InvalidRecord
+from edg_core.io import read_jsonl
+from edg_core.molecule import Molecule
+from edg_core.shards import encode_sample, read_samples, sample_key
+from edg_core.stage import BatchResult, Failure
+
+
+class Squares:
+    """A stage worker: a molecule's sample, a Failure for ids listed in ``refuse``, and a crash (a worker bug)
+    for a batch holding an id in ``crash``."""
+
+    def __init__(self, refuse=(), crash=()):
+        self.refuse, self.crash = set(refuse), set(crash)
+
+    def process_batch(self, mols):
+        if any(m.id in self.crash for m in mols):
+            raise RuntimeError("worker bug")
+        res = BatchResult()
+        for m in mols:
+            if m.id in self.refuse:
+                res.failures.append(Failure.of(m.id, "squares", "refused"))
+            else:
+                res.samples.append(encode_sample(m))
+        return res
+
+
+def mols(n):
+    return [Molecule(z=[1, 1], pos=[[0, 0, 0], [0, 0, 0.7 + 0.01 * i]], id=f"m{i}") for i in range(n)]
+
+
+def stage(**args):
+    return Stage("squares", Squares, args, Shards("s", maxcount=4), key=lambda m: sample_key(m.id),
+                 record=lambda m: m.id, batch_size=3)
+
+
+def test_failures_are_typed_isolated_and_recorded_once_across_resumes(tmp_path):
+    items = mols(9) + [InvalidRecord("in.xyz:frame 9", "unknown element 'Zz'")]
+    s = run_stage(stage(refuse={"m1"}, crash={"m7"}), items, tmp_path, Workers())
+    # m6..m8 share a batch with the crash: the bug costs that batch only
+    assert (s.done, s.failed, s.skipped) == (5, 5, 0)
+    entries = read_jsonl(tmp_path / "failures.jsonl")
+    by = {e["record"]: e for e in entries}
+    assert by["m1"]["reason"] == "refused" and by["m7"]["reason"] == "error: RuntimeError: worker bug"
+    assert by["in.xyz:frame 9"]["stage"] == "read" and len(entries) == 5
+    assert sorted(d["meta"]["id"] for d in read_samples(tmp_path)) == ["m0", "m2", "m3", "m4", "m5"]
+    again = run_stage(stage(refuse={"m1"}, crash={"m7"}), items, tmp_path, Workers())
+    assert (again.done, again.failed, again.skipped) == (0, 0, 9)  # failed keys are skipped too
+    for _ in range(2):  # retried twice: batches [m1 m6 m7] (crash) and [m8] (now alone: succeeds)
+        run_stage(stage(refuse={"m1"}, crash={"m7"}), items, tmp_path, Workers(), retry_failed=True)
+    # one entry per key still failing; m8 succeeded on the first retry and left the manifest
+    assert sorted(e["record"] for e in read_jsonl(tmp_path / "failures.jsonl")) == \
+        ["in.xyz:frame 9", "m1", "m6", "m7"]
+    fixed = run_stage(stage(), items, tmp_path, Workers(), retry_failed=True)  # the bug is fixed
+    assert (fixed.done, fixed.failed) == (3, 1)  # m1, m6, m7 now succeed; the unreadable record stays
+    assert [e["record"] for e in read_jsonl(tmp_path / "failures.jsonl")] == ["in.xyz:frame 9"]
+    assert len(list(read_samples(tmp_path))) == 9 and json.loads((tmp_path / "progress.json").read_text())
+
+
+def test_extract_keeps_good_samples_around_a_damaged_one(tmp_path):
+    import torch
+
+    from cluster.stages import run_extract
+    from train.data import write_synthetic_shards
+    from train.imageed import ImageED, imageed_preset
+    write_synthetic_shards(tmp_path / "img", size=32, maxcount=100, limit=6)
+    # damage one sample's ED images: a copy of the shards with that member's bytes cut
+    from edg_core.shards import ShardWriter, iter_shard, shard_paths
+    with ShardWriter(tmp_path / "bad", "shard") as w:
+        for raw in (r for p in shard_paths(tmp_path / "img") for r in iter_shard(p)):
+            enc = next(k for k in raw if k.startswith("edimg"))
+            if raw["__key__"] == "qm9:3":
+                raw[enc] = raw[enc][:50]
+            w.write({k: v for k, v in raw.items() if k == "__key__" or not k.startswith("__")})
+    torch.manual_seed(0)
+    s = run_extract("imageed", ImageED(imageed_preset("tiny")), tmp_path / "bad", tmp_path / "fu.npz", batch_size=4)
+    assert (s.done, s.failed) == (5, 1)
+    z = np.load(tmp_path / "fu.npz")
+    assert "qm9:3" not in list(z["ids"]) and z["fu"].shape == (5, 64)
+    (fail,) = read_jsonl(tmp_path / "fu.npz.failures.jsonl")
+    assert fail["key"] == "qm9:3" and fail["stage"] == "extract" and "cannot be decoded" in fail["reason"]
+    assert "shard-000000.tar:qm9:3" in fail["record"]
