@@ -1,0 +1,34 @@
+"""Where stages run: Ray inside a Ray job or with $RAY_ADDRESS unless the config/flags say otherwise; the
+pipeline says which it chose."""
+from __future__ import annotations
+
+import pytest
+
+from cluster.runtime import use_ray
+
+
+@pytest.mark.parametrize("env,setting,expected", [
+    ({}, None, False),
+    ({"RAY_ADDRESS": "10.0.0.1:6379"}, None, True),
+    ({"RAY_JOB_CONFIG_JSON_ENV_VAR": '{"runtime_env": {}}'}, None, True),  # set by `ray job submit`
+    ({"RAY_ADDRESS": "10.0.0.1:6379"}, False, False),  # the config or --no-ray wins
+    ({}, True, True),
+])
+def test_use_ray_follows_the_cluster_context_unless_told(monkeypatch, env, setting, expected):
+    for k in ("RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    on, why = use_ray(setting)
+    assert on is expected and why
+
+
+def test_the_demo_config_leaves_the_choice_to_the_context_and_the_pipeline_says_it(monkeypatch, tmp_path, capsys):
+    from cluster.pipeline import Pipeline, load_pipeline_config
+    cfg = load_pipeline_config("configs/demo.yaml", {"out": str(tmp_path / "run")})
+    assert cfg.ray.enabled is None
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert Pipeline(cfg).use_ray
+    assert "stages run as Ray work (inside a Ray job or $RAY_ADDRESS is set)" in capsys.readouterr().out
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert not Pipeline(cfg).use_ray
