@@ -49,8 +49,11 @@ def test_every_stage_command_has_the_same_worker_flags():
     from cluster.stage_args import WORKER_FLAGS
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices
+    extract = next(a for a in sub["extract"]._actions if a.dest == "extract_command").choices
     commands = {"dft": sub["dft"], "render": sub["render"],
-                "data convert": next(a for a in sub["data"]._actions if a.dest == "data_command").choices["convert"]}
+                "data convert": next(a for a in sub["data"]._actions if a.dest == "data_command").choices["convert"],
+                "extract imageed-features": extract["imageed-features"],
+                "extract teacher-targets": extract["teacher-targets"]}
     for name, p in commands.items():
         flags = {o for a in p._actions for o in a.option_strings}
         assert set(WORKER_FLAGS) <= flags, f"edg {name} lacks {set(WORKER_FLAGS) - flags}"
