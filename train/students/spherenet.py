@@ -21,8 +21,10 @@ Blocks (DIG names; e = (e1, e2) edge features, v node outputs, u graph output):
     update_v:  h_i = MLP(W_up sum_j e2_ji) (out_emb_channels),  v_i = W h_i (out_dim)
     update_u:  u = sum over blocks of sum_i v_i
 
-F_G = sum_i sum_blocks h_i (the pooled input of the output layers, out_emb_channels = 256 by default) and
-pred = u, exactly the quantity DIG's SphereNet returns.
+F_G = sum_i sum_blocks h_i (the pooled input of the output layers, out_emb_channels = 256 by default). The
+prediction (``readout``): ``features`` (default, as the paper ran it: the authors call Geom3D's SphereNet with
+``extract_representation=True`` and predict with ``graph_pred_linear = Linear(256, out, bias=False)``, so
+pred = W F_G, one output layer shared by the blocks) or ``blocks`` (DIG's pred = u with its own W per block).
 
 Defaults are DIG's SphereNet QM9 baseline (dig.threedgraph.method.SphereNet, as used in the SphereNet
 paper's experiments): hidden 128, out_emb 256, int_emb 64, basis_emb 8/8/8 (dist/angle/torsion),
@@ -73,6 +75,7 @@ class SphereNetConfig:
     output_init: str = "glorot_orthogonal"  # or "zeros" (initial prediction 0)
     max_z: int = 95
     feature_pool: str = "sum"
+    readout: str = "features"  # features: pred = W F_G (the paper's); blocks: DIG's per-block output layers
     out_dim: int = 1
 
 
@@ -203,27 +206,33 @@ class SphereNetUpdateE(torch.nn.Module):
         return out, self.lin_e2(rbf) * out
 
 
-class SphereNetUpdateV(torch.nn.Module):
-    """Edge features -> node features h_i (out_emb_channels) and node outputs v_i = W h_i (out_dim)."""
+def _output_layer(out_emb: int, out_dim: int, output_init: str) -> Linear:
+    lin = Linear(out_emb, out_dim, bias=False)
+    if output_init == "zeros":
+        torch.nn.init.zeros_(lin.weight)
+    elif output_init == "glorot_orthogonal":
+        glorot_orthogonal(lin.weight, scale=2.0)
+    else:
+        raise ValueError(f"SphereNet: unknown output_init {output_init!r}; use glorot_orthogonal or zeros")
+    return lin
 
-    def __init__(self, hidden: int, out_emb: int, out_dim: int, num_layers: int, act, output_init: str):
+
+class SphereNetUpdateV(torch.nn.Module):
+    """Edge features -> node features h_i (out_emb_channels) and, with an output layer, v_i = W h_i (out_dim)."""
+
+    def __init__(self, hidden: int, out_emb: int, out_dim: int, num_layers: int, act, output_init: str,
+                 with_output: bool = True):
         super().__init__()
         self.act = act
         self.lin_up = Linear(hidden, out_emb)
         self.lins = torch.nn.ModuleList([Linear(out_emb, out_emb) for _ in range(num_layers)])
-        self.lin = Linear(out_emb, out_dim, bias=False)
-        if output_init == "zeros":
-            torch.nn.init.zeros_(self.lin.weight)
-        elif output_init == "glorot_orthogonal":
-            glorot_orthogonal(self.lin.weight, scale=2.0)
-        else:
-            raise ValueError(f"SphereNet: unknown output_init {output_init!r}; use glorot_orthogonal or zeros")
+        self.lin = _output_layer(out_emb, out_dim, output_init) if with_output else None
 
-    def forward(self, e2: Tensor, i: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
+    def forward(self, e2: Tensor, i: Tensor, num_nodes: int) -> tuple[Tensor, Tensor | None]:
         h = self.lin_up(scatter(e2, i, dim=0, dim_size=num_nodes, reduce="sum"))
         for lin in self.lins:
             h = self.act(lin(h))
-        return h, self.lin(h)
+        return h, (self.lin(h) if self.lin is not None else None)
 
 
 class SphereNetStudent(Student):
@@ -236,9 +245,13 @@ class SphereNetStudent(Student):
         self.tbf = TorsionBasis(c.num_spherical, c.num_radial, c.cutoff, c.envelope_exponent)
         self.init_e = SphereNetInit(c.num_radial, c.hidden_channels, c.max_z, act)
         self.update_es = torch.nn.ModuleList([SphereNetUpdateE(c, act) for _ in range(c.num_layers)])
+        if c.readout not in ("features", "blocks"):
+            raise ValueError(f"SphereNet: unknown readout {c.readout!r}; use features or blocks")
+        blocks = c.readout == "blocks"
         self.update_vs = torch.nn.ModuleList([
             SphereNetUpdateV(c.hidden_channels, c.out_emb_channels, c.out_dim, c.num_output_layers, act,
-                             c.output_init) for _ in range(c.num_layers + 1)])
+                             c.output_init, with_output=blocks) for _ in range(c.num_layers + 1)])
+        self.head = None if blocks else _output_layer(c.out_emb_channels, c.out_dim, c.output_init)
         self.feature_dim = c.out_emb_channels
         self.out_dim = c.out_dim
 
@@ -262,5 +275,9 @@ class SphereNetStudent(Student):
         for update_e, update_v in zip(self.update_es, self.update_vs[1:]):
             e1, e2 = update_e(e1, rbf, sbf, tbf, idx_kj, idx_ji)
             h, v = update_v(e2, i, n)
-            feats_atom, per_atom = feats_atom + h, per_atom + v
-        return pool(feats_atom, batch, n_graphs, c.feature_pool), pool(per_atom, batch, n_graphs, "sum")
+            feats_atom = feats_atom + h
+            per_atom = per_atom + v if self.head is None else None
+        feats = pool(feats_atom, batch, n_graphs, c.feature_pool)
+        if self.head is not None:
+            return feats, self.head(feats)
+        return feats, pool(per_atom, batch, n_graphs, "sum")
