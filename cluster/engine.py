@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edg_core.errors import InvalidRecord
+from edg_core.errors import DiskFullError, InvalidRecord
 from edg_core.io import append_jsonl, progress, read_jsonl, write_bytes_atomic
 from edg_core.shards import ShardWriter, shard_keys
 from edg_core.stage import BatchResult, Failure
@@ -239,6 +239,8 @@ def _in_process(stage: Stage, batches: Iterable[list]) -> Iterator[tuple[list, B
     for batch in batches:
         try:
             yield batch, worker.process_batch(batch)
+        except DiskFullError:  # not the molecules' fault: stop (a rerun resumes) rather than fail every one
+            raise
         except Exception as e:  # a worker bug costs its batch, not the run
             reason = f"error: {type(e).__name__}: {e}"
             yield batch, BatchResult(failures=[Failure.of(stage.record(it), stage.name, reason, stage.key(it))
