@@ -89,6 +89,27 @@ def is_stale_temp(path: str | os.PathLike, now: float | None = None) -> bool:
     return age > FOREIGN_TEMP_AGE_S
 
 
+def scratch_dir(prefix: str) -> Path:
+    """A fresh temporary folder ``<tmp>/<prefix><host>-<pid>-<random>`` (staging copies of remote files):
+    ``remove_stale_scratch(prefix)`` deletes those whose process was killed before it could clean up."""
+    import tempfile
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{_HOST}-{os.getpid()}-"))
+
+
+def remove_stale_scratch(prefix: str) -> list[Path]:
+    """Delete this host's ``scratch_dir(prefix)`` folders whose process no longer runs; returns them."""
+    import shutil
+    import tempfile
+    pat = re.compile(rf"^{re.escape(prefix)}{_HOST}-(\d+)-")
+    removed = []
+    for entry in os.scandir(tempfile.gettempdir()):
+        m = pat.match(entry.name)
+        if m and entry.is_dir(follow_symlinks=False) and not _pid_alive(int(m[1])):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
 def remove_stale_temps(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
     """Delete the temporary files that killed writers left in ``folder`` (see ``is_stale_temp``); files being
     written by live processes stay. Returns the files removed. A missing folder has none."""

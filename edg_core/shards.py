@@ -249,8 +249,8 @@ class ShardWriter:
         self.prefix, self.maxcount, self.maxsize = prefix, maxcount, maxsize
         self.remote = str(out).rstrip("/") if is_remote(out) else None
         if self.remote is not None:  # stage each shard locally, upload it whole when complete
-            import tempfile
-            self.out = Path(tempfile.mkdtemp(prefix="edg-shards-"))
+            from .storage import _scratch
+            self.out = _scratch("edg-shards-")
             fs, root = url_to_fs(self.remote)
             existing = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{root}/{prefix}-*.tar"))
         else:

@@ -27,14 +27,14 @@ import contextlib
 import fnmatch
 import hashlib
 import os
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import StorageError
 
-__all__ = ["is_remote", "check_location", "local_path_for", "url_to_fs", "join", "exists", "size", "open_read", "read_bytes", "list_files",
+__all__ = ["is_remote", "check_location", "local_path_for", "url_to_fs", "join", "exists", "size", "open_read",
+           "read_bytes", "list_files",
            "upload", "download", "Mirror", "cache_root", "staging_dir"]
 
 
@@ -198,6 +198,13 @@ def staging_dir(url: str) -> Path:
     return cache_root() / "staging" / hashlib.sha1(str(url).rstrip("/").encode()).hexdigest()[:16]
 
 
+def _scratch(prefix: str) -> Path:
+    """A temporary folder of this process; folders of killed processes with the same prefix are removed."""
+    from .io import remove_stale_scratch, scratch_dir
+    remove_stale_scratch(prefix)
+    return scratch_dir(prefix)
+
+
 _STATE = ".edg-mirror.json"  # a working copy's record of what it last synced (never uploaded)
 
 
@@ -229,8 +236,11 @@ class Mirror:
         elif local is not None:
             self.local = Path(local)
         else:
-            self.local = Path(tempfile.mkdtemp(prefix="edg-mirror-")) if temporary else staging_dir(self.remote)
+            self.local = _scratch("edg-mirror-") if temporary else staging_dir(self.remote)
         self.local.mkdir(parents=True, exist_ok=True)
+        if self.remote is not None:  # a reused working copy: drop what interrupted downloads left
+            from .io import remove_stale_temps
+            remove_stale_temps(self.local)
         # rel -> [(size, mtime_ns) of the local copy, _version of the remote file] at the last sync; kept in
         # local/.edg-mirror.json so that a working copy reused later knows what it holds
         self._seen: dict[str, list] = {}

@@ -13,8 +13,7 @@ import pytest
 
 from edg_core.errors import ShardError
 from edg_core.readers import open_source
-from edg_core.shards import (ShardWriter, decode_images_u8, encode_sample, iter_shard, read_samples,
-                             shard_keys)
+from edg_core.shards import ShardWriter, decode_images_u8, encode_sample, iter_shard, read_samples, shard_keys
 
 
 def _convert(out, n=5, **images):
@@ -101,7 +100,8 @@ def test_training_reader_skips_bad_samples_up_to_a_threshold(tmp_path, monkeypat
     ds = ShardImages(tmp_path, "imageed", img_size=32, n_views=6, split="all")
     keys = [s["key"] for s in ds]
     assert keys == [m.id for i, m in enumerate(mols) if i not in (1, 4)]
-    assert len(ds.bad) == 2 and "edimg has shape (6, 4, 16, 16)" in ds.bad[0] and "lacks member(s) ['pos.npy']" in ds.bad[1]
+    assert len(ds.bad) == 2
+    assert "edimg has shape (6, 4, 16, 16)" in ds.bad[0] and "lacks member(s) ['pos.npy']" in ds.bad[1]
     monkeypatch.setenv("EDG_MAX_BAD_SAMPLES", "1")
     with pytest.raises(ShardError, match=r"2 bad samples in one pass, over max_bad_samples=1"):
         list(ShardImages(tmp_path, "imageed", img_size=32, n_views=6, split="all"))

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import fsspec
 import pytest
@@ -219,3 +220,24 @@ def test_molecules_over_the_render_budget_fail_alone():
     assert [s["__key__"] for s in res.samples] == ["qm9:2", "qm9:3", "qm9:4"]
     assert [(f.record, f.reason) for f in res.failures] == [
         ("qm9:1", "too large for the render budget: 5 atoms > max_atoms 4")]
+
+
+def test_staging_folders_and_temp_files_of_killed_processes_are_cleaned(tmp_path):
+    import tempfile
+
+    from edg_core.io import _HOST
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = Path(tempfile.gettempdir()) / f"edg-mirror-{_HOST}-{dead.pid}-abc123"
+    left.mkdir()
+    (left / "fields.npz").write_bytes(b"staged")
+    wc = tmp_path / "wc"
+    wc.mkdir()
+    half = wc / temp_name("metrics.jsonl").replace(f"-{os.getpid()}-", f"-{dead.pid}-")
+    half.write_text("half")
+    m = Mirror(f"local://{tmp_path / 'bucket'}", local=wc)  # a reused working copy
+    assert not half.exists()
+    t = Mirror(f"local://{tmp_path / 'bucket'}", temporary=True)  # a new temporary copy clears dead ones
+    assert not left.exists() and t.local.name.startswith(f"edg-mirror-{_HOST}-{os.getpid()}-")
+    t.close()
+    assert m.local == wc

@@ -53,8 +53,8 @@ class ShardImages(IterableDataset):
     ``kind`` is ``"imageed"`` (needs ``edimg``) or ``"teacher"`` (needs ``stimg``; ``fu`` optional).
     Samples lacking the needed images are skipped (counted in the log). A bad sample (damaged or missing
     members, images or ``fu`` of the wrong shape) is skipped with a warning naming the shard, key and reason;
-    more than ``max_bad_samples`` (default ``$EDG_MAX_BAD_SAMPLES``, else 100) of them in one pass, or a pass in which every sample is bad (a model configured
-    for other images), raise ``ShardError``.
+    more than ``max_bad_samples`` (default ``$EDG_MAX_BAD_SAMPLES``, else 100) of them in one pass, or a pass
+    in which every sample is bad (a model configured for other images), raise ``ShardError``.
     """
 
     def __init__(self, spec, kind: str, *, img_size: int, n_views: int, split: str = "train",
