@@ -73,17 +73,22 @@ def density_gpu(pmol, dm, coords, chunk: int = 65536):
     AO values come from ``gpu4pyscf.dft.numint.eval_ao`` in the (nao, npts) layout (``transpose=False``,
     gpu4pyscf >= 1.2), with the AO-sorting optimiser built once for the molecule rather than once per chunk.
     """
+    import contextlib
+
     import cupy
     from gpu4pyscf.dft import numint as gnumint
     opt = gnumint._GDFTOpt.from_mol(pmol)
     nao = pmol.nao_nr()
     dm = cupy.asarray(dm)
     rho = cupy.empty(coords.shape[0])
-    for s in _chunks(coords.shape[0], chunk):
-        ao = gnumint.eval_ao(pmol, coords[s], gdftopt=opt, transpose=False)
-        if ao.shape != (nao, s.stop - s.start):
-            raise RuntimeError(f"gpu4pyscf eval_ao returned shape {ao.shape}, expected ({nao}, {s.stop - s.start})")
-        rho[s] = ((dm @ ao) * ao).sum(axis=0)
+    # gpu4pyscf 1.4 wants the optimiser's device environment entered around calls that pass it (1.5+: automatic)
+    envs = opt.gdft_envs_cache() if hasattr(opt, "gdft_envs_cache") else contextlib.nullcontext()
+    with envs:
+        for s in _chunks(coords.shape[0], chunk):
+            ao = gnumint.eval_ao(pmol, coords[s], gdftopt=opt, transpose=False)
+            if ao.shape != (nao, s.stop - s.start):
+                raise RuntimeError(f"gpu4pyscf eval_ao returned shape {ao.shape}, expected ({nao}, {s.stop - s.start})")
+            rho[s] = ((dm @ ao) * ao).sum(axis=0)
     return rho
 
 
