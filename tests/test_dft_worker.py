@@ -17,9 +17,11 @@ from dft.worker import DFTWorker, done_keys, load_result, result_path
 from edg_core.errors import InvalidRecord
 from edg_core.io import read_jsonl
 from edg_core.molecule import Molecule
+from edg_core.shards import sample_key
 
 FAST = dict(backend="cpu", basis="sto-3g", grid_spacing=0.8)
 H2 = Molecule(z=[1, 1], pos=[[0, 0, 0], [0, 0, 0.74]], id="h2/a")  # '/' is sanitised in the key
+H2_KEY = sample_key("h2/a")  # h2_a~<hash of the id>: one key per id
 WATER = Molecule(z=[8, 1, 1], pos=[[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]],
                  id="water")
 COLLAPSED = Molecule(z=[8, 1], pos=[[0, 0, 0], [0, 0, 0.01]], id="collapsed")
@@ -64,8 +66,8 @@ def test_failures_go_to_the_manifest_and_the_run_continues(tmp_path):
     by_record = {e["record"]: e for e in entries}
     assert by_record["collapsed"]["stage"] == "dft" and "bad geometry" in by_record["collapsed"]["reason"]
     assert by_record["input.xyz:frame 3"]["stage"] == "read"
-    assert done_keys(tmp_path) == {"h2_a", "water"}
-    r = load_result(result_path(tmp_path, "h2_a"))
+    assert done_keys(tmp_path) == {H2_KEY, "water"}
+    r = load_result(result_path(tmp_path, H2_KEY))
     assert r.id == "h2/a" and r.grid is None and r.ed is None
 
 
@@ -76,17 +78,17 @@ def test_timeout_and_non_convergence_are_recorded(tmp_path):
     reasons = {e["record"]: e["reason"] for e in read_jsonl(tmp_path / "failures.jsonl")}
     assert reasons["water"].startswith("timeout")
     assert reasons["h2/a"].startswith("not converged") and "diis" in reasons["h2/a"]
-    assert failed_keys(tmp_path) == {"water", "h2_a"}
+    assert failed_keys(tmp_path) == {"water", H2_KEY}
 
 
 def test_resume_skips_finished_and_failed_molecules(tmp_path):
     cfg = DFTConfig(**FAST, fields=False)
     first = run_dft([H2, COLLAPSED], tmp_path, cfg, Workers())
     assert (first.done, first.failed) == (1, 1)
-    stamp = result_path(tmp_path, "h2_a").stat().st_mtime_ns
+    stamp = result_path(tmp_path, H2_KEY).stat().st_mtime_ns
     again = run_dft([H2, COLLAPSED, WATER], tmp_path, cfg, Workers())
     assert (again.done, again.skipped, again.failed) == (1, 2, 0)
-    assert result_path(tmp_path, "h2_a").stat().st_mtime_ns == stamp  # not recomputed
+    assert result_path(tmp_path, H2_KEY).stat().st_mtime_ns == stamp  # not recomputed
     for _ in range(2):  # retried twice, failed twice: still one manifest entry
         retried = run_dft([COLLAPSED], tmp_path, cfg, Workers(), retry_failed=True)
         assert (retried.done, retried.failed, retried.skipped) == (0, 1, 0)
@@ -101,14 +103,14 @@ def test_results_fan_out_into_prefix_folders_and_flat_results_of_older_runs_stil
     assert all(len(f) == 2 and int(f, 16) >= 0 for f in folders) and result_rel("a") == result_rel("a")
     cfg = DFTConfig(**FAST, fields=False)
     run_dft([H2], tmp_path, cfg, Workers())
-    nested = result_path(tmp_path, "h2_a")
+    nested = result_path(tmp_path, H2_KEY)
     assert nested.parent.parent == tmp_path / "fields" and nested.exists()
-    flat = tmp_path / "fields" / "h2_a.npz"  # the layout of runs before the prefix folders
+    flat = tmp_path / "fields" / f"{H2_KEY}.npz"  # the layout of runs before the prefix folders
     nested.rename(flat)
-    assert done_keys(tmp_path) == {"h2_a"} and find_result(tmp_path, "h2_a") == flat
+    assert done_keys(tmp_path) == {H2_KEY} and find_result(tmp_path, H2_KEY) == flat
     again = run_dft([H2, WATER], tmp_path, cfg, Workers())
     assert (again.done, again.skipped) == (1, 1) and not nested.exists()  # the flat result is not recomputed
-    assert sorted(Path(p).name for p in result_files(tmp_path)) == ["h2_a.npz", "water.npz"]
+    assert sorted(Path(p).name for p in result_files(tmp_path)) == [f"{H2_KEY}.npz", "water.npz"]
     assert find_result(tmp_path, "water") == result_path(tmp_path, "water") and find_result(tmp_path, "x") is None
 
 
