@@ -6,7 +6,8 @@ Measures per-item costs and scales them to the paper's 2 M molecules:
 * driver memory (RSS growth) and CPU time per item, in-process and with Ray actors;
 * the resume scan (``done_keys``) with N results present, and a rerun that skips everything;
 * files per folder of the result layout (``dft.worker.result_rel``), manifest and progress file sizes;
-* ``Mirror.pull`` of a ``local://`` URL out (the object-store code path) with N results present.
+* ``Mirror.pull`` of a ``local://`` URL out (the object-store code path) with N results present;
+* the render stage's resume scan (``shard_keys``) over shards of real-size samples.
 
     python -m bench dryrun                 # 20 000 molecules in-process, 2 000 on 2 Ray actors
     python -m bench dryrun --quick         # 2 000 / 300
@@ -169,6 +170,29 @@ def remote_pull(n: int, root: Path) -> None:
           f"-> {_scale(dt / n, 's')} (it lists every result file, then skips them)")
 
 
+def shard_scan(n: int, root: Path, image_kib: int = 132) -> None:
+    """The render stage's resume scan (``shard_keys``: every tar header of every shard) over ``n`` samples of
+    the size of a real one (ED + structure images, ``image_kib`` KiB, u8z), 1000 per shard."""
+    from edg_core.shards import ShardWriter, encode_sample, shard_keys
+    out = root / "shards"
+    rng = np.random.default_rng(0)
+    blob = {"edimg.u8z": rng.integers(0, 255, image_kib * 1024, dtype=np.uint8).tobytes()}
+    t = time.perf_counter()
+    with ShardWriter(out, "render", maxcount=1000) as w:
+        for mol in synthetic(n):
+            w.write({**encode_sample(mol), **blob})
+    write_s = time.perf_counter() - t
+    t = time.perf_counter()
+    keys = shard_keys(out)
+    dt = time.perf_counter() - t
+    size = sum(f.stat().st_size for f in out.glob("*.tar"))
+    n_shards = len(list(out.glob("*.tar")))
+    print(f"dryrun shards: {n} samples of {size / n / 1024:.0f} KiB in {n_shards} shards written in {write_s:.1f} s; "
+          f"resume scan (shard_keys, every tar header) {dt:.2f} s = {1e6 * dt / len(keys):.0f} us/sample -> "
+          f"{_scale(dt / len(keys), 's')} on a local disk (an object store reads each header by a range request)")
+    shutil.rmtree(out, ignore_errors=True)
+
+
 def on_ray(n: int, actors: int) -> None:
     import ray
     from ray import cloudpickle
@@ -203,6 +227,7 @@ def main(argv: list[str]) -> None:
     try:
         in_process(opts["n"], opts["ms"], root)
         remote_pull(min(opts["n"], 5000), root)
+        shard_scan(min(opts["n"], 10000), root)
         if opts["ray-n"] > 0:
             on_ray(opts["ray-n"], opts["actors"])
     finally:
