@@ -41,7 +41,7 @@ from .data import ShardImages, count_samples, image_loader
 from .checkpoint import CheckpointError, Checkpoints, load_checkpoint, save_checkpoint
 from .imageed import ImageED, imageed_state, save_reconstruction_png
 from .optim import adamw, scaled_lr, sgd, warmup_cosine
-from .progress import TrainLog
+from .progress import TrainLog, timed_steps
 from .teacher import Teacher, augment_structure_images, teacher_loss, teacher_state
 
 Report = Callable[[dict, "Path | None"], None]  # (epoch metrics, checkpoint file written this epoch or None)
@@ -300,7 +300,9 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
     best = min((h["valid_loss"] for h in history if "valid_loss" in h), default=math.inf)
     log = TrainLog(out_dir if rank == 0 else None, stage.name, cfg.epochs, start_epoch, UNITS[stage.name],
                    show=("train_loss", "valid_loss"), quiet=rank != 0)
-    timed = 4 if start_epoch < cfg.epochs and steps > 4 else 0  # steps timed at start-up for the estimate
+    timed = timed_steps(steps) if start_epoch < cfg.epochs else 0
+    if start_epoch < cfg.epochs:
+        log.start(model, cfg.epochs - start_epoch, steps, cfg.batch_size * world, device)
 
     for epoch in range(start_epoch, cfg.epochs):
         seed = cfg.seed * 1_000_003 + epoch * 7_919

@@ -40,6 +40,12 @@ def duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h < 48 else f"{h / 24:.1f} days"
 
 
+def timed_steps(steps_per_epoch: int) -> int:
+    """How many steps after the first (a warm-up: loader start, allocations) to time for the start-up estimate:
+    1 for short epochs, so a slow run announces its cost early; up to 3; 0 when the epoch line comes as soon."""
+    return min(3, max(steps_per_epoch - 3, 1)) if steps_per_epoch > 2 else 0
+
+
 def _num(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -85,11 +91,21 @@ class TrainLog:
         return f" {u}" if u else ""
 
     # ------------------------------------------------------------ events
+    def start(self, model, epochs_left: int, steps_per_epoch: int, batch: int, device) -> None:
+        """Announce what will run: model size, epochs x steps x batch, device (a CPU-sized default shows here)."""
+        n = sum(p.numel() for p in model.parameters())
+        big = str(device).startswith("cpu") and n > 20e6 and epochs_left * steps_per_epoch > 100
+        size = f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n:,}"
+        self.say(f"{self.name}: {size} parameters, {epochs_left} epochs x {steps_per_epoch} steps of "
+                 f"{batch} samples on {device}" + (": a GPU-sized run on a CPU; a time estimate follows after the "
+                                                    "first steps" if big else ""))
+
     def estimate(self, seconds: float, steps_done: int, steps_per_epoch: int) -> float:
         """Announce the estimated time per epoch from ``steps_done`` timed steps; returns seconds per epoch."""
         per_epoch = seconds / max(steps_done, 1) * steps_per_epoch
         left = self.epochs - self.start_epoch
-        self.say(f"{self.name}: {seconds / max(steps_done, 1):.3g} s/step over the first {steps_done} steps -> "
+        self.say(f"{self.name}: {seconds / max(steps_done, 1):.3g} s/step (timed over {steps_done} "
+                 f"step{'s' if steps_done > 1 else ''} after the first) -> "
                  f"~{duration(per_epoch)} per epoch ({steps_per_epoch} steps), ~{duration(per_epoch * left)} for "
                  f"the {left} epochs left (training steps only; shrink --epochs or the model for a quick run)")
         return per_epoch
