@@ -111,7 +111,8 @@ def _check_targets(cfg) -> None:
 
 
 def _line(r: dict) -> str:
-    test = ", ".join(f"{k} {v:.4f}" for k, v in r["test"].items() if k != "weighted_mae")
+    test = ", ".join(f"{k} {v:.4f} {r.get('units', {}).get(k, '')}".rstrip() for k, v in r["test"].items()
+                     if k != "weighted_mae")
     return (f"{r['run']}: best epoch {r['best_epoch']}/{r['epochs']}, test {test} "
             f"({r['seconds_per_epoch']:.1f} s/epoch)")
 
