@@ -7,6 +7,7 @@ File ``<out>/fields/<key>.npz`` (written atomically) holds ``meta`` (a JSON stri
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def load_result(path: str | Path) -> DFTResult:
             ed = f["ed"].astype(np.float32) if "ed" in f else None
             esp = f["esp"].astype(np.float32) if "esp" in f else None
             z, pos, dipole = f["z"], f["pos"], f["dipole"]
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:  # cut short, damaged, not ours
         raise InvalidRecord(str(path), f"not a readable DFT result file ({type(e).__name__}: {e})") from None
     if meta.get("version") != RESULT_VERSION:
         raise InvalidRecord(str(path), f"result version {meta.get('version')} != {RESULT_VERSION}")

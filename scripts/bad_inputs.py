@@ -59,7 +59,7 @@ class Case:
     code: int
     message: str
     kept: int | None
-    count: str = "shards"          # shards | results | trained | none
+    count: str = "shards"          # shards | images | results | trained | none
     slow: bool = False
     env: dict = field(default_factory=dict)
     fsize_limit: int | None = None  # run in a child process with RLIMIT_FSIZE (a full disk)
@@ -210,6 +210,11 @@ CASES = [
          [*DFT, "--input", "{d}/a.xyz", "--out", "{d}/out"], 0,
          r"is truncated or unreadable: its molecule will be computed again", 2, count="results", slow=True,
          before=[*DFT, "--input", "{d}/a.xyz", "--out", "{d}/out"], between=_truncate_one_result),
+    Case("render-truncated-result", "render --fields: a DFT result file cut short",
+         {"a.xyz": xyz(frame("h2-a", H2), frame("h2-b", H2), frame("h2-c", H2))},
+         ["render", "--fields", "{d}/out", "--out", "{d}/img", "--image-size", "32", "--device", "cpu"], 0,
+         r"not a readable DFT result file \(BadZipFile", 2, count="images", slow=True,
+         before=[*DFT, "--input", "{d}/a.xyz", "--out", "{d}/out"], between=_truncate_one_result),
     Case("disk-full-dft", "full disk while writing a DFT result", {"a.xyz": xyz(frame("h2-a", H2))},
          [*DFT, "--input", "{d}/a.xyz", "--out", "{d}/out"], 2,
          r"molecule h2-a: no space left writing .*h2-a\.npz", 0, count="results", slow=True, fsize_limit=30_000),
@@ -290,6 +295,9 @@ def _kept(case: Case, d: Path, output: str) -> int | None:
     if case.count == "shards":
         from edg_core.shards import shard_keys
         return len(shard_keys(d / "out")) if (d / "out").exists() else 0
+    if case.count == "images":
+        from edg_core.shards import shard_keys
+        return len(shard_keys(d / "img"))
     if case.count == "results":
         from dft.worker import done_keys
         return len(done_keys(d / "out"))
@@ -301,12 +309,12 @@ def _kept(case: Case, d: Path, output: str) -> int | None:
 
 def _message(case: Case, d: Path, output: str) -> str:
     """The failure-manifest reason of the bad record when there is one, else the matching output line."""
-    for f in (d / "out" / "failures.jsonl", d / "out" / "dft" / "failures.jsonl"):
+    for f in (d / "out" / "failures.jsonl", d / "img" / "failures.jsonl"):
         if f.exists():
             for line in f.read_text().splitlines():
-                reason = json.loads(line).get("reason", "")
-                if re.search(case.message, reason):
-                    return reason
+                e = json.loads(line)
+                if re.search(case.message, e.get("reason", "")):
+                    return f"{e.get('record')}: {e.get('reason')}"  # record (id or file) and reason, as logged
     lines = [ln for ln in output.splitlines() if re.search(case.message, ln)]
     return lines[0] if lines else (output.strip().splitlines() or [""])[-1]
 

@@ -241,3 +241,19 @@ def test_staging_folders_and_temp_files_of_killed_processes_are_cleaned(tmp_path
     assert not left.exists() and t.local.name.startswith(f"edg-mirror-{_HOST}-{os.getpid()}-")
     t.close()
     assert m.local == wc
+
+
+def test_a_damaged_result_file_is_an_invalid_record_naming_it(tmp_path):
+    from dft.result import load_result, save_result
+    from edg_core.errors import InvalidRecord
+    p = tmp_path / "r.npz"
+    save_result(p, _fake_result())
+    whole = p.read_bytes()
+    p.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InvalidRecord, match=r"r\.npz: not a readable DFT result file \(BadZipFile"):
+        load_result(p)
+    damaged = bytearray(whole)
+    damaged[120:160] = b"x" * 40  # inside the first member: its CRC no longer matches
+    p.write_bytes(bytes(damaged))
+    with pytest.raises(InvalidRecord, match="not a readable DFT result file"):
+        load_result(p)
