@@ -126,6 +126,8 @@ def test_ase_calculator_md_and_bfgs(run):
     relaxed = Atoms(numbers=m.z, positions=m.pos, calculator=calc)
     opt = BFGS(relaxed, logfile=None)
     assert opt.run(fmax=0.01, steps=500)
+    print(f"BFGS: fmax 0.01 eV/Å after {opt.nsteps} steps, energy {relaxed.get_potential_energy() - e0:.3f} eV "
+          "from the starting frame")
     assert np.linalg.norm(relaxed.get_forces(), axis=1).max() < 0.01
     assert relaxed.get_potential_energy() < e0
 

@@ -16,7 +16,7 @@ returns at once.
 
 Examples:
   edg fetch rmd17 --out data/rmd17
-  edg fetch rmd17 --out data/rmd17 --md5 <md5 shown by figshare> --keep-archive
+  edg fetch rmd17 --out data/rmd17 --md5 MD5_SHOWN_BY_FIGSHARE --keep-archive
 """
 
 
