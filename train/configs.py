@@ -139,6 +139,9 @@ class ImageEDTrainConfig:
     val_fraction: float = field(default=0.0, metadata={"help": "fraction of keys held out for validation"})
     samples_per_epoch: int | None = field(default=None, metadata={"help": "default: count the train samples"})
     shuffle_buffer: int = 1000
+    max_bad_samples: int | None = field(default=None, metadata={
+        "help": "bad samples (damaged, missing members, wrong shape) skipped per pass before training stops; "
+                "unset: $EDG_MAX_BAD_SAMPLES, else 100"})
     num_workers: int = field(default=4, metadata={"help": "DataLoader workers per rank"})
     seed: int = 0
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (ignored on CPU)"})
@@ -168,6 +171,9 @@ class TeacherTrainConfig:
     val_fraction: float = 0.02
     samples_per_epoch: int | None = None
     shuffle_buffer: int = 1000
+    max_bad_samples: int | None = field(default=None, metadata={
+        "help": "bad samples (damaged, missing members, wrong shape) skipped per pass before training stops; "
+                "unset: $EDG_MAX_BAD_SAMPLES, else 100"})
     num_workers: int = 4
     seed: int = 0
     bf16: bool = True

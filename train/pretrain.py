@@ -78,7 +78,7 @@ def _imageed_stage(cfg: ImageEDTrainConfig, shards) -> _Stage:
     def dataset(split, seed):
         return ShardImages(shards, "imageed", img_size=mc.img_size, n_views=mc.n_views, split=split,
                            val_fraction=cfg.val_fraction, shuffle=cfg.shuffle_buffer if split == "train" else 0,
-                           seed=seed)
+                           seed=seed, max_bad_samples=cfg.max_bad_samples)
 
     def after_epoch(model, epoch, out_dir, batch):
         if cfg.figure_every and (epoch + 1) % cfg.figure_every == 0:
@@ -100,7 +100,7 @@ def _teacher_stage(cfg: TeacherTrainConfig, shards) -> _Stage:
     def dataset(split, seed):
         return ShardImages(shards, "teacher", img_size=mc.img_size, n_views=mc.n_views, split=split,
                            val_fraction=cfg.val_fraction, shuffle=cfg.shuffle_buffer if split == "train" else 0,
-                           seed=seed, fu_dim=mc.fu_dim)
+                           seed=seed, fu_dim=mc.fu_dim, max_bad_samples=cfg.max_bad_samples)
     return _Stage("teacher", Teacher(mc).init_backbone(),
                   lambda model, gb: sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay),
                   loss, dataset, teacher_state, "teacher.pt")
