@@ -42,7 +42,7 @@ def register(sub) -> None:
     s = dsub.add_parser("split", help="write a data set's train/valid/test membership to .npz",
                         description="Write the split so anyone can audit it. qm9: 1-based QM9 gdb ids of "
                                     "split customized_01 (seed 42; 110,000/10,000/rest). rmd17:<molecule>: "
-                                    "indices into the original 100k-frame trajectory (950/50/1000).")
+                                    "frame ids = indices into the original MD17 trajectory (950/50/1000).")
     s.add_argument("dataset", help="qm9 or rmd17:<molecule>[?root=DIR&split_id=K]")
     s.add_argument("--out", required=True, help="output .npz with keys train, valid, test")
     s.set_defaults(func=cmd_split)
@@ -119,7 +119,7 @@ def cmd_split(args) -> int:
         frames = load_rmd17(rmd17_root(opts.get("root")), base.split(":")[1], int(opts.get("split_id", 1)))
         parts = {k: v.index for k, v in frames.items()}
         info = (f"rMD17 {base.split(':')[1]} split {int(opts.get('split_id', 1)):02d}; "
-                "indices into the 100k-frame trajectory")
+                "frame ids = indices into the original MD17 trajectory (old_indices), as in molecule ids")
     else:
         raise DataSourceError(f"edg data split: unknown dataset {spec!r}; use qm9 or rmd17:<molecule>")
     with atomic_path(out) as tmp:
