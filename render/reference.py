@@ -11,7 +11,10 @@ with ``turn axis, angle`` from the unrotated view, as in the recipe. PyMOL is im
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,6 +34,25 @@ def pymol_available() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Send what C code prints on file descriptor 1 to /dev/null for the block: PyMOL's molfile cube plugin
+    prints ``cubeplugin) trying to read cube data set 0`` with C stdio, past PyMOL's feedback switches, and
+    it must not mix with a command's output on stdout."""
+    import ctypes
+    sys.stdout.flush()
+    libc = ctypes.CDLL(None)
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        libc.fflush(None)  # C stdio buffers, before fd 1 points back at stdout
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _hex(rgb) -> str:
     """RGB in [0, 1] -> PyMOL colour string 0xRRGGBB."""
     return "0x" + "".join(f"{int(round(255 * c)):02x}" for c in rgb)
@@ -43,8 +65,10 @@ class PyMOLReference:
         import pymol2
         self.cfg = config or RenderConfig()
         self._pymol = pymol2.PyMOL()
-        self._pymol.start()
+        with _quiet_stdout():
+            self._pymol.start()
         self.cmd = self._pymol.cmd
+        self.cmd.feedback("disable", "all", "everything")  # "ObjectMap: read ...", "ContourSurfVolume: ..."
 
     def close(self):
         self._pymol.stop()
@@ -117,11 +141,13 @@ class PyMOLReference:
             for name, data in (("ed", ed), ("esp", esp)):
                 a = data.detach().cpu().numpy() if hasattr(data, "detach") else np.asarray(data)
                 write_cube(folder / f"{name}.cube", grid, a, z, pos)
-                cmd.load(str(folder / f"{name}.cube"), name)
+                with _quiet_stdout():
+                    cmd.load(str(folder / f"{name}.cube"), name)
             self._load_molecule(z, pos, folder)
             if not cfg.structure_in_ed:
                 cmd.hide("everything", "mol")
-            cmd.isosurface("surf", "ed", cfg.iso)
+            with _quiet_stdout():
+                cmd.isosurface("surf", "ed", cfg.iso)
             cmd.ramp_new("esp_ramp", "esp", list(cfg.esp_stops), ["red", "white", "blue"])
             cmd.color("esp_ramp", "surf")
             cmd.set("transparency", cfg.transparency, "surf")
