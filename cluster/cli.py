@@ -18,7 +18,8 @@ Pipeline: conformations -> DFT (ED, ESP) -> rendered ED / structure images -> We
 
 Input specs accepted wherever --input appears: embedded[:qm9|:rmd17], qm9[:train|valid|test],
 rmd17:<molecule>[:train|valid|test], smiles:CCO,c1ccccc1, or a .xyz/.extxyz/.sdf/.mol/.smi file;
-append ?limit=N to take the first N records.
+append ?limit=N to take the first N records. rMD17 data: `edg fetch rmd17 --out DIR`, then ?root=DIR after
+any rmd17 spec (also --dataset rmd17:aspirin?root=DIR) or EDG_RMD17_ROOT=DIR; ?root=embedded = shipped frames.
 """
 
 
