@@ -54,7 +54,8 @@ def register(sub) -> None:
                                    "(lambda 0: the baseline). Writes <out>/<run>/result.json, history, "
                                    "test errors, best weights and the resolved config.")
     d.add_argument("--student", help="student name (default: schnet)")
-    d.add_argument("--dataset", help="rmd17:<molecule> or qm9:<target> (default: rmd17:aspirin)")
+    d.add_argument("--dataset", help="rmd17:<molecule> or qm9:<target> (default: rmd17:aspirin); task options may "
+                                     "follow: rmd17:aspirin?root=DIR&split_id=2 (same as --task root=DIR ...)")
     d.add_argument("--lambda", dest="lambda_ed", type=float, help="EDG weight lambda (default: 0 = baseline)")
     d.add_argument("--seed", type=int, help="seed of init, shuffling (default: 42)")
     _common(d)
@@ -64,11 +65,13 @@ def register(sub) -> None:
                        description="Run every combination (skipping finished runs) and write results.md, "
                                    "results.csv, lambda_sweep.csv and figures under --out.")
     b.add_argument("--students", nargs="+", default=["schnet"])
-    b.add_argument("--datasets", nargs="+", default=["rmd17:ethanol", "rmd17:aspirin"])
+    b.add_argument("--datasets", nargs="+", default=["rmd17:ethanol", "rmd17:aspirin"],
+                   help="rmd17:<molecule> / qm9:<target>, each optionally with ?root=DIR&... (see edg distill)")
     b.add_argument("--lambdas", nargs="+", type=float, default=[0.0, 0.1])
     b.add_argument("--seeds", nargs="+", type=int, default=[42])
     b.add_argument("--ray", action="store_true", help="run each grid point as a Ray task")
-    b.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS / a local head / a new local runtime)")
+    b.add_argument("--ray-address",
+                   help="Ray cluster address (default: $RAY_ADDRESS / a local head / a new local runtime)")
     b.add_argument("--address", dest="ray_address", help=argparse.SUPPRESS)  # old name of --ray-address
     b.add_argument("--ray-temp-dir", help="session folder of a local Ray runtime")
     b.add_argument("--cpus-per-run", type=float, default=1.0)
