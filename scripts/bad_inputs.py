@@ -167,6 +167,9 @@ CASES = [
     Case("xyz-blank-in-frame", "XYZ: blank line inside a frame",
          {"a.xyz": xyz(GOOD1, frame("bad", WATER.replace("\nH 0.0 -0.757", "\n\nH 0.0 -0.757"), n=3), GOOD2)},
          convert("a.xyz"), 0, r"line 10: 3 atoms announced but only 2 atom lines follow \(line 10 is empty\)", 2),
+    Case("extxyz-bad-comment", "extXYZ: comment line with an unbalanced quote",
+         {"a.xyz": xyz(GOOD1, frame("bad", extra='smiles="CCO'), GOOD2)}, convert("a.xyz"), 0,
+         r"frame 1, line 7: comment line cannot be parsed \(No closing quotation\)", 2),
     Case("extxyz-forces-missing", "extXYZ: Properties= announces forces, a line lacks them",
          {"a.xyz": xyz(*(f"2\nid={i} energy=-1 Properties=species:S:1:pos:R:3:forces:R:3\n"
                          f"H 0 0 0 0.1 0.2 0.3\nH 0 0 0.74{' 0.1 0.2 0.3' if i != 'bad' else ''}\n"

@@ -98,8 +98,11 @@ def _frame(lines: list[str | None], i: int, name: str) -> tuple[Molecule, int]:
     comment = lines[i + 1]
     if comment is None:
         raise _Bad(i + 2, "comment line is not UTF-8 text")
-    kv = _parse_comment(comment)
-    fcols = _forces_columns(kv.get("Properties"))
+    try:
+        kv = _parse_comment(comment)
+        fcols = _forces_columns(kv.get("Properties"))
+    except ValueError as e:  # an unbalanced quote, a Properties= count that is not a number
+        raise _Bad(i + 2, f"comment line cannot be parsed ({e}): {comment.strip()[:60]!r}") from None
     need = max(4, fcols.stop if fcols is not None else 0)
     z, pos, forces = [], [], []
     for k in range(n):
