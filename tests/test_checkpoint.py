@@ -1,5 +1,6 @@
-"""Plain-data checkpoints: a pickle payload in any file a loader reads never runs; the keep-last / every-k
-policy; the per-epoch files (metrics.jsonl, metrics.csv, progress.json) written during a run."""
+"""The training loops' shared conventions. Plain-data checkpoints: a pickle payload in any file a loader reads
+never runs; the keep-last / every-k policy; the per-epoch files (metrics.jsonl, metrics.csv, progress.json)
+written during a run; no host sync per student step."""
 from __future__ import annotations
 
 import csv
@@ -132,6 +133,23 @@ def test_pretraining_resume_refuses_pickle_payloads(tmp_path, shards):
     _hostile(tmp_path / "r" / "checkpoint" / "epoch-000002.pt", marker)  # a Ray Train resume file
     _refused(lambda: train_imageed(_imageed_cfg(), shards, tmp_path / "r2",
                                    resume_from=tmp_path / "r" / "checkpoint" / "epoch-000002.pt"), marker)
+
+
+def test_student_step_leaves_losses_on_the_device():
+    """train_step returns detached tensors (summed on the device, read once per epoch), not Python floats,
+    whose .item() would wait for the device after every step."""
+    from train.distill import train_step
+    from train.students import build_student
+    from train.tasks import build_task
+    task = build_task("rmd17:ethanol", root=ROOT, train_size=8, valid_size=4, test_size=4)
+    torch.manual_seed(0)
+    model = build_student("schnet", hidden_channels=8, num_filters=8, num_interactions=1, num_gaussians=8)
+    batch = next(iter(task.train.batches(4)))
+    out = train_step(task, model.train(), batch, torch.optim.Adam(model.parameters(), lr=1e-3))
+    assert set(out) == {"loss", "task_loss", "ed_loss"}
+    for k, v in out.items():
+        assert isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad, k
+    assert float(out["loss"]) > 0 and float(out["ed_loss"]) == 0.0
 
 
 def test_student_resume_refuses_pickle_payloads(tmp_path):

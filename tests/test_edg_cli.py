@@ -38,6 +38,8 @@ def test_distill_writes_run_and_skips_when_finished(tmp_path, capsys):
     assert not (run / "checkpoint").exists()  # removed when the run is finished
     assert (run / "metrics.csv").read_text().splitlines()[0].split(",")[:2] == ["epoch", "train_loss"]
     assert json.loads((run / "progress.json").read_text())["state"] == "done"
+    err = capsys.readouterr().err  # a line per epoch without a TTY, validation metrics with units
+    assert "schnet__rmd17-ethanol__lam0.5__seed3 epoch 2/2" in err and "kcal/mol/Å" in err and "ETA" in err
 
     stamp = (run / "result.json").stat().st_mtime_ns
     assert main(args) == 0  # finished: skipped
