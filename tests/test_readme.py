@@ -210,6 +210,41 @@ def test_help_examples_parse():
         parse(edg_argv(text), f"`{name} --help` example")
 
 
+def python_blocks() -> list[tuple[str, str]]:
+    """(file:line, code) of every ```python block of README.md and docs/*.md."""
+    out = []
+    for path in DOCS:
+        lines = path.read_text().splitlines()
+        start = None
+        for i, line in enumerate(lines):
+            if start is None and line.strip() == "```python":
+                start = i + 1
+            elif start is not None and line.strip().startswith("```"):
+                out.append((f"{path.relative_to(ROOT)}:{start}", "\n".join(lines[start:i])))
+                start = None
+    return out
+
+
+@pytest.mark.parametrize("where, code", python_blocks(), ids=[w for w, _ in python_blocks()])
+def test_documented_python_parses_and_its_imports_exist(where, code):
+    """Python snippets are valid Python and every ``from module import name`` they use exists."""
+    import ast
+    import importlib
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as e:
+        pytest.fail(f"{where}: not valid Python ({e})")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            mod = importlib.import_module(node.module)
+            for alias in node.names:
+                if not hasattr(mod, alias.name):
+                    importlib.import_module(f"{node.module}.{alias.name}")  # a submodule, or ImportError
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                importlib.import_module(alias.name)
+
+
 # ---------------------------------------------------------------- executed blocks
 def _run(cmd: Command, workdir: Path) -> None:
     """Run one README command in ``workdir`` the way a user would type it (``edg`` in-process)."""
