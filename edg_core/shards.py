@@ -258,6 +258,8 @@ class ShardWriter:
             self.out.mkdir(parents=True, exist_ok=True)
             for stale in self.out.glob(f"{prefix}-*.tar.tmp"):  # left by a writer that was killed
                 stale.unlink(missing_ok=True)
+            from .io import remove_stale_temps
+            remove_stale_temps(self.out, recursive=False)  # e.g. a progress.json or manifest write cut short
             existing = sorted(p.name for p in self.out.glob(f"{prefix}-*.tar"))
         self.index = int(existing[-1][:-4].split("-")[-1]) + 1 if existing else 0
         self._tar: tarfile.TarFile | None = None

@@ -257,3 +257,17 @@ def test_a_damaged_result_file_is_an_invalid_record_naming_it(tmp_path):
     p.write_bytes(bytes(damaged))
     with pytest.raises(InvalidRecord, match="not a readable DFT result file"):
         load_result(p)
+
+
+def test_a_shard_writer_clears_what_killed_writers_left_in_its_folder(tmp_path):
+    from edg_core.shards import ShardWriter
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "shard-000000.tar.tmp").write_bytes(b"half a shard")
+    half = tmp_path / temp_name("progress.json").replace(f"-{os.getpid()}-", f"-{dead.pid}-")
+    half.write_text("{")
+    live = tmp_path / temp_name("failures.jsonl")  # this process: still writing it
+    live.write_text("")
+    with ShardWriter(tmp_path):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
