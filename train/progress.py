@@ -82,8 +82,12 @@ class TrainLog:
 
     # ------------------------------------------------------------ output
     def say(self, line: str) -> None:
+        """One line on stderr (or ``stream``), above any progress bar on a terminal."""
         if not self.quiet:
-            print(line, file=self.stream or sys.stderr, flush=True)
+            from tqdm.auto import tqdm
+            out = self.stream or sys.stderr
+            tqdm.write(line, file=out)
+            out.flush()
 
     def unit(self, key: str) -> str:
         base = key.split("_", 1)[1] if key.split("_", 1)[0] in ("train", "valid", "test") else key
