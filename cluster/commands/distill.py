@@ -48,11 +48,33 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_config_args(p, FitConfig, skip=("seed",))
 
 
+DISTILL_HELP = """\
+Train a geometry student on a task with L = L_task + lambda * L_ED (lambda 0: the baseline). Writes
+<out>/<run>/result.json, metrics, test errors, best weights (best_student.pt, for edg predict) and the
+resolved config. An unknown student, molecule, QM9 target or option stops before any folder is made.
+
+Examples:
+  edg distill --dataset 'rmd17:ethanol?root=embedded' --epochs 3 --batch-size 4 --out runs/quick
+  edg distill --student painn --dataset rmd17:aspirin --task root=data/rmd17 --lambda 0.1 \\
+      --teacher-targets runs/targets.npz --ed-predictor runs/teacher/teacher.pt
+  edg distill --dataset qm9:homo --task train_size=1000 --lambda 0.1 --teacher-targets standin:coulomb
+"""
+
+BENCHMARK_HELP = """\
+Run every combination of students x datasets x lambdas x seeds (skipping finished runs) and write results.md,
+results.csv, lambda_sweep.csv and figures under --out.
+
+Examples:
+  edg benchmark --datasets 'rmd17:ethanol?root=embedded' --lambdas 0 0.1 --teacher-targets standin:coulomb \\
+      --epochs 3 --batch-size 4 --out runs/bench
+  edg benchmark --students schnet visnet --datasets rmd17:aspirin --lambdas 0 0.01 0.1 --seeds 1 2 3 \\
+      --teacher-targets runs/targets.npz --ray --ray-address auto --gpus-per-run 1
+"""
+
+
 def register(sub) -> None:
     d = sub.add_parser("distill", help="train one student with or without EDG",
-                       description="Train a geometry student on a task with L = L_task + lambda * L_ED "
-                                   "(lambda 0: the baseline). Writes <out>/<run>/result.json, history, "
-                                   "test errors, best weights and the resolved config.")
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=DISTILL_HELP)
     d.add_argument("--student", help="student name (default: schnet)")
     d.add_argument("--dataset", help="rmd17:<molecule> or qm9:<target> (default: rmd17:aspirin); task options may "
                                      "follow: rmd17:aspirin?root=DIR&split_id=2 (same as --task root=DIR ...)")
@@ -62,8 +84,7 @@ def register(sub) -> None:
     d.set_defaults(func=cmd_distill)
 
     b = sub.add_parser("benchmark", help="grid of students x datasets x lambdas x seeds, then result tables",
-                       description="Run every combination (skipping finished runs) and write results.md, "
-                                   "results.csv, lambda_sweep.csv and figures under --out.")
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=BENCHMARK_HELP)
     b.add_argument("--students", nargs="+", default=["schnet"])
     b.add_argument("--datasets", nargs="+", default=["rmd17:ethanol", "rmd17:aspirin"],
                    help="rmd17:<molecule> / qm9:<target>, each optionally with ?root=DIR&... (see edg distill)")
