@@ -89,7 +89,10 @@ def _sdf(d: Path, bad: str) -> None:
         if name == "bad" and bad == "nan":
             props = "> <energy>\nnan\n\n"
         blocks.append(block + props + "$$$$\n")
-    (d / "mols.sdf").write_text("".join(blocks))
+    data = "".join(blocks).encode()
+    if bad == "utf8":
+        data = data.replace(b"\nbad\n", b"\nbad\xe9\xff\n", 1)  # the name line of the middle record
+    (d / "mols.sdf").write_bytes(data)
 
 
 def _shards(d: Path, damage: str) -> None:
@@ -191,6 +194,8 @@ CASES = [
          convert("mols.sdf"), 0, r"mols\.sdf, record 1, line \d+: RDKit could not parse the record", 2),
     Case("sdf-nan-property", "SDF: NaN property", {"mols.sdf": lambda d: _sdf(d, "nan")}, convert("mols.sdf"), 0,
          r"record 1, line \d+: label energy=nan is not finite", 2),
+    Case("sdf-not-utf8", "SDF: a record whose name is not UTF-8", {"mols.sdf": lambda d: _sdf(d, "utf8")},
+         convert("mols.sdf"), 0, r"mols\.sdf, record 1, line \d+: not UTF-8 text", 2),
     Case("smiles-bad-lines", "SMILES file: non-UTF-8 line and an invalid SMILES",
          {"m.smi": b"O water\nCC\xff\xfe broken\nC1CC ring\nC methane\n"}, convert("m.smi"), 0,
          r"m\.smi, line 2: not UTF-8 text", 2),

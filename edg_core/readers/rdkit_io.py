@@ -66,12 +66,15 @@ def read_sdf(path: str | Path) -> Iterator[Molecule | InvalidRecord]:
         if mol is None:
             yield InvalidRecord(rec_id, f"{where}: RDKit could not parse the record")
             continue
-        if mol.HasProp("_Name") and mol.GetProp("_Name").strip():
-            rec_id = mol.GetProp("_Name").strip()
         try:
+            if mol.HasProp("_Name") and mol.GetProp("_Name").strip():
+                rec_id = mol.GetProp("_Name").strip()
             yield molecule_from_rdkit(mol, rec_id)
         except InvalidRecord as e:
             yield InvalidRecord(e.record, f"{where}: {e.problem}")
+        except UnicodeDecodeError as e:  # a name or property that is not UTF-8
+            yield InvalidRecord(rec_id, f"{where}: not UTF-8 text ({e.reason} at byte {e.start} of "
+                                        f"{bytes(e.object[max(e.start - 8, 0):e.end + 8])!r})")
 
 
 def smiles_to_molecule(smiles: str, rec_id: str | None = None, seed: int = 42) -> Molecule:
