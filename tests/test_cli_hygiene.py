@@ -64,3 +64,16 @@ def test_tiny_representation_split_warns(caplog):
     with caplog.at_level(logging.WARNING, logger="train.representation"):
         split_indices(200, (0.8, 0.1, 0.1), 0)
     assert "tiny split" not in caplog.text
+
+
+def test_render_from_fields_goes_in_natural_id_order(tmp_path):
+    """`edg render --fields DIR` (and its --preview) takes DFT results in id order, whatever their folders."""
+    import argparse
+
+    from cluster.commands.render import _items
+    for bucket, key in (("7f", "qm9:10"), ("0a", "qm9:2"), ("c3", "qm9:1"), ("0a", "qm9:11")):
+        (tmp_path / "fields" / bucket).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fields" / bucket / f"{key}.npz").write_bytes(b"")
+    items, n = _items(argparse.Namespace(fields=str(tmp_path), input=None))
+    assert n == 4 and [str(p).rsplit("/", 1)[-1] for p in items] == ["qm9:1.npz", "qm9:2.npz", "qm9:10.npz",
+                                                                     "qm9:11.npz"]

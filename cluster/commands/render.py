@@ -60,7 +60,8 @@ def _items(args):
                 path = find_result(root, sample_key(rec.id))
                 yield InvalidRecord(rec.id, f"no DFT result in {root}") if path is None else (rec, str(path))
         return pairs(), len(src)
-    paths = result_files(root)
+    from render.contact_sheet import natural_key
+    paths = sorted(result_files(root), key=lambda p: natural_key(str(p).rsplit("/", 1)[-1]))  # qm9:2 before qm9:10
     return iter(paths), len(paths)
 
 
