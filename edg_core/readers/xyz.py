@@ -27,7 +27,7 @@ from ..molecule import Molecule
 from ..units import symbol_to_z
 
 _KV = re.compile(r"""(\w+)=("[^"]*"|'[^']*'|\S+)""")
-_COUNT = re.compile(r"^\s*\d+\s*$")
+_COUNT = re.compile(r"^\s*\d{1,9}\s*$")  # an atom count; more digits are not one
 _NOT_LABELS = ("id", "charge", "multiplicity", "Properties", "Lattice", "pbc", "smiles")
 
 
