@@ -303,6 +303,12 @@ def test_teacher_features_to_targets(their_teacher, tmp_path):
     got = load_teacher_targets(str(tmp_path / "t.npz"), ids, build_ed_predictor(str(tmp_path / "teacher.pt")))
     with torch.no_grad():
         np.testing.assert_allclose(got.numpy(), predictor(torch.from_numpy(fs[[3, 0]])).numpy(), atol=1e-5)
+    # their rMD17 ids are rows of the archive file; ours are its old_indices (MD17 frame numbers)
+    np.savez(tmp_path / "rmd17_aspirin.npz", old_indices=np.arange(100) * 7 + 3, energies=np.zeros(100))
+    import_teacher_features(tmp_path / "teacher_features.npz", tmp_path / "a.npz",
+                            rmd17_archive=tmp_path / "rmd17_aspirin.npz")
+    with np.load(tmp_path / "a.npz") as d:
+        assert list(d["ids"]) == ["rmd17:aspirin:73", "rmd17:aspirin:80", "rmd17:aspirin:87", "rmd17:aspirin:283"]
     # QM9 names with a prefix to strip; without drug_id the row is the id
     np.savez(tmp_path / "q.npz", drug_id=np.array(["gdb_1", "gdb_7"]), feats=fs[:2])
     import_teacher_features(tmp_path / "q.npz", tmp_path / "q_out.npz", id_format="qm9:{}", strip_prefix="gdb_")

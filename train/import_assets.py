@@ -12,8 +12,9 @@
 Torch files are read with ``torch.load(weights_only=True)`` (``argparse.Namespace`` allowed for the MAE
 ``args``), the pickle and object arrays with ``edg_core.safe_pickle`` (plain data only): none of these files
 can run code when imported. Every importer works from key names and shapes, so it takes any model size in
-the authors' layout. Their molecule ids become ours through ``id_format`` (``"{}"``: as is; e.g.
-``"rmd17:aspirin:{}"`` for their rMD17 frame indices, ``"qm9:{}"`` with ``strip_prefix="gdb_"`` for QM9 names).
+the authors' layout. Their molecule ids become ours through ``id_format`` (``"{}"``: as is; ``"qm9:{}"`` with
+``strip_prefix="gdb_"`` for QM9 names), or, for rMD17, through the archive file's ``old_indices``
+(``rmd17_archive``: they number frames by archive row, we by MD17 trajectory index).
 """
 from __future__ import annotations
 
@@ -240,10 +241,25 @@ def import_ed_features(src, out, id_format: str = "{}", strip_prefix: str = "", 
     return {**_attach_to_shards(shards, out, dict(zip(ids, feats)), "fu"), "fu_dim": int(feats.shape[1])}
 
 
-def import_teacher_features(src, out, id_format: str = "{}", strip_prefix: str = "", teacher=None) -> dict:
+def rmd17_archive_ids(archive) -> list[str]:
+    """Our ids (``rmd17:<molecule>:<MD17 index>``) of the rows of the rMD17 archive file ``rmd17_<molecule>.npz``
+    (its ``old_indices``): the authors number rMD17 frames by archive row, we by MD17 trajectory index."""
+    archive = Path(archive)
+    name = archive.stem
+    if not name.startswith("rmd17_"):
+        raise EDGError(f"{archive}: expected the rMD17 archive file rmd17_<molecule>.npz")
+    with np.load(archive, allow_pickle=False) as d:
+        if "old_indices" not in d.files:
+            raise EDGError(f"{archive}: no old_indices array (arrays {d.files}); not the rMD17 archive file")
+        return [f"rmd17:{name[len('rmd17_'):]}:{int(i)}" for i in d["old_indices"]]
+
+
+def import_teacher_features(src, out, id_format: str = "{}", strip_prefix: str = "", teacher=None,
+                            rmd17_archive=None) -> dict:
     """F_S from ``teacher_features.npz`` (``drug_id``, ``feats``) -> our teacher-target ``.npz`` (``ids``, ``fs``,
     and ``edp`` = EDP(F_S) when ``teacher`` (a teacher checkpoint, e.g. the imported one) is given), which
-    ``edg distill --teacher-targets`` reads. Without ``drug_id`` their row order is the id (0, 1, ...)."""
+    ``edg distill --teacher-targets`` reads. Without ``drug_id`` their row order is the id (0, 1, ...).
+    ``rmd17_archive``: their ids are rows of this ``rmd17_<molecule>.npz``; ours come from its ``old_indices``."""
     src, out = Path(src), Path(out)
     if not src.is_file():
         raise EDGError(f"teacher features {src} do not exist")
@@ -254,7 +270,15 @@ def import_teacher_features(src, out, id_format: str = "{}", strip_prefix: str =
     raw = d["drug_id"].tolist() if "drug_id" in d else list(range(len(fs)))
     if fs.ndim != 2 or len(raw) != fs.shape[0]:
         raise AssetFormatError(f"{src}: feats {fs.shape} and drug_id ({len(raw)}) do not pair up")
-    ids = map_ids(raw, id_format, strip_prefix)
+    if rmd17_archive is not None:
+        rows = rmd17_archive_ids(rmd17_archive)
+        try:
+            ids = [rows[int(r)] for r in raw]
+        except (IndexError, ValueError, TypeError):
+            raise EDGError(f"{src}: drug_id values are not row numbers of {rmd17_archive} "
+                           f"({len(rows)} rows; first ids {raw[:3]})") from None
+    else:
+        ids = map_ids(raw, id_format, strip_prefix)
     arrays = {"ids": np.array(ids), "fs": fs}
     if teacher is not None:
         from .teacher import load_ed_predictor

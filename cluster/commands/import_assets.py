@@ -24,7 +24,7 @@ Examples:
   edg import imageed --src ImageED_vit_base.pth --out runs/authors/imageed.pt
   edg import teacher --src ED-aware-Teacher.pth --out runs/authors/teacher.pt
   edg import teacher-features --src teacher_features.npz --out runs/authors/aspirin-targets.npz \\
-      --id-format "rmd17:aspirin:{}" --teacher runs/authors/teacher.pt
+      --rmd17-archive rmd17/npz_data/rmd17_aspirin.npz --teacher runs/authors/teacher.pt
   edg import ed-features --src 200w_ED_feats.pkl --shards runs/mols/shards --out runs/mols/shards-fu
 """
 
@@ -62,7 +62,7 @@ def register(sub) -> None:
         f.add_argument("--src", required=True, help=src_help)
         f.add_argument("--out", required=True, help="an .npz, or (ed-features with --shards) a shard folder")
         f.add_argument("--id-format", default="{}",
-                       help="our molecule id for each of theirs, '{}' = their id (e.g. 'rmd17:aspirin:{}', 'qm9:{}')")
+                       help="our molecule id for each of theirs, '{}' = their id (e.g. 'qm9:{}')")
         f.add_argument("--strip-prefix", default="", help="removed from their ids first (e.g. 'gdb_')")
         if name == "ed-features":
             f.add_argument("--shards", default=None,
@@ -71,6 +71,9 @@ def register(sub) -> None:
         else:
             f.add_argument("--teacher", default=None,
                            help="a teacher checkpoint (e.g. from `edg import teacher`): also store EDP(F_S)")
+            f.add_argument("--rmd17-archive", default=None,
+                           help="rMD17: their drug_id are rows of this rmd17_<molecule>.npz (the figshare archive); "
+                                "our ids are its old_indices (MD17 frame numbers). Replaces --id-format")
             f.set_defaults(func=cmd_teacher_features)
 
 
@@ -96,4 +99,5 @@ def cmd_ed_features(args) -> int:
 
 def cmd_teacher_features(args) -> int:
     from train.import_assets import import_teacher_features
-    return _done(import_teacher_features(args.src, args.out, args.id_format, args.strip_prefix, args.teacher))
+    return _done(import_teacher_features(args.src, args.out, args.id_format, args.strip_prefix, args.teacher,
+                                         args.rmd17_archive))
