@@ -110,6 +110,7 @@ def train_imageed(cfg: ImageEDTrainConfig, shards, out_dir, report: Report | Non
                   device: torch.device | str | None = None, resume_from: str | Path | None = None) -> dict:
     """Pretrain ImageED on the ``edimg`` of ``shards``; returns the last epoch's metrics. Writes
     ``out_dir/imageed.pt`` (config + weights) when the schedule is done."""
+    _check_input("imageed", cfg, shards)
     torch.manual_seed(cfg.seed)  # the initial weights
     return train_stage(_imageed_stage(cfg, shards), cfg, shards, out_dir, report, device, resume_from)
 
@@ -118,6 +119,7 @@ def train_teacher(cfg: TeacherTrainConfig, shards, out_dir, report: Report | Non
                   device: torch.device | str | None = None, resume_from: str | Path | None = None) -> dict:
     """Pretrain the teacher on ``stimg`` -> ``fu`` of ``shards`` (molecules without ``fu`` are masked out of
     the loss); writes ``out_dir/teacher.pt`` (loadable with ``load_teacher`` / ``load_ed_predictor``)."""
+    _check_input("teacher", cfg, shards)
     torch.manual_seed(cfg.seed)
     return train_stage(_teacher_stage(cfg, shards), cfg, shards, out_dir, report, device, resume_from)
 
@@ -209,6 +211,12 @@ def fit_to_shards(stage: str, cfg, shards, explicit: frozenset[str] = frozenset(
     return cfg, changes
 
 
+def _check_input(stage: str, cfg, shards) -> None:
+    """Before the model is built: the shards exist and fit the model config."""
+    shard_paths(shards)  # a missing folder or pattern raises here, naming it
+    check_shapes(stage, cfg, shards)
+
+
 # ---------------------------------------------------------------- the loop
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -261,8 +269,6 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
     bind_device(device)
     out_dir = Path(out_dir)
     ckpts = Checkpoints(out_dir / "checkpoint", cfg.checkpoint_every, cfg.keep_last)
-    shard_paths(shards)  # a missing folder or pattern raises here, naming it
-    check_shapes(stage.name, cfg, shards)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, out_dir / "config.yaml")
