@@ -318,3 +318,8 @@ def test_teacher_features_to_targets(their_teacher, tmp_path):
     import_teacher_features(tmp_path / "n.npz", tmp_path / "n_out.npz")
     with np.load(tmp_path / "n_out.npz") as d:
         assert list(d["ids"]) == ["0", "1", "2"]
+    import_teacher_features(tmp_path / "n.npz", tmp_path / "r_out.npz", row_ids="embedded:qm9?limit=3")
+    with np.load(tmp_path / "r_out.npz") as d:
+        assert list(d["ids"]) == ["qm9:1", "qm9:2", "qm9:3"]
+    with pytest.raises(Exception, match="3 rows, but embedded:qm9"):
+        import_teacher_features(tmp_path / "n.npz", tmp_path / "r_out.npz", row_ids="embedded:qm9?limit=5")

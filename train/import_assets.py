@@ -255,11 +255,13 @@ def rmd17_archive_ids(archive) -> list[str]:
 
 
 def import_teacher_features(src, out, id_format: str = "{}", strip_prefix: str = "", teacher=None,
-                            rmd17_archive=None) -> dict:
+                            rmd17_archive=None, row_ids: str | None = None) -> dict:
     """F_S from ``teacher_features.npz`` (``drug_id``, ``feats``) -> our teacher-target ``.npz`` (``ids``, ``fs``,
     and ``edp`` = EDP(F_S) when ``teacher`` (a teacher checkpoint, e.g. the imported one) is given), which
     ``edg distill --teacher-targets`` reads. Without ``drug_id`` their row order is the id (0, 1, ...).
-    ``rmd17_archive``: their ids are rows of this ``rmd17_<molecule>.npz``; ours come from its ``old_indices``."""
+    ``rmd17_archive``: their ids are rows of this ``rmd17_<molecule>.npz``; ours come from its ``old_indices``.
+    ``row_ids``: an input spec (``edg_core.readers.open_source``) whose molecules, in order, name the rows (their
+    Geom3D QM9 file has no ``drug_id``: row i is the i-th molecule of their QM9 in gdb order)."""
     src, out = Path(src), Path(out)
     if not src.is_file():
         raise EDGError(f"teacher features {src} do not exist")
@@ -270,7 +272,12 @@ def import_teacher_features(src, out, id_format: str = "{}", strip_prefix: str =
     raw = d["drug_id"].tolist() if "drug_id" in d else list(range(len(fs)))
     if fs.ndim != 2 or len(raw) != fs.shape[0]:
         raise AssetFormatError(f"{src}: feats {fs.shape} and drug_id ({len(raw)}) do not pair up")
-    if rmd17_archive is not None:
+    if row_ids is not None:
+        from edg_core.readers import open_source
+        ids = [m.id for m in open_source(row_ids).molecules()]
+        if len(ids) != len(fs):
+            raise EDGError(f"{src}: {len(fs)} rows, but {row_ids} gives {len(ids)} molecules")
+    elif rmd17_archive is not None:
         rows = rmd17_archive_ids(rmd17_archive)
         try:
             ids = [rows[int(r)] for r in raw]

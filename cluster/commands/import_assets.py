@@ -74,6 +74,9 @@ def register(sub) -> None:
             f.add_argument("--rmd17-archive", default=None,
                            help="rMD17: their drug_id are rows of this rmd17_<molecule>.npz (the figshare archive); "
                                 "our ids are its old_indices (MD17 frame numbers). Replaces --id-format")
+            f.add_argument("--row-ids", default=None,
+                           help="an input spec whose molecules, in order, name the rows (e.g. 'qm9' for their "
+                                "Geom3D QM9 file without drug_id). Replaces --id-format")
             f.set_defaults(func=cmd_teacher_features)
 
 
@@ -100,4 +103,4 @@ def cmd_ed_features(args) -> int:
 def cmd_teacher_features(args) -> int:
     from train.import_assets import import_teacher_features
     return _done(import_teacher_features(args.src, args.out, args.id_format, args.strip_prefix, args.teacher,
-                                         args.rmd17_archive))
+                                         args.rmd17_archive, args.row_ids))
