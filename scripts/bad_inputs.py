@@ -190,6 +190,8 @@ CASES = [
     Case("ids-same-key", "ids mol.1, mol/1, mol_1 (one sanitised key before)",
          {"a.xyz": xyz(frame("mol.1"), frame("mol/1"), frame("mol_1"))}, convert("a.xyz"), 0,
          r"done 3, skipped 0, failed 0", 3),
+    Case("ids-repeated", "the same id twice in one input", {"a.xyz": xyz(GOOD1, frame("good-1", H2), GOOD2)},
+         convert("a.xyz"), 0, r"record 1 repeats the id 'good-1' of record 0; ids must be unique", 2),
     Case("sdf-bad-record", "SDF: a record RDKit cannot parse", {"mols.sdf": lambda d: _sdf(d, "parse")},
          convert("mols.sdf"), 0, r"mols\.sdf, record 1, line \d+: RDKit could not parse the record", 2),
     Case("sdf-nan-property", "SDF: NaN property", {"mols.sdf": lambda d: _sdf(d, "nan")}, convert("mols.sdf"), 0,
