@@ -430,6 +430,8 @@ def iter_shard(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> It
                 data = tar.extractfile(m).read()
                 if len(data) != m.size:
                     raise ShardError(f"{path}: member {m.name} truncated")
+                if ext in cur:  # two samples with one key side by side would merge silently
+                    cur["__error__"] = f"member {m.name} appears twice: two samples share the key {key!r}"
                 cur[ext] = data
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ShardError(f"{path}: corrupt or truncated shard ({type(e).__name__}: {e})") from None

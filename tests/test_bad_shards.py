@@ -105,3 +105,14 @@ def test_training_reader_skips_bad_samples_up_to_a_threshold(tmp_path, monkeypat
     monkeypatch.setenv("EDG_MAX_BAD_SAMPLES", "1")
     with pytest.raises(ShardError, match=r"2 bad samples in one pass, over max_bad_samples=1"):
         list(ShardImages(tmp_path, "imageed", img_size=32, n_views=6, split="all"))
+
+
+def test_two_samples_with_one_key_are_not_merged_silently(tmp_path):
+    mols = list(open_source("embedded:qm9?limit=2").molecules())
+    with ShardWriter(tmp_path, maxcount=100) as w:
+        w.write(encode_sample(mols[0]))
+        twin = encode_sample(mols[1])
+        twin["__key__"] = mols[0].id  # written by something that did not go through sample_key
+        w.write(twin)
+    (raw,) = list(iter_shard(tmp_path / "shard-000000.tar"))
+    assert "appears twice: two samples share the key 'qm9:1'" in raw["__error__"]
