@@ -60,7 +60,7 @@ class Case:
     message: str
     kept: int | None
     count: str = "shards"          # shards | images | results | trained | none
-    slow: bool = False
+    slow: bool = False             # marked slow in tests/test_bad_inputs.py (none is: every row takes seconds)
     env: dict = field(default_factory=dict)
     fsize_limit: int | None = None  # run in a child process with RLIMIT_FSIZE (a full disk)
     before: list[str] | None = None  # an earlier command (e.g. the run being resumed)
@@ -214,43 +214,40 @@ CASES = [
         frame("h2-a", H2), "2\nid=stretched multiplicity=3\nH 0 0 0\nH 0 0 30\n", frame("h2-b", H2))},
         [*DFT, "--input", "{d}/a.xyz", "--out", "{d}/out", "--max-grid-points", "50000"], 0,
         r"too large for the DFT budget: cube grid \(\d+, \d+, \d+\) = \d+ points > max_grid_points 50000 "
-        r"\(extent 0\.0 x 0\.0 x 30\.0 A\)", 2, count="results", slow=True),
+        r"\(extent 0\.0 x 0\.0 x 30\.0 A\)", 2, count="results"),
     Case("dft-truncated-result", "DFT: a truncated result .npz on resume",
          {"a.xyz": xyz(frame("h2-a", H2), frame("h2-b", H2))},
          [*DFT, "--input", "{d}/a.xyz", "--out", "{d}/out"], 0,
-         r"is truncated or unreadable: its molecule will be computed again", 2, count="results", slow=True,
+         r"is truncated or unreadable: its molecule will be computed again", 2, count="results",
          before=[*DFT, "--input", "{d}/a.xyz", "--out", "{d}/out"], between=_truncate_one_result),
     Case("render-truncated-result", "render --fields: a DFT result file cut short",
          {"a.xyz": xyz(frame("h2-a", H2), frame("h2-b", H2), frame("h2-c", H2))},
          ["render", "--fields", "{d}/out", "--out", "{d}/img", "--image-size", "32", "--device", "cpu"], 0,
-         r"not a readable DFT result file \(BadZipFile", 2, count="images", slow=True,
+         r"not a readable DFT result file \(BadZipFile", 2, count="images",
          before=[*DFT, "--input", "{d}/a.xyz", "--out", "{d}/out"], between=_truncate_one_result),
     Case("disk-full-dft", "full disk while writing a DFT result", {"a.xyz": xyz(frame("h2-a", H2))},
          [*DFT, "--input", "{d}/a.xyz", "--out", "{d}/out"], 2,
-         r"molecule h2-a: no space left writing .*h2-a\.npz", 0, count="results", slow=True, fsize_limit=30_000),
+         r"molecule h2-a: no space left writing .*h2-a\.npz", 0, count="results", fsize_limit=30_000),
     Case("render-too-large", "render: molecule over max_atoms",
          {"a.xyz": xyz(frame("h2-a", H2), GOOD1, frame("h2-b", H2))},
          ["render", "--input", "{d}/a.xyz", "--out", "{d}/out", "--image-size", "32", "--device", "cpu",
-          "--max-atoms", "2"], 0, r"too large for the render budget: 3 atoms > max_atoms 2", 2, slow=True),
+          "--max-atoms", "2"], 0, r"too large for the render budget: 3 atoms > max_atoms 2", 2),
     Case("shard-corrupt-header", "shard: corrupt tar header mid-file (training)",
          {"shards": lambda d: _shards(d, "header")},
          PRETRAIN, 0, r"corrupt tar header at byte \d+ .*: sample qm9:3 is failed .* 3 samples after it were read", 5,
-         count="trained", slow=True),
+         count="trained"),
     Case("shard-wrong-shape", "shard: a sample with images of the wrong size (training)",
          {"shards": lambda d: _shards(d, "shape")}, PRETRAIN, 0,
-         r"bad sample skipped: .*synthetic-000000\.tar:qm9:3: edimg has shape \(6, 4, 16, 16\)", 5, count="trained",
-         slow=True),
+         r"bad sample skipped: .*synthetic-000000\.tar:qm9:3: edimg has shape \(6, 4, 16, 16\)", 5, count="trained"),
     Case("shard-missing-member", "shard: a sample without z.npy (training)", {"shards": lambda d: _shards(d, "member")},
-         PRETRAIN, 0, r"bad sample skipped: .*qm9:3: sample lacks member\(s\) \['z\.npy'\]", 5, count="trained",
-         slow=True),
+         PRETRAIN, 0, r"bad sample skipped: .*qm9:3: sample lacks member\(s\) \['z\.npy'\]", 5, count="trained"),
     Case("shard-over-threshold", "shard: more bad samples than --max-bad-samples (training stops)",
          {"shards": lambda d: _shards(d, "shape")}, [*PRETRAIN, "--max-bad-samples", "0"], 2,
-         r"1 bad samples in one pass, over max_bad_samples=0 \(first: .*qm9:3: edimg has shape", None, count="none",
-         slow=True),
+         r"1 bad samples in one pass, over max_bad_samples=0 \(first: .*qm9:3: edimg has shape", None, count="none"),
     Case("shard-u8z-bomb", "shard: u8z member inflating past its header (training)",
          {"shards": lambda d: _shards(d, "bomb")}, PRETRAIN, 0,
          r"qm9:3: member 'edimg\.u8z' cannot be decoded \(ValueError: u8z payload does not inflate to the 24576 bytes",
-         5, count="trained", slow=True),
+         5, count="trained"),
 ]
 
 
