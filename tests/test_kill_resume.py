@@ -106,3 +106,54 @@ def test_kill_and_resume_loop(tmp_path):
                 for k in a["arrays"]), key
     assert temps == []
     assert sorted(keys) == ["collapsed", "unreadable"]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_loop_convert(tmp_path):
+    """The same for ``edg data convert`` into shards of 100 samples: killed while shards are written and
+    renamed, every sample ends up in exactly one finished shard."""
+    import tarfile
+    frames = [f"2\nid=m{i:05d}\nH 0 0 0\nH 0 0 {0.5 + i * 1e-4:.5f}\n" for i in range(4000)]
+    frames.insert(100, "2\nid=bad1\nH 0 0 0\n")
+    frames.insert(2000, "1\nid=bad2\nXx 0 0 0\n")
+    inp = tmp_path / "big.xyz"
+    inp.write_text("".join(frames))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EDG_PROGRESS": "0", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("RAY_ADDRESS", None)
+
+    def start(out):
+        return subprocess.Popen([*EDG, "data", "convert", "--input", str(inp), "--out", str(out), "--maxcount",
+                                 "100"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    assert start(tmp_path / "ref").wait(timeout=600) == 0
+    full_s = time.monotonic() - t0
+    out, rng, kills, runs = tmp_path / "killed", random.Random(3), 0, 0
+    while True:
+        runs += 1
+        assert runs < 80
+        p = start(out)
+        try:
+            p.wait(timeout=rng.uniform(0.3, full_s))
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            kills += 1
+            continue
+        assert p.returncode == 0, p.stderr.read()
+        break
+
+    def keys(folder):
+        per_shard = []
+        for shard in sorted(folder.glob("*.tar")):
+            with tarfile.open(shard) as t:
+                per_shard.append({m.name.partition(".")[0] for m in t.getmembers()})
+        return per_shard
+    got, want = keys(out), keys(tmp_path / "ref")
+    all_got = [k for s in got for k in s]
+    manifest = [json.loads(x)["key"] for x in (out / "failures.jsonl").read_text().splitlines() if x.strip()]
+    print(f"\nconvert kill-and-resume: {runs} runs, {kills} kills, {len(set(all_got))} samples in {len(got)} shards, "
+          f"{len(all_got) - len(set(all_got))} duplicates, {len(_temps(out))} temp files left, "
+          f"{len(manifest) - len(set(manifest))} duplicate manifest entries")
+    assert kills >= 5
+    assert len(all_got) == len(set(all_got)) == 4000 and set(all_got) == set().union(*want)
+    assert _temps(out) == [] and sorted(manifest) == ["bad1", "bad2"]
