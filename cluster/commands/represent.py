@@ -17,9 +17,9 @@ must come from `edg render --fields <dft_out> --keep-fields` (ED grid + images +
 
 Outputs in --out: config.yaml (resolved), split.json, results.jsonl (one line per finished representation;
 a rerun skips those unless --force), table.md and table.csv (rows: representation, columns: E1..E6 test RMSE,
-the paper's Table 4 metric, with the MAE beside it, in Hartree and kcal/mol). While a representation trains: <rep>/metrics.jsonl, metrics.csv, progress.json
-and a line per epoch on stderr, and <rep>/checkpoint/ (every --checkpoint-every epochs) from which an
-interrupted run resumes.
+the paper's Table 4 metric, with the MAE beside it, in Hartree and kcal/mol). While a representation
+trains: <rep>/metrics.jsonl, metrics.csv, progress.json and a line per epoch on stderr, and
+<rep>/checkpoint/ (every --checkpoint-every epochs) from which an interrupted run resumes.
 
 Example:
   edg represent --shards runs/rep64 --out runs/represent --epochs 30 --reps pointnet voxel image
@@ -60,8 +60,8 @@ def _markdown(results: list[dict], cfg, split: dict) -> bytes:
     from train.representation import markdown_table
     n = {k: len(v) for k, v in split.items()}
     lines = ["# ED representation study (Table 4 layout)", "",
-             f"Test RMSE (MAE in brackets) per DFT energy label; split seed {cfg.seed}: {n['train']} train / {n['valid']} validation / "
-             f"{n['test']} test molecules; model chosen on validation; atom references "
+             f"Test RMSE (MAE in brackets) per DFT energy label; split seed {cfg.seed}: {n['train']} train / "
+             f"{n['valid']} validation / {n['test']} test molecules; model chosen on validation; atom references "
              f"{'subtracted' if cfg.atom_refs else 'not used'}.", "",
              "## Hartree", "", markdown_table(results, "hartree"), "",
              "## kcal/mol", "", markdown_table(results, "kcal"), "",
