@@ -235,10 +235,14 @@ class Pipeline:
         return self._pretrain("teacher", self.cfg.teacher, self.path("fu_shards"), self.path("teacher"))
 
     def student_images(self) -> dict:
+        """Structure images of every training conformation of every student data set (one shard folder)."""
+        import itertools
+
         from edg_core.readers import open_source
-        src = open_source(self.cfg.students.conformations)
-        return run_render(src, self.path("student_shards"), self.cfg.render, self._workers("render"),
-                          total=len(src), ed=False, device=self.cfg.device).to_dict()
+        sources = [open_source(spec) for spec in self.cfg.students.conformation_specs()]
+        total = sum(len(s) for s in sources)
+        return run_render(itertools.chain.from_iterable(sources), self.path("student_shards"), self.cfg.render,
+                          self._workers("render"), total=total, ed=False, device=self.cfg.device).to_dict()
 
     def teacher_targets(self) -> dict:
         from train.teacher import load_teacher

@@ -88,3 +88,15 @@ def test_extract_keeps_good_samples_around_a_damaged_one(tmp_path):
     (fail,) = read_jsonl(tmp_path / "fu.npz.failures.jsonl")
     assert fail["key"] == "qm9:3" and fail["stage"] == "extract" and "cannot be decoded" in fail["reason"]
     assert "shard-000000.tar:qm9:3" in fail["record"]
+
+
+def test_pipeline_student_images_cover_every_conformation_spec(tmp_path):
+    """The paper config lists one conformation spec per data set: structure images are made for all of them."""
+    from cluster.pipeline import Pipeline, load_pipeline_config
+    cfg = load_pipeline_config(None, {"out": str(tmp_path / "run"), "render": {"image_size": 16},
+                                      "students": {"conformations": ["embedded:qm9?limit=3",
+                                                                     "embedded:rmd17?limit=2"]}})
+    summary = Pipeline(cfg).student_images()
+    assert (summary["done"], summary["failed"], summary["total"]) == (5, 0, 5)
+    ids = [d["meta"]["id"] for d in read_samples(tmp_path / "run" / "shards" / "student")]
+    assert len(ids) == 5 and sum(i.startswith("qm9:") for i in ids) == 3
