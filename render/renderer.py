@@ -8,8 +8,9 @@ differentiable with respect to ED, ESP and positions (silhouettes only with ``so
 ED image channels: RGB = surface (ESP ramp, transparency composited front to back over deeper surface layers
 and the structure) on ``ed_background``; channel 4 = depth of the first visible surface or atom,
 ``t / (2 * depth_radius)`` with 0 on the near side of the framing sphere and 1 on its far side, 1.0 for
-background; or, with ``fourth_channel="alpha"``, the coverage (1 - transmittance, 0 for background) that the
-official PNG images carry.
+background; or, with ``fourth_channel="alpha"``, the alpha the official PyMOL PNG images carry: the opacity of
+the first surface layer (1 - transparency = 0.6, however many layers lie behind it), 1 where an atom or stick is
+hit, 0 for background (measured against PyMOL, docs/render.md).
 """
 from __future__ import annotations
 
@@ -158,8 +159,8 @@ class Renderer:
         bg = torch.tensor(cfg.ed_background, dtype=self.dtype, device=device)
         uncovered = torch.where(hit_s, torch.zeros_like(transmit), transmit)
         rgb = rgb + uncovered[..., None] * bg
-        if cfg.fourth_channel == "alpha":
-            fourth = 1 - uncovered
+        if cfg.fourth_channel == "alpha":  # as PyMOL's PNG alpha: the first surface layer's opacity, 1 on atoms
+            fourth = torch.where(hit_s, torch.ones_like(transmit), weight[..., 0])
         else:
             first_surface = torch.where(visible[..., 0], t_l[..., 0], torch.full_like(t_s, float("inf")))
             first = torch.minimum(first_surface, torch.where(hit_s, t_s, torch.full_like(t_s, float("inf"))))
