@@ -191,9 +191,9 @@ def load_teacher(path: str | Path, map_location="cpu", unsafe_pickle: bool | Non
     path, ck = _load(path, map_location, unsafe_pickle)
     if "teacher_config" not in ck:
         raise EDGError(f"{path}: not a teacher checkpoint (keys {sorted(ck)[:8]}); expected 'teacher_config'")
-    cfg = from_dict(TeacherConfig, _tuples(ck["teacher_config"]), where=f"{path}:teacher_config")
-    cfg.backbone_checkpoint = None  # the weights come from the checkpoint itself
-    model = Teacher(cfg)
+    saved = {k: v for k, v in ck["teacher_config"].items() if k != "backbone_checkpoint"}  # a field of older files
+    cfg = from_dict(TeacherConfig, _tuples(saved), where=f"{path}:teacher_config")
+    model = Teacher(cfg)  # the weights come from the checkpoint itself, never from the hub
     model.load_state_dict(ck["model"])
     return model.eval()
 
