@@ -14,7 +14,7 @@ def natural_key(text: str) -> tuple:
     return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text) if t)
 
 
-def first_molecules(spec, n: int, scan: int = 2000) -> list[dict]:
+def first_molecules(spec, n: int, scan: int = 500) -> list[dict]:
     """Decoded samples of the ``n`` molecules with the smallest ids (natural order) among the first ``scan``
     samples of the shards ``spec`` (shards are written in completion order, not id order); only those ``n`` are
     decoded."""
