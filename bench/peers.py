@@ -1,7 +1,8 @@
 """Our stages side by side with what a user would pick instead, on the CPU, as speed ratios (> 1: ours faster).
 
 * DFT: ``DFTWorker`` vs a plain PySCF script doing the same SCF (B3LYP/6-31G** Cartesian, DF, grid level 3)
-  and ED + ESP on a cube grid of the same spacing and padding with ``pyscf.tools.cubegen`` (density, mep);
+  and ED + ESP cube files of the same spacing and padding with ``pyscf.tools.cubegen`` (``density``; the ESP by
+  batched ``int1e_grids``, since ``cubegen.mep`` refuses Cartesian orbitals);
   and the thread count each gets (in this process, and in a Ray actor reserving 1 CPU vs all of them).
 * Rendering: our torch renderer vs the paper's PyMOL recipe (``render.reference``), same molecules, fields
   (real DFT, small basis) and views: molecules/s.
@@ -14,6 +15,10 @@
 
     python -m bench peers --quick               # one small molecule, small images, tiny models
     python -m bench peers --mae-src=/path/to/EDG/ImageED
+
+On a machine shared with other jobs, run it with ``OMP_NUM_THREADS=1``: OpenMP threads that wait for a busy
+core make multi-threaded PySCF several times slower and the comparison meaningless (measured here: the same
+SCF took 5-42 s with 2 threads on a loaded 2-core box and 1.65 s, identically for both sides, with 1).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import time
 import types
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -40,14 +46,16 @@ def _opts(argv: list[str]) -> dict:
     return o
 
 
-def _best(fn, repeats: int) -> float:
-    """The fastest of ``repeats`` wall times of ``fn()`` in s (the machine is shared: the minimum is the cost)."""
-    times = []
+def _best_pair(ours, peer, repeats: int) -> tuple[float, float]:
+    """The fastest of ``repeats`` wall times (s) of ``ours()`` and of ``peer()``, run alternately so that both
+    see the same load (the machine is shared: the minimum is the cost)."""
+    t_ours, t_peer = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for fn, times in ((ours, t_ours), (peer, t_peer)):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return min(t_ours), min(t_peer)
 
 
 def _ratio_line(what: str, ours_s: float, peer_s: float, unit_note: str) -> None:
@@ -57,8 +65,9 @@ def _ratio_line(what: str, ours_s: float, peer_s: float, unit_note: str) -> None
 
 
 # ---------------------------------------------------------------- DFT
-def plain_pyscf(mol, cfg, folder: Path) -> float:
-    """A plain PySCF script: the same SCF, then ``cubegen`` ED and ESP cube files; returns E_tot (Hartree)."""
+def plain_pyscf(mol, cfg, folder: Path) -> tuple[float, int]:
+    """A plain PySCF script: the same SCF, then ``cubegen`` ED and ESP cube files; returns E_tot (Hartree) and
+    the number of grid points (cubegen's box convention gives a few % fewer than ours)."""
     from pyscf import dft, gto
     from pyscf.tools import cubegen
 
@@ -73,8 +82,19 @@ def plain_pyscf(mol, cfg, folder: Path) -> float:
     mf.kernel()
     dm = mf.make_rdm1()
     cubegen.density(pmol, str(folder / "ed.cube"), dm, resolution=cfg.grid_spacing, margin=cfg.grid_padding)
-    cubegen.mep(pmol, str(folder / "esp.cube"), dm, resolution=cfg.grid_spacing, margin=cfg.grid_padding)
-    return float(mf.e_tot)
+    # cubegen.mep refuses Cartesian orbitals (its fitting-basis trick needs spherical ones), so the ESP is the
+    # usual batched int1e_grids recipe written with cubegen's Cube
+    cube = cubegen.Cube(pmol, resolution=cfg.grid_spacing, margin=cfg.grid_padding)
+    coords = cube.get_coords()
+    r_nuc, z = pmol.atom_coords(), pmol.atom_charges()
+    esp = np.empty(len(coords))
+    chunk = max(16, cfg.max_memory_mb * 2**20 // 4 // (8 * pmol.nao_nr() ** 2))
+    for i in range(0, len(coords), chunk):
+        c = coords[i:i + chunk]
+        nuc = (z / np.linalg.norm(c[:, None] - r_nuc[None], axis=-1)).sum(1)
+        esp[i:i + chunk] = nuc - np.einsum("gij,ij->g", pmol.intor("int1e_grids", grids=c), dm)
+    cube.write(esp.reshape(cube.nx, cube.ny, cube.nz), str(folder / "esp.cube"), comment="ESP")
+    return float(mf.e_tot), len(coords)
 
 
 def _threads_in_actor(cpus: float) -> int:
@@ -111,15 +131,17 @@ def dft_peers(quick: bool) -> None:
         energy = {}
 
         def peer():
-            energy["e"] = plain_pyscf(mol, cfg, tmp)
-        repeats = 1 if quick else 2
-        t_ours, t_peer = _best(ours, repeats), _best(peer, repeats)
+            energy["e"], energy["points"] = plain_pyscf(mol, cfg, tmp)
+        repeats = 2
+        peer(), ours()  # warm-up: library loading and first-call set-up are not per-molecule costs
+        t_ours, t_peer = _best_pair(ours, peer, repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     r = result["r"]
     assert abs(r.energies["E6"] - energy["e"]) < 1e-6, (r.energies["E6"], energy["e"])  # the same calculation
     n_pts = grid_for_positions(mol.pos, cfg.grid_spacing, cfg.grid_padding).n_points
-    print(f"peers dft {mol.id} {mol.formula} ({mol.n_atoms} atoms, {cfg.xc}/{cfg.basis}, {n_pts} grid points, "
+    print(f"peers dft {mol.id} {mol.formula} ({mol.n_atoms} atoms, {cfg.xc}/{cfg.basis}, {n_pts} grid points "
+          f"(cubegen's box: {energy['points']}), "
           f"{lib.num_threads()} threads each; ours: scf {r.timings['scf_s']:.2f} s, ed {r.timings['ed_s']:.2f} s, "
           f"esp {r.timings['esp_s']:.2f} s; same E to 1e-6 Eh)", flush=True)
     _ratio_line("dft (DFTWorker vs plain PySCF + cubegen)", t_ours, t_peer, "molecule")
@@ -175,7 +197,7 @@ def render_peers(quick: bool) -> None:
                 ref.structure_images(m.z, m.pos, fs)
         peer()  # warm-up
         repeats = 1 if quick else 2
-        t_ours, t_peer = _best(ours, repeats), _best(peer, repeats)
+        t_ours, t_peer = _best_pair(ours, peer, repeats)
     n = len(mols)
     print(f"peers render {n} molecules ({', '.join(formulas)}), {len(cfg.ed_views)} ED + {len(cfg.structure_views)} "
           f"structure views at {size}x{size}, {torch.get_num_threads()} torch threads: ours {n / t_ours:.2f} mol/s, "
@@ -250,7 +272,7 @@ def imageed_peers(quick: bool, mae_src: str | None) -> None:
     s_ours = stepper(ours, lambda m: m(imgs)["loss"])
     s_theirs = stepper(theirs, lambda m: m(imgs, mask_ratio=cfg.mask_ratio)[0][0])  # (loss, L_MP, L_RP), pred, mask
     s_ours(), s_theirs()  # warm-up
-    t_ours, t_theirs = _best(s_ours, steps), _best(s_theirs, steps)
+    t_ours, t_theirs = _best_pair(s_ours, s_theirs, steps)
     n_ours = sum(p.numel() for p in ours.parameters())
     n_theirs = sum(p.numel() for p in theirs.parameters())
     print(f"peers imageed {cfg.img_size}px patch {cfg.patch_size} embed {cfg.embed_dim} depth {cfg.depth} "
