@@ -8,7 +8,7 @@
   (real DFT, small basis) and views: molecules/s.
 * ImageED: one training step (forward + backward + AdamW) of ours vs the authors' multi-view RGB-D MAE
   (``models_mae_multi_view_RGBD.py``) at the same sizes: samples/s. Their code is never copied here: it is
-  imported at run time from a checkout given by ``--mae-src DIR`` (or ``$EDG_MAE_SRC``), the folder that holds
+  imported at run time from a checkout given by ``--mae-src=DIR`` (or ``$EDG_MAE_SRC``), the folder that holds
   ``models_mae_multi_view_RGBD.py`` (their ``ImageED/``); skipped with a message when absent.
 * Students: a SchNet energy + forces training step of our student vs ``torch_geometric.nn.models.SchNet`` at the
   same sizes (both with the same radius graph: PyG's own needs torch-cluster or pyg-lib, not installed here).
