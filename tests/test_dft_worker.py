@@ -112,6 +112,15 @@ def test_results_fan_out_into_prefix_folders_and_flat_results_of_older_runs_stil
     assert (again.done, again.skipped) == (1, 1) and not nested.exists()  # the flat result is not recomputed
     assert sorted(Path(p).name for p in result_files(tmp_path)) == [f"{H2_KEY}.npz", "water.npz"]
     assert find_result(tmp_path, "water") == result_path(tmp_path, "water") and find_result(tmp_path, "x") is None
+    # the resume scan's cheap whole-file check (the zip's end record and its directory offset) refuses a file
+    # that is not a whole .npz: garbage, or one whose last 22 bytes were cut (its end record gone)
+    junk = result_path(tmp_path, "junk")
+    junk.parent.mkdir(parents=True, exist_ok=True)
+    junk.write_bytes(b"PK\x05\x06" + bytes(200))
+    whole = result_path(tmp_path, "water").read_bytes()
+    result_path(tmp_path, "cut").parent.mkdir(parents=True, exist_ok=True)
+    result_path(tmp_path, "cut").write_bytes(whole[:-22])
+    assert done_keys(tmp_path) == {H2_KEY, "water"}
 
 
 def test_band_mode_records_its_exact_fraction(tmp_path):
