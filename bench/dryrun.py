@@ -121,8 +121,14 @@ def in_process(n: int, ms: float, root: Path) -> None:
           f"= {1e3 * r['rss_growth_mb'] / n:.2f} kB/item (peak RSS {r['peak_mb']:.0f} MB) -> "
           f"{_scale(r['rss_growth_mb'] / n / 1024, 'GB', '{:.2f}')}")
     t = time.perf_counter()
+    listed = result_files(out)
+    list_s = time.perf_counter() - t
+    t = time.perf_counter()
     keys = done_keys(out)
     scan = time.perf_counter() - t
+    print(f"dryrun resume scan: listing {len(listed)} result files {list_s:.2f} s = "
+          f"{1e6 * list_s / len(listed):.1f} us/file -> {_scale(list_s / len(listed), 's')}; done_keys also reads "
+          f"the end of each file to check it is a whole .npz")
     t = time.perf_counter()
     failed = {e["key"] for e in read_jsonl(out / "failures.jsonl")}
     fscan = time.perf_counter() - t
@@ -227,7 +233,7 @@ def main(argv: list[str]) -> None:
     try:
         in_process(opts["n"], opts["ms"], root)
         remote_pull(min(opts["n"], 5000), root)
-        shard_scan(min(opts["n"], 10000), root)
+        shard_scan(min(opts["n"], 5000), root)
         if opts["ray-n"] > 0:
             on_ray(opts["ray-n"], opts["actors"])
     finally:
