@@ -43,6 +43,7 @@ class Workers:
     cpus: float = 1.0
     gpus: float = 0.0
     max_retries: int = 2
+    placement_timeout_s: float = 300.0   # give up an actor no node can host after this long
 
 
 # ---------------------------------------------------------------- sinks: where a stage's outputs go
@@ -258,7 +259,8 @@ def _on_actors(stage: Stage, batches: Iterable[list], workers: Workers, stats: d
             yield f"batch{i}", b
 
     pool = ActorPool(stage.worker, stage.args, size=workers.actors, cpus=workers.cpus, gpus=workers.gpus,
-                     max_retries=workers.max_retries, method="process_batch")
+                     max_retries=workers.max_retries, method="process_batch",
+                     placement_timeout_s=workers.placement_timeout_s)
     for key, value, error in pool.map(keyed()):
         batch = held.pop(key)
         if error is not None:

@@ -18,7 +18,9 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
                         "(`ray job submit`) or with $RAY_ADDRESS set: one actor per GPU share, else per CPU")
     g.add_argument("--workers", dest="actors", type=int, help=argparse.SUPPRESS)  # the earlier name
     g.add_argument("--local", dest="actors", action="store_const", const=0, help="same as --actors 0")
-    g.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved by each actor (default: 1)")
+    g.add_argument("--cpus-per-actor", type=float, default=None,
+                   help="CPUs reserved by each actor; its threads (PySCF, torch) follow it (default: the cluster's "
+                        "CPUs shared among the actors, at least 1 and at most one node's)")
     g.add_argument("--cpus-per-worker", dest="cpus_per_actor", type=float, help=argparse.SUPPRESS)
     g.add_argument("--gpus-per-actor", type=float, default=None,
                    help="GPU share of each actor, e.g. 0.25 = four actors per GPU (default: 0.25 when the "
@@ -32,8 +34,11 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def stage_workers(args: argparse.Namespace, what: str, uses_gpu: bool = True) -> Iterator[Workers]:
-    """``Workers`` from the flags above, inside a Ray session when actors are wanted; prints the choice."""
+def stage_workers(args: argparse.Namespace, what: str, uses_gpu: bool = True,
+                  items: int | None = None) -> Iterator[Workers]:
+    """``Workers`` from the flags above, inside a Ray session when actors are wanted; prints the choice.
+    ``items``: how many items the stage has, so that a small job gets no more actors than items and each actor
+    the CPUs the others leave (one molecule on a node gets every core, not one)."""
     from .runtime import ray_session, use_ray
     actors = args.actors
     if actors is None:
@@ -51,6 +56,14 @@ def stage_workers(args: argparse.Namespace, what: str, uses_gpu: bool = True) ->
         share = args.gpus_per_actor
         if share is None:
             share = 0.25 if gpus > 0 and uses_gpu else 0.0
-        n = actors or (int(gpus / share) if share > 0 else max(1, int(cpus // args.cpus_per_actor)))
-        print(f"{what}: {n} Ray actors x {args.cpus_per_actor:g} CPU, {share:g} GPU", flush=True)
-        yield Workers(actors=n, cpus=args.cpus_per_actor, gpus=share, max_retries=args.max_retries)
+        n = actors or (int(gpus / share) if share > 0 else max(1, int(cpus // (args.cpus_per_actor or 1))))
+        if not actors and items:
+            n = max(1, min(n, items))
+        per = args.cpus_per_actor or float(max(1, min(cpus // n, _largest_node_cpus())))
+        print(f"{what}: {n} Ray actors x {per:g} CPU, {share:g} GPU", flush=True)
+        yield Workers(actors=n, cpus=per, gpus=share, max_retries=args.max_retries)
+
+
+def _largest_node_cpus() -> float:
+    import ray
+    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)

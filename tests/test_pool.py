@@ -87,6 +87,24 @@ def test_pool_gives_up_on_an_item_that_keeps_killing_actors(ray_head, tmp_path):
     assert pool.stats.actors_replaced == 1 and pool.stats.retried == 0
 
 
+def test_an_actor_no_node_can_host_is_given_up_and_its_items_go_to_the_others(ray_head, tmp_path):
+    """After a node loss the replacement may find no node with room: the pool goes on with the actors it has
+    (instead of waiting for ever), and stops with a clear error when none can be placed."""
+    import time
+
+    from cluster.pool import ActorPool, NoActorPlaced, _Slot
+    pool = ActorPool(Squarer, {"marker_dir": str(tmp_path)}, size=2, cpus=1, placement_timeout_s=2.0)
+    stuck = ray_head.remote(num_cpus=64)(Squarer).remote(str(tmp_path))  # asks for more than any node has
+    pool.slots[1] = _Slot(stuck, 1, ready=stuck.__ray_ready__.remote(), since=time.monotonic())
+    out = list(pool.map((f"n{i}", i) for i in range(6)))
+    assert sorted(k for k, _, _ in out) == [f"n{i}" for i in range(6)]  # each exactly once
+    assert all(e is None and v["value"] == int(k[1:]) ** 2 for k, v, e in out)
+    assert pool.stats.actors_retired == 1
+    with pytest.raises(NoActorPlaced, match="could be placed"):
+        list(ActorPool(Squarer, {"marker_dir": str(tmp_path)}, size=1, cpus=64, placement_timeout_s=1.0)
+             .map([("x", 1)]))
+
+
 def test_render_stage_on_ray_actors_writes_to_a_url(ray_head, tmp_path, capsys):
     """`edg render --actors 2 --out local:///...`: the stage driver on actors, shards at an fsspec URL."""
     from cluster.cli import main

@@ -32,3 +32,35 @@ def test_the_demo_config_leaves_the_choice_to_the_context_and_the_pipeline_says_
     assert "stages run as Ray work (inside a Ray job or $RAY_ADDRESS is set)" in capsys.readouterr().out
     monkeypatch.delenv("RAY_ADDRESS")
     assert not Pipeline(cfg).use_ray
+
+
+@pytest.fixture()
+def short_tmp():
+    import shutil
+    import tempfile
+    from pathlib import Path
+    d = tempfile.mkdtemp(prefix="edgr")  # Ray's socket paths must stay under 108 characters
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.ray
+def test_one_molecule_on_ray_gets_every_cpu_of_the_node(short_tmp, capsys, monkeypatch):
+    """`edg dft --ray-address local` on one molecule: one actor holding both CPUs (PySCF threads follow
+    the actor's CPUs), not one actor with one thread."""
+    import argparse
+
+    from cluster.runtime import ray_session
+    from cluster.stage_args import add_worker_args, stage_workers
+    p = argparse.ArgumentParser()
+    add_worker_args(p)
+    with ray_session("local", temp_dir=short_tmp, num_cpus=2):
+        with stage_workers(p.parse_args(["--actors", "0"]), "x", items=1) as w:
+            assert w.actors == 0
+        monkeypatch.setenv("RAY_ADDRESS", "auto")  # as inside a Ray job: actors by default
+        args = p.parse_args([])
+        with stage_workers(args, "edg dft", uses_gpu=False, items=1) as w:
+            assert (w.actors, w.cpus) == (1, 2.0)
+        with stage_workers(args, "edg dft", uses_gpu=False, items=10) as w:
+            assert (w.actors, w.cpus) == (2, 1.0)
+    assert "edg dft: 1 Ray actors x 2 CPU" in capsys.readouterr().out

@@ -40,7 +40,7 @@ def cmd_dft(args) -> int:
     store.commit("dft_config.yaml")
     store.close()
     print(f"edg dft: {len(src)} records from {args.input} -> {args.out} (backend {resolve_backend(cfg.backend)})")
-    with stage_workers(args, "edg dft", uses_gpu=cfg.backend != "cpu") as workers:
+    with stage_workers(args, "edg dft", uses_gpu=cfg.backend != "cpu", items=len(src)) as workers:
         s = run_dft(src, args.out, cfg, workers, total=len(src), retry_failed=args.retry_failed)
     print(f"edg {s.line()}")
     if s.failed or exists(s.failures):
