@@ -183,10 +183,13 @@ class StageSummary:
 class FailureLog:
     """``<out>/failures.jsonl``, of which the driver is the one writer. Entries are appended as failures
     happen (a killed run keeps them) and the file is compacted at the end: one entry per (stage, key), the
-    latest, none for a key that has since succeeded."""
+    latest, none for a key that has since succeeded. For a URL ``out`` the file is uploaded at most every
+    ``upload_every_s`` seconds and at the end (a killed run then retries the molecules whose failure had not
+    been uploaded yet)."""
 
-    def __init__(self, logs: Mirror, name: str = FAILURES):
+    def __init__(self, logs: Mirror, name: str = FAILURES, upload_every_s: float = 30.0):
         self.logs, self.name, self.path = logs, name, logs.local / name
+        self.upload_every_s, self._uploaded = upload_every_s, time.monotonic()
         self.entries: dict[tuple[str, str], dict] = {}
         self.appended = 0
         for e in read_jsonl(self.path):
@@ -205,8 +208,9 @@ class FailureLog:
                 self.appended += 1
             self.entries[(f.stage, f.key)] = e
             n += 1
-        if n:
+        if n and time.monotonic() - self._uploaded >= self.upload_every_s:
             self.logs.commit(self.name)
+            self._uploaded = time.monotonic()
         return n
 
     def compact(self, succeeded: set[str]) -> None:
@@ -215,6 +219,7 @@ class FailureLog:
         current = self.path.read_text() if self.path.exists() else ""
         if lines != current and (keep or self.path.exists()):
             write_bytes_atomic(self.path, lines.encode())
+        if self.path.exists():
             self.logs.commit(self.name)
 
 
