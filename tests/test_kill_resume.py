@@ -20,10 +20,10 @@ DFT = ["dft", "--local", "--basis", "sto-3g", "--grid-level", "0", "--conv-tol",
 VOLATILE = ("wall_s", "timings")  # seconds measured by the run, the only fields allowed to differ
 
 
-def _input(path: Path, n_h2: int = 20) -> None:
+def _input(path: Path, n_h2: int = 24) -> None:
     frames = [f"2\nid=h2-{i:02d}\nH 0 0 0\nH 0 0 {0.64 + 0.01 * i:.2f}\n" for i in range(n_h2)]
     frames.insert(5, "2\nid=collapsed\nH 0 0 0\nH 0 0 0.01\n")  # fails in DFT (bad geometry)
-    frames.insert(9, "2\nid=unreadable\nH 0 0 0\nH 0 0 0.7\nH 0 0 1.4\n")  # fails in the reader
+    frames.insert(12, "2\nid=unreadable\nH 0 0 0\nH 0 0 0.7\nH 0 0 1.4\n")  # fails in the reader
     frames.append("3\nid=water\nO 0.0 0.0 0.117\nH 0.0 0.757 -0.467\nH 0.0 -0.757 -0.467\n")
     path.write_text("".join(frames))
 
@@ -68,21 +68,29 @@ def test_kill_and_resume_loop(tmp_path):
     kills = kills_in_write = runs = 0
     while True:
         runs += 1
-        assert runs < 80, "the run never finished"
+        assert runs < 150, "the run never finished"
+        left = set(_temps(out))  # what the previous kill left (this run removes it at start)
         p = _start(inp, out)
-        in_write = rng.random() < 0.5
-        deadline = time.monotonic() + (600 if in_write else rng.uniform(0.2, full_s))
-        killed = False
+        # how this run ends: killed as soon as a result file is being written, after 1-2 new results (plus a few
+        # ms), or at a random moment (start-up and reading included)
+        mode = ("write", "results", "write", "random")[runs % 4]
+        before = len(list((out / "fields").rglob("*.npz"))) if out.exists() else 0
+        quota = before + rng.randint(1, 2)
+        deadline = time.monotonic() + (rng.uniform(0.2, 0.7 * full_s) if mode == "random" else 600)
         while p.poll() is None and time.monotonic() < deadline:
-            if in_write and _temps(out):  # a result (or manifest) file is being written right now
+            if mode == "write" and set(_temps(out / "fields")) - left:  # a result file is being written now
                 break
-            time.sleep(0.0005 if in_write else 0.01)
+            if mode == "results" and out.exists() and len(list((out / "fields").rglob("*.npz"))) >= quota:
+                time.sleep(rng.uniform(0, 0.05))
+                break
+            time.sleep(0.0005 if mode == "write" else 0.005)
+        killed = False
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             p.wait()
             killed = True
             kills += 1
-            kills_in_write += bool(_temps(out))
+            kills_in_write += bool(set(_temps(out / "fields")) - left)
         else:
             assert p.returncode == 0, p.stderr.read()
         if not killed:
@@ -93,11 +101,11 @@ def test_kill_and_resume_loop(tmp_path):
     temps = _temps(out)
     manifest = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines() if x.strip()]
     keys = [e["key"] for e in manifest]
-    print(f"\nkill-and-resume: {runs} runs, {kills} kills ({kills_in_write} with a temp file on disk), "
+    print(f"\nkill-and-resume: {runs} runs, {kills} kills ({kills_in_write} while a result file was being written), "
           f"{len(got)} results (reference {len(want)}), {duplicates} duplicate results, {len(temps)} temp files "
           f"left, {len(keys) - len(set(keys))} duplicate manifest entries; uninterrupted run {full_s:.1f} s")
-    assert kills >= 10 and kills_in_write >= 3
-    assert sorted(got) == sorted(want) and len(got) == 21 and duplicates == 0
+    assert kills >= 10 and kills_in_write >= 5
+    assert sorted(got) == sorted(want) and len(got) == 25 and duplicates == 0
     for key, (path,) in got.items():
         a, b = _result(path), _result(want[key][0])
         assert a["meta"] == b["meta"], key
