@@ -328,7 +328,7 @@ def _message(case: Case, d: Path, output: str) -> str:
                     return f"{e.get('record')}: {e.get('reason')}"  # record (id or file) and reason, as logged
     lines = [ln for ln in output.splitlines() if re.search(case.message, ln)]
     line = lines[0] if lines else (output.strip().splitlines() or [""])[-1]
-    return re.sub(r" in [\d.]+ s \([\d.]+ molecules/s", " (", line)  # timings would change the table every run
+    return re.sub(r" in [\d.]+ s \([\d.]+ molecules/s,? ?", " (", line)  # timings would change the table every run
 
 
 def run_case(case: Case, root: Path) -> Row:
