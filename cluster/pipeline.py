@@ -116,6 +116,9 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
         else:
             data[k] = v
     where = str(path or "pipeline config")
+    if isinstance(data.get("out"), str):
+        from edg_core.storage import check_location
+        data["out"] = check_location(data["out"], persistent=True)  # memory:// would vanish with this process
     cfg = from_dict(PipelineConfig, data, where=where)
     if cfg.teacher.model.fu_dim != cfg.imageed.model.embed_dim:
         raise ConfigError(f"{where}: teacher.model.fu_dim ({cfg.teacher.model.fu_dim}) must equal "

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from edg_core.errors import EDGError
+from edg_core.errors import DiskFullError, EDGError
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,8 @@ class ActorPool:
                             yield key, None, f"worker died {tries + 1} times while processing it"
                     except RayTaskError as e:
                         cause = getattr(e, "cause", None)
+                        if isinstance(cause, DiskFullError):  # not the item's fault: stop, a rerun resumes
+                            raise cause from None
                         yield key, None, f"error: {cause if cause is not None else e}".splitlines()[0]
                 self._retire_unplaced()
         finally:

@@ -61,3 +61,14 @@ def test_every_stage_command_has_the_same_worker_flags():
         assert [a.help for a in group._group_actions if a.option_strings[0] in WORKER_FLAGS] == \
             [a.help for a in next(g for g in sub["dft"]._action_groups if g.title.startswith("workers"))
              ._group_actions if a.option_strings[0] in WORKER_FLAGS]  # the same words everywhere
+
+
+def test_a_pipeline_config_whose_out_would_vanish_is_refused(tmp_path, monkeypatch):
+    from cluster.pipeline import load_pipeline_config
+    from edg_core.errors import EDGError
+    monkeypatch.delenv("EDG_ALLOW_MEMORY_OUT", raising=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("out: memory://runs/x\n")
+    with pytest.raises(EDGError, match="memory:// lives only as long as this process"):
+        load_pipeline_config(cfg)
+    assert load_pipeline_config(None, {"out": f"file://{tmp_path}/run"}).out == f"{tmp_path}/run"
