@@ -100,3 +100,17 @@ def test_pipeline_student_images_cover_every_conformation_spec(tmp_path):
     assert (summary["done"], summary["failed"], summary["total"]) == (5, 0, 5)
     ids = [d["meta"]["id"] for d in read_samples(tmp_path / "run" / "shards" / "student")]
     assert len(ids) == 5 and sum(i.startswith("qm9:") for i in ids) == 3
+
+
+def test_data_info_counts_a_damaged_sample_and_goes_on(tmp_path, capsys):
+    from cluster.cli import main
+    from edg_core.shards import ShardWriter
+    with ShardWriter(tmp_path / "s", "s") as w:
+        for i, m in enumerate(mols(4)):
+            sample = encode_sample(m)
+            if i == 1:
+                del sample["meta.json"]  # a sample without its metadata
+            w.write(sample)
+    assert main(["data", "info", str(tmp_path / "s"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["molecules"], info["invalid"]) == (3, 1) and "no meta.json" in info["first_invalid"][0]

@@ -11,7 +11,6 @@ from cluster.stage_args import add_worker_args
 from edg_core.errors import DataSourceError, InvalidRecord
 from edg_core.io import atomic_path, progress
 from edg_core.readers import open_source
-from edg_core.shards import read_samples
 
 
 def register(sub) -> None:
@@ -72,10 +71,18 @@ def cmd_info(args) -> int:
         from edg_core.shards import sample_molecule
         members = Counter()
 
-        def recs():
-            for d in read_samples(args.input, torch_tensors=False):
-                members.update(k for k in ("grid", "ed", "esp", "edimg", "stimg", "fu", "fs", "edp") if k in d)
-                yield sample_molecule(d)
+        def recs():  # a damaged sample is counted as invalid (and named), the scan goes on
+            from edg_core.errors import ShardError
+            from edg_core.shards import decode_sample, iter_shard, shard_paths
+            for path in shard_paths(args.input):
+                for raw in iter_shard(path):
+                    try:
+                        d = decode_sample(raw, torch_tensors=False)
+                    except ShardError as e:
+                        yield InvalidRecord(f"{path}:{raw.get('__key__', '?')}", str(e).split(": ", 1)[-1])
+                        continue
+                    members.update(k for k in ("grid", "ed", "esp", "edimg", "stimg", "fu", "fs", "edp") if k in d)
+                    yield sample_molecule(d)
         summary = _summarise(recs())
         summary["members"] = dict(members)
     else:
