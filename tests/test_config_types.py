@@ -1,6 +1,6 @@
 """One config resolver: a YAML value of the wrong type is refused before any work starts, naming the file, the
-key, the value and the expected type, by `edg dft --config`, `edg render --config` and `edg pipeline --config`
-alike; the stage commands share one set of worker flags."""
+key, the value and the expected type, by `edg dft`, `edg render`, `edg pretrain` and `edg pipeline --config`
+alike (the same pipeline-style file); the stage commands share one set of worker flags."""
 from __future__ import annotations
 
 import pytest
@@ -18,14 +18,16 @@ BAD = [
 
 
 @pytest.mark.parametrize("text,message", BAD)
-@pytest.mark.parametrize("command", ["dft", "render", "pipeline"])
+@pytest.mark.parametrize("command", ["dft", "render", "pipeline", "pretrain"])
 def test_wrong_types_are_refused_before_any_work(tmp_path, capsys, command, text, message):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)
     out = tmp_path / "out"
     argv = {"dft": ["dft", "--input", "embedded:qm9?limit=1", "--out", str(out), "--config", str(cfg)],
             "render": ["render", "--input", "embedded:qm9?limit=1", "--out", str(out), "--config", str(cfg)],
-            "pipeline": ["pipeline", "--config", str(cfg), "--out", str(out)]}[command]
+            "pipeline": ["pipeline", "--config", str(cfg), "--out", str(out)],
+            "pretrain": ["pretrain", "imageed", "--shards", str(tmp_path), "--out", str(out), "--config", str(cfg)]
+            }[command]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"{cfg}: {message}" in err
@@ -72,3 +74,17 @@ def test_a_pipeline_config_whose_out_would_vanish_is_refused(tmp_path, monkeypat
     with pytest.raises(EDGError, match="memory:// lives only as long as this process"):
         load_pipeline_config(cfg)
     assert load_pipeline_config(None, {"out": f"file://{tmp_path}/run"}).out == f"{tmp_path}/run"
+
+
+def test_edg_pretrain_takes_its_section_of_a_pipeline_config():
+    import yaml
+
+    from cluster.commands.pretrain import resolve_config
+    parser = build_parser()
+    demo = yaml.safe_load(open("configs/demo.yaml"))
+    args = parser.parse_args(["pretrain", "imageed", "--shards", "x", "--out", "y", "--config", "configs/demo.yaml"])
+    cfg = resolve_config(args)
+    assert cfg.epochs == demo["imageed"]["epochs"] and cfg.model.embed_dim == demo["imageed"]["model"]["embed_dim"]
+    args = parser.parse_args(["pretrain", "teacher", "--shards", "x", "--out", "y", "--config", "configs/demo.yaml",
+                              "--epochs", "3"])
+    assert resolve_config(args).epochs == 3  # flags win over the file

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from edg_core.config import ConfigError, add_config_args, apply_args, from_dict
+from edg_core.config import add_config_args, apply_args, from_dict
 
 IMAGEED_HELP = """\
 Pretrain ImageED, a masked autoencoder over the 6 RGB-D ED images of each molecule (member `edimg` of the
@@ -105,9 +105,12 @@ def register(sub) -> None:
 
 
 def resolve_config(args):
-    """Paper defaults <- --preset (model sizes) <- YAML file (--config) <- command-line flags."""
-    import yaml
+    """Paper defaults <- --preset (model sizes) <- YAML file (--config) <- command-line flags.
 
+    ``--config`` is a pipeline config as for every other command (checked whole; its ``imageed:`` or
+    ``teacher:`` section is used), or, with ``--config-section`` or keys that are not pipeline sections, a file
+    holding this stage's config."""
+    from edg_core.config import read_yaml
     from train.configs import TEACHER_PRESETS, ImageEDTrainConfig, TeacherTrainConfig, imageed_preset
     cls = ImageEDTrainConfig if args.stage == "imageed" else TeacherTrainConfig
     cfg = cls()
@@ -115,19 +118,22 @@ def resolve_config(args):
         model = imageed_preset(args.preset) if args.stage == "imageed" else TEACHER_PRESETS[args.preset]
         cfg = replace(cfg, model=model)
     if args.config:
+        from cluster.pipeline import PipelineConfig, load_pipeline_config
         path = Path(args.config)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        given = yaml.safe_load(path.read_text()) or {}
-        if args.config_section:
-            given = given.get(args.config_section) or {}
+        given = read_yaml(path)
+        section = args.config_section
+        if section is None and given and set(given) <= set(PipelineConfig.__dataclass_fields__):
+            load_pipeline_config(path)  # a pipeline config: every section typed before any work
+            section = args.stage
+        if section:
+            given = given.get(section) or {}
         data = asdict(cfg)
         for k, v in given.items():  # unknown keys are reported by from_dict, naming the file
             if isinstance(v, dict) and isinstance(data.get(k), dict):
                 data[k].update(v)
             else:
                 data[k] = v
-        cfg = from_dict(cls, data, where=f"{path}" + (f":{args.config_section}" if args.config_section else ""))
+        cfg = from_dict(cls, data, where=f"{path}" + (f": {section}" if section else ""))
     return apply_args(cfg, args)
 
 
@@ -169,8 +175,8 @@ def cmd_pretrain(args) -> int:
             metrics = train(cfg, args.shards, out, device=args.device)
     print(json.dumps(metrics, indent=2))
     units = UNITS[args.stage]
-    losses = ", ".join(f"{k.replace('_', ' ', 1)} {metrics[k]:.4g} {units['loss']}" for k in ("train_loss", "valid_loss")
-                       if k in metrics)
+    losses = ", ".join(f"{k.replace('_', ' ', 1)} {metrics[k]:.4g} {units['loss']}"
+                       for k in ("train_loss", "valid_loss") if k in metrics)
     print(f"{args.stage} pretraining done: epoch {metrics.get('epoch', -1) + 1}/{cfg.epochs}, {losses}, "
           f"{metrics.get('samples_per_s', float('nan')):.1f} samples/s -> {store.url}"
           + (f" (working copy {out})" if store.remote else ""))
