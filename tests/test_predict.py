@@ -145,7 +145,9 @@ def test_ase_calculator_refuses_periodic_cells(run):
 
 def test_predict_qm9_property_model(tmp_path):
     """A QM9 student predicts its target (eV for homo) and is no ASE energy model."""
-    pytest.importorskip("qm9pack")
+    import importlib.util
+    if importlib.util.find_spec("qm9pack") is None:  # EDG reads its tables without importing it
+        pytest.skip("qm9pack is not installed")
     from train.ase_calculator import EDGCalculator
     from train.configs import FitConfig
     from train.distill import DistillConfig, run_distill
