@@ -77,9 +77,7 @@ def ray_session(address: str | None = None, temp_dir: str | os.PathLike | None =
     if ray.is_initialized():
         yield ray.cluster_resources()
         return
-    own_tmp = None
-    if temp_dir is None and address in (None, "auto", "local"):
-        own_tmp = tempfile.mkdtemp(prefix="edgray")
+    own_tmp = tempfile.mkdtemp(prefix="edgray") if temp_dir is None else None  # removed when the session ends
     session = connect(address or "auto", num_cpus=num_cpus, temp_dir=str(temp_dir or own_tmp))
     log.info("%s", session.where)
     try:

@@ -64,3 +64,16 @@ def test_one_molecule_on_ray_gets_every_cpu_of_the_node(short_tmp, capsys, monke
         with stage_workers(args, "edg dft", uses_gpu=False, items=10) as w:
             assert (w.actors, w.cpus) == (2, 1.0)
     assert "edg dft: 1 Ray actors x 2 CPU" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+def test_a_local_runtime_removes_its_session_folder(monkeypatch, short_tmp):
+    import glob
+    import tempfile
+
+    from cluster.runtime import ray_session
+    monkeypatch.setattr(tempfile, "tempdir", str(short_tmp))  # where mkdtemp puts the session folder
+    with ray_session("local", num_cpus=1) as resources:
+        assert resources["CPU"] == 1
+        assert len(glob.glob(f"{short_tmp}/edgray*")) == 1
+    assert glob.glob(f"{short_tmp}/edgray*") == []
