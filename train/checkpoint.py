@@ -103,8 +103,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", what: str = "ch
         log.warning("%s: loading with full unpickling (%s): this runs any code the file holds", path, UNSAFE_FLAG)
         ck = torch.load(path, map_location=map_location, weights_only=False)
     except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: {what} cannot be read (truncated or corrupt: "
-                              f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})") from None
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: {what} cannot be read (truncated or corrupt: {detail})") from None
     if not isinstance(ck, dict):
         raise CheckpointError(f"{path}: {what} holds a {type(ck).__name__}, expected a dict")
     return ck

@@ -203,17 +203,33 @@ def write_synthetic_shards(out, source: str = "embedded:qm9", size: int = 32, ma
 # ---------------------------------------------------------------- per-sample outputs of a model
 class ShardAnnotator:
     """A stage worker (``cluster.engine``) that runs a model once per raw shard sample having image ``member``
-    ('edimg' or 'stimg') and adds its outputs as ``<name>.npy`` members.
+    ('edimg' or 'stimg') and adds its ``outputs`` as ``<name>.npy`` members.
 
-    ``compute(images (B, V, C, H, W) float32 in [0, 1]) -> {name: (B, ...) tensor}``. Samples without
-    ``member`` are passed through unchanged (images dropped if ``drop_images``); the names of the new members
-    are listed in the sample's ``__outputs__`` (not written to shards). A sample whose images cannot be
-    decoded, or that the shard reader marked as damaged, is a ``Failure`` naming the shard and the key.
+    Subclasses give ``member`` and ``outputs(images (B, V, C, H, W) float32 in [0, 1], on the model's device)
+    -> {name: (B, ...) tensor}``; the model runs in eval mode, without gradients, in bf16 autocast on a GPU when
+    ``bf16``. Samples without ``member`` are passed through unchanged (images dropped if ``drop_images``); the
+    names of the new members are listed in the sample's ``__outputs__`` (not written to shards). A sample whose
+    images cannot be decoded, or that the shard reader marked as damaged, is a ``Failure`` naming the shard and
+    the key.
     """
     stage = "extract"
+    member = "edimg"
 
-    def __init__(self, compute, member: str, drop_images: bool = False):
-        self.compute, self.member, self.drop_images = compute, member, drop_images
+    def __init__(self, model: torch.nn.Module, device=None, bf16: bool = False, drop_images: bool = False):
+        import contextlib
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and self.device.type == "cuda" \
+            else contextlib.nullcontext()
+        self.drop_images = drop_images
+
+    def outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def compute(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with self.autocast:
+            return self.outputs(images.to(self.device))
 
     def process_batch(self, raws: list[dict]) -> BatchResult:
         from edg_core.shards import decode_images_u8

@@ -41,7 +41,7 @@ from .edg import (
     load_teacher_targets,
     predictor_dims,
 )
-from .progress import TrainLog, timed_steps
+from .progress import TrainLog
 from .student_schedule import StudentSchedule
 from .tasks import Batch, PackedMolecules, Task, build_task
 
@@ -184,7 +184,7 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
                         show=("train_loss", f"valid_{metric}", *(f"valid_{k}" for k in task.units if k != metric)))
     history, first = list(trainlog.rows), state["epoch"]
     steps = math.ceil(len(train) / cfg.batch_size)
-    timed = timed_steps(steps)
+    after_step = trainlog.step_timer(steps, device)
     if first < last_epoch:
         trainlog.start(model, cfg.epochs - first, steps, cfg.batch_size, device)
     for epoch in progress(range(state["epoch"], last_epoch), desc, total=last_epoch - state["epoch"]):
@@ -200,13 +200,8 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
             b = batch.num_molecules
             sums += torch.stack([step["loss"], step["task_loss"], step["ed_loss"]]).double() * b
             n += b
-            if epoch == first and timed and i in (0, timed):  # the first step is a warm-up
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if i == 0:
-                    t_first = time.perf_counter()
-                else:
-                    trainlog.estimate(time.perf_counter() - t_first, timed, steps)
+            if epoch == first:
+                after_step(i)
         means = (sums / max(n, 1)).tolist()  # the epoch's one host sync for the training losses
         train_time = time.perf_counter() - t0
         val = _means(evaluate(task, model, valid, cfg.eval_batch_size))

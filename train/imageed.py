@@ -20,6 +20,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import Block
 
 from .configs import IMAGEED_PRESETS, IMAGENET_MEAN, IMAGENET_STD, ImageEDConfig, imageed_preset  # noqa: F401
+from .data import ShardAnnotator
 
 
 def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:
@@ -290,28 +291,16 @@ def load_imageed(path, map_location="cpu", unsafe_pickle: bool | None = None) ->
     return model.eval()
 
 
-class FeatureExtractor:
+class FeatureExtractor(ShardAnnotator):
     """A stage worker (``cluster.stages.run_extract``): F_U (``fu.npy``, (embed_dim,) float32) for every shard
     sample with ED images, from ``model`` (an ``ImageED`` or a path ``load_imageed`` reads)."""
+    member = "edimg"
 
     def __init__(self, model, device=None, bf16: bool = True, drop_images: bool = False):
-        import contextlib
+        super().__init__(model if isinstance(model, ImageED) else load_imageed(model), device, bf16, drop_images)
 
-        from .data import ShardAnnotator
-        model = model if isinstance(model, ImageED) else load_imageed(model)
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = model.to(device).eval()
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" \
-            else contextlib.nullcontext()
-
-        @torch.no_grad()
-        def compute(imgs):
-            with autocast:
-                return {"fu": model.features(imgs.to(device))}
-        self.annotator = ShardAnnotator(compute, "edimg", drop_images)
-
-    def process_batch(self, raws: list[dict]):
-        return self.annotator.process_batch(raws)
+    def outputs(self, images):
+        return {"fu": self.model.features(images)}
 
 
 __all__ = ["ImageEDConfig", "ImageED", "IMAGEED_PRESETS", "imageed_preset", "sincos_pos_embed_2d",

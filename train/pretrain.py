@@ -36,12 +36,12 @@ from edg_core.errors import EDGError, ShardError
 from edg_core.io import progress
 from edg_core.shards import shard_paths, webdataset_pipeline
 
+from .checkpoint import CheckpointError, Checkpoints, load_checkpoint, save_checkpoint
 from .configs import ImageEDTrainConfig, TeacherTrainConfig  # noqa: F401 (re-exported)
 from .data import ShardImages, count_samples, image_loader
-from .checkpoint import CheckpointError, Checkpoints, load_checkpoint, save_checkpoint
 from .imageed import ImageED, imageed_state, save_reconstruction_png
 from .optim import adamw, scaled_lr, sgd, warmup_cosine
-from .progress import TrainLog, timed_steps
+from .progress import TrainLog
 from .teacher import Teacher, augment_structure_images, teacher_loss, teacher_state
 
 Report = Callable[[dict, "Path | None"], None]  # (epoch metrics, checkpoint file written this epoch or None)
@@ -110,6 +110,7 @@ def train_imageed(cfg: ImageEDTrainConfig, shards, out_dir, report: Report | Non
                   device: torch.device | str | None = None, resume_from: str | Path | None = None) -> dict:
     """Pretrain ImageED on the ``edimg`` of ``shards``; returns the last epoch's metrics. Writes
     ``out_dir/imageed.pt`` (config + weights) when the schedule is done."""
+    bind_device(torch.device(device) if device is not None else default_device())  # before anything else
     _check_input("imageed", cfg, shards)
     torch.manual_seed(cfg.seed)  # the initial weights
     return train_stage(_imageed_stage(cfg, shards), cfg, shards, out_dir, report, device, resume_from)
@@ -119,6 +120,7 @@ def train_teacher(cfg: TeacherTrainConfig, shards, out_dir, report: Report | Non
                   device: torch.device | str | None = None, resume_from: str | Path | None = None) -> dict:
     """Pretrain the teacher on ``stimg`` -> ``fu`` of ``shards`` (molecules without ``fu`` are masked out of
     the loss); writes ``out_dir/teacher.pt`` (loadable with ``load_teacher`` / ``load_ed_predictor``)."""
+    bind_device(torch.device(device) if device is not None else default_device())  # before anything else
     _check_input("teacher", cfg, shards)
     torch.manual_seed(cfg.seed)
     return train_stage(_teacher_stage(cfg, shards), cfg, shards, out_dir, report, device, resume_from)
@@ -306,7 +308,7 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
     best = min((h["valid_loss"] for h in history if "valid_loss" in h), default=math.inf)
     log = TrainLog(out_dir if rank == 0 else None, stage.name, cfg.epochs, start_epoch, UNITS[stage.name],
                    show=("train_loss", "valid_loss"), quiet=rank != 0)
-    timed = timed_steps(steps) if start_epoch < cfg.epochs else 0
+    after_step = log.step_timer(steps, device)
     if start_epoch < cfg.epochs:
         log.start(model, cfg.epochs - start_epoch, steps, cfg.batch_size * world, device)
 
@@ -331,13 +333,8 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
             n_samples += b
             for k, v in parts.items():  # kept on the device: no host sync per step
                 sums[k] = sums.get(k, 0.0) + v.detach().double() * b
-            if epoch == start_epoch and timed and i in (0, timed):  # the first step includes loader start-up
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if i == 0:
-                    t_first = time.perf_counter()
-                else:
-                    log.estimate(time.perf_counter() - t_first, timed, steps)
+            if epoch == start_epoch:  # the first step includes loader start-up: not timed
+                after_step(i)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0

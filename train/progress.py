@@ -104,6 +104,24 @@ class TrainLog:
                  f"{batch} samples on {device}" + (": a GPU-sized run on a CPU; a time estimate follows after the "
                                                     "first steps" if big else ""))
 
+    def step_timer(self, steps_per_epoch: int, device=None):
+        """A callable ``after_step(i)`` for the first epoch run in this process: step 0 is a warm-up, steps
+        1..``timed_steps`` are timed (synchronising a GPU first) and the estimate is announced once."""
+        import time
+        timed, start = timed_steps(steps_per_epoch), [0.0]
+
+        def after_step(i: int) -> None:
+            if not timed or i not in (0, timed):
+                return
+            if device is not None and getattr(device, "type", "cpu") == "cuda":
+                import torch
+                torch.cuda.synchronize(device)
+            if i == 0:
+                start[0] = time.perf_counter()
+            else:
+                self.estimate(time.perf_counter() - start[0], timed, steps_per_epoch)
+        return after_step
+
     def estimate(self, seconds: float, steps_done: int, steps_per_epoch: int) -> float:
         """Announce the estimated time per epoch from ``steps_done`` timed steps; returns seconds per epoch."""
         per_epoch = seconds / max(steps_done, 1) * steps_per_epoch

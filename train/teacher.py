@@ -19,6 +19,7 @@ from edg_core.config import from_dict
 from edg_core.errors import EDGError
 
 from .configs import IMAGENET_MEAN, IMAGENET_STD, TEACHER_PRESETS, TeacherConfig  # noqa: F401 (re-exported)
+from .data import ShardAnnotator
 
 
 class EDPredictor(nn.Sequential):
@@ -224,28 +225,16 @@ def _tuples(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
-class TargetExtractor:
+class TargetExtractor(ShardAnnotator):
     """A stage worker (``cluster.stages.run_extract``): the teacher once per conformation with structure
     images, storing F_S (``fs.npy``) and EDP(F_S) (``edp.npy``). Eval mode, no augmentation, float32 unless
     ``bf16``; student training reads these instead of running the teacher. ``model``: a ``Teacher`` or a path
     ``load_teacher`` reads."""
+    member = "stimg"
 
     def __init__(self, model, device=None, bf16: bool = False, drop_images: bool = False):
-        import contextlib
+        super().__init__(model if isinstance(model, Teacher) else load_teacher(model), device, bf16, drop_images)
 
-        from .data import ShardAnnotator
-        model = model if isinstance(model, Teacher) else load_teacher(model)
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = model.to(device).eval()
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" \
-            else contextlib.nullcontext()
-
-        @torch.no_grad()
-        def compute(imgs):
-            with autocast:
-                fs, edp = model(imgs.to(device))
-            return {"fs": fs, "edp": edp}
-        self.annotator = ShardAnnotator(compute, "stimg", drop_images)
-
-    def process_batch(self, raws: list[dict]):
-        return self.annotator.process_batch(raws)
+    def outputs(self, images):
+        fs, edp = self.model(images)
+        return {"fs": fs, "edp": edp}
