@@ -114,3 +114,21 @@ def test_data_info_counts_a_damaged_sample_and_goes_on(tmp_path, capsys):
     assert main(["data", "info", str(tmp_path / "s"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert (info["molecules"], info["invalid"]) == (3, 1) and "no meta.json" in info["first_invalid"][0]
+
+
+def test_fused_stage_without_fields_makes_structure_images_instead_of_stopping(tmp_path):
+    """`dft.fields: false` leaves no grids for the DLPack hand-off: the fused stage still writes the DFT
+    scalars and a structure-image sample per molecule."""
+    from cluster.stages import run_fused
+    from dft.config import DFTConfig
+    from dft.worker import done_keys
+    from edg_core.readers import open_source
+    from render.config import RenderConfig
+    mols = [m for m in open_source("embedded:qm9").molecules() if m.formula in ("H2O", "CH4")]
+    s = run_fused(mols, tmp_path / "shards", tmp_path / "dft", DFTConfig(basis="sto-3g", fields=False),
+                  RenderConfig(image_size=16), Workers())
+    assert (s.done, s.failed) == (2, 0)
+    samples = list(read_samples(tmp_path / "shards"))
+    assert all("edimg" not in d and d["stimg"].shape == (4, 3, 16, 16) for d in samples)
+    assert {d["meta"]["labels"]["E6"] < 0 for d in samples} == {True}
+    assert done_keys(tmp_path / "dft") == {sample_key(m.id) for m in mols}
