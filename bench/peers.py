@@ -125,7 +125,10 @@ def dft_peers(quick: bool) -> None:
     result = {}
 
     def ours():
-        result["r"] = worker.process(mol)["result"]
+        st = worker.process(mol)
+        if st["status"] != "done":
+            raise RuntimeError(f"bench peers: our DFT of {mol.id} failed: {st['reason']}")
+        result["r"] = st["result"]
     tmp = Path(tempfile.mkdtemp(prefix="edg-peers-"))
     try:
         energy = {}
