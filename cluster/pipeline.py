@@ -181,8 +181,11 @@ class Pipeline:
         self.store.pull()  # what Ray workers and stage drivers uploaded (failure manifests, checkpoints)
         write_json_atomic(marker, summary)
         self.store.push()
+        quiet = {"seconds", "failures", "stage", "unit", "total"}  # bookkeeping; zero counters say nothing either
         print(f"[{name}] done in {summary['seconds']:.1f} s: "
-              + ", ".join(f"{k}={v}" for k, v in summary.items() if k not in ("seconds", "failures")), flush=True)
+              + ", ".join(f"{k}={v}" for k, v in summary.items()
+                          if k not in quiet and not (k in ("actors", "retried", "actors_replaced") and not v)),
+              flush=True)
         return summary
 
     # ---------------------------------------------------------------- stages
