@@ -158,7 +158,7 @@ def test_gpu_fields_match_cpu_and_stay_on_device():
 def test_cli_local_run_and_resume(tmp_path, capsys):
     from cluster.cli import main
     out = tmp_path / "run"
-    argv = ["dft", "--input", "embedded:qm9?limit=2", "--out", str(out), "--workers", "0", "--basis", "sto-3g",
+    argv = ["dft", "--input", "embedded:qm9?limit=2", "--out", str(out), "--actors", "0", "--basis", "sto-3g",
             "--grid-level", "1", "--grid-spacing", "1.0", "--save-cubes", "--esp-band", "0.02", "0.2"]
     assert main(argv) == 0
     text = capsys.readouterr().out
@@ -205,7 +205,7 @@ def test_edg_dft_reproduces_plain_pyscf_cartesian_b3lyp_631gss(tmp_path):
     from cluster.cli import main
     from edg_core.readers import open_source
     out = tmp_path / "dft"
-    argv = ["dft", "--input", "embedded:qm9?limit=3", "--out", str(out), "--workers", "0", "--no-fields"]
+    argv = ["dft", "--input", "embedded:qm9?limit=3", "--out", str(out), "--actors", "0", "--no-fields"]
     assert main(argv) == 0
     mol = {m.id: m for m in open_source("embedded:qm9?limit=3").molecules()}["qm9:3"]
     from edg_core.shards import sample_key
