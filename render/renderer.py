@@ -101,7 +101,9 @@ class Renderer:
         bonds, bond_mask = find_bonds(z, pos, drawn, cfg.bond_tolerance)
         hits = trace_structure(cam, z, drawn, bonds, bond_mask, x, y, framing.depth_radius,
                                cfg.stick_radius, cfg.sphere_scale, cfg.stick_h_scale)
-        return hits, shade(hits.color, hits.normal, cfg)
+        color = torch.zeros_like(hits.color)  # shade the pixels that hit an atom or a bond only
+        color[hits.hit] = shade(hits.color[hits.hit], hits.normal[hits.hit], cfg)
+        return hits, color
 
     def _to_image(self, pixels: torch.Tensor, n_views: int) -> torch.Tensor:
         """(B, V, H*W, C) -> (B, V, C, H, W)."""
@@ -135,7 +137,10 @@ class Renderer:
         split = (b, n_views, r)
         t_l = layers.t.reshape(*split, -1)
         found = layers.found.reshape(*split, -1)
-        surf_rgb = shade(esp_ramp(layers.esp, cfg.esp_stops), layers.normal, cfg).reshape(*split, -1, 3)
+        surf_rgb = torch.zeros(*layers.found.shape, 3, dtype=self.dtype, device=device)  # shade found layers only
+        hit = layers.found
+        surf_rgb[hit] = shade(esp_ramp(layers.esp[hit], cfg.esp_stops), layers.normal[hit], cfg)
+        surf_rgb = surf_rgb.reshape(*split, -1, 3)
         if cfg.structure_in_ed:
             hits, st_rgb = self._trace(z, pos, drawn, rot, framing, x, y)
             t_s, hit_s = hits.t, hits.hit
