@@ -200,19 +200,18 @@ def shard_scan(n: int, root: Path, image_kib: int = 132) -> None:
 
 
 def on_ray(n: int, actors: int) -> None:
-    import ray
     from ray import cloudpickle
 
     import bench.dryrun as me
+    from cluster.runtime import ray_session
     from cluster.stages import Workers
     cloudpickle.register_pickle_by_value(me)  # the actors need not import the bench package
     tmp = Path(tempfile.mkdtemp(prefix="edgdry"))
-    ray.init(num_cpus=actors, _temp_dir=str(tmp / "ray"), include_dashboard=False, log_to_driver=False)
     try:
-        _run(min(100, n), tmp / "warm-up", Workers(actors=actors, cpus=1))
-        r = _run(n, tmp / "dft", Workers(actors=actors, cpus=1))
+        with ray_session("local", num_cpus=actors):  # loopback only, like every local runtime EDG starts
+            _run(min(100, n), tmp / "warm-up", Workers(actors=actors, cpus=1))
+            r = _run(n, tmp / "dft", Workers(actors=actors, cpus=1))
     finally:
-        ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
     s = _counts(r["summary"])
     print(f"dryrun ray ({actors} actors): {n} molecules: done {s['done']}, failed {s['failed']} in "

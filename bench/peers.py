@@ -151,15 +151,10 @@ def dft_peers(quick: bool) -> None:
     _ratio_line("dft (DFTWorker vs plain PySCF + cubegen)", t_ours, t_peer, "molecule")
     if quick:
         return
-    import ray
-    tmp_ray = tempfile.mkdtemp(prefix="edgpr", dir="/tmp")
+    from cluster.runtime import ray_session
     ncpu = os.cpu_count() or 1
-    ray.init(num_cpus=ncpu, _temp_dir=tmp_ray, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session("local", num_cpus=ncpu):  # loopback only; its session folder is removed at the end
         one, all_ = _threads_in_actor(1), _threads_in_actor(ncpu)
-    finally:
-        ray.shutdown()
-        shutil.rmtree(tmp_ray, ignore_errors=True)
     print(f"peers dft threads: this process {lib.num_threads()}, a Ray actor reserving 1 CPU {one}, "
           f"reserving {ncpu} CPUs {all_} (Ray sets OMP_NUM_THREADS to the actor's CPUs; PySCF follows it)",
           flush=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from edg_core.errors import DiskFullError, InvalidRecord
 from edg_core.io import append_jsonl, progress, read_jsonl, write_bytes_atomic
 from edg_core.shards import ShardWriter, shard_keys
 from edg_core.stage import BatchResult, Failure
-from edg_core.storage import Mirror, list_files
+from edg_core.storage import Mirror
 
 from .metrics import StageProgress
 
@@ -63,19 +63,12 @@ class Shards:
 
 
 class ResultFiles:
-    """Workers write one file per item themselves (``<out>/<folder>/<key><suffix>``, uploaded whole); the
-    driver only counts them. ``done_keys`` lists the folder."""
+    """Workers write one file per item themselves (uploaded whole); the driver only counts them.
+    ``list_keys(out)`` gives the keys already written (the DFT stage: ``dft.worker.done_keys``), ``bulky`` the
+    glob of those files, which the driver never mirrors."""
 
-    def __init__(self, folder: str, suffix: str, list_keys: Callable[[Any], set[str]] | None = None):
-        self.folder, self.suffix, self._list = folder, suffix, list_keys
-        self.bulky = (f"{folder}/*",)
-
-    def done_keys(self, out) -> set[str]:
-        if self._list is not None:
-            return self._list(out)
-        from edg_core.storage import join
-        n = len(self.suffix)
-        return {p.rsplit("/", 1)[-1][:-n] for p in list_files(join(out, self.folder), f"*{self.suffix}")}
+    def __init__(self, list_keys: Callable[[Any], set[str]], bulky: tuple[str, ...]):
+        self.done_keys, self.bulky = list_keys, bulky
 
     def open(self, out):
         return _NoWriter()
@@ -145,7 +138,6 @@ class Stage:
     record: Callable[[Any], str] = str         # what a user calls the item (its id or path), for failures
     batch_size: int = 1
     unit: str = "molecules"
-    exclude: tuple[str, ...] = ()              # other bulky outputs the driver never mirrors
 
 
 @dataclass
@@ -161,7 +153,6 @@ class StageSummary:
     actors: int = 0
     retried: int = 0
     actors_replaced: int = 0
-    extra: dict = field(default_factory=dict)  # stage-specific facts (device, contact sheet, ...)
 
     @property
     def rate(self) -> float:
@@ -173,10 +164,7 @@ class StageSummary:
                 f"{self.seconds:.1f} s ({self.rate:.3f} {self.unit}/s, {where})")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.update(d.pop("extra"))
-        d[f"{self.unit}_per_s"] = round(self.rate, 4)
-        return d
+        return {**asdict(self), f"{self.unit}_per_s": round(self.rate, 4)}
 
 
 # ---------------------------------------------------------------- the failure manifest
@@ -281,7 +269,7 @@ def run_stage(stage: Stage, items: Iterable, out: str | Path, workers: Workers |
     a reader) are recorded as ``read`` failures and never reach a worker."""
     workers = workers or Workers()
     single_file = isinstance(stage.sink, NpzFile)  # logs beside the file: <name>.failures.jsonl
-    logs = Mirror(Path(out).parent if single_file else out, exclude=stage.sink.bulky + stage.exclude,
+    logs = Mirror(Path(out).parent if single_file else out, exclude=stage.sink.bulky,
                   temporary=True)
     logs.pull()
     failures = FailureLog(logs, f"{Path(out).name}.{FAILURES}" if single_file else FAILURES)

@@ -52,8 +52,7 @@ def run_dft(records: Iterable, out: str | Path, cfg, workers: Workers, total: in
     """DFT for every record not finished (or failed, unless ``retry_failed``) in ``out``."""
     from dft.worker import DFTWorker, done_keys
     stage = Stage("dft", DFTWorker, {"cfg": cfg, "out": str(out)},
-                  ResultFiles("fields", ".npz", list_keys=done_keys), key=item_key, record=item_record,
-                  exclude=("cubes/*",))
+                  ResultFiles(done_keys, bulky=("fields/*", "cubes/*")), key=item_key, record=item_record)
     return run_stage(stage, records, out, workers, total=total, retry_failed=retry_failed)
 
 

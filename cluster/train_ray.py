@@ -6,11 +6,11 @@ the plain loop, which wraps the model in DDP and splits the shards by rank. Each
 ``ray.train.report`` (visible in the Ray dashboard), with rank 0's checkpoint file when one was written that
 epoch (``checkpoint_every``), as a folder holding ``checkpoint.pt`` kept under ``storage_path/name`` (the
 newest ``keep_last``). Rank 0 also keeps ``metrics.jsonl``, ``metrics.csv`` and ``progress.json`` in
-``out_dir`` up to date after every epoch, as in a local run. When a worker dies, Ray restarts the group up to ``max_failures`` times and the loop
-resumes from the last reported checkpoint. ``out_dir`` and ``shards`` must be reachable from every worker
-(one machine, or a shared file system) unless ``out_url`` is given: then every rank works in a temporary
-copy of that URL (pulled at start, so a restarted group finds the last checkpoint), rank 0 pushes it after
-every epoch, and Ray keeps no checkpoint of its own; ``shards`` may be a URL too.
+``out_dir`` up to date after every epoch, as in a local run. When a worker dies, Ray restarts the group up to
+``max_failures`` times and the loop resumes from the last reported checkpoint. ``out_dir`` and ``shards`` must
+be reachable from every worker (one machine, or a shared file system) unless ``out_url`` is given: then every
+rank works in a temporary copy of that URL (pulled at start, so a restarted group finds the last checkpoint),
+rank 0 pushes it after every epoch, and Ray keeps no checkpoint of its own; ``shards`` may be a URL too.
 """
 from __future__ import annotations
 
