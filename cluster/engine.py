@@ -76,9 +76,8 @@ class ResultFiles:
 
 class NpzFile:
     """The driver collects every sample's new ``<name>.npy`` members (``__outputs__``) and writes one ``.npz``
-    at the end (``ids``:
-    molecule ids, one array per name, in arrival order; atomically, nothing on failure). Not resumable: a rerun
-    computes everything again."""
+    at the end (``ids``: molecule ids, one array per name, in arrival order; atomically, nothing on failure).
+    Not resumable: a rerun computes everything again."""
     bulky = ()
 
     def done_keys(self, out) -> set[str]:
@@ -99,13 +98,13 @@ class _NpzWriter:
     def write(self, sample: dict) -> None:
         import json
 
-        from edg_core.shards import _from_npy
+        from edg_core.shards import from_npy_bytes
         names = sample.get("__outputs__", ())
         if not names:
             return  # a sample without outputs (no images) has no row
         self.ids.append(json.loads(sample["meta.json"])["id"])
         for k in names:
-            self.arrays.setdefault(k, []).append(_from_npy(sample[f"{k}.npy"]))
+            self.arrays.setdefault(k, []).append(from_npy_bytes(sample[f"{k}.npy"]))
 
     def save(self, out) -> None:
         import numpy as np

@@ -41,14 +41,9 @@ def stage_workers(args: argparse.Namespace, what: str, uses_gpu: bool = True,
     the CPUs the others leave (one molecule on a node gets every core, not one)."""
     from .runtime import ray_session, use_ray
     actors = args.actors
-    if actors is None:
-        on_ray, why = use_ray(None)
-        if not on_ray:
-            print(f"{what}: in this process ({why}; --actors N for Ray actors)", flush=True)
-            yield Workers(actors=0)
-            return
-    elif actors == 0:
-        print(f"{what}: in this process", flush=True)
+    on_ray, why = use_ray(None if actors is None else actors > 0)
+    if not on_ray:
+        print(f"{what}: in this process ({why}; --actors N for Ray actors)", flush=True)
         yield Workers(actors=0)
         return
     with ray_session(args.ray_address) as resources:

@@ -76,7 +76,8 @@ def npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _from_npy(b: bytes) -> np.ndarray:
+def from_npy_bytes(b: bytes) -> np.ndarray:
+    """The array of .npy bytes (``npy_bytes``); never unpickles."""
     return np.load(io.BytesIO(b), allow_pickle=False)
 
 
@@ -197,13 +198,13 @@ def decode_sample(sample: dict[str, Any], torch_tensors: bool = True) -> dict[st
             if k == "grid.json":
                 out["grid"] = CubeGrid.from_dict(json.loads(v))
             elif k.startswith("lab.") and k.endswith(".npy"):
-                labels[k[4:-4]] = _from_npy(v)
+                labels[k[4:-4]] = from_npy_bytes(v)
             elif k == "z.npy":
-                out["z"] = _from_npy(v).astype(np.int64)
+                out["z"] = from_npy_bytes(v).astype(np.int64)
             elif k in ("ed.npy", "esp.npy"):
-                out[k[:-4]] = _from_npy(v).astype(np.float32)
+                out[k[:-4]] = from_npy_bytes(v).astype(np.float32)
             elif k.endswith(".npy"):
-                out[k[:-4]] = _from_npy(v)
+                out[k[:-4]] = from_npy_bytes(v)
             elif k.split(".")[0] in ("edimg", "stimg"):
                 name, enc = k.split(".", 1)
                 out[name] = decode_images_u8(v, enc).astype(np.float32) / 255.0
