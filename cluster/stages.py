@@ -50,7 +50,8 @@ def item_record(item) -> str:
 def run_dft(records: Iterable, out: str | Path, cfg, workers: Workers, total: int | None = None,
             retry_failed: bool = False) -> StageSummary:
     """DFT for every record not finished (or failed, unless ``retry_failed``) in ``out``."""
-    from dft.worker import DFTWorker, done_keys
+    from dft.worker import DFTWorker, done_keys, remove_interrupted_writes
+    remove_interrupted_writes(out)
     stage = Stage("dft", DFTWorker, {"cfg": cfg, "out": str(out)},
                   ResultFiles(done_keys, bulky=("fields/*", "cubes/*")), key=item_key, record=item_record)
     return run_stage(stage, records, out, workers, total=total, retry_failed=retry_failed)

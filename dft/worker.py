@@ -73,19 +73,25 @@ def find_result(out: str | Path, key: str):
     return None
 
 
-def done_keys(out: str | Path) -> set[str]:
-    """Keys with a finished result file in ``out`` (a folder or a URL), in either layout.
-
-    For a local folder this is also where a run starts clean: temporary files that killed writers left are
-    removed (``edg_core.io.remove_stale_temps``), and a result file that is not a whole ``.npz`` (cut short by
-    a copy, damaged on disk) is not done: it is logged and computed again (the new file replaces it). Remote
-    result files are uploaded whole, so their listing is trusted."""
+def remove_interrupted_writes(out: str | Path) -> None:
+    """Remove the temp files that writers killed mid-write left in a local ``out`` (``fields/`` and ``out``
+    itself; ``edg_core.io.remove_stale_temps``: only those of dead processes). The DFT stage calls it before it
+    looks at what is done."""
     from edg_core.io import remove_stale_temps
     from edg_core.storage import is_remote
-    keys = set()
     if not is_remote(out):
         for p in remove_stale_temps(join(out, "fields")) + remove_stale_temps(out, recursive=False):
             log.info("removed %s (left by an interrupted write)", p)
+
+
+def done_keys(out: str | Path) -> set[str]:
+    """Keys with a finished result file in ``out`` (a folder or a URL), in either layout.
+
+    Read-only. In a local folder a result file that is not a whole ``.npz`` (cut short by a copy, damaged on
+    disk) is not done: it is logged and computed again (the new file replaces it). Remote result files are
+    uploaded whole, so their listing is trusted."""
+    from edg_core.storage import is_remote
+    keys = set()
     for p in result_files(out):
         if not is_remote(p) and not _whole_npz(p):
             log.warning("%s is truncated or unreadable: its molecule will be computed again", p)
@@ -276,5 +282,5 @@ class DFTWorker:
             if st["status"] == "done":
                 res.done.append(st["key"])
             else:
-                res.failures.append(Failure.of(st["id"], st.get("stage", STAGE), st["reason"], st["key"]))
+                res.failures.append(Failure.of(st["id"], st["stage"], st["reason"], st["key"]))
         return res

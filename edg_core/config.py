@@ -151,8 +151,9 @@ def load_yaml(cls: type[C], path: str | Path, section: str | None = None) -> C:
 
 def resolve(cls: type[C], args: argparse.Namespace | None = None, path: str | Path | None = None,
             section: str | None = None, prefix: str = "") -> C:
-    """THE config resolver of every command: dataclass defaults <- ``section`` of the YAML file ``path`` <-
-    the flags the user typed (``add_config_args``). Types are checked at each step."""
+    """The config resolver of a command: dataclass defaults <- ``section`` of the YAML file ``path`` (types
+    checked by ``from_dict``) <- the flags the user typed (``add_config_args``; argparse parsed their types).
+    Stage commands reading a pipeline config use ``cluster.pipeline.resolve_section``, built on the same pieces."""
     cfg = load_yaml(cls, path, section) if path else cls()
     return apply_args(cfg, args, prefix) if args is not None else cfg
 

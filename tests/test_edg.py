@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from edg_core.errors import DataSourceError
-from train.edg import EDGHead, build_ed_predictor, coulomb_standin_features, edg_objective, load_teacher_targets
 from train.distill import train_step
+from train.edg import EDGHead, build_ed_predictor, coulomb_standin_features, edg_objective, load_teacher_targets
 from train.students import build_student
 from train.tasks import build_task
 

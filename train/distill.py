@@ -44,6 +44,7 @@ from .edg import (
 from .progress import TrainLog
 from .student_schedule import StudentSchedule
 from .tasks import Batch, PackedMolecules, Task, build_task
+from .tasks.base import loss_fn
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,7 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
         head.to(device)
     params = list(model.parameters()) + (list(head.mapper.parameters()) if lambda_ed > 0 else [])
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.loss not in ("l1", "mse"):
-        raise ValueError(f"unknown loss {cfg.loss!r}; use l1 or mse")
+    loss_fn(cfg.loss)  # an unknown loss name fails here, before any step
     scheduler = StudentSchedule(optimizer, cfg)  # warm-up per step; cosine / plateau / none per epoch
     gen = torch.Generator().manual_seed(cfg.seed)
     metric = task.select_metric
@@ -171,7 +171,7 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        if scheduler is not None and saved["scheduler"] is not None:
+        if saved["scheduler"] is not None:
             scheduler.load_state_dict(saved["scheduler"])
         if head is not None and saved.get("mapper") is not None:
             head.mapper.load_state_dict(saved["mapper"])
@@ -182,7 +182,7 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
     units = {**task.units, "loss": "(L_task + lambda L_ED)", "task_loss": "(L_task)", "ed_loss": "(L_ED)"}
     trainlog = TrainLog(run_dir, desc, cfg.epochs, state["epoch"], units,
                         show=("train_loss", f"valid_{metric}", *(f"valid_{k}" for k in task.units if k != metric)))
-    history, first = list(trainlog.rows), state["epoch"]
+    first = state["epoch"]
     steps = math.ceil(len(train) / cfg.batch_size)
     after_step = trainlog.step_timer(steps, device)
     if first < last_epoch:
@@ -218,15 +218,14 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
             row.update({f"test_{k}": v for k, v in state["test"].items()})
         state["epoch"] = epoch + 1
         state["seconds"] += time.perf_counter() - t0
-        history.append(row)
         if ckpts is not None and ckpts.due(epoch + 1, cfg.epochs):
             ckpts.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "scheduler": scheduler.state_dict(),
                         "mapper": head.mapper.state_dict() if head is not None else None,
                         "generator": gen.get_state(), "state": state}, epoch + 1)
         trainlog.epoch(row, time.perf_counter() - t0, epoch + 1)
     return FitResult(state["best_epoch"], state["valid"], state["test"],
-                     {k: v.numpy() for k, v in state["test_errors"].items()}, history,
+                     {k: v.numpy() for k, v in state["test_errors"].items()}, list(trainlog.rows),
                      state["seconds"], state["best_state"])
 
 

@@ -122,8 +122,8 @@ def load_student(path: str | Path, device: str = "cpu", dtype: torch.dtype = tor
     cfg, info = rec.get("config", {}), rec.get("task_info", {})
     student = rec.get("student") or cfg.get("student")
     model = build_student(student, **{"out_dim": 1, **cfg.get("student_args", {})})
-    from train.distill import load_student_state
-    state = load_student_state(weights, "cpu")  # plain data only (torch.load weights_only=True)
+    from train.checkpoint import load_checkpoint
+    state = load_checkpoint(weights, "cpu", "student weights")  # plain data only (torch.load weights_only=True)
     try:
         model.load_state_dict(state)
     except (RuntimeError, ValueError) as e:

@@ -62,7 +62,6 @@ class _Stage:
     export: Callable[[nn.Module], dict]                                  # model -> its standalone file content
     export_name: str
     after_epoch: Callable[[nn.Module, int, Path, dict], None] | None = None
-    loads: str = "stimg"                                                 # the shard member the stage reads
 
 
 def _imageed_stage(cfg: ImageEDTrainConfig, shards) -> _Stage:
@@ -84,8 +83,7 @@ def _imageed_stage(cfg: ImageEDTrainConfig, shards) -> _Stage:
         if cfg.figure_every and (epoch + 1) % cfg.figure_every == 0:
             save_reconstruction_png(model, batch["edimg"], out_dir / "figures" / f"reconstruction-{epoch:04d}.png",
                                     seed=cfg.seed)
-    return _Stage("imageed", ImageED(mc), make_optimizer, loss, dataset, imageed_state, "imageed.pt", after_epoch,
-                  "edimg")
+    return _Stage("imageed", ImageED(mc), make_optimizer, loss, dataset, imageed_state, "imageed.pt", after_epoch)
 
 
 def _teacher_stage(cfg: TeacherTrainConfig, shards) -> _Stage:

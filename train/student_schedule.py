@@ -55,8 +55,6 @@ class StudentSchedule:
                 "epoch_schedule": self.epoch_schedule.state_dict() if self.epoch_schedule is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
-        if "steps" not in state:  # a checkpoint of an earlier version: the cosine scheduler's own state
-            state = {"steps": self.warmup_steps, "epoch_schedule": state}
         self.steps = int(state["steps"])
         if self.epoch_schedule is not None and state.get("epoch_schedule") is not None:
             self.epoch_schedule.load_state_dict(state["epoch_schedule"])

@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from edg_core.config import add_config_args, apply_args, dump_yaml, load_yaml, to_dict
+from edg_core.config import add_config_args, dump_yaml, resolve, to_dict
 from edg_core.io import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic
 
 HELP = """\
@@ -79,8 +79,7 @@ def cmd_represent(args) -> int:
         split_indices,
         train_representation,
     )
-    cfg = load_yaml(RepresentationConfig, args.config) if args.config else RepresentationConfig()
-    cfg = apply_args(cfg, args)
+    cfg = resolve(RepresentationConfig, args, args.config)
     cfg = replace(cfg)  # re-run the config checks on the flags' values
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
