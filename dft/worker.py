@@ -136,7 +136,7 @@ def check_budget(mol: Molecule, cfg: DFTConfig) -> None:
                                     f"{cfg.max_atoms}")
     if cfg.max_grid_points and cfg.fields:
         grid = grid_for_positions(mol.pos, cfg.grid_spacing, cfg.grid_padding)
-        n = int(np.prod(grid.shape))
+        n = grid.n_points
         if n > cfg.max_grid_points:
             extent = np.ptp(mol.pos, axis=0)
             raise InvalidRecord(mol.id, f"too large for the DFT budget: cube grid {tuple(grid.shape)} = {n} points "

@@ -82,9 +82,7 @@ class RenderWorker:
         if self.cfg.max_atoms and mol.n_atoms > self.cfg.max_atoms:
             return f"too large for the render budget: {mol.n_atoms} atoms > max_atoms {self.cfg.max_atoms}"
         if self.cfg.max_grid_points and f is not None and self.ed:
-            n = 1
-            for d in f.grid.shape:
-                n *= int(d)
+            n = f.grid.n_points
             if n > self.cfg.max_grid_points:
                 return (f"too large for the render budget: ED grid {tuple(f.grid.shape)} = {n} points > "
                         f"max_grid_points {self.cfg.max_grid_points}")
