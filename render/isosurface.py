@@ -100,11 +100,26 @@ class SurfaceLayers:
     coverage: torch.Tensor | None = None
 
 
-def _compact(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the indices of True entries first: (B, A) indices and (B, A) validity, A = most True in a row."""
-    a = max(int(mask.sum(1).max()), 1) if mask.numel() else 1
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :a]
-    return order, torch.gather(mask, 1, order)
+def _compact(mask: torch.Tensor):
+    """Per row, the indices of True entries first, in order: ``idx`` (B, A) (0 past a row's count), ``valid``
+    (B, A), A = most True in a row; and ``where`` = (row, slot, column) of every True entry, for writing per-slot
+    values back with ``_put`` (``idx`` repeats 0 in unused slots, so it cannot be scattered to)."""
+    b = mask.shape[0]
+    rows, cols = mask.nonzero(as_tuple=True)
+    count = torch.bincount(rows, minlength=b)
+    a = max(int(count.max()), 1) if len(rows) else 1
+    slot = torch.arange(len(rows), device=mask.device) - (torch.cumsum(count, 0) - count)[rows]
+    idx = torch.zeros(b, a, dtype=torch.long, device=mask.device)
+    valid = torch.zeros(b, a, dtype=torch.bool, device=mask.device)
+    idx[rows, slot] = cols
+    valid[rows, slot] = True
+    return idx, valid, (rows, slot, cols)
+
+
+def _put(dest: torch.Tensor, where, src: torch.Tensor) -> None:
+    """dest (B, R, ...)[row, column] = src (B, A, ...)[row, slot] for the ``where`` of ``_compact``."""
+    rows, slot, cols = where
+    dest[rows, cols] = src[rows, slot]
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -170,9 +185,10 @@ def march_isosurface(vol: FieldVolume, rot: torch.Tensor, framing: Framing, x: t
             alive = (t_now <= t_out) & ((n_found < n_layers) | soft)
             if not alive.any():
                 break
-            idx, valid = _compact(alive)
+            idx, valid, where = _compact(alive)
             t_start = _take(t_in, idx)
-            remaining = int(((_take(t_out, idx) - t_start) / step[:, None]).amax()) + 1 - k0
+            span = torch.where(valid, _take(t_out, idx) - t_start, torch.zeros_like(t_start))
+            remaining = int((span / step[:, None]).amax()) + 1 - k0
             c = int(max(1, min(remaining, samples_per_chunk // idx.numel())))
             ks = k0 + torch.arange(c, dtype=dtype, device=device)
             t = t_start[..., None] + ks * step[:, None, None]  # (B, A, C)
@@ -191,15 +207,14 @@ def march_isosurface(vol: FieldVolume, rot: torch.Tensor, framing: Framing, x: t
             t_cross = t_start[bb, aa] + (k0 + cc).to(dtype) * step[bb]
             t_hi[bb, ray, lay] = t_cross
             t_lo[bb, ray, lay] = t_cross - step[bb]
-            n_found.scatter_(1, idx, (nf + count[..., -1]).clamp(max=n_layers))
-            prev_pos.scatter_(1, idx, pos[..., -1])
-            prev_in.scatter_(1, idx, inb[..., -1])
+            _put(n_found, where, (nf + count[..., -1]).clamp(max=n_layers))
+            _put(prev_pos, where, pos[..., -1])
+            _put(prev_in, where, inb[..., -1])
             if soft:
                 fm, km = torch.where(inb, f - iso, -float("inf")).max(-1)
                 better = fm > _take(f_max, idx)
-                f_max.scatter_(1, idx, torch.where(better, fm, _take(f_max, idx)))
-                t_max.scatter_(1, idx, torch.where(better, torch.gather(t, -1, km[..., None])[..., 0],
-                                                   _take(t_max, idx)))
+                _put(f_max, where, torch.where(better, fm, _take(f_max, idx)))
+                _put(t_max, where, torch.where(better, torch.gather(t, -1, km[..., None])[..., 0], _take(t_max, idx)))
             k0 += c
         found = torch.arange(n_layers, device=device) < n_found[..., None]  # (B, R, L)
         coverage = None
@@ -212,7 +227,7 @@ def march_isosurface(vol: FieldVolume, rot: torch.Tensor, framing: Framing, x: t
 
     # gather found layers, bisect their brackets, then one differentiable secant step
     flat = found.reshape(b, -1)
-    idx, valid = _compact(flat)
+    idx, valid, _ = _compact(flat)
     ray = idx // n_layers
     p0, pd = _take(g0, ray), _take(gd, ray)
     a, c_ = _take(t_lo.reshape(b, -1), idx), _take(t_hi.reshape(b, -1), idx)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .elements import COVALENT_RADII, ELEMENT_COLORS, VDW_RADII, element_table
 
@@ -57,29 +58,25 @@ def trace_structure(cam: torch.Tensor, z: torch.Tensor, mask: torch.Tensor, bond
 
     ``cam`` (B, V, N, 3) camera-space atom positions (Å), ``z``/``mask`` (B, N), ``bonds``/``bond_mask`` from
     ``find_bonds``, ``x``/``y`` (B, n*n) pixel-centre coordinates (Å) of an n x n image in row-major order,
-    ``depth_radius`` (B,) Å. The image is cut into ``tile`` x ``tile`` tiles and each tile tests only the
-    balls and sticks whose screen bounding boxes overlap it (most tiles: a handful, many: none); tiles are
-    processed in groups so that no intermediate holds more than ``max_elements`` numbers.
+    ``depth_radius`` (B,) Å. The image is cut into ``tile`` x ``tile`` tiles; the search tests each ball or
+    stick only against the pixels of the tiles its screen bounding box overlaps (a list of (tile, primitive)
+    pairs, processed in chunks of at most ``max_elements`` pixel tests) and keeps the nearest hit per pixel
+    (ties: balls before sticks, then the lower index). The hits are then recomputed from the winners alone,
+    which is where gradients with respect to ``cam`` flow.
     """
-    b, v, n_atoms, _ = cam.shape
+    b, v, _, _ = cam.shape
     n = int(round(x.shape[1] ** 0.5))
     nt = -(-n // tile)
-    pad = nt * tile - n
     dtype = cam.dtype
-    # pixel coordinates per tile: (B, T, P) with T = nt * nt tiles of P = tile * tile pixels
     far = torch.finfo(dtype).max ** 0.25  # off-image padding pixels: far from everything, finite
-    xs = torch.nn.functional.pad(x.view(b, n, n)[:, 0, :], (0, pad), value=far)  # (B, n_pad) columns
-    ys = torch.nn.functional.pad(y.view(b, n, n)[:, :, 0], (0, pad), value=far)  # (B, n_pad) rows
-    xt = xs.view(b, 1, nt, 1, tile).expand(b, nt, nt, tile, tile).reshape(b, nt * nt, tile * tile)
-    yt = ys.view(b, nt, 1, tile, 1).expand(b, nt, nt, tile, tile).reshape(b, nt * nt, tile * tile)
-    real_x = x.view(b, n, n)[:, 0, :]
-    real_y = y.view(b, n, n)[:, :, 0]
+    cols = x.view(b, n, n)[:, 0, :].detach()  # (B, n) x of each pixel column
+    rows = y.view(b, n, n)[:, :, 0].detach()  # (B, n) y of each pixel row
+    cols_pad = F.pad(cols, (0, nt * tile - n), value=far)
+    rows_pad = F.pad(rows, (0, nt * tile - n), value=far)
     first = torch.arange(nt, device=x.device) * tile
     last = (first + tile - 1).clamp(max=n - 1)
-    x_lo = torch.minimum(real_x[:, first], real_x[:, last])[:, None, :].expand(b, nt, nt).reshape(b, 1, -1, 1)
-    x_hi = torch.maximum(real_x[:, first], real_x[:, last])[:, None, :].expand(b, nt, nt).reshape(b, 1, -1, 1)
-    y_lo = torch.minimum(real_y[:, first], real_y[:, last])[:, :, None].expand(b, nt, nt).reshape(b, 1, -1, 1)
-    y_hi = torch.maximum(real_y[:, first], real_y[:, last])[:, :, None].expand(b, nt, nt).reshape(b, 1, -1, 1)
+    tiles = (torch.minimum(cols[:, first], cols[:, last]), torch.maximum(cols[:, first], cols[:, last]),
+             torch.minimum(rows[:, first], rows[:, last]), torch.maximum(rows[:, first], rows[:, last]))
 
     radius = element_table(VDW_RADII, z, dtype) * sphere_scale  # (B, N)
     colors = element_table(ELEMENT_COLORS, z, dtype)  # (B, N, 3)
@@ -87,108 +84,152 @@ def trace_structure(cam: torch.Tensor, z: torch.Tensor, mask: torch.Tensor, bond
     bond_radius = stick_radius * torch.where(to_h, stick_h_scale, 1.0).to(dtype)  # (B, P)
     a_end = torch.gather(cam, 2, bonds[:, None, :, 0, None].expand(-1, v, -1, 3))  # (B, V, P, 3)
     b_end = torch.gather(cam, 2, bonds[:, None, :, 1, None].expand(-1, v, -1, 3))
-
-    def overlapping(lo_x, hi_x, lo_y, hi_y, valid):
-        """Per tile, the primitives whose box overlaps it: indices (B, V, T, K) and validity."""
-        hit = (hi_x[:, :, None] >= x_lo) & (lo_x[:, :, None] <= x_hi) & \
-              (hi_y[:, :, None] >= y_lo) & (lo_y[:, :, None] <= y_hi) & valid[:, None, None, :]
-        k = max(int(hit.sum(-1).max()), 1)
-        order = torch.argsort((~hit).to(torch.int8), dim=-1, stable=True)[..., :k]
-        return order, torch.gather(hit, -1, order)
+    zr = depth_radius.to(dtype)
 
     with torch.no_grad():
+        c = cam.detach()
         r_s = radius[:, None, :]
-        s_idx, s_ok = overlapping(cam[..., 0] - r_s, cam[..., 0] + r_s, cam[..., 1] - r_s, cam[..., 1] + r_s,
-                                  mask)
+        balls = _tile_pairs(c[..., 0] - r_s, c[..., 0] + r_s, c[..., 1] - r_s, c[..., 1] + r_s, mask, tiles)
+        a, e = a_end.detach(), b_end.detach()
         r_c = bond_radius[:, None, :]
-        c_idx, c_ok = overlapping(torch.minimum(a_end[..., 0], b_end[..., 0]) - r_c,
-                                  torch.maximum(a_end[..., 0], b_end[..., 0]) + r_c,
-                                  torch.minimum(a_end[..., 1], b_end[..., 1]) - r_c,
-                                  torch.maximum(a_end[..., 1], b_end[..., 1]) + r_c, bond_mask)
+        sticks = _tile_pairs(torch.minimum(a[..., 0], e[..., 0]) - r_c, torch.maximum(a[..., 0], e[..., 0]) + r_c,
+                             torch.minimum(a[..., 1], e[..., 1]) - r_c, torch.maximum(a[..., 1], e[..., 1]) + r_c,
+                             bond_mask, tiles)
+        n_px = b * v * nt * nt * tile * tile
 
-    def per_tile(data, idx):
-        """data (B, V, Q, C) or (B, Q, C) -> (B, V, T, 1, K, C) for tile primitive indices (B, V, T, K)."""
-        if data.dim() == 3:
-            data = data[:, None].expand(-1, v, -1, -1)
-        t_count, k = idx.shape[2], idx.shape[3]
-        flat = torch.gather(data, 2, idx.reshape(b, v, t_count * k, 1).expand(-1, -1, -1, data.shape[-1]))
-        return flat.view(b, v, t_count, 1, k, data.shape[-1])
+        def pixels(pairs):  # (Q,) pairs -> pixel x (Q, 1, tile), y (Q, tile, 1), depth radius (Q, 1, 1)
+            bi, _, tr, tc, _ = pairs
+            offs = torch.arange(tile, device=x.device)
+            return (cols_pad[bi[:, None], tc[:, None] * tile + offs][:, None, :],
+                    rows_pad[bi[:, None], tr[:, None] * tile + offs][:, :, None], zr[bi][:, None, None])
 
-    t_count = nt * nt
-    ks, kc = s_idx.shape[-1], c_idx.shape[-1]
-    step = max(1, max_elements // max(b * v * tile * tile * max(ks, kc), 1))
-    sph = (per_tile(cam, s_idx), per_tile(radius[..., None], s_idx)[..., 0], per_tile(colors, s_idx),
-           s_ok[:, :, :, None, :])
-    cyl = (per_tile(a_end, c_idx), per_tile(b_end, c_idx), per_tile(bond_radius[..., None], c_idx)[..., 0],
-           per_tile(torch.gather(colors, 1, bonds[..., 0, None].expand(-1, -1, 3)), c_idx),
-           per_tile(torch.gather(colors, 1, bonds[..., 1, None].expand(-1, -1, 3)), c_idx), c_ok[:, :, :, None, :])
-    zr = depth_radius.to(dtype).view(b, 1, 1, 1, 1)
-    parts = [_trace_tiles(xt[:, None, sl, :, None], yt[:, None, sl, :, None], zr, *(a[:, :, sl] for a in sph),
-                          *(a[:, :, sl] for a in cyl))
-             for sl in (slice(i, i + step) for i in range(0, t_count, step))]
-    hits = StructureHits(*(torch.cat([getattr(p, f) for p in parts], dim=2) for f in ("t", "normal", "color", "hit")))
+        def ball_t(pairs):
+            bi, vi, _, _, k = pairs
+            px, py, zq = pixels(pairs)
+            return _ball_t(px, py, zq, c[bi, vi, k], radius[bi, k])
 
-    def untile(a):  # (B, V, T, P, ...) -> (B, V, n*n, ...)
-        rest = a.shape[4:]
-        a = a.reshape(b, v, nt, nt, tile, tile, *rest).transpose(3, 4).reshape(b, v, nt * tile, nt * tile, *rest)
-        return a[:, :, :n, :n].reshape(b, v, n * n, *rest)
+        def stick_t(pairs):
+            bi, vi, _, _, k = pairs
+            px, py, zq = pixels(pairs)
+            return _stick_t(px, py, zq, a[bi, vi, k], e[bi, vi, k], bond_radius[bi, k])
 
-    return StructureHits(*(untile(getattr(hits, f)) for f in ("t", "normal", "color", "hit")))
+        t_s, win_s = _nearest(balls, ball_t, n_px, v, nt, tile, max_elements, dtype)
+        t_c, win_c = _nearest(sticks, stick_t, n_px, v, nt, tile, max_elements, dtype)
+        ball_wins = t_s <= t_c
+        hit_px = torch.isfinite(torch.minimum(t_s, t_c)).nonzero()[:, 0]
+        is_ball = ball_wins[hit_px]
+        # flat pixel index (b, v, tr, tc, dr, dc) -> image coordinates
+        dc, dr = hit_px % tile, (hit_px // tile) % tile
+        tc, tr = (hit_px // (tile * tile)) % nt, (hit_px // (tile * tile * nt)) % nt
+        bv = hit_px // (tile * tile * nt * nt)
+        bi, vi, row, col = bv // v, bv % v, tr * tile + dr, tc * tile + dc
+        on_image = (row < n) & (col < n)
+        sel_b = (on_image & is_ball).nonzero()[:, 0]
+        sel_c = (on_image & ~is_ball).nonzero()[:, 0]
+        k_b = balls[4][win_s[hit_px[sel_b]]]
+        k_c = sticks[4][win_c[hit_px[sel_c]]]
+
+    # the winners again, differentiably
+    def at(sel):
+        return bi[sel], vi[sel], cols[bi[sel], col[sel]], rows[bi[sel], row[sel]], zr[bi[sel]]
+
+    bb, vb, pxb, pyb, zb = at(sel_b)
+    cen, rad = cam[bb, vb, k_b], radius[bb, k_b]
+    t_b = _ball_t(pxb, pyb, zb, cen, rad)
+    q_b = torch.stack([pxb, pyb, zb - t_b], -1)
+    n_b = (q_b - cen) / rad[:, None]
+    col_b = colors[bb, k_b]
+
+    bc, vc, pxc, pyc, zc = at(sel_c)
+    a_hit, e_hit, rad_c = a_end[bc, vc, k_c], b_end[bc, vc, k_c], bond_radius[bc, k_c]
+    t_st = _stick_t(pxc, pyc, zc, a_hit, e_hit, rad_c)
+    q_c = torch.stack([pxc, pyc, zc - t_st], -1)
+    axis = e_hit - a_hit
+    length = axis.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    u = axis / length
+    along = ((q_c - a_hit) * u).sum(-1, keepdim=True)
+    n_c = (q_c - a_hit - along * u) / rad_c[:, None]
+    col_c = torch.where(along < 0.5 * length, colors[bc, bonds[bc, k_c, 0]], colors[bc, bonds[bc, k_c, 1]])
+
+    pixel = row * n + col
+    where = (torch.cat([bb, bc]), torch.cat([vb, vc]), torch.cat([pixel[sel_b], pixel[sel_c]]))
+    t = torch.full((b, v, n * n), float("inf"), dtype=dtype, device=x.device).index_put(where, torch.cat([t_b, t_st]))
+    zeros = torch.zeros(b, v, n * n, 3, dtype=dtype, device=x.device)
+    return StructureHits(t, zeros.index_put(where, torch.cat([n_b, n_c])),
+                         zeros.index_put(where, torch.cat([col_b, col_c]).to(dtype)), torch.isfinite(t))
 
 
-def _pick(data: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """data (..., 1, K, C) and winner indices k (..., P) -> (..., P, C)."""
-    shape = (*k.shape, 1, data.shape[-1])
-    return torch.gather(data.expand(*k.shape, data.shape[-2], data.shape[-1]), -2,
-                        k[..., None, None].expand(shape))[..., 0, :]
+def _tile_pairs(lo_x, hi_x, lo_y, hi_y, valid, tiles):
+    """The (molecule, view, tile row, tile column, primitive) index tensors, each (Q,), of every primitive whose
+    screen box [lo_x, hi_x] x [lo_y, hi_y] (B, V, K) overlaps a tile; ``tiles`` = per tile column x bounds and per
+    tile row y bounds, each (B, nt). Ordered by molecule, view, tile, then primitive."""
+    x_lo, x_hi, y_lo, y_hi = (t[:, None, :, None] for t in tiles)  # (B, 1, nt, 1)
+    in_cols = (hi_x[:, :, None] >= x_lo) & (lo_x[:, :, None] <= x_hi) & valid[:, None, None, :]  # (B, V, nt, K)
+    in_rows = (hi_y[:, :, None] >= y_lo) & (lo_y[:, :, None] <= y_hi)
+    return (in_rows[:, :, :, None] & in_cols[:, :, None]).nonzero(as_tuple=True)
 
 
-def _trace_tiles(px, py, zr, s_c, s_r, s_col, s_ok, c_a, c_b, c_r, c_col_i, c_col_j, c_ok) -> StructureHits:
-    """Nearest ball or stick per ray. Pixels ``px``/``py`` (B, 1, T, P, 1); primitives per tile
-    (B, V, T, 1, K[, C]); ``zr`` (B, 1, 1, 1, 1). Returns (B, V, T, P[, 3]) fields."""
-    dtype = px.dtype
-    inf = torch.tensor(float("inf"), dtype=dtype, device=px.device)
+def _nearest(pairs, t_of, n_px, v, nt, tile, max_elements, dtype):
+    """Nearest hit per pixel over (tile, primitive) ``pairs``: ``t`` (n_px,) (inf: none) and the winning pair's
+    index (n_px,) (the lowest among equal ``t``). ``t_of(pairs)`` -> (Q, tile, tile) distances."""
+    bi, vi, tr, tc, _ = pairs
+    device = bi.device
+    cell = ((bi * v + vi) * nt + tr) * nt + tc
+    offs = torch.arange(tile * tile, device=device)
+    chunk = max(1, max_elements // (tile * tile))
+    spans = [slice(s, s + chunk) for s in range(0, len(bi), chunk)]
+    best = None
+    win = torch.full((n_px,), len(bi), dtype=torch.long, device=device)
+    ts = []
+    for sl in spans:
+        t = t_of(tuple(p[sl] for p in pairs)).reshape(-1, tile * tile)
+        if best is None:
+            best = torch.full((n_px,), float("inf"), dtype=t.dtype, device=device)
+        px = (cell[sl, None] * (tile * tile) + offs).reshape(-1)
+        best.scatter_reduce_(0, px, t.reshape(-1), "amin")
+        ts.append(t if len(spans) == 1 else None)
+    if best is None:
+        return torch.full((n_px,), float("inf"), dtype=dtype, device=device), win
+    for i, sl in enumerate(spans):
+        t = ts[i] if ts[i] is not None else t_of(tuple(p[sl] for p in pairs)).reshape(-1, tile * tile)
+        px = (cell[sl, None] * (tile * tile) + offs).reshape(-1)
+        ids = torch.arange(sl.start, sl.start + len(t), device=device)[:, None].expand_as(t)
+        mine = (t == best[px].view_as(t)) & torch.isfinite(t)
+        win.scatter_reduce_(0, px, torch.where(mine, ids, len(bi)).reshape(-1), "amin")
+    return best, win
 
-    # balls: hit where the pixel lies inside the projected disc; the near cap is at cz + sqrt(r^2 - rho^2)
-    gap = s_r ** 2 - (px - s_c[..., 0]) ** 2 - (py - s_c[..., 1]) ** 2
-    on_ball = (gap > 0) & s_ok
-    t_ball = torch.where(on_ball, zr - s_c[..., 2] - torch.sqrt(torch.where(on_ball, gap, torch.ones_like(gap))), inf)
-    t_s, k_s = t_ball.min(dim=-1)
 
-    # sticks: ray o + s * (0, 0, -1) against the cylinder around A + h * u, 0 <= h <= L
-    axis = c_b - c_a
+def _ball_t(px, py, zr, center, radius):
+    """Distance from the near plane to the near cap of balls ``center`` (..., 3) of ``radius`` (...), for rays
+    at ``px``/``py`` (broadcast against center's leading shape plus pixel dims); inf where missed."""
+    cx, cy, cz = (center[..., i].view(*center.shape[:-1], *([1] * (px.dim() - center.dim() + 1)))
+                  for i in range(3))
+    r = radius.view_as(cx)
+    gap = r ** 2 - (px - cx) ** 2 - (py - cy) ** 2
+    on = gap > 0
+    return torch.where(on, zr - cz - torch.sqrt(torch.where(on, gap, torch.ones_like(gap))),
+                       torch.full_like(gap, float("inf")))
+
+
+def _stick_t(px, py, zr, a, e, radius):
+    """Distance from the near plane to sticks (cylinders from ``a`` to ``e`` (..., 3), ``radius`` (...)) for rays
+    o + s (0, 0, -1) at ``px``/``py``; inf where missed. Shapes broadcast as in ``_ball_t``."""
+    axis = e - a
     length = axis.norm(dim=-1).clamp(min=1e-12)
     u = axis / length[..., None]
-    wx, wy, wz = px - c_a[..., 0], py - c_a[..., 1], zr - c_a[..., 2]
-    ux, uy, uz = u[..., 0], u[..., 1], u[..., 2]
+    lead = (*a.shape[:-1], *([1] * (px.dim() - a.dim() + 1)))
+    ax, ay, az = (a[..., i].view(lead) for i in range(3))
+    ux, uy, uz = (u[..., i].view(lead) for i in range(3))
+    wx, wy, wz = px - ax, py - ay, zr - az
     w_u = wx * ux + wy * uy + wz * uz
     perp_x, perp_y, perp_z = wx - w_u * ux, wy - w_u * uy, wz - w_u * uz
     qa = 1 - uz ** 2
     qb = -2 * perp_z
-    qc = perp_x ** 2 + perp_y ** 2 + perp_z ** 2 - c_r ** 2
+    qc = perp_x ** 2 + perp_y ** 2 + perp_z ** 2 - radius.view(lead) ** 2
     disc = qb ** 2 - 4 * qa * qc
-    ok = (disc > 0) & (qa > 1e-9) & c_ok
+    ok = (disc > 0) & (qa > 1e-9)
     safe_qa = torch.where(ok, qa, torch.ones_like(qa))
     s = (-qb - torch.sqrt(torch.where(ok, disc, torch.ones_like(disc)))) / (2 * safe_qa)
     h = w_u - s * uz
-    ok = ok & (h >= 0) & (h <= length)
-    t_stick = torch.where(ok, s, inf)
-    t_c, k_c = t_stick.min(dim=-1)
-
-    ball_wins = t_s <= t_c
-    t = torch.minimum(t_s, t_c)
-    hit = torch.isfinite(t)
-    t_safe = torch.where(hit, t, torch.zeros_like(t))
-    q = torch.stack([px[..., 0].expand_as(t), py[..., 0].expand_as(t), zr[..., 0] - t_safe], dim=-1)
-
-    n_ball = (q - _pick(s_c, k_s)) / _pick(s_r[..., None], k_s)
-    a_hit, u_hit = _pick(c_a, k_c), _pick(u, k_c)
-    along = ((q - a_hit) * u_hit).sum(-1, keepdim=True)
-    n_stick = (q - a_hit - along * u_hit) / _pick(c_r[..., None], k_c)
-    first_half = along < 0.5 * _pick(length[..., None], k_c)
-    col_stick = torch.where(first_half, _pick(c_col_i, k_c), _pick(c_col_j, k_c))
-
-    normal = torch.where(ball_wins[..., None], n_ball, n_stick)
-    color = torch.where(ball_wins[..., None], _pick(s_col, k_s), col_stick)
-    zero = torch.zeros_like(normal)
-    return StructureHits(t, torch.where(hit[..., None], normal, zero), torch.where(hit[..., None], color, zero), hit)
+    ok = ok & (h >= 0) & (h <= length.view(lead))
+    return torch.where(ok, s, torch.full_like(s, float("inf")))

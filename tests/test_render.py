@@ -11,9 +11,11 @@ from edg_core.grid import CubeGrid
 from edg_core.readers import open_source
 from edg_core.units import ANGSTROM_IN_BOHR
 from render import RenderConfig, Renderer, render_ed, render_structure
-from render.camera import view_rotation
+from render.camera import fit_framing, pixel_coords, to_camera, view_rotation, view_rotations
 from render.colors import esp_ramp
-from render.structure import find_bonds
+from render.elements import ELEMENT_COLORS, VDW_RADII, element_table
+from render.renderer import pad_atoms
+from render.structure import _ball_t, _stick_t, find_bonds, trace_structure
 
 
 def gaussian_fields(n=41, spacing=0.4, height=0.5, sigma=1.5, center=(0.0, 0.0, 0.0), dtype=torch.float64):
@@ -85,7 +87,6 @@ def test_esp_ramp_end_points_and_midpoints():
 def test_bonds_from_covalent_radii_and_hydrogen_switch():
     mols = {m.formula: m for m in open_source("embedded:qm9").molecules()}
     water, methane = mols["H2O"], mols["CH4"]
-    from render.renderer import pad_atoms
     z, pos, mask = pad_atoms([water.z, methane.z], [torch.tensor(water.pos), torch.tensor(methane.pos)])
     bonds, bond_mask = find_bonds(z, pos, mask)
     assert bond_mask.sum(1).tolist() == [2, 4]
@@ -125,6 +126,44 @@ def test_batch_equals_single_molecules():
         assert fr[0] == frames[i]
         assert torch.allclose(st_batch[i], r.structure_images(zs[i:i + 1], ps[i:i + 1])[0][0], atol=1e-5)
     assert (batch[:, :, 3] < 1).float().mean() > 0.1  # the surfaces are there
+
+
+def test_tiled_structure_search_matches_testing_every_primitive_at_every_pixel():
+    """The tile/primitive pair search (any chunking, image sizes that are not a multiple of the tile) finds the
+    same nearest ball or stick per pixel as testing every primitive at every pixel (ties: balls, then lower index)."""
+    mols = list(open_source("embedded:qm9?limit=8").molecules())[5:8]
+    z, pos, mask = pad_atoms([m.z for m in mols], [torch.tensor(m.pos) for m in mols], torch.float64)
+    n = 37
+    fr = fit_framing(pos, mask, 1.0, n)
+    rot = view_rotations(("x,0", "y,90", "z,180"), torch.float64)
+    x, y = pixel_coords(fr, n)
+    cam = to_camera(pos, rot, fr)
+    bonds, bond_mask = find_bonds(z, pos, mask)
+    radius = 0.2 * element_table(VDW_RADII, z, torch.float64)
+    to_h = (torch.gather(z, 1, bonds[..., 0]) == 1) | (torch.gather(z, 1, bonds[..., 1]) == 1)
+    stick_r = 0.15 * torch.where(to_h, 0.4, 1.0).double()
+    px, py, zr = x[:, None, :, None], y[:, None, :, None], fr.depth_radius[:, None, None, None]
+    t_ball = _ball_t(px, py, zr, cam[:, :, None], radius[:, None, None].expand(-1, 3, 1, -1))
+    t_ball = torch.where(mask[:, None, None], t_ball, torch.inf)  # (B, V, R, N)
+    ends = [torch.gather(cam, 2, bonds[:, None, :, k, None].expand(-1, 3, -1, 3))[:, :, None] for k in (0, 1)]
+    t_stick = _stick_t(px, py, zr, *ends, stick_r[:, None, None].expand(-1, 3, 1, -1))
+    t_stick = torch.where(bond_mask[:, None, None], t_stick, torch.inf)
+    t_all = torch.cat([t_ball, t_stick], -1)
+    best, winner = t_all.min(-1)  # first minimum: balls before sticks, lower index first
+    for tile, max_elements in ((16, 1 << 24), (8, 64), (5, 1000)):
+        hits = trace_structure(cam, z, mask, bonds, bond_mask, x, y, fr.depth_radius, tile=tile,
+                               max_elements=max_elements)
+        assert torch.equal(hits.hit, torch.isfinite(best)) and hits.hit.sum() > 100
+        assert torch.equal(hits.t[hits.hit], best[hits.hit])
+        ball = winner < t_ball.shape[-1]
+        atom = torch.gather(torch.arange(z.shape[1]).expand(*winner.shape, -1), -1,
+                            winner.clamp(max=z.shape[1] - 1)[..., None])[..., 0]
+        colors = element_table(ELEMENT_COLORS, z, torch.float64)
+        bi = torch.arange(len(mols))[:, None, None].expand_as(atom)
+        on_ball = hits.hit & ball
+        assert torch.equal(hits.color[on_ball], colors[bi, atom][on_ball])
+        assert torch.allclose(hits.normal[hits.hit].norm(dim=-1), torch.ones(()).double(), atol=1e-6)
+    assert (hits.hit & ~ball).any() and (hits.hit & ball).any()  # both kinds win somewhere
 
 
 def _tiny_setup():
