@@ -221,9 +221,10 @@ class Mirror:
     """A local working copy ``local`` of the folder ``url`` (a path or a URL).
 
     ``exclude``: glob patterns of relative paths that are neither pulled nor pushed (bulky files that their
-    writers upload themselves, such as DFT result files or shards). ``local`` defaults to ``staging_dir(url)``
-    for a remote folder, or a fresh temporary folder with ``temporary=True`` (Ray actors, whose copies are
-    thrown away).
+    writers upload themselves, such as DFT result files or shards), matched with ``fnmatch`` (``*`` crosses
+    ``/``: ``fields/*`` is everything under ``fields/``); ``pull`` does not even list a folder they exclude
+    whole. ``local`` defaults to ``staging_dir(url)`` for a remote folder, or a fresh temporary folder with
+    ``temporary=True`` (Ray actors, whose copies are thrown away).
     """
 
     def __init__(self, url, local: str | os.PathLike | None = None, exclude: Iterable[str] = (),
@@ -262,6 +263,31 @@ class Mirror:
     def _skip(self, rel: str) -> bool:
         name = rel.rsplit("/", 1)[-1]
         return name.endswith(".tmp") or rel == _STATE or any(fnmatch.fnmatch(rel, pat) for pat in self.exclude)
+
+    def _excluded_folder(self, rel: str) -> bool:
+        """Whether the exclude patterns exclude every file under the folder ``rel``, so that ``pull`` need not
+        list it. ``fnmatch``'s ``*`` matches any characters, ``/`` included, so a pattern ``Q*`` that matches
+        ``rel/`` matches every path that starts with ``rel/`` too (``fields/*``, ``dft/fields/*``, ``*/cache/*``);
+        a pattern that does not end in ``*`` (``*.tar``) never excludes a whole folder."""
+        return any(pat.endswith("*") and fnmatch.fnmatch(f"{rel}/", pat) for pat in self.exclude)
+
+    def _remote_files(self, fs, root: str) -> list[tuple[str, dict]]:
+        """(relative path, listing entry) of every remote file under ``root`` that is neither excluded nor
+        temporary, sorted. The tree is listed one folder at a time, and a folder whose files are all excluded
+        (``_excluded_folder``) is never listed: the bulky result files cost nothing here."""
+        found, todo = [], [root]
+        while todo:
+            folder = todo.pop()
+            fs.invalidate_cache(folder)  # a listing cached by an earlier pull may be out of date
+            for info in fs.ls(folder, detail=True):
+                path = info["name"].rstrip("/")
+                rel = path[len(root):].lstrip("/")
+                if info.get("type") == "directory":
+                    if path != folder and rel and not self._excluded_folder(rel):
+                        todo.append(path)
+                elif rel and not self._skip(rel):
+                    found.append((rel, info))
+        return sorted(found, key=lambda x: x[0])
 
     def _local_files(self) -> Iterator[tuple[str, Path]]:
         for dirpath, _, files in os.walk(self.local):
@@ -326,7 +352,7 @@ class Mirror:
     def pull(self) -> int:
         """Fetch every remote file changed since the last sync, unless its local copy changed too (the local
         one wins: the next push sends it). A file never synced here is fetched when missing or of another
-        size. Returns how many were fetched."""
+        size. Excluded folders are not even listed (``_remote_files``). Returns how many were fetched."""
         if self.remote is None:
             return 0
         fs, root = url_to_fs(self.remote)
@@ -335,10 +361,7 @@ class Mirror:
         root = root.rstrip("/")
         n = 0
         with self._lock:
-            for path, info in fs.find(root, detail=True).items():
-                rel = path[len(root):].lstrip("/")
-                if info.get("type") == "directory" or not rel or self._skip(rel):
-                    continue
+            for rel, info in self._remote_files(fs, root):
                 local, version = local_path_for(self.local, rel), _version(info)
                 if not local.exists():
                     stale = True

@@ -110,3 +110,66 @@ def test_a_temporary_mirror_is_removed_on_close(mem_url):
     m.commit("x")
     m.close()
     assert not m.local.exists() and read_bytes(f"{mem_url}/x") == b"1"
+
+
+TREE = ["stages/dft.json", "progress.json", "fields/ab/k1.npz", "fields/cd/k2.npz", "fields/flat.npz",
+        "cubes/ab/k1.cube", "shards/ed/s-000000.tar", "shards/ed/s-000000.tar.keys", "shards/ed/failures.jsonl",
+        "deep/fields/kept.npz", "fieldsextra/kept.txt", "run/a/cache/x/y.bin", "run/a/keep.txt",
+        "logs/a.txt", "logs/ab.txt", "logs/half.txt.tmp", "tmpdir/x", "tmpdir.txt"]
+EXCLUDE = ("fields/*", "cubes/*", "shards/*/*.tar", "shards/*/*.tar.keys", "*/cache/*", "logs/?.txt", "tmpdir*")
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_pull_fetches_what_it_did_before_and_never_lists_inside_an_excluded_folder(tmp_path, mem_url, kind,
+                                                                                   monkeypatch):
+    """The result files of a stage (``fields/**``) can be millions: pull lists the remote tree folder by folder
+    and skips the folders that the exclude patterns exclude whole; every other file is filtered exactly as
+    before (fnmatch of its relative path)."""
+    import fnmatch
+    url = f"local://{tmp_path / 'bucket'}" if kind == "local" else mem_url
+    fs, root = fsspec.core.url_to_fs(url)
+    for i, rel in enumerate(TREE):
+        fs.makedirs(f"{root}/{rel}".rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(f"{root}/{rel}", f"payload {i}".encode())
+    listed, real_ls = [], fs.ls
+
+    def ls(path, *args, **kw):
+        listed.append(path[len(root):].strip("/"))
+        return real_ls(path, *args, **kw)
+    monkeypatch.setattr(fs, "ls", ls)
+    for name in ("find", "walk", "glob", "du"):  # nothing lists the whole tree any more
+        monkeypatch.setattr(fs, name, lambda *a, _n=name, **k: pytest.fail(f"pull called fs.{_n}"))
+    m = Mirror(url, local=tmp_path / "wc", exclude=EXCLUDE)
+    want = sorted(r for r in TREE if not r.endswith(".tmp") and not any(fnmatch.fnmatch(r, p) for p in EXCLUDE))
+    assert want == ["deep/fields/kept.npz", "fieldsextra/kept.txt", "logs/ab.txt", "progress.json",
+                    "run/a/keep.txt", "shards/ed/failures.jsonl", "stages/dft.json"]
+    assert m.pull() == len(want)
+    got = sorted(p.relative_to(m.local).as_posix() for p in m.local.rglob("*") if p.is_file())
+    assert got == sorted([*want, ".edg-mirror.json"])
+    assert all((m.local / r).read_bytes() == f"payload {TREE.index(r)}".encode() for r in want)
+    assert sorted(listed) == ["", "deep", "deep/fields", "fieldsextra", "logs", "run", "run/a", "shards",
+                              "shards/ed", "stages"]  # not fields/, cubes/, run/a/cache/, tmpdir/ or below
+    # a later pull sees what changed since (no stale listing), still without listing the excluded folders
+    listed.clear()
+    fs.pipe_file(f"{root}/stages/render.json", b"new")
+    fs.makedirs(f"{root}/fields/ef", exist_ok=True)
+    fs.pipe_file(f"{root}/fields/ef/k3.npz", b"new result")
+    assert m.pull() == 1 and (m.local / "stages" / "render.json").read_bytes() == b"new"
+    assert not any(p == "fields" or p.startswith("fields/") for p in listed)
+
+
+@pytest.mark.parametrize("pattern, folder, whole", [
+    ("fields/*", "fields", True), ("fields/*", "fields/ab", True), ("fields/*", "deep/fields", False),
+    ("fields/*", "fieldsextra", False), ("dft/fields/*", "dft/fields", True), ("dft/fields/*", "dft", False),
+    ("fields/**", "fields", True), ("*/cache/*", "run/cache", True), ("*/cache/*", "cache", False),
+    ("*", "anything", True), ("[f]ields/*", "fields", True), ("fields/*.npz", "fields", False),
+    ("*.tar", "shards", False), ("fields", "fields", False), ("shards/*/*.tar", "shards/ed", False),
+])
+def test_a_folder_is_excluded_whole_only_when_every_path_below_it_matches(tmp_path, pattern, folder, whole):
+    import fnmatch
+    m = Mirror(tmp_path, exclude=(pattern,))
+    assert m._excluded_folder(folder) is whole
+    # pruned: no file below can escape the pattern, so not listing the folder changes nothing; not pruned:
+    # some file below is kept
+    below = [f"{folder}/{x}" for x in ("a", "a.npz", "x/y.tar", "cache/z", ".hidden", "fields/q")]
+    assert all(fnmatch.fnmatch(p, pattern) for p in below) is whole
