@@ -26,7 +26,7 @@ from typing import Any
 
 from edg_core.errors import DiskFullError, InvalidRecord
 from edg_core.io import append_jsonl, progress, read_jsonl, write_bytes_atomic
-from edg_core.shards import ShardWriter, shard_keys
+from edg_core.shards import SHARD_GLOBS, ShardWriter, shard_keys
 from edg_core.stage import BatchResult, Failure
 from edg_core.storage import Mirror
 
@@ -48,9 +48,9 @@ class Workers:
 
 # ---------------------------------------------------------------- sinks: where a stage's outputs go
 class Shards:
-    """The driver writes samples into ``<out>/<prefix>-NNNNNN.tar`` shards; finished keys = keys in finished
-    shards."""
-    bulky = ("*.tar",)
+    """The driver writes samples into ``<out>/<prefix>-NNNNNN.tar`` shards (each with its key index
+    ``.tar.keys``); finished keys = keys in finished shards."""
+    bulky = SHARD_GLOBS
 
     def __init__(self, prefix: str = "shard", maxcount: int = 1000, maxsize: int = 1 << 30):
         self.prefix, self.maxcount, self.maxsize = prefix, maxcount, maxsize

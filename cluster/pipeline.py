@@ -26,6 +26,7 @@ from pathlib import Path
 from dft.config import DFTConfig
 from edg_core.config import ConfigError, dump_yaml, from_dict, read_yaml, to_dict
 from edg_core.io import read_jsonl, write_json_atomic
+from edg_core.shards import SHARD_GLOBS
 from edg_core.storage import Mirror
 from render.config import RenderConfig
 from train.configs import FitConfig, ImageEDTrainConfig, TeacherTrainConfig
@@ -34,7 +35,8 @@ from .stages import Workers, run_dft, run_extract, run_fused, run_render
 
 log = logging.getLogger(__name__)
 STAGES = ("dft", "render", "imageed", "features", "teacher", "student_images", "teacher_targets", "distill")
-BULKY = ("dft/fields/*", "dft/cubes/*", "shards/*/*.tar")  # uploaded by their writers, read in place
+# uploaded by their writers, read in place: DFT results, shards and their key indexes
+BULKY = ("dft/fields/*", "dft/cubes/*", *(f"shards/*/{g}" for g in SHARD_GLOBS))
 
 
 @dataclass

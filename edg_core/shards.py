@@ -25,8 +25,11 @@ Images are stored as uint8 (quantised like the paper's PNG files). ``<enc>`` is 
 zlib level 1, with a small shape header; the default, chosen by measurement: see docs/shards.md and
 ``make bench``) or ``png`` (one PNG strip of all views). Arrays are bit-exact through a round trip.
 Shards are written to ``name.tar.tmp`` and renamed on completion, so a crash never leaves a
-half-written ``.tar``. Shard folders may be local or any fsspec URL (``s3://bucket/shards``, ``gs://...``,
-``memory://...``): a remote shard is written to a local temporary file and uploaded whole when complete.
+half-written ``.tar``. Beside each finished shard the writer puts its key index ``name.tar.keys`` (written
+before the shard appears), so that a resume learns a shard's keys from one small file instead of every tar
+header (``shard_keys``; an absent, stale or damaged index falls back to that scan). Shard folders may be
+local or any fsspec URL (``s3://bucket/shards``, ``gs://...``, ``memory://...``): a remote shard is written to
+a local temporary file and uploaded whole when complete, its key index first.
 """
 from __future__ import annotations
 
@@ -54,6 +57,11 @@ IMAGE_ENCODINGS = ("u8z", "png")
 DEFAULT_IMAGE_ENCODING = "u8z"
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_:\-]")
 MAX_KEY = 64  # characters; keeps <key>.<member> within a USTAR name (100)
+KEY_INDEX_SUFFIX = ".keys"  # <shard>.tar.keys: the keys of a finished shard (``shard_keys``)
+SHARD_GLOBS = ("*.tar", "*.tar" + KEY_INDEX_SUFFIX)  # the files of a shard folder (a Mirror's excludes)
+MAX_KEY_INDEX_BYTES = 16 << 20  # a larger index is not read (1,000 QM9 keys take about 11 KiB)
+_KEY_INDEX_FORMAT, _KEY_INDEX_VERSION = "edg-shard-keys", 1
+_INDEX_KEY = re.compile(rf"[A-Za-z0-9_:\-~]{{1,{MAX_KEY}}}")  # what sample_key makes; anything else: scan
 
 
 def sample_key(mol_id: str) -> str:
@@ -241,9 +249,10 @@ class ShardWriter:
     """Write samples into ``<out>/<prefix>-NNNNNN.tar`` shards of at most ``maxcount`` samples / ``maxsize`` bytes.
 
     Each shard is written as ``.tar.tmp`` and renamed when full or on ``close()``; if the writer is left
-    by an exception the open shard is deleted, so only complete shards exist. Numbering continues after the
-    shards already in ``out`` (resume); a ``.tar.tmp`` left there by a killed writer is removed (one writer per
-    folder and prefix).
+    by an exception the open shard is deleted, so only complete shards exist. Just before the rename the
+    shard's key index ``<shard>.tar.keys`` is written (atomically; see ``shard_keys``). Numbering continues
+    after the shards already in ``out`` (resume); a ``.tar.tmp`` left there by a killed writer is removed, and
+    so is a key index whose shard is absent (one writer per folder and prefix).
     """
 
     def __init__(self, out: str | Path, prefix: str = "shard", maxcount: int = 1000, maxsize: int = 1 << 30):
@@ -254,6 +263,9 @@ class ShardWriter:
             self.out = _scratch("edg-shards-")
             fs, root = url_to_fs(self.remote)
             existing = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{root}/{prefix}-*.tar"))
+            for index in fs.glob(f"{root}/{prefix}-*.tar{KEY_INDEX_SUFFIX}"):  # a writer killed before its upload
+                if index.rsplit("/", 1)[-1][:-len(KEY_INDEX_SUFFIX)] not in existing:
+                    fs.rm_file(index)
         else:
             self.out = Path(out)
             self.out.mkdir(parents=True, exist_ok=True)
@@ -262,10 +274,14 @@ class ShardWriter:
             from .io import remove_stale_temps
             remove_stale_temps(self.out, recursive=False)  # e.g. a progress.json or manifest write cut short
             existing = sorted(p.name for p in self.out.glob(f"{prefix}-*.tar"))
+            for index in self.out.glob(f"{prefix}-*.tar{KEY_INDEX_SUFFIX}"):  # a writer killed before the rename
+                if index.name[:-len(KEY_INDEX_SUFFIX)] not in existing:
+                    index.unlink(missing_ok=True)
         self.index = int(existing[-1][:-4].split("-")[-1]) + 1 if existing else 0
         self._tar: tarfile.TarFile | None = None
         self._tmp: Path | None = None
         self.count = self.size = 0
+        self._keys: list[str] = []  # the keys of the open shard, as a scan of its tar headers would give them
         self.finished: list[Path] = []
 
     def _open(self):
@@ -273,13 +289,15 @@ class ShardWriter:
         self._tmp = self.out / f"{self.prefix}-{self.index:06d}.tar.tmp"
         self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
         self.count = self.size = 0
+        self._keys = []
 
     def write(self, sample: dict[str, Any]) -> None:
         if self._tar is None:
             self._open()
         key = sample["__key__"]
+        names = sorted(k for k in sample if not k.startswith("__"))
         try:
-            for name in sorted(k for k in sample if not k.startswith("__")):
+            for name in names:
                 data = sample[name]
                 info = tarfile.TarInfo(f"{key}.{name}")
                 info.size = len(data)
@@ -293,6 +311,8 @@ class ShardWriter:
                                              f"{os.strerror(e.errno)})", str(self._tmp)) from e
             raise
         self.count += 1
+        if names:  # a scan reads the key back from the member names: <key>.<member>
+            self._keys.append(f"{key}".partition(".")[0])
         if self.count >= self.maxcount or self.size >= self.maxsize:
             self._finish()
 
@@ -301,9 +321,18 @@ class ShardWriter:
             return
         self._tar.close()
         final = self._tmp.with_suffix("")  # drop .tmp
-        self._tmp.rename(final)
+        index = key_index_path(final)
+        from .io import write_bytes_atomic
+        write_bytes_atomic(index, _key_index_bytes(final.name, self._tmp.stat().st_size, self._keys))
+        try:
+            self._tmp.rename(final)  # the index is in place before the shard appears
+        except BaseException:
+            index.unlink(missing_ok=True)
+            raise
         if self.remote is not None:
+            upload(index, f"{self.remote}/{index.name}")
             upload(final, f"{self.remote}/{final.name}")
+            index.unlink()
             final.unlink()
             final = f"{self.remote}/{final.name}"
         self.finished.append(final)
@@ -337,6 +366,54 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+def key_index_path(shard):
+    """The key index of a shard (a path or a URL): ``<shard>.keys``, written by ``ShardWriter``."""
+    return Path(shard).with_name(Path(shard).name + KEY_INDEX_SUFFIX) if isinstance(shard, Path) \
+        else f"{shard}{KEY_INDEX_SUFFIX}"
+
+
+def _key_index_bytes(shard_name: str, size: int, keys: list[str]) -> bytes:
+    return json.dumps({"format": _KEY_INDEX_FORMAT, "version": _KEY_INDEX_VERSION, "shard": shard_name,
+                       "bytes": size, "samples": len(keys), "keys": keys}, separators=(",", ":")).encode()
+
+
+def _no_repeats(pairs):
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise ValueError("a name appears twice")
+    return d
+
+
+def indexed_keys(path) -> set[str] | None:
+    """The keys of the shard ``path`` (a path or a URL) read from its key index, or ``None`` when the index
+    cannot be trusted: absent (shards of earlier runs, shards copied without it), unreadable, over
+    ``MAX_KEY_INDEX_BYTES``, not exactly the format ``ShardWriter`` writes, written for another shard name, or
+    recording another byte size than the shard has now (the shard was replaced or cut). The index is treated
+    as hostile input: nothing in it is used unless all of it checks out."""
+    try:
+        with open_read(key_index_path(path)) as f:
+            data = f.read(MAX_KEY_INDEX_BYTES + 1)
+        if len(data) > MAX_KEY_INDEX_BYTES:
+            return None
+        d = json.loads(data.decode("utf-8"), object_pairs_hook=_no_repeats)
+    except Exception:  # absent or unreadable, not UTF-8, not JSON (or nested too deep to parse)
+        return None
+    if not isinstance(d, dict) or sorted(d) != ["bytes", "format", "keys", "samples", "shard", "version"]:
+        return None
+    keys, name = d["keys"], str(path).replace("\\", "/").rsplit("/", 1)[-1]
+    if (d["format"] != _KEY_INDEX_FORMAT or d["shard"] != name or not isinstance(keys, list)
+            or any(type(d[k]) is not int for k in ("version", "bytes", "samples"))  # bool is no int here
+            or d["version"] != _KEY_INDEX_VERSION or len(keys) != d["samples"]
+            or not all(type(k) is str and _INDEX_KEY.fullmatch(k) for k in keys)):
+        return None
+    try:
+        if storage.size(path) != d["bytes"]:
+            return None
+    except Exception:  # the shard is gone: the scan says so
+        return None
+    return set(keys)
 
 
 # ---------------------------------------------------------------- reading
@@ -472,13 +549,18 @@ def read_samples(spec, torch_tensors: bool = True) -> Iterator[dict[str, Any]]:
 
 
 def shard_keys(spec) -> set[str]:
-    """Keys already present in finished shards (for resuming a conversion or a stage)."""
+    """Keys already present in finished shards (for resuming a conversion or a stage): for each shard, its key
+    index when that can be trusted (``indexed_keys``: one small read), else a scan of every tar header."""
     keys = set()
     try:
         paths = shard_paths(spec)
     except ShardError:
         return keys
     for p in paths:
+        indexed = indexed_keys(p)
+        if indexed is not None:
+            keys |= indexed
+            continue
         check_complete(p)
         try:
             with open_read(p) as f, tarfile.open(fileobj=f, mode="r:", ignore_zeros=True) as tar:

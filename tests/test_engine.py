@@ -132,3 +132,27 @@ def test_fused_stage_without_fields_makes_structure_images_instead_of_stopping(t
     assert all("edimg" not in d and d["stimg"].shape == (4, 3, 16, 16) for d in samples)
     assert {d["meta"]["labels"]["E6"] < 0 for d in samples} == {True}
     assert done_keys(tmp_path / "dft") == {sample_key(m.id) for m in mols}
+
+
+def test_a_shard_stage_at_a_url_resumes_from_the_key_indexes_and_its_mirror_leaves_shards_alone(tmp_path,
+                                                                                                 monkeypatch):
+    """Out is a ``local://`` URL (the object-store code path): each shard goes up with its key index, the
+    resume reads the indexes instead of the tar headers, and the driver's mirror never fetches either."""
+    import edg_core.shards as shards
+    from edg_core.storage import Mirror
+    bucket = tmp_path / "bucket" / "out"
+    url = f"local://{bucket}"
+    first = run_stage(stage(refuse={"m2"}), mols(10), url)
+    assert (first.done, first.failed) == (9, 1)
+    shard_files = [f"s-00000{i}.tar{x}" for i in range(3) for x in ("", ".keys")]
+    assert sorted(p.name for p in bucket.iterdir()) == ["failures.jsonl", "progress.json", *shard_files]
+    opened, real = [], shards.open_read
+    monkeypatch.setattr(shards, "open_read", lambda p: opened.append(str(p)) or real(p))
+    again = run_stage(stage(), mols(12), url)
+    assert (again.done, again.skipped, again.failed) == (2, 10, 0)
+    assert len(opened) == 3 and all(p.endswith(".tar.keys") for p in opened)  # no tar header read
+    assert [s["meta"]["id"] for s in read_samples(url, torch_tensors=False)] == \
+        [f"m{i}" for i in range(12) if i != 2]
+    wc = tmp_path / "wc"
+    assert Mirror(url, local=wc, exclude=Shards.bulky).pull() == 2
+    assert sorted(p.name for p in wc.iterdir()) == [".edg-mirror.json", "failures.jsonl", "progress.json"]

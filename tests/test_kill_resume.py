@@ -172,3 +172,8 @@ def test_kill_and_resume_loop_convert(tmp_path):
     assert kills >= 8
     assert len(all_got) == len(set(all_got)) == 2000 and set(all_got) == set().union(*want)
     assert _temps(out) == [] and sorted(manifest) == ["bad1", "bad2"]
+    # every finished shard has its key index, which holds the shard's keys; no index outlives its shard
+    from edg_core.shards import indexed_keys
+    shards = sorted(out.glob("*.tar"))
+    assert sorted(p.name for p in out.glob("*.keys")) == [f"{p.name}.keys" for p in shards]
+    assert [indexed_keys(str(p)) for p in shards] == got

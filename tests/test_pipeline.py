@@ -237,6 +237,8 @@ def _check_remote_run(url: str) -> None:
         assert tree.get(f, 0) > 0, f"{f} missing from {url}"
     assert any(k.startswith("shards/ed/") and k.endswith(".tar") for k in tree)
     assert any(k.startswith("shards/ed_fu/") and k.endswith(".tar") for k in tree)
+    shards = {k for k in tree if k.startswith("shards/") and k.endswith(".tar")}
+    assert {k for k in tree if k.endswith(".keys")} == {f"{k}.keys" for k in shards}  # each with its key index
     assert not any(k.endswith(".tmp") for k in tree)
     from edg_core.storage import read_bytes
     fails = [json.loads(x) for x in read_bytes(f"{url}/dft/failures.jsonl").decode().splitlines()]
@@ -266,6 +268,8 @@ def test_pipeline_on_an_fsspec_url_resumes_from_another_working_copy(tmp_path, m
         assert all(s.get("seconds") == manifest["stages"][k]["seconds"] for k, s in again["stages"].items())
         assert again["stages"]["distill"]["test"] == manifest["stages"]["distill"]["test"]
         assert (tmp_path / "wc2" / "teacher" / "teacher.pt").exists()  # pulled
+        # shards and their key indexes are read in place, never pulled into a working copy
+        assert not [p for p in (tmp_path / "wc2").rglob("*") if p.name.endswith((".tar", ".tar.keys"))]
     finally:
         fs, root = fsspec.core.url_to_fs(url)
         if fs.exists(root):

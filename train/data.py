@@ -43,7 +43,7 @@ def _keep(key: str, split: str, fraction: float) -> bool:
 
 
 def count_samples(spec, split: str = "all", val_fraction: float = 0.0) -> int:
-    """Samples of ``split`` in the shards (reads tar headers only)."""
+    """Samples of ``split`` in the shards (``shard_keys``: the shards' key indexes, else their tar headers)."""
     return sum(1 for k in shard_keys(spec) if _keep(k, split, val_fraction))
 
 

@@ -112,7 +112,8 @@ def cmd_render(args) -> int:
         raise DataSourceError("edg render: give --input (structure images) and/or --fields (ED images)")
     from cluster.pipeline import resolve_section
     cfg = resolve_section(args, "render")
-    store = Mirror(args.out, exclude=("*.tar",), temporary=True)
+    from edg_core.shards import SHARD_GLOBS
+    store = Mirror(args.out, exclude=SHARD_GLOBS, temporary=True)
     dump_yaml(cfg, store.local / "render_config.yaml")
     store.commit("render_config.yaml")
     store.close()
