@@ -7,11 +7,13 @@ Measures per-item costs and scales them to the paper's 2 M molecules:
 * the resume scan (``done_keys``) with N results present, and a rerun that skips everything;
 * files per folder of the result layout (``dft.worker.result_rel``), manifest and progress file sizes;
 * ``Mirror.pull`` of a ``local://`` URL out (the object-store code path) with N results present;
-* the render stage's resume scan (``shard_keys``) over shards of real-size samples.
+* the render stage's resume scan (``shard_keys``) over shards of real-size samples, from the shards' key
+  indexes and (indexes removed, as for shards of older runs) from every tar header.
 
     python -m bench dryrun                 # 20 000 molecules in-process, 2 000 on 2 Ray actors
     python -m bench dryrun --quick         # 2 000 / 300
     python -m bench dryrun --n=100000 --ray-n=5000 --ms=2
+    python -m bench dryrun --only=pull,shards --pull-n=20000 --shard-n=5000   # the two resume costs alone
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import hashlib
 import os
 import resource
 import shutil
+import statistics
 import tempfile
 import time
 from contextlib import contextmanager
@@ -159,27 +162,34 @@ def _set_bytes(keys: set[str]) -> int:
     return sys.getsizeof(keys) + sum(sys.getsizeof(k) for k in keys)
 
 
-def remote_pull(n: int, root: Path) -> None:
-    """The object-store code path: results under a ``local://`` URL; how long a driver's Mirror.pull takes."""
+def remote_pull(n: int, root: Path, repeat: int = 5) -> None:
+    """The object-store code path: results under a ``local://`` URL; how long a driver's Mirror.pull takes
+    (a fresh temporary working copy each time, as a stage driver makes; the median of ``repeat`` pulls)."""
     from cluster.stages import Workers
     from edg_core.storage import Mirror
     url = f"local://{root / 'dft_url'}"
     r = _run(n, url, Workers(actors=0))
     print(f"dryrun local:// URL out: {n} molecules in {r['wall_s']:.1f} s = {1e3 * r['wall_s'] / n:.2f} ms/item "
           f"(each result uploaded whole; each failure re-uploads failures.jsonl)")
-    t = time.perf_counter()
-    m = Mirror(url, exclude=("fields/*", "cubes/*"), temporary=True)
-    m.pull()
-    m.close()
-    dt = time.perf_counter() - t
-    print(f"dryrun Mirror.pull of the stage folder with {n} results present: {dt:.2f} s "
-          f"-> {_scale(dt / n, 's')} (it lists every result file, then skips them)")
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        m = Mirror(url, exclude=("fields/*", "cubes/*"), temporary=True)
+        fetched = m.pull()
+        m.close()
+        times.append(time.perf_counter() - t)
+    dt = statistics.median(times)
+    print(f"dryrun Mirror.pull of the stage folder with {n} results present: {1e3 * dt:.1f} ms (median of {repeat}; "
+          f"{fetched} files fetched) = {1e6 * dt / n:.2f} us/result; fields/ is never listed, so this does not grow "
+          f"with the number of results (compare two --pull-n)")
 
 
-def shard_scan(n: int, root: Path, image_kib: int = 132) -> None:
-    """The render stage's resume scan (``shard_keys``: every tar header of every shard) over ``n`` samples of
-    the size of a real one (ED + structure images, ``image_kib`` KiB, u8z), 1000 per shard."""
-    from edg_core.shards import ShardWriter, encode_sample, shard_keys
+def shard_scan(n: int, root: Path, image_kib: int = 132, repeat: int = 3) -> None:
+    """The render stage's resume scan (``shard_keys``) over ``n`` samples of the size of a real one (ED +
+    structure images, ``image_kib`` KiB, u8z), 1000 per shard: from the key indexes the writer leaves beside
+    the shards, then with the indexes removed (shards of older runs: every tar header is read). Medians of
+    ``repeat`` scans, page cache warm."""
+    from edg_core.shards import KEY_INDEX_SUFFIX, ShardWriter, encode_sample, shard_keys
     out = root / "shards"
     rng = np.random.default_rng(0)
     blob = {"edimg.u8z": rng.integers(0, 255, image_kib * 1024, dtype=np.uint8).tobytes()}
@@ -188,14 +198,30 @@ def shard_scan(n: int, root: Path, image_kib: int = 132) -> None:
         for mol in synthetic(n):
             w.write({**encode_sample(mol), **blob})
     write_s = time.perf_counter() - t
-    t = time.perf_counter()
-    keys = shard_keys(out)
-    dt = time.perf_counter() - t
     size = sum(f.stat().st_size for f in out.glob("*.tar"))
-    n_shards = len(list(out.glob("*.tar")))
-    print(f"dryrun shards: {n} samples of {size / n / 1024:.0f} KiB in {n_shards} shards written in {write_s:.1f} s; "
-          f"resume scan (shard_keys, every tar header) {dt:.2f} s = {1e6 * dt / len(keys):.0f} us/sample -> "
-          f"{_scale(dt / len(keys), 's')} on a local disk (an object store reads each header by a range request)")
+    shards = sorted(out.glob("*.tar"))
+    indexes = sorted(out.glob(f"*{KEY_INDEX_SUFFIX}"))
+    index_b = sum(f.stat().st_size for f in indexes)
+    print(f"dryrun shards: {n} samples of {size / n / 1024:.0f} KiB in {len(shards)} shards written in "
+          f"{write_s:.1f} s, with {len(indexes)} key indexes of {index_b / max(len(indexes), 1) / 1024:.1f} KiB")
+
+    def scan() -> tuple[float, set]:
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            keys = shard_keys(out)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times), keys
+    dt, keys = scan()
+    print(f"dryrun resume scan (shard_keys, key indexes): {dt:.3f} s = {1e6 * dt / len(keys):.1f} us/sample -> "
+          f"{_scale(dt / len(keys), 's', '{:.2f}')} on a local disk (an object store: one small read per shard)")
+    for f in indexes:
+        f.unlink()
+    dt_tar, keys_tar = scan()
+    assert keys_tar == keys
+    print(f"dryrun resume scan (shard_keys, no indexes: every tar header): {dt_tar:.2f} s = "
+          f"{1e6 * dt_tar / len(keys):.0f} us/sample -> {_scale(dt_tar / len(keys), 's')} on a local disk (an "
+          f"object store reads each header by a range request); the index is {dt_tar / dt:.0f}x faster")
     shutil.rmtree(out, ignore_errors=True)
 
 
@@ -222,18 +248,25 @@ def on_ray(n: int, actors: int) -> None:
 
 def main(argv: list[str]) -> None:
     quick = "--quick" in argv
-    opts = {"n": 2000 if quick else 20000, "ray-n": 300 if quick else 2000, "ms": 2.0, "actors": 2}
+    opts = {"n": 2000 if quick else 20000, "ray-n": 300 if quick else 2000, "ms": 2.0, "actors": 2,
+            "pull-n": 0, "shard-n": 0, "only": "in-process,pull,shards,ray"}
     for a in argv:
         for k in opts:
             if a.startswith(f"--{k}="):
                 opts[k] = type(opts[k])(a.split("=", 1)[1])
+    parts = set(opts["only"].split(","))
+    if parts - {"in-process", "pull", "shards", "ray"}:
+        raise SystemExit(f"--only: choose among in-process, pull, shards, ray (got {opts['only']!r})")
     os.environ["EDG_DRYRUN_MS"] = str(opts["ms"])
     root = Path(tempfile.mkdtemp(prefix="edgdryrun"))
     try:
-        in_process(opts["n"], opts["ms"], root)
-        remote_pull(min(opts["n"], 5000), root)
-        shard_scan(min(opts["n"], 5000), root)
-        if opts["ray-n"] > 0:
+        if "in-process" in parts:
+            in_process(opts["n"], opts["ms"], root)
+        if "pull" in parts:
+            remote_pull(opts["pull-n"] or min(opts["n"], 5000), root)
+        if "shards" in parts:
+            shard_scan(opts["shard-n"] or min(opts["n"], 5000), root)
+        if "ray" in parts and opts["ray-n"] > 0:
             on_ray(opts["ray-n"], opts["actors"])
     finally:
         shutil.rmtree(root, ignore_errors=True)
