@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from train.graph import RadiusInteractionGraph, radius_graph, radius_graph_torch, triplets
+from train.graph import RadiusInteractionGraph, radius_graph, radius_graph_torch, triplets, undirected_pairs
 
 
 def random_batch(sizes, seed=0, box=6.0):
@@ -103,3 +103,15 @@ def test_triplets_equal_enumeration():
     got = set(zip(idx_i.tolist(), idx_j.tolist(), idx_k.tolist(), idx_kj.tolist(), idx_ji.tolist()))
     assert got == expected and len(idx_i) == len(expected)
     assert len(expected) > 0
+
+
+def test_undirected_pairs_group_both_directions():
+    edge_index = torch.tensor([[0, 1, 2, 0, 3, 1], [1, 0, 0, 2, 1, 3]])  # 0-1 twice, 0-2 twice, 3-1 twice
+    rep, pair = undirected_pairs(torch.tensor([[0, 1, 2, 0, 3], [1, 0, 0, 2, 1]]), 4)
+    assert pair.tolist() == [0, 0, 1, 1, 2] and rep.tolist() == [0, 2, 4]  # 3 -> 1 alone: a pair of its own
+    rep, pair = undirected_pairs(edge_index, 4)
+    assert len(rep) == 3 and torch.equal(pair[rep], torch.arange(3))
+    ends = torch.sort(edge_index, 0)[0]
+    assert torch.equal(ends[:, rep][:, pair], ends)  # every edge reads back its own pair
+    rep, pair = undirected_pairs(torch.zeros(2, 0, dtype=torch.long), 4)
+    assert rep.numel() == 0 and pair.numel() == 0

@@ -7,6 +7,7 @@ import torch
 from edg_core.config import ConfigError
 from edg_core.readers import open_source
 from train.students import STUDENTS, build_student, energy_and_forces
+from train.students.base import pool
 
 # small models keep the suite fast; every other hyper-parameter is the paper default
 SMALL = {
@@ -155,6 +156,31 @@ def test_schnet_predicts_from_the_mean_pooled_features():
         h = h + block(h, edge_index, w, model.net.distance_expansion(w))
     u = model.net.lin2(model.net.act(model.net.lin1(h)))
     assert torch.allclose(feats[0], u[batch == 0].mean(dim=0), atol=1e-10)
+
+
+@pytest.mark.parametrize("max_neighbors", [32, 3])
+def test_schnet_filters_once_per_pair_equal_pygs_interaction_blocks(max_neighbors):
+    """Sharing W(d_ij) between j -> i and i -> j gives PyG's CFConv energies and forces, also when a neighbour
+    cap leaves some pairs with one direction only."""
+    model = make("schnet", max_num_neighbors=max_neighbors)
+    z, pos, batch = collate(molecules())
+    edge_index, _ = model.net.interaction_graph(pos, batch)
+    edges = set(map(tuple, edge_index.T.tolist()))
+    one_way = sum((i, j) not in edges for j, i in edges)
+    assert (one_way > 0) == (max_neighbors == 3)
+
+    def pyg_energy(p):
+        h = model.net.embedding(z)
+        ei, w = model.net.interaction_graph(p, batch)
+        for block in model.net.interactions:
+            h = h + block(h, ei, w, model.net.distance_expansion(w))
+        return model.head(pool(model.net.lin2(model.net.act(model.net.lin1(h))), batch, 3, "mean"))[:, 0]
+
+    p_ref = pos.clone().requires_grad_(True)
+    e_ref = pyg_energy(p_ref)
+    (f_ref,) = torch.autograd.grad(-e_ref.sum(), p_ref)
+    _, energy, forces = energy_and_forces(model, z, pos, batch)
+    assert torch.allclose(energy, e_ref, atol=1e-12) and torch.allclose(forces, f_ref, atol=1e-12)
 
 
 def test_spherenet_predicts_from_its_features_as_the_paper_ran_it():

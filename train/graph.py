@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["radius_graph", "radius_graph_torch", "accelerated_backend", "triplets", "RadiusInteractionGraph",
-           "num_graphs"]
+           "num_graphs", "undirected_pairs"]
 
 
 def num_graphs(batch: Tensor) -> int:
@@ -134,6 +134,19 @@ class RadiusInteractionGraph(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"cutoff={self.cutoff}, max_num_neighbors={self.max_num_neighbors}, loop={self.loop}"
+
+
+def undirected_pairs(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
+    """The unordered atom pairs of a directed graph: ``rep`` (U,) the index of one edge of each pair (the first)
+    and ``pair`` (E,) the pair of every edge. Edges j -> i and i -> j have the same length, so anything that
+    depends on the length alone (a SchNet filter) is computed once per pair and read back with ``[pair]``."""
+    a = torch.minimum(edge_index[0], edge_index[1])
+    b = torch.maximum(edge_index[0], edge_index[1])
+    _, pair = torch.unique(a * num_nodes + b, return_inverse=True)
+    n_edges = edge_index.size(1)
+    rep = torch.full((int(pair.max()) + 1 if n_edges else 0,), n_edges, dtype=torch.long, device=pair.device)
+    rep.scatter_reduce_(0, pair, torch.arange(n_edges, device=pair.device), "amin")
+    return rep, pair
 
 
 def triplets(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:

@@ -13,13 +13,15 @@ at most 32 neighbours as torch-cluster's ``radius_graph``), for QM9 and rMD17 al
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch_geometric.nn.models import SchNet
+from torch_geometric.utils import scatter
 
-from ..graph import RadiusInteractionGraph
+from ..graph import RadiusInteractionGraph, undirected_pairs
 from .base import Student, pool
 
 
@@ -53,11 +55,21 @@ class SchNetStudent(Student):
         self.out_dim = c.out_dim
 
     def encode(self, z: Tensor, pos: Tensor, batch: Tensor, n_graphs: int) -> tuple[Tensor, Tensor]:
+        """PyG's interaction blocks, with each continuous filter W(d_ij) computed once per atom pair: edges
+        j -> i and i -> j share their length, so the filter network (most of SchNet's arithmetic) runs on half
+        the edges and its rows are read back for both directions (same values as PyG's ``CFConv``)."""
         net = self.net
         h = net.embedding(z)
         edge_index, edge_weight = net.interaction_graph(pos, batch)
-        edge_attr = net.distance_expansion(edge_weight)
-        for interaction in net.interactions:
-            h = h + interaction(h, edge_index, edge_weight, edge_attr)
+        rep, pair = undirected_pairs(edge_index, len(z))
+        d = edge_weight[rep]  # (U,) Å, one length per atom pair
+        rbf = net.distance_expansion(d)  # (U, num_gaussians)
+        cut = (0.5 * (torch.cos(d * math.pi / self.config.cutoff) + 1.0))[:, None]  # cosine cutoff C(d)
+        src, dst = edge_index
+        for block in net.interactions:
+            conv = block.conv
+            w = (conv.nn(rbf) * cut)[pair]  # (E, num_filters): W(d_ij) * C(d_ij)
+            x = scatter(conv.lin1(h)[src] * w, dst, dim=0, dim_size=len(h), reduce="sum")  # sum_j x_j * W_ij
+            h = h + block.lin(block.act(conv.lin2(x)))
         feats = pool(net.lin2(net.act(net.lin1(h))), batch, n_graphs, self.config.readout)
         return feats, self.head(feats)
