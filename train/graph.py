@@ -142,9 +142,9 @@ def undirected_pairs(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor
     depends on the length alone (a SchNet filter) is computed once per pair and read back with ``[pair]``."""
     a = torch.minimum(edge_index[0], edge_index[1])
     b = torch.maximum(edge_index[0], edge_index[1])
-    _, pair = torch.unique(a * num_nodes + b, return_inverse=True)
+    keys, pair = torch.unique(a * num_nodes + b, return_inverse=True)
     n_edges = edge_index.size(1)
-    rep = torch.full((int(pair.max()) + 1 if n_edges else 0,), n_edges, dtype=torch.long, device=pair.device)
+    rep = torch.full((len(keys),), n_edges, dtype=torch.long, device=pair.device)
     rep.scatter_reduce_(0, pair, torch.arange(n_edges, device=pair.device), "amin")
     return rep, pair
 
