@@ -156,3 +156,27 @@ def test_a_shard_stage_at_a_url_resumes_from_the_key_indexes_and_its_mirror_leav
     wc = tmp_path / "wc"
     assert Mirror(url, local=wc, exclude=Shards.bulky).pull() == 2
     assert sorted(p.name for p in wc.iterdir()) == [".edg-mirror.json", "failures.jsonl", "progress.json"]
+
+
+def test_failure_manifest_at_a_url_is_uploaded_at_most_every_interval_and_at_the_end(tmp_path):
+    """With 1 % failures at 2 M molecules, uploading the manifest after every batch would send ~26 GB: the log
+    uploads it only once ``upload_every_s`` has passed since the last upload, and always when compacted."""
+    from cluster.engine import FailureLog
+    from edg_core.storage import Mirror
+    bucket = tmp_path / "bucket"
+    remote = bucket / "failures.jsonl"
+
+    def failures(i):
+        return [Failure.of(f"m{i}", "dft", "SCF not converged", f"k{i}")]
+
+    slow = FailureLog(Mirror(f"local://{bucket}", local=tmp_path / "wc1"), upload_every_s=3600)
+    for i in range(5):
+        assert slow.add(failures(i)) == 1
+    assert not remote.exists()  # five batches with failures, no upload yet
+    slow.compact(succeeded={"k1"})
+    assert [e["key"] for e in read_jsonl(remote)] == ["k0", "k2", "k3", "k4"]
+    remote.unlink()
+    eager = FailureLog(Mirror(f"local://{bucket}", local=tmp_path / "wc2"), upload_every_s=0)
+    for i in range(3):
+        eager.add(failures(i))
+        assert [e["key"] for e in read_jsonl(remote)] == [f"k{j}" for j in range(i + 1)]
