@@ -171,29 +171,28 @@ def _tile_pairs(lo_x, hi_x, lo_y, hi_y, valid, tiles):
 
 def _nearest(pairs, t_of, n_px, v, nt, tile, max_elements, dtype):
     """Nearest hit per pixel over (tile, primitive) ``pairs``: ``t`` (n_px,) (inf: none) and the winning pair's
-    index (n_px,) (the lowest among equal ``t``). ``t_of(pairs)`` -> (Q, tile, tile) distances."""
+    index (n_px,) (the lowest among equal ``t``). ``t_of(pairs)`` -> (Q, tile, tile) distances. Two passes over
+    chunks of at most ``max_elements`` pixel tests: the minimum, then the first pair that reaches it (a single
+    chunk is computed once)."""
     bi, vi, tr, tc, _ = pairs
     device = bi.device
-    cell = ((bi * v + vi) * nt + tr) * nt + tc
     offs = torch.arange(tile * tile, device=device)
-    chunk = max(1, max_elements // (tile * tile))
-    spans = [slice(s, s + chunk) for s in range(0, len(bi), chunk)]
-    best = None
+    cell = ((bi * v + vi) * nt + tr) * nt + tc  # (Q,) flat (molecule, view, tile) index
+
+    def pixels(sl):  # flat pixel indices (chunk * tile * tile,) of a chunk of pairs
+        return (cell[sl, None] * (tile * tile) + offs).reshape(-1)
+    step = max(1, max_elements // (tile * tile))
+    spans = [slice(s, s + step) for s in range(0, len(bi), step)]
+    best = torch.full((n_px,), float("inf"), dtype=dtype, device=device)
     win = torch.full((n_px,), len(bi), dtype=torch.long, device=device)
-    ts = []
+    kept = None
     for sl in spans:
-        t = t_of(tuple(p[sl] for p in pairs)).reshape(-1, tile * tile)
-        if best is None:
-            best = torch.full((n_px,), float("inf"), dtype=t.dtype, device=device)
-        px = (cell[sl, None] * (tile * tile) + offs).reshape(-1)
-        best.scatter_reduce_(0, px, t.reshape(-1), "amin")
-        ts.append(t if len(spans) == 1 else None)
-    if best is None:
-        return torch.full((n_px,), float("inf"), dtype=dtype, device=device), win
-    for i, sl in enumerate(spans):
-        t = ts[i] if ts[i] is not None else t_of(tuple(p[sl] for p in pairs)).reshape(-1, tile * tile)
-        px = (cell[sl, None] * (tile * tile) + offs).reshape(-1)
+        kept = t_of(tuple(p[sl] for p in pairs)).reshape(-1, tile * tile)
+        best.scatter_reduce_(0, pixels(sl), kept.reshape(-1), "amin")
+    for sl in spans:
+        t = kept if len(spans) == 1 else t_of(tuple(p[sl] for p in pairs)).reshape(-1, tile * tile)
         ids = torch.arange(sl.start, sl.start + len(t), device=device)[:, None].expand_as(t)
+        px = pixels(sl)
         mine = (t == best[px].view_as(t)) & torch.isfinite(t)
         win.scatter_reduce_(0, px, torch.where(mine, ids, len(bi)).reshape(-1), "amin")
     return best, win
