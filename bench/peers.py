@@ -155,9 +155,11 @@ def dft_peers(quick: bool) -> None:
     ncpu = os.cpu_count() or 1
     with ray_session("local", num_cpus=ncpu):  # loopback only; its session folder is removed at the end
         one, all_ = _threads_in_actor(1), _threads_in_actor(ncpu)
+    preset = os.environ.get("OMP_NUM_THREADS")
+    why = (f"OMP_NUM_THREADS={preset} is set here, and Ray keeps a value it finds" if preset else
+           "Ray sets OMP_NUM_THREADS to the actor's CPUs; PySCF follows it")
     print(f"peers dft threads: this process {lib.num_threads()}, a Ray actor reserving 1 CPU {one}, "
-          f"reserving {ncpu} CPUs {all_} (Ray sets OMP_NUM_THREADS to the actor's CPUs; PySCF follows it)",
-          flush=True)
+          f"reserving {ncpu} CPUs {all_} ({why})", flush=True)
 
 
 # ---------------------------------------------------------------- rendering
