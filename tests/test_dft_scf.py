@@ -133,12 +133,34 @@ def test_charge_is_honoured():
     assert np.isclose(out.mf.mo_occ.sum(), 10)
 
 
+@pytest.mark.parametrize("mol, basis", [(WATER, "6-31g**"), (OH, "6-31g")])
+def test_e5_comes_from_the_final_fock_build_and_equals_a_fresh_integration(mol, basis):
+    out = run_scf(mol, DFTConfig(basis=basis), "cpu")
+    mf, ni = out.mf, out.mf._numint
+    dm = mf.make_rdm1()
+    integrate = type(ni).nr_uks if dm.ndim == 3 else type(ni).nr_rks
+    fresh = float(integrate(ni, out.mol, mf.grids, mf.xc, dm)[1])
+
+    def integrated_again(*args, **kwargs):
+        raise AssertionError("E5 integrated again")
+    ni.nr_rks = ni.nr_uks = integrated_again
+    e = energy_components(out)
+    assert e["E5"] == fresh  # the SCF's last integration, bit for bit
+    coords, xc, _, _ = ni.edg_last_xc
+    ni.edg_last_xc = (coords, xc, dm * 1.01, -1.0)  # a record of another density is not used
+    del ni.nr_rks, ni.nr_uks  # the integrator's own methods again
+    assert energy_components(out)["E5"] == pytest.approx(fresh, abs=1e-12)
+
+
 def test_retry_ladder_recovers_from_non_convergence():
     cfg = DFTConfig(basis="sto-3g", max_cycle=2, grid_level=1)
     no_retry = run_scf(OH, DFTConfig(basis="sto-3g", max_cycle=2, grid_level=1, retries=False), "cpu")
     assert not no_retry.converged and no_retry.attempts == ["diis"]
     out = run_scf(OH, cfg, "cpu")
     assert out.converged and len(out.attempts) >= 2 and out.attempts[0] == "diis"
+    ni, dm = out.mf._numint, out.mf.make_rdm1()
+    fresh = type(ni).nr_uks(ni, out.mol, out.mf.grids, out.mf.xc, dm)[1]
+    assert energy_components(out)["E5"] == pytest.approx(float(fresh), abs=1e-12)  # whichever attempt converged
     ref, _ = plain_pyscf_energy(OH, basis="sto-3g", grid_level=1, jkfit="def2-universal-jkfit")
     assert abs(float(out.mf.e_tot) - ref) < 1e-5
 
