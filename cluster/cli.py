@@ -49,9 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if getattr(args, "unsafe_load_pickle", False):  # --unsafe-load-pickle of the commands that load checkpoints
-        from train.checkpoint import allow_unsafe_pickle
-        allow_unsafe_pickle()
     try:
         _check_locations(args)
         return int(args.func(args) or 0)

@@ -14,7 +14,6 @@ import torch
 
 from cluster.cli import main
 from train.checkpoint import (
-    UNSAFE_ENV,
     CheckpointError,
     Checkpoints,
     check_plain,
@@ -45,11 +44,6 @@ def _hostile(path, marker, **plain):
     return path
 
 
-@pytest.fixture(autouse=True)
-def _no_unsafe_env(monkeypatch):
-    monkeypatch.setenv(UNSAFE_ENV, "0")  # and restored after each test, whatever a test sets
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt_shards")
@@ -57,7 +51,7 @@ def shards(tmp_path_factory):
     return out
 
 
-def _refused(call, marker, match="--unsafe-load-pickle"):
+def _refused(call, marker, match="never unpickles in full"):
     with pytest.raises(CheckpointError, match=match) as e:
         call()
     assert not marker.exists(), "the pickle payload ran"
@@ -82,8 +76,22 @@ def test_model_loaders_refuse_pickle_payloads(tmp_path):
     _refused(lambda: load_imageed(run), marker)
     _refused(lambda: load_teacher(run), marker)
     _refused(lambda: load_student_state(run), marker)
-    # the explicit, unsafe opt-in does unpickle (here: runs the payload), so the flag is what stands in between
-    assert load_checkpoint(f, unsafe=True)["model"] == 0 and marker.exists()  # os.system's exit status
+
+
+def test_older_checkpoints_with_numpy_values_and_paths_load_and_nothing_else_does(tmp_path):
+    """Files of older EDG versions held numpy metrics and paths in their configs: they load (those types only
+    build values); an object beside them that would run code is still refused."""
+    import pathlib
+    old = {"model": {"w": torch.ones(2)}, "config": {"out": pathlib.Path("/runs/x"), "lr": np.float64(1e-3)},
+           "history": [{"loss": np.float32(0.5), "per_view": np.arange(3, dtype=np.int64)}]}
+    torch.save(old, tmp_path / "old.pt")
+    back = load_checkpoint(tmp_path / "old.pt")
+    assert back["config"]["out"] == pathlib.Path("/runs/x") and back["config"]["lr"] == 1e-3
+    assert back["history"][0]["per_view"].tolist() == [0, 1, 2] and torch.equal(back["model"]["w"], torch.ones(2))
+    marker = tmp_path / "ran"
+    _hostile(tmp_path / "mixed.pt", marker, **old)
+    msg = _refused(lambda: load_checkpoint(tmp_path / "mixed.pt"), marker)
+    assert "posix.system" in msg
 
 
 def test_plain_files_load_and_bad_files_are_clear_errors(tmp_path):
@@ -104,17 +112,17 @@ def test_plain_files_load_and_bad_files_are_clear_errors(tmp_path):
     assert not (tmp_path / "f.pt").exists()
 
 
-def test_cli_refuses_a_pickle_payload_and_the_flag_says_unsafe(tmp_path, shards, capsys):
+def test_cli_refuses_a_pickle_payload_with_a_clear_error(tmp_path, shards, capsys):
     marker = tmp_path / "ran"
     f = _hostile(tmp_path / "evil.pt", marker, imageed_config={})
     argv = ["extract", "imageed-features", "--model", str(f), "--shards", str(shards), "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "--unsafe-load-pickle" in err and "can run code" in err and not marker.exists()
+    assert str(f) in err and "can run code" in err and not marker.exists()
     assert "Traceback" not in err
     with pytest.raises(SystemExit):
         main(["extract", "imageed-features", "--help"])
-    assert "UNSAFE" in capsys.readouterr().out
+    assert "pickle" not in capsys.readouterr().out  # no switch that would unpickle in full
 
 
 def _imageed_cfg(**kw):

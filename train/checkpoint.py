@@ -2,19 +2,18 @@
 
 A checkpoint file holds only tensors, numbers, strings, None, lists, tuples and dicts (configs as plain
 dicts), so it loads with ``torch.load(weights_only=True)``: a file someone else made cannot run code when
-it is read. ``save_checkpoint`` refuses anything else before writing; ``load_checkpoint`` refuses a file
-that would need full unpickling, with an error naming the file and the way out: ``--unsafe-load-pickle``
-on the command line, or ``EDG_UNSAFE_LOAD_PICKLE=1`` in the environment (the flag sets it, so Ray workers
-started from that process inherit it), for an old file the user made and trusts.
+it is read. ``save_checkpoint`` refuses anything else before writing. ``load_checkpoint`` never unpickles
+in full: besides plain data it accepts only the values older EDG checkpoints held (numpy arrays and scalars
+in metrics, paths in configs; ``legacy_globals``), which build values and nothing else, and it refuses any
+other object with an error naming the file and what the file would have run.
 
 ``Checkpoints(folder, every, keep_last)`` keeps a run's resumable state as ``<folder>/epoch-NNNNNN.pt``
 (NNNNNN = epochs finished), written atomically every ``every`` epochs and after the last epoch, pruned to
 the newest ``keep_last``; ``best.pt`` beside them holds the best model so far when the loop has a
-validation metric. Importing this module does not import torch (the CLI adds its flag from here).
+validation metric. Importing this module does not import torch.
 """
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import re
@@ -24,33 +23,29 @@ from pathlib import Path
 from edg_core.errors import EDGError
 from edg_core.io import atomic_path
 
-log = logging.getLogger(__name__)
-
-UNSAFE_ENV = "EDG_UNSAFE_LOAD_PICKLE"
-UNSAFE_FLAG = "--unsafe-load-pickle"
-UNSAFE_HELP = ("UNSAFE: also load old checkpoints that need full Python unpickling, which runs any code the "
-               "file contains; only for files you made yourself (default: refuse them)")
-
 
 class CheckpointError(EDGError):
     """A checkpoint file is missing, corrupt, of the wrong kind, or not plain data."""
 
 
-def add_unsafe_flag(parser) -> None:
-    """The ``--unsafe-load-pickle`` flag of every command that loads checkpoints (``cluster.cli`` acts on it)."""
-    parser.add_argument(UNSAFE_FLAG, dest="unsafe_load_pickle", action="store_true", help=UNSAFE_HELP)
+def legacy_globals() -> list:
+    """What older EDG checkpoints pickled besides plain data: numpy arrays, scalars and numeric dtypes (metrics)
+    and paths (configs), for ``torch.serialization.safe_globals``. Each only builds a value; none runs other
+    code. numpy's array helpers are listed under both module names (``numpy.core`` before numpy 2)."""
+    import pathlib
 
-
-def allow_unsafe_pickle(on: bool = True) -> None:
-    """Let ``load_checkpoint`` fall back to full unpickling in this process and the processes it starts."""
-    if on:
-        os.environ[UNSAFE_ENV] = "1"
-    else:
-        os.environ.pop(UNSAFE_ENV, None)
-
-
-def unsafe_allowed(unsafe: bool | None = None) -> bool:
-    return bool(unsafe) if unsafe is not None else os.environ.get(UNSAFE_ENV) == "1"
+    import numpy as np
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray
+    found: list = [np.ndarray, np.dtype, pathlib.Path, pathlib.PosixPath, pathlib.WindowsPath,
+                   pathlib.PurePosixPath, pathlib.PureWindowsPath]
+    for name in ("scalar", "_reconstruct"):
+        f = getattr(multiarray, name)
+        found += [(f, f"numpy.core.multiarray.{name}"), (f, f"numpy._core.multiarray.{name}")]
+    numeric = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return found + [d for d in numeric if np.dtype(getattr(d, "type", object)).kind in "biufc"]
 
 
 def check_plain(obj, where: str = "checkpoint") -> None:
@@ -82,26 +77,24 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu", what: str = "checkpoint",
-                    unsafe: bool | None = None) -> dict:
-    """A checkpoint's content, read with ``weights_only=True``. A file that needs full unpickling (an old
-    EDG checkpoint, or a hostile one) is refused unless ``unsafe`` (default: ``EDG_UNSAFE_LOAD_PICKLE=1``)."""
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", what: str = "checkpoint") -> dict:
+    """A checkpoint's content, read with ``weights_only=True`` (plain data, and the numpy values and paths of
+    older EDG files: ``legacy_globals``). A file that holds anything else (a hostile pickle payload) is refused
+    with a ``CheckpointError`` naming the file and the object; nothing in it runs."""
     import torch
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")
     try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(legacy_globals()):
+            ck = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if not unsafe_allowed(unsafe):
-            lines = [x.strip() for x in str(e).splitlines() if x.strip()]
-            reason = next((x for x in lines if "unsupported" in x.lower()), lines[-1] if lines else type(e).__name__)
-            raise CheckpointError(
-                f"{path}: {what} is not a plain-data EDG checkpoint; loading it would need full Python "
-                f"unpickling, which can run code stored in the file, so EDG refused ({reason[:200]}). If you "
-                f"made this file yourself with an older EDG, pass {UNSAFE_FLAG} (or set {UNSAFE_ENV}=1)") from None
-        log.warning("%s: loading with full unpickling (%s): this runs any code the file holds", path, UNSAFE_FLAG)
-        ck = torch.load(path, map_location=map_location, weights_only=False)
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        reason = next((x for x in lines if "unsupported" in x.lower()), lines[-1] if lines else type(e).__name__)
+        raise CheckpointError(
+            f"{path}: {what} is not an EDG checkpoint: it holds objects that only full Python unpickling could "
+            f"build, which can run code stored in the file, so EDG refused it ({reason[:200]}). EDG never "
+            f"unpickles in full; save plain data (tensors, numbers, strings, lists, dicts) instead") from None
     except (RuntimeError, EOFError, OSError) as e:
         detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: {what} cannot be read (truncated or corrupt: {detail})") from None
@@ -155,9 +148,9 @@ class Checkpoints:
     def save_best(self, state: dict) -> Path:
         return save_checkpoint(state, self.best_path)
 
-    def load_latest(self, map_location="cpu", what: str = "checkpoint", unsafe: bool | None = None) -> dict | None:
+    def load_latest(self, map_location="cpu", what: str = "checkpoint") -> dict | None:
         path = self.latest()
-        return None if path is None else load_checkpoint(path, map_location, what, unsafe)
+        return None if path is None else load_checkpoint(path, map_location, what)
 
     def clear(self) -> None:
         """Remove the epoch files and ``best.pt`` (a finished run whose results are written)."""

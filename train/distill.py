@@ -140,13 +140,13 @@ class FitResult:
 
 def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed: float = 0.0,
                   head: EDGHead | None = None, run_dir: Path | None = None, desc: str = "fit",
-                  stop_after: int | None = None, unsafe_pickle: bool | None = None) -> FitResult:
+                  stop_after: int | None = None) -> FitResult:
     """Train ``model`` on ``task.train``; select on ``task.select_metric`` of ``task.valid``; test at the best epoch.
 
     With ``lambda_ed > 0`` the training set must carry ``edp`` (M, 768) molecule labels and ``head`` is trained
     (its mapper) together with the student. ``run_dir`` enables the per-epoch files and resumable checkpoints
     (see the module docstring); ``stop_after`` ends the call after that many epochs of the schedule (a rerun
-    resumes from there). ``unsafe_pickle``: see ``train.checkpoint.load_checkpoint``.
+    resumes from there).
     """
     cfg = cfg.filled()
     device = torch.device(cfg.device)
@@ -167,7 +167,7 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
     state = {"epoch": 0, "best": math.inf, "best_epoch": -1, "valid": {}, "test": {}, "test_errors": {},
              "seconds": 0.0, "best_state": None}
     ckpts = Checkpoints(run_dir / "checkpoint", cfg.checkpoint_every, cfg.keep_last) if run_dir is not None else None
-    saved = ckpts.load_latest(device, f"{desc} checkpoint", unsafe_pickle) if ckpts is not None else None
+    saved = ckpts.load_latest(device, f"{desc} checkpoint") if ckpts is not None else None
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -229,13 +229,13 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
                      state["seconds"], state["best_state"])
 
 
-def load_student_state(path: str | Path, map_location="cpu", unsafe_pickle: bool | None = None) -> dict:
+def load_student_state(path: str | Path, map_location="cpu") -> dict:
     """The student weights of ``best_student.pt`` (or of a run folder holding it), for ``build_student(...)
-    .load_state_dict``; plain data only, unless ``unsafe_pickle`` (see ``train.checkpoint.load_checkpoint``)."""
+    .load_state_dict``; plain data only (``train.checkpoint.load_checkpoint``)."""
     path = Path(path)
     if path.is_dir():
         path = path / "best_student.pt"
-    return load_checkpoint(path, map_location, "student weights", unsafe_pickle)
+    return load_checkpoint(path, map_location, "student weights")
 
 
 # ---------------------------------------------------------------- one run from a config

@@ -70,14 +70,14 @@ def edg_objective(task_loss: torch.Tensor, lambda_ed: float, head: EDGHead | Non
     return task_loss + lambda_ed * l_ed, l_ed
 
 
-def build_ed_predictor(path: str | None = None, seed: int = 0, unsafe_pickle: bool | None = None) -> nn.Module:
+def build_ed_predictor(path: str | None = None, seed: int = 0) -> nn.Module:
     """The teacher's ED predictor: trained weights from ``path`` (a plain-data teacher checkpoint; see
-    ``train.checkpoint.load_checkpoint`` for ``unsafe_pickle``), or a seeded random one (tests, stand-ins)."""
+    ``train.checkpoint.load_checkpoint``), or a seeded random one (tests, stand-ins)."""
     from train.teacher import EDPredictor, load_ed_predictor
     if path:
         if not Path(path).exists():
             raise DataSourceError(f"ED predictor weights {path} do not exist")
-        return load_ed_predictor(path, unsafe_pickle=unsafe_pickle)
+        return load_ed_predictor(path)
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)

@@ -265,10 +265,10 @@ def imageed_state(model: ImageED) -> dict:
     return {"imageed_config": asdict(model.cfg), "model": model.state_dict()}
 
 
-def load_imageed(path, map_location="cpu", unsafe_pickle: bool | None = None) -> ImageED:
+def load_imageed(path, map_location="cpu") -> ImageED:
     """An ImageED (eval mode) from ``imageed.pt``, a training checkpoint, or a run folder holding either
     (``imageed.pt``, else ``checkpoint/best.pt``, else the newest ``checkpoint/epoch-*.pt``). Plain-data files
-    only, unless ``unsafe_pickle`` (see ``train.checkpoint.load_checkpoint``)."""
+    only (``train.checkpoint.load_checkpoint``)."""
     from pathlib import Path
 
     from edg_core.config import from_dict
@@ -283,7 +283,7 @@ def load_imageed(path, map_location="cpu", unsafe_pickle: bool | None = None) ->
                 break
         else:
             raise CheckpointError(f"{path}: no imageed.pt and no checkpoint in this ImageED run folder")
-    ck = load_checkpoint(path, map_location, "ImageED checkpoint", unsafe_pickle)
+    ck = load_checkpoint(path, map_location, "ImageED checkpoint")
     if "imageed_config" not in ck:
         raise CheckpointError(f"{path}: not an ImageED checkpoint (keys {sorted(ck)[:8]})")
     model = ImageED(from_dict(ImageEDConfig, ck["imageed_config"], where=f"{path}:imageed_config"))

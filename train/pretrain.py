@@ -260,10 +260,9 @@ def _mean_across_ranks(sums: dict, count: float, device, world: int) -> dict[str
     return {k: (t[i] / t[-1]).item() if t[-1] > 0 else float("nan") for i, k in enumerate(keys)}
 
 
-def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = None, device=None, resume_from=None,
-                unsafe_pickle: bool | None = None) -> dict:
-    """Run ``stage``'s schedule (see the module docstring); returns the last epoch's metrics.
-    ``unsafe_pickle``: allow a resume checkpoint that needs full unpickling (default: ``EDG_UNSAFE_LOAD_PICKLE``)."""
+def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = None, device=None,
+                resume_from=None) -> dict:
+    """Run ``stage``'s schedule (see the module docstring); returns the last epoch's metrics."""
     rank, world = _rank_world()
     device = torch.device(device) if device is not None else default_device()
     bind_device(device)
@@ -280,7 +279,7 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
     if src is None and (ckpts.folder / "checkpoint.pt").is_file():
         src = ckpts.folder / "checkpoint.pt"  # the one-file layout of earlier EDG versions
     if src is not None:
-        ck = load_checkpoint(src, device, f"{stage.name} checkpoint", unsafe_pickle)
+        ck = load_checkpoint(src, device, f"{stage.name} checkpoint")
         if ck.get("stage") != stage.name:
             raise CheckpointError(f"{src}: checkpoint of stage {ck.get('stage')!r}, not {stage.name!r}")
         model.load_state_dict(ck["model"])

@@ -313,8 +313,7 @@ def _predict(model: nn.Module, x: torch.Tensor, idx: np.ndarray, batch_size: int
 
 
 def train_representation(rep: str, data: StudyData, split: dict[str, np.ndarray], cfg: RepresentationConfig,
-                         show_progress: bool | None = None, run_dir=None, unsafe_pickle: bool | None = None,
-                         stop_after: int | None = None) -> dict:
+                         show_progress: bool | None = None, run_dir=None, stop_after: int | None = None) -> dict:
     """Train one representation's model; returns errors (Hartree and kcal/mol) at the best validation epoch.
 
     History: ``valid_std_mae`` is the mean over E1..E6 of the standardised validation MAE per epoch (entry 0:
@@ -346,7 +345,7 @@ def train_representation(rep: str, data: StudyData, split: dict[str, np.ndarray]
 
     ckpts = Checkpoints(Path(run_dir) / "checkpoint", cfg.checkpoint_every, cfg.keep_last) \
         if run_dir is not None and cfg.checkpoint_every else None
-    saved = ckpts.load_latest("cpu", f"{rep} checkpoint", unsafe_pickle) if ckpts is not None else None
+    saved = ckpts.load_latest("cpu", f"{rep} checkpoint") if ckpts is not None else None
     if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])

@@ -186,10 +186,10 @@ def teacher_state(model: Teacher) -> dict:
             "ed_predictor": model.ed_predictor.state_dict(), "ed_predictor_dims": list(model.ed_predictor.dims)}
 
 
-def load_teacher(path: str | Path, map_location="cpu", unsafe_pickle: bool | None = None) -> Teacher:
-    """The teacher (eval mode) from ``teacher.pt``, a training checkpoint or a run folder (plain data only,
-    unless ``unsafe_pickle``: see ``train.checkpoint.load_checkpoint``)."""
-    path, ck = _load(path, map_location, unsafe_pickle)
+def load_teacher(path: str | Path, map_location="cpu") -> Teacher:
+    """The teacher (eval mode) from ``teacher.pt``, a training checkpoint or a run folder (plain data only:
+    ``train.checkpoint.load_checkpoint``)."""
+    path, ck = _load(path, map_location)
     if "teacher_config" not in ck:
         raise EDGError(f"{path}: not a teacher checkpoint (keys {sorted(ck)[:8]}); expected 'teacher_config'")
     saved = {k: v for k, v in ck["teacher_config"].items() if k != "backbone_checkpoint"}  # a field of older files
@@ -199,9 +199,9 @@ def load_teacher(path: str | Path, map_location="cpu", unsafe_pickle: bool | Non
     return model.eval()
 
 
-def load_ed_predictor(path: str | Path, map_location="cpu", unsafe_pickle: bool | None = None) -> EDPredictor:
+def load_ed_predictor(path: str | Path, map_location="cpu") -> EDPredictor:
     """The frozen ED predictor (eval mode, requires_grad False) from a teacher checkpoint file."""
-    path, ck = _load(path, map_location, unsafe_pickle)
+    path, ck = _load(path, map_location)
     if "ed_predictor" not in ck:
         raise EDGError(f"{path}: not a teacher checkpoint (keys {sorted(ck)[:8]}); expected 'ed_predictor'")
     edp = EDPredictor(*ck["ed_predictor_dims"])
@@ -211,14 +211,14 @@ def load_ed_predictor(path: str | Path, map_location="cpu", unsafe_pickle: bool 
     return edp.eval()
 
 
-def _load(path, map_location, unsafe_pickle: bool | None = None) -> tuple[Path, dict]:
+def _load(path, map_location) -> tuple[Path, dict]:
     """(file, content) of a teacher checkpoint; a run folder means its ``teacher.pt``, else its newest checkpoint."""
     from .checkpoint import Checkpoints, load_checkpoint
     path = Path(path)
     if path.is_dir():
         latest = Checkpoints(path / "checkpoint").latest()
         path = path / "teacher.pt" if (path / "teacher.pt").is_file() or latest is None else latest
-    return path, load_checkpoint(path, map_location, "teacher checkpoint", unsafe_pickle)
+    return path, load_checkpoint(path, map_location, "teacher checkpoint")
 
 
 def _tuples(d: dict) -> dict:

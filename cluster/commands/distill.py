@@ -43,8 +43,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-arg", action="append", metavar="KEY=VALUE",
                    help="student config override, repeatable (e.g. hidden_channels=64)")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
-    from train.checkpoint import add_unsafe_flag
-    add_unsafe_flag(p)  # --unsafe-load-pickle: acted on in cluster.cli
     add_config_args(p, FitConfig, skip=("seed",))
 
 

@@ -48,8 +48,6 @@ Example:
 
 def _common(p):
     p.add_argument("--shards", required=True, help="input shard folder, glob or brace pattern")
-    from train.checkpoint import add_unsafe_flag
-    add_unsafe_flag(p)  # --unsafe-load-pickle: acted on in cluster.cli
     p.add_argument("--out", required=True, help=OUT_HELP)
     p.add_argument("--batch-size", type=int, default=64, help="molecules per forward pass (default: 64)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")

@@ -60,8 +60,6 @@ def _add_common(p: argparse.ArgumentParser, presets) -> None:
     p.add_argument("--config", help="YAML file with the training config (section given by --config-section)")
     p.add_argument("--config-section", default=None, help="top-level YAML key to read (default: whole file)")
     p.add_argument("--device", default=None, help="torch device for a local run (default: cuda if present)")
-    from train.checkpoint import add_unsafe_flag
-    add_unsafe_flag(p)
     r = p.add_argument_group("Ray Train (multi-worker / multi-GPU)")
     r.add_argument("--ray", action="store_true", help="run with Ray Train instead of in this process")
     r.add_argument("--ray-workers", type=int, default=1, help="training ranks (default: 1)")
@@ -99,8 +97,6 @@ def register(sub) -> None:
     f.add_argument("--out", required=True, help="output .png")
     f.add_argument("--molecules", type=int, default=2, help="how many molecules to draw (default: 2)")
     f.add_argument("--seed", type=int, default=0, help="mask seed (default: 0)")
-    from train.checkpoint import add_unsafe_flag
-    add_unsafe_flag(f)
     f.set_defaults(func=cmd_figure)
 
 
@@ -188,7 +184,7 @@ def cmd_figure(args) -> int:
 
     from train.data import ShardImages, image_loader
     from train.imageed import load_imageed, save_reconstruction_png
-    model = load_imageed(args.model, unsafe_pickle=args.unsafe_load_pickle or None)
+    model = load_imageed(args.model)
     ds = ShardImages(args.shards, "imageed", img_size=model.cfg.img_size, n_views=model.cfg.n_views, split="all")
     batch = next(iter(image_loader(ds, args.molecules)), None)
     if batch is None:

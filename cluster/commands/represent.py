@@ -36,8 +36,6 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--config", help="YAML file with RepresentationConfig fields (flags override it)")
     p.add_argument("--force", action="store_true", help="retrain representations already in results.jsonl")
-    from train.checkpoint import add_unsafe_flag
-    add_unsafe_flag(p)  # resume checkpoints; acted on in cluster.cli
     add_config_args(p, RepresentationConfig)
     p.set_defaults(func=cmd_represent)
 
