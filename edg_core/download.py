@@ -3,7 +3,8 @@
 ``download(url, dest, sha256=..., md5=...)`` streams a URL to ``dest`` (written as ``dest.part`` and renamed
 once complete and verified), refusing more than ``max_bytes``; a checksum mismatch removes the file and
 raises. ``extract_tar(archive, out)`` unpacks a tar archive (any compression) member by member, refusing
-absolute paths, ``..`` components, links, devices and more than ``max_bytes`` of content in total.
+absolute paths, ``..`` components, paths through a symlink already in ``out`` that leads outside it
+(``storage.local_path_for``), links, devices and more than ``max_bytes`` of content in total.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import DataSourceError
+from .errors import DataSourceError, StorageError
+from .storage import local_path_for
 
 GIB = 1024 ** 3
 
@@ -97,13 +99,24 @@ def download(url: str, dest: str | Path, sha256: str | None = None, md5: str | N
 
 
 def _safe_name(name: str, strip: int) -> PurePosixPath | None:
+    """``name`` without its first ``strip`` parts (None when nothing is left). An absolute name or one with a
+    drive is refused here, before stripping would hide it; ``..`` and symlinks are ``_target``'s job."""
     p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
+    if p.is_absolute() or (p.parts and ":" in p.parts[0]):
         raise UnsafeArchiveError(f"archive member {name!r} points outside the output folder")
     parts = [x for x in p.parts if x not in ("", ".")]
     if len(parts) <= strip:
         return None
     return PurePosixPath(*parts[strip:])
+
+
+def _target(out: Path, rel: PurePosixPath, name: str) -> Path:
+    """``out/rel`` through ``storage.local_path_for``: refuses ``..`` and paths that a symlink already in
+    ``out`` would lead outside it."""
+    try:
+        return local_path_for(out, rel.as_posix())
+    except StorageError as e:
+        raise UnsafeArchiveError(f"archive member {name!r} points outside the output folder ({e})") from None
 
 
 def extract_tar(archive: str | Path, out: str | Path, strip_components: int = 0,
@@ -129,14 +142,14 @@ def extract_tar(archive: str | Path, out: str | Path, strip_components: int = 0,
             if rel is None:
                 continue
             if m.isdir():
-                (out / rel).mkdir(parents=True, exist_ok=True)
+                _target(out, rel, m.name).mkdir(parents=True, exist_ok=True)
                 continue
             if not m.isfile():
                 raise UnsafeArchiveError(f"{archive}: member {m.name!r} is a link or special file; refusing")
             total += m.size
             if total > max_bytes:
                 raise UnsafeArchiveError(f"{archive}: more than {max_bytes} bytes of content; refusing")
-            target = out / rel
+            target = _target(out, rel, m.name)
             target.parent.mkdir(parents=True, exist_ok=True)
             part = target.with_name(target.name + ".part")
             src = tf.extractfile(m)

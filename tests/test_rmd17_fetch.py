@@ -178,3 +178,27 @@ def test_dataset_options_in_the_spec_become_task_options():
     assert "?" not in cfg.run_name() and "root" not in cfg.run_name()
     assert replace(cfg, student="painn").task == cfg.task
     cfg.validate()
+
+
+def test_extract_refuses_members_through_a_symlink_in_out(tmp_path):
+    """A symlink already inside ``out`` that leads outside it is no way out: members through it (files and
+    folders) are refused and nothing is written where it points; a symlink staying inside ``out`` is fine."""
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "sub").symlink_to(elsewhere, target_is_directory=True)
+    for member in (_file("sub/x.txt"), _file("sub/deeper/x.txt")):
+        with pytest.raises(UnsafeArchiveError, match="outside the output folder"):
+            extract_tar(_tar(tmp_path / "s.tar.gz", [member]), out)
+    folder = tarfile.TarInfo("sub/made")
+    folder.type = tarfile.DIRTYPE
+    with pytest.raises(UnsafeArchiveError, match="outside the output folder"):
+        extract_tar(_tar(tmp_path / "d.tar.gz", [(folder, None)]), out)
+    (out / "x.txt").symlink_to(elsewhere / "target.txt")  # a file symlink leading out is not overwritten through
+    with pytest.raises(UnsafeArchiveError, match="outside the output folder"):
+        extract_tar(_tar(tmp_path / "f.tar.gz", [_file("x.txt")]), out)
+    assert list(elsewhere.iterdir()) == []
+    (out / "real").mkdir()
+    (out / "inner").symlink_to(out / "real", target_is_directory=True)
+    files = extract_tar(_tar(tmp_path / "i.tar.gz", [_file("inner/y.txt", b"y")]), out)
+    assert (out / "real" / "y.txt").read_bytes() == b"y" and len(files) == 1
