@@ -20,11 +20,9 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
 from edg_core.cube import write_cube
 from edg_core.errors import DiskFullError, InvalidRecord
-from edg_core.grid import grid_for_positions
+from edg_core.grid import budget_problem, grid_for_positions
 from edg_core.molecule import Molecule
 from edg_core.shards import sample_key
 from edg_core.stage import BatchResult, Failure
@@ -130,18 +128,14 @@ def _whole_npz(path) -> bool:
 
 def check_budget(mol: Molecule, cfg: DFTConfig) -> None:
     """Raise ``InvalidRecord`` naming the size when ``mol`` exceeds ``cfg.max_atoms`` or its cube grid exceeds
-    ``cfg.max_grid_points`` (so a molecule too large is refused up front, not after an out-of-memory)."""
-    if cfg.max_atoms and mol.n_atoms > cfg.max_atoms:
-        raise InvalidRecord(mol.id, f"too large for the DFT budget: {mol.n_atoms} atoms > max_atoms "
-                                    f"{cfg.max_atoms}")
+    ``cfg.max_grid_points`` (so a molecule too large is refused up front, not after an out-of-memory; the rule
+    is ``edg_core.grid.budget_problem``, shared with the render stage)."""
+    grid = None
     if cfg.max_grid_points and cfg.fields:
         grid = grid_for_positions(mol.pos, cfg.grid_spacing, cfg.grid_padding)
-        n = grid.n_points
-        if n > cfg.max_grid_points:
-            extent = np.ptp(mol.pos, axis=0)
-            raise InvalidRecord(mol.id, f"too large for the DFT budget: cube grid {tuple(grid.shape)} = {n} points "
-                                        f"> max_grid_points {cfg.max_grid_points} (extent "
-                                        f"{' x '.join(f'{x:.1f}' for x in extent)} A)")
+    why = budget_problem("DFT", mol.n_atoms, cfg.max_atoms, cfg.max_grid_points, grid, "cube grid", mol.pos)
+    if why:
+        raise InvalidRecord(mol.id, why)
 
 
 class DFTWorker:

@@ -50,3 +50,21 @@ def grid_for_positions(pos_angstrom: np.ndarray, spacing: float = DEFAULT_SPACIN
     hi = p.max(axis=0) + padding
     shape = np.ceil((hi - lo) / spacing).astype(int) + 1
     return CubeGrid(tuple(lo.tolist()), (spacing,) * 3, tuple(int(n) for n in shape))
+
+
+def budget_problem(stage: str, n_atoms: int, max_atoms: int, max_grid_points: int = 0,
+                   grid: CubeGrid | None = None, grid_name: str = "cube grid",
+                   pos_angstrom: np.ndarray | None = None) -> str | None:
+    """Why a molecule is too large for a stage's ``max_atoms`` / ``max_grid_points`` budget (0 = no limit), or
+    None: the one rule the DFT and render workers refuse molecules by, up front, naming the size. The grid is
+    checked only when ``grid`` is given; ``pos_angstrom`` adds the molecule's extent (Å) to a grid refusal."""
+    if max_atoms and n_atoms > max_atoms:
+        return f"too large for the {stage} budget: {n_atoms} atoms > max_atoms {max_atoms}"
+    if max_grid_points and grid is not None and grid.n_points > max_grid_points:
+        why = (f"too large for the {stage} budget: {grid_name} {tuple(grid.shape)} = {grid.n_points} points > "
+               f"max_grid_points {max_grid_points}")
+        if pos_angstrom is not None:
+            extent = np.ptp(np.asarray(pos_angstrom, dtype=np.float64), axis=0)
+            why += f" (extent {' x '.join(f'{x:.1f}' for x in extent)} A)"
+        return why
+    return None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from edg_core.errors import InvalidRecord
-from edg_core.grid import CubeGrid
+from edg_core.grid import CubeGrid, budget_problem
 from edg_core.molecule import Molecule
 from edg_core.shards import DEFAULT_IMAGE_ENCODING, encode_sample
 from edg_core.stage import BatchResult, Failure
@@ -78,15 +78,10 @@ class RenderWorker:
         return encode_sample(mol, image_encoding=self.image_encoding, **kw, **images)
 
     def _over_budget(self, mol: Molecule, f: Fields | None) -> str | None:
-        """Why ``mol`` is too large for ``max_atoms`` / ``max_grid_points``, or None."""
-        if self.cfg.max_atoms and mol.n_atoms > self.cfg.max_atoms:
-            return f"too large for the render budget: {mol.n_atoms} atoms > max_atoms {self.cfg.max_atoms}"
-        if self.cfg.max_grid_points and f is not None and self.ed:
-            n = f.grid.n_points
-            if n > self.cfg.max_grid_points:
-                return (f"too large for the render budget: ED grid {tuple(f.grid.shape)} = {n} points > "
-                        f"max_grid_points {self.cfg.max_grid_points}")
-        return None
+        """Why ``mol`` is too large for ``max_atoms`` / ``max_grid_points``, or None
+        (``edg_core.grid.budget_problem``, the DFT stage's rule)."""
+        grid = f.grid if f is not None and self.ed else None
+        return budget_problem("render", mol.n_atoms, self.cfg.max_atoms, self.cfg.max_grid_points, grid, "ED grid")
 
     def render(self, mols: Sequence[Molecule], fields: Sequence[Fields | None] | None = None) -> BatchResult:
         """Images for ``mols`` (``fields[i]`` None: structure images only) -> samples and failures."""

@@ -224,6 +224,31 @@ def test_molecules_over_the_render_budget_fail_alone():
         ("qm9:1", "too large for the render budget: 5 atoms > max_atoms 4")]
 
 
+def test_molecules_whose_ed_grid_is_over_the_render_budget_fail_alone():
+    """``max_grid_points`` counts the points of a molecule's ED grid: that molecule alone is refused, naming the
+    grid, while a molecule on a small grid and one without fields (structure images only) render. An
+    implementation that ignored the limit would render all three; one that refused the batch, or counted a
+    molecule without fields, would lose the good ones; with ``ed=False`` the ED grids are not rendered, so no
+    molecule is refused for them."""
+    import torch
+
+    from edg_core.grid import CubeGrid
+    from edg_core.readers import open_source
+    from render.config import RenderConfig
+    from render.worker import Fields, RenderWorker
+    mols = list(open_source("embedded:qm9?limit=3").molecules())
+    small, big = (Fields(CubeGrid((-3.0,) * 3, (6.0 / (n - 1),) * 3, (n,) * 3), torch.rand(n, n, n) * 0.1,
+                         torch.zeros(n, n, n)) for n in (9, 11))  # 729 and 1331 points
+    cfg = RenderConfig(image_size=16, max_grid_points=1000)
+    res = RenderWorker(cfg, device="cpu").render(mols, [big, small, None])
+    assert [s["__key__"] for s in res.samples] == [mols[1].id, mols[2].id]
+    assert [(f.record, f.stage, f.reason) for f in res.failures] == [
+        (mols[0].id, "render", "too large for the render budget: ED grid (11, 11, 11) = 1331 points > "
+                               "max_grid_points 1000")]
+    res = RenderWorker(cfg, device="cpu", ed=False).render(mols, [big, small, None])
+    assert len(res.samples) == 3 and not res.failures
+
+
 def test_staging_folders_and_temp_files_of_killed_processes_are_cleaned(tmp_path):
     import tempfile
 
