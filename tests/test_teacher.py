@@ -115,14 +115,6 @@ def test_default_augmentations_are_the_authors():
     assert differs(per_view).float().mean() > 0.5 and not differs(per_mol).any()
 
 
-def test_augmentations_run_in_float32_under_bf16_autocast():
-    x = torch.rand(2, 4, 3, 32, 32, dtype=torch.bfloat16)
-    g = torch.Generator().manual_seed(0)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = augment_structure_images(x, TeacherConfig(aug_p=1.0), g)
-    assert y.dtype == torch.bfloat16 and y.shape == x.shape and torch.isfinite(y.float()).all()
-
-
 def test_ed_predictor_loads_alone(teacher, tmp_path):
     torch.save(teacher_state(teacher), tmp_path / "teacher.pt")
     edp = load_ed_predictor(tmp_path / "teacher.pt")
@@ -184,6 +176,27 @@ def test_edg_pretrain_teacher_without_weights_says_what_to_do(no_hub, shards_wit
     assert main(argv) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(err) == 1 and "--no-model.pretrained" in err[0] and "Traceback" not in err[0]
+
+
+def test_a_resumed_teacher_run_does_not_fetch_its_starting_weights_again(shards_with_fu, tmp_path):
+    """The starting backbone is loaded only by a run that resumes nothing: a rerun or a restart after the
+    first checkpoint needs neither the hub nor the weights file (the checkpoint holds every weight)."""
+    from dataclasses import replace
+
+    import timm
+
+    from train.pretrain import TeacherTrainConfig, train_teacher
+    torch.manual_seed(1)
+    weights = tmp_path / "r10t.pth"
+    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), weights)
+    model = replace(TEACHER_PRESETS["tiny"], pretrained=True, pretrained_weights=str(weights))
+    cfg = TeacherTrainConfig(model=model, epochs=1, batch_size=6, num_workers=0)
+    first = train_teacher(cfg, shards_with_fu / "fu", tmp_path / "run", device="cpu")
+    weights.unlink()  # a resume must not need it
+    again = train_teacher(replace(cfg, epochs=2), shards_with_fu / "fu", tmp_path / "run", device="cpu")
+    assert first["epoch"] == 0 and again["epoch"] == 1
+    with pytest.raises(EDGError, match="does not exist"):  # a fresh run still starts from the file
+        train_teacher(cfg, shards_with_fu / "fu", tmp_path / "fresh", device="cpu")
 
 
 def test_teacher_batches_mark_missing_fu(shards_with_fu):

@@ -62,6 +62,7 @@ class _Stage:
     export: Callable[[nn.Module], dict]                                  # model -> its standalone file content
     export_name: str
     after_epoch: Callable[[nn.Module, int, Path, dict], None] | None = None
+    init: Callable[[nn.Module], object] | None = None  # starting weights of a run that resumes nothing
 
 
 def _imageed_stage(cfg: ImageEDTrainConfig, shards) -> _Stage:
@@ -99,9 +100,8 @@ def _teacher_stage(cfg: TeacherTrainConfig, shards) -> _Stage:
         return ShardImages(shards, "teacher", img_size=mc.img_size, n_views=mc.n_views, split=split,
                            val_fraction=cfg.val_fraction, shuffle=cfg.shuffle_buffer if split == "train" else 0,
                            seed=seed, fu_dim=mc.fu_dim, max_bad_samples=cfg.max_bad_samples)
-    return _Stage("teacher", Teacher(mc).init_backbone(),
-                  lambda model, gb: sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay),
-                  loss, dataset, teacher_state, "teacher.pt")
+    return _Stage("teacher", Teacher(mc), lambda model, gb: sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay),
+                  loss, dataset, teacher_state, "teacher.pt", init=Teacher.init_backbone)
 
 
 def train_imageed(cfg: ImageEDTrainConfig, shards, out_dir, report: Report | None = None,
@@ -284,6 +284,8 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
             raise CheckpointError(f"{src}: checkpoint of stage {ck.get('stage')!r}, not {stage.name!r}")
         model.load_state_dict(ck["model"])
         start_epoch, history, steps = ck["epoch"] + 1, ck["history"], ck["steps_per_epoch"]
+    elif stage.init is not None:  # e.g. the teacher's ImageNet backbone: not fetched when a checkpoint has it all
+        stage.init(model)
     if steps is None:
         n_train = cfg.samples_per_epoch or count_samples(shards, "train", cfg.val_fraction)
         if n_train == 0:
