@@ -218,13 +218,17 @@ class DFTWorker:
 
     # ------------------------------------------------------------ one molecule with bookkeeping
     def _fail(self, record: str, key: str, reason: str, stage: str = STAGE) -> dict:
+        """The status of a molecule given up on: the ``Failure`` the driver records (under ``failure``), built
+        once here, and its fields as the status dict's ``id``/``key``/``stage``/``reason``."""
         log.warning("%s: %s failed: %s", record, stage, reason)
-        return {"key": key, "id": record, "status": "failed", "reason": reason, "stage": stage}
+        f = Failure.of(record, stage, reason, key)
+        return {"key": f.key, "id": f.record, "status": "failed", "reason": f.reason, "stage": f.stage, "failure": f}
 
     def process(self, mol: Molecule | InvalidRecord, write: bool = True) -> dict:
         """Compute and write one molecule; never raises for a bad molecule. Returns a small status dict
-        ``{key, id, status: done|failed, reason?, wall_s?}`` (and the ``DFTResult`` under ``result`` when
-        ``out`` is None or not ``write``)."""
+        ``{key, id, status: done|failed, reason?, stage?, failure?, wall_s?}``: a failed molecule's ``Failure``
+        under ``failure`` (``reason``/``stage`` are its fields), the ``DFTResult`` under ``result`` when ``out``
+        is None or not ``write``."""
         if isinstance(mol, InvalidRecord):
             return self._fail(mol.record, sample_key(mol.record), mol.problem, stage="read")
         key = sample_key(mol.id)
@@ -276,5 +280,5 @@ class DFTWorker:
             if st["status"] == "done":
                 res.done.append(st["key"])
             else:
-                res.failures.append(Failure.of(st["id"], st["stage"], st["reason"], st["key"]))
+                res.failures.append(st["failure"])
         return res

@@ -73,6 +73,26 @@ def test_failures_go_to_the_manifest_and_the_run_continues(tmp_path):
     assert r.id == "h2/a" and r.grid is None and r.ed is None
 
 
+def test_a_failed_molecule_is_one_failure_in_process_and_process_batch():
+    """``process`` builds a failed molecule's ``Failure`` once (status ``failure``; ``id``/``key``/``stage``/
+    ``reason`` are its fields) and ``process_batch`` hands that very object to the driver. A worker that built a
+    second one from the status dict could disagree with it (a read failure recorded as stage ``dft``, the key
+    recomputed from the record, a multi-line reason kept whole in one and cut in the other)."""
+    from edg_core.stage import Failure
+    w = DFTWorker(DFTConfig(**FAST, max_atoms=2))
+    unreadable = InvalidRecord("input.xyz:frame 3", "unknown element 'Xx'\nsecond line")
+    statuses = [w.process(m) for m in (unreadable, WATER)]
+    assert [st["failure"] for st in statuses] == [
+        Failure("input.xyz:frame 3", sample_key("input.xyz:frame 3"), "read", "unknown element 'Xx'"),
+        Failure("water", "water", "dft", "invalid input: too large for the DFT budget: 3 atoms > max_atoms 2")]
+    for st in statuses:
+        f = st["failure"]
+        assert st["status"] == "failed" and (st["id"], st["key"], st["stage"], st["reason"]) == (
+            f.record, f.key, f.stage, f.reason)
+    res = w.process_batch([unreadable, WATER])
+    assert res.failures == [st["failure"] for st in statuses] and res.done == [] and res.samples == []
+
+
 def test_timeout_and_non_convergence_are_recorded(tmp_path):
     s = run_dft([WATER], tmp_path, DFTConfig(**FAST, timeout_s=1e-6), Workers())
     s2 = run_dft([H2], tmp_path, DFTConfig(**FAST, max_cycle=1, retries=False), Workers())
