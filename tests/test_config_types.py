@@ -88,3 +88,7 @@ def test_edg_pretrain_takes_its_section_of_a_pipeline_config():
     args = parser.parse_args(["pretrain", "teacher", "--shards", "x", "--out", "y", "--config", "configs/demo.yaml",
                               "--epochs", "3"])
     assert resolve_config(args).epochs == 3  # flags win over the file
+    # the model sizes the pipeline file sets count as the user's choice (not adapted to the shards)
+    from cluster.commands.pretrain import explicit_model_fields
+    set_in_file = {k for k in ("img_size", "patch_size", "n_views", "fu_dim") if k in demo["teacher"]["model"]}
+    assert set_in_file and explicit_model_fields(args) == set_in_file

@@ -100,13 +100,26 @@ def register(sub) -> None:
     f.set_defaults(func=cmd_figure)
 
 
+def config_section(args) -> tuple[Path, str | None, dict]:
+    """``(path, section, values)`` of ``--config``: a pipeline config (checked whole; its section of this stage) or,
+    with ``--config-section`` or keys that are not pipeline sections, that section of the file or the whole file."""
+    from cluster.pipeline import PipelineConfig, load_pipeline_config
+    from edg_core.config import read_yaml
+    path = Path(args.config)
+    given = read_yaml(path)
+    section = args.config_section
+    if section is None and given and set(given) <= set(PipelineConfig.__dataclass_fields__):
+        load_pipeline_config(path)  # a pipeline config: every section typed before any work
+        section = args.stage
+    return path, section, (given.get(section) or {}) if section else given
+
+
 def resolve_config(args):
     """Paper defaults <- --preset (model sizes) <- YAML file (--config) <- command-line flags.
 
     ``--config`` is a pipeline config as for every other command (checked whole; its ``imageed:`` or
     ``teacher:`` section is used), or, with ``--config-section`` or keys that are not pipeline sections, a file
     holding this stage's config."""
-    from edg_core.config import read_yaml
     from train.configs import TEACHER_PRESETS, ImageEDTrainConfig, TeacherTrainConfig, imageed_preset
     cls = ImageEDTrainConfig if args.stage == "imageed" else TeacherTrainConfig
     cfg = cls()
@@ -114,15 +127,7 @@ def resolve_config(args):
         model = imageed_preset(args.preset) if args.stage == "imageed" else TEACHER_PRESETS[args.preset]
         cfg = replace(cfg, model=model)
     if args.config:
-        from cluster.pipeline import PipelineConfig, load_pipeline_config
-        path = Path(args.config)
-        given = read_yaml(path)
-        section = args.config_section
-        if section is None and given and set(given) <= set(PipelineConfig.__dataclass_fields__):
-            load_pipeline_config(path)  # a pipeline config: every section typed before any work
-            section = args.stage
-        if section:
-            given = given.get(section) or {}
+        path, section, given = config_section(args)
         data = asdict(cfg)
         for k, v in given.items():  # unknown keys are reported by from_dict, naming the file
             if isinstance(v, dict) and isinstance(data.get(k), dict):
@@ -137,13 +142,12 @@ MODEL_SHAPES = ("img_size", "patch_size", "n_views", "fu_dim")
 
 
 def explicit_model_fields(args) -> frozenset[str]:
-    """The model shape fields the user set (a --model.* flag or the YAML file's ``model`` section)."""
-    import yaml
+    """The model shape fields the user set (a --model.* flag or the ``model`` part of the config section that
+    ``resolve_config`` read)."""
     given = {k for k in MODEL_SHAPES if getattr(args, f"model__{k}", None) is not None}
-    if args.config and Path(args.config).exists():
-        data = yaml.safe_load(Path(args.config).read_text()) or {}
-        data = (data.get(args.config_section) or {}) if args.config_section else data
-        given |= {k for k in MODEL_SHAPES if isinstance(data.get("model"), dict) and k in data["model"]}
+    if args.config:
+        model = config_section(args)[2].get("model")
+        given |= {k for k in MODEL_SHAPES if isinstance(model, dict) and k in model}
     return frozenset(given)
 
 
