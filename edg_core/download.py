@@ -1,10 +1,10 @@
 """Verified downloads and safe archive extraction, for data sets fetched from the internet.
 
-``download(url, dest, sha256=..., md5=...)`` streams a URL to ``dest`` (written as ``dest.part`` and renamed
-once complete and verified), refusing more than ``max_bytes``; a checksum mismatch removes the file and
-raises. ``extract_tar(archive, out)`` unpacks a tar archive (any compression) member by member, refusing
-absolute paths, ``..`` components, paths through a symlink already in ``out`` that leads outside it
-(``storage.local_path_for``), links, devices and more than ``max_bytes`` of content in total.
+``download(url, dest, sha256=..., md5=...)`` streams a URL to ``dest`` (written to a temporary name by
+``io.atomic_path`` and renamed once complete and verified), refusing more than ``max_bytes``; a checksum
+mismatch removes the file and raises. ``extract_tar(archive, out)`` unpacks a tar archive (any compression)
+member by member, refusing absolute paths, ``..`` components, paths through a symlink already in ``out``
+that leads outside it (``storage.local_path_for``), links, devices and more than ``max_bytes`` of content in total.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import DataSourceError, StorageError
+from .errors import DataSourceError, DiskFullError, StorageError
+from .io import atomic_path
 from .storage import local_path_for
 
 GIB = 1024 ** 3
@@ -48,14 +49,17 @@ def file_digests(path: str | Path, chunk: int = 1 << 20) -> Digests:
     return Digests(sha.hexdigest(), md5.hexdigest(), size)
 
 
-def verify(path: str | Path, sha256: str | None = None, md5: str | None = None) -> Digests:
-    """The file's digests; raises ``ChecksumError`` (naming the file and both values) on a mismatch."""
-    d = file_digests(path)
+def _check(d: Digests, sha256: str | None, md5: str | None, where) -> Digests:
     for name, want, got in (("sha256", sha256, d.sha256), ("md5", md5, d.md5)):
         if want and want.strip().lower() != got:
-            raise ChecksumError(f"{path}: {name} is {got}, expected {want.strip().lower()} "
+            raise ChecksumError(f"{where}: {name} is {got}, expected {want.strip().lower()} "
                                 "(corrupt or different download)")
     return d
+
+
+def verify(path: str | Path, sha256: str | None = None, md5: str | None = None) -> Digests:
+    """The file's digests; raises ``ChecksumError`` (naming the file and both values) on a mismatch."""
+    return _check(file_digests(path), sha256, md5, path)
 
 
 def download(url: str, dest: str | Path, sha256: str | None = None, md5: str | None = None,
@@ -64,37 +68,30 @@ def download(url: str, dest: str | Path, sha256: str | None = None, md5: str | N
 
     Returns the file's digests (print them when no checksum was given, so the user can compare them with
     the publisher's). Raises ``DataSourceError`` for an unreachable URL or a body over ``max_bytes``,
-    ``ChecksumError`` for a mismatch (the bad file is removed)."""
+    ``ChecksumError`` for a mismatch (the bad file never appears at ``dest``), ``DiskFullError`` naming
+    ``dest`` when the disk fills up. The body is streamed into ``io.atomic_path(dest)``'s temporary file and
+    verified there, so ``dest`` only ever holds a whole, verified download; a killed download leaves a
+    temporary file that ``io.remove_stale_temps`` removes."""
     dest = Path(dest)
     if dest.exists() and (sha256 or md5):
         try:
             return verify(dest, sha256, md5)
         except ChecksumError:
             dest.unlink()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as f:  # noqa: S310
-            n = 0
-            while block := resp.read(1 << 20):
-                n += len(block)
-                if n > max_bytes:
-                    raise DataSourceError(f"{url}: more than {max_bytes} bytes; refusing (raise max_bytes)")
-                f.write(block)
-    except (OSError, ValueError) as e:
-        part.unlink(missing_ok=True)
-        if isinstance(e, DataSourceError):
-            raise
-        raise DataSourceError(f"cannot download {url}: {e}") from None
-    except BaseException:
-        part.unlink(missing_ok=True)
+        with atomic_path(dest) as tmp:
+            with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as f:  # noqa: S310
+                n = 0
+                while block := resp.read(1 << 20):
+                    n += len(block)
+                    if n > max_bytes:
+                        raise DataSourceError(f"{url}: more than {max_bytes} bytes; refusing (raise max_bytes)")
+                    f.write(block)
+            digests = _check(file_digests(tmp), sha256, md5, f"{url} -> {dest}")  # a mismatch never reaches dest
+    except (DataSourceError, DiskFullError):
         raise
-    try:
-        digests = verify(part, sha256, md5)
-    except ChecksumError as e:
-        part.unlink(missing_ok=True)
-        raise ChecksumError(f"{url}: {e}") from None
-    part.replace(dest)
+    except (OSError, ValueError) as e:
+        raise DataSourceError(f"cannot download {url}: {e}") from None
     return digests
 
 
@@ -125,8 +122,9 @@ def extract_tar(archive: str | Path, out: str | Path, strip_components: int = 0,
 
     Only regular files and folders are accepted; every member must stay inside ``out`` after dropping its
     first ``strip_components`` path parts; the files' total size is capped at ``max_bytes``. Files are
-    written as ``name.part`` and renamed, so an interrupted extraction never leaves a truncated file under
-    its final name. Raises ``UnsafeArchiveError`` naming the offending member (nothing is written for it)."""
+    written through ``io.atomic_path`` (a temporary name, then renamed), so an interrupted extraction never
+    leaves a truncated file under its final name. Raises ``UnsafeArchiveError`` naming the offending member
+    (nothing is written for it)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written, total = [], 0
@@ -150,11 +148,8 @@ def extract_tar(archive: str | Path, out: str | Path, strip_components: int = 0,
             if total > max_bytes:
                 raise UnsafeArchiveError(f"{archive}: more than {max_bytes} bytes of content; refusing")
             target = _target(out, rel, m.name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            part = target.with_name(target.name + ".part")
             src = tf.extractfile(m)
-            with src, open(part, "wb") as f:
+            with src, atomic_path(target) as tmp, open(tmp, "wb") as f:
                 shutil.copyfileobj(src, f, 1 << 20)
-            part.replace(target)
             written.append(target)
     return written

@@ -105,6 +105,7 @@ def test_fetch_checksum_mismatch_removes_the_file(tmp_path, rmd17_root, serve):
         fetch_rmd17(tmp_path / "data", url=url, md5="0123456789abcdef0123456789abcdef", molecules=["ethanol"])
     assert not (tmp_path / "data" / "rmd17.tar.bz2").exists()
     assert not list((tmp_path / "data").glob("*.part"))
+    assert not list((tmp_path / "data").glob(".*.tmp"))  # nor atomic_path's temporary file
     with pytest.raises(DataSourceError, match="cannot download"):
         fetch_rmd17(tmp_path / "data", url=url.replace("rmd17.tar.bz2", "missing.tar.bz2"))
 
@@ -202,3 +203,92 @@ def test_extract_refuses_members_through_a_symlink_in_out(tmp_path):
     (out / "inner").symlink_to(out / "real", target_is_directory=True)
     files = extract_tar(_tar(tmp_path / "i.tar.gz", [_file("inner/y.txt", b"y")]), out)
     assert (out / "real" / "y.txt").read_bytes() == b"y" and len(files) == 1
+
+
+class _FakeResponse:
+    """A response whose body comes in blocks; ``then`` runs before each block after the first (to look at the
+    folder mid-download) and may raise."""
+
+    def __init__(self, blocks, then=None):
+        self.blocks, self.then, self.calls = list(blocks), then, 0
+
+    def read(self, n):
+        self.calls += 1
+        if self.calls > 1 and self.then is not None:
+            self.then()
+        return self.blocks.pop(0) if self.blocks else b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_download_streams_into_an_atomic_temp_file(tmp_path, monkeypatch):
+    """The body goes to ``io.atomic_path``'s pid-tagged temporary file (which ``remove_stale_temps`` knows), is
+    verified there, and only a whole verified file appears at ``dest``; a failure mid-stream or a full disk
+    leaves nothing behind, and the disk error names ``dest``."""
+    import errno
+    import urllib.request
+
+    from edg_core.download import download
+    from edg_core.errors import DiskFullError
+    from edg_core.io import TEMP_RE
+    dest = tmp_path / "d" / "x.bin"
+    body = [b"a" * 10, b"b" * 10]
+    seen = []
+
+    def look():
+        seen.append(sorted(p.name for p in dest.parent.iterdir()))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: _FakeResponse(body, look))
+    want = hashlib.sha256(b"a" * 10 + b"b" * 10).hexdigest()
+    assert download("http://x/x.bin", dest, sha256=want).size == 20 and dest.read_bytes() == b"a" * 10 + b"b" * 10
+    assert seen and all(len(names) == 1 and TEMP_RE.match(names[0]) for names in seen)  # never dest itself
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["x.bin"]
+
+    dest.unlink()
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: _FakeResponse([b"a" * 10, b"c" * 10]))
+    with pytest.raises(ChecksumError, match=r"x\.bin: sha256 is"):
+        download("http://x/x.bin", dest, sha256=want)
+    assert list(dest.parent.iterdir()) == []
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: _FakeResponse([b"a", b"b"], full))
+    with pytest.raises(DiskFullError, match="x.bin"):
+        download("http://x/x.bin", dest)
+    assert list(dest.parent.iterdir()) == []
+
+    def cut():
+        raise ConnectionResetError("reset by peer")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: _FakeResponse([b"a", b"b"], cut))
+    with pytest.raises(DataSourceError, match="cannot download .*reset by peer"):
+        download("http://x/x.bin", dest)
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_extract_writes_through_atomic_temp_files(tmp_path, monkeypatch):
+    """Each extracted file is written under ``io.atomic_path``'s temporary name and renamed."""
+    import edg_core.download as dl
+    from edg_core.io import TEMP_RE
+    names = []
+    real = dl.atomic_path
+
+    def spy(path):
+        cm = real(path)
+        tmp = cm.__enter__()
+        names.append(tmp.name)
+
+        class _Wrap:
+            def __enter__(self):
+                return tmp
+
+            def __exit__(self, *exc):
+                return cm.__exit__(*exc)
+        return _Wrap()
+    monkeypatch.setattr(dl, "atomic_path", spy)
+    files = extract_tar(_tar(tmp_path / "a.tar.gz", [_file("a/x.txt", b"x"), _file("y.txt", b"y")]), tmp_path / "o")
+    assert [f.read_bytes() for f in files] == [b"x", b"y"] and len(names) == 2
+    assert all(TEMP_RE.match(n) for n in names)
+    assert sorted(p.name for p in (tmp_path / "o").rglob("*")) == ["a", "x.txt", "y.txt"]
