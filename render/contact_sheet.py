@@ -20,40 +20,21 @@ def first_molecules(spec, n: int, scan: int = 500) -> list[dict]:
     decoded."""
     import heapq
     import json
+    from itertools import islice
 
     from edg_core.shards import decode_sample, iter_shard, shard_paths
-    best: list = []  # max-heap of the n smallest: (negated key order via a wrapper, raw sample)
-    seen = 0
-    for path in shard_paths(spec):
-        for raw in iter_shard(path):
-            if "__error__" in raw or "meta.json" not in raw:
-                continue
-            key = natural_key(str(json.loads(raw["meta.json"]).get("id", raw.get("__key__", ""))))
-            item = (_Reversed(key), seen, raw)
-            if len(best) < n:
-                heapq.heappush(best, item)
-            elif key < best[0][0].key:
-                heapq.heapreplace(best, item)
-            seen += 1
-            if seen >= scan:
-                break
-        if seen >= scan:
-            break
-    return [decode_sample(raw, torch_tensors=False) for _, _, raw in sorted(best, key=lambda t: t[0].key)]
 
+    def samples():
+        for path in shard_paths(spec):
+            for raw in iter_shard(path):
+                if "__error__" not in raw and "meta.json" in raw:
+                    yield raw
 
-class _Reversed:
-    """Inverts the order of a key, so that ``heapq`` (a min-heap) keeps the largest of the n smallest on top."""
-    __slots__ = ("key",)
+    def order(raw):
+        return natural_key(str(json.loads(raw["meta.json"]).get("id", raw.get("__key__", ""))))
 
-    def __init__(self, key):
-        self.key = key
-
-    def __lt__(self, other):
-        return other.key < self.key
-
-    def __eq__(self, other):
-        return self.key == other.key
+    # the n smallest in id order; equal ids keep the order they were read in (heapq.nsmallest is stable)
+    return [decode_sample(raw, torch_tensors=False) for raw in heapq.nsmallest(n, islice(samples(), scan), key=order)]
 
 
 def _rgb(images) -> np.ndarray:

@@ -34,6 +34,25 @@ def test_contact_sheet_shows_the_smallest_ids_in_natural_order(tmp_path):
     assert Image.open(tmp_path / "sheet.png").size[1] == 4 * 112
 
 
+def test_contact_sheet_keeps_the_first_read_of_equal_ids(tmp_path):
+    """Equal ids (a molecule rendered twice into one folder) are ordered as read, the first one kept when only
+    one fits. A bounded max-heap that broke ties by read order without reversing it (the hand-written heap this
+    replaced) evicted the first copy of qm9:2 for qm9:1 and showed the second."""
+    mols = list(open_source("embedded:qm9?limit=3").molecules())
+    copies = [np.full((4, 3, 8, 8), v, dtype=np.float32) for v in (0.25, 0.75)]
+    with ShardWriter(tmp_path / "shards", maxcount=10) as w:
+        w.write(encode_sample(mols[1], stimg=copies[0]))
+        w.write({**encode_sample(mols[1], stimg=copies[1]), "__key__": "qm9_2_again"})
+        w.write(encode_sample(mols[2], stimg=copies[1]))
+        w.write(encode_sample(mols[0], stimg=copies[1]))
+    picked = first_molecules(tmp_path / "shards", 2)
+    assert [s["meta"]["id"] for s in picked] == ["qm9:1", "qm9:2"]
+    assert float(picked[1]["stimg"].mean()) < 0.5  # the first copy
+    both = first_molecules(tmp_path / "shards", 3)
+    assert [s["meta"]["id"] for s in both] == ["qm9:1", "qm9:2", "qm9:2"]
+    assert [float(s["stimg"].mean()) > 0.5 for s in both[1:]] == [False, True]
+
+
 def test_ray_address_is_one_flag_everywhere():
     """Every command that joins a Ray cluster spells it --ray-address (benchmark keeps --address hidden)."""
     import argparse
