@@ -18,6 +18,7 @@ from train.checkpoint import (
     Checkpoints,
     check_plain,
     load_checkpoint,
+    model_file,
     save_checkpoint,
 )
 from train.data import write_synthetic_shards
@@ -76,6 +77,50 @@ def test_model_loaders_refuse_pickle_payloads(tmp_path):
     _refused(lambda: load_imageed(run), marker)
     _refused(lambda: load_teacher(run), marker)
     _refused(lambda: load_student_state(run), marker)
+
+
+def test_every_loader_finds_a_run_folders_model_file_in_the_same_order(tmp_path):
+    """The export, else checkpoint/best.pt, else the newest epoch file, else an older checkpoint/checkpoint.pt;
+    a student run folder means best_student.pt only. Each loader reads the file model_file picks (its error
+    names that file) and a folder with none names the folder and the export."""
+    from train.distill import load_student_state
+    run = tmp_path / "run"
+    ck = run / "checkpoint"
+    for name in ("checkpoint.pt", "epoch-000002.pt", "epoch-000010.pt", "best.pt"):
+        save_checkpoint({"which": name}, ck / name)
+    save_checkpoint({"which": "export"}, run / "teacher.pt")
+    assert model_file(run, "teacher.pt") == run / "teacher.pt"
+    assert model_file(run, "imageed.pt") == ck / "best.pt"  # another stage's export does not count
+    no_export = _only(run, "best.pt", "epoch-000002.pt", "epoch-000010.pt")
+    for loader in (load_imageed, load_teacher, load_ed_predictor):
+        with pytest.raises(Exception, match=r"best\.pt: not a"):  # the loader read best.pt, not an epoch file
+            loader(no_export)
+    (ck / "best.pt").unlink()
+    assert model_file(run, "imageed.pt") == ck / "epoch-000010.pt"  # the newest by epoch, not by name order
+    for f in Checkpoints(ck).files():
+        f.unlink()
+    assert model_file(run, "imageed.pt") == ck / "checkpoint.pt"
+    assert model_file(run / "teacher.pt", "imageed.pt") == run / "teacher.pt"  # a file is itself
+    with pytest.raises(CheckpointError, match="no best_student.pt in this distillation run folder"):
+        model_file(run, "best_student.pt", "distillation", checkpoints=False)  # checkpoints are not weights
+    (tmp_path / "empty" / "checkpoint").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'empty'}: no imageed.pt and no checkpoint"):
+        load_imageed(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match="no teacher.pt and no checkpoint"):
+        load_teacher(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'empty'}: no best_student.pt"):
+        load_student_state(tmp_path / "empty")
+    save_checkpoint({"w": torch.ones(1)}, tmp_path / "empty" / "best_student.pt")
+    assert torch.equal(load_student_state(tmp_path / "empty")["w"], torch.ones(1))
+
+
+def _only(run, *names):
+    """A copy of ``run`` whose checkpoint folder holds only ``names`` (no export)."""
+    out = run.parent / ("only-" + "-".join(n.split(".")[0] for n in names))
+    (out / "checkpoint").mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (out / "checkpoint" / n).write_bytes((run / "checkpoint" / n).read_bytes())
+    return out
 
 
 def test_older_checkpoints_with_numpy_values_and_paths_load_and_nothing_else_does(tmp_path):

@@ -103,6 +103,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", what: str = "ch
     return ck
 
 
+
+
 _EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
 
 
@@ -158,3 +160,22 @@ class Checkpoints:
             p.unlink(missing_ok=True)
         if self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()
+
+
+def model_file(path: str | os.PathLike, export_name: str, what: str = "model", checkpoints: bool = True) -> Path:
+    """The file a model loader reads for ``path``: ``path`` itself when it is not a folder; in a run folder its
+    export ``export_name`` (e.g. ``imageed.pt``), else (with ``checkpoints``) ``checkpoint/best.pt``, else the
+    newest ``checkpoint/epoch-*.pt``, else ``checkpoint/checkpoint.pt`` (the one-file layout of earlier EDG
+    versions). A run folder holding none of them is a ``CheckpointError`` naming the folder and the files."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    cands = [path / export_name]
+    if checkpoints:
+        ckpts = Checkpoints(path / "checkpoint")
+        cands += [ckpts.best_path, ckpts.latest(), ckpts.folder / "checkpoint.pt"]
+    for cand in cands:
+        if cand is not None and cand.is_file():
+            return cand
+    also = " and no checkpoint (checkpoint/best.pt, checkpoint/epoch-*.pt)" if checkpoints else ""
+    raise CheckpointError(f"{path}: no {export_name}{also} in this {what} run folder")

@@ -30,7 +30,7 @@ import torch
 from edg_core.config import dump_yaml, to_dict
 from edg_core.io import atomic_path, progress, write_json_atomic
 
-from .checkpoint import Checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoints, load_checkpoint, model_file, save_checkpoint
 from .configs import FitConfig  # noqa: F401 (re-exported)
 from .edg import (
     EDGConfig,
@@ -231,10 +231,9 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
 
 def load_student_state(path: str | Path, map_location="cpu") -> dict:
     """The student weights of ``best_student.pt`` (or of a run folder holding it), for ``build_student(...)
-    .load_state_dict``; plain data only (``train.checkpoint.load_checkpoint``)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best_student.pt"
+    .load_state_dict``; plain data only (``train.checkpoint.load_checkpoint``). A run folder means its
+    ``best_student.pt`` only: its resumable checkpoints hold training state, not the best weights."""
+    path = model_file(path, "best_student.pt", "distillation", checkpoints=False)
     return load_checkpoint(path, map_location, "student weights")
 
 

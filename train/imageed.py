@@ -267,22 +267,13 @@ def imageed_state(model: ImageED) -> dict:
 
 def load_imageed(path, map_location="cpu") -> ImageED:
     """An ImageED (eval mode) from ``imageed.pt``, a training checkpoint, or a run folder holding either
-    (``imageed.pt``, else ``checkpoint/best.pt``, else the newest ``checkpoint/epoch-*.pt``). Plain-data files
-    only (``train.checkpoint.load_checkpoint``)."""
-    from pathlib import Path
-
+    (``imageed.pt``, else ``checkpoint/best.pt``, else the newest ``checkpoint/epoch-*.pt``, else an older
+    ``checkpoint/checkpoint.pt``: ``train.checkpoint.model_file``). Plain-data files only
+    (``train.checkpoint.load_checkpoint``)."""
     from edg_core.config import from_dict
 
-    from .checkpoint import CheckpointError, Checkpoints, load_checkpoint
-    path = Path(path)
-    if path.is_dir():
-        ckpts = Checkpoints(path / "checkpoint")
-        for cand in (path / "imageed.pt", ckpts.best_path, ckpts.latest(), ckpts.folder / "checkpoint.pt"):
-            if cand is not None and cand.is_file():
-                path = cand
-                break
-        else:
-            raise CheckpointError(f"{path}: no imageed.pt and no checkpoint in this ImageED run folder")
+    from .checkpoint import CheckpointError, load_checkpoint, model_file
+    path = model_file(path, "imageed.pt", "ImageED")
     ck = load_checkpoint(path, map_location, "ImageED checkpoint")
     if "imageed_config" not in ck:
         raise CheckpointError(f"{path}: not an ImageED checkpoint (keys {sorted(ck)[:8]})")

@@ -97,17 +97,20 @@ class TrainedStudent:
 
 
 def _run_dir(path: str | Path) -> tuple[Path, Path]:
+    """(run folder, weights file) of a finished distillation run given as the folder or its weights file."""
+    from train.checkpoint import CheckpointError, model_file
     path = Path(path)
-    if path.is_dir():
-        run, weights = path, path / WEIGHTS
-    else:
-        run, weights = path.parent, path
+    run = path if path.is_dir() else path.parent
     if not (run / "result.json").exists():
         inside = sorted(p.parent.name for p in run.glob(f"*/{WEIGHTS}")) if run.is_dir() else []
         hint = f"; runs inside it: {', '.join(inside[:5])}" if inside else ""
         raise ModelError(f"{path}: not a finished distillation run (no result.json beside {WEIGHTS}); pass "
                          f"<out>/<run> of edg distill or its {WEIGHTS}{hint}")
-    if not weights.exists():
+    try:
+        weights = model_file(path, WEIGHTS, "distillation", checkpoints=False)
+    except CheckpointError:
+        weights = None
+    if weights is None or not weights.is_file():
         raise ModelError(f"{run}: finished run without {WEIGHTS} (no epoch improved on validation)")
     return run, weights
 
@@ -122,8 +125,8 @@ def load_student(path: str | Path, device: str = "cpu", dtype: torch.dtype = tor
     cfg, info = rec.get("config", {}), rec.get("task_info", {})
     student = rec.get("student") or cfg.get("student")
     model = build_student(student, **{"out_dim": 1, **cfg.get("student_args", {})})
-    from train.checkpoint import load_checkpoint
-    state = load_checkpoint(weights, "cpu", "student weights")  # plain data only (torch.load weights_only=True)
+    from train.distill import load_student_state
+    state = load_student_state(weights)  # plain data only (torch.load weights_only=True)
     try:
         model.load_state_dict(state)
     except (RuntimeError, ValueError) as e:

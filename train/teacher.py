@@ -212,12 +212,10 @@ def load_ed_predictor(path: str | Path, map_location="cpu") -> EDPredictor:
 
 
 def _load(path, map_location) -> tuple[Path, dict]:
-    """(file, content) of a teacher checkpoint; a run folder means its ``teacher.pt``, else its newest checkpoint."""
-    from .checkpoint import Checkpoints, load_checkpoint
-    path = Path(path)
-    if path.is_dir():
-        latest = Checkpoints(path / "checkpoint").latest()
-        path = path / "teacher.pt" if (path / "teacher.pt").is_file() or latest is None else latest
+    """(file, content) of a teacher checkpoint; a run folder means its ``teacher.pt``, else its checkpoints
+    (``train.checkpoint.model_file``)."""
+    from .checkpoint import load_checkpoint, model_file
+    path = model_file(path, "teacher.pt", "teacher")
     return path, load_checkpoint(path, map_location, "teacher checkpoint")
 
 
