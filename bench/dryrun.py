@@ -93,12 +93,6 @@ def _run(n: int, out, workers) -> dict:
     return {"summary": s, "wall_s": wall, "cpu_s": cpu, "rss_growth_mb": rss1 - rss0, "peak_mb": peak}
 
 
-def _counts(summary) -> dict:
-    """done/failed/skipped of a stage summary (a dict or a summary object)."""
-    get = summary.get if isinstance(summary, dict) else lambda k: getattr(summary, k)
-    return {k: get(k) for k in ("done", "failed", "skipped")}
-
-
 def _files_per_folder(fields: Path) -> tuple[int, int, int]:
     counts = [len(os.listdir(d)) for d in fields.iterdir() if d.is_dir()]
     return len(counts), min(counts), max(counts)
@@ -115,8 +109,8 @@ def in_process(n: int, ms: float, root: Path) -> None:
     out = root / "dft"
     _run(min(300, n), root / "warm-up", Workers(actors=0))  # imports and first-call costs stay out of the slope
     r = _run(n, out, Workers(actors=0))
-    s = _counts(r["summary"])
-    print(f"dryrun in-process: {n} molecules ({ms:g} ms stand-in each): done {s['done']}, failed {s['failed']} "
+    s = r["summary"]
+    print(f"dryrun in-process: {n} molecules ({ms:g} ms stand-in each): done {s.done}, failed {s.failed} "
           f"in {r['wall_s']:.1f} s = {1e3 * r['wall_s'] / n:.2f} ms/item wall "
           f"({1e3 * (r['wall_s'] / n - ms / 1000):.2f} ms/item beyond the stand-in's sleep), "
           f"{1e3 * r['cpu_s'] / n:.2f} ms/item CPU (driver + writing the result file)")
@@ -170,7 +164,7 @@ def remote_pull(n: int, root: Path, repeat: int = 5) -> None:
     url = f"local://{root / 'dft_url'}"
     r = _run(n, url, Workers(actors=0))
     print(f"dryrun local:// URL out: {n} molecules in {r['wall_s']:.1f} s = {1e3 * r['wall_s'] / n:.2f} ms/item "
-          f"(each result uploaded whole; each failure re-uploads failures.jsonl)")
+          f"(each result uploaded whole; failures.jsonl uploaded at most every 30 s and at the end)")
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
@@ -239,8 +233,8 @@ def on_ray(n: int, actors: int) -> None:
             r = _run(n, tmp / "dft", Workers(actors=actors, cpus=1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    s = _counts(r["summary"])
-    print(f"dryrun ray ({actors} actors): {n} molecules: done {s['done']}, failed {s['failed']} in "
+    s = r["summary"]
+    print(f"dryrun ray ({actors} actors): {n} molecules: done {s.done}, failed {s.failed} in "
           f"{r['wall_s']:.1f} s = {1e3 * r['wall_s'] / n:.2f} ms/item wall, driver CPU {1e3 * r['cpu_s'] / n:.2f} "
           f"ms/item -> {_scale(r['cpu_s'] / n / 3600, 'driver CPU-hours', '{:.2f}')}; driver RSS growth "
           f"{r['rss_growth_mb']:.1f} MB = {1e3 * r['rss_growth_mb'] / n:.2f} kB/item")

@@ -31,29 +31,23 @@ def _parse(argv):
     return opts
 
 
-def _count(summary, name: str) -> int:
-    """A count from the stage driver's summary (a dict or a summary object)."""
-    return int(summary[name] if isinstance(summary, dict) else getattr(summary, name))
-
-
 def run(mols, actors: int, gpus_per_actor: float, cpus_per_actor: float) -> dict:
     """One end-to-end run into a temporary folder: counts, seconds, mol/s and the first failure reasons."""
-    import json
     from pathlib import Path
 
     from cluster.stages import Workers, run_fused
     from dft.config import DFTConfig
+    from edg_core.io import read_jsonl
+    from edg_core.stage import Failure
     from render.config import RenderConfig
     with tempfile.TemporaryDirectory(prefix="edg-bench-fused-") as tmp:
         workers = Workers(actors=actors, cpus=cpus_per_actor, gpus=gpus_per_actor)
         t0 = time.perf_counter()
         s = run_fused(mols, f"{tmp}/shards", f"{tmp}/dft", DFTConfig(), RenderConfig(), workers, total=len(mols))
         dt = time.perf_counter() - t0
-        reasons = [f"{e.get('record')}: {e.get('reason')}" for p in sorted(Path(tmp).rglob("failures.jsonl"))
-                   for e in map(json.loads, p.read_text().splitlines()) if e]
-    done, failed = _count(s, "done"), _count(s, "failed")
-    return {"actors": actors, "done": done, "failed": failed, "seconds": dt, "mol_per_s": done / dt,
-            "reasons": reasons}
+        failures = [Failure.from_json(e) for p in sorted(Path(tmp).rglob("failures.jsonl")) for e in read_jsonl(p)]
+    return {"actors": actors, "done": s.done, "failed": s.failed, "seconds": dt, "mol_per_s": s.done / dt,
+            "reasons": [f"{f.record}: {f.reason}" for f in failures]}
 
 
 def main(argv: list[str]) -> int:
