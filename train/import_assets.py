@@ -172,15 +172,8 @@ def teacher_from_authors(state: dict, arch: str = "resnet18", img_size: int = 22
     model = Teacher(cfg)
     if model.fs_dim != w1.shape[1]:
         raise AssetFormatError(f"{where}: EDPredictor takes {w1.shape[1]} features; {arch} gives {model.fs_dim}")
-    head = model.backbone.default_cfg.get("classifier", "fc")
-    backbone = {k: v for k, v in backbone.items() if k != head and not k.startswith(head + ".")}
-    try:
-        missing, unexpected = model.backbone.load_state_dict(backbone, strict=False)
-    except RuntimeError as e:
-        raise AssetFormatError(f"{where}: ED_teacher does not fit {arch} ({str(e).splitlines()[-1].strip()})") from None
-    if missing or unexpected:
-        raise AssetFormatError(f"{where}: ED_teacher does not fit {arch} (missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}); pass the right --arch")
+    model.load_backbone(backbone, where, AssetFormatError,
+                        "{where}: ED_teacher does not fit {arch} ({why}); pass the right --arch")
     model.ed_predictor.load_state_dict({"0.weight": w1, "0.bias": b1, "2.weight": w2, "2.bias": b2})
     return model.eval()
 

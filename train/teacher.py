@@ -79,18 +79,25 @@ class Teacher(nn.Module):
         if not cfg.pretrained:
             return self
         path = Path(cfg.pretrained_weights) if cfg.pretrained_weights else None
-        state = _weights_file(path) if path else _hub_weights(cfg.arch)
+        return self.load_backbone(_weights_file(path) if path else _hub_weights(cfg.arch),
+                                  str(path or "timm hub weights"))
+
+    def load_backbone(self, state: dict, where: str, error: type[Exception] = EDGError,
+                      message: str = "{where}: do not fit {arch} ({why})") -> Teacher:
+        """Load a timm state dict of ``cfg.arch`` into the backbone and return ``self``. The classifier's keys
+        are dropped (F_S is the pooled feature); any other missing, unexpected or misshapen key raises
+        ``error(message)``, the message formatted with ``where`` (the weights' origin), ``arch`` and ``why``."""
         head = self.backbone.default_cfg.get("classifier", "fc")
         state = {k: v for k, v in state.items() if k != head and not k.startswith(head + ".")}
         try:
             missing, unexpected = self.backbone.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatches
-            raise EDGError(f"{path or 'timm hub weights'}: do not fit {cfg.arch} "
-                           f"({str(e).splitlines()[-1].strip()})") from None
-        if missing or unexpected:
-            raise EDGError(f"{path or 'timm hub weights'}: do not fit {cfg.arch} (missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]})")
-        return self
+            why = str(e).splitlines()[-1].strip()
+        else:
+            if not (missing or unexpected):
+                return self
+            why = f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        raise error(message.format(where=where, arch=self.cfg.arch, why=why))
 
     @property
     def fs_dim(self) -> int:
