@@ -262,10 +262,23 @@ def _on_actors(stage: Stage, batches: Iterable[list], workers: Workers, stats: d
     stats.update(retried=pool.stats.retried, actors_replaced=pool.stats.actors_replaced)
 
 
+def _repeat(stage: Stage, items, it, i: int, key: str, seen: int | tuple[int, str]) -> Failure:
+    """The ``read`` failure of item ``i``, whose key an earlier item of this run already had (``seen``: its
+    index, or its index and record); its own manifest key (``<record>#record<i>``) leaves the first item's
+    entry alone."""
+    j, first = seen if isinstance(seen, tuple) else (seen, key)
+    rec = stage.record(it)
+    spec = getattr(items, "spec", None)  # a readers.Source names its input
+    also = "" if first == rec else f" ({first!r}; both have the key {key!r})"
+    return Failure.of(f"{rec}#record{i}", "read", f"{spec + ': ' if spec else ''}record {i} repeats the id "
+                                                  f"{rec!r} of record {j}{also}; ids must be unique")
+
+
 def run_stage(stage: Stage, items: Iterable, out: str | Path, workers: Workers | None = None, *,
               total: int | None = None, retry_failed: bool = False) -> StageSummary:
     """Run ``stage`` over ``items`` into ``out``; see the module docstring. ``InvalidRecord`` items (refused by
-    a reader) are recorded as ``read`` failures and never reach a worker."""
+    a reader) are recorded as ``read`` failures and never reach a worker, and so is an item whose key an
+    earlier item of this run already had (``_repeat``): a repeated id would overwrite or merge outputs."""
     workers = workers or Workers()
     single_file = isinstance(stage.sink, NpzFile)  # logs beside the file: <name>.failures.jsonl
     logs = Mirror(Path(out).parent if single_file else out, exclude=stage.sink.bulky,
@@ -281,15 +294,27 @@ def run_stage(stage: Stage, items: Iterable, out: str | Path, workers: Workers |
                            failures=str(logs.where(failures.name)))
     t0 = time.monotonic()
 
+    # key -> index of the first item with it in this run, or (index, record) where its record is not its key:
+    # the one collection of keys the driver keeps
+    first: dict[str, int | tuple[int, str]] = {}
+
+    def refuse(f: Failure) -> None:
+        if f.key not in skip:
+            summary.failed += failures.add([f])
+            prog.update(failed=1)
+
     def todo():
-        for it in items:
+        for i, it in enumerate(items):
             if isinstance(it, InvalidRecord):
-                key = Failure.invalid(it).key
-                if key not in skip:
-                    summary.failed += failures.add([Failure.invalid(it)])
-                    prog.update(failed=1)
+                refuse(Failure.invalid(it))
                 continue
-            if stage.key(it) in skip:
+            key = stage.key(it)
+            if key in first:
+                refuse(_repeat(stage, items, it, i, key, first[key]))
+                continue
+            rec = stage.record(it)
+            first[key] = i if rec == key else (i, rec)
+            if key in skip:
                 summary.skipped += 1
                 prog.update(skipped=1)
                 continue

@@ -180,3 +180,57 @@ def test_failure_manifest_at_a_url_is_uploaded_at_most_every_interval_and_at_the
     for i in range(3):
         eager.add(failures(i))
         assert [e["key"] for e in read_jsonl(remote)] == [f"k{j}" for j in range(i + 1)]
+
+
+class Counting(Squares):
+    """Squares that counts the molecules it was given, per id, across runs."""
+    calls: dict = {}
+
+    def process_batch(self, mols):
+        for m in mols:
+            Counting.calls[m.id] = Counting.calls.get(m.id, 0) + 1
+        return super().process_batch(mols)
+
+
+def test_a_repeated_key_is_one_read_failure_naming_both_and_never_processed_twice(tmp_path):
+    """The driver owns the keys: a plain list (no reader in between) with an id twice gives one result and one
+    ``read`` failure naming the repeat and the first record; a rerun processes neither again."""
+    Counting.calls = {}
+    a, b = mols(2)
+    twin = Molecule(z=[1, 1], pos=[[0, 0, 0], [0, 0, 0.9]], id="m0")  # other positions, the same id
+    counting = Stage("squares", Counting, {}, Shards("s", maxcount=4), key=lambda m: sample_key(m.id),
+                     record=lambda m: m.id, batch_size=3)
+    items = [a, b, twin]
+    s = run_stage(counting, items, tmp_path, Workers())
+    assert (s.done, s.failed) == (2, 1) and Counting.calls == {"m0": 1, "m1": 1}
+    [entry] = read_jsonl(tmp_path / "failures.jsonl")
+    assert entry["stage"] == "read" and entry["record"] == "m0#record2"
+    assert "record 2 repeats the id 'm0' of record 0" in entry["reason"]
+    assert [d["meta"]["id"] for d in read_samples(tmp_path)].count("m0") == 1
+    again = run_stage(counting, items, tmp_path, Workers())
+    assert (again.done, again.failed, again.skipped) == (0, 0, 2) and Counting.calls == {"m0": 1, "m1": 1}
+    assert len(read_jsonl(tmp_path / "failures.jsonl")) == 1
+
+    # records that differ but share a key (e.g. two result files with one stem): both are named
+    by_stem = Stage("squares", Counting, {}, Shards("s", maxcount=4), key=lambda m: m.id.split("@")[0],
+                    record=lambda m: m.id)
+    twins = [Molecule(z=[1, 1], pos=[[0, 0, 0], [0, 0, 0.7]], id=f"x@{n}") for n in (1, 2)]
+    s = run_stage(by_stem, twins, tmp_path / "stem", Workers())
+    assert (s.done, s.failed) == (1, 1) and Counting.calls["x@1"] == 1 and "x@2" not in Counting.calls
+    [entry] = read_jsonl(tmp_path / "stem" / "failures.jsonl")
+    assert "'x@2'" in entry["reason"] and "'x@1'" in entry["reason"] and "record 1" in entry["reason"]
+    assert "of record 0" in entry["reason"] and entry["record"] == "x@2#record1"
+
+
+def test_a_source_leaves_repeated_ids_to_the_driver(tmp_path):
+    """A Source yields every record it reads; the refusal of the repeat, with the source named, is the
+    driver's."""
+    from edg_core.readers import open_source
+    frame = "2\nid=dup\nH 0 0 0\nH 0 0 0.74\n"
+    (tmp_path / "a.xyz").write_text(frame * 2)
+    src = open_source(str(tmp_path / "a.xyz"))
+    assert [m.id for m in src] == ["dup", "dup"]
+    s = run_stage(stage(), src, tmp_path / "out", Workers())
+    assert (s.done, s.failed) == (1, 1)
+    [entry] = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    assert entry["reason"] == f"{tmp_path / 'a.xyz'}: record 1 repeats the id 'dup' of record 0; ids must be unique"

@@ -51,18 +51,10 @@ class Source:
     limit: int | None = None
 
     def __iter__(self) -> Iterator[Molecule | InvalidRecord]:
-        from ..shards import sample_key
-        seen: dict[str, int] = {}  # sample key -> record index: a repeated id would overwrite or merge samples
+        # a repeated id is refused by the stage driver (cluster.engine.run_stage), which owns the keys
         for i, rec in enumerate(self._make()):
             if self.limit is not None and i >= self.limit:
                 return
-            if isinstance(rec, Molecule):
-                key = sample_key(rec.id)
-                if key in seen:
-                    yield InvalidRecord(f"{rec.id}#record{i}", f"{self.spec}: record {i} repeats the id {rec.id!r} "
-                                                               f"of record {seen[key]}; ids must be unique")
-                    continue
-                seen[key] = i
             yield rec
 
     def molecules(self) -> Iterator[Molecule]:
