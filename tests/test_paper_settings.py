@@ -42,6 +42,10 @@ def test_geom3d_students_per_family():
     assert "| visnet | rmd17 | 3000 | 4 | 16 | 0.0002 | mse | plateau | 1000 |" in settings_table()
     with pytest.raises(ValueError, match="family"):
         paper_settings("schnet", "md22:x")
+    # train_student's own fallback is the Geom3D QM9 entry, field for field
+    filled = FitConfig().filled()
+    assert {k: getattr(filled, k) for k in q} == q
+    assert r == {**q, "batch_size": 1}
 
 
 def _one_param_optimizer(lr=1.0):

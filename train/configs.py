@@ -186,6 +186,11 @@ class TeacherTrainConfig:
 
 _PAPER = "; unset (None): the paper's value for the student and dataset (docs/students.md)"
 
+GEOM3D_QM9_FIT = {"epochs": 1000, "batch_size": 128, "eval_batch_size": 128, "lr": 5e-4, "loss": "l1",
+                  "scheduler": "cosine", "warmup_steps": 0}
+"""The Geom3D QM9 training settings (``train.paper_settings`` builds its Geom3D entries from them), and what
+``FitConfig.filled`` puts in fields still ``None``."""
+
 
 @dataclass
 class FitConfig:
@@ -215,9 +220,7 @@ class FitConfig:
 
     def filled(self) -> FitConfig:
         """This config with fields still ``None`` set to the Geom3D QM9 values (what ``train_student`` uses)."""
-        generic = {"epochs": 1000, "batch_size": 128, "eval_batch_size": 128, "lr": 5e-4, "loss": "l1",
-                   "scheduler": "cosine", "warmup_steps": 0}
-        return replace(self, **{k: v for k, v in generic.items() if getattr(self, k) is None})
+        return replace(self, **{k: v for k, v in GEOM3D_QM9_FIT.items() if getattr(self, k) is None})
 
 
 # ---------------------------------------------------------------- representation study (Table 4)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .configs import FitConfig
+from .configs import GEOM3D_QM9_FIT, FitConfig
 
 FAMILIES = ("qm9", "rmd17")
 
@@ -39,11 +39,9 @@ class PaperSettings:
     source: str = ""
 
 
-_GEOM3D_FIT = {"epochs": 1000, "lr": 5e-4, "loss": "l1", "scheduler": "cosine", "warmup_steps": 0}
 _GEOM3D = {
-    "qm9": PaperSettings({**_GEOM3D_FIT, "batch_size": 128, "eval_batch_size": 128},
-                         source="README / EDG/finetune_QM9_EDG.py (Geom3D)"),
-    "rmd17": PaperSettings({**_GEOM3D_FIT, "batch_size": 1, "eval_batch_size": 128},
+    "qm9": PaperSettings(dict(GEOM3D_QM9_FIT), source="README / EDG/finetune_QM9_EDG.py (Geom3D)"),
+    "rmd17": PaperSettings({**GEOM3D_QM9_FIT, "batch_size": 1, "eval_batch_size": 128},
                            task={"select_metric": "force_mae", "energy_scale": "force_rms"},
                            source="README / EDG/finetune_rMD17_EDG.py (Geom3D, MD17_train_batch_size 1)"),
 }
