@@ -208,14 +208,52 @@ def _script(*args, env=None):
                           text=True, timeout=60, env={**os.environ, **(env or {})})
 
 
-def test_device_check_plan_fits_the_device_time_with_room_for_a_rerun():
+def _device_check_constants(text: str) -> tuple[dict, dict, list, list]:
+    """From the script's text: its scalar constants, the per-section timeouts ``LIMIT``, the default sections and
+    the sections its device branch runs through ``step`` (which times each out at ``LIMIT[name]``)."""
+    import re
+    consts = {k: int(v) for k, v in re.findall(r"^([A-Z_]+)=(\d+)\b", text, re.M)}
+    limits = {k: int(v) for k, v in re.findall(r"\[(\w+)\]=(\d+)", re.search(r"^declare -A LIMIT=\((.*)\)$",
+                                                                          text, re.M).group(1))}
+    default = re.search(r'^all="([^"]*)"', text, re.M).group(1).split()
+    device_branch = text[text.index("  else\n    case $s in"):]
+    stepped = re.findall(r"^\s+\w+\)\s+step (\w+) ", device_branch[:device_branch.index("esac")], re.M)
+    return consts, limits, default, stepped
+
+
+def test_device_check_plan_fits_the_device_time_with_room_for_a_rerun(tmp_path):
+    """The plan is recomputed here from the timeouts the device run actually uses (``step`` times each section
+    out at ``LIMIT[section]``), not read back from the script's own totals: one worst-case run (start-up, wheel
+    pieces, install, every section at its timeout) plus one rerun must fit the script's budget, which must fit a
+    task's 15 minutes, and the device call's timeout must cover every section. A section timeout raised past
+    the budget, a section run without a ``LIMIT`` entry, a plan that left a section out of its sum or a budget
+    raised beyond 15 minutes fails here."""
+    text = (ROOT / "bench" / "device_check.sh").read_text()
+    consts, limits, default, stepped = _device_check_constants(text)
+    assert 'local name=$1 limit=${LIMIT[$1]}' in text and 'timeout "$limit" "$@"' in text  # step's timeout
+    assert sorted(stepped) == sorted(default) and set(default) <= set(limits), (stepped, default, limits)
+    budget = consts["BUDGET"]
+    assert budget <= 15 * 60  # a task's device time (docs of the device tool), everything included
+    pieces = len([p for p in ROOT.glob(".devw[0-9]*") if p.is_dir()]) or 5  # as the script counts them
+    call = sum(limits[s] for s in default) + consts["CALL_SLACK"]
+    once = consts["START"] + pieces * consts["PIECE_CALL"] + consts["INSTALL"] + call
+    assert once + call <= budget, f"one run {once} s + a rerun {call} s > {budget} s: shorten the section timeouts"
+
     p = _script("--plan")
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 0, p.stdout + p.stderr
     plan = dict(line.split("=", 1) for line in p.stdout.splitlines() if line.startswith("PLAN_"))
-    budget, once, rerun = (int(plan[k]) for k in ("PLAN_BUDGET_S", "PLAN_ONE_RUN_S", "PLAN_RERUN_S"))
-    assert budget == 900 and once + rerun <= budget  # 15 min incl. start-up, wheel transfer and one rerun
-    assert int(plan["PLAN_CALL_TIMEOUT_S"]) <= 600  # one device call's limit
+    assert (int(plan["PLAN_BUDGET_S"]), int(plan["PLAN_ONE_RUN_S"]), int(plan["PLAN_RERUN_S"])) == (budget, once, call)
+    assert call <= int(plan["PLAN_CALL_TIMEOUT_S"]) <= 600  # every section fits in one device call's limit
     assert "python3" in plan["PLAN_PYTHON"]  # the device image's interpreter, overridable with PYTHON=
+
+    # the script's own gate: a section's timeout raised past the budget makes --plan refuse
+    (tmp_path / "bench").mkdir()
+    over = text.replace(f"[fused]={limits['fused']}", f"[fused]={budget}")
+    assert over != text
+    (tmp_path / "bench" / "device_check.sh").write_text(over)
+    p = subprocess.run(["bash", str(tmp_path / "bench" / "device_check.sh"), "--plan"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode != 0 and "over budget" in p.stdout
 
 
 def test_device_check_prepare_copies_the_rmd17_files_the_benchmarks_read(tmp_path, rmd17_root):
