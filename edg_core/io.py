@@ -128,6 +128,20 @@ def remove_stale_temps(folder: str | os.PathLike, recursive: bool = True) -> lis
     return removed
 
 
+def text_lines(path: str | os.PathLike) -> list[str | None]:
+    """A text file's lines (``\n`` or ``\r\n`` line ends), each decoded on its own: a line that is not UTF-8
+    is None, so that a reader fails the one record it belongs to, not the file (XYZ frames, SMILES lines)."""
+    out: list[str | None] = []
+    for raw in Path(path).read_bytes().split(b"\n"):
+        try:
+            out.append(raw.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError:
+            out.append(None)
+    if out and out[-1] == "":
+        out.pop()
+    return out
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -39,6 +39,30 @@ def test_xyz_tolerant_numbers_and_bad_frames(tmp_path):
     assert isinstance(recs[2], InvalidRecord) and "truncated" in str(recs[2])
 
 
+def test_text_lines_is_the_one_line_decoder_of_xyz_and_smiles_files(tmp_path):
+    """``io.text_lines`` decodes each line on its own (``\n`` or ``\r\n`` ends; a non-UTF-8 line is None), and
+    both the XYZ and the SMILES reader count lines through it: the bad line fails its own record only."""
+    from edg_core.io import text_lines
+    p = tmp_path / "t.txt"
+    p.write_bytes(b"a\r\nb\xff\xfe c\n\nd")
+    assert text_lines(p) == ["a", None, "", "d"]
+    p.write_bytes(b"a\n")
+    assert text_lines(p) == ["a"]
+    p.write_bytes(b"")
+    assert text_lines(p) == []
+    smi = tmp_path / "m.smi"
+    smi.write_bytes(b"O water\r\nC\xff\xfe broken\r\nC methane\r\n")
+    recs = list(open_source(str(smi)))
+    assert [r.id for r in recs if not isinstance(r, InvalidRecord)] == ["water", "methane"]
+    [bad] = [r for r in recs if isinstance(r, InvalidRecord)]
+    assert bad.record == "m:1" and bad.problem == "m.smi, line 2: not UTF-8 text"
+    xyz = tmp_path / "a.xyz"
+    xyz.write_bytes(b"2\r\nid=a\r\nH 0 0 0\r\nH 0 0 0.74\r\n2\r\nid=b \xff\r\nH 0 0 0\r\nH 0 0 0.74\r\n")
+    recs = list(read_xyz(xyz))
+    assert recs[0].id == "a" and isinstance(recs[1], InvalidRecord) and "line 6" in recs[1].problem
+    assert "not UTF-8" in recs[1].problem
+
+
 def test_missing_file_is_clear():
     with pytest.raises(DataSourceError, match="no such file"):
         open_source("/nonexistent/molecules.xyz")

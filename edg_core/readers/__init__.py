@@ -30,8 +30,9 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from ..errors import DataSourceError, InvalidRecord
+from ..io import text_lines
 from ..molecule import Molecule
-from .rdkit_io import read_sdf, read_smiles, smiles_file_lines, smiles_to_molecule
+from .rdkit_io import read_sdf, read_smiles, smiles_to_molecule
 from .rmd17 import MOLECULES as RMD17_MOLECULES
 from .rmd17 import load_rmd17
 from .xyz import read_xyz
@@ -191,5 +192,5 @@ def _file_source(spec: str, path: Path, opts: dict) -> Source:
     if suffix in (".sdf", ".mol", ".sd"):
         return Source(spec, lambda: read_sdf(path))
     if suffix in (".smi", ".smiles", ".txt"):
-        return Source(spec, lambda: read_smiles(smiles_file_lines(path), path.stem, path.name))
+        return Source(spec, lambda: read_smiles(text_lines(path), path.stem, path.name))
     raise DataSourceError(f"{path}: unknown file type {suffix!r}; use .xyz/.extxyz, .sdf/.mol or .smi")

@@ -103,7 +103,8 @@ def smiles_to_molecule(smiles: str, rec_id: str | None = None, seed: int = 42) -
 def read_smiles(lines: Iterable[str | None], source: str = "smiles",
                 name: str | None = None) -> Iterator[Molecule | InvalidRecord]:
     """Each non-empty line ``SMILES [id]`` -> a conformer (default id ``<source>:<line index>``); failures (and
-    lines that are None: not UTF-8) are yielded as ``InvalidRecord`` naming ``name`` (the file) and the line."""
+    lines that are None: not UTF-8, as ``io.text_lines`` gives them) are yielded as ``InvalidRecord`` naming
+    ``name`` (the file) and the line."""
     name = name or source
     for i, line in enumerate(lines):
         if line is None:
@@ -117,14 +118,3 @@ def read_smiles(lines: Iterable[str | None], source: str = "smiles",
             yield smiles_to_molecule(parts[0], rec_id)
         except InvalidRecord as e:
             yield InvalidRecord(e.record, f"{name}, line {i + 1}: {e.problem}")
-
-
-def smiles_file_lines(path: str | Path) -> list[str | None]:
-    """The lines of a SMILES file; a line that is not UTF-8 is None (``read_smiles`` reports it)."""
-    out: list[str | None] = []
-    for raw in Path(path).read_bytes().splitlines():
-        try:
-            out.append(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            out.append(None)
-    return out

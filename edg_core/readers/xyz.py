@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataSourceError, InvalidRecord
+from ..io import text_lines
 from ..molecule import Molecule
 from ..units import symbol_to_z
 
@@ -58,19 +59,6 @@ class _Bad(Exception):
 
     def __init__(self, line: int, reason: str):
         self.line, self.reason = line, reason
-
-
-def _read_lines(path: Path) -> list[str | None]:
-    """The file's lines; a line that is not UTF-8 is None (it fails the frame it belongs to, not the file)."""
-    out: list[str | None] = []
-    for raw in path.read_bytes().split(b"\n"):
-        try:
-            out.append(raw.decode("utf-8").rstrip("\r"))
-        except UnicodeDecodeError:
-            out.append(None)
-    if out and out[-1] == "":
-        out.pop()
-    return out
 
 
 def _is_count(line: str | None) -> bool:
@@ -183,7 +171,7 @@ def read_xyz(path: str | Path) -> Iterator[Molecule | InvalidRecord]:
     path = Path(path)
     if not path.exists():
         raise DataSourceError(f"XYZ file {path} does not exist")
-    lines = _read_lines(path)
+    lines = text_lines(path)  # a line that is not UTF-8 is None: it fails its frame, not the file
     i, frame = 0, 0
     while i < len(lines):
         if lines[i] is not None and not lines[i].strip():
