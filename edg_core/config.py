@@ -22,6 +22,15 @@ class ConfigError(EDGError, ValueError):
     pass
 
 
+def unknown_name(what: str, name: str, known) -> ConfigError:
+    """The error for a name that is none of ``known``, with the nearest one as a hint:
+    ``unknown <what> 'x' (did you mean 'y'?); known: a, b, ...``."""
+    import difflib
+    near = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return ConfigError(f"unknown {what} {name!r}{hint}; known: {', '.join(known)}")
+
+
 def _field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

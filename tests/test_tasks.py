@@ -2,6 +2,8 @@
 the rMD17 loss formula, vectorised batching, and a tiny training run that lowers the validation error."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -148,6 +150,27 @@ def test_tiny_training_run_lowers_validation_error():
     assert set(res.test_errors) == {"energy_mae", "force_mae", "weighted_mae", "weighted_mse"}
     assert res.test_errors["energy_mae"].shape == (16,)
 
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"energy_scale": "max"}, "task rmd17:ethanol: energy_scale 'max': use one of energy_std, force_rms"),
+    ({"select_metric": "mae"}, "task rmd17:ethanol: select_metric 'mae': use one of energy_mae, force_mae"),
+])
+def test_rmd17_options_are_checked_by_the_config_before_any_data(option, message):
+    """A bad select_metric or energy_scale fails DistillConfig.validate() and build_task before the data is
+    looked for (the root does not exist), as a ConfigError naming the task and the key."""
+    from edg_core.config import ConfigError
+    from train.distill import DistillConfig
+    from train.tasks import RMD17Config
+    opts = {"root": "/nonexistent/rmd17", **option}
+    for call in (lambda: DistillConfig(student="schnet", dataset="rmd17:ethanol", task=opts).validate(),
+                 lambda: build_task("rmd17:ethanol", **opts)):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            call()
+    with pytest.raises(ValueError, match=next(iter(option))):
+        RMD17Config(molecule="ethanol", **option)
+    with pytest.raises(ConfigError, match=re.escape("unknown rMD17 molecule 'asprin' (did you mean 'aspirin'?)")):
+        build_task("rmd17:asprin", root="/nonexistent/rmd17")
 
 def test_rmd17_mse_loss_energy_grad_scale_force_rms_and_weighted_mse():
     task = build_task("rmd17:ethanol", root=ROOT, train_size=8, valid_size=2, test_size=2,

@@ -6,7 +6,7 @@ Overrides are fields of the student's config dataclass (defaults reproduce the p
 """
 from __future__ import annotations
 
-from edg_core.config import ConfigError, from_dict
+from edg_core.config import from_dict, unknown_name
 
 from .base import Student, energy_and_forces, pool
 from .dimenetpp import DimeNetPPConfig, DimeNetPPStudent
@@ -34,10 +34,7 @@ __all__ = ["STUDENTS", "Student", "build_student", "config_for", "energy_and_for
 def config_for(name: str, **overrides):
     """The config dataclass of student ``name`` with ``overrides`` applied (unknown keys are an error)."""
     if name not in STUDENTS:
-        import difflib
-        near = difflib.get_close_matches(name, list(STUDENTS), n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"unknown student {name!r}{hint}; known: {', '.join(STUDENTS)}")
+        raise unknown_name("student", name, STUDENTS)
     return from_dict(STUDENTS[name][1], overrides, where=f"student {name}")
 
 

@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from edg_core.config import ConfigError, from_dict
+from edg_core.config import ConfigError, from_dict, unknown_name
 from edg_core.errors import DataSourceError
 
 from .base import Prediction, Task
@@ -32,34 +32,22 @@ def parse_dataset(spec: str) -> tuple[str, dict]:
     return name, opts
 
 
-def _unknown(what: str, name: str, known) -> ConfigError:
-    import difflib
-    near = difflib.get_close_matches(name, list(known), n=1)
-    hint = f" (did you mean {near[0]!r}?)" if near else ""
-    return ConfigError(f"unknown {what} {name!r}{hint}; known: {', '.join(known)}")
-
-
 def validate_dataset(dataset: str, **overrides) -> None:
     """Check a dataset spec and its task options without loading the data: the kind, the rMD17 molecule or
     QM9 target, the option names, and (rMD17) that the files are where the root says. Raises ``ConfigError``
     or ``DataSourceError`` with the valid names / the advice that fixes it."""
     from edg_core.readers import rmd17_root
     from edg_core.readers.qm9 import TARGETS
-    from edg_core.readers.rmd17 import MOLECULES, check_available
+    from edg_core.readers.rmd17 import check_available
     name, opts = parse_dataset(dataset)
     overrides = {**opts, **overrides}
     kind, _, what = name.partition(":")
     if kind == "rmd17" and what:
-        if what not in MOLECULES:
-            raise _unknown("rMD17 molecule", what, MOLECULES)
-        cfg = from_dict(RMD17Config, {"molecule": what, **overrides}, where=f"task {name}")
-        if cfg.select_metric not in RMD17Task.units:
-            raise ConfigError(f"task {name}: select_metric {cfg.select_metric!r}; use one of "
-                              f"{', '.join(sorted(RMD17Task.units))}")
+        cfg = from_dict(RMD17Config, {"molecule": what, **overrides}, where=f"task {name}")  # checks the values
         check_available(rmd17_root(cfg.root), what, cfg.split_id)
     elif kind == "qm9" and what:
         if what not in TARGETS:
-            raise _unknown("QM9 target", what, TARGETS)
+            raise unknown_name("QM9 target", what, TARGETS)
         from_dict(QM9Config, {"target": what, **overrides}, where=f"task {name}")
     else:
         raise ConfigError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASET_KINDS)} "

@@ -20,11 +20,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from edg_core.config import unknown_name
 from edg_core.readers import load_rmd17, rmd17_root
 from edg_core.readers.rmd17 import MOLECULES
 
 from .base import Prediction, loss_fn
 from .packed import Batch, PackedMolecules
+
+UNITS = {"energy_mae": "kcal/mol", "force_mae": "kcal/mol/Å", "weighted_mae": "kcal/mol(/Å)",
+         "weighted_mse": "(kcal/mol(/Å))^2"}
+"""The validation metrics (any is a ``select_metric``) and their units."""
+ENERGY_SCALES = ("energy_std", "force_rms")
 
 
 @dataclass
@@ -42,6 +48,16 @@ class RMD17Config:
     energy_scale: str = "energy_std"     # energy_std or force_rms (see the module docstring)
     energy_grad_scale: float = 1.0       # gradient factor of the energy loss term (ViSNet's loss_scale_y)
 
+    def __post_init__(self):
+        """The names are checked here, before any data loads (``from_dict`` puts the task before a
+        ``ValueError``'s message: ``task rmd17:aspirin: energy_scale 'max': ...``)."""
+        if self.molecule not in MOLECULES:
+            raise unknown_name("rMD17 molecule", self.molecule, MOLECULES)
+        if self.select_metric not in UNITS:
+            raise ValueError(f"select_metric {self.select_metric!r}: use one of {', '.join(sorted(UNITS))}")
+        if self.energy_scale not in ENERGY_SCALES:
+            raise ValueError(f"energy_scale {self.energy_scale!r}: use one of {', '.join(ENERGY_SCALES)}")
+
 
 def _pack(frames, limit: int | None, energy_mean: float) -> PackedMolecules:
     if limit is not None:
@@ -56,15 +72,10 @@ class RMD17Task:
     """Energies (kcal/mol) and forces (kcal/mol/Å) of one rMD17 molecule."""
     out_dim = 1
     needs_forces = True
-    units = {"energy_mae": "kcal/mol", "force_mae": "kcal/mol/Å", "weighted_mae": "kcal/mol(/Å)",
-             "weighted_mse": "(kcal/mol(/Å))^2"}
+    units = UNITS
 
     def __init__(self, cfg: RMD17Config):
-        if cfg.molecule not in MOLECULES:
-            raise ValueError(f"unknown rMD17 molecule {cfg.molecule!r}; known: {', '.join(MOLECULES)}")
-        if cfg.select_metric not in self.units:
-            raise ValueError(f"rMD17 select_metric {cfg.select_metric!r}: use one of {sorted(self.units)}")
-        self.cfg = cfg
+        self.cfg = cfg  # names checked by RMD17Config
         self.name = f"rmd17:{cfg.molecule}"
         self.select_metric = cfg.select_metric
         splits = load_rmd17(rmd17_root(cfg.root), cfg.molecule, cfg.split_id)
@@ -73,8 +84,6 @@ class RMD17Task:
         self.energy_std = float(e.std(ddof=1)) if len(e) > 1 else 1.0
         f = splits["train"].forces[:cfg.train_size]  # (M, N, 3) kcal/mol/Å
         self.force_rms = float(np.sqrt((f.astype(np.float64) ** 2).mean(axis=(1, 2))).mean())
-        if cfg.energy_scale not in ("energy_std", "force_rms"):
-            raise ValueError(f"rMD17 energy_scale {cfg.energy_scale!r}: use energy_std or force_rms")
         self.scale = self.energy_std if cfg.energy_scale == "energy_std" else self.force_rms
         # energies are stored relative to the training mean so that float32 keeps their precision
         self.train = _pack(splits["train"], cfg.train_size, self.energy_mean)
