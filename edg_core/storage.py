@@ -33,9 +33,8 @@ from pathlib import Path
 
 from .errors import StorageError
 
-__all__ = ["is_remote", "check_location", "local_path_for", "url_to_fs", "join", "exists", "size", "open_read",
-           "read_bytes", "list_files",
-           "upload", "download", "Mirror", "cache_root", "staging_dir"]
+__all__ = ["is_remote", "plain_path", "check_location", "local_path_for", "url_to_fs", "join", "exists", "size",
+           "open_read", "read_bytes", "list_files", "upload", "download", "Mirror", "cache_root", "staging_dir"]
 
 
 def is_remote(path) -> bool:
@@ -44,7 +43,7 @@ def is_remote(path) -> bool:
     return "://" in s and not s.startswith("file://")
 
 
-def _plain(path):
+def plain_path(path):
     """``file:///abs/path`` -> ``/abs/path``; anything else unchanged."""
     s = str(path)
     return s[len("file://"):] if s.startswith("file://") else path
@@ -61,11 +60,9 @@ def check_location(loc, persistent: bool = False):
     there unless ``$EDG_ALLOW_MEMORY_OUT=1`` (in-process tests). Raises ``StorageError``."""
     if loc is None:
         return loc
+    if not is_remote(loc):
+        return plain_path(loc)
     s = str(loc)
-    if s.startswith("file://"):
-        return s[len("file://"):]
-    if not is_remote(s):
-        return loc
     url_to_fs(s)  # unknown protocol / missing package: a clear StorageError
     if persistent and s.split("://", 1)[0] == "memory" and os.environ.get(ALLOW_MEMORY_ENV) != "1":
         raise StorageError(f"{s}: memory:// lives only as long as this process, so its output would be lost "
@@ -122,21 +119,21 @@ def join(base, *parts: str):
     """``base/part/...``: a ``Path`` for a local base, a URL string for a remote one."""
     if is_remote(base):
         return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
-    return Path(_plain(base)).joinpath(*parts)
+    return Path(plain_path(base)).joinpath(*parts)
 
 
 def exists(path) -> bool:
     if is_remote(path):
         fs, p = url_to_fs(path)
         return fs.exists(p)
-    return Path(_plain(path)).exists()
+    return Path(plain_path(path)).exists()
 
 
 def size(path) -> int:
     if is_remote(path):
         fs, p = url_to_fs(path)
         return int(fs.size(p))
-    return Path(_plain(path)).stat().st_size
+    return Path(plain_path(path)).stat().st_size
 
 
 def open_read(path):
@@ -144,7 +141,7 @@ def open_read(path):
     if is_remote(path):
         fs, p = url_to_fs(path)
         return fs.open(p, "rb")
-    return open(_plain(path), "rb")
+    return open(plain_path(path), "rb")
 
 
 def read_bytes(path) -> bytes:
@@ -160,7 +157,7 @@ def list_files(folder, pattern: str = "*") -> list[str]:
         if not fs.exists(root):
             return []
         return sorted(unstrip(str(folder), p) for p in fs.glob(f"{root.rstrip('/')}/{pattern}"))
-    folder = Path(_plain(folder))
+    folder = Path(plain_path(folder))
     return sorted(str(p) for p in folder.glob(pattern)) if folder.is_dir() else []
 
 
@@ -233,7 +230,7 @@ class Mirror:
         self.exclude = tuple(exclude)
         self.temporary = temporary and self.remote is not None and local is None
         if self.remote is None:
-            self.local = Path(_plain(url))
+            self.local = Path(plain_path(url))
         elif local is not None:
             self.local = Path(local)
         else:

@@ -173,3 +173,25 @@ def test_a_folder_is_excluded_whole_only_when_every_path_below_it_matches(tmp_pa
     # some file below is kept
     below = [f"{folder}/{x}" for x in ("a", "a.npz", "x/y.tar", "cache/z", ".hidden", "fields/q")]
     assert all(fnmatch.fnmatch(p, pattern) for p in below) is whole
+
+
+def test_file_urls_are_plain_paths_everywhere(tmp_path, monkeypatch):
+    """``storage.plain_path`` is the one place ``file://`` is stripped: check_location and open_source give
+    the same plain path it does (a source spec ``file:///abs/a.xyz?limit=1`` reads the file)."""
+    from edg_core import storage
+    from edg_core.readers import open_source
+    from edg_core.storage import check_location, plain_path
+    assert plain_path(f"file://{tmp_path}/a") == f"{tmp_path}/a" and plain_path(tmp_path) is tmp_path
+    assert plain_path("s3://b/k") == "s3://b/k"
+    assert check_location(f"file://{tmp_path}/out") == f"{tmp_path}/out" and check_location(tmp_path) is tmp_path
+    (tmp_path / "a.xyz").write_text("2\nid=a\nH 0 0 0\nH 0 0 0.74\n2\nid=b\nH 0 0 0\nH 0 0 0.8\n")
+    assert [m.id for m in open_source(f"file://{tmp_path}/a.xyz?limit=1")] == ["a"]
+    calls = []
+    real = storage.plain_path
+    monkeypatch.setattr(storage, "plain_path", lambda p: calls.append(str(p)) or real(p))
+    check_location(f"file://{tmp_path}/out")
+    assert calls == [f"file://{tmp_path}/out"]  # check_location strips through plain_path
+    import edg_core.readers as readers
+    monkeypatch.setattr(readers, "plain_path", storage.plain_path)
+    open_source(f"file://{tmp_path}/a.xyz")
+    assert calls[-1] == f"file://{tmp_path}/a.xyz"  # and so does open_source

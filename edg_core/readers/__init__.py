@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl
 from ..errors import DataSourceError, InvalidRecord
 from ..io import text_lines
 from ..molecule import Molecule
+from ..storage import plain_path
 from .rdkit_io import read_sdf, read_smiles, smiles_to_molecule
 from .rmd17 import MOLECULES as RMD17_MOLECULES
 from .rmd17 import load_rmd17
@@ -134,8 +135,7 @@ def _parse_options(spec: str, query: str, kind: str) -> dict:
 def open_source(spec: str) -> Source:
     """Parse a source spec (see the module docstring) into a ``Source``."""
     base, _, query = spec.partition("?")
-    if base.startswith("file://"):
-        base = base[len("file://"):]
+    base = plain_path(base)
     kind, _, rest = base.partition(":")
     opts = _parse_options(spec, query, kind if kind in OPTIONS and kind != "file" else "file")
     limit = opts.pop("limit", None)
