@@ -189,6 +189,28 @@ def test_rmd17_errors(tmp_path, rmd17_root):
     assert [m.labels["split"] for m in src] == ["test"] * 3
 
 
+def test_rmd17_check_available_agrees_with_load(tmp_path):
+    """check_available and load_rmd17 look the split files up the same way (``_split_files``): the pre-split
+    layout wins as soon as its train file exists, so a train file without its test file is an error for both
+    even where a complete archive layout sits beside it (check_available used to accept that layout)."""
+    from edg_core.readers.rmd17 import check_available
+    for f in ("npz_data/rmd17_ethanol.npz", "splits/index_train_01.csv", "splits/index_test_01.csv",
+              "rmd17_ethanol_train_01.npz"):
+        (tmp_path / f).parent.mkdir(exist_ok=True)
+        (tmp_path / f).write_bytes(b"")  # existence is all the lookup needs
+    for look in (check_available, load_rmd17):
+        with pytest.raises(DataSourceError, match="found rmd17_ethanol_train_01.npz but not rmd17_ethanol_test_01"):
+            look(tmp_path, "ethanol")
+    (tmp_path / "rmd17_ethanol_train_01.npz").unlink()
+    (tmp_path / "splits" / "index_test_01.csv").unlink()
+    for look in (check_available, load_rmd17):
+        with pytest.raises(DataSourceError, match="split file .*index_test_01.csv does not exist"):
+            look(tmp_path, "ethanol")
+    for look in (check_available, load_rmd17):
+        with pytest.raises(DataSourceError, match="no rMD17 data for 'aspirin' split 02 .*official archive layout"):
+            look(tmp_path, "aspirin", 2)
+
+
 def test_rmd17_embedded_root():
     s = load_rmd17("embedded", "ethanol")
     assert {k: len(v) for k, v in s.items()} == {"train": 16, "valid": 4, "test": 4}

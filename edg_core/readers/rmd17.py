@@ -119,6 +119,30 @@ def _layout_root(root: Path) -> Path:
     return root
 
 
+def _split_files(root: Path, molecule: str, split_id: int) -> tuple[str, tuple[Path, ...]]:
+    """Which layout ``load_rmd17`` reads for ``molecule`` split ``split_id`` under ``root`` (an existing folder)
+    and its files: ``("presplit", (train.npz, test.npz))`` as soon as the pre-split train file exists, else
+    ``("archive", (npz_data/rmd17_<mol>.npz, splits/index_train_0k.csv, splits/index_test_0k.csv))``. Raises
+    ``DataSourceError`` saying what is missing and where; reads no array."""
+    base, sid = _layout_root(root), f"{int(split_id):02d}"
+    train, test = (base / f"rmd17_{molecule}_{s}_{sid}.npz" for s in ("train", "test"))
+    if train.exists():
+        if not test.exists():
+            raise DataSourceError(f"{base}: found {train.name} but not {test.name}")
+        return "presplit", (train, test)
+    archive = base / "npz_data" / f"rmd17_{molecule}.npz"
+    if archive.exists():
+        csvs = tuple(base / "splits" / f"index_{s}_{sid}.csv" for s in ("train", "test"))
+        for f in csvs:
+            if not f.exists():
+                raise DataSourceError(f"rMD17 split file {f} does not exist")
+        return "archive", (archive, *csvs)
+    raise DataSourceError(f"no rMD17 data for {molecule!r} split {sid} under {root}: expected "
+                          f"{train.name} + {test.name} (pre-split layout) or "
+                          f"npz_data/rmd17_{molecule}.npz + splits/index_{{train,test}}_{sid}.csv "
+                          "(official archive layout; edg fetch rmd17 --out DIR)")
+
+
 def check_available(root: str | Path, molecule: str, split_id: int = 1) -> None:
     """Raise ``DataSourceError`` (saying what is missing and where) unless ``load_rmd17`` can find the files
     of ``molecule`` split ``split_id`` under ``root``; cheap (no array is read)."""
@@ -130,17 +154,7 @@ def check_available(root: str | Path, molecule: str, split_id: int = 1) -> None:
     root = Path(root)
     if not root.exists():
         raise DataSourceError(f"rMD17 path {root} does not exist")
-    base, sid = _layout_root(root), f"{int(split_id):02d}"
-    presplit = [base / f"rmd17_{molecule}_{s}_{sid}.npz" for s in ("train", "test")]
-    archive = [base / "npz_data" / f"rmd17_{molecule}.npz",
-               *(base / "splits" / f"index_{s}_{sid}.csv" for s in ("train", "test"))]
-    for files in (presplit, archive):
-        if all(f.exists() for f in files):
-            return
-    raise DataSourceError(f"no rMD17 data for {molecule!r} split {sid} under {root}: expected "
-                          f"{presplit[0].name} + {presplit[1].name} (pre-split layout) or "
-                          f"npz_data/rmd17_{molecule}.npz + splits/index_{{train,test}}_{sid}.csv "
-                          "(official archive layout; edg fetch rmd17 --out DIR)")
+    _split_files(root, molecule, split_id)
 
 
 def load_rmd17(root: str | Path, molecule: str, split_id: int = 1) -> dict[str, RMD17Frames]:
@@ -152,25 +166,14 @@ def load_rmd17(root: str | Path, molecule: str, split_id: int = 1) -> dict[str, 
     root = Path(root)
     if not root.exists():
         raise DataSourceError(f"rMD17 path {root} does not exist")
-    root = _layout_root(root)
-    sid = f"{int(split_id):02d}"
-    presplit_train = root / f"rmd17_{molecule}_train_{sid}.npz"
-    archive = root / "npz_data" / f"rmd17_{molecule}.npz"
-    if presplit_train.exists():
-        train = _load_npz(presplit_train, molecule)
-        test = _load_npz(root / f"rmd17_{molecule}_test_{sid}.npz", molecule) \
-            if (root / f"rmd17_{molecule}_test_{sid}.npz").exists() else None
-        if test is None:
-            raise DataSourceError(f"{root}: found {presplit_train.name} but not rmd17_{molecule}_test_{sid}.npz")
-    elif archive.exists():
-        tr_idx = _read_index_csv(root / "splits" / f"index_train_{sid}.csv")
-        te_idx = _read_index_csv(root / "splits" / f"index_test_{sid}.csv")
-        train = _load_npz(archive, molecule, tr_idx)
-        test = _load_npz(archive, molecule, te_idx)
+    layout, files = _split_files(root, molecule, split_id)
+    if layout == "presplit":
+        train, test = (_load_npz(f, molecule) for f in files)
     else:
-        raise DataSourceError(f"no rMD17 data for {molecule!r} split {sid} under {root}: expected "
-                              f"{presplit_train.name} (pre-split layout) or npz_data/rmd17_{molecule}.npz "
-                              f"+ splits/ (official archive layout)")
+        archive, tr_csv, te_csv = files
+        train = _load_npz(archive, molecule, _read_index_csv(tr_csv))
+        test = _load_npz(archive, molecule, _read_index_csv(te_csv))
+    root, sid = _layout_root(root), f"{int(split_id):02d}"
     if len(train) < N_TRAIN + N_VALID:
         raise DataSourceError(f"{root}: {molecule} split {sid} has {len(train)} training frames, "
                               f"need {N_TRAIN + N_VALID}")
