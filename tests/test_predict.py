@@ -167,3 +167,31 @@ def test_predict_qm9_property_model(tmp_path):
     assert load_student(run_dir).units == {"homo": "eV"}
     with pytest.raises(ModelError, match="not an energy"):
         EDGCalculator(run_dir)
+
+
+def test_load_student_reads_the_recorded_output_scale_and_recomputes_it_for_older_runs(run, tmp_path):
+    """The task records the scale of the student's output (``output_scale``); predict reads it, and for a run
+    written before it was recorded derives it from ``energy_scale`` as before."""
+    import json
+    import shutil
+
+    from train.predict import load_student
+    run_dir, record = run
+    info = record["task_info"]
+    by_kind = {"energy_std": info["energy_std_kcal_mol"], "force_rms": info["force_rms_kcal_mol_A"]}
+    assert info["output_scale"] == by_kind[info["energy_scale"]]  # force_rms: the paper's Geom3D setting
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    rec = json.loads((copy / "result.json").read_text())
+    assert load_student(copy).std == info["output_scale"]
+    rec["task_info"]["output_scale"] = 2.5  # what the task recorded wins
+    (copy / "result.json").write_text(json.dumps(rec))
+    assert load_student(copy).std == 2.5
+    del rec["task_info"]["output_scale"]  # an older run
+    for kind, scale in by_kind.items():
+        rec["task_info"]["energy_scale"] = kind
+        (copy / "result.json").write_text(json.dumps(rec))
+        assert load_student(copy).std == scale
+    del rec["task_info"]["energy_scale"]  # older still: energy_std
+    (copy / "result.json").write_text(json.dumps(rec))
+    assert load_student(copy).std == by_kind["energy_std"]

@@ -137,9 +137,10 @@ def load_student(path: str | Path, device: str = "cpu", dtype: torch.dtype = tor
         p.requires_grad_(False)
     dataset = rec["dataset"]
     if "energy_mean_kcal_mol" in info:
-        # the task scales the student's output by the training energy std or the training force RMS
-        scale_kind = info.get("energy_scale", "energy_std")
-        scale = info["energy_std_kcal_mol"] if scale_kind == "energy_std" else info["force_rms_kcal_mol_A"]
+        scale = info.get("output_scale")  # RMD17Task.scale, recorded by runs of this version on
+        if scale is None:  # an older run: the training energy std or the training force RMS, as the task chose
+            scale_kind = info.get("energy_scale", "energy_std")
+            scale = info["energy_std_kcal_mol"] if scale_kind == "energy_std" else info["force_rms_kcal_mol_A"]
         return TrainedStudent(model, student, dataset, "energy", float(info["energy_mean_kcal_mol"]), float(scale),
                               {"energy": "kcal/mol", "forces": "kcal/mol/Å"}, run, device=dev, dtype=dtype)
     if "target_mean" in info:

@@ -127,6 +127,7 @@ class RMD17Task:
                 "n_valid": len(self.valid), "n_test": len(self.test),
                 "energy_mean_kcal_mol": self.energy_mean, "energy_std_kcal_mol": self.energy_std,
                 "force_rms_kcal_mol_A": self.force_rms, "energy_scale": self.cfg.energy_scale,
+                "output_scale": self.scale,  # kcal/mol per unit of the student's output (edg predict)
                 "loss": f"{self.cfg.energy_weight} L(E) + {self.cfg.force_weight} L(F), L = L1 or MSE "
                         f"(energy gradient x {self.cfg.energy_grad_scale:g})",
                 "select_metric": self.select_metric, "units": self.units}
