@@ -2,6 +2,8 @@
 for a few seconds on the embedded rMD17 ethanol frames."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -72,7 +74,13 @@ def test_predict_keeps_going_past_bad_records_and_reports_bad_models(run, tmp_pa
     assert main(["predict", "--model", str(run_dir), "--input", str(src), "--out", str(out)]) == 0
     assert "1 invalid records" in capsys.readouterr().out
     assert [f.info["id"] for f in _read(out)] == ["ok"]
-    assert "is not a number" in (tmp_path / "p.extxyz.failures.jsonl").read_text()
+    lines = (tmp_path / "p.extxyz.failures.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and "is not a number" in lines[0]
+    from edg_core.stage import Failure
+    rec = json.loads(lines[0])
+    assert set(rec) == {"record", "key", "stage", "reason", "time"}  # the stages' failure manifest format
+    f = Failure.from_json(rec)
+    assert (f.record, f.key, f.stage) == ("in:0", "in:0", "read") and "in.xyz, frame 0" in f.reason
 
     assert main(["predict", "--model", str(tmp_path), "--input", TEST, "--out", str(tmp_path / "x.extxyz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -188,11 +188,13 @@ def write_extxyz(path: str | Path, molecules: list[Molecule], predictions: list[
 def predict_file(model: str | Path, source: str, out: str | Path, units: str = "eV", batch_size: int = 32,
                  device: str = "cpu") -> dict:
     """``edg predict``: predictions for every good record of ``source`` (a spec or xyz/extxyz/sdf file)
-    written to ``out``; bad records go to ``<out>.failures.jsonl``. Returns a summary (counts, units,
-    and the MAE against reference labels when the source is rMD17 data in kcal/mol)."""
+    written to ``out``; bad records go to ``<out>.failures.jsonl`` (``edg_core.stage.Failure`` lines, stage
+    ``read``, as the stages' failure manifests). Returns a summary (counts, units, and the MAE against
+    reference labels when the source is rMD17 data in kcal/mol)."""
     from edg_core.errors import InvalidRecord
     from edg_core.io import write_bytes_atomic
     from edg_core.readers import open_source
+    from edg_core.stage import Failure
     student = load_student(model, device=device)
     good, bad = [], []
     for rec in open_source(source):
@@ -204,8 +206,8 @@ def predict_file(model: str | Path, source: str, out: str | Path, units: str = "
     write_extxyz(out, good, preds, student, units)
     failures = Path(str(out) + ".failures.jsonl")
     if bad:
-        write_bytes_atomic(failures, "".join(json.dumps({"record": e.record, "problem": e.problem}) + "\n"
-                                             for e in bad).encode())
+        write_bytes_atomic(failures, "".join(json.dumps(Failure.invalid(e).to_json()) + "\n"
+                                             for e in bad).encode())  # the stages' failure manifest format
     summary = {"molecules": len(good), "invalid": len(bad), "out": str(out), "model": str(student.run_dir),
                "units": ({"energy": units, "forces": f"{units}/Å"} if student.kind == "energy" else student.units)}
     if student.kind == "energy" and source.startswith(("rmd17:", "embedded")) and \
