@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -288,3 +289,47 @@ def test_imageed_run_talks_and_writes_files_during_the_run(tmp_path, shards, cap
                in x for x in lines)
     prog = json.loads((tmp_path / "progress.json").read_text())
     assert prog["eta_s"] == 0 and math.isfinite(prog["last"]["train_loss"])
+
+
+def _csv_of(rows):
+    """metrics.csv as a full rewrite makes it: one column per key, in order of first use."""
+    import io
+    cols = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def test_metrics_csv_is_appended_and_rewritten_only_for_a_new_column(tmp_path, monkeypatch):
+    """Each epoch appends a line to metrics.csv; the file is rewritten only when a row brings a new key (and for
+    the first row of a process); its text is always what a full rewrite gives, header included."""
+    import train.progress as progress
+    from train.progress import TrainLog
+    rewrites = []
+    real = progress.write_bytes_atomic
+    monkeypatch.setattr(progress, "write_bytes_atomic",
+                        lambda path, data: (rewrites.append(Path(path).name), real(path, data))[1])
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "lr": 1e-3} for e in range(1, 9)]
+    rows[2].update(test_mae=0.5, extra={"a": [1, 2]})  # new columns mid-run (a dict is written as JSON)
+    rows[4].update(test_mae=0.25)
+    log = TrainLog(tmp_path, "x", 8, quiet=True)
+    rewrites.clear()
+    for k, r in enumerate(rows[:6]):
+        log.epoch(r, 0.1, k + 1)
+        assert (tmp_path / "metrics.csv").read_text() == _csv_of(rows[:k + 1])
+    assert rewrites.count("metrics.csv") == 2  # epoch 1 (first of this process) and epoch 3 (new columns)
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert header == "epoch,train_loss,lr,test_mae,extra"
+    # a resumed process after epoch 6 rewrites once, then appends
+    rewrites.clear()
+    log = TrainLog(tmp_path, "x", 8, start_epoch=6, quiet=True)
+    for k, r in enumerate(rows[6:], start=6):
+        log.epoch(r, 0.1, k + 1)
+    assert rewrites.count("metrics.csv") == 1
+    assert (tmp_path / "metrics.csv").read_text() == _csv_of(log.rows)  # earlier rows as metrics.jsonl holds them
+    assert [r["epoch"] for r in csv.DictReader((tmp_path / "metrics.csv").open())] == [str(e) for e in range(1, 9)]

@@ -5,10 +5,11 @@
 
 * ``estimate(seconds, steps_done, steps_per_epoch)``: at start-up, once a few steps are timed, one line with
   the estimated time per epoch and for the epochs left (so CPU-sized defaults announce their cost);
-* ``epoch(row, train_seconds, samples)``: after each epoch, appends ``row`` to ``metrics.jsonl``, rewrites
-  ``metrics.csv`` (one column per key ever seen) and ``progress.json`` (epoch k of N, last row, seconds per
-  epoch, ETA), and prints ``<name> epoch k/N  train loss ..  valid <metric> .. <unit>  lr ..  .. samples/s
-  .. s/epoch  ETA ..`` to stderr, TTY or not.
+* ``epoch(row, train_seconds, samples)``: after each epoch, appends ``row`` to ``metrics.jsonl`` and to
+  ``metrics.csv`` (one column per key ever seen: the file is rewritten only when a row brings a new key, and
+  once per process, so a 3000-epoch run does not rewrite it 3000 times), rewrites ``progress.json`` (epoch k
+  of N, last row, seconds per epoch, ETA), and prints ``<name> epoch k/N  train loss ..  valid <metric> ..
+  <unit>  lr ..  .. samples/s  .. s/epoch  ETA ..`` to stderr, TTY or not.
 
 A resumed run keeps the first ``start_epoch`` rows of ``metrics.jsonl`` (rows logged after the checkpoint it
 resumes from are trained again). Only the writer (rank 0) should build one with ``out_dir``; other ranks pass
@@ -63,6 +64,7 @@ class TrainLog:
         self.units, self.show, self.quiet = dict(units or {}), show, quiet
         self.stream = stream
         self.rows: list[dict] = []
+        self._csv_cols: list[str] | None = None  # metrics.csv's header as this process last wrote it
         self.seconds: list[float] = []  # wall seconds of each epoch run in this process
         self.t_start = time.perf_counter()
         if self.dir is not None:  # files are rewritten only when they change (a finished run stays untouched)
@@ -144,7 +146,7 @@ class TrainLog:
         self.rows.append(row)
         if self.dir is not None:
             append_jsonl(self.dir / "metrics.jsonl", row)
-            self._write_csv()
+            self._append_csv(row)
             self._write_progress(state="running" if epochs_done < self.epochs else "done", seconds=seconds,
                                  epochs_done=epochs_done)
         line = self.line(row, seconds, epochs_done)
@@ -166,16 +168,34 @@ class TrainLog:
         return "  ".join(parts)
 
     # ------------------------------------------------------------ files
+    @staticmethod
+    def _csv_text(cols: list[str], rows: list[dict], header: bool) -> str:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        if header:
+            w.writeheader()
+        for r in rows:
+            w.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()})
+        return buf.getvalue()
+
     def _write_csv(self) -> None:
+        """Rewrite ``metrics.csv`` from every row (atomically); its columns: every key, in order of first use."""
         cols: list[str] = []
         for r in self.rows:
             cols += [k for k in r if k not in cols]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        for r in self.rows:
-            w.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()})
-        write_bytes_atomic(self.dir / "metrics.csv", buf.getvalue().encode())
+        write_bytes_atomic(self.dir / "metrics.csv", self._csv_text(cols, self.rows, header=True).encode())
+        self._csv_cols = cols
+
+    def _append_csv(self, row: dict) -> None:
+        """Add ``row`` (already in ``self.rows``) to ``metrics.csv``: one appended line when its header has every
+        key of the row, else the whole file rewritten with the wider header. The first row of a process always
+        rewrites, so a file left by an earlier process (a torn last line, other columns) is made whole."""
+        path = self.dir / "metrics.csv"
+        if self._csv_cols is None or any(k not in self._csv_cols for k in row) or not path.exists():
+            self._write_csv()
+            return
+        with open(path, "a") as f:
+            f.write(self._csv_text(self._csv_cols, [row], header=False))
 
     def _write_progress(self, state: str, seconds: float | None = None, epochs_done: int | None = None) -> None:
         done = epochs_done if epochs_done is not None else self.start_epoch
