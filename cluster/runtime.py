@@ -17,16 +17,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 LOCALHOST = "127.0.0.1"
-
-
-@dataclass(frozen=True)
-class RaySession:
-    started_here: bool   # a local runtime this process started (and will shut down)
-    where: str           # "local runtime in <dir>" or the cluster address
 
 
 def in_ray_cluster_context() -> bool:
@@ -43,30 +36,38 @@ def use_ray(setting: bool | None) -> tuple[bool, str]:
     return False, "no Ray job and no $RAY_ADDRESS"
 
 
-def _loopback_only() -> None:
-    """Make a runtime started here listen on 127.0.0.1 only. Ray turns ``_node_ip_address="127.0.0.1"`` into the
-    machine's routable address unless clusters are switched off (its switch for laptops,
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read when ray is imported: set for the workers it spawns, and on
-    the already imported constant)."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Inside the block, a runtime started here listens on 127.0.0.1 only. Ray turns
+    ``_node_ip_address="127.0.0.1"`` into the machine's routable address unless clusters are switched off (its
+    switch for laptops, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read when ray is imported: set for the workers
+    it spawns, and on the already imported constant). Both are restored when the block ends."""
     from ray._private import ray_constants
+    saved_env, saved_flag = os.environ.get(LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_SWITCH] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(LOOPBACK_SWITCH, None)
+        else:
+            os.environ[LOOPBACK_SWITCH] = saved_env
 
 
-def connect(address: str | None = "auto", num_cpus: int | None = None, temp_dir: str | None = None) -> RaySession:
-    """Join the cluster at ``address`` or start a local runtime (see the module docstring)."""
+def _join(address: str) -> bool:
+    """Join the running cluster at ``address``; False when there is none."""
     import ray
-    if address not in (None, "local"):
-        try:
-            ray.init(address=address, log_to_driver=False)
-            return RaySession(False, f"Ray cluster at {address}")
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            log.info("no Ray cluster at %s (%s); starting a local runtime", address, e)
-    temp_dir = temp_dir or tempfile.mkdtemp(prefix="edgray")
-    _loopback_only()
-    ray.init(num_cpus=num_cpus, _temp_dir=temp_dir, include_dashboard=False, log_to_driver=False,
-             _node_ip_address=LOCALHOST)
-    return RaySession(True, f"local Ray runtime in {temp_dir}")
+    try:
+        ray.init(address=address, log_to_driver=False)
+        return True
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        log.info("no Ray cluster at %s (%s); starting a local runtime", address, e)
+        return False
 
 
 @contextlib.contextmanager
@@ -74,16 +75,22 @@ def ray_session(address: str | None = None, temp_dir: str | os.PathLike | None =
                 num_cpus: int | None = None) -> Iterator[dict]:
     """Yield ``ray.cluster_resources()`` inside a connected Ray runtime (see the module docstring)."""
     import ray
+    address = address or "auto"
     if ray.is_initialized():
         yield ray.cluster_resources()
         return
+    if address != "local" and _join(address):
+        log.info("Ray cluster at %s", address)
+        yield ray.cluster_resources()  # a cluster it joined is left running
+        return
     own_tmp = tempfile.mkdtemp(prefix="edgray") if temp_dir is None else None  # removed when the session ends
-    session = connect(address or "auto", num_cpus=num_cpus, temp_dir=str(temp_dir or own_tmp))
-    log.info("%s", session.where)
-    try:
-        yield ray.cluster_resources()
-    finally:
-        if session.started_here:
+    with loopback_only():
+        ray.init(num_cpus=num_cpus, _temp_dir=str(temp_dir or own_tmp), include_dashboard=False,
+                 log_to_driver=False, _node_ip_address=LOCALHOST)
+        log.info("local Ray runtime in %s", temp_dir or own_tmp)
+        try:
+            yield ray.cluster_resources()
+        finally:
             ray.shutdown()
-        if own_tmp is not None:
-            shutil.rmtree(own_tmp, ignore_errors=True)
+            if own_tmp is not None:
+                shutil.rmtree(own_tmp, ignore_errors=True)

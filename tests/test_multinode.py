@@ -34,18 +34,21 @@ def ray_cluster(monkeypatch):
     # Ray's temp root, where Cluster also writes its address file: not the machine-wide /tmp/ray, so that
     # other Ray users of this machine (address="auto") never find this cluster
     monkeypatch.setenv("RAY_TMPDIR", tmp)
-    c = Cluster(initialize_head=True, connect=False,
-                head_node_args={"num_cpus": 0, "include_dashboard": False, "temp_dir": f"{tmp}/ray"})
-    try:
-        for i in range(WORKER_NODES):
-            c.add_node(num_cpus=1, resources={f"node{i}": 1})
-        c.wait_for_nodes()
-        ray.init(address=c.address, log_to_driver=False)
-        yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
+    from cluster.runtime import loopback_only
+    with loopback_only():  # every node listens on 127.0.0.1, as EDG's own local runtime
+        c = Cluster(initialize_head=True, connect=False,
+                    head_node_args={"num_cpus": 0, "include_dashboard": False, "temp_dir": f"{tmp}/ray"})
+        try:
+            for i in range(WORKER_NODES):
+                c.add_node(num_cpus=1, resources={f"node{i}": 1})
+            c.wait_for_nodes()
+            ray.init(address=c.address, log_to_driver=False)
+            assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+            yield c
+        finally:
+            ray.shutdown()
+            c.shutdown()
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _actors(class_part: str) -> list[dict]:

@@ -38,15 +38,14 @@ def ray_head():
     ray = pytest.importorskip("ray")
     from ray import cloudpickle
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the test module
-    from cluster.runtime import connect
+    from cluster.runtime import ray_session
     tmp = tempfile.mkdtemp(prefix="edgray")  # short: Ray's socket paths must stay under 108 characters
-    session = connect("local", num_cpus=2, temp_dir=tmp)
-    assert session.started_here
-    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")  # a local runtime listens on loopback
     try:
-        yield ray
+        with ray_session("local", temp_dir=tmp, num_cpus=2):
+            assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")  # a local runtime: loopback
+            yield ray
+        assert not ray.is_initialized()  # the runtime it started is shut down
     finally:
-        ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -36,8 +36,11 @@ def ray_head():
     port, dash = _free_port(), _free_port()
     # Ray turns token authentication on by itself when ~/.ray/auth_token exists; this private head runs
     # without it (clients below say the same), so the test does not depend on the machine's home folder.
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    # and listens on 127.0.0.1 only (the loopback switch EDG's own runtime uses, cluster.runtime.loopback_only)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--node-ip-address=127.0.0.1",
                              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                              f"--temp-dir={tmp}", "--disable-usage-stats"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
