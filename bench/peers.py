@@ -67,12 +67,16 @@ def _ratio_line(what: str, ours_s: float, peer_s: float, unit_note: str) -> None
 
 # ---------------------------------------------------------------- DFT
 def plain_pyscf(mol, cfg, folder: Path) -> tuple[float, int]:
-    """A plain PySCF script: the same SCF, then ``cubegen`` ED and ESP cube files; returns E_tot (Hartree) and
-    the number of grid points (cubegen's box convention gives a few % fewer than ours)."""
+    """A plain PySCF script doing the same work as ``edg dft``: the same SCF, then ED and ESP on the same grid
+    points (our ``grid_for_positions`` box, given to cubegen's ``Cube`` as origin and extent), written as cube
+    files. Returns E_tot (Hartree) and the number of grid points."""
     from pyscf import dft, gto
+    from pyscf.dft import numint
     from pyscf.tools import cubegen
 
+    from dft.fields import default_chunk
     from dft.scf import auxbasis_for
+    from edg_core.grid import grid_for_positions
     basis = cfg.basis_for(mol.z)
     pmol = gto.M(atom=[(int(z), tuple(map(float, p))) for z, p in zip(mol.z, mol.pos)], unit="Angstrom",
                  basis=basis, cart=cfg.cartesian_for(basis), charge=mol.charge, spin=mol.multiplicity - 1,
@@ -82,19 +86,26 @@ def plain_pyscf(mol, cfg, folder: Path) -> tuple[float, int]:
     mf = mf.density_fit(auxbasis=auxbasis_for(cfg, basis))
     mf.kernel()
     dm = mf.make_rdm1()
-    cubegen.density(pmol, str(folder / "ed.cube"), dm, resolution=cfg.grid_spacing, margin=cfg.grid_padding)
-    # cubegen.mep refuses Cartesian orbitals (its fitting-basis trick needs spherical ones), so the ESP is the
-    # usual batched int1e_grids recipe written with cubegen's Cube
-    cube = cubegen.Cube(pmol, resolution=cfg.grid_spacing, margin=cfg.grid_padding)
+    g = grid_for_positions(mol.pos, cfg.grid_spacing, cfg.grid_padding)
+    shape = np.array(g.shape)
+    cube = cubegen.Cube(pmol, *g.shape, origin=np.array(g.origin), extent=np.array(g.spacing) * (shape - 1))
     coords = cube.get_coords()
+    rho = np.empty(len(coords))
+    for i in range(0, len(coords), 8000):  # cubegen.density's loop, on this box
+        rho[i:i + 8000] = numint.eval_rho(pmol, numint.eval_ao(pmol, coords[i:i + 8000]), dm)
+    cube.write(rho.reshape(*g.shape), str(folder / "ed.cube"), comment="ED")
+    # cubegen.mep refuses Cartesian orbitals (its fitting-basis trick needs spherical ones), so the ESP is the
+    # batched int1e_grids recipe: the same symmetric integrals and batch size as ours (dft.fields), so that the
+    # ratio measures what EDG adds around the same computation
     r_nuc, z = pmol.atom_coords(), pmol.atom_charges()
     esp = np.empty(len(coords))
-    chunk = max(16, cfg.max_memory_mb * 2**20 // 4 // (8 * pmol.nao_nr() ** 2))
+    chunk = default_chunk(pmol.nao_nr(), cfg.max_memory_mb)
     for i in range(0, len(coords), chunk):
         c = coords[i:i + chunk]
         nuc = (z / np.linalg.norm(c[:, None] - r_nuc[None], axis=-1)).sum(1)
-        esp[i:i + chunk] = nuc - np.einsum("gij,ij->g", pmol.intor("int1e_grids", grids=c), dm)
-    cube.write(esp.reshape(cube.nx, cube.ny, cube.nz), str(folder / "esp.cube"), comment="ESP")
+        esp[i:i + chunk] = nuc - np.einsum("gij,ij->g", pmol.intor("int1e_grids", grids=c, hermi=1), dm)
+    cube.write(esp.reshape(*g.shape), str(folder / "esp.cube"), comment="ESP")
+    assert np.allclose(coords, g.points()), "the peer's box is not ours"
     return float(mf.e_tot), len(coords)
 
 
@@ -145,7 +156,7 @@ def dft_peers(quick: bool) -> None:
     assert abs(r.energies["E6"] - energy["e"]) < 1e-6, (r.energies["E6"], energy["e"])  # the same calculation
     n_pts = grid_for_positions(mol.pos, cfg.grid_spacing, cfg.grid_padding).n_points
     print(f"peers dft {mol.id} {mol.formula} ({mol.n_atoms} atoms, {cfg.xc}/{cfg.basis}, {n_pts} grid points "
-          f"(cubegen's box: {energy['points']}), "
+          f"(the peer: {energy['points']}), "
           f"{lib.num_threads()} threads each; ours: scf {r.timings['scf_s']:.2f} s, ed {r.timings['ed_s']:.2f} s, "
           f"esp {r.timings['esp_s']:.2f} s; same E to 1e-6 Eh)", flush=True)
     _ratio_line("dft (DFTWorker vs plain PySCF + cubegen)", t_ours, t_peer, "molecule")
