@@ -62,10 +62,6 @@ def _coerce(value, t, where: str):
             except ConfigError:
                 continue
         raise bad()
-    if origin is typing.Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
     if _is_dataclass_type(t):
         if isinstance(value, t):
             return value
