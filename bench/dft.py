@@ -36,7 +36,7 @@ def _parse(argv):
 def embedded_qm9(n: int, what: str = "bench") -> list:
     """``n`` of the embedded QM9 molecules, spread evenly over the set (from CH4 to 6 heavy atoms); says so
     when ``n`` is more than the set holds and returns them all."""
-    from edg_core.readers import open_source
+    from edg.edg_core.readers import open_source
     every = list(open_source("embedded:qm9").molecules())
     if n > len(every):
         print(f"{what}: --n={n} is more than the {len(every)} embedded QM9 molecules; using all {len(every)}",
@@ -49,8 +49,8 @@ def embedded_qm9(n: int, what: str = "bench") -> list:
 def per_molecule(backend: str, mols, overrides: dict | None = None) -> dict:
     """Process ``mols`` on ``backend`` and print one line each plus the throughput of the finished ones.
     Returns ``{"done", "failed", "seconds"}``."""
-    from dft.config import DFTConfig
-    from dft.worker import DFTWorker
+    from edg.dft.config import DFTConfig
+    from edg.dft.worker import DFTWorker
     w = DFTWorker(DFTConfig(backend=backend, **(overrides or {})), out=None)
     if backend == "gpu":  # the first GPU call sets up kernels (about 14 s): keep it out of the timing
         st = w.process(mols[0])
@@ -82,11 +82,11 @@ def per_molecule(backend: str, mols, overrides: dict | None = None) -> dict:
 
 def band_study(mol, overrides: dict | None = None) -> None:
     """Full vs band ESP on the paper's grid for one molecule (CPU)."""
-    from dft import fields
-    from dft.config import DFTConfig
-    from dft.esp_band import esp_band_cpu
-    from dft.scf import run_scf
-    from edg_core.grid import grid_for_positions
+    from edg.dft import fields
+    from edg.dft.config import DFTConfig
+    from edg.dft.esp_band import esp_band_cpu
+    from edg.dft.scf import run_scf
+    from edg.edg_core.grid import grid_for_positions
     cfg = DFTConfig(backend="cpu", **(overrides or {}))
     out = run_scf(mol, cfg, "cpu")
     grid = grid_for_positions(mol.pos, cfg.grid_spacing, cfg.grid_padding)
@@ -110,8 +110,8 @@ def band_study(mol, overrides: dict | None = None) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from dft.backend import gpu_usable
-    from edg_core.readers import open_source
+    from edg.dft.backend import gpu_usable
+    from edg.edg_core.readers import open_source
     opts = _parse(argv)
     overrides = QUICK if opts["quick"] else None
     if opts["quick"]:

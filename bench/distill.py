@@ -16,10 +16,10 @@ import torch
 
 def measure(molecule: str = "aspirin", batch_size: int = 32, rounds: int = 5, steps: int = 4,
             student_args: dict | None = None, lambda_ed: float = 0.1, threads: int = 1) -> dict:
-    from train.distill import train_step
-    from train.edg import EDGHead, build_ed_predictor
-    from train.students import build_student
-    from train.tasks import build_task
+    from edg.train.distill import train_step
+    from edg.train.edg import EDGHead, build_ed_predictor
+    from edg.train.students import build_student
+    from edg.train.tasks import build_task
 
     torch.set_num_threads(threads)  # one thread: CPU time then measures the step's work, not spinning
     task = build_task(f"rmd17:{molecule}", train_size=batch_size * steps, valid_size=1, test_size=1)

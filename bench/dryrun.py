@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dft.worker import DFTWorker
-from edg_core.molecule import Molecule
+from edg.dft.worker import DFTWorker
+from edg.edg_core.molecule import Molecule
 
 SCALE = (1_000_000, 2_000_000)
 FAIL_EVERY = 100  # one molecule in 100 fails (a realistic failure manifest: SCF not converged)
@@ -41,8 +41,8 @@ class StandInWorker(DFTWorker):
     result (no SCF, no fields); every ``FAIL_EVERY``-th molecule (by key hash) raises, as an SCF failure would."""
 
     def compute(self, mol: Molecule):
-        from dft.result import DFTResult
-        from dft.worker import SCFNotConverged
+        from edg.dft.result import DFTResult
+        from edg.dft.worker import SCFNotConverged
         time.sleep(float(os.environ.get("EDG_DRYRUN_MS", "2")) / 1000)
         if int(hashlib.sha1(mol.id.encode()).hexdigest()[:8], 16) % FAIL_EVERY == 0:
             raise SCFNotConverged("stand-in failure (dry run)")
@@ -63,7 +63,7 @@ def synthetic(n: int, seed: int = 0):
 @contextmanager
 def stand_in():
     """``run_dft`` takes its worker class from ``dft.worker``: swap in the stand-in for the block."""
-    import dft.worker as w
+    import edg.dft.worker as w
     real = w.DFTWorker
     w.DFTWorker = StandInWorker
     try:
@@ -83,8 +83,8 @@ def _cpu_s() -> float:
 
 
 def _run(n: int, out, workers) -> dict:
-    from cluster.stages import run_dft
-    from dft.config import DFTConfig
+    from edg.cluster.stages import run_dft
+    from edg.dft.config import DFTConfig
     rss0, cpu0, t0 = _rss_mb(), _cpu_s(), time.perf_counter()
     with stand_in():
         s = run_dft(synthetic(n), out, DFTConfig(backend="cpu", fields=False), workers, total=n)
@@ -103,9 +103,9 @@ def _scale(per_item: float, unit: str, fmt: str = "{:.1f}") -> str:
 
 
 def in_process(n: int, ms: float, root: Path) -> None:
-    from cluster.stages import Workers
-    from dft.worker import done_keys, result_files
-    from edg_core.io import read_jsonl
+    from edg.cluster.stages import Workers
+    from edg.dft.worker import done_keys, result_files
+    from edg.edg_core.io import read_jsonl
     out = root / "dft"
     _run(min(300, n), root / "warm-up", Workers(actors=0))  # imports and first-call costs stay out of the slope
     r = _run(n, out, Workers(actors=0))
@@ -159,8 +159,8 @@ def _set_bytes(keys: set[str]) -> int:
 def remote_pull(n: int, root: Path, repeat: int = 5) -> None:
     """The object-store code path: results under a ``local://`` URL; how long a driver's Mirror.pull takes
     (a fresh temporary working copy each time, as a stage driver makes; the median of ``repeat`` pulls)."""
-    from cluster.stages import Workers
-    from edg_core.storage import Mirror
+    from edg.cluster.stages import Workers
+    from edg.edg_core.storage import Mirror
     url = f"local://{root / 'dft_url'}"
     r = _run(n, url, Workers(actors=0))
     print(f"dryrun local:// URL out: {n} molecules in {r['wall_s']:.1f} s = {1e3 * r['wall_s'] / n:.2f} ms/item "
@@ -183,7 +183,7 @@ def shard_scan(n: int, root: Path, image_kib: int = 132, repeat: int = 3) -> Non
     structure images, ``image_kib`` KiB, u8z), 1000 per shard: from the key indexes the writer leaves beside
     the shards, then with the indexes removed (shards of older runs: every tar header is read). Medians of
     ``repeat`` scans, page cache warm."""
-    from edg_core.shards import KEY_INDEX_SUFFIX, ShardWriter, encode_sample, shard_keys
+    from edg.edg_core.shards import KEY_INDEX_SUFFIX, ShardWriter, encode_sample, shard_keys
     out = root / "shards"
     rng = np.random.default_rng(0)
     blob = {"edimg.u8z": rng.integers(0, 255, image_kib * 1024, dtype=np.uint8).tobytes()}
@@ -223,8 +223,8 @@ def on_ray(n: int, actors: int) -> None:
     from ray import cloudpickle
 
     import bench.dryrun as me
-    from cluster.runtime import ray_session
-    from cluster.stages import Workers
+    from edg.cluster.runtime import ray_session
+    from edg.cluster.stages import Workers
     cloudpickle.register_pickle_by_value(me)  # the actors need not import the bench package
     tmp = Path(tempfile.mkdtemp(prefix="edgdry"))
     try:

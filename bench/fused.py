@@ -35,11 +35,11 @@ def run(mols, actors: int, gpus_per_actor: float, cpus_per_actor: float) -> dict
     """One end-to-end run into a temporary folder: counts, seconds, mol/s and the first failure reasons."""
     from pathlib import Path
 
-    from cluster.stages import Workers, run_fused
-    from dft.config import DFTConfig
-    from edg_core.io import read_jsonl
-    from edg_core.stage import Failure
-    from render.config import RenderConfig
+    from edg.cluster.stages import Workers, run_fused
+    from edg.dft.config import DFTConfig
+    from edg.edg_core.io import read_jsonl
+    from edg.edg_core.stage import Failure
+    from edg.render.config import RenderConfig
     with tempfile.TemporaryDirectory(prefix="edg-bench-fused-") as tmp:
         workers = Workers(actors=actors, cpus=cpus_per_actor, gpus=gpus_per_actor)
         t0 = time.perf_counter()
@@ -53,8 +53,8 @@ def run(mols, actors: int, gpus_per_actor: float, cpus_per_actor: float) -> dict
 def main(argv: list[str]) -> int:
     import torch
 
-    from dft.backend import gpu_usable
-    from edg_core.readers import open_source
+    from edg.dft.backend import gpu_usable
+    from edg.edg_core.readers import open_source
 
     from .dft import embedded_qm9
     opts = _parse(argv)
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
         gpa = opts["gpus_per_actor"] if opts["gpus_per_actor"] is not None else \
             (n_gpus / actors if gpu and actors else 0.0)
         if actors:
-            from cluster.runtime import ray_session
+            from edg.cluster.runtime import ray_session
             with ray_session("local"):
                 r = run(mols, actors, gpa, opts["cpus_per_actor"])
         else:

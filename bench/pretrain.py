@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from train.imageed import ImageED, imageed_preset
-from train.optim import adamw, sgd
-from train.teacher import TEACHER_PRESETS, Teacher, augment_structure_images, teacher_loss
+from edg.train.imageed import ImageED, imageed_preset
+from edg.train.optim import adamw, sgd
+from edg.train.teacher import TEACHER_PRESETS, Teacher, augment_structure_images, teacher_loss
 
 
 def _timed(step, steps: int, warmup: int, device) -> float:

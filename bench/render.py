@@ -30,9 +30,9 @@ def _parse(argv):
 def run(device: str, n: int, size: int, batch: int) -> None:
     import torch
 
-    from edg_core.readers import open_source
-    from render import RenderConfig, Renderer
-    from render.synthetic import promolecule_fields
+    from edg.edg_core.readers import open_source
+    from edg.render import RenderConfig, Renderer
+    from edg.render.synthetic import promolecule_fields
     mols = [m for m in open_source("embedded:qm9").molecules() if m.n_atoms >= 12][:n]
     while len(mols) < n:
         mols = mols + mols[: n - len(mols)]

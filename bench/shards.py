@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from edg_core.shards import IMAGE_ENCODINGS, decode_images_u8, encode_images, iter_shard, shard_paths
+from edg.edg_core.shards import IMAGE_ENCODINGS, decode_images_u8, encode_images, iter_shard, shard_paths
 
 
 def _synthetic(n: int, res: int = 224) -> list[tuple[np.ndarray, np.ndarray]]:

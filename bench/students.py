@@ -15,7 +15,7 @@ import torch
 
 def aspirin_batches(batch_size: int, n_batches: int, device: torch.device) -> list[tuple]:
     """(z, pos Å, batch, energy kcal/mol, forces kcal/mol/Å) for consecutive aspirin training frames."""
-    from edg_core.readers import load_rmd17, rmd17_root
+    from edg.edg_core.readers import load_rmd17, rmd17_root
     frames = load_rmd17(rmd17_root(), "aspirin", 1)["train"]
     n_atoms = len(frames.z)
     out = []
@@ -31,7 +31,7 @@ def aspirin_batches(batch_size: int, n_batches: int, device: torch.device) -> li
 
 
 def measure(name: str, batch_size: int = 32, steps: int = 5, warmup: int = 2, device: str | None = None) -> dict:
-    from train.students import build_student, energy_and_forces
+    from edg.train.students import build_student, energy_and_forces
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
     model = build_student(name).to(dev).train()

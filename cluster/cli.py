@@ -8,7 +8,7 @@ import logging
 import pkgutil
 import sys
 
-from edg_core.errors import EDGError
+from edg.edg_core.errors import EDGError
 
 DESCRIPTION = """\
 EDG: electron-density-enhanced molecular geometry learning.
@@ -24,20 +24,20 @@ any rmd17 spec (also --dataset rmd17:aspirin?root=DIR) or EDG_RMD17_ROOT=DIR; ?r
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import cluster.commands as commands
+    import edg.cluster.commands as commands
     parser = argparse.ArgumentParser(prog="edg", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        importlib.import_module(f"cluster.commands.{info.name}").register(sub)
+        importlib.import_module(f"edg.cluster.commands.{info.name}").register(sub)
     return parser
 
 
 def _check_locations(args) -> None:
     """Every command's ``--out`` must outlive the process (no ``memory://``); ``--out``, ``--shards`` and
     ``--fields`` may be ``file://`` URLs (local paths) and must name a known protocol (``edg_core.storage``)."""
-    from edg_core.storage import check_location
+    from edg.edg_core.storage import check_location
     for name, persistent in (("out", True), ("shards", False), ("fields", False)):
         value = getattr(args, name, None)
         if isinstance(value, str):

@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edg_core.errors import DiskFullError, InvalidRecord
-from edg_core.io import append_jsonl, progress, read_jsonl, write_bytes_atomic
-from edg_core.shards import SHARD_GLOBS, ShardWriter, shard_keys
-from edg_core.stage import BatchResult, Failure
-from edg_core.storage import Mirror
+from edg.edg_core.errors import DiskFullError, InvalidRecord
+from edg.edg_core.io import append_jsonl, progress, read_jsonl, write_bytes_atomic
+from edg.edg_core.shards import SHARD_GLOBS, ShardWriter, shard_keys
+from edg.edg_core.stage import BatchResult, Failure
+from edg.edg_core.storage import Mirror
 
 from .metrics import StageProgress
 
@@ -98,7 +98,7 @@ class _NpzWriter:
     def write(self, sample: dict) -> None:
         import json
 
-        from edg_core.shards import from_npy_bytes
+        from edg.edg_core.shards import from_npy_bytes
         names = sample.get("__outputs__", ())
         if not names:
             return  # a sample without outputs (no images) has no row
@@ -109,7 +109,7 @@ class _NpzWriter:
     def save(self, out) -> None:
         import numpy as np
 
-        from edg_core.io import atomic_path
+        from edg.edg_core.io import atomic_path
         with atomic_path(out) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, ids=np.array(self.ids), **{k: np.stack(v) for k, v in self.arrays.items()})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from edg_core.io import write_json_atomic
+from edg.edg_core.io import write_json_atomic
 
 
 class StageProgress:

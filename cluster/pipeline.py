@@ -23,13 +23,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dft.config import DFTConfig
-from edg_core.config import ConfigError, dump_yaml, from_dict, read_yaml, to_dict
-from edg_core.io import read_jsonl, write_json_atomic
-from edg_core.shards import SHARD_GLOBS
-from edg_core.storage import Mirror
-from render.config import RenderConfig
-from train.configs import FitConfig, ImageEDTrainConfig, TeacherTrainConfig
+from edg.dft.config import DFTConfig
+from edg.edg_core.config import ConfigError, dump_yaml, from_dict, read_yaml, to_dict
+from edg.edg_core.io import read_jsonl, write_json_atomic
+from edg.edg_core.shards import SHARD_GLOBS
+from edg.edg_core.storage import Mirror
+from edg.render.config import RenderConfig
+from edg.train.configs import FitConfig, ImageEDTrainConfig, TeacherTrainConfig
 
 from .stages import Workers, run_dft, run_extract, run_fused, run_render
 
@@ -119,7 +119,7 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
             data[k] = v
     where = str(path or "pipeline config")
     if isinstance(data.get("out"), str):
-        from edg_core.storage import check_location
+        from edg.edg_core.storage import check_location
         data["out"] = check_location(data["out"], persistent=True)  # memory:// would vanish with this process
     cfg = from_dict(PipelineConfig, data, where=where)
     if cfg.teacher.model.fu_dim != cfg.imageed.model.embed_dim:
@@ -134,7 +134,7 @@ def resolve_section(args, section: str):
     """The config of one stage for a stage command (``edg dft``, ``edg render``): its dataclass defaults <- the
     ``section`` of ``--config`` <- flags. ``--config`` means the same file for every command: a pipeline config,
     checked whole (every section typed) before any work starts."""
-    from edg_core.config import apply_args
+    from edg.edg_core.config import apply_args
     base = getattr(load_pipeline_config(args.config), section) if args.config else \
         PipelineConfig.__dataclass_fields__[section].default_factory()
     return apply_args(base, args)
@@ -192,7 +192,7 @@ class Pipeline:
 
     # ---------------------------------------------------------------- stages
     def dft(self) -> dict:
-        from edg_core.readers import open_source
+        from edg.edg_core.readers import open_source
         src = open_source(self.cfg.input)
         if self.cfg.fused:
             return run_fused(src, self.path("ed_shards"), self.path("dft"), self.cfg.dft, self.cfg.render,
@@ -203,7 +203,7 @@ class Pipeline:
         if self.cfg.fused:
             summary = {"fused": True}
         else:
-            from dft.worker import result_files  # nested fields/<pp>/<key>.npz, and flat (older runs)
+            from edg.dft.worker import result_files  # nested fields/<pp>/<key>.npz, and flat (older runs)
             paths = result_files(self.path("dft"))
             summary = run_render(paths, self.path("ed_shards"), self.cfg.render, self._workers("render"),
                                  total=len(paths), keep_fields=self.cfg.keep_fields,
@@ -213,7 +213,7 @@ class Pipeline:
 
     def contact_sheet(self, n: int = 4) -> Path:
         """``<out>/contact_sheet.png``: every ED view (RGB and depth) and structure view of the first molecules."""
-        from render.contact_sheet import contact_sheet, first_molecules
+        from edg.render.contact_sheet import contact_sheet, first_molecules
         rows = []
         for s in first_molecules(self.path("ed_shards"), n):  # smallest ids, natural order (qm9:2 < qm9:10)
             rows += [(f"{s['meta']['id']} ED", s["edimg"]), (f"{s['meta']['id']} structure", s["stimg"])]
@@ -226,7 +226,7 @@ class Pipeline:
             from .train_ray import train_on_ray
             return train_on_ray(stage, cfg, shards, out, self.store, num_workers=self.cfg.ray.train_workers,
                                 use_gpu=self.cfg.ray.use_gpu, max_failures=self.cfg.ray.max_failures)
-        from train.pretrain import train_imageed, train_teacher
+        from edg.train.pretrain import train_imageed, train_teacher
         train = train_imageed if stage == "imageed" else train_teacher
         return train(cfg, shards, out, device=self.cfg.device)
 
@@ -234,7 +234,7 @@ class Pipeline:
         return self._pretrain("imageed", self.cfg.imageed, self.path("ed_shards"), self.path("imageed"))
 
     def features(self) -> dict:
-        from train.imageed import load_imageed
+        from edg.train.imageed import load_imageed
         model = load_imageed(self.path("imageed") / "imageed.pt")
         return run_extract("imageed", model, self.path("ed_shards"), self.path("fu_shards"),
                            device=self.cfg.device).to_dict()
@@ -246,21 +246,21 @@ class Pipeline:
         """Structure images of every training conformation of every student data set (one shard folder)."""
         import itertools
 
-        from edg_core.readers import open_source
+        from edg.edg_core.readers import open_source
         sources = [open_source(spec) for spec in self.cfg.students.conformation_specs()]
         total = sum(len(s) for s in sources)
         return run_render(itertools.chain.from_iterable(sources), self.path("student_shards"), self.cfg.render,
                           self._workers("render"), total=total, ed=False, device=self.cfg.device).to_dict()
 
     def teacher_targets(self) -> dict:
-        from train.teacher import load_teacher
+        from edg.train.teacher import load_teacher
         teacher = load_teacher(self.path("teacher") / "teacher.pt")
         return run_extract("teacher", teacher, self.path("student_shards"), self.path("targets"),
                            batch_size=128, device=self.cfg.device).to_dict()
 
     def distill_configs(self) -> list:
-        from train.distill import DistillConfig
-        from train.edg import EDGConfig
+        from edg.train.distill import DistillConfig
+        from edg.train.edg import EDGConfig
 
         from .distill_runs import grid
         st = self.cfg.students
@@ -277,8 +277,8 @@ class Pipeline:
         return cfgs
 
     def distill(self) -> dict:
-        from train.distill import run_distill
-        from train.report import collect_results, write_report
+        from edg.train.distill import run_distill
+        from edg.train.report import collect_results, write_report
         cfgs = self.distill_configs()
         if self.use_ray:
             from .distill_runs import run_on_ray

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from edg_core.errors import DiskFullError, EDGError
+from edg.edg_core.errors import DiskFullError, EDGError
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 
-from edg_core.errors import InvalidRecord
-from edg_core.molecule import Molecule
-from edg_core.shards import encode_sample, sample_key
-from edg_core.stage import BatchResult, Failure
+from edg.edg_core.errors import InvalidRecord
+from edg.edg_core.molecule import Molecule
+from edg.edg_core.shards import encode_sample, sample_key
+from edg.edg_core.stage import BatchResult, Failure
 
 from .engine import NpzFile, ResultFiles, Shards, Stage, StageSummary, Workers, run_stage
 
@@ -50,7 +50,7 @@ def item_record(item) -> str:
 def run_dft(records: Iterable, out: str | Path, cfg, workers: Workers, total: int | None = None,
             retry_failed: bool = False) -> StageSummary:
     """DFT for every record not finished (or failed, unless ``retry_failed``) in ``out``."""
-    from dft.worker import DFTWorker, done_keys, remove_interrupted_writes
+    from edg.dft.worker import DFTWorker, done_keys, remove_interrupted_writes
     remove_interrupted_writes(out)
     stage = Stage("dft", DFTWorker, {"cfg": cfg, "out": str(out)},
                   ResultFiles(done_keys, bulky=("fields/*", "cubes/*")), key=item_key, record=item_record)
@@ -61,8 +61,8 @@ def run_dft(records: Iterable, out: str | Path, cfg, workers: Workers, total: in
 def molecule_and_fields(path: str | Path):
     """(molecule, Fields or None) from a DFT result file; the molecule carries the DFT labels E1..E6,
     ``dft_homo`` and ``dft_lumo`` (Hartree). Raises ``InvalidRecord`` for an unreadable file."""
-    from dft.result import load_result
-    from render.worker import Fields
+    from edg.dft.result import load_result
+    from edg.render.worker import Fields
     r = load_result(path)
     labels = dict(r.energies)
     labels.update(dft_homo=float(r.homo), dft_lumo=float(r.lumo))
@@ -77,7 +77,7 @@ class RenderActor:
 
     def __init__(self, cfg, device: str | None = None, structure: bool = True, ed: bool = True,
                  keep_fields: bool = False):
-        from render.worker import RenderWorker
+        from edg.render.worker import RenderWorker
         self.worker = RenderWorker(cfg, device=device, structure=structure, ed=ed, keep_fields=keep_fields)
 
     @staticmethod
@@ -125,8 +125,8 @@ class FusedActor:
     ``dft.fields`` off there are no grids to hand over: the sample has structure images only."""
 
     def __init__(self, dft_cfg, render_cfg, dft_out: str, keep_fields: bool = False, device: str | None = None):
-        from dft.worker import DFTWorker
-        from render.worker import RenderWorker
+        from edg.dft.worker import DFTWorker
+        from edg.render.worker import RenderWorker
         self.dft = DFTWorker(dft_cfg, dft_out, keep_on_gpu=True)
         self.keep_fields = keep_fields
         self.render = RenderWorker(render_cfg, device=device, keep_fields=keep_fields)
@@ -138,8 +138,8 @@ class FusedActor:
         return res
 
     def _one(self, mol: Molecule) -> BatchResult:
-        from dft.handoff import cupy_to_torch
-        from render.worker import Fields
+        from edg.dft.handoff import cupy_to_torch
+        from edg.render.worker import Fields
         status = self.dft.process(mol, write=False)
         if status["status"] != "done":
             return BatchResult(failures=[Failure.of(mol.id, "dft", status["reason"], status["key"])])
@@ -195,12 +195,12 @@ def run_extract(kind: str, model, shards, out: str | Path, workers: Workers | No
     ``train.teacher.TargetExtractor``). ``model``: the model or its checkpoint path (a path for Ray actors).
     ``out``: a shard folder or URL (every input sample copied with the new ``.npy`` members; resumable) or a
     path ending in ``.npz`` (``ids`` plus one array per output)."""
-    from edg_core.errors import EDGError
-    from train.data import raw_samples
+    from edg.edg_core.errors import EDGError
+    from edg.train.data import raw_samples
     if kind == "imageed":
-        from train.imageed import FeatureExtractor as worker
+        from edg.train.imageed import FeatureExtractor as worker
     elif kind == "teacher":
-        from train.teacher import TargetExtractor as worker
+        from edg.train.teacher import TargetExtractor as worker
     else:
         raise EDGError(f"extract: unknown model kind {kind!r}; use imageed or teacher")
     args = {"model": model, "device": device, "drop_images": drop_images}

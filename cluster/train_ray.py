@@ -28,8 +28,8 @@ def _train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from edg_core.config import from_dict
-    from train import pretrain
+    from edg.edg_core.config import from_dict
+    from edg.train import pretrain
 
     stage = config["stage"]
     cls = pretrain.ImageEDTrainConfig if stage == "imageed" else pretrain.TeacherTrainConfig
@@ -37,7 +37,7 @@ def _train_loop_per_worker(config: dict) -> None:
     train = pretrain.train_imageed if stage == "imageed" else pretrain.train_teacher
     device = ray.train.torch.get_device()
     if config.get("out_url"):
-        from edg_core.storage import Mirror
+        from edg.edg_core.storage import Mirror
         run = Mirror(config["out_url"], temporary=True)
         run.pull()  # the last checkpoint, after a restart
 
@@ -89,7 +89,7 @@ def run_pretraining(stage: str, cfg, shards, out_dir, *, num_workers: int = 1, u
     if stage not in STAGES:
         raise ValueError(f"unknown pretraining stage {stage!r}; use one of {STAGES}")
     out_dir = Path(out_dir).resolve()
-    from edg_core.storage import is_remote
+    from edg.edg_core.storage import is_remote
     def absolute(p) -> str:  # workers may start in another folder; patterns and URLs stay patterns and URLs
         return str(p) if is_remote(p) else os.path.abspath(p)
     shards = [absolute(p) for p in shards] if isinstance(shards, (list, tuple)) else absolute(shards)
@@ -111,7 +111,7 @@ def train_on_ray(stage: str, cfg, shards, out_dir, store=None, **kwargs) -> dict
     """``run_pretraining`` into ``out_dir`` and the last epoch's metrics (from rank 0's ``metrics.jsonl``, also
     when a resumed run had no epoch left to report). ``store``: the ``Mirror`` whose working copy holds
     ``out_dir``; when it mirrors a URL, the ranks work on the URL (``out_url``) and push ``out_dir`` there."""
-    from edg_core.io import read_jsonl
+    from edg.edg_core.io import read_jsonl
     remote = store is not None and store.remote is not None
     out_url = None
     if remote:

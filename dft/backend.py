@@ -30,7 +30,7 @@ def gpu_usable() -> bool:
 
 def resolve_backend(name: str) -> str:
     """``auto`` -> ``gpu`` when usable else ``cpu``; ``gpu`` without a usable GPU is an error."""
-    from edg_core.config import ConfigError
+    from edg.edg_core.config import ConfigError
     if name == "auto":
         return "gpu" if gpu_usable() else "cpu"
     if name == "gpu" and not gpu_usable():

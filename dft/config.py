@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edg_core.grid import DEFAULT_PADDING_BOHR, DEFAULT_SPACING_BOHR
+from edg.edg_core.grid import DEFAULT_PADDING_BOHR, DEFAULT_SPACING_BOHR
 
 BACKENDS = ("auto", "cpu", "gpu")
 ESP_MODES = ("full", "band")
@@ -61,7 +61,7 @@ class DFTConfig:
     verbose: int = field(default=0, metadata={"help": "PySCF verbosity"})
 
     def __post_init__(self):
-        from edg_core.config import ConfigError
+        from edg.edg_core.config import ConfigError
         if self.backend not in BACKENDS:
             raise ConfigError(f"dft.backend {self.backend!r}: use one of {BACKENDS}")
         if self.basis_functions not in BASIS_FUNCTIONS:

@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 
-from edg_core.grid import CubeGrid
+from edg.edg_core.grid import CubeGrid
 
 from .backend import array_module
 

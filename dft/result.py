@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edg_core.errors import InvalidRecord
-from edg_core.grid import CubeGrid
-from edg_core.io import atomic_path
+from edg.edg_core.errors import InvalidRecord
+from edg.edg_core.grid import CubeGrid
+from edg.edg_core.io import atomic_path
 
 from .backend import to_numpy
 
@@ -74,7 +74,7 @@ def load_result(path: str | Path) -> DFTResult:
     numpy arrays."""
     import io
 
-    from edg_core.storage import is_remote, read_bytes
+    from edg.edg_core.storage import is_remote, read_bytes
     try:
         src = io.BytesIO(read_bytes(path)) if is_remote(path) else Path(path)
         with np.load(src, allow_pickle=False) as f:
@@ -102,8 +102,8 @@ def result_sample(r: DFTResult, mol=None, **extra) -> dict:
     ``mol`` (the input record) keeps its own labels (e.g. the QM9 targets); ``extra`` goes to
     ``encode_sample`` (e.g. rendered images).
     """
-    from edg_core.molecule import Molecule
-    from edg_core.shards import encode_sample
+    from edg.edg_core.molecule import Molecule
+    from edg.edg_core.shards import encode_sample
     if mol is None:
         mol = Molecule(z=r.z, pos=r.pos, id=r.id, charge=r.charge, multiplicity=r.multiplicity)
     labels = dict(mol.labels)

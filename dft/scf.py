@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edg_core.errors import EDGError, InvalidRecord
-from edg_core.molecule import Molecule
+from edg.edg_core.errors import EDGError, InvalidRecord
+from edg.edg_core.molecule import Molecule
 
 from .backend import array_module, to_numpy
 from .config import DFTConfig

@@ -20,13 +20,13 @@ import logging
 import time
 from pathlib import Path
 
-from edg_core.cube import write_cube
-from edg_core.errors import DiskFullError, InvalidRecord
-from edg_core.grid import budget_problem, grid_for_positions
-from edg_core.molecule import Molecule
-from edg_core.shards import sample_key
-from edg_core.stage import BatchResult, Failure
-from edg_core.storage import Mirror, exists, join, list_files
+from edg.edg_core.cube import write_cube
+from edg.edg_core.errors import DiskFullError, InvalidRecord
+from edg.edg_core.grid import budget_problem, grid_for_positions
+from edg.edg_core.molecule import Molecule
+from edg.edg_core.shards import sample_key
+from edg.edg_core.stage import BatchResult, Failure
+from edg.edg_core.storage import Mirror, exists, join, list_files
 
 from . import fields
 from .backend import is_out_of_memory, release_memory_pool, resolve_backend, synchronize, to_numpy
@@ -75,8 +75,8 @@ def remove_interrupted_writes(out: str | Path) -> None:
     """Remove the temp files that writers killed mid-write left in a local ``out`` (``fields/`` and ``out``
     itself; ``edg_core.io.remove_stale_temps``: only those of dead processes). The DFT stage calls it before it
     looks at what is done."""
-    from edg_core.io import remove_stale_temps
-    from edg_core.storage import is_remote
+    from edg.edg_core.io import remove_stale_temps
+    from edg.edg_core.storage import is_remote
     if not is_remote(out):
         for p in remove_stale_temps(join(out, "fields")) + remove_stale_temps(out, recursive=False):
             log.info("removed %s (left by an interrupted write)", p)
@@ -88,7 +88,7 @@ def done_keys(out: str | Path) -> set[str]:
     Read-only. In a local folder a result file that is not a whole ``.npz`` (cut short by a copy, damaged on
     disk) is not done: it is logged and computed again (the new file replaces it). Remote result files are
     uploaded whole, so their listing is trusted."""
-    from edg_core.storage import is_remote
+    from edg.edg_core.storage import is_remote
     keys = set()
     for p in result_files(out):
         if not is_remote(p) and not _whole_npz(p):

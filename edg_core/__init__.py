@@ -3,6 +3,10 @@
 Imports only numpy and the standard library at module load; torch, webdataset and RDKit are imported
 by the functions that need them.
 """
+if not __name__.startswith("edg."):  # the pre-0.2 name `edg_core`: alias it to edg.edg_core, once, with a warning
+    from edg._legacy import redirect
+    redirect(__name__)
+
 from .errors import DataSourceError, EDGError, InvalidRecord, ShardError
 from .grid import CubeGrid, grid_for_positions
 from .molecule import Molecule

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edg_core.io import atomic_path
+from edg.edg_core.io import atomic_path
 
 
 def natural_key(text: str) -> tuple:
@@ -22,7 +22,7 @@ def first_molecules(spec, n: int, scan: int = 500) -> list[dict]:
     import json
     from itertools import islice
 
-    from edg_core.shards import decode_sample, iter_shard, shard_paths
+    from edg.edg_core.shards import decode_sample, iter_shard, shard_paths
 
     def samples():
         for path in shard_paths(spec):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from edg_core.units import MAX_Z
+from edg.edg_core.units import MAX_Z
 
 VDW_RADII = (
     1.8, 1.2, 1.4, 1.82, 1.8, 1.85, 1.7, 1.55, 1.52, 1.47, 1.54, 2.27, 1.73, 2.0, 2.1, 1.8, 1.8, 1.75, 1.88,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edg_core.units import z_to_symbol
+from edg.edg_core.units import z_to_symbol
 
 from .camera import parse_view
 from .config import RenderConfig
@@ -133,7 +133,7 @@ class PyMOLReference:
     # ------------------------------------------------------------------ public
     def ed_images(self, z, pos, ed, esp, grid, framing: dict) -> np.ndarray:
         """(6, 4, H, W) RGBA in [0, 1] (alpha = coverage) for ED/ESP (nx, ny, nz) on ``grid``."""
-        from edg_core.cube import write_cube
+        from edg.edg_core.cube import write_cube
         cfg, cmd = self.cfg, self.cmd
         with tempfile.TemporaryDirectory(prefix="edg-pymol-") as tmp:
             folder = Path(tmp)

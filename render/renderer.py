@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from edg_core.grid import CubeGrid
+from edg.edg_core.grid import CubeGrid
 
 from .camera import Framing, fit_framing, pixel_coords, to_camera, view_rotations
 from .colors import esp_ramp, shade

@@ -7,8 +7,8 @@ import torch
 
 def promolecule_fields(mol, spacing=0.4, padding=4.0):
     """(ED (nx, ny, nz) e/bohr^3, ESP Hartree/e, CubeGrid) for a ``Molecule`` on a ``spacing``/``padding`` bohr grid."""
-    from edg_core.grid import grid_for_positions
-    from edg_core.units import ANGSTROM_IN_BOHR
+    from edg.edg_core.grid import grid_for_positions
+    from edg.edg_core.units import ANGSTROM_IN_BOHR
     grid = grid_for_positions(mol.pos, spacing, padding)
     pts = torch.tensor(grid.points(), dtype=torch.float32)
     atoms = torch.tensor(mol.pos * ANGSTROM_IN_BOHR, dtype=torch.float32)

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from edg_core.errors import InvalidRecord
-from edg_core.grid import CubeGrid, budget_problem
-from edg_core.molecule import Molecule
-from edg_core.shards import DEFAULT_IMAGE_ENCODING, encode_sample
-from edg_core.stage import BatchResult, Failure
+from edg.edg_core.errors import InvalidRecord
+from edg.edg_core.grid import CubeGrid, budget_problem
+from edg.edg_core.molecule import Molecule
+from edg.edg_core.shards import DEFAULT_IMAGE_ENCODING, encode_sample
+from edg.edg_core.stage import BatchResult, Failure
 
 from .config import RenderConfig
 from .renderer import Renderer

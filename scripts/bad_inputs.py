@@ -97,9 +97,9 @@ def _sdf(d: Path, bad: str) -> None:
 
 def _shards(d: Path, damage: str) -> None:
     """Six samples with synthetic 32-px images, one of them damaged as ``damage`` says."""
-    from edg_core.readers import open_source
-    from edg_core.shards import ShardWriter, encode_sample
-    from train.data import synthetic_images
+    from edg.edg_core.readers import open_source
+    from edg.edg_core.shards import ShardWriter, encode_sample
+    from edg.train.data import synthetic_images
     mols = list(open_source("embedded:qm9?limit=6").molecules())
     with ShardWriter(d / "shards", "synthetic", maxcount=100) as w:
         for i, m in enumerate(mols):
@@ -120,7 +120,7 @@ def _shards(d: Path, damage: str) -> None:
 
 
 def _truncate_one_result(d: Path) -> None:
-    from dft.worker import result_files
+    from edg.dft.worker import result_files
     p = Path(sorted(result_files(d / "out"))[0])
     p.write_bytes(p.read_bytes()[:-100])
 
@@ -274,11 +274,11 @@ def _run(argv: list[str], env: dict, fsize_limit: int | None, cwd: Path) -> tupl
     if fsize_limit is not None:  # a child process whose files may not grow past fsize_limit bytes: a full disk
         code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
                 f"resource.setrlimit(resource.RLIMIT_FSIZE, ({fsize_limit}, {fsize_limit})); "
-                "from cluster.cli import main; sys.exit(main(sys.argv[1:]))")
+                "from edg.cluster.cli import main; sys.exit(main(sys.argv[1:]))")
         p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=cwd,
                            env={**os.environ, **env, "PYTHONPATH": str(REPO)}, timeout=600)
         return p.returncode, p.stdout + p.stderr
-    from cluster.cli import main
+    from edg.cluster.cli import main
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
     root = logging.getLogger()
@@ -304,16 +304,16 @@ def _kept(case: Case, d: Path, output: str) -> int | None:
     if case.count == "none":
         return None
     if case.count == "shards":
-        from edg_core.shards import shard_keys
+        from edg.edg_core.shards import shard_keys
         return len(shard_keys(d / "out")) if (d / "out").exists() else 0
     if case.count == "images":
-        from edg_core.shards import shard_keys
+        from edg.edg_core.shards import shard_keys
         return len(shard_keys(d / "img"))
     if case.count == "results":
-        from dft.worker import done_keys
+        from edg.dft.worker import done_keys
         return len(done_keys(d / "out"))
     # trained: samples in the shards minus the distinct ones the reader named as bad (training went on: exit 0)
-    from edg_core.shards import shard_keys
+    from edg.edg_core.shards import shard_keys
     bad = set(re.findall(r"bad sample skipped: \S+?\.tar:(\S+): ", output))
     return len(shard_keys(d / "shards")) - len(bad)
 
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     text = table(rows)
     if args.write:
-        from edg_core.io import write_bytes_atomic
+        from edg.edg_core.io import write_bytes_atomic
         write_bytes_atomic(args.write, (DOC_HEAD + text).encode())
     else:
         print(text)

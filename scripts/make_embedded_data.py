@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edg_core.readers.qm9 import load_qm9
-from edg_core.readers.rmd17 import load_rmd17
+from edg.edg_core.readers.qm9 import load_qm9
+from edg.edg_core.readers.rmd17 import load_rmd17
 
 OUT = Path(__file__).resolve().parent.parent / "edg_core" / "data"
 

@@ -321,7 +321,7 @@ def _gpu4pyscf_modules() -> dict[str, types.ModuleType]:
 def install(monkeypatch) -> FakeDevice:
     """Put the stand-ins in ``sys.modules`` for one test (monkeypatch undoes it) and return the fresh device."""
     global DEVICE
-    from dft import backend
+    from edg.dft import backend
     DEVICE = FakeDevice()
     monkeypatch.setitem(sys.modules, "cupy", _cupy_module())
     for name, mod in _gpu4pyscf_modules().items():

@@ -11,9 +11,9 @@ import zlib
 import numpy as np
 import pytest
 
-from edg_core.errors import ShardError
-from edg_core.readers import open_source
-from edg_core.shards import ShardWriter, decode_images_u8, encode_sample, iter_shard, read_samples, shard_keys
+from edg.edg_core.errors import ShardError
+from edg.edg_core.readers import open_source
+from edg.edg_core.shards import ShardWriter, decode_images_u8, encode_sample, iter_shard, read_samples, shard_keys
 
 
 def _convert(out, n=5, **images):
@@ -72,7 +72,7 @@ def test_a_corrupt_header_mid_tar_is_reported_and_the_samples_after_it_are_kept(
     off = _corrupt_header(shard, f"{ids[2]}.meta.json")
     with tarfile.open(shard) as t:  # what Python's tarfile does alone: stops there, silently
         assert len({m.name.partition(".")[0] for m in t.getmembers()}) == 2
-    with caplog.at_level(logging.WARNING, logger="edg_core.shards"):
+    with caplog.at_level(logging.WARNING, logger="edg.edg_core.shards"):
         raw = list(iter_shard(shard))
     assert [r["__key__"] for r in raw] == ids
     assert [r["__key__"] for r in raw if "__error__" in r] == [ids[2]]
@@ -87,7 +87,7 @@ def test_a_corrupt_header_mid_tar_is_reported_and_the_samples_after_it_are_kept(
 
 
 def test_training_reader_skips_bad_samples_up_to_a_threshold(tmp_path, monkeypatch):
-    from train.data import ShardImages, synthetic_images
+    from edg.train.data import ShardImages, synthetic_images
     mols = list(open_source("embedded:qm9?limit=6").molecules())
     with ShardWriter(tmp_path, maxcount=100) as w:
         for i, m in enumerate(mols):

@@ -5,9 +5,9 @@ import logging
 
 import numpy as np
 
-from edg_core.readers import open_source
-from edg_core.shards import ShardWriter, encode_sample
-from render.contact_sheet import contact_sheet, first_molecules, natural_key
+from edg.edg_core.readers import open_source
+from edg.edg_core.shards import ShardWriter, encode_sample
+from edg.render.contact_sheet import contact_sheet, first_molecules, natural_key
 
 
 def test_natural_key_orders_numbers_by_value():
@@ -57,7 +57,7 @@ def test_ray_address_is_one_flag_everywhere():
     """Every command that joins a Ray cluster spells it --ray-address (benchmark keeps --address hidden)."""
     import argparse
 
-    from cluster.cli import build_parser
+    from edg.cluster.cli import build_parser
     parser = build_parser()
 
     def walk(p, path):
@@ -75,12 +75,12 @@ def test_ray_address_is_one_flag_everywhere():
 
 
 def test_tiny_representation_split_warns(caplog):
-    from train.representation import split_indices
-    with caplog.at_level(logging.WARNING, logger="train.representation"):
+    from edg.train.representation import split_indices
+    with caplog.at_level(logging.WARNING, logger="edg.train.representation"):
         s = split_indices(5, (0.8, 0.1, 0.1), 0)
     assert len(s["test"]) == 1 and "tiny split of 5 molecules" in caplog.text and "1 test" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="train.representation"):
+    with caplog.at_level(logging.WARNING, logger="edg.train.representation"):
         split_indices(200, (0.8, 0.1, 0.1), 0)
     assert "tiny split" not in caplog.text
 
@@ -89,7 +89,7 @@ def test_render_from_fields_goes_in_natural_id_order(tmp_path):
     """`edg render --fields DIR` (and its --preview) takes DFT results in id order, whatever their folders."""
     import argparse
 
-    from cluster.commands.render import _items
+    from edg.cluster.commands.render import _items
     for bucket, key in (("7f", "qm9:10"), ("0a", "qm9:2"), ("c3", "qm9:1"), ("0a", "qm9:11")):
         (tmp_path / "fields" / bucket).mkdir(parents=True, exist_ok=True)
         (tmp_path / "fields" / bucket / f"{key}.npz").write_bytes(b"")

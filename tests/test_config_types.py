@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.cli import build_parser, main
-from edg_core.config import ConfigError, from_dict
+from edg.cluster.cli import build_parser, main
+from edg.edg_core.config import ConfigError, from_dict
 
 BAD = [
     ("dft:\n  max_cycle: ten\n", "dft: max_cycle: 'ten' is not a valid int"),
@@ -35,8 +35,8 @@ def test_wrong_types_are_refused_before_any_work(tmp_path, capsys, command, text
 
 
 def test_from_dict_checks_nested_types_and_converts_what_yaml_cannot_say():
-    from dft.config import DFTConfig
-    from render.config import RenderConfig
+    from edg.dft.config import DFTConfig
+    from edg.render.config import RenderConfig
     assert from_dict(DFTConfig, {"grid_spacing": 1}).grid_spacing == 1.0  # an int where a float is expected
     assert isinstance(from_dict(DFTConfig, {"esp_band": [0.01, 0.2]}).esp_band, tuple)
     with pytest.raises(ConfigError, match=r"esp_band\[1\]: 'x' is not a valid float"):
@@ -48,7 +48,7 @@ def test_from_dict_checks_nested_types_and_converts_what_yaml_cannot_say():
 
 
 def test_every_stage_command_has_the_same_worker_flags():
-    from cluster.stage_args import WORKER_FLAGS
+    from edg.cluster.stage_args import WORKER_FLAGS
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices
     extract = next(a for a in sub["extract"]._actions if a.dest == "extract_command").choices
@@ -66,8 +66,8 @@ def test_every_stage_command_has_the_same_worker_flags():
 
 
 def test_a_pipeline_config_whose_out_would_vanish_is_refused(tmp_path, monkeypatch):
-    from cluster.pipeline import load_pipeline_config
-    from edg_core.errors import EDGError
+    from edg.cluster.pipeline import load_pipeline_config
+    from edg.edg_core.errors import EDGError
     monkeypatch.delenv("EDG_ALLOW_MEMORY_OUT", raising=False)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("out: memory://runs/x\n")
@@ -79,7 +79,7 @@ def test_a_pipeline_config_whose_out_would_vanish_is_refused(tmp_path, monkeypat
 def test_edg_pretrain_takes_its_section_of_a_pipeline_config():
     import yaml
 
-    from cluster.commands.pretrain import resolve_config
+    from edg.cluster.commands.pretrain import resolve_config
     parser = build_parser()
     demo = yaml.safe_load(open("configs/demo.yaml"))
     args = parser.parse_args(["pretrain", "imageed", "--shards", "x", "--out", "y", "--config", "configs/demo.yaml"])
@@ -89,6 +89,6 @@ def test_edg_pretrain_takes_its_section_of_a_pipeline_config():
                               "--epochs", "3"])
     assert resolve_config(args).epochs == 3  # flags win over the file
     # the model sizes the pipeline file sets count as the user's choice (not adapted to the shards)
-    from cluster.commands.pretrain import explicit_model_fields
+    from edg.cluster.commands.pretrain import explicit_model_fields
     set_in_file = {k for k in ("img_size", "patch_size", "n_views", "fu_dim") if k in demo["teacher"]["model"]}
     assert set_in_file and explicit_model_fields(args) == set_in_file

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from edg_core import InvalidRecord, Molecule
-from edg_core.config import ConfigError, add_config_args, apply_args, from_dict
-from edg_core.grid import grid_for_positions
-from edg_core.units import ANGSTROM_IN_BOHR, HARTREE_IN_EV, symbol_to_z
+from edg.edg_core import InvalidRecord, Molecule
+from edg.edg_core.config import ConfigError, add_config_args, apply_args, from_dict
+from edg.edg_core.grid import grid_for_positions
+from edg.edg_core.units import ANGSTROM_IN_BOHR, HARTREE_IN_EV, symbol_to_z
 
 WATER = dict(z=[8, 1, 1], pos=[[0, 0, 0.1173], [0, 0.7572, -0.4692], [0, -0.7572, -0.4692]])
 

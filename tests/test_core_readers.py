@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from edg_core import DataSourceError, InvalidRecord
-from edg_core.readers import open_source, read_sdf, read_xyz, smiles_to_molecule
-from edg_core.readers.qm9 import ATOMREF, N_MOLECULES, TARGETS, geom3d_targets, load_qm9, split_customized_01
-from edg_core.readers.rmd17 import load_rmd17
-from edg_core.units import HARTREE_IN_EV
+from edg.edg_core import DataSourceError, InvalidRecord
+from edg.edg_core.readers import open_source, read_sdf, read_xyz, smiles_to_molecule
+from edg.edg_core.readers.qm9 import ATOMREF, N_MOLECULES, TARGETS, geom3d_targets, load_qm9, split_customized_01
+from edg.edg_core.readers.rmd17 import load_rmd17
+from edg.edg_core.units import HARTREE_IN_EV
 
 EXTXYZ = """3
 id=w1 energy=-76.4 charge=0 Properties=species:S:1:pos:R:3:forces:R:3
@@ -42,7 +42,7 @@ def test_xyz_tolerant_numbers_and_bad_frames(tmp_path):
 def test_text_lines_is_the_one_line_decoder_of_xyz_and_smiles_files(tmp_path):
     """``io.text_lines`` decodes each line on its own (``\n`` or ``\r\n`` ends; a non-UTF-8 line is None), and
     both the XYZ and the SMILES reader count lines through it: the bad line fails its own record only."""
-    from edg_core.io import text_lines
+    from edg.edg_core.io import text_lines
     p = tmp_path / "t.txt"
     p.write_bytes(b"a\r\nb\xff\xfe c\n\nd")
     assert text_lines(p) == ["a", None, "", "d"]
@@ -193,7 +193,7 @@ def test_rmd17_check_available_agrees_with_load(tmp_path):
     """check_available and load_rmd17 look the split files up the same way (``_split_files``): the pre-split
     layout wins as soon as its train file exists, so a train file without its test file is an error for both
     even where a complete archive layout sits beside it (check_available used to accept that layout)."""
-    from edg_core.readers.rmd17 import check_available
+    from edg.edg_core.readers.rmd17 import check_available
     for f in ("npz_data/rmd17_ethanol.npz", "splits/index_train_01.csv", "splits/index_test_01.csv",
               "rmd17_ethanol_train_01.npz"):
         (tmp_path / f).parent.mkdir(exist_ok=True)

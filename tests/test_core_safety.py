@@ -12,9 +12,9 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFile
 
-from edg_core.errors import DiskFullError, StorageError
-from edg_core.io import atomic_path, remove_stale_temps, temp_name, write_bytes_atomic
-from edg_core.storage import Mirror, check_location, exists, join, local_path_for, read_bytes, url_to_fs
+from edg.edg_core.errors import DiskFullError, StorageError
+from edg.edg_core.io import atomic_path, remove_stale_temps, temp_name, write_bytes_atomic
+from edg.edg_core.storage import Mirror, check_location, exists, join, local_path_for, read_bytes, url_to_fs
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def test_memory_output_is_refused_where_it_must_outlive_the_process(monkeypatch)
 
 
 def test_cli_refuses_memory_out_and_unknown_protocols(tmp_path, monkeypatch, capsys):
-    from cluster.cli import main
+    from edg.cluster.cli import main
     monkeypatch.delenv("EDG_ALLOW_MEMORY_OUT", raising=False)
     assert main(["data", "convert", "--input", "embedded:qm9?limit=2", "--out", "memory://x/shards"]) == 2
     assert "lives only as long as this process" in capsys.readouterr().err
@@ -133,8 +133,8 @@ def test_a_full_disk_names_the_file(tmp_path):
 import resource, signal
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
-from edg_core.io import write_bytes_atomic
-from edg_core.errors import DiskFullError
+from edg.edg_core.io import write_bytes_atomic
+from edg.edg_core.errors import DiskFullError
 try:
     write_bytes_atomic({str(tmp_path / 'fields' / 'mol-1.npz')!r}, b'x' * 100000)
 except DiskFullError as e:
@@ -173,7 +173,7 @@ def test_url_to_fs_names_a_missing_package():
 def _fake_result(mol_id="water"):
     import numpy as np
 
-    from dft.result import DFTResult
+    from edg.dft.result import DFTResult
     return DFTResult(id=mol_id, energies={"E6": -75.0}, homo=-0.3, lumo=0.1, dipole=np.zeros(3), converged=True,
                      wall_s=1.0, z=np.array([8, 1, 1]), pos=np.array([[0, 0, 0], [0, 0, 0.96], [0.93, 0, -0.24]]))
 
@@ -181,8 +181,8 @@ def _fake_result(mol_id="water"):
 def test_a_truncated_result_file_is_not_done_and_temp_files_go(tmp_path, caplog):
     import logging
 
-    from dft.result import save_result
-    from dft.worker import done_keys, remove_interrupted_writes, result_path
+    from edg.dft.result import save_result
+    from edg.dft.worker import done_keys, remove_interrupted_writes, result_path
     for key in ("a", "b", "c"):
         save_result(result_path(tmp_path, key), _fake_result(key))
     cut = result_path(tmp_path, "b")
@@ -193,7 +193,7 @@ def test_a_truncated_result_file_is_not_done_and_temp_files_go(tmp_path, caplog)
     orphan = result_path(tmp_path, "d").parent / temp_name("d.npz").replace(f"-{os.getpid()}-", f"-{dead.pid}-")
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"half a result")
-    with caplog.at_level(logging.WARNING, logger="dft.worker"):
+    with caplog.at_level(logging.WARNING, logger="edg.dft.worker"):
         assert done_keys(tmp_path) == {"a"}
     assert "b.npz is truncated or unreadable" in caplog.text and "c.npz is truncated" in caplog.text
     assert orphan.exists()  # listing what is done deletes nothing
@@ -202,9 +202,9 @@ def test_a_truncated_result_file_is_not_done_and_temp_files_go(tmp_path, caplog)
 
 
 def test_molecules_over_the_dft_budget_are_refused_up_front_with_their_size():
-    from dft.config import DFTConfig
-    from dft.worker import DFTWorker
-    from edg_core.molecule import Molecule
+    from edg.dft.config import DFTConfig
+    from edg.dft.worker import DFTWorker
+    from edg.edg_core.molecule import Molecule
     water = Molecule(z=[8, 1, 1], pos=[[0, 0, 0], [0, 0, 0.96], [0.93, 0, -0.24]], id="water")
     st = DFTWorker(DFTConfig(backend="cpu", max_atoms=2)).process(water)
     assert st["status"] == "failed" and "3 atoms > max_atoms 2" in st["reason"]
@@ -214,9 +214,9 @@ def test_molecules_over_the_dft_budget_are_refused_up_front_with_their_size():
 
 
 def test_molecules_over_the_render_budget_fail_alone():
-    from edg_core.readers import open_source
-    from render.config import RenderConfig
-    from render.worker import RenderWorker
+    from edg.edg_core.readers import open_source
+    from edg.render.config import RenderConfig
+    from edg.render.worker import RenderWorker
     mols = list(open_source("embedded:qm9?limit=4").molecules())  # 5, 4, 3, 4 atoms
     res = RenderWorker(RenderConfig(image_size=16, max_atoms=4), device="cpu", ed=False).render(mols)
     assert [s["__key__"] for s in res.samples] == ["qm9:2", "qm9:3", "qm9:4"]
@@ -232,10 +232,10 @@ def test_molecules_whose_ed_grid_is_over_the_render_budget_fail_alone():
     molecule is refused for them."""
     import torch
 
-    from edg_core.grid import CubeGrid
-    from edg_core.readers import open_source
-    from render.config import RenderConfig
-    from render.worker import Fields, RenderWorker
+    from edg.edg_core.grid import CubeGrid
+    from edg.edg_core.readers import open_source
+    from edg.render.config import RenderConfig
+    from edg.render.worker import Fields, RenderWorker
     mols = list(open_source("embedded:qm9?limit=3").molecules())
     small, big = (Fields(CubeGrid((-3.0,) * 3, (6.0 / (n - 1),) * 3, (n,) * 3), torch.rand(n, n, n) * 0.1,
                          torch.zeros(n, n, n)) for n in (9, 11))  # 729 and 1331 points
@@ -252,7 +252,7 @@ def test_molecules_whose_ed_grid_is_over_the_render_budget_fail_alone():
 def test_staging_folders_and_temp_files_of_killed_processes_are_cleaned(tmp_path):
     import tempfile
 
-    from edg_core.io import _HOST
+    from edg.edg_core.io import _HOST
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     left = Path(tempfile.gettempdir()) / f"edg-mirror-{_HOST}-{dead.pid}-abc123"
@@ -271,8 +271,8 @@ def test_staging_folders_and_temp_files_of_killed_processes_are_cleaned(tmp_path
 
 
 def test_a_damaged_result_file_is_an_invalid_record_naming_it(tmp_path):
-    from dft.result import load_result, save_result
-    from edg_core.errors import InvalidRecord
+    from edg.dft.result import load_result, save_result
+    from edg.edg_core.errors import InvalidRecord
     p = tmp_path / "r.npz"
     save_result(p, _fake_result())
     whole = p.read_bytes()
@@ -287,7 +287,7 @@ def test_a_damaged_result_file_is_an_invalid_record_naming_it(tmp_path):
 
 
 def test_a_shard_writer_clears_what_killed_writers_left_in_its_folder(tmp_path):
-    from edg_core.shards import ShardWriter
+    from edg.edg_core.shards import ShardWriter
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / "shard-000000.tar.tmp").write_bytes(b"half a shard")

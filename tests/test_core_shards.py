@@ -6,10 +6,10 @@ import tarfile
 import numpy as np
 import pytest
 
-from edg_core import Molecule, ShardError
-from edg_core.grid import grid_for_positions
-from edg_core.readers import open_source
-from edg_core.shards import (
+from edg.edg_core import Molecule, ShardError
+from edg.edg_core.grid import grid_for_positions
+from edg.edg_core.readers import open_source
+from edg.edg_core.shards import (
     ShardWriter,
     decode_images_u8,
     encode_images,
@@ -139,7 +139,7 @@ def test_webdataset_pipeline_splits_by_worker(tmp_path):
 
 
 def _edg(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "edg.cluster.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_cli_convert_resume_and_failures(tmp_path):
@@ -195,7 +195,7 @@ def test_shards_on_an_fsspec_filesystem(monkeypatch):
     import fsspec
     import torch
 
-    from edg_core.shards import indexed_keys, shard_paths
+    from edg.edg_core.shards import indexed_keys, shard_paths
     url = "memory://edg-test/shards"
     fs = fsspec.filesystem("memory")
     if fs.exists("/edg-test"):
@@ -240,7 +240,7 @@ def test_shards_on_an_fsspec_filesystem(monkeypatch):
 # ---------------------------------------------------------------- the key index beside each shard
 def _opened(monkeypatch):
     """Record every file ``edg_core.shards`` opens (shards, key indexes), through the real ``open_read``."""
-    import edg_core.shards as shards
+    import edg.edg_core.shards as shards
     seen, real = [], shards.open_read
 
     def spy(path):
@@ -259,7 +259,7 @@ def _five_in_three_shards(out):
 
 
 def test_shard_keys_reads_each_shards_key_index_and_not_the_tar(tmp_path, monkeypatch):
-    from edg_core.shards import indexed_keys, shard_paths
+    from edg.edg_core.shards import indexed_keys, shard_paths
     mols = _five_in_three_shards(tmp_path)
     assert shard_paths(tmp_path) == [str(tmp_path / f"shard-00000{i}.tar") for i in range(3)]  # no index listed
     index = json.loads((tmp_path / "shard-000002.tar.keys").read_text())
@@ -304,7 +304,7 @@ def _index_variants(good: bytes) -> dict[str, bytes]:
 @pytest.mark.parametrize("damage", list(_index_variants(b'{"format":"","keys":[],"bytes":0,"samples":0,'
                                                          b'"shard":"","version":1}')))
 def test_a_stale_damaged_or_oversized_key_index_falls_back_to_the_tar(tmp_path, monkeypatch, damage):
-    import edg_core.shards as shards
+    import edg.edg_core.shards as shards
     mols = _five_in_three_shards(tmp_path)
     index = tmp_path / "shard-000001.tar.keys"
     good = index.read_bytes()
@@ -318,7 +318,7 @@ def test_a_stale_damaged_or_oversized_key_index_falls_back_to_the_tar(tmp_path, 
 
 
 def test_a_shard_replaced_after_its_index_or_of_an_older_run_is_scanned(tmp_path, monkeypatch):
-    from edg_core.shards import indexed_keys
+    from edg.edg_core.shards import indexed_keys
     mols = _five_in_three_shards(tmp_path / "run")
     others = list(open_source("embedded:qm9?limit=12").molecules())[8:12]
     with ShardWriter(tmp_path / "other", maxcount=4) as w:
@@ -346,7 +346,7 @@ def test_key_indexes_across_an_interrupted_writer_and_a_resume(tmp_path, monkeyp
     leaves an index without a shard, which the next writer removes; the resumed shards get their own index."""
     from pathlib import Path
 
-    from edg_core.shards import indexed_keys
+    from edg.edg_core.shards import indexed_keys
     mols = list(open_source("embedded:qm9?limit=6").molecules())
     with pytest.raises(RuntimeError):
         with ShardWriter(tmp_path, maxcount=2) as w:

@@ -9,7 +9,7 @@ import uuid
 import fsspec
 import pytest
 
-from edg_core.storage import Mirror, exists, is_remote, join, list_files, read_bytes, upload
+from edg.edg_core.storage import Mirror, exists, is_remote, join, list_files, read_bytes, upload
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_pull_keeps_local_changes_and_a_reused_copy_sees_same_size_updates(tmp_p
     time.sleep(0.01)
     upload_src = tmp_path / "new"
     upload_src.write_text("epoch 0\nepoch 2\n")
-    from edg_core.storage import upload
+    from edg.edg_core.storage import upload
     upload(upload_src, f"{mem_url}/metrics.jsonl")
     again = Mirror(mem_url, local=tmp_path / "b")  # a later process reusing the copy
     assert again.pull() == 1 and (again.local / "metrics.jsonl").read_text() == "epoch 0\nepoch 2\n"
@@ -178,9 +178,9 @@ def test_a_folder_is_excluded_whole_only_when_every_path_below_it_matches(tmp_pa
 def test_file_urls_are_plain_paths_everywhere(tmp_path, monkeypatch):
     """``storage.plain_path`` is the one place ``file://`` is stripped: check_location and open_source give
     the same plain path it does (a source spec ``file:///abs/a.xyz?limit=1`` reads the file)."""
-    from edg_core import storage
-    from edg_core.readers import open_source
-    from edg_core.storage import check_location, plain_path
+    from edg.edg_core import storage
+    from edg.edg_core.readers import open_source
+    from edg.edg_core.storage import check_location, plain_path
     assert plain_path(f"file://{tmp_path}/a") == f"{tmp_path}/a" and plain_path(tmp_path) is tmp_path
     assert plain_path("s3://b/k") == "s3://b/k"
     assert check_location(f"file://{tmp_path}/out") == f"{tmp_path}/out" and check_location(tmp_path) is tmp_path
@@ -191,7 +191,7 @@ def test_file_urls_are_plain_paths_everywhere(tmp_path, monkeypatch):
     monkeypatch.setattr(storage, "plain_path", lambda p: calls.append(str(p)) or real(p))
     check_location(f"file://{tmp_path}/out")
     assert calls == [f"file://{tmp_path}/out"]  # check_location strips through plain_path
-    import edg_core.readers as readers
+    import edg.edg_core.readers as readers
     monkeypatch.setattr(readers, "plain_path", storage.plain_path)
     open_source(f"file://{tmp_path}/a.xyz")
     assert calls[-1] == f"file://{tmp_path}/a.xyz"  # and so does open_source

@@ -4,15 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dft import fields
-from dft.config import DFTConfig
-from dft.esp_band import band_mask, coarse_axes, esp_band_cpu
-from dft.scf import run_scf
-from edg_core.cube import read_cube, write_cube
-from edg_core.errors import InvalidRecord
-from edg_core.grid import CubeGrid, grid_for_positions
-from edg_core.molecule import Molecule
-from edg_core.units import ANGSTROM_IN_BOHR
+from edg.dft import fields
+from edg.dft.config import DFTConfig
+from edg.dft.esp_band import band_mask, coarse_axes, esp_band_cpu
+from edg.dft.scf import run_scf
+from edg.edg_core.cube import read_cube, write_cube
+from edg.edg_core.errors import InvalidRecord
+from edg.edg_core.grid import CubeGrid, grid_for_positions
+from edg.edg_core.molecule import Molecule
+from edg.edg_core.units import ANGSTROM_IN_BOHR
 
 WATER = Molecule(z=[8, 1, 1], pos=[[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]],
                  id="water")

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dft.config import DFTConfig
-from dft.scf import build_pyscf_mol, check_geometry, dipole_debye, energy_components, frontier_orbitals, run_scf
-from edg_core.errors import InvalidRecord
-from edg_core.molecule import Molecule
-from edg_core.units import ANGSTROM_IN_BOHR
+from edg.dft.config import DFTConfig
+from edg.dft.scf import build_pyscf_mol, check_geometry, dipole_debye, energy_components, frontier_orbitals, run_scf
+from edg.edg_core.errors import InvalidRecord
+from edg.edg_core.molecule import Molecule
+from edg.edg_core.units import ANGSTROM_IN_BOHR
 
 WATER = Molecule(z=[8, 1, 1], pos=[[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]],
                  id="water")
@@ -59,7 +59,7 @@ def test_spherical_d_functions_are_an_option():
     assert not out.mol.cart and out.mol.nao == 24
     assert abs(float(out.mf.e_tot) - ref) < 1e-8
     assert abs(ref - -76.418064) < 3e-5  # 1.56 mEh above the Cartesian-d energy (direct SCF; DF adds 2.1e-5)
-    from dft.config import psi4_uses_cartesian
+    from edg.dft.config import psi4_uses_cartesian
     assert psi4_uses_cartesian("6-31G**") and psi4_uses_cartesian("6-31+g**") and psi4_uses_cartesian("sto-3g")
     assert not psi4_uses_cartesian("6-311g**") and not psi4_uses_cartesian("cc-pvdz")
     assert not DFTConfig().cartesian_for("def2-svp") and DFTConfig(basis_functions="cartesian").cartesian_for("cc-pvdz")
@@ -183,7 +183,7 @@ def test_bad_geometry_is_a_named_error():
 
 
 def test_config_rejects_unknown_backend_and_band():
-    from edg_core.config import ConfigError
+    from edg.edg_core.config import ConfigError
     with pytest.raises(ConfigError, match="backend"):
         DFTConfig(backend="tpu")
     with pytest.raises(ConfigError, match="esp_band"):

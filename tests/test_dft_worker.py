@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster.stages import Workers, run_dft
-from dft.config import DFTConfig
-from dft.handoff import cupy_to_torch
-from dft.worker import DFTWorker, done_keys, load_result, result_path
-from edg_core.errors import InvalidRecord
-from edg_core.io import read_jsonl
-from edg_core.molecule import Molecule
-from edg_core.shards import sample_key
+from edg.cluster.stages import Workers, run_dft
+from edg.dft.config import DFTConfig
+from edg.dft.handoff import cupy_to_torch
+from edg.dft.worker import DFTWorker, done_keys, load_result, result_path
+from edg.edg_core.errors import InvalidRecord
+from edg.edg_core.io import read_jsonl
+from edg.edg_core.molecule import Molecule
+from edg.edg_core.shards import sample_key
 
 FAST = dict(backend="cpu", basis="sto-3g", grid_spacing=0.8)
 H2 = Molecule(z=[1, 1], pos=[[0, 0, 0], [0, 0, 0.74]], id="h2/a")  # '/' is sanitised in the key
@@ -78,7 +78,7 @@ def test_a_failed_molecule_is_one_failure_in_process_and_process_batch():
     ``reason`` are its fields) and ``process_batch`` hands that very object to the driver. A worker that built a
     second one from the status dict could disagree with it (a read failure recorded as stage ``dft``, the key
     recomputed from the record, a multi-line reason kept whole in one and cut in the other)."""
-    from edg_core.stage import Failure
+    from edg.edg_core.stage import Failure
     w = DFTWorker(DFTConfig(**FAST, max_atoms=2))
     unreadable = InvalidRecord("input.xyz:frame 3", "unknown element 'Xx'\nsecond line")
     statuses = [w.process(m) for m in (unreadable, WATER)]
@@ -118,7 +118,7 @@ def test_resume_skips_finished_and_failed_molecules(tmp_path):
 
 
 def test_results_fan_out_into_prefix_folders_and_flat_results_of_older_runs_still_resume(tmp_path):
-    from dft.worker import find_result, result_files, result_rel
+    from edg.dft.worker import find_result, result_files, result_rel
     rels = {result_rel(f"mol{i}") for i in range(2000)}
     folders = {r.split("/")[1] for r in rels}
     assert len(rels) == 2000 and len(folders) == 256  # ~8 files per folder here, ~8k at 2 M molecules
@@ -150,7 +150,7 @@ def test_band_mode_records_its_exact_fraction(tmp_path):
     r = result_of(DFTWorker(DFTConfig(**FAST, esp_mode="band"), out=None).process(WATER))
     full = result_of(DFTWorker(DFTConfig(**FAST), out=None).process(WATER))
     assert 0 < r.esp_exact_fraction < 1 and full.esp_exact_fraction == 1.0
-    from dft.esp_band import band_mask
+    from edg.dft.esp_band import band_mask
     m = band_mask(r.ed)
     np.testing.assert_allclose(r.esp[m], full.esp[m], rtol=1e-10, atol=1e-10)
 
@@ -179,7 +179,7 @@ def test_gpu_fields_match_cpu_and_stay_on_device():
 
 
 def test_cli_local_run_and_resume(tmp_path, capsys):
-    from cluster.cli import main
+    from edg.cluster.cli import main
     out = tmp_path / "run"
     argv = ["dft", "--input", "embedded:qm9?limit=2", "--out", str(out), "--actors", "0", "--basis", "sto-3g",
             "--grid-level", "1", "--grid-spacing", "1.0", "--save-cubes", "--esp-band", "0.02", "0.2"]
@@ -197,8 +197,8 @@ def test_cli_local_run_and_resume(tmp_path, capsys):
 
 
 def test_result_goes_into_a_shard_sample(tmp_path):
-    from dft.result import result_sample
-    from edg_core.shards import ShardWriter, read_samples
+    from edg.dft.result import result_sample
+    from edg.edg_core.shards import ShardWriter, read_samples
     mol = Molecule(z=WATER.z, pos=WATER.pos, id="water", labels={"U0": -76.4})
     r = result_of(DFTWorker(DFTConfig(**FAST), out=None).process(mol))
     with ShardWriter(tmp_path, "dft") as w:
@@ -211,7 +211,7 @@ def test_result_goes_into_a_shard_sample(tmp_path):
 
 
 def test_out_of_memory_is_recognised_on_host_and_device():
-    from dft.backend import is_out_of_memory
+    from edg.dft.backend import is_out_of_memory
 
     class OutOfMemoryError(Exception):  # the name CuPy's device allocator raises
         pass
@@ -225,13 +225,13 @@ def test_edg_dft_reproduces_plain_pyscf_cartesian_b3lyp_631gss(tmp_path):
     B3LYP/6-31G** energy, and the convention is written into the result."""
     from pyscf import dft, gto
 
-    from cluster.cli import main
-    from edg_core.readers import open_source
+    from edg.cluster.cli import main
+    from edg.edg_core.readers import open_source
     out = tmp_path / "dft"
     argv = ["dft", "--input", "embedded:qm9?limit=3", "--out", str(out), "--actors", "0", "--no-fields"]
     assert main(argv) == 0
     mol = {m.id: m for m in open_source("embedded:qm9?limit=3").molecules()}["qm9:3"]
-    from edg_core.shards import sample_key
+    from edg.edg_core.shards import sample_key
     r = load_result(result_path(out, sample_key(mol.id)))
     assert r.basis_functions == "cartesian" and "6-31g** cartesian" in r.method
     m = gto.M(atom=[(int(z), tuple(p)) for z, p in zip(mol.z, mol.pos)], basis="6-31g**", cart=True, verbose=0)

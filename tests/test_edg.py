@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from edg_core.errors import DataSourceError
-from train.distill import train_step
-from train.edg import EDGHead, build_ed_predictor, coulomb_standin_features, edg_objective, load_teacher_targets
-from train.students import build_student
-from train.tasks import build_task
+from edg.edg_core.errors import DataSourceError
+from edg.train.distill import train_step
+from edg.train.edg import EDGHead, build_ed_predictor, coulomb_standin_features, edg_objective, load_teacher_targets
+from edg.train.students import build_student
+from edg.train.tasks import build_task
 
 TINY = {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_gaussians": 10, "cutoff": 5.0}
 
@@ -126,8 +126,8 @@ def test_teacher_targets_npz_layouts_and_errors(tmp_path):
 
 
 def test_teacher_targets_from_shards(tmp_path):
-    from edg_core.readers import open_source
-    from edg_core.shards import ShardWriter, encode_sample
+    from edg.edg_core.readers import open_source
+    from edg.edg_core.shards import ShardWriter, encode_sample
     mols = list(open_source("embedded:qm9?limit=4").molecules())
     edp = np.random.default_rng(1).normal(size=(4, 768)).astype(np.float32)
     with ShardWriter(tmp_path / "sh", maxcount=3) as w:
@@ -138,7 +138,7 @@ def test_teacher_targets_from_shards(tmp_path):
 
 
 def test_coulomb_standin_is_invariant_to_rotation_and_permutation():
-    from edg_core.readers import open_source
+    from edg.edg_core.readers import open_source
     mols = list(open_source("embedded:qm9?limit=6").molecules())
     z = torch.cat([torch.as_tensor(m.z) for m in mols])
     pos = torch.cat([torch.as_tensor(m.pos, dtype=torch.float32) for m in mols])
@@ -153,7 +153,7 @@ def test_coulomb_standin_is_invariant_to_rotation_and_permutation():
 
 
 def test_teacher_targets_follow_the_ed_predictor_width(tmp_path):
-    from train.teacher import EDPredictor
+    from edg.train.teacher import EDPredictor
     small = EDPredictor(512, 32, 64)  # a demo-size teacher predicts 64 features, not 768
     ids = ["a", "b"]
     edp = np.random.default_rng(2).normal(size=(2, 64)).astype(np.float32)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from cluster.cli import main
+from edg.cluster.cli import main
 
 ROOT = "/work/shared/data/rmd17"
 TINY = ["--student-arg", "hidden_channels=8", "--student-arg", "num_filters=8", "--student-arg",
@@ -52,9 +52,9 @@ def test_distill_resumes_from_checkpoint(tmp_path):
     assert main(base + ["--epochs", "4"]) == 0
     full = json.loads((tmp_path / "schnet__rmd17-ethanol__lam0__seed42" / "result.json").read_text())
 
-    from train.distill import DistillConfig, train_student
-    from train.students import build_student
-    from train.tasks import build_task
+    from edg.train.distill import DistillConfig, train_student
+    from edg.train.students import build_student
+    from edg.train.tasks import build_task
     cfg = DistillConfig(out=str(tmp_path / "b"), dataset="rmd17:ethanol").resolved()  # the paper's settings
     task = build_task("rmd17:ethanol", **cfg.task, root=ROOT, train_size=8, valid_size=4, test_size=4)
     run_dir = tmp_path / "b" / "run"

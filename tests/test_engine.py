@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 
-from cluster.engine import Shards, Stage, Workers, run_stage
-from edg_core.errors import InvalidRecord
-from edg_core.io import read_jsonl
-from edg_core.molecule import Molecule
-from edg_core.shards import encode_sample, read_samples, sample_key
-from edg_core.stage import BatchResult, Failure
+from edg.cluster.engine import Shards, Stage, Workers, run_stage
+from edg.edg_core.errors import InvalidRecord
+from edg.edg_core.io import read_jsonl
+from edg.edg_core.molecule import Molecule
+from edg.edg_core.shards import encode_sample, read_samples, sample_key
+from edg.edg_core.stage import BatchResult, Failure
 
 
 class Squares:
@@ -68,12 +68,12 @@ def test_failures_are_typed_isolated_and_recorded_once_across_resumes(tmp_path):
 def test_extract_keeps_good_samples_around_a_damaged_one(tmp_path):
     import torch
 
-    from cluster.stages import run_extract
-    from train.data import write_synthetic_shards
-    from train.imageed import ImageED, imageed_preset
+    from edg.cluster.stages import run_extract
+    from edg.train.data import write_synthetic_shards
+    from edg.train.imageed import ImageED, imageed_preset
     write_synthetic_shards(tmp_path / "img", size=32, maxcount=100, limit=6)
     # damage one sample's ED images: a copy of the shards with that member's bytes cut
-    from edg_core.shards import ShardWriter, iter_shard, shard_paths
+    from edg.edg_core.shards import ShardWriter, iter_shard, shard_paths
     with ShardWriter(tmp_path / "bad", "shard") as w:
         for raw in (r for p in shard_paths(tmp_path / "img") for r in iter_shard(p)):
             enc = next(k for k in raw if k.startswith("edimg"))
@@ -92,7 +92,7 @@ def test_extract_keeps_good_samples_around_a_damaged_one(tmp_path):
 
 def test_pipeline_student_images_cover_every_conformation_spec(tmp_path):
     """The paper config lists one conformation spec per data set: structure images are made for all of them."""
-    from cluster.pipeline import Pipeline, load_pipeline_config
+    from edg.cluster.pipeline import Pipeline, load_pipeline_config
     cfg = load_pipeline_config(None, {"out": str(tmp_path / "run"), "render": {"image_size": 16},
                                       "students": {"conformations": ["embedded:qm9?limit=3",
                                                                      "embedded:rmd17?limit=2"]}})
@@ -103,8 +103,8 @@ def test_pipeline_student_images_cover_every_conformation_spec(tmp_path):
 
 
 def test_data_info_counts_a_damaged_sample_and_goes_on(tmp_path, capsys):
-    from cluster.cli import main
-    from edg_core.shards import ShardWriter
+    from edg.cluster.cli import main
+    from edg.edg_core.shards import ShardWriter
     with ShardWriter(tmp_path / "s", "s") as w:
         for i, m in enumerate(mols(4)):
             sample = encode_sample(m)
@@ -119,11 +119,11 @@ def test_data_info_counts_a_damaged_sample_and_goes_on(tmp_path, capsys):
 def test_fused_stage_without_fields_makes_structure_images_instead_of_stopping(tmp_path):
     """`dft.fields: false` leaves no grids for the DLPack hand-off: the fused stage still writes the DFT
     scalars and a structure-image sample per molecule."""
-    from cluster.stages import run_fused
-    from dft.config import DFTConfig
-    from dft.worker import done_keys
-    from edg_core.readers import open_source
-    from render.config import RenderConfig
+    from edg.cluster.stages import run_fused
+    from edg.dft.config import DFTConfig
+    from edg.dft.worker import done_keys
+    from edg.edg_core.readers import open_source
+    from edg.render.config import RenderConfig
     mols = [m for m in open_source("embedded:qm9").molecules() if m.formula in ("H2O", "CH4")]
     s = run_fused(mols, tmp_path / "shards", tmp_path / "dft", DFTConfig(basis="sto-3g", fields=False),
                   RenderConfig(image_size=16), Workers())
@@ -138,8 +138,8 @@ def test_a_shard_stage_at_a_url_resumes_from_the_key_indexes_and_its_mirror_leav
                                                                                                  monkeypatch):
     """Out is a ``local://`` URL (the object-store code path): each shard goes up with its key index, the
     resume reads the indexes instead of the tar headers, and the driver's mirror never fetches either."""
-    import edg_core.shards as shards
-    from edg_core.storage import Mirror
+    import edg.edg_core.shards as shards
+    from edg.edg_core.storage import Mirror
     bucket = tmp_path / "bucket" / "out"
     url = f"local://{bucket}"
     first = run_stage(stage(refuse={"m2"}), mols(10), url)
@@ -161,8 +161,8 @@ def test_a_shard_stage_at_a_url_resumes_from_the_key_indexes_and_its_mirror_leav
 def test_failure_manifest_at_a_url_is_uploaded_at_most_every_interval_and_at_the_end(tmp_path):
     """With 1 % failures at 2 M molecules, uploading the manifest after every batch would send ~26 GB: the log
     uploads it only once ``upload_every_s`` has passed since the last upload, and always when compacted."""
-    from cluster.engine import FailureLog
-    from edg_core.storage import Mirror
+    from edg.cluster.engine import FailureLog
+    from edg.edg_core.storage import Mirror
     bucket = tmp_path / "bucket"
     remote = bucket / "failures.jsonl"
 
@@ -225,7 +225,7 @@ def test_a_repeated_key_is_one_read_failure_naming_both_and_never_processed_twic
 def test_a_source_leaves_repeated_ids_to_the_driver(tmp_path):
     """A Source yields every record it reads; the refusal of the repeat, with the source named, is the
     driver's."""
-    from edg_core.readers import open_source
+    from edg.edg_core.readers import open_source
     frame = "2\nid=dup\nH 0 0 0\nH 0 0 0.74\n"
     (tmp_path / "a.xyz").write_text(frame * 2)
     src = open_source(str(tmp_path / "a.xyz"))

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from dft.config import DFTConfig
-from edg_core.molecule import Molecule
+from edg.dft.config import DFTConfig
+from edg.edg_core.molecule import Molecule
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = dict(basis="sto-3g", grid_level=1, grid_spacing=0.8)
@@ -39,7 +39,7 @@ def gpu(monkeypatch):
 def test_array_module_knows_cupy_subclasses_defined_elsewhere(gpu, monkeypatch):
     import cupy
 
-    from dft.backend import array_module
+    from edg.dft.backend import array_module
     tagged = gpu_standins.CPArrayWithTag(np.eye(2), mo_occ=None)
     assert type(tagged).__module__ == "gpu4pyscf.lib.cupy_helper"
     assert array_module(tagged) is cupy and array_module(cupy.asarray(np.ones(2))) is cupy
@@ -52,7 +52,7 @@ def test_array_module_knows_cupy_subclasses_defined_elsewhere(gpu, monkeypatch):
 def test_gpu_labels_equal_cpu_labels(gpu, mol):
     """The GPU branch of every label on gpu4pyscf-like device arrays (tagged density matrices, device core
     Hamiltonian, device XC results) equals the CPU branch on the same PySCF numbers."""
-    from dft.scf import dipole_debye, energy_components, frontier_orbitals, run_scf
+    from edg.dft.scf import dipole_debye, energy_components, frontier_orbitals, run_scf
     cfg = DFTConfig(backend="cpu", **FAST)
     cpu, dev = run_scf(mol, cfg, "cpu"), run_scf(mol, cfg, "gpu")
     assert isinstance(dev.mf.make_rdm1(), gpu_standins.CPArrayWithTag)
@@ -64,7 +64,7 @@ def test_gpu_labels_equal_cpu_labels(gpu, mol):
 
 
 def test_gpu_worker_fields_equal_cpu_fields_and_stay_on_the_device(gpu):
-    from dft.worker import DFTWorker
+    from edg.dft.worker import DFTWorker
     cpu = DFTWorker(DFTConfig(backend="cpu", **FAST)).compute(WATER)
     dev = DFTWorker(DFTConfig(backend="gpu", **FAST), keep_on_gpu=True).compute(WATER)
     assert isinstance(dev.ed, gpu_standins.DeviceArray) and isinstance(dev.esp, gpu_standins.DeviceArray)
@@ -78,7 +78,7 @@ def test_gpu_worker_fields_equal_cpu_fields_and_stay_on_the_device(gpu):
 
 # ---------------------------------------------------------------- 4: timers wait for the device
 def test_gpu_stage_timers_include_the_device_work(gpu):
-    from dft.worker import DFTWorker
+    from edg.dft.worker import DFTWorker
     gpu.costs.update(eval_ao=0.4, int1e_grids=0.4)  # queued kernel time, paid at the next synchronisation
     r = DFTWorker(DFTConfig(backend="gpu", **FAST), keep_on_gpu=True).compute(WATER)
     assert r.timings["ed_s"] >= 0.4, r.timings  # unsynchronised: only the launch time
@@ -90,8 +90,8 @@ def test_gpu_stage_timers_include_the_device_work(gpu):
 def test_gpu_density_asks_for_its_layout_and_builds_the_optimiser_once(gpu):
     import cupy
 
-    from dft import fields
-    from dft.scf import run_scf
+    from edg.dft import fields
+    from edg.dft.scf import run_scf
     cfg = DFTConfig(backend="cpu", **FAST)
     out = run_scf(WATER, cfg, "cpu")
     pmol, dm = out.mol, out.dm
@@ -105,7 +105,7 @@ def test_gpu_density_asks_for_its_layout_and_builds_the_optimiser_once(gpu):
 
 # ---------------------------------------------------------------- 6: one density-fitting default
 def test_both_backends_fit_densities_with_the_same_auxiliary_basis(gpu):
-    from dft.scf import build_pyscf_mol, jk_method, make_scf
+    from edg.dft.scf import build_pyscf_mol, jk_method, make_scf
     cfg = DFTConfig()
     pmol = build_pyscf_mol(WATER, cfg)
     cpu, dev = make_scf(pmol, cfg, "cpu"), make_scf(pmol, cfg, "gpu")
@@ -116,7 +116,7 @@ def test_both_backends_fit_densities_with_the_same_auxiliary_basis(gpu):
 
 
 def test_the_result_method_records_how_j_and_k_were_built():
-    from dft.worker import DFTWorker
+    from edg.dft.worker import DFTWorker
     fitted = DFTWorker(DFTConfig(backend="cpu", **FAST, fields=False)).compute(WATER)
     direct = DFTWorker(DFTConfig(backend="cpu", **FAST, fields=False, density_fit=False)).compute(WATER)
     assert "DF(def2-universal-jkfit)" in fitted.method and "direct" in direct.method
@@ -126,7 +126,7 @@ def test_the_result_method_records_how_j_and_k_were_built():
 
 # ---------------------------------------------------------------- 9: memory pool between molecules
 def test_cupy_memory_pool_is_released_after_every_molecule(gpu):
-    from dft.worker import DFTWorker
+    from edg.dft.worker import DFTWorker
     w = DFTWorker(DFTConfig(backend="gpu", **FAST, fields=False))
     assert w.process(WATER)["status"] == "done"
     assert (gpu.pool_frees, gpu.pinned_frees) == (1, 1)
@@ -140,8 +140,8 @@ def test_cupy_memory_pool_is_released_after_every_molecule(gpu):
 def test_train_stage_binds_its_cuda_device_before_anything_else(tmp_path, monkeypatch):
     """NCCL barriers and all-reduces run on the current CUDA device, which is cuda:0 for every rank unless the
     rank sets its own: the stage must call ``torch.cuda.set_device`` before it touches the device or the group."""
-    from train.configs import ImageEDTrainConfig, imageed_preset
-    from train.pretrain import train_imageed
+    from edg.train.configs import ImageEDTrainConfig, imageed_preset
+    from edg.train.pretrain import train_imageed
 
     class Bound(Exception):
         pass
@@ -156,8 +156,8 @@ def test_train_stage_binds_its_cuda_device_before_anything_else(tmp_path, monkey
 
 # ---------------------------------------------------------------- 2: augmentation under bf16 autocast
 def test_structure_augmentation_runs_in_float32_under_bf16_autocast():
-    from train.configs import TeacherConfig
-    from train.teacher import augment_structure_images
+    from edg.train.configs import TeacherConfig
+    from edg.train.teacher import augment_structure_images
     cfg = TeacherConfig(aug_p=1.0)  # every augmentation on every image, the blur included
     x = torch.rand(2, 4, 3, 32, 32)
     plain = augment_structure_images(x, cfg, torch.Generator().manual_seed(0))
@@ -262,7 +262,7 @@ def test_device_check_prepare_copies_the_rmd17_files_the_benchmarks_read(tmp_pat
     copied = tmp_path / "carry" / "rmd17"
     assert sorted(f.name for f in copied.iterdir()) == ["rmd17_aspirin_test_01.npz", "rmd17_aspirin_train_01.npz"]
     code = ("import torch; from bench.students import aspirin_batches; "
-            "from train.tasks import build_task; "
+            "from edg.train.tasks import build_task; "
             "print(len(aspirin_batches(32, 7, torch.device('cpu'))), len(build_task('rmd17:aspirin').train))")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "EDG_RMD17_ROOT": str(copied), "OMP_NUM_THREADS": "1"})

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-EDG = [sys.executable, "-c", "import sys; from cluster.cli import main; sys.exit(main(sys.argv[1:]))"]
+EDG = [sys.executable, "-c", "import sys; from edg.cluster.cli import main; sys.exit(main(sys.argv[1:]))"]
 DFT = ["dft", "--local", "--basis", "sto-3g", "--grid-level", "0", "--conv-tol", "1e-7"]
 VOLATILE = ("wall_s", "timings")  # seconds measured by the run, the only fields allowed to differ
 
@@ -173,7 +173,7 @@ def test_kill_and_resume_loop_convert(tmp_path):
     assert len(all_got) == len(set(all_got)) == 2000 and set(all_got) == set().union(*want)
     assert _temps(out) == [] and sorted(manifest) == ["bad1", "bad2"]
     # every finished shard has its key index, which holds the shard's keys; no index outlives its shard
-    from edg_core.shards import indexed_keys
+    from edg.edg_core.shards import indexed_keys
     shards = sorted(out.glob("*.tar"))
     assert sorted(p.name for p in out.glob("*.keys")) == [f"{p.name}.keys" for p in shards]
     assert [indexed_keys(str(p)) for p in shards] == got

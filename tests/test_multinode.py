@@ -34,7 +34,7 @@ def ray_cluster(monkeypatch):
     # Ray's temp root, where Cluster also writes its address file: not the machine-wide /tmp/ray, so that
     # other Ray users of this machine (address="auto") never find this cluster
     monkeypatch.setenv("RAY_TMPDIR", tmp)
-    from cluster.runtime import loopback_only
+    from edg.cluster.runtime import loopback_only
     with loopback_only():  # every node listens on 127.0.0.1, as EDG's own local runtime
         c = Cluster(initialize_head=True, connect=False,
                     head_node_args={"num_cpus": 0, "include_dashboard": False, "temp_dir": f"{tmp}/ray"})
@@ -104,12 +104,12 @@ def _failed_keys(path: Path) -> list[str]:
 
 def test_dft_and_render_spread_over_nodes_and_survive_a_node_loss(ray_cluster, tmp_path):
     cluster = ray_cluster
-    from cluster.stages import Workers, run_dft, run_render
-    from dft.config import DFTConfig
-    from dft.worker import done_keys, result_files
-    from edg_core.readers import open_source
-    from edg_core.shards import read_samples, sample_key
-    from render.config import RenderConfig
+    from edg.cluster.stages import Workers, run_dft, run_render
+    from edg.dft.config import DFTConfig
+    from edg.dft.worker import done_keys, result_files
+    from edg.edg_core.readers import open_source
+    from edg.edg_core.shards import read_samples, sample_key
+    from edg.render.config import RenderConfig
     mols = [m for m in open_source("embedded:qm9").molecules() if m.n_atoms <= 8][:12]
     keys = {sample_key(m.id) for m in mols}
     shared = tmp_path / "shared"  # every node's processes see this folder
@@ -162,11 +162,11 @@ def test_dft_and_render_spread_over_nodes_and_survive_a_node_loss(ray_cluster, t
 
 def test_ray_train_resumes_from_the_last_checkpoint_after_a_node_loss(ray_cluster, tmp_path):
     cluster = ray_cluster
-    from cluster.train_ray import run_pretraining
-    from edg_core.io import read_jsonl
-    from train.data import write_synthetic_shards
-    from train.imageed import imageed_preset
-    from train.pretrain import ImageEDTrainConfig
+    from edg.cluster.train_ray import run_pretraining
+    from edg.edg_core.io import read_jsonl
+    from edg.train.data import write_synthetic_shards
+    from edg.train.imageed import imageed_preset
+    from edg.train.pretrain import ImageEDTrainConfig
     shards = tmp_path / "shards"
     write_synthetic_shards(shards, size=32, maxcount=16)  # the 40 embedded molecules, in 3 shards
     out = tmp_path / "out"

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cluster.pipeline import Pipeline, load_pipeline_config
-from edg_core.readers.qm9 import TARGETS
-from edg_core.readers.rmd17 import MOLECULES
-from train.configs import FitConfig
-from train.distill import DistillConfig, train_student
-from train.paper_settings import PAPER_LAMBDAS, paper_settings, resolve, settings_table
-from train.student_schedule import StudentSchedule
-from train.students import build_student
-from train.tasks import build_task
+from edg.cluster.pipeline import Pipeline, load_pipeline_config
+from edg.edg_core.readers.qm9 import TARGETS
+from edg.edg_core.readers.rmd17 import MOLECULES
+from edg.train.configs import FitConfig
+from edg.train.distill import DistillConfig, train_student
+from edg.train.paper_settings import PAPER_LAMBDAS, paper_settings, resolve, settings_table
+from edg.train.student_schedule import StudentSchedule
+from edg.train.students import build_student
+from edg.train.tasks import build_task
 
 
 def test_visnet_rmd17_settings_are_the_authors_yaml_and_user_values_win():

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import yaml
 
-from dft.worker import result_path, result_rel
-from edg_core.shards import read_samples, shard_keys
+from edg.dft.worker import result_path, result_rel
+from edg.edg_core.shards import read_samples, shard_keys
 
 MOLECULES = """3
 id=water
@@ -85,7 +85,7 @@ def _ed_samples(run: Path) -> list[dict]:
 
 
 def test_pipeline_end_to_end_in_process(tmp_path):
-    from cluster.pipeline import Pipeline, load_pipeline_config
+    from edg.cluster.pipeline import Pipeline, load_pipeline_config
     cfg = load_pipeline_config(small_config(tmp_path))
     run = Path(cfg.out)
     manifest = Pipeline(cfg).run()
@@ -148,8 +148,8 @@ def _kill_one_dft_actor_when_work_starts(run: Path, killed: list) -> None:
 @pytest.mark.ray
 def test_pipeline_on_local_ray_head_survives_a_killed_actor(tmp_path, short_tmp):
     ray = pytest.importorskip("ray")
-    from cluster.pipeline import Pipeline, load_pipeline_config
-    from cluster.runtime import ray_session
+    from edg.cluster.pipeline import Pipeline, load_pipeline_config
+    from edg.cluster.runtime import ray_session
     path = small_config(tmp_path, ray={"enabled": True, "address": "local", "dft": {"actors": 2},
                                        "render": {"actors": 1}, "train_workers": 1})
     cfg = load_pipeline_config(path, {"stop_after": "teacher_targets"})
@@ -176,7 +176,7 @@ def test_interrupted_pipeline_resumes_without_duplicates(tmp_path, where):
     local working copy that the second run rebuilds from the URL)."""
     path = small_config(tmp_path)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cluster.cli", "pipeline", "--config", str(path), "--stop-after", "render"]
+    cmd = [sys.executable, "-m", "edg.cluster.cli", "pipeline", "--config", str(path), "--stop-after", "render"]
     if where == "url":
         run = tmp_path / "bucket" / "run"
         cmd += ["--out", f"local://{run}", "--work-dir", str(tmp_path / "wc")]
@@ -205,8 +205,8 @@ def test_interrupted_pipeline_resumes_without_duplicates(tmp_path, where):
 
 
 def test_pipeline_config_errors_name_the_problem(tmp_path):
-    from cluster.pipeline import Pipeline, load_pipeline_config
-    from edg_core.config import ConfigError
+    from edg.cluster.pipeline import Pipeline, load_pipeline_config
+    from edg.edg_core.config import ConfigError
     path = small_config(tmp_path)
     with pytest.raises(ConfigError, match="stop_after 'rendering' is not a stage"):
         load_pipeline_config(path, {"stop_after": "rendering"})
@@ -240,7 +240,7 @@ def _check_remote_run(url: str) -> None:
     shards = {k for k in tree if k.startswith("shards/") and k.endswith(".tar")}
     assert {k for k in tree if k.endswith(".keys")} == {f"{k}.keys" for k in shards}  # each with its key index
     assert not any(k.endswith(".tmp") for k in tree)
-    from edg_core.storage import read_bytes
+    from edg.edg_core.storage import read_bytes
     fails = [json.loads(x) for x in read_bytes(f"{url}/dft/failures.jsonl").decode().splitlines()]
     assert {f["record"]: f["stage"] for f in fails} == {"unknown-element": "read", "fused-atoms": "dft"}
     assert {s["meta"]["id"] for s in read_samples(f"{url}/shards/ed", torch_tensors=False)} == GOOD
@@ -253,7 +253,7 @@ def test_pipeline_on_an_fsspec_url_resumes_from_another_working_copy(tmp_path, m
 
     import fsspec
 
-    from cluster.pipeline import Pipeline, load_pipeline_config
+    from edg.cluster.pipeline import Pipeline, load_pipeline_config
     monkeypatch.chdir(tmp_path)  # a URL mistaken for a path would create ./memory:/...
     monkeypatch.setenv("EDG_ALLOW_MEMORY_OUT", "1")  # memory:// vanishes with the process: tests only
     url = f"memory:///edg-run-{uuid.uuid4().hex[:8]}"
@@ -282,8 +282,8 @@ def test_pipeline_on_ray_with_a_url_out_uploads_from_every_worker(tmp_path, shor
     tasks reach from their own processes): DFT actors upload result files, the driver writes the failure
     manifest, Ray Train ranks push their working copies, distillation tasks upload their run folders."""
     pytest.importorskip("ray")
-    from cluster.pipeline import Pipeline, load_pipeline_config
-    from cluster.runtime import ray_session
+    from edg.cluster.pipeline import Pipeline, load_pipeline_config
+    from edg.cluster.runtime import ray_session
     remote_root = tmp_path / "bucket"
     url = f"local://{remote_root}/run"
     path = small_config(tmp_path, ray={"enabled": True, "address": "local", "dft": {"actors": 2},

@@ -38,7 +38,7 @@ def ray_head():
     ray = pytest.importorskip("ray")
     from ray import cloudpickle
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the test module
-    from cluster.runtime import ray_session
+    from edg.cluster.runtime import ray_session
     tmp = tempfile.mkdtemp(prefix="edgray")  # short: Ray's socket paths must stay under 108 characters
     try:
         with ray_session("local", temp_dir=tmp, num_cpus=2):
@@ -50,7 +50,7 @@ def ray_head():
 
 
 def test_pool_streams_items_replaces_a_dead_actor_and_reports_failures(ray_head, tmp_path):
-    from cluster.pool import ActorPool
+    from edg.cluster.pool import ActorPool
     items = [(f"n{i}", i) for i in range(8)] + [("crash", "crash"), ("raise", "raise"), ("soft", "soft")]
     consumed = []
 
@@ -74,7 +74,7 @@ def test_pool_streams_items_replaces_a_dead_actor_and_reports_failures(ray_head,
 
 
 def test_pool_gives_up_on_an_item_that_keeps_killing_actors(ray_head, tmp_path):
-    from cluster.pool import ActorPool
+    from edg.cluster.pool import ActorPool
 
     class AlwaysCrash(Squarer):
         def process(self, item):
@@ -91,7 +91,7 @@ def test_an_actor_no_node_can_host_is_given_up_and_its_items_go_to_the_others(ra
     (instead of waiting for ever), and stops with a clear error when none can be placed."""
     import time
 
-    from cluster.pool import ActorPool, NoActorPlaced, _Slot
+    from edg.cluster.pool import ActorPool, NoActorPlaced, _Slot
     pool = ActorPool(Squarer, {"marker_dir": str(tmp_path)}, size=2, cpus=1, placement_timeout_s=2.0)
     stuck = ray_head.remote(num_cpus=64)(Squarer).remote(str(tmp_path))  # asks for more than any node has
     pool.slots[1] = _Slot(stuck, 1, ready=stuck.__ray_ready__.remote(), since=time.monotonic())
@@ -106,8 +106,8 @@ def test_an_actor_no_node_can_host_is_given_up_and_its_items_go_to_the_others(ra
 
 def test_render_stage_on_ray_actors_writes_to_a_url(ray_head, tmp_path, capsys):
     """`edg render --actors 2 --out local:///...`: the stage driver on actors, shards at an fsspec URL."""
-    from cluster.cli import main
-    from edg_core.shards import read_samples
+    from edg.cluster.cli import main
+    from edg.edg_core.shards import read_samples
     url = f"local://{tmp_path}/shards"
     argv = ["render", "--input", "embedded:qm9?limit=4", "--out", url, "--actors", "2", "--image-size", "16",
             "--batch-size", "2"]
@@ -121,8 +121,8 @@ def test_render_stage_on_ray_actors_writes_to_a_url(ray_head, tmp_path, capsys):
 
 @pytest.mark.slow  # Ray workers import PySCF: about 30 s on 2 idle cores
 def test_edg_dft_on_ray_actors(ray_head, tmp_path, capsys):
-    from cluster.cli import main
-    from dft.worker import load_result, result_path
+    from edg.cluster.cli import main
+    from edg.dft.worker import load_result, result_path
     out = tmp_path / "run"
     argv = ["dft", "--input", "embedded:qm9?limit=3", "--out", str(out), "--actors", "2", "--ray-address",
             "local", "--basis", "sto-3g", "--grid-level", "1", "--no-fields"]

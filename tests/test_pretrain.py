@@ -5,14 +5,14 @@ import math
 import pytest
 import torch
 
-from edg_core.errors import EDGError
-from edg_core.io import read_jsonl
-from train.checkpoint import Checkpoints, load_checkpoint
-from train.data import count_samples, in_validation, write_synthetic_shards
-from train.imageed import imageed_preset, load_imageed
-from train.optim import scaled_lr, warmup_cosine
-from train.pretrain import ImageEDTrainConfig, TeacherTrainConfig, train_imageed, train_teacher
-from train.teacher import TEACHER_PRESETS, load_ed_predictor
+from edg.edg_core.errors import EDGError
+from edg.edg_core.io import read_jsonl
+from edg.train.checkpoint import Checkpoints, load_checkpoint
+from edg.train.data import count_samples, in_validation, write_synthetic_shards
+from edg.train.imageed import imageed_preset, load_imageed
+from edg.train.optim import scaled_lr, warmup_cosine
+from edg.train.pretrain import ImageEDTrainConfig, TeacherTrainConfig, train_imageed, train_teacher
+from edg.train.teacher import TEACHER_PRESETS, load_ed_predictor
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +95,8 @@ def test_imageed_validation_and_figure(shards, tmp_path):
 
 
 def test_teacher_learns_fu(shards, tmp_path):
-    from cluster.stages import run_extract
-    from train.imageed import ImageED
+    from edg.cluster.stages import run_extract
+    from edg.train.imageed import ImageED
     torch.manual_seed(0)
     run_extract("imageed", ImageED(imageed_preset("tiny")), shards, tmp_path / "fu")
     cfg = TeacherTrainConfig(model=TEACHER_PRESETS["tiny"], epochs=6, batch_size=8, lr=0.05, num_workers=0,
@@ -116,7 +116,7 @@ def test_ray_train_two_cpu_workers(shards, tmp_path):
     import shutil
     import tempfile
 
-    from cluster.train_ray import run_pretraining
+    from edg.cluster.train_ray import run_pretraining
     ray_tmp = tempfile.mkdtemp(prefix="edgr", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
     ray.init(address="local", _temp_dir=ray_tmp, num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:

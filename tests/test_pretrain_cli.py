@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import yaml
 
-from cluster.cli import main
-from edg_core.shards import read_samples
-from train.data import write_synthetic_shards
+from edg.cluster.cli import main
+from edg.edg_core.shards import read_samples
+from edg.train.data import write_synthetic_shards
 
 
 def test_help_lists_the_stages(capsys):
@@ -60,7 +60,7 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
 def test_model_shapes_are_read_from_the_shards(tmp_path, capsys):
     """--preset tiny (32 px) on 64 px images adapts and keeps its 4 x 4 patch grid; a teacher whose F_U width
     was set by hand and disagrees with the shards is refused at start-up with the flag to set."""
-    from train.imageed import ImageED, imageed_preset, load_imageed
+    from edg.train.imageed import ImageED, imageed_preset, load_imageed
     write_synthetic_shards(tmp_path / "s", size=64, limit=8)
     common = ["--preset", "tiny", "--num-workers", "0", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0"]
     assert main(["pretrain", "imageed", "--shards", str(tmp_path / "s"), "--out", str(tmp_path / "i"), *common]) == 0
@@ -70,7 +70,7 @@ def test_model_shapes_are_read_from_the_shards(tmp_path, capsys):
     model = load_imageed(tmp_path / "i")
     assert (model.cfg.img_size, model.cfg.patch_size, model.cfg.grid_size) == (64, 16, 4)
 
-    from cluster.stages import run_extract
+    from edg.cluster.stages import run_extract
     run_extract("imageed", ImageED(imageed_preset("tiny", img_size=64, patch_size=16, embed_dim=48)),
                 tmp_path / "s", tmp_path / "fu")  # F_U 48 wide
     t = ["pretrain", "teacher", "--shards", str(tmp_path / "fu"), *common]
@@ -85,11 +85,11 @@ def test_model_shapes_are_read_from_the_shards(tmp_path, capsys):
 def test_config_layers_preset_yaml_flags(tmp_path):
     import argparse
 
-    from cluster.commands.pretrain import resolve_config
+    from edg.cluster.commands.pretrain import resolve_config
     (tmp_path / "c.yaml").write_text("imageed:\n  epochs: 7\n  betas: [0.8, 0.9]\n  model:\n    depth: 3\n")
     args = argparse.ArgumentParser()
     sub = args.add_subparsers()
-    from cluster.commands import pretrain as cmd
+    from edg.cluster.commands import pretrain as cmd
     cmd.register(sub)
     ns = args.parse_args(["pretrain", "imageed", "--shards", "s", "--out", "o", "--preset", "tiny",
                           "--config", str(tmp_path / "c.yaml"), "--config-section", "imageed", "--blr", "1e-3"])

@@ -72,7 +72,7 @@ def test_ray_job_submit_runs_edg_and_reports_status_and_logs(ray_head, tmp_path)
     out = tmp_path / "shards"
     submit = subprocess.run(
         [RAY, "job", "submit", "--working-dir", str(ROOT), "--submission-id", "edg-test-convert", "--",
-         sys.executable, "-m", "cluster.cli", "data", "convert", "--input", "embedded:qm9?limit=5",
+         sys.executable, "-m", "edg.cluster.cli", "data", "convert", "--input", "embedded:qm9?limit=5",
          "--out", str(out)],
         capture_output=True, text=True, env=env, timeout=300)
     assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]

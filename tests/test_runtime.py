@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.runtime import use_ray
+from edg.cluster.runtime import use_ray
 
 
 @pytest.mark.parametrize("env,setting,expected", [
@@ -24,7 +24,7 @@ def test_use_ray_follows_the_cluster_context_unless_told(monkeypatch, env, setti
 
 
 def test_the_demo_config_leaves_the_choice_to_the_context_and_the_pipeline_says_it(monkeypatch, tmp_path, capsys):
-    from cluster.pipeline import Pipeline, load_pipeline_config
+    from edg.cluster.pipeline import Pipeline, load_pipeline_config
     cfg = load_pipeline_config("configs/demo.yaml", {"out": str(tmp_path / "run")})
     assert cfg.ray.enabled is None
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
@@ -50,8 +50,8 @@ def test_one_molecule_on_ray_gets_every_cpu_of_the_node(short_tmp, capsys, monke
     the actor's CPUs), not one actor with one thread."""
     import argparse
 
-    from cluster.runtime import ray_session
-    from cluster.stage_args import add_worker_args, stage_workers
+    from edg.cluster.runtime import ray_session
+    from edg.cluster.stage_args import add_worker_args, stage_workers
     p = argparse.ArgumentParser()
     add_worker_args(p)
     with ray_session("local", temp_dir=short_tmp, num_cpus=2):
@@ -71,7 +71,7 @@ def test_a_local_runtime_removes_its_session_folder(monkeypatch, short_tmp):
     import glob
     import tempfile
 
-    from cluster.runtime import ray_session
+    from edg.cluster.runtime import ray_session
     monkeypatch.setattr(tempfile, "tempdir", str(short_tmp))  # where mkdtemp puts the session folder
     with ray_session("local", num_cpus=1) as resources:
         assert resources["CPU"] == 1

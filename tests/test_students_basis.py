@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.special import eval_legendre, spherical_jn
 
-from train.students.basis import SphericalBasis, bessel_roots, legendre, spherical_bessel
+from edg.train.students.basis import SphericalBasis, bessel_roots, legendre, spherical_bessel
 
 
 def test_spherical_bessel_and_legendre_match_scipy():

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edg_core.config import ConfigError
-from edg_core.readers import open_source
-from train.students import STUDENTS, build_student, energy_and_forces
-from train.students.base import pool
+from edg.edg_core.config import ConfigError
+from edg.edg_core.readers import open_source
+from edg.train.students import STUDENTS, build_student, energy_and_forces
+from edg.train.students.base import pool
 
 # small models keep the suite fast; every other hyper-parameter is the paper default
 SMALL = {

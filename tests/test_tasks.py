@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from edg_core.readers import open_source
-from edg_core.readers.qm9 import TARGETS, QM9Table
-from train.distill import FitConfig, evaluate, train_student
-from train.students import build_student
-from train.tasks import PackedMolecules, Prediction, build_task
-from train.tasks.qm9 import QM9Task, pack_table
+from edg.edg_core.readers import open_source
+from edg.edg_core.readers.qm9 import TARGETS, QM9Table
+from edg.train.distill import FitConfig, evaluate, train_student
+from edg.train.students import build_student
+from edg.train.tasks import PackedMolecules, Prediction, build_task
+from edg.train.tasks.qm9 import QM9Task, pack_table
 
 ROOT = "/work/shared/data/rmd17"
 TINY = {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_gaussians": 10, "cutoff": 5.0}
@@ -52,7 +52,7 @@ def test_qm9_standardisation_and_loss():
     table = _methane_table(20)
     table.targets[:, TARGETS.index("U0")] += np.linspace(-0.01, 0.01, 20)  # spread the values
     task = QM9Task.__new__(QM9Task)  # QM9Task over a 20-molecule table with a hand-made split
-    from train.tasks.qm9 import QM9Config
+    from edg.train.tasks.qm9 import QM9Config
     task.cfg = QM9Config(target="U0")
     task.name, task.units = "qm9:U0", {"mae": "eV"}
     task.train, task.valid, task.test = (pack_table(table, idx, "U0") for idx in
@@ -73,7 +73,7 @@ def test_qm9_task_uses_customized_01_split():
     import importlib.util
     if importlib.util.find_spec("qm9pack") is None:
         pytest.skip("qm9pack is not installed")
-    from edg_core.readers.qm9 import load_qm9, split_customized_01
+    from edg.edg_core.readers.qm9 import load_qm9, split_customized_01
     table = load_qm9()
     task = build_task("qm9:gap", train_size=300, valid_size=50, test_size=50)
     split = split_customized_01(len(table))
@@ -159,9 +159,9 @@ def test_tiny_training_run_lowers_validation_error():
 def test_rmd17_options_are_checked_by_the_config_before_any_data(option, message):
     """A bad select_metric or energy_scale fails DistillConfig.validate() and build_task before the data is
     looked for (the root does not exist), as a ConfigError naming the task and the key."""
-    from edg_core.config import ConfigError
-    from train.distill import DistillConfig
-    from train.tasks import RMD17Config
+    from edg.edg_core.config import ConfigError
+    from edg.train.distill import DistillConfig
+    from edg.train.tasks import RMD17Config
     opts = {"root": "/nonexistent/rmd17", **option}
     for call in (lambda: DistillConfig(student="schnet", dataset="rmd17:ethanol", task=opts).validate(),
                  lambda: build_task("rmd17:ethanol", **opts)):

@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from edg_core.io import append_jsonl, write_json_atomic
-from train.report import build_rows, collect_results, csv_table, markdown_tables, write_report
+from edg.edg_core.io import append_jsonl, write_json_atomic
+from edg.train.report import build_rows, collect_results, csv_table, markdown_tables, write_report
 
 UNITS = {"energy_mae": "kcal/mol", "force_mae": "kcal/mol/Å", "weighted_mae": "kcal/mol(/Å)"}
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.stages import run_extract
-from edg_core.errors import EDGError
-from edg_core.shards import read_samples
-from train.data import ShardImages, image_loader, write_synthetic_shards
-from train.imageed import ImageED, imageed_preset
-from train.teacher import (
+from edg.cluster.stages import run_extract
+from edg.edg_core.errors import EDGError
+from edg.edg_core.shards import read_samples
+from edg.train.data import ShardImages, image_loader, write_synthetic_shards
+from edg.train.imageed import ImageED, imageed_preset
+from edg.train.teacher import (
     TEACHER_PRESETS,
     EDPredictor,
     Teacher,
@@ -170,7 +170,7 @@ def test_imagenet_start_without_hub_or_file_is_a_one_line_error(no_hub):
 
 
 def test_edg_pretrain_teacher_without_weights_says_what_to_do(no_hub, shards_with_fu, tmp_path, capsys):
-    from cluster.cli import main
+    from edg.cluster.cli import main
     argv = ["pretrain", "teacher", "--shards", str(shards_with_fu / "fu"), "--out", str(tmp_path / "t"),
             "--preset", "tiny", "--model.pretrained", "--num-workers", "0", "--epochs", "1"]
     assert main(argv) == 2
@@ -185,7 +185,7 @@ def test_a_resumed_teacher_run_does_not_fetch_its_starting_weights_again(shards_
 
     import timm
 
-    from train.pretrain import TeacherTrainConfig, train_teacher
+    from edg.train.pretrain import TeacherTrainConfig, train_teacher
     torch.manual_seed(1)
     weights = tmp_path / "r10t.pth"
     torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), weights)
@@ -232,12 +232,12 @@ def test_exported_targets_shapes_and_determinism(teacher, shards_with_fu, tmp_pa
 
 def test_teacher_on_rendered_structure_images(tmp_path):
     """The structure images from the real renderer (32 px) through F_U -> teacher training -> target export."""
-    render = pytest.importorskip("render.renderer")
-    from edg_core.readers import open_source
-    from edg_core.shards import ShardWriter, encode_sample
-    from render.config import RenderConfig
-    from train.data import synthetic_images
-    from train.pretrain import TeacherTrainConfig, train_teacher
+    render = pytest.importorskip("edg.render.renderer")
+    from edg.edg_core.readers import open_source
+    from edg.edg_core.shards import ShardWriter, encode_sample
+    from edg.render.config import RenderConfig
+    from edg.train.data import synthetic_images
+    from edg.train.pretrain import TeacherTrainConfig, train_teacher
     with ShardWriter(tmp_path / "img", maxcount=8) as w:
         for mol in open_source("embedded:qm9?limit=16").molecules():
             ed, _ = synthetic_images(mol.z, mol.pos, 32)  # ED images need DFT fields: synthetic here

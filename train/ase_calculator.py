@@ -1,6 +1,6 @@
 """An ASE calculator backed by a trained EDG student, for molecular dynamics and geometry optimisation.
 
-    from train.ase_calculator import EDGCalculator
+    from edg.train.ase_calculator import EDGCalculator
     atoms.calc = EDGCalculator("runs/distill/schnet__rmd17-ethanol__lam0__seed42")
     atoms.get_potential_energy()   # eV
     atoms.get_forces()             # eV/Å, = -dE/dpos of the same model (energy-conserving)
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from edg_core.units import KCAL_PER_MOL_IN_EV
+from edg.edg_core.units import KCAL_PER_MOL_IN_EV
 
 from .predict import ModelError, TrainedStudent, load_student
 

@@ -20,8 +20,8 @@ import re
 from collections import OrderedDict
 from pathlib import Path
 
-from edg_core.errors import EDGError
-from edg_core.io import atomic_path
+from edg.edg_core.errors import EDGError
+from edg.edg_core.io import atomic_path
 
 
 class CheckpointError(EDGError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from edg_core.errors import EDGError
+from edg.edg_core.errors import EDGError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB normalisation of the pretrained image backbones (timm's)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from edg_core.errors import ShardError
-from edg_core.shards import npy_bytes, shard_keys, webdataset_pipeline
-from edg_core.stage import BatchResult, Failure
+from edg.edg_core.errors import ShardError
+from edg.edg_core.shards import npy_bytes, shard_keys, webdataset_pipeline
+from edg.edg_core.stage import BatchResult, Failure
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +187,8 @@ def write_synthetic_shards(out, source: str = "embedded:qm9", size: int = 32, ma
                            limit: int | None = None) -> int:
     """Write shards with ``edimg`` and ``stimg`` made by ``synthetic_images`` for each molecule of ``source``;
     returns the number of samples written."""
-    from edg_core.readers import open_source
-    from edg_core.shards import ShardWriter, encode_sample
+    from edg.edg_core.readers import open_source
+    from edg.edg_core.shards import ShardWriter, encode_sample
     n = 0
     with ShardWriter(out, "synthetic", maxcount=maxcount) as w:
         for mol in open_source(source).molecules():
@@ -232,7 +232,7 @@ class ShardAnnotator:
             return self.outputs(images.to(self.device))
 
     def process_batch(self, raws: list[dict]) -> BatchResult:
-        from edg_core.shards import decode_images_u8
+        from edg.edg_core.shards import decode_images_u8
         res, todo = BatchResult(), []
         for raw in raws:
             where = f"{raw.get('__url__', '?')}:{raw['__key__']}"
@@ -262,7 +262,7 @@ class ShardAnnotator:
 
 def raw_samples(spec) -> Iterator[dict]:
     """Every raw sample (member bytes, ``__key__``, ``__url__``) of the shards of ``spec``, in order."""
-    from edg_core.shards import iter_shard, shard_paths
+    from edg.edg_core.shards import iter_shard, shard_paths
     for path in shard_paths(spec):
         yield from iter_shard(path)
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edg_core.config import dump_yaml, to_dict
-from edg_core.io import atomic_path, progress, write_json_atomic
+from edg.edg_core.config import dump_yaml, to_dict
+from edg.edg_core.io import atomic_path, progress, write_json_atomic
 
 from .checkpoint import Checkpoints, load_checkpoint, model_file, save_checkpoint
 from .configs import FitConfig  # noqa: F401 (re-exported)
@@ -255,7 +255,7 @@ def prepare_targets(cfg: EDGConfig, task: Task, ed_predictor: torch.nn.Module) -
 
 def run_distill(cfg: DistillConfig, force: bool = False) -> dict:
     """Run (or skip, if finished) one student x dataset x lambda x seed; returns the result record."""
-    from train.students import build_student
+    from edg.train.students import build_student
 
     cfg = cfg.resolved()
     cfg.validate()

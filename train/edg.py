@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edg_core.errors import DataSourceError
-from edg_core.units import ANGSTROM_IN_BOHR
+from edg.edg_core.errors import DataSourceError
+from edg.edg_core.units import ANGSTROM_IN_BOHR
 
 FS_DIM = 512   # teacher feature F_S (ResNet18)
 EDP_DIM = 768  # ED predictor output (ImageED feature space)
@@ -73,7 +73,7 @@ def edg_objective(task_loss: torch.Tensor, lambda_ed: float, head: EDGHead | Non
 def build_ed_predictor(path: str | None = None, seed: int = 0) -> nn.Module:
     """The teacher's ED predictor: trained weights from ``path`` (a plain-data teacher checkpoint; see
     ``train.checkpoint.load_checkpoint``), or a seeded random one (tests, stand-ins)."""
-    from train.teacher import EDPredictor, load_ed_predictor
+    from edg.train.teacher import EDPredictor, load_ed_predictor
     if path:
         if not Path(path).exists():
             raise DataSourceError(f"ED predictor weights {path} do not exist")
@@ -119,7 +119,7 @@ def _rows_from_npz(path: Path, fs_dim: int = FS_DIM, edp_dim: int = EDP_DIM
 
 
 def _rows_from_shards(spec: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    from edg_core.shards import read_samples
+    from edg.edg_core.shards import read_samples
     edp, fs = {}, {}
     for s in read_samples(spec, torch_tensors=False):
         mol_id = s["meta"]["id"]

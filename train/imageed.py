@@ -237,8 +237,8 @@ def save_reconstruction_png(model: ImageED, imgs: torch.Tensor, path, seed: int 
     channel as grey) written to ``path`` as one PNG. imgs (B, V, C, H, W) in [0, 1]."""
     from PIL import Image
 
-    from edg_core.io import atomic_path
-    from edg_core.shards import to_uint8
+    from edg.edg_core.io import atomic_path
+    from edg.edg_core.shards import to_uint8
     imgs = imgs[:max_molecules].float()
     was_training = model.training
     model.eval()
@@ -270,7 +270,7 @@ def load_imageed(path, map_location="cpu") -> ImageED:
     (``imageed.pt``, else ``checkpoint/best.pt``, else the newest ``checkpoint/epoch-*.pt``, else an older
     ``checkpoint/checkpoint.pt``: ``train.checkpoint.model_file``). Plain-data files only
     (``train.checkpoint.load_checkpoint``)."""
-    from edg_core.config import from_dict
+    from edg.edg_core.config import from_dict
 
     from .checkpoint import CheckpointError, load_checkpoint, model_file
     path = model_file(path, "imageed.pt", "ImageED")

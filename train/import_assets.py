@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edg_core.errors import EDGError
-from edg_core.io import atomic_path
-from edg_core.safe_pickle import safe_load, safe_load_npz
+from edg.edg_core.errors import EDGError
+from edg.edg_core.io import atomic_path
+from edg.edg_core.safe_pickle import safe_load, safe_load_npz
 
 from .configs import ImageEDConfig, TeacherConfig
 
@@ -266,7 +266,7 @@ def import_teacher_features(src, out, id_format: str = "{}", strip_prefix: str =
     if fs.ndim != 2 or len(raw) != fs.shape[0]:
         raise AssetFormatError(f"{src}: feats {fs.shape} and drug_id ({len(raw)}) do not pair up")
     if row_ids is not None:
-        from edg_core.readers import open_source
+        from edg.edg_core.readers import open_source
         ids = [m.id for m in open_source(row_ids).molecules()]
         if len(ids) != len(fs):
             raise EDGError(f"{src}: {len(fs)} rows, but {row_ids} gives {len(ids)} molecules")
@@ -303,8 +303,8 @@ def _attach_to_shards(spec, out, vectors: dict[str, np.ndarray], member: str) ->
     in ``vectors``. Resumable: keys already in finished output shards are skipped."""
     import json
 
-    from edg_core.io import progress
-    from edg_core.shards import ShardWriter, iter_shard, npy_bytes, shard_keys, shard_paths
+    from edg.edg_core.io import progress
+    from edg.edg_core.shards import ShardWriter, iter_shard, npy_bytes, shard_keys, shard_paths
     done = shard_keys(out) if Path(out).exists() else set()
     stats = {"out": str(out), "with_" + member: 0, "without": 0, "skipped_done": 0, "bad": 0}
     writer = ShardWriter(out, "shard", maxcount=1000)

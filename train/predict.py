@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edg_core.errors import DataSourceError, EDGError
-from edg_core.molecule import Molecule
-from edg_core.units import KCAL_PER_MOL_IN_EV, z_to_symbol
+from edg.edg_core.errors import DataSourceError, EDGError
+from edg.edg_core.molecule import Molecule
+from edg.edg_core.units import KCAL_PER_MOL_IN_EV, z_to_symbol
 
 WEIGHTS = "best_student.pt"
 
@@ -61,7 +61,7 @@ class TrainedStudent:
     def energy_forces(self, z: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Energies (B,) and forces (A, 3) (None for a property model) of a batch: z (A,), pos (A, 3) Å."""
-        from train.students import energy_and_forces
+        from edg.train.students import energy_and_forces
         self.model.eval()
         z = z.to(self.device)
         pos = pos.to(self.device, self.dtype)
@@ -98,7 +98,7 @@ class TrainedStudent:
 
 def _run_dir(path: str | Path) -> tuple[Path, Path]:
     """(run folder, weights file) of a finished distillation run given as the folder or its weights file."""
-    from train.checkpoint import CheckpointError, model_file
+    from edg.train.checkpoint import CheckpointError, model_file
     path = Path(path)
     run = path if path.is_dir() else path.parent
     if not (run / "result.json").exists():
@@ -119,13 +119,13 @@ def load_student(path: str | Path, device: str = "cpu", dtype: torch.dtype = tor
     """The trained student of a run folder (or its ``best_student.pt``), in eval mode on ``device``.
 
     ``dtype=torch.float64`` runs it in double precision (smoother forces for MD and optimisation)."""
-    from train.students import build_student
+    from edg.train.students import build_student
     run, weights = _run_dir(path)
     rec = json.loads((run / "result.json").read_text())
     cfg, info = rec.get("config", {}), rec.get("task_info", {})
     student = rec.get("student") or cfg.get("student")
     model = build_student(student, **{"out_dim": 1, **cfg.get("student_args", {})})
-    from train.distill import load_student_state
+    from edg.train.distill import load_student_state
     state = load_student_state(weights)  # plain data only (torch.load weights_only=True)
     try:
         model.load_state_dict(state)
@@ -162,7 +162,7 @@ def write_extxyz(path: str | Path, molecules: list[Molecule], predictions: list[
     Energy models: ``energy=`` and a ``forces`` column in eV and eV/Å (``units="eV"``) or in the model's
     kcal/mol and kcal/mol/Å (``units="kcal/mol"``); the comment line names the units and the model. Property
     models: ``<target>=`` in the target's unit."""
-    from edg_core.io import atomic_path
+    from edg.edg_core.io import atomic_path
     if units not in ("eV", "kcal/mol"):
         raise ModelError(f"units {units!r}: use eV or kcal/mol")
     scale = KCAL_PER_MOL_IN_EV if (units == "eV" and student.kind == "energy") else 1.0
@@ -191,10 +191,10 @@ def predict_file(model: str | Path, source: str, out: str | Path, units: str = "
     written to ``out``; bad records go to ``<out>.failures.jsonl`` (``edg_core.stage.Failure`` lines, stage
     ``read``, as the stages' failure manifests). Returns a summary (counts, units, and the MAE against
     reference labels when the source is rMD17 data in kcal/mol)."""
-    from edg_core.errors import InvalidRecord
-    from edg_core.io import write_bytes_atomic
-    from edg_core.readers import open_source
-    from edg_core.stage import Failure
+    from edg.edg_core.errors import InvalidRecord
+    from edg.edg_core.io import write_bytes_atomic
+    from edg.edg_core.readers import open_source
+    from edg.edg_core.stage import Failure
     student = load_student(model, device=device)
     good, bad = [], []
     for rec in open_source(source):

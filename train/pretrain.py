@@ -31,10 +31,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from edg_core.config import dump_yaml
-from edg_core.errors import EDGError, ShardError
-from edg_core.io import progress
-from edg_core.shards import shard_paths, webdataset_pipeline
+from edg.edg_core.config import dump_yaml
+from edg.edg_core.errors import EDGError, ShardError
+from edg.edg_core.io import progress
+from edg.edg_core.shards import shard_paths, webdataset_pipeline
 
 from .checkpoint import CheckpointError, Checkpoints, load_checkpoint, save_checkpoint
 from .configs import ImageEDTrainConfig, TeacherTrainConfig  # noqa: F401 (re-exported)

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from edg_core.io import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic
+from edg.edg_core.io import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic
 
 
 def duration(seconds: float) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edg_core.io import read_jsonl, write_bytes_atomic
+from edg.edg_core.io import read_jsonl, write_bytes_atomic
 
 from .metrics import mean_std, relative_improvement
 
@@ -123,7 +123,7 @@ def _imp(r: TableRow | None) -> str:
 
 def qm9_table(rows: list[TableRow]) -> str:
     """Table 1: columns = QM9 targets (paper order, units), rows = student x (w/o EDG, w/ EDG, Impr., lambda)."""
-    from edg_core.readers.qm9 import TARGETS
+    from edg.edg_core.readers.qm9 import TARGETS
     sub = [r for r in rows if r.dataset.startswith("qm9:")]
     by_key = {(r.dataset.split(":", 1)[1], r.student): r for r in sub}
     seen = {r.dataset.split(":", 1)[1] for r in sub}

@@ -30,10 +30,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edg_core.errors import EDGError, InvalidRecord
-from edg_core.grid import CubeGrid
-from edg_core.io import progress
-from edg_core.units import ANGSTROM_IN_BOHR, HARTREE_IN_KCAL_PER_MOL
+from edg.edg_core.errors import EDGError, InvalidRecord
+from edg.edg_core.grid import CubeGrid
+from edg.edg_core.io import progress
+from edg.edg_core.units import ANGSTROM_IN_BOHR, HARTREE_IN_KCAL_PER_MOL
 
 from .configs import IMAGENET_MEAN, IMAGENET_STD, REPRESENTATIONS, TARGETS, RepresentationConfig  # noqa: F401 (re-exported)
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edg_core.config import from_dict
-from edg_core.errors import EDGError
+from edg.edg_core.config import from_dict
+from edg.edg_core.errors import EDGError
 
 from .configs import IMAGENET_MEAN, IMAGENET_STD, TEACHER_PRESETS, TeacherConfig  # noqa: F401 (re-exported)
 from .data import ShardAnnotator

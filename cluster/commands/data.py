@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.stage_args import add_worker_args
-from edg_core.errors import DataSourceError, InvalidRecord
-from edg_core.io import atomic_path, progress
-from edg_core.readers import open_source
+from edg.cluster.stage_args import add_worker_args
+from edg.edg_core.errors import DataSourceError, InvalidRecord
+from edg.edg_core.io import atomic_path, progress
+from edg.edg_core.readers import open_source
 
 
 def register(sub) -> None:
@@ -68,12 +68,12 @@ def _summarise(records) -> dict:
 def cmd_info(args) -> int:
     p = Path(args.input)
     if p.is_dir() or str(args.input).endswith(".tar") or "*" in args.input:
-        from edg_core.shards import sample_molecule
+        from edg.edg_core.shards import sample_molecule
         members = Counter()
 
         def recs():  # a damaged sample is counted as invalid (and named), the scan goes on
-            from edg_core.errors import ShardError
-            from edg_core.shards import decode_sample, iter_shard, shard_paths
+            from edg.edg_core.errors import ShardError
+            from edg.edg_core.shards import decode_sample, iter_shard, shard_paths
             for path in shard_paths(args.input):
                 for raw in iter_shard(path):
                     try:
@@ -97,8 +97,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from cluster.stage_args import stage_workers
-    from cluster.stages import run_convert
+    from edg.cluster.stage_args import stage_workers
+    from edg.cluster.stages import run_convert
     src = open_source(args.input)
     with stage_workers(args, "edg data convert", uses_gpu=False) as workers:
         s = run_convert(src, args.out, workers, total=len(src), prefix=args.prefix, maxcount=args.maxcount,
@@ -113,14 +113,14 @@ def cmd_split(args) -> int:
     spec = args.dataset
     out = Path(args.out)
     if spec.split("?")[0] == "qm9":
-        from edg_core.readers.qm9 import load_qm9, split_customized_01
+        from edg.edg_core.readers.qm9 import load_qm9, split_customized_01
         table = load_qm9()
         parts = {k: table.gdb_id[v] for k, v in split_customized_01(len(table)).items()}
         info = "QM9 split customized_01 (seed 42); values are 1-based QM9 gdb ids"
     elif spec.startswith("rmd17:"):
         from urllib.parse import parse_qsl
 
-        from edg_core.readers import load_rmd17, rmd17_root
+        from edg.edg_core.readers import load_rmd17, rmd17_root
         base, _, q = spec.partition("?")
         opts = dict(parse_qsl(q))
         frames = load_rmd17(rmd17_root(opts.get("root")), base.split(":")[1], int(opts.get("split_id", 1)))

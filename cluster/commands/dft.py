@@ -1,13 +1,13 @@
 """``edg dft``: B3LYP single points + ED/ESP grids for every molecule of an input, in-process or on Ray actors."""
 from __future__ import annotations
 
-from edg_core.config import add_config_args, dump_yaml
-from edg_core.readers import open_source
+from edg.edg_core.config import add_config_args, dump_yaml
+from edg.edg_core.readers import open_source
 
 
 def register(sub) -> None:
-    from cluster.stage_args import add_worker_args
-    from dft.config import DFTConfig
+    from edg.cluster.stage_args import add_worker_args
+    from edg.dft.config import DFTConfig
     p = sub.add_parser(
         "dft", help="DFT single points (energies E1..E6, HOMO/LUMO, dipole) and ED/ESP cube grids",
         description="Run B3LYP/6-31G** (6-31+G** with S; RKS/UKS by multiplicity) for every molecule of an "
@@ -28,11 +28,11 @@ def register(sub) -> None:
 
 
 def cmd_dft(args) -> int:
-    from cluster.pipeline import resolve_section
-    from cluster.stage_args import stage_workers
-    from cluster.stages import run_dft
-    from dft.backend import resolve_backend
-    from edg_core.storage import Mirror, exists, join
+    from edg.cluster.pipeline import resolve_section
+    from edg.cluster.stage_args import stage_workers
+    from edg.cluster.stages import run_dft
+    from edg.dft.backend import resolve_backend
+    from edg.edg_core.storage import Mirror, exists, join
     cfg = resolve_section(args, "dft")
     src = open_source(args.input)
     store = Mirror(args.out, exclude=("fields/*", "cubes/*"), temporary=True)

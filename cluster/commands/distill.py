@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from edg_core.config import ConfigError, add_config_args, apply_args, load_yaml
+from edg.edg_core.config import ConfigError, add_config_args, apply_args, load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def _key_values(items: list[str] | None, what: str) -> dict:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from train.configs import FitConfig
+    from edg.train.configs import FitConfig
     p.add_argument("--config", help="YAML file with DistillConfig fields (flags override it)")
     p.add_argument("--out", help="output folder of the runs (default: runs/distill)")
     p.add_argument("--teacher-targets", help="EDP(F_S) per molecule id: .npz or shard folder; "
@@ -101,7 +101,7 @@ def register(sub) -> None:
 
 
 def _base_config(args):
-    from train.distill import DistillConfig
+    from edg.train.distill import DistillConfig
     cfg = load_yaml(DistillConfig, args.config) if args.config else DistillConfig()
     changes = {}
     for name in ("student", "dataset", "out"):
@@ -115,7 +115,7 @@ def _base_config(args):
         changes["edg.teacher_targets"] = args.teacher_targets
     if args.ed_predictor is not None:
         changes["edg.ed_predictor"] = args.ed_predictor
-    from train.distill import replace
+    from edg.train.distill import replace
     cfg = replace(cfg, **changes)
     cfg = replace(cfg, fit=apply_args(cfg.fit, args),
                   task={**cfg.task, **_key_values(args.task, "--task")},
@@ -140,7 +140,7 @@ def _line(r: dict) -> str:
 
 
 def cmd_distill(args) -> int:
-    from train.distill import run_distill
+    from edg.train.distill import run_distill
     cfg = _base_config(args)
     _check_targets(cfg)
     r = run_distill(cfg, force=args.force)
@@ -150,17 +150,17 @@ def cmd_distill(args) -> int:
 
 
 def _run_with_ray(cfgs, args) -> list[dict]:
-    from cluster.distill_runs import run_on_ray
-    from cluster.runtime import ray_session
+    from edg.cluster.distill_runs import run_on_ray
+    from edg.cluster.runtime import ray_session
     with ray_session(args.ray_address, temp_dir=args.ray_temp_dir):
         return run_on_ray(cfgs, args.cpus_per_run, args.gpus_per_run, args.force,
                           on_result=lambda r: print(_line(r), flush=True))
 
 
 def cmd_benchmark(args) -> int:
-    from cluster.distill_runs import grid
-    from train.distill import run_distill
-    from train.report import write_report
+    from edg.cluster.distill_runs import grid
+    from edg.train.distill import run_distill
+    from edg.train.report import write_report
     base = _base_config(args)
     cfgs = grid(base, args.students, args.datasets, args.lambdas, args.seeds)
     for c in cfgs:
@@ -172,7 +172,7 @@ def cmd_benchmark(args) -> int:
         for c in cfgs:
             print(_line(run_distill(c, force=args.force)), flush=True)
     wanted = {c.run_name() for c in cfgs}
-    from train.report import collect_results
+    from edg.train.report import collect_results
     results = [r for r in collect_results(base.out) if r["run"] in wanted]
     paths = write_report(base.out, results, plots=not args.no_plots)
     print(json.dumps({k: (str(v) if not isinstance(v, list) else [str(x) for x in v]) for k, v in paths.items()},

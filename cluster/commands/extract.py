@@ -52,20 +52,20 @@ def _common(p):
     p.add_argument("--batch-size", type=int, default=64, help="molecules per forward pass (default: 64)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
     p.add_argument("--drop-images", action="store_true", help="leave edimg/stimg out of output shards")
-    from cluster.stage_args import add_worker_args
+    from edg.cluster.stage_args import add_worker_args
     add_worker_args(p)
 
 
 def _run(args, kind: str, model_path: str, **kw) -> int:
-    from cluster.stage_args import stage_workers
-    from cluster.stages import run_extract
+    from edg.cluster.stage_args import stage_workers
+    from edg.cluster.stages import run_extract
     with stage_workers(args, f"edg extract {kind}") as workers:
         model = model_path
         if workers.actors == 0:  # load once here, so a bad checkpoint is named before any sample is read
             if kind == "imageed":
-                from train.imageed import load_imageed as load
+                from edg.train.imageed import load_imageed as load
             else:
-                from train.teacher import load_teacher as load
+                from edg.train.teacher import load_teacher as load
             model = load(model_path)
         s = run_extract(kind, model, args.shards, args.out, workers, batch_size=args.batch_size,
                         device=args.device, drop_images=args.drop_images, **kw)

@@ -21,7 +21,7 @@ Examples:
 
 
 def register(sub) -> None:
-    from edg_core.readers.rmd17 import OFFICIAL_URL
+    from edg.edg_core.readers.rmd17 import OFFICIAL_URL
     p = sub.add_parser("fetch", help="download a public data set (rmd17), verify and unpack it",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=["rmd17"], help="data set to fetch")
@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 
 def cmd_fetch(args) -> int:
-    from edg_core.readers.rmd17 import MOLECULES, fetch_rmd17
+    from edg.edg_core.readers.rmd17 import MOLECULES, fetch_rmd17
     root, digests = fetch_rmd17(args.out, url=args.url, sha256=args.sha256, md5=args.md5,
                                 molecules=args.molecules or MOLECULES, keep_archive=args.keep_archive)
     checked = "verified" if (args.sha256 or args.md5) else "not checked (no --sha256/--md5 given)"

@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 
 def cmd_pipeline(args) -> int:
-    from cluster.pipeline import Pipeline, load_pipeline_config
+    from edg.cluster.pipeline import Pipeline, load_pipeline_config
     over: dict = {}
     if args.out:
         over["out"] = args.out

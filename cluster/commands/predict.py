@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 
 def cmd_predict(args) -> int:
-    from train.predict import predict_file
+    from edg.train.predict import predict_file
     s = predict_file(args.model, args.input, args.out, units=args.units, batch_size=args.batch_size,
                      device=args.device)
     line = f"predicted {s['molecules']} molecules ({s['units']}) -> {s['out']}"

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from edg_core.config import add_config_args, apply_args, from_dict
+from edg.edg_core.config import add_config_args, apply_args, from_dict
 
 IMAGEED_HELP = """\
 Pretrain ImageED, a masked autoencoder over the 6 RGB-D ED images of each molecule (member `edimg` of the
@@ -70,7 +70,7 @@ def _add_common(p: argparse.ArgumentParser, presets) -> None:
 
 
 def register(sub) -> None:
-    from train.configs import IMAGEED_PRESETS, TEACHER_PRESETS, ImageEDTrainConfig, TeacherTrainConfig
+    from edg.train.configs import IMAGEED_PRESETS, TEACHER_PRESETS, ImageEDTrainConfig, TeacherTrainConfig
     p = sub.add_parser("pretrain", help="pretrain ImageED or the ED-aware teacher",
                        description="Pretraining stages: imageed (ED images -> F_U), teacher (structure images "
                                    "-> F_S, EDP(F_S) ~ F_U), figure (reconstructions like the paper's Fig. 5).")
@@ -103,8 +103,8 @@ def register(sub) -> None:
 def config_section(args) -> tuple[Path, str | None, dict]:
     """``(path, section, values)`` of ``--config``: a pipeline config (checked whole; its section of this stage) or,
     with ``--config-section`` or keys that are not pipeline sections, that section of the file or the whole file."""
-    from cluster.pipeline import PipelineConfig, load_pipeline_config
-    from edg_core.config import read_yaml
+    from edg.cluster.pipeline import PipelineConfig, load_pipeline_config
+    from edg.edg_core.config import read_yaml
     path = Path(args.config)
     given = read_yaml(path)
     section = args.config_section
@@ -120,7 +120,7 @@ def resolve_config(args):
     ``--config`` is a pipeline config as for every other command (checked whole; its ``imageed:`` or
     ``teacher:`` section is used), or, with ``--config-section`` or keys that are not pipeline sections, a file
     holding this stage's config."""
-    from train.configs import TEACHER_PRESETS, ImageEDTrainConfig, TeacherTrainConfig, imageed_preset
+    from edg.train.configs import TEACHER_PRESETS, ImageEDTrainConfig, TeacherTrainConfig, imageed_preset
     cls = ImageEDTrainConfig if args.stage == "imageed" else TeacherTrainConfig
     cfg = cls()
     if args.preset:
@@ -152,8 +152,8 @@ def explicit_model_fields(args) -> frozenset[str]:
 
 
 def cmd_pretrain(args) -> int:
-    from edg_core.storage import Mirror
-    from train.pretrain import UNITS, fit_to_shards
+    from edg.edg_core.storage import Mirror
+    from edg.train.pretrain import UNITS, fit_to_shards
     cfg = resolve_config(args)
     cfg, changes = fit_to_shards(args.stage, cfg, args.shards, explicit_model_fields(args))
     if changes:
@@ -164,13 +164,13 @@ def cmd_pretrain(args) -> int:
     out = store.local
     with store.autosync(60.0):
         if args.ray:
-            from cluster.runtime import ray_session
-            from cluster.train_ray import train_on_ray
+            from edg.cluster.runtime import ray_session
+            from edg.cluster.train_ray import train_on_ray
             with ray_session(args.ray_address):
                 metrics = train_on_ray(args.stage, cfg, args.shards, out, store, num_workers=args.ray_workers,
                                        use_gpu=args.use_gpu, max_failures=args.max_failures)
         else:
-            from train.pretrain import train_imageed, train_teacher
+            from edg.train.pretrain import train_imageed, train_teacher
             train = train_imageed if args.stage == "imageed" else train_teacher
             metrics = train(cfg, args.shards, out, device=args.device)
     print(json.dumps(metrics, indent=2))
@@ -186,13 +186,13 @@ def cmd_pretrain(args) -> int:
 def cmd_figure(args) -> int:
     import torch
 
-    from train.data import ShardImages, image_loader
-    from train.imageed import load_imageed, save_reconstruction_png
+    from edg.train.data import ShardImages, image_loader
+    from edg.train.imageed import load_imageed, save_reconstruction_png
     model = load_imageed(args.model)
     ds = ShardImages(args.shards, "imageed", img_size=model.cfg.img_size, n_views=model.cfg.n_views, split="all")
     batch = next(iter(image_loader(ds, args.molecules)), None)
     if batch is None:
-        from edg_core.errors import ShardError
+        from edg.edg_core.errors import ShardError
         raise ShardError(f"{args.shards}: no sample with ED images (edimg)")
     with torch.no_grad():
         save_reconstruction_png(model, batch["edimg"], args.out, seed=args.seed, max_molecules=args.molecules)

@@ -4,14 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edg_core.config import add_config_args, dump_yaml
-from edg_core.errors import DataSourceError, InvalidRecord
-from edg_core.readers import open_source
-from edg_core.shards import sample_key
+from edg.edg_core.config import add_config_args, dump_yaml
+from edg.edg_core.errors import DataSourceError, InvalidRecord
+from edg.edg_core.readers import open_source
+from edg.edg_core.shards import sample_key
 
 
 def register(sub) -> None:
-    from cluster.stage_args import add_worker_args
+    from edg.cluster.stage_args import add_worker_args
     p = sub.add_parser(
         "render", help="render ED images (from DFT outputs) and structure images into shards",
         description="Render 4-view ball-and-stick structure images for every molecule of --input (no DFT "
@@ -33,7 +33,7 @@ def register(sub) -> None:
                                      "when pymol is installed)")
     p.add_argument("--preview-count", type=int, default=3, help="molecules on the contact sheet (default: 3)")
     add_worker_args(p)
-    from render.config import RenderConfig
+    from edg.render.config import RenderConfig
     add_config_args(p.add_argument_group("render settings (RenderConfig)"), RenderConfig)
     p.set_defaults(func=cmd_render)
 
@@ -41,8 +41,8 @@ def register(sub) -> None:
 def _items(args):
     """Stage items (``cluster.stages.RenderActor``) and their count: molecules (structure images), DFT result
     paths (ED + structure images), or (molecule, result path) pairs when both --input and --fields are given."""
-    from dft.worker import find_result, result_files
-    from edg_core.storage import exists, join
+    from edg.dft.worker import find_result, result_files
+    from edg.edg_core.storage import exists, join
     if args.fields is None:
         src = open_source(args.input)
         return iter(src), len(src)
@@ -60,7 +60,7 @@ def _items(args):
                 path = find_result(root, sample_key(rec.id))
                 yield InvalidRecord(rec.id, f"no DFT result in {root}") if path is None else (rec, str(path))
         return pairs(), len(src)
-    from render.contact_sheet import natural_key
+    from edg.render.contact_sheet import natural_key
     paths = sorted(result_files(root), key=lambda p: natural_key(str(p).rsplit("/", 1)[-1]))  # qm9:2 before qm9:10
     return iter(paths), len(paths)
 
@@ -68,9 +68,9 @@ def _items(args):
 def _preview(args, cfg, worker, path: Path) -> None:
     import torch
 
-    from cluster.stages import RenderActor
-    from render.contact_sheet import contact_sheet
-    from render.reference import PyMOLReference, pymol_available
+    from edg.cluster.stages import RenderActor
+    from edg.render.contact_sheet import contact_sheet
+    from edg.render.reference import PyMOLReference, pymol_available
     items, _ = _items(args)
     chosen = []
     for item in items:
@@ -105,14 +105,14 @@ def _preview(args, cfg, worker, path: Path) -> None:
 
 
 def cmd_render(args) -> int:
-    from cluster.stage_args import stage_workers
-    from cluster.stages import run_render
-    from edg_core.storage import Mirror
+    from edg.cluster.stage_args import stage_workers
+    from edg.cluster.stages import run_render
+    from edg.edg_core.storage import Mirror
     if not args.input and not args.fields:
         raise DataSourceError("edg render: give --input (structure images) and/or --fields (ED images)")
-    from cluster.pipeline import resolve_section
+    from edg.cluster.pipeline import resolve_section
     cfg = resolve_section(args, "render")
-    from edg_core.shards import SHARD_GLOBS
+    from edg.edg_core.shards import SHARD_GLOBS
     store = Mirror(args.out, exclude=SHARD_GLOBS, temporary=True)
     dump_yaml(cfg, store.local / "render_config.yaml")
     store.commit("render_config.yaml")
@@ -126,7 +126,7 @@ def cmd_render(args) -> int:
     if s.failed:
         print(f"failure manifest: {s.failures}")
     if args.preview:
-        from render.worker import RenderWorker
+        from edg.render.worker import RenderWorker
         worker = RenderWorker(cfg, device=args.device, structure=not args.no_structure)
         _preview(args, cfg, worker, Path(args.preview))
     return 0

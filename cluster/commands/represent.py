@@ -7,8 +7,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from edg_core.config import add_config_args, dump_yaml, resolve, to_dict
-from edg_core.io import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic
+from edg.edg_core.config import add_config_args, dump_yaml, resolve, to_dict
+from edg.edg_core.io import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic
 
 HELP = """\
 Compare ED representations by how well they predict the DFT energy labels E1..E6 of the same molecules:
@@ -29,7 +29,7 @@ Example:
 def register(sub) -> None:
     import argparse
 
-    from train.configs import RepresentationConfig
+    from edg.train.configs import RepresentationConfig
     p = sub.add_parser("represent", help="ED representation study (Table 4): point cloud vs voxels vs images",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, help="shard folder/glob from edg render --keep-fields")
@@ -41,7 +41,7 @@ def register(sub) -> None:
 
 
 def _csv(results: list[dict]) -> bytes:
-    from train.representation import TARGETS
+    from edg.train.representation import TARGETS
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["representation", "metric", "unit", *TARGETS, "best_epoch", "epochs", "seconds"])
@@ -55,7 +55,7 @@ def _csv(results: list[dict]) -> bytes:
 
 
 def _markdown(results: list[dict], cfg, split: dict) -> bytes:
-    from train.representation import markdown_table
+    from edg.train.representation import markdown_table
     n = {k: len(v) for k, v in split.items()}
     lines = ["# ED representation study (Table 4 layout)", "",
              f"Test RMSE (MAE in brackets) per DFT energy label; split seed {cfg.seed}: {n['train']} train / "
@@ -69,8 +69,8 @@ def _markdown(results: list[dict], cfg, split: dict) -> bytes:
 
 
 def cmd_represent(args) -> int:
-    from edg_core.shards import read_samples, shard_paths
-    from train.representation import (
+    from edg.edg_core.shards import read_samples, shard_paths
+    from edg.train.representation import (
         RepresentationConfig,
         atomref_baseline,
         build_study_data,

@@ -6,7 +6,7 @@ Overrides are fields of the student's config dataclass (defaults reproduce the p
 """
 from __future__ import annotations
 
-from edg_core.config import from_dict, unknown_name
+from edg.edg_core.config import from_dict, unknown_name
 
 from .base import Student, energy_and_forces, pool
 from .dimenetpp import DimeNetPPConfig, DimeNetPPStudent

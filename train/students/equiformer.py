@@ -27,7 +27,7 @@ applies a second one after the gate), value heads are channel groups of the node
 to separate head irreps), Gaussian RBFs instead of the paper's learned ones, no projection dropout /
 drop-path (0 in the paper's settings too), and the softmax is weighted by the cutoff envelope f_c so that
 energies and forces are continuous when atoms cross the cutoff (the paper's plain softmax is not).
-e3nn is imported when a model is built, so ``import train.students`` works without it.
+e3nn is imported when a model is built, so ``import edg.train.students`` works without it.
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@
 """
 from __future__ import annotations
 
-from edg_core.config import ConfigError, from_dict, unknown_name
-from edg_core.errors import DataSourceError
+from edg.edg_core.config import ConfigError, from_dict, unknown_name
+from edg.edg_core.errors import DataSourceError
 
 from .base import Prediction, Task
 from .packed import Batch, PackedMolecules
@@ -36,9 +36,9 @@ def validate_dataset(dataset: str, **overrides) -> None:
     """Check a dataset spec and its task options without loading the data: the kind, the rMD17 molecule or
     QM9 target, the option names, and (rMD17) that the files are where the root says. Raises ``ConfigError``
     or ``DataSourceError`` with the valid names / the advice that fixes it."""
-    from edg_core.readers import rmd17_root
-    from edg_core.readers.qm9 import TARGETS
-    from edg_core.readers.rmd17 import check_available
+    from edg.edg_core.readers import rmd17_root
+    from edg.edg_core.readers.qm9 import TARGETS
+    from edg.edg_core.readers.rmd17 import check_available
     name, opts = parse_dataset(dataset)
     overrides = {**opts, **overrides}
     kind, _, what = name.partition(":")

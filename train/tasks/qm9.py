@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edg_core.readers.qm9 import GEOM3D_UNITS, TARGETS, QM9Table, geom3d_targets, load_qm9, split_customized_01
+from edg.edg_core.readers.qm9 import GEOM3D_UNITS, TARGETS, QM9Table, geom3d_targets, load_qm9, split_customized_01
 
 from .base import Prediction, loss_fn
 from .packed import Batch, PackedMolecules

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edg_core.config import unknown_name
-from edg_core.readers import load_rmd17, rmd17_root
-from edg_core.readers.rmd17 import MOLECULES
+from edg.edg_core.config import unknown_name
+from edg.edg_core.readers import load_rmd17, rmd17_root
+from edg.edg_core.readers.rmd17 import MOLECULES
 
 from .base import Prediction, loss_fn
 from .packed import Batch, PackedMolecules
@@ -91,7 +91,7 @@ class RMD17Task:
         self.test = _pack(splits["test"], cfg.test_size, self.energy_mean)
 
     def predict(self, model: torch.nn.Module, batch: Batch, training: bool) -> Prediction:
-        from train.students import energy_and_forces
+        from edg.train.students import energy_and_forces
         f_g, s, ds = energy_and_forces(model, batch.z, batch.pos, batch.batch)
         s = s.reshape(-1)
         energy = self.scale * s  # relative to energy_mean, like the stored labels

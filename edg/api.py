@@ -1,0 +1,57 @@
+"""EDG's public Python API, in one place. Everything here keeps its name across releases; the modules behind
+it (``edg.train.predict``, ``edg.render.renderer``, ...) may move.
+
+Reading molecules::
+
+    from edg.api import open_source, Molecule
+    mols = [m for m in open_source("embedded:qm9?limit=2")]
+
+A trained student (a run folder of ``edg distill``) and the ASE calculator::
+
+    from edg.api import load_student, EDGCalculator
+    student = load_student("runs/quick/schnet__rmd17-ethanol__lam0.1__seed42")
+    atoms.calc = EDGCalculator("runs/quick/schnet__rmd17-ethanol__lam0.1__seed42")
+
+Rendering ED and structure images, and one DFT single point::
+
+    from edg.api import Renderer, RenderConfig, render_ed, render_structure
+    from edg.api import DFTConfig, DFTWorker, load_result
+
+Names load on first use, so ``import edg.api`` imports no torch, PySCF or ASE.
+"""
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "Molecule": "edg.edg_core.molecule",
+    "open_source": "edg.edg_core.readers",
+    "load_student": "edg.train.predict",
+    "TrainedStudent": "edg.train.predict",
+    "Prediction": "edg.train.predict",
+    "predict_file": "edg.train.predict",
+    "EDGCalculator": "edg.train.ase_calculator",
+    "STUDENTS": "edg.train.students",
+    "build_student": "edg.train.students",
+    "Renderer": "edg.render.renderer",
+    "render_ed": "edg.render.renderer",
+    "render_structure": "edg.render.renderer",
+    "RenderConfig": "edg.render.config",
+    "DFTConfig": "edg.dft.config",
+    "DFTWorker": "edg.dft.worker",
+    "DFTResult": "edg.dft.result",
+    "load_result": "edg.dft.result",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'edg.api' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
