@@ -19,11 +19,10 @@ reference row, so a representation that learns nothing beyond the atom counts is
 """
 from __future__ import annotations
 
-import copy
 import math
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +34,8 @@ from edg.edg_core.grid import CubeGrid
 from edg.edg_core.io import progress
 from edg.edg_core.units import ANGSTROM_IN_BOHR, HARTREE_IN_KCAL_PER_MOL
 
+from .loops.epoch_loop import LoopConfig, ModelSteps, checkpoints_of, find_checkpoint, run_epochs
+from .loops.run_state import RunState
 from .configs import IMAGENET_MEAN, IMAGENET_STD, REPRESENTATIONS, TARGETS, RepresentationConfig  # noqa: F401 (re-exported)
 
 REP_TITLES = {"pointnet": "ED point cloud (PointNet)", "voxel": "ED voxels (3-D ResNet)",
@@ -314,21 +315,17 @@ def _predict(model: nn.Module, x: torch.Tensor, idx: np.ndarray, batch_size: int
 
 def train_representation(rep: str, data: StudyData, split: dict[str, np.ndarray], cfg: RepresentationConfig,
                          show_progress: bool | None = None, run_dir=None, stop_after: int | None = None) -> dict:
-    """Train one representation's model; returns errors (Hartree and kcal/mol) at the best validation epoch.
+    """Train one representation's model through the epoch loop; returns errors (Hartree and kcal/mol) at the
+    best validation epoch.
 
     History: ``valid_std_mae`` is the mean over E1..E6 of the standardised validation MAE per epoch (entry 0:
-    the untrained model); ``train_loss`` the mean training L1 loss of each epoch. With ``run_dir`` the loop
-    keeps the run-folder convention of every EDG training loop (``train.progress``, ``train.checkpoint``):
-    metrics.jsonl / metrics.csv / progress.json and a line per epoch, and plain-data checkpoints every
+    the untrained model, which is the best "epoch 0"); ``train_loss`` the mean training L1 loss of each epoch.
+    With ``run_dir`` the loop keeps the run-folder files (``train.progress``) and plain-data checkpoints every
     ``cfg.checkpoint_every`` epochs (0: none) from which a rerun resumes; they are removed when it is done.
     ``stop_after``: end after that many epochs of the schedule, keeping the checkpoints (an interruption).
     """
     if rep not in data.inputs:
         raise EDGError(f"representation {rep!r} was not built into the study data (have {sorted(data.inputs)})")
-    from pathlib import Path
-
-    from .checkpoint import Checkpoints
-    from .progress import TrainLog
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     scaler = TargetScaler.fit(data.counts[split["train"]], data.targets[split["train"]], cfg.atom_refs)
@@ -338,62 +335,50 @@ def train_representation(rep: str, data: StudyData, split: dict[str, np.ndarray]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(split["train"]) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.epochs * steps_per_epoch))
-    g = torch.Generator().manual_seed(cfg.seed)
+    state = RunState(model, opt, sched, torch.Generator().manual_seed(cfg.seed))
+    loop = LoopConfig(rep, cfg.epochs, steps_per_epoch, cfg.batch_size, device,
+                      Path(run_dir) if run_dir is not None else None, checkpoints=bool(cfg.checkpoint_every),
+                      checkpoint_every=cfg.checkpoint_every, keep_last=cfg.keep_last, stop_after=stop_after,
+                      units={"loss": "(L1 of standardised E1-E6)", "std_mae": "(standardised MAE, mean of E1-E6)"},
+                      show=("train_loss", "valid_std_mae"), quiet=run_dir is None, progress_bar=show_progress)
 
     def std_mae(idx):
         return float(np.abs(_predict(model, x, idx, cfg.batch_size, device) - y[idx].numpy()).mean())
 
-    ckpts = Checkpoints(Path(run_dir) / "checkpoint", cfg.checkpoint_every, cfg.keep_last) \
-        if run_dir is not None and cfg.checkpoint_every else None
-    saved = ckpts.load_latest("cpu", f"{rep} checkpoint") if ckpts is not None else None
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        g.set_state(saved["generator"])
-        history, start, seconds = saved["history"], saved["epoch"], saved["seconds"]
-        best = (saved["best"]["value"], saved["best"]["epoch"], saved["best"]["model"])
-    else:
-        history, start, seconds = {"train_loss": [], "valid_std_mae": [std_mae(split["valid"])]}, 0, 0.0
-        best = (history["valid_std_mae"][0], 0, copy.deepcopy(model.state_dict()))
-    log = TrainLog(run_dir, rep, cfg.epochs, start, {"loss": "(L1 of standardised E1-E6)",
-                                                     "std_mae": "(standardised MAE, mean of E1-E6)"},
-                   show=("train_loss", "valid_std_mae"), quiet=run_dir is None)
-    last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
-    for epoch in progress(range(start + 1, last + 1), f"train {rep}", total=last - start, disable=show_progress):
-        t0 = time.perf_counter()
-        model.train()
-        order = split["train"][torch.randperm(len(split["train"]), generator=g).numpy()]
-        total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device, read once per epoch
-        for i in range(0, len(order), cfg.batch_size):
-            b = order[i:i + cfg.batch_size]
-            loss = F.l1_loss(model(x[b].to(device)), y[b].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach().double() * len(b)
-        train_seconds = time.perf_counter() - t0
-        history["train_loss"].append(float(total) / len(order))
-        history["valid_std_mae"].append(std_mae(split["valid"]))
-        if history["valid_std_mae"][-1] < best[0]:
-            best = (history["valid_std_mae"][-1], epoch, copy.deepcopy(model.state_dict()))
-        seconds += time.perf_counter() - t0
-        if ckpts is not None and ckpts.due(epoch, cfg.epochs):
-            ckpts.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "generator": g.get_state(), "epoch": epoch, "history": history, "seconds": seconds,
-                        "best": {"value": best[0], "epoch": best[1], "model": best[2]}}, epoch)
-        log.epoch({"epoch": epoch, "train_loss": history["train_loss"][-1],
-                   "valid_std_mae": history["valid_std_mae"][-1], "lr": opt.param_groups[0]["lr"],
-                   "samples_per_s": len(order) / max(train_seconds, 1e-9)}, time.perf_counter() - t0, epoch)
-    model.load_state_dict(best[2])
-    result = {"rep": rep, "title": REP_TITLES[rep], "best_epoch": best[1], "epochs": cfg.epochs,
-              "seconds": seconds, "n_params": sum(p.numel() for p in model.parameters()), "history": history}
+    ck = find_checkpoint(loop)
+    if ck is not None:
+        state.restore(ck)
+    else:  # the untrained model is the best so far
+        untrained = std_mae(split["valid"])
+        state.extra["untrained_valid_std_mae"] = untrained
+        state.keep_best(untrained, 0, keep_weights=True)
+
+    def batches(k):
+        order = split["train"][torch.randperm(len(split["train"]), generator=state.generator).numpy()]
+        return (order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size))
+
+    def step(b):
+        loss = F.l1_loss(model(x[b].to(device)), y[b].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return {"loss": loss.detach()}, len(b)
+
+    steps = ModelSteps(batches, step, evaluate=lambda k: {"valid_std_mae": std_mae(split["valid"])},
+                       select_metric="valid_std_mae", keep_best_weights=True)
+    run_epochs(state, steps, loop)
+    model.load_state_dict(state.best.weights)
+    history = {"train_loss": [r["train_loss"] for r in state.history],
+               "valid_std_mae": [state.extra["untrained_valid_std_mae"], *(r["valid_std_mae"] for r in state.history)]}
+    result = {"rep": rep, "title": REP_TITLES[rep], "best_epoch": state.best.epoch, "epochs": cfg.epochs,
+              "seconds": state.seconds, "n_params": sum(p.numel() for p in model.parameters()), "history": history}
     for part in ("valid", "test"):
         idx = split[part]
         pred = scaler.inverse(data.counts[idx], _predict(model, x, idx, cfg.batch_size, device))
         _errors(result, part, pred, data.targets[idx])
-    if ckpts is not None and last == cfg.epochs:
+    ckpts = checkpoints_of(loop)
+    if ckpts is not None and state.epoch == cfg.epochs:
         ckpts.clear()  # the caller records the result; nothing is left to resume
     return result
 
