@@ -1,7 +1,7 @@
 """Distillation runs as units of work: the grid of a benchmark, and each run as a Ray task.
 
 Used by ``edg benchmark`` (``cluster/commands/distill.py``) and the pipeline's distill stage
-(``cluster/pipeline.py``); the training itself is ``train.distill.run_distill``.
+(``cluster/pipeline.py``); the training itself is ``train.loops.distill.run_distill``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 def grid(base, students, datasets, lambdas, seeds) -> list:
     """Every DistillConfig of the grid (students x datasets x lambdas x seeds)."""
-    from edg.train.distill import replace
+    from edg.train.loops.distill import replace
     return [replace(base, student=s, dataset=d, **{"edg.lambda_ed": float(lam), "fit.seed": int(seed)})
             for s, d, lam, seed in itertools.product(students, datasets, lambdas, seeds)]
 
@@ -38,7 +38,7 @@ def run_on_ray(cfgs, cpus: float = 1.0, gpus: float = 0.0, force: bool = False, 
 
 def distill_task(cfg, force: bool = False, run_url: str | None = None, work_dir: str | None = None) -> dict:
     """One distillation run; with ``run_url`` (see ``run_on_ray``) on a node that need not see ``work_dir``."""
-    from edg.train.distill import run_distill
+    from edg.train.loops.distill import run_distill
     if run_url is None:
         return run_distill(cfg, force)
     import dataclasses

@@ -87,7 +87,7 @@ def test_a_corrupt_header_mid_tar_is_reported_and_the_samples_after_it_are_kept(
 
 
 def test_training_reader_skips_bad_samples_up_to_a_threshold(tmp_path, monkeypatch):
-    from edg.train.data import ShardImages, synthetic_images
+    from edg.train.data.shards import ShardImages, synthetic_images
     mols = list(open_source("embedded:qm9?limit=6").molecules())
     with ShardWriter(tmp_path, maxcount=100) as w:
         for i, m in enumerate(mols):

@@ -1,8 +1,8 @@
 """Checkpoints and run folders written by EDG before the one epoch loop (``train.loops``) still resume.
 
 Each test trains part of a schedule, rewrites the resumable checkpoint in the layout the earlier loops wrote
-(``_old_*``: the dicts of ``train/pretrain.py:train_stage``, ``train/distill.py:train_student`` and
-``train/representation.py:train_representation`` before the change, key for key, with their epoch numbering),
+(``_old_*``: the dicts of ``train/loops/pretrain.py:train_stage``, ``train/loops/distill.py:train_student`` and
+``train/loops/representation.py:train_representation`` before the change, key for key, with their epoch numbering),
 resumes it with today's loop and checks the result against a run that was never interrupted.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from edg.edg_core.io import read_jsonl
-from edg.train.checkpoint import CheckpointError, Checkpoints, load_checkpoint, save_checkpoint
-from edg.train.data import write_synthetic_shards
+from edg.train.io.checkpoint import CheckpointError, Checkpoints, load_checkpoint, save_checkpoint
+from edg.train.data.shards import write_synthetic_shards
 from edg.train.loops.run_state import CHECKPOINT_FORMAT, load_run_checkpoint, upgrade_checkpoint
 
 ROOT = "/work/shared/data/rmd17"
@@ -77,8 +77,9 @@ def shards(tmp_path_factory):
 
 
 def test_old_pretraining_checkpoint_and_metrics_resume(tmp_path, shards):
-    from edg.train.imageed import imageed_preset, load_imageed
-    from edg.train.pretrain import ImageEDTrainConfig, train_imageed
+    from edg.train.models.imageed import imageed_preset
+    from edg.train.io.model_files import load_imageed
+    from edg.train.loops.pretrain import ImageEDTrainConfig, train_imageed
     cfg = ImageEDTrainConfig(model=imageed_preset("tiny"), epochs=3, warmup_epochs=0, batch_size=8, num_workers=0,
                              lr=1e-3, shuffle_buffer=8, checkpoint_every=1, val_fraction=0.25)
     straight = train_imageed(cfg, shards, tmp_path / "straight")
@@ -111,7 +112,8 @@ def test_old_pretraining_checkpoint_and_metrics_resume(tmp_path, shards):
 
 def test_old_export_keys_still_load_from_an_epoch_checkpoint(tmp_path):
     """A model loader given an old run folder with only an epoch checkpoint reads the model from it."""
-    from edg.train.imageed import ImageED, imageed_preset, imageed_state, load_imageed
+    from edg.train.models.imageed import ImageED, imageed_preset
+    from edg.train.io.model_files import imageed_state, load_imageed
     torch.manual_seed(0)
     m = ImageED(imageed_preset("tiny"))
     save_checkpoint({"stage": "imageed", "epoch": 0, "steps_per_epoch": 1, "optimizer": {}, "scheduler": {},
@@ -129,7 +131,7 @@ def _tiny_student():
 
 
 def test_old_student_checkpoint_resumes(tmp_path):
-    from edg.train.distill import FitConfig, train_student
+    from edg.train.loops.distill import FitConfig, train_student
     from edg.train.tasks import build_task
     task = build_task("rmd17:ethanol", root=ROOT, train_size=8, valid_size=4, test_size=4)
     fc = FitConfig(epochs=4, batch_size=4, eval_batch_size=8, lr=1e-3, seed=0)
@@ -148,7 +150,8 @@ def test_old_student_checkpoint_resumes(tmp_path):
 # ---------------------------------------------------------------- representation study
 def test_old_representation_checkpoint_resumes(tmp_path):
     from edg.train.configs import RepresentationConfig
-    from edg.train.representation import StudyData, train_representation
+    from edg.train.data.study import StudyData
+    from edg.train.loops.representation import train_representation
     rng = np.random.default_rng(0)
     counts = rng.integers(1, 5, size=(12, 3)).astype(np.float64)
     pts = torch.as_tensor(rng.normal(size=(12, 32, 4)), dtype=torch.float32)

@@ -75,12 +75,12 @@ def test_ray_address_is_one_flag_everywhere():
 
 
 def test_tiny_representation_split_warns(caplog):
-    from edg.train.representation import split_indices
-    with caplog.at_level(logging.WARNING, logger="edg.train.representation"):
+    from edg.train.data.study import split_indices
+    with caplog.at_level(logging.WARNING, logger="edg.train.loops.representation"):
         s = split_indices(5, (0.8, 0.1, 0.1), 0)
     assert len(s["test"]) == 1 and "tiny split of 5 molecules" in caplog.text and "1 test" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="edg.train.representation"):
+    with caplog.at_level(logging.WARNING, logger="edg.train.loops.representation"):
         split_indices(200, (0.8, 0.1, 0.1), 0)
     assert "tiny split" not in caplog.text
 

@@ -7,12 +7,14 @@ import torch
 
 from edg.edg_core.errors import EDGError
 from edg.edg_core.io import read_jsonl
-from edg.train.checkpoint import Checkpoints, load_checkpoint
-from edg.train.data import count_samples, in_validation, write_synthetic_shards
-from edg.train.imageed import imageed_preset, load_imageed
-from edg.train.optim import scaled_lr, warmup_cosine
-from edg.train.pretrain import ImageEDTrainConfig, TeacherTrainConfig, train_imageed, train_teacher
-from edg.train.teacher import TEACHER_PRESETS, load_ed_predictor
+from edg.train.io.checkpoint import Checkpoints, load_checkpoint
+from edg.train.data.shards import count_samples, in_validation, write_synthetic_shards
+from edg.train.models.imageed import imageed_preset
+from edg.train.io.model_files import load_imageed
+from edg.train.loops.optim import scaled_lr, warmup_cosine
+from edg.train.loops.pretrain import ImageEDTrainConfig, TeacherTrainConfig, train_imageed, train_teacher
+from edg.train.models.teacher import TEACHER_PRESETS
+from edg.train.io.model_files import load_ed_predictor
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +98,7 @@ def test_imageed_validation_and_figure(shards, tmp_path):
 
 def test_teacher_learns_fu(shards, tmp_path):
     from edg.cluster.stages import run_extract
-    from edg.train.imageed import ImageED
+    from edg.train.models.imageed import ImageED
     torch.manual_seed(0)
     run_extract("imageed", ImageED(imageed_preset("tiny")), shards, tmp_path / "fu")
     cfg = TeacherTrainConfig(model=TEACHER_PRESETS["tiny"], epochs=6, batch_size=8, lr=0.05, num_workers=0,

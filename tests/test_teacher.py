@@ -8,19 +8,10 @@ import torch
 from edg.cluster.stages import run_extract
 from edg.edg_core.errors import EDGError
 from edg.edg_core.shards import read_samples
-from edg.train.data import ShardImages, image_loader, write_synthetic_shards
-from edg.train.imageed import ImageED, imageed_preset
-from edg.train.teacher import (
-    TEACHER_PRESETS,
-    EDPredictor,
-    Teacher,
-    TeacherConfig,
-    augment_structure_images,
-    load_ed_predictor,
-    load_teacher,
-    teacher_loss,
-    teacher_state,
-)
+from edg.train.data.shards import ShardImages, image_loader, write_synthetic_shards
+from edg.train.models.imageed import ImageED, imageed_preset
+from edg.train.models.teacher import TEACHER_PRESETS, EDPredictor, Teacher, TeacherConfig, augment_structure_images, teacher_loss
+from edg.train.io.model_files import load_ed_predictor, load_teacher, teacher_state
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +176,7 @@ def test_a_resumed_teacher_run_does_not_fetch_its_starting_weights_again(shards_
 
     import timm
 
-    from edg.train.pretrain import TeacherTrainConfig, train_teacher
+    from edg.train.loops.pretrain import TeacherTrainConfig, train_teacher
     torch.manual_seed(1)
     weights = tmp_path / "r10t.pth"
     torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), weights)
@@ -194,7 +185,7 @@ def test_a_resumed_teacher_run_does_not_fetch_its_starting_weights_again(shards_
     first = train_teacher(cfg, shards_with_fu / "fu", tmp_path / "run", device="cpu")
     weights.unlink()  # a resume must not need it
     again = train_teacher(replace(cfg, epochs=2), shards_with_fu / "fu", tmp_path / "run", device="cpu")
-    assert first["epoch"] == 0 and again["epoch"] == 1
+    assert first["epoch"] == 1 and again["epoch"] == 2  # epochs count from 1
     with pytest.raises(EDGError, match="does not exist"):  # a fresh run still starts from the file
         train_teacher(cfg, shards_with_fu / "fu", tmp_path / "fresh", device="cpu")
 
@@ -236,8 +227,8 @@ def test_teacher_on_rendered_structure_images(tmp_path):
     from edg.edg_core.readers import open_source
     from edg.edg_core.shards import ShardWriter, encode_sample
     from edg.render.config import RenderConfig
-    from edg.train.data import synthetic_images
-    from edg.train.pretrain import TeacherTrainConfig, train_teacher
+    from edg.train.data.shards import synthetic_images
+    from edg.train.loops.pretrain import TeacherTrainConfig, train_teacher
     with ShardWriter(tmp_path / "img", maxcount=8) as w:
         for mol in open_source("embedded:qm9?limit=16").molecules():
             ed, _ = synthetic_images(mol.z, mol.pos, 32)  # ED images need DFT fields: synthetic here

@@ -1,8 +1,8 @@
 """Training configs importable without torch or timm (the ``edg`` CLI builds its flags from them): the ImageED
 model and its presets, the teacher model and its presets, the two pretraining configs, the student
 ``FitConfig`` and the representation study's ``RepresentationConfig``. Defaults reproduce the paper and its
-official code; ``train.imageed``, ``train.teacher``, ``train.pretrain``, ``train.distill`` and
-``train.representation`` re-export them."""
+official code; ``train.models.imageed``, ``train.models.teacher``, ``train.loops.pretrain``, ``train.loops.distill`` and
+``train.loops.representation`` re-export them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace

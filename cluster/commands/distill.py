@@ -101,7 +101,7 @@ def register(sub) -> None:
 
 
 def _base_config(args):
-    from edg.train.distill import DistillConfig
+    from edg.train.loops.distill import DistillConfig
     cfg = load_yaml(DistillConfig, args.config) if args.config else DistillConfig()
     changes = {}
     for name in ("student", "dataset", "out"):
@@ -115,7 +115,7 @@ def _base_config(args):
         changes["edg.teacher_targets"] = args.teacher_targets
     if args.ed_predictor is not None:
         changes["edg.ed_predictor"] = args.ed_predictor
-    from edg.train.distill import replace
+    from edg.train.loops.distill import replace
     cfg = replace(cfg, **changes)
     cfg = replace(cfg, fit=apply_args(cfg.fit, args),
                   task={**cfg.task, **_key_values(args.task, "--task")},
@@ -140,7 +140,7 @@ def _line(r: dict) -> str:
 
 
 def cmd_distill(args) -> int:
-    from edg.train.distill import run_distill
+    from edg.train.loops.distill import run_distill
     cfg = _base_config(args)
     _check_targets(cfg)
     r = run_distill(cfg, force=args.force)
@@ -159,7 +159,7 @@ def _run_with_ray(cfgs, args) -> list[dict]:
 
 def cmd_benchmark(args) -> int:
     from edg.cluster.distill_runs import grid
-    from edg.train.distill import run_distill
+    from edg.train.loops.distill import run_distill
     from edg.train.report import write_report
     base = _base_config(args)
     cfgs = grid(base, args.students, args.datasets, args.lambdas, args.seeds)

@@ -13,7 +13,7 @@ used (torch.load weights_only); the EDG head is not needed at inference.
 --input is any input spec (a .xyz/.extxyz/.sdf/.mol file, 'rmd17:ethanol:test?root=DIR', smiles:CCO, ...);
 records that cannot be read go to <out>.failures.jsonl and the rest are predicted.
 rMD17 students predict kcal/mol and kcal/mol/Å; --units eV (default, ASE's convention) converts them.
-From Python: train.ase_calculator.EDGCalculator(run folder) is an ASE calculator (MD, optimisation).
+From Python: train.io.ase_calculator.EDGCalculator(run folder) is an ASE calculator (MD, optimisation).
 
 Example:
   edg distill --dataset 'rmd17:ethanol?root=embedded' --epochs 5 --out runs/distill
@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 
 def cmd_predict(args) -> int:
-    from edg.train.predict import predict_file
+    from edg.train.io.predict import predict_file
     s = predict_file(args.model, args.input, args.out, units=args.units, batch_size=args.batch_size,
                      device=args.device)
     line = f"predicted {s['molecules']} molecules ({s['units']}) -> {s['out']}"

@@ -4,7 +4,7 @@ A model brings its ``ModelSteps`` (its batches, its training step, its evaluatio
 the loop brings everything else, the same for all: resume from the newest checkpoint, per-epoch timing,
 losses summed on the device and read once per epoch (averaged over ranks under ``torch.distributed``), the
 metrics row, best-model tracking, checkpoints (``RunState.checkpoint``; every ``checkpoint_every`` epochs
-and after the last, newest ``keep_last`` kept), and the run-folder files and log line (``train.progress``).
+and after the last, newest ``keep_last`` kept), and the run-folder files and log line (``train.io.progress``).
 Epoch k counts from 1 everywhere (``train.loops.run_state``).
 
 A row of ``metrics.jsonl``, in column order: ``epoch`` (k), ``train_<name>`` for each value the step returns
@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from edg.edg_core.io import progress
-from edg.train.checkpoint import Checkpoints, CheckpointError
-from edg.train.progress import TrainLog
+from edg.train.io.checkpoint import Checkpoints, CheckpointError
+from edg.train.io.progress import TrainLog
 
 from .run_state import RunState, load_run_checkpoint
 

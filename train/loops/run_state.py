@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from edg.train.checkpoint import CheckpointError, load_checkpoint
+from edg.train.io.checkpoint import CheckpointError, load_checkpoint
 
 CHECKPOINT_FORMAT = "edg-run/1"
 
@@ -96,7 +96,7 @@ class RunState:
 
 
 def load_run_checkpoint(path: str | Path, map_location="cpu", what: str = "checkpoint") -> dict:
-    """A run checkpoint in this module's format, read with ``weights_only=True`` (``train.checkpoint``);
+    """A run checkpoint in this module's format, read with ``weights_only=True`` (``train.io.checkpoint``);
     files of earlier EDG versions are converted on the fly (``upgrade_checkpoint``)."""
     return upgrade_checkpoint(load_checkpoint(path, map_location, what), str(path))
 

@@ -1,7 +1,7 @@
 """The student training loop, with or without EDG, and one resumable run = one result file.
 
 ``train_student`` trains a student on a task: Adam, the task loss (L1 or MSE), the lr schedule of
-``train.student_schedule`` (warm-up; cosine, plateau or none), model selection on the validation metric,
+``train.loops.student_schedule`` (warm-up; cosine, plateau or none), model selection on the validation metric,
 test errors taken at the best validation epoch. Losses are summed on the device and read once per epoch (no
 host sync per step). ``run_distill`` builds task, student and EDG head from a ``DistillConfig`` (fields left
 unset take the paper's settings for the student and dataset: ``train.paper_settings``) and writes
@@ -28,22 +28,16 @@ import torch
 from edg.edg_core.config import dump_yaml, to_dict
 from edg.edg_core.io import atomic_path, write_json_atomic
 
-from .checkpoint import Checkpoints, load_checkpoint, model_file, save_checkpoint
-from .configs import FitConfig  # noqa: F401 (re-exported)
-from .edg import (
-    EDGConfig,
-    EDGHead,
-    build_ed_predictor,
-    coulomb_standin_features,
-    edg_objective,
-    load_teacher_targets,
-    predictor_dims,
-)
-from .loops.epoch_loop import LoopConfig, ModelSteps, find_checkpoint, run_epochs
-from .loops.run_state import RunState
-from .student_schedule import StudentSchedule
-from .tasks import Batch, PackedMolecules, Task, build_task
-from .tasks.base import loss_fn
+from edg.train.io.checkpoint import Checkpoints, load_checkpoint, model_file, save_checkpoint
+from edg.train.configs import FitConfig  # noqa: F401 (re-exported)
+from edg.train.models.edg_head import EDGConfig, EDGHead, edg_objective, predictor_dims
+from edg.train.io.model_files import build_ed_predictor
+from edg.train.data.teacher_targets import coulomb_standin_features, load_teacher_targets
+from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, find_checkpoint, run_epochs
+from edg.train.loops.run_state import RunState
+from edg.train.loops.student_schedule import StudentSchedule
+from edg.train.tasks import Batch, PackedMolecules, Task, build_task
+from edg.train.tasks.base import loss_fn
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +54,7 @@ class DistillConfig:
 
     def __post_init__(self):
         # options after the dataset name (rmd17:aspirin?root=DIR) are task options; --task KEY=VALUE wins
-        from .tasks import parse_dataset
+        from edg.train.tasks import parse_dataset
         self.dataset, opts = parse_dataset(self.dataset)
         if opts:
             self.task = {**opts, **self.task}
@@ -69,15 +63,15 @@ class DistillConfig:
         """This config with the paper's settings for the student and dataset family wherever the user set
         nothing: ``fit`` fields left ``None``, student and task options under the given ones
         (``train.paper_settings``)."""
-        from .paper_settings import resolve
+        from edg.train.paper_settings import resolve
         fit, student_args, task = resolve(self.student, self.dataset, self.fit, self.student_args, self.task)
         return dataclasses.replace(self, fit=fit, student_args=student_args, task=task)
 
     def validate(self) -> None:
         """Raise an ``EDGError`` naming the valid choices for an unknown student, dataset, molecule, target or
         option, or a missing rMD17 root, before anything is written."""
-        from .students import config_for
-        from .tasks import validate_dataset
+        from edg.train.students import config_for
+        from edg.train.tasks import validate_dataset
         config_for(self.student, **self.student_args)
         validate_dataset(self.dataset, **self.task)
 
@@ -204,7 +198,7 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
 
 def load_student_state(path: str | Path, map_location="cpu") -> dict:
     """The student weights of ``best_student.pt`` (or of a run folder holding it), for ``build_student(...)
-    .load_state_dict``; plain data only (``train.checkpoint.load_checkpoint``). A run folder means its
+    .load_state_dict``; plain data only (``train.io.checkpoint.load_checkpoint``). A run folder means its
     ``best_student.pt`` only: its resumable checkpoints hold training state, not the best weights."""
     path = model_file(path, "best_student.pt", "distillation", checkpoints=False)
     return load_checkpoint(path, map_location, "student weights")

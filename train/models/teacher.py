@@ -8,18 +8,15 @@ the backbone features, and EDP(F_S) (B, 768), which is trained with L1 to ImageE
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edg.edg_core.config import from_dict
 from edg.edg_core.errors import EDGError
 
-from .configs import IMAGENET_MEAN, IMAGENET_STD, TEACHER_PRESETS, TeacherConfig  # noqa: F401 (re-exported)
-from .data import ShardAnnotator
+from edg.train.configs import IMAGENET_MEAN, IMAGENET_STD, TEACHER_PRESETS, TeacherConfig  # noqa: F401 (re-exported)
 
 
 class EDPredictor(nn.Sequential):
@@ -44,7 +41,7 @@ def _weights_file(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))
-    from .checkpoint import load_checkpoint
+    from edg.train.io.checkpoint import load_checkpoint
     state = load_checkpoint(path, "cpu", "teacher pretrained weights")
     return state.get("state_dict", state.get("model", state))
 
@@ -186,60 +183,5 @@ def augment_structure_images(stimg: torch.Tensor, cfg: TeacherConfig, generator:
 
 
 # ---------------------------------------------------------------- checkpoints
-def teacher_state(model: Teacher) -> dict:
-    """What a teacher checkpoint holds besides training state: the config, the whole model and the ED
-    predictor on its own (so the students can load it without timm or the backbone)."""
-    return {"teacher_config": asdict(model.cfg), "model": model.state_dict(),
-            "ed_predictor": model.ed_predictor.state_dict(), "ed_predictor_dims": list(model.ed_predictor.dims)}
 
 
-def load_teacher(path: str | Path, map_location="cpu") -> Teacher:
-    """The teacher (eval mode) from ``teacher.pt``, a training checkpoint or a run folder (plain data only:
-    ``train.checkpoint.load_checkpoint``)."""
-    path, ck = _load(path, map_location)
-    if "teacher_config" not in ck:
-        raise EDGError(f"{path}: not a teacher checkpoint (keys {sorted(ck)[:8]}); expected 'teacher_config'")
-    saved = {k: v for k, v in ck["teacher_config"].items() if k != "backbone_checkpoint"}  # a field of older files
-    cfg = from_dict(TeacherConfig, _tuples(saved), where=f"{path}:teacher_config")
-    model = Teacher(cfg)  # the weights come from the checkpoint itself, never from the hub
-    model.load_state_dict(ck["model"])
-    return model.eval()
-
-
-def load_ed_predictor(path: str | Path, map_location="cpu") -> EDPredictor:
-    """The frozen ED predictor (eval mode, requires_grad False) from a teacher checkpoint file."""
-    path, ck = _load(path, map_location)
-    if "ed_predictor" not in ck:
-        raise EDGError(f"{path}: not a teacher checkpoint (keys {sorted(ck)[:8]}); expected 'ed_predictor'")
-    edp = EDPredictor(*ck["ed_predictor_dims"])
-    edp.load_state_dict(ck["ed_predictor"])
-    for p in edp.parameters():
-        p.requires_grad_(False)
-    return edp.eval()
-
-
-def _load(path, map_location) -> tuple[Path, dict]:
-    """(file, content) of a teacher checkpoint; a run folder means its ``teacher.pt``, else its checkpoints
-    (``train.checkpoint.model_file``)."""
-    from .checkpoint import load_checkpoint, model_file
-    path = model_file(path, "teacher.pt", "teacher")
-    return path, load_checkpoint(path, map_location, "teacher checkpoint")
-
-
-def _tuples(d: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-
-class TargetExtractor(ShardAnnotator):
-    """A stage worker (``cluster.stages.run_extract``): the teacher once per conformation with structure
-    images, storing F_S (``fs.npy``) and EDP(F_S) (``edp.npy``). Eval mode, no augmentation, float32 unless
-    ``bf16``; student training reads these instead of running the teacher. ``model``: a ``Teacher`` or a path
-    ``load_teacher`` reads."""
-    member = "stimg"
-
-    def __init__(self, model, device=None, bf16: bool = False, drop_images: bool = False):
-        super().__init__(model if isinstance(model, Teacher) else load_teacher(model), device, bf16, drop_images)
-
-    def outputs(self, images):
-        fs, edp = self.model(images)
-        return {"fs": fs, "edp": edp}

@@ -5,7 +5,7 @@ in this process, or as one rank of a ``torch.distributed`` group (DDP; the shard
 DataLoader worker). Before any work the model's image size, view count and F_U width are checked against
 the first sample of the shards (``check_shapes``; ``fit_to_shards`` adapts a config to them).
 
-Run folder (the convention of every EDG training loop, see ``train.checkpoint`` / ``train.progress``):
+Run folder (the convention of every EDG training loop, see ``train.io.checkpoint`` / ``train.io.progress``):
 ``config.yaml``; ``metrics.jsonl``, ``metrics.csv`` and ``progress.json`` rewritten after every epoch, with
 a line per epoch on stderr; ``checkpoint/epoch-NNNNNN.pt`` (plain data: model, optimizer, scheduler, epoch,
 config, metric history) every ``checkpoint_every`` epochs and after the last, the newest ``keep_last``
@@ -35,14 +35,17 @@ from edg.edg_core.config import dump_yaml
 from edg.edg_core.errors import EDGError, ShardError
 from edg.edg_core.shards import shard_paths, webdataset_pipeline
 
-from .checkpoint import save_checkpoint
-from .configs import ImageEDTrainConfig, TeacherTrainConfig  # noqa: F401 (re-exported)
-from .data import ShardImages, count_samples, image_loader
-from .imageed import ImageED, imageed_state, save_reconstruction_png
-from .loops.epoch_loop import LoopConfig, ModelSteps, Report, find_checkpoint, run_epochs
-from .loops.run_state import RunState
-from .optim import adamw, scaled_lr, sgd, warmup_cosine
-from .teacher import Teacher, augment_structure_images, teacher_loss, teacher_state
+from edg.train.io.checkpoint import save_checkpoint
+from edg.train.configs import ImageEDTrainConfig, TeacherTrainConfig  # noqa: F401 (re-exported)
+from edg.train.data.shards import ShardImages, count_samples, image_loader
+from edg.train.models.imageed import ImageED
+from edg.train.io.model_files import imageed_state
+from edg.train.io.figures import save_reconstruction_png
+from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, Report, find_checkpoint, run_epochs
+from edg.train.loops.run_state import RunState
+from edg.train.loops.optim import adamw, scaled_lr, sgd, warmup_cosine
+from edg.train.models.teacher import Teacher, augment_structure_images, teacher_loss
+from edg.train.io.model_files import teacher_state
 
 UNITS = {"imageed": {"loss": "(normalised-pixel MSE)", "l_mp": "(normalised-pixel MSE)",
                      "l_rp": "(normalised-pixel MSE)"},
