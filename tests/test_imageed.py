@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from edg.train.data.shards import ShardImages, image_loader, write_synthetic_shards
-from edg.train.models.imageed import IMAGENET_MEAN, IMAGENET_STD, ImageED, ImageEDConfig, imageed_preset, sincos_pos_embed_2d
+from edg.train.models.imageed import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageED,
+    ImageEDConfig,
+    imageed_preset,
+    sincos_pos_embed_2d,
+)
 from edg.train.io.model_files import load_imageed
 from edg.train.io.figures import save_reconstruction_png
 

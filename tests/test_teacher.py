@@ -10,7 +10,14 @@ from edg.edg_core.errors import EDGError
 from edg.edg_core.shards import read_samples
 from edg.train.data.shards import ShardImages, image_loader, write_synthetic_shards
 from edg.train.models.imageed import ImageED, imageed_preset
-from edg.train.models.teacher import TEACHER_PRESETS, EDPredictor, Teacher, TeacherConfig, augment_structure_images, teacher_loss
+from edg.train.models.teacher import (
+    TEACHER_PRESETS,
+    EDPredictor,
+    Teacher,
+    TeacherConfig,
+    augment_structure_images,
+    teacher_loss,
+)
 from edg.train.io.model_files import load_ed_predictor, load_teacher, teacher_state
 
 

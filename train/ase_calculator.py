@@ -3,6 +3,6 @@ import importlib
 import sys
 import warnings
 
-warnings.warn("`edg.train.ase_calculator` moved to `edg.train.io.ase_calculator` and goes in EDG 0.3; import from `edg.api`",
-              FutureWarning, stacklevel=2)
+warnings.warn("`edg.train.ase_calculator` moved to `edg.train.io.ase_calculator` and goes in EDG 0.3; "
+              "import from `edg.api`", FutureWarning, stacklevel=2)
 sys.modules[__name__] = importlib.import_module("edg.train.io.ase_calculator")

@@ -1,13 +1,12 @@
-"""The student training loop, with or without EDG, and one resumable run = one result file.
+"""Distillation: a student's steps for the one epoch loop, with or without EDG; one resumable run = one result file.
 
-``train_student`` trains a student on a task: Adam, the task loss (L1 or MSE), the lr schedule of
-``train.loops.student_schedule`` (warm-up; cosine, plateau or none), model selection on the validation metric,
-test errors taken at the best validation epoch. Losses are summed on the device and read once per epoch (no
-host sync per step). ``run_distill`` builds task, student and EDG head from a ``DistillConfig`` (fields left
+``train_student`` trains a student on a task through the epoch loop (``train.loops.epoch_loop``; epochs
+count from 1): Adam, the task loss (L1 or MSE), the lr schedule of ``train.loops.student_schedule``
+(warm-up; cosine, plateau or none), model selection on the validation metric, test errors taken at the best
+validation epoch. ``run_distill`` builds task, student and EDG head from a ``DistillConfig`` (fields left
 unset take the paper's settings for the student and dataset: ``train.paper_settings``) and writes
-``<out>/<run name>/`` in the run-folder convention of every EDG training loop: config.yaml;
-metrics.jsonl, metrics.csv and progress.json after every epoch, with a line per epoch on stderr (losses,
-validation metrics with units, lr, samples/s, ETA); ``checkpoint/epoch-NNNNNN.pt`` (plain data, every
+``<out>/<run name>/``: config.yaml; metrics.jsonl, metrics.csv and progress.json after every epoch, with a
+line per epoch on stderr; ``checkpoint/epoch-NNNNNN.pt`` (``train.loops.run_state``, every
 ``checkpoint_every`` epochs, newest ``keep_last`` kept); at the end test_errors.npz, best_student.pt (the
 student's weights at the best validation epoch) and result.json last, atomically. A run whose result.json
 exists is skipped; an interrupted run resumes from its last checkpoint; the checkpoints are removed when the

@@ -5,15 +5,16 @@ in this process, or as one rank of a ``torch.distributed`` group (DDP; the shard
 DataLoader worker). Before any work the model's image size, view count and F_U width are checked against
 the first sample of the shards (``check_shapes``; ``fit_to_shards`` adapts a config to them).
 
-Run folder (the convention of every EDG training loop, see ``train.io.checkpoint`` / ``train.io.progress``):
-``config.yaml``; ``metrics.jsonl``, ``metrics.csv`` and ``progress.json`` rewritten after every epoch, with
-a line per epoch on stderr; ``checkpoint/epoch-NNNNNN.pt`` (plain data: model, optimizer, scheduler, epoch,
-config, metric history) every ``checkpoint_every`` epochs and after the last, the newest ``keep_last``
-kept, and ``checkpoint/best.pt`` (the exported model at the lowest validation loss, when there is a
-validation split); ``imageed.pt`` / ``teacher.pt`` when the schedule is done. After each epoch every rank
-calls ``report(metrics, checkpoint_file)`` (the file written this epoch on rank 0, else ``None``). A rerun
-resumes after the last checkpointed epoch and takes the same steps it would have taken without the
-interruption: data order, masks and augmentations are seeded by (seed, epoch, rank).
+Both run through the one epoch loop (``train.loops.epoch_loop``; epochs count from 1): this module only says
+what a step, a validation and an export are (``_stage_steps``). Run folder: ``config.yaml``;
+``metrics.jsonl``, ``metrics.csv`` and ``progress.json`` rewritten after every epoch, with a line per epoch on
+stderr; ``checkpoint/epoch-NNNNNN.pt`` (``train.loops.run_state``, plus the export's keys) every
+``checkpoint_every`` epochs and after the last, the newest ``keep_last`` kept, and ``checkpoint/best.pt`` (the
+exported model at the lowest validation loss, when there is a validation split); ``imageed.pt`` /
+``teacher.pt`` when the schedule is done. After each epoch every rank calls ``report(row, checkpoint_file)``
+(the file written this epoch on rank 0, else ``None``). A rerun resumes after the last checkpointed epoch and
+takes the same steps it would have taken without the interruption: data order, masks and augmentations are
+seeded by (seed, epoch, rank).
 
 Every rank takes the same number of steps per epoch (``ceil(train samples / global batch)``; a rank whose
 shards run out starts another pass), so DDP never waits on a rank that has finished.

@@ -10,12 +10,12 @@ E1..E6 (SCF final energy, nuclear repulsion, one-electron, two-electron, exchang
 - ``image``: the 6 rendered RGB-D ED images (shard member ``edimg``), a randomly initialised timm ResNet18 with
   4 input channels, features averaged over the views (as the teacher pools its views).
 
-Input is decoded shard samples (``edg_core.shards.read_samples``; ``train.data.study``) that carry ``ed`` + ``grid`` (rendered with
-``--keep-fields``), ``edimg`` and labels E1..E6. Targets: per-element atom references are fitted by least
-squares on the training molecules and subtracted (``atom_refs``), the residuals standardised with the training
-mean/std; L1 loss; the epoch with the lowest mean standardised validation MAE is kept and its test MAE reported
-in Hartree and kcal/mol. The composition-only model (atom references + training mean) is reported as a
-reference row, so a representation that learns nothing beyond the atom counts is visible as such.
+Input is decoded shard samples (``edg_core.shards.read_samples``; ``train.data.study``) that carry ``ed`` +
+``grid`` (rendered with ``--keep-fields``), ``edimg`` and labels E1..E6. Targets: per-element atom references are
+fitted by least squares on the training molecules and subtracted (``atom_refs``), the residuals standardised with
+the training mean/std; L1 loss; the epoch with the lowest mean standardised validation MAE is kept and its test
+MAE reported in Hartree and kcal/mol. The composition-only model (atom references + training mean) is reported as
+a reference row, so a representation that learns nothing beyond the atom counts is visible as such.
 """
 from __future__ import annotations
 
