@@ -18,6 +18,7 @@ from edg.train.models.teacher import (
     augment_structure_images,
     teacher_loss,
 )
+from edg.train.io.backbone_weights import init_backbone
 from edg.train.io.model_files import load_ed_predictor, load_teacher, teacher_state
 
 
@@ -138,12 +139,12 @@ def test_pretrained_weights_from_a_local_file(tmp_path):
     for name in ("r10t.pth", "r10t.safetensors"):
         t = Teacher(TeacherConfig(arch="resnet10t", pretrained_weights=str(tmp_path / name), fu_dim=8))
         assert not torch.equal(t.backbone.conv1[0].weight, src.conv1[0].weight)  # construction: random init
-        assert t.init_backbone() is t
+        assert init_backbone(t) is t
         torch.testing.assert_close(t.backbone.conv1[0].weight, src.conv1[0].weight)
     with pytest.raises(EDGError, match="does not exist"):
-        Teacher(TeacherConfig(arch="resnet10t", pretrained_weights=str(tmp_path / "missing.pth"))).init_backbone()
+        init_backbone(Teacher(TeacherConfig(arch="resnet10t", pretrained_weights=str(tmp_path / "missing.pth"))))
     with pytest.raises(EDGError, match="do not fit"):
-        Teacher(TeacherConfig(arch="resnet18", pretrained_weights=str(tmp_path / "r10t.pth"))).init_backbone()
+        init_backbone(Teacher(TeacherConfig(arch="resnet18", pretrained_weights=str(tmp_path / "r10t.pth"))))
     with pytest.raises(ValueError, match="pretrained is off"):
         TeacherConfig(pretrained=False, pretrained_weights=str(tmp_path / "r10t.pth"))
 
@@ -159,12 +160,12 @@ def no_hub(tmp_path, monkeypatch):
 def test_imagenet_start_without_hub_or_file_is_a_one_line_error(no_hub):
     t = Teacher(TeacherConfig(arch="resnet10t", fu_dim=8))
     with pytest.raises(EDGError) as e:
-        t.init_backbone()
+        init_backbone(t)
     msg = str(e.value)
     assert "\n" not in msg and "--model.pretrained-weights" in msg and "--no-model.pretrained" in msg
     scratch = Teacher(TeacherConfig(arch="resnet10t", fu_dim=8, pretrained=False))
     w = scratch.backbone.conv1[0].weight.clone()
-    assert torch.equal(scratch.init_backbone().backbone.conv1[0].weight, w)  # from scratch: nothing loaded
+    assert torch.equal(init_backbone(scratch).backbone.conv1[0].weight, w)  # from scratch: nothing loaded
 
 
 def test_edg_pretrain_teacher_without_weights_says_what_to_do(no_hub, shards_with_fu, tmp_path, capsys):

@@ -36,6 +36,7 @@ from edg.edg_core.config import dump_yaml
 from edg.edg_core.errors import EDGError, ShardError
 from edg.edg_core.shards import shard_paths, webdataset_pipeline
 
+from edg.train.io.backbone_weights import init_backbone
 from edg.train.io.checkpoint import save_checkpoint
 from edg.train.configs import ImageEDTrainConfig, TeacherTrainConfig  # noqa: F401 (re-exported)
 from edg.train.data.shards import ShardImages, count_samples, image_loader
@@ -103,7 +104,7 @@ def _teacher_stage(cfg: TeacherTrainConfig, shards) -> _Stage:
                            val_fraction=cfg.val_fraction, shuffle=cfg.shuffle_buffer if split == "train" else 0,
                            seed=seed, fu_dim=mc.fu_dim, max_bad_samples=cfg.max_bad_samples)
     return _Stage("teacher", Teacher(mc), lambda model, gb: sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay),
-                  loss, dataset, teacher_state, "teacher.pt", init=Teacher.init_backbone)
+                  loss, dataset, teacher_state, "teacher.pt", init=init_backbone)
 
 
 def train_imageed(cfg: ImageEDTrainConfig, shards, out_dir, report: Report | None = None,

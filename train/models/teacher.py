@@ -8,7 +8,6 @@ the backbone features, and EDP(F_S) (B, 768), which is trained with L1 to ImageE
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -28,34 +27,10 @@ class EDPredictor(nn.Sequential):
 
 
 def _backbone(cfg: TeacherConfig) -> nn.Module:
-    """The timm backbone with random weights (``Teacher.init_backbone`` loads the starting weights)."""
+    """The timm backbone with random weights (``train.io.backbone_weights.init_backbone`` loads the starting
+    weights)."""
     import timm
     return timm.create_model(cfg.arch, pretrained=False, num_classes=0)
-
-
-def _weights_file(path: Path) -> dict:
-    """A state dict from a local file: ``.safetensors``, or a torch file of tensors (plain data only), possibly
-    wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``."""
-    if not path.is_file():
-        raise EDGError(f"teacher: pretrained weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    from edg.train.io.checkpoint import load_checkpoint
-    state = load_checkpoint(path, "cpu", "teacher pretrained weights")
-    return state.get("state_dict", state.get("model", state))
-
-
-def _hub_weights(arch: str) -> dict:
-    """timm's pretrained (ImageNet) weights for ``arch`` from the Hugging Face hub or its local cache."""
-    import timm
-    try:
-        return timm.create_model(arch, pretrained=True, num_classes=0).state_dict()
-    except Exception as e:  # no network, nothing cached, no weights for this arch: the way out is the same
-        why = (str(e).splitlines() or [""])[0][:160]
-        raise EDGError(f"teacher: cannot get pretrained weights for {arch!r} from the timm hub ({type(e).__name__}: "
-                       f"{why}); give a local file with --model.pretrained-weights FILE, or train from random "
-                       f"weights with --no-model.pretrained (YAML: model: {{pretrained: false}})") from None
 
 
 class Teacher(nn.Module):
@@ -66,18 +41,6 @@ class Teacher(nn.Module):
         self.ed_predictor = EDPredictor(self.backbone.num_features, cfg.hidden_dim, cfg.fu_dim)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def init_backbone(self) -> Teacher:
-        """Load the backbone's starting weights as configured and return ``self``: the file
-        ``cfg.pretrained_weights``, else timm's ImageNet weights from the hub (``cfg.pretrained``, the authors'
-        start), else nothing (random init). Training from scratch calls this; a teacher loaded from its own
-        checkpoint never needs it. Classifier keys are dropped; any other mismatch is an ``EDGError``."""
-        cfg = self.cfg
-        if not cfg.pretrained:
-            return self
-        path = Path(cfg.pretrained_weights) if cfg.pretrained_weights else None
-        return self.load_backbone(_weights_file(path) if path else _hub_weights(cfg.arch),
-                                  str(path or "timm hub weights"))
 
     def load_backbone(self, state: dict, where: str, error: type[Exception] = EDGError,
                       message: str = "{where}: do not fit {arch} ({why})") -> Teacher:
