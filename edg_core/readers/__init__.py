@@ -76,7 +76,7 @@ def embedded_path(name: str) -> Path:
     """Path of an embedded data file (``qm9`` or ``rmd17``)."""
     if name not in EMBEDDED:
         raise DataSourceError(f"unknown embedded data set {name!r}; known: {sorted(EMBEDDED)}")
-    return Path(str(resources.files("edg_core") / "data" / EMBEDDED[name]))
+    return Path(str(resources.files("edg.edg_core") / "data" / EMBEDDED[name]))
 
 
 def rmd17_root(root: str | None = None) -> Path | str:
