@@ -102,7 +102,8 @@ def _auth_hint(address: str, error: Exception) -> str:
         return (f"Ray cluster at {address}: its token authentication does not match this process "
                 f"(RAY_AUTH_MODE={mode}): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<the head's token file> "
                 f"(`ray get-auth-token` on the head prints it), or RAY_AUTH_MODE=disabled if the head runs without")
-    return f"no Ray cluster reachable at {address}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"no Ray cluster reachable at {address}: {first}"
 
 
 def _check_reachable(address: str, timeout_s: float = 10.0) -> None:

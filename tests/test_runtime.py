@@ -3,7 +3,6 @@ pipeline says which it chose."""
 from __future__ import annotations
 
 import pytest
-
 from edg.cluster.runtime import use_ray
 
 
@@ -101,7 +100,6 @@ def test_which_cluster_is_stated_and_never_a_strangers_head(monkeypatch, env, ad
 @pytest.mark.ray
 def test_an_unreachable_address_is_one_line_not_a_silent_local_runtime(monkeypatch):
     import ray
-
     from edg.cluster.runtime import RayClusterError, ray_session
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
     with pytest.raises(RayClusterError) as e:
@@ -118,7 +116,6 @@ def test_the_private_runtime_listens_on_loopback_and_never_writes_home(monkeypat
     import os
 
     import psutil
-
     from edg.cluster.runtime import ray_session
     home = tmp_path / "home"
     home.mkdir()
@@ -133,7 +130,8 @@ def test_the_private_runtime_listens_on_loopback_and_never_writes_home(monkeypat
         listening = [c for c in psutil.net_connections(kind="inet")
                      if c.status == psutil.CONN_LISTEN and c.pid in pids]
         assert listening, "no listening sockets found for the runtime's processes"
-        wide = sorted({(c.laddr.ip, c.laddr.port) for c in listening if c.laddr.ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")})
+        loopback = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+        wide = sorted({(c.laddr.ip, c.laddr.port) for c in listening if c.laddr.ip not in loopback})
         assert not wide, f"the private runtime listens beyond loopback: {wide}"
     assert not (home / ".ray").exists()
     assert all(k not in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"))
