@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
@@ -38,10 +39,21 @@ def _check_locations(args) -> None:
     """Every command's ``--out`` must outlive the process (no ``memory://``); ``--out``, ``--shards`` and
     ``--fields`` may be ``file://`` URLs (local paths) and must name a known protocol (``edg_core.storage``)."""
     from edg.edg_core.storage import check_location
+
+    from .runtime import check_job_output
     for name, persistent in (("out", True), ("shards", False), ("fields", False)):
         value = getattr(args, name, None)
         if isinstance(value, str):
-            setattr(args, name, check_location(value, persistent=persistent))
+            setattr(args, name, check_location(check_job_output(value, f"--{name}"), persistent=persistent))
+
+
+def results_line(args) -> str | None:
+    """``edg <command>: results in <absolute path or URL>`` for a command with an ``--out``, else None."""
+    out = getattr(args, "out", None)
+    if not isinstance(out, str) or not out:
+        return None
+    where = out if "://" in out else os.path.abspath(out)
+    return f"edg {args.command}: results in {where}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         _check_locations(args)
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        if rc == 0 and (line := results_line(args)):
+            print(line, flush=True)
+        return rc
     except EDGError as e:
         print(f"edg {args.command}: error: {e}", file=sys.stderr)
         return 2

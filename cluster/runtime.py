@@ -47,6 +47,23 @@ def in_ray_cluster_context() -> bool:
     return bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or os.environ.get("RAY_ADDRESS"))
 
 
+def in_ray_job() -> bool:
+    """True in the driver of a job started with ``ray job submit``."""
+    return bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+
+
+def check_job_output(loc, what: str = "--out"):
+    """Inside a Ray job, refuse a relative local output location: the job runs in a temporary copy of the
+    submitted working directory (``.../runtime_resources/working_dir_files/_ray_pkg_...``), so its results
+    would land there and vanish with the job instead of in the clone it was submitted from."""
+    s = "" if loc is None else str(loc)
+    if s and in_ray_job() and "://" not in s and not os.path.isabs(s):
+        raise EDGError(f"{what} {s}: a relative path inside a Ray job lands in the job's temporary working "
+                       f"directory, not where you submitted from; give an absolute path on storage every node "
+                       f"sees (NFS, Lustre) or a URL (s3://, gs://, ...)")
+    return loc
+
+
 def use_ray(setting: bool | None) -> tuple[bool, str]:
     """(run on Ray?, why) for a config/flag ``setting``: True/False as given; None: the cluster context."""
     if setting is not None:
@@ -81,7 +98,7 @@ def loopback_only() -> Iterator[None]:
 
 def choose_cluster(address: str | None) -> tuple[str | None, str]:
     """(address to join or None for a private local runtime, why) for a user's ``address`` setting."""
-    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+    if in_ray_job():
         return "auto", "inside a Ray job: its cluster"
     if address == "local":
         return None, "a private local runtime (--ray-address local)"
