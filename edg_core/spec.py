@@ -19,7 +19,7 @@ A bad spec is one ``SpecError`` line naming the spec and the bad part, with the 
 """
 from __future__ import annotations
 
-import warnings
+import logging
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote
 
@@ -152,12 +152,15 @@ def _ordered(opts: dict[str, str], own: tuple[str, ...]) -> tuple[tuple[str, str
 _noted: set[str] = set()
 
 
+log = logging.getLogger(__name__)
+
+
 def _note_old_spelling(text: str, canonical: str, why: str) -> None:
-    """One line per old spelling per process (a FutureWarning, as the old import names give)."""
+    """One warning line per old spelling per process."""
     if text in _noted:
         return
     _noted.add(text)
-    warnings.warn(f"spec {text!r} is an old spelling ({why}); write {canonical!r}", FutureWarning, stacklevel=4)
+    log.warning("deprecated spec %r (%s): write %r", text, why, canonical)
 
 
 def _looks_like_name(base: str) -> bool:

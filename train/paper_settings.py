@@ -25,9 +25,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from edg.edg_core.datasets import families, family_of
+
 from .configs import GEOM3D_QM9_FIT, FitConfig
 
-FAMILIES = ("qm9", "rmd17")
+FAMILIES = families()
+"""The paper families of the registered datasets (``edg_core.datasets``: each dataset names its family)."""
 
 
 @dataclass(frozen=True)
@@ -70,11 +73,9 @@ PAPER_LAMBDAS = (1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0)  # the paper
 
 
 def family(dataset: str) -> str:
-    """``"rmd17:aspirin"`` -> ``"rmd17"`` (options after ``?`` ignored)."""
-    fam = dataset.split("?", 1)[0].split(":", 1)[0]
-    if fam not in FAMILIES:
-        raise ValueError(f"dataset {dataset!r}: unknown family {fam!r}; use one of {', '.join(FAMILIES)}")
-    return fam
+    """``"rmd17:aspirin"`` -> ``"rmd17"``: the family the registry gives the dataset (``ConfigError`` for a
+    dataset without one)."""
+    return family_of(dataset)
 
 
 def paper_settings(student: str, dataset: str) -> PaperSettings:

@@ -24,8 +24,8 @@ class Dataset:
     """One registered dataset.
 
     ``reader``: ``"module:function"``, ``function(spec: DatasetSpec) -> edg_core.readers.Source`` (records of
-    ``spec.split``). ``task``: ``"module:function"``, ``function(spec: DatasetSpec, overrides: dict) -> Task``
-    (``train.tasks``), or ``None`` for a records-only source. ``subset``: the option named by position
+    ``spec.split``). ``task``: ``"module:Class"``, a task class of ``train.tasks`` with
+    ``from_spec(spec, overrides)`` and ``check_spec(spec, overrides)``, or ``None`` for a records-only source. ``subset``: the option named by position
     (``rmd17:<molecule>``), with ``subsets`` its valid values (empty: any). ``options``: record options beyond
     ``split`` and ``limit`` (``root``, ``split_id``, ...). ``targets``: what the task can learn; ``metrics``: the
     test metrics a result table reports; ``units``: target or metric -> unit. ``family``: the paper family (settings in ``train.paper_settings``), ``paper_table`` its
@@ -43,7 +43,7 @@ class Dataset:
     splits: tuple[str, ...] = ()
     default_split: str | None = None
     options: tuple[str, ...] = ()
-    task: str | None = None
+    task: str | None = None           # "module:Class" (see above)
     targets: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
     units: dict[str, str] = field(default_factory=dict)
@@ -62,9 +62,16 @@ class Dataset:
         """The records ``spec`` selects (an ``edg_core.readers.Source``)."""
         return _load(self.reader)(spec)
 
-    def build_task(self, spec, overrides: dict):
-        """The task ``spec`` names (imports the task module, hence torch)."""
-        return _load(self.task)(spec, overrides)
+    def split_ids(self, spec):
+        """``({split: ids}, what the ids are)`` of the fixed split ``spec`` names (``edg data split``)."""
+        if self.split_members is None:
+            raise ConfigError(f"dataset {self.name!r} has no fixed split")
+        return _load(self.split_members)(spec)
+
+    def task_class(self):
+        """The task class (imports the task module, hence torch): ``from_spec(spec, overrides) -> Task`` and
+        ``check_spec(spec, overrides)`` (the config, checked without loading data)."""
+        return _load(self.task)
 
 
 DATASETS: dict[str, Dataset] = {}

@@ -12,7 +12,7 @@ register(Dataset(
                             "molecules", reader=f"{READERS}.qm9:open_qm9",
     subset="target", subset_label="QM9 target", subsets=QM9_TARGETS, task_needs_subset=True,
     splits=("train", "valid", "test", "all"), default_split="all", options=("root",),
-    task="edg.train.tasks.qm9:task_from_spec", targets=QM9_TARGETS, metrics=("mae",), units=dict(GEOM3D_UNITS),
+    task="edg.train.tasks.qm9:QM9Task", targets=QM9_TARGETS, metrics=("mae",), units=dict(GEOM3D_UNITS),
     family="qm9", paper_table="Table 1: QM9", table_layout="targets",
     split_members=f"{READERS}.qm9:split_members"))
 
@@ -21,7 +21,7 @@ register(Dataset(
                               "?root=embedded: frames shipped in the package", reader=f"{READERS}.rmd17:open_rmd17",
     subset="molecule", subset_label="rMD17 molecule", subsets=RMD17_MOLECULES, subset_required=True,
     splits=("train", "valid", "test"), default_split="train", options=("root", "split_id"),
-    task="edg.train.tasks.rmd17:task_from_spec", targets=("energy", "forces"),
+    task="edg.train.tasks.rmd17:RMD17Task", targets=("energy", "forces"),
     metrics=("energy_mae", "force_mae"), units={"energy": "kcal/mol", "forces": "kcal/mol/Å",
                                                 "energy_mae": "kcal/mol", "force_mae": "kcal/mol/Å"},
     family="rmd17", paper_table="Table 2: rMD17", table_layout="rows", trajectory_ids=True,

@@ -220,4 +220,5 @@ def split_members(spec) -> tuple[dict[str, np.ndarray], str]:
     """1-based QM9 gdb ids of each split of ``customized_01`` (seed 42)."""
     table = qm9_table(spec.root)
     parts = {k: table.gdb_id[v] for k, v in qm9_split(len(table)).items()}
-    return parts, "QM9 split customized_01 (seed 42); values are 1-based QM9 gdb ids"
+    how = "customized_01 (seed 42)" if len(table) == N_MOLECULES else f"of the {len(table)} embedded molecules"
+    return parts, f"QM9 split {how}; values are 1-based QM9 gdb ids"
