@@ -157,7 +157,7 @@ def test_extract_refuses_links_and_oversize(tmp_path):
     (["--student", "schnt"], "did you mean 'schnet'"),
     (["--dataset", "rmd17:asprin"], "unknown rMD17 molecule 'asprin' (did you mean 'aspirin'?)"),
     (["--dataset", "qm9:foo"], "unknown QM9 target 'foo'"),
-    (["--dataset", "md17:aspirin"], "unknown dataset 'md17:aspirin'"),
+    (["--dataset", "md17:aspirin"], "unknown dataset 'md17' (did you mean 'rmd17'?)"),
     (["--dataset", "rmd17:aspirin?root=/nonexistent/rmd17"], "add ?root=DIR"),
     (["--dataset", "rmd17:aspirin", "--task", "root=/nonexistent/rmd17"], "rMD17 data not found"),
     (["--dataset", "rmd17:uracil?root=embedded"], "only ethanol and aspirin"),
