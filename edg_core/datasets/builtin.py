@@ -30,7 +30,7 @@ register(Dataset(
 register(Dataset(
     name="embedded", description="the small data set shipped inside the package (embedded:qm9, embedded:rmd17)",
     reader=f"{READERS}.sources:open_embedded", subset="part", subset_label="embedded part",
-    subsets=("qm9", "rmd17")))
+    subsets=("qm9", "rmd17"), units={"energy": "kcal/mol", "forces": "kcal/mol/Å"}))  # labels of the rmd17 part
 
 register(Dataset(
     name="smiles", description="SMILES given inline, comma-separated (RDKit ETKDG + MMFF conformers)",
