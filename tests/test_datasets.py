@@ -153,8 +153,9 @@ def test_families_come_from_the_registry():
     assert family_of("rmd17:aspirin?root=x") == "rmd17" and family_of("qm9:U0") == "qm9"
     assert [t["family"] for t in PAPER_TABLES.values()] == ["qm9", "rmd17"]
     assert paper_settings("visnet", "rmd17:ethanol").fit["epochs"] == 3000
-    with pytest.raises(ValueError, match="'embedded:qm9' has no paper family"):
-        paper_settings("schnet", "embedded:qm9")
+    assert paper_settings("schnet", "embedded:qm9").fit == {}  # no family: the training defaults apply
+    with pytest.raises(ValueError, match="'md22:x' is not registered, so it has no paper family"):
+        paper_settings("schnet", "md22:x")
     st = StudentsConfig(datasets=["qm9:U0", "rmd17:ethanol"], task={"rmd17": {"root": "embedded"}},
                         students={"qm9": ["egnn"], "rmd17": ["visnet"]}, conformations="embedded")
     assert st.task_for("rmd17:ethanol") == {"root": "embedded"} and st.task_for("qm9:U0") == {}

@@ -25,7 +25,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from edg.edg_core.datasets import DATASETS, families, family_of
+from edg.edg_core.config import ConfigError
+from edg.edg_core.datasets import DATASETS, dataset_of, families
 
 from .configs import GEOM3D_QM9_FIT, FitConfig
 
@@ -83,15 +84,26 @@ PAPER_TABLES = {f"table{i}": {"family": fam, "title": ds.paper_table,
 PAPER_LAMBDAS = (1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0)  # the paper's search grid for lambda
 
 
-def family(dataset: str) -> str:
-    """``"rmd17:aspirin"`` -> ``"rmd17"``: the family the registry gives the dataset (``ConfigError`` for a
-    dataset without one)."""
-    return family_of(dataset)
+def family(dataset: str) -> str | None:
+    """``"rmd17:aspirin"`` -> ``"rmd17"``: the paper family the registry gives the dataset; ``None`` for a
+    registered dataset in no paper table. An unregistered name is a ``ConfigError``."""
+    ds = dataset_of(dataset)
+    if ds is None:
+        raise ConfigError(f"dataset {dataset!r} is not registered, so it has no paper family; datasets: "
+                          f"{', '.join(DATASETS)}")
+    return ds.family
+
+
+NO_FAMILY = PaperSettings({}, source="no paper family: the training defaults (FitConfig.filled)")
 
 
 def paper_settings(student: str, dataset: str) -> PaperSettings:
-    """The paper's settings for ``student`` on ``dataset`` (a student not in the table gets the Geom3D ones)."""
-    fs = FAMILY_SETTINGS[family(dataset)]
+    """The paper's settings for ``student`` on ``dataset`` (a student not in the table gets its family's
+    default; a dataset in no paper family gets none, so the training defaults apply)."""
+    fam = family(dataset)
+    if fam is None:
+        return NO_FAMILY
+    fs = FAMILY_SETTINGS[fam]
     return fs.students.get(student, fs.default)
 
 
