@@ -86,15 +86,16 @@ class StudentsConfig:
     def students_for(self, dataset: str) -> list[str]:
         """The students of ``dataset``: the list, or the entry of its paper family (``edg_core.datasets``)."""
         if isinstance(self.students, dict):
-            from edg.edg_core.datasets import family_of
-            return list(self.students.get(family_of(dataset), []))
+            from edg.edg_core.datasets import group_of
+            return list(self.students.get(group_of(dataset), []))
         return list(self.students)
 
     def task_for(self, dataset: str) -> dict:
-        """Task overrides of ``dataset``: ``task`` itself, or its family's entry when keyed by family."""
-        from edg.edg_core.datasets import families, family_of
-        if self.task and set(self.task) <= set(families()):
-            return dict(self.task.get(family_of(dataset)) or {})
+        """Task overrides of ``dataset``: ``task`` itself, or its family's entry when keyed by family (a dataset
+        without a family: by its name)."""
+        from edg.edg_core.datasets import DATASETS, families, group_of
+        if self.task and set(self.task) <= set(families()) | set(DATASETS):
+            return dict(self.task.get(group_of(dataset)) or {})
         return dict(self.task)
 
 

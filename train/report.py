@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edg.edg_core.datasets import dataset_of
+from edg.edg_core.datasets import dataset_of, group_of
 from edg.edg_core.io import read_jsonl, write_bytes_atomic
 
 from .metrics import mean_std, relative_improvement
@@ -33,12 +33,6 @@ def reported_metrics(dataset: str, default: tuple[str, ...]) -> tuple[str, ...]:
     """The test metrics the registry says ``dataset``'s tables report, else ``default``."""
     ds = dataset_of(dataset)
     return ds.metrics if ds is not None and ds.metrics else tuple(default)
-
-
-def _table_key(dataset: str) -> str:
-    """Results of one paper family share a table; a dataset without a family gets its own."""
-    ds = dataset_of(dataset)
-    return ds.family if ds is not None and ds.family else dataset.split("?", 1)[0].split(":", 1)[0]
 
 
 def collect_results(out: str | Path) -> list[dict]:
@@ -135,7 +129,7 @@ def _imp(r: TableRow | None) -> str:
 def _targets_table(kind: str, rows: list[TableRow], title: str, order: tuple[str, ...]) -> str:
     """One family as the paper's Table 1: columns = subsets (targets; ``order`` first, units), rows = student x
     (w/o EDG, w/ EDG, Impr., lambda)."""
-    sub = [r for r in rows if _table_key(r.dataset) == kind]
+    sub = [r for r in rows if group_of(r.dataset) == kind]
     by_key = {(r.dataset.split(":", 1)[1], r.student): r for r in sub}
     seen = {r.dataset.split(":", 1)[1] for r in sub}
     targets = [t for t in order if t in seen] + sorted(seen - set(order))
@@ -160,8 +154,8 @@ def markdown_tables(rows: list[TableRow]) -> str:
     paper's Table 1 (``targets``), rMD17 as its Table 2 (``rows``: rows = (dataset, metric), columns =
     student x (w/o, w/, Impr.)); a dataset without a family gets a ``rows`` table of its own."""
     out = []
-    for kind in sorted({_table_key(r.dataset) for r in rows}):
-        ds = dataset_of(next(r.dataset for r in rows if _table_key(r.dataset) == kind))
+    for kind in sorted({group_of(r.dataset) for r in rows}):
+        ds = dataset_of(next(r.dataset for r in rows if group_of(r.dataset) == kind))
         title = f"### {ds.paper_table}" if ds is not None and ds.paper_table else f"### {kind}"
         if ds is not None and ds.table_layout == "targets":
             out.append(_targets_table(kind, rows, title, ds.subsets))
@@ -174,7 +168,7 @@ def markdown_tables(rows: list[TableRow]) -> str:
 
 def _rows_by_dataset(kind: str, rows: list[TableRow], title: str) -> str:
     """Rows = (dataset, metric), columns = student x (w/o EDG, w/ EDG, Impr.) for one family."""
-    sub = [r for r in rows if _table_key(r.dataset) == kind]
+    sub = [r for r in rows if group_of(r.dataset) == kind]
     students = _student_order(kind, {r.student for r in sub})
     head = ["Dataset", "Metric"] + [f"{s} {c}" for s in students for c in ("w/o EDG", "w/ EDG", "Impr.")]
     lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ..config import ConfigError, unknown_name
 
 __all__ = ["Dataset", "DATASETS", "register", "get_dataset", "resolve", "families", "family_of",
-           "dataset_of", "datasets_with_tasks"]
+           "dataset_of", "group_of", "datasets_with_tasks"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,15 @@ def family_of(spec) -> str:
     if ds is None or ds.family is None:
         raise ConfigError(f"dataset {str(spec)!r} has no paper family; families: {', '.join(families())}")
     return ds.family
+
+
+def group_of(spec) -> str:
+    """The key results and per-family config entries group ``spec`` under: its paper family, or for a dataset
+    without one (or not registered) its name."""
+    ds = dataset_of(spec)
+    if ds is not None and ds.family:
+        return ds.family
+    return str(spec).split("?", 1)[0].split(":", 1)[0]
 
 
 def families() -> tuple[str, ...]:
