@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..config import ConfigError, unknown_name
 
-__all__ = ["Dataset", "DATASETS", "register", "get_dataset", "resolve", "families", "family_of",
+__all__ = ["Dataset", "DATASETS", "register", "register_dataset", "get_dataset", "resolve", "families", "family_of",
            "dataset_of", "group_of", "datasets_with_tasks"]
 
 
@@ -86,6 +86,9 @@ def register(ds: Dataset) -> Dataset:
         raise ConfigError(f"dataset {ds.name!r}: default split {ds.default_split!r} is not one of {ds.splits}")
     DATASETS[ds.name] = ds
     return ds
+
+
+register_dataset = register  # the name edg.api exports
 
 
 def get_dataset(name: str) -> Dataset:
