@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qsl, quote
 
 from .config import ConfigError, unknown_name
@@ -179,7 +180,7 @@ def parse_spec(text: str, purpose: str = RECORDS) -> DatasetSpec:
     head, colon, rest = base.partition(":")
     if head in DATASETS:
         ds = get_dataset(head)
-    elif _looks_like_name(head) and (colon or _looks_like_name(base)):
+    elif _looks_like_name(head) and (colon or _looks_like_name(base)) and not Path(base).exists():
         near = unknown_name("dataset", head, list(DATASETS)).args[0]
         raise SpecError(f"spec {text!r}: {near}; or give a file path")
     else:

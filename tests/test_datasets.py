@@ -32,6 +32,14 @@ def test_spec_canonical_form_round_trips(text, canonical):
     assert hash(spec) == hash(parse_spec(canonical))  # frozen: usable as a key
 
 
+def test_a_bare_word_is_a_file_only_when_the_file_exists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError, match="unknown dataset 'molecules'"):
+        parse_spec("molecules")
+    (tmp_path / "molecules").write_text("")
+    assert parse_spec("molecules") == DatasetSpec("file", "molecules")
+
+
 def test_spec_fields_and_typed_options():
     s = parse_spec("rmd17:ethanol?root=embedded&split=test&limit=4&split_id=3")
     assert (s.name, s.subset, s.split, s.root, s.limit, s.option("split_id")) == \
