@@ -228,7 +228,8 @@ def parse_spec(text: str, purpose: str = RECORDS) -> DatasetSpec:
     if purpose == RECORDS:
         unknown = [k for k in opts if k not in valid]
         if unknown:
-            near = unknown_name("option", unknown[0], valid).args[0].replace("; known:", f"; options of {ds.name}:")
+            near = unknown_name("option", unknown[0], list(ds.record_options)).args[0]
+            near = near.replace("; known:", f"; options of {ds.name}:")
             raise SpecError(f"{where}: {near}")
     elif "split" in opts:
         raise SpecError(f"{where}: a task trains on all its splits; drop ?split={opts['split']}")
