@@ -136,6 +136,8 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
     if cfg.teacher.model.fu_dim != cfg.imageed.model.embed_dim:
         raise ConfigError(f"{where}: teacher.model.fu_dim ({cfg.teacher.model.fu_dim}) must equal "
                           f"imageed.model.embed_dim ({cfg.imageed.model.embed_dim}): the teacher predicts F_U")
+    from edg.edg_core.datasets import resolve
+    resolve(cfg.input)  # a bad input spec: one SpecError line before any stage runs (students' specs: StudentsConfig)
     if cfg.stop_after is not None and cfg.stop_after not in STAGES:
         raise ConfigError(f"{where}: stop_after {cfg.stop_after!r} is not a stage; stages: {', '.join(STAGES)}")
     return cfg
