@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from edg.edg_core.datasets import DATASETS, families, family_of, get_dataset
 from edg.edg_core.readers import open_source
 from edg.edg_core.readers.sources import embedded_path
@@ -18,7 +17,8 @@ CANONICAL = {
     "qm9?target=U0": "qm9:U0",
     "qm9:gap?root=embedded&split=valid": "qm9:gap?split=valid&root=embedded",
     "rmd17?molecule=aspirin&limit=3&split=test": "rmd17:aspirin?split=test&limit=3",
-    "rmd17:ethanol?split_id=2&root=/data/r md17&split=train": "rmd17:ethanol?split=train&root=/data/r%20md17&split_id=2",
+    "rmd17:ethanol?split_id=2&root=/data/r md17&split=train":
+        "rmd17:ethanol?split=train&root=/data/r%20md17&split_id=2",
     "smiles:CCO,c1ccccc1?limit=1": "smiles:CCO,c1ccccc1?limit=1",
     "some/dir/mols.xyz?limit=2": "some/dir/mols.xyz?limit=2",
     "file:///abs/mols.sdf": "/abs/mols.sdf",
@@ -92,7 +92,7 @@ def test_every_registered_dataset_opens_and_yields_records(tmp_path):
     assert set(EMBEDDED_SPECS) == set(DATASETS), "a dataset was registered without a test spec here"
     (tmp_path / "frames.extxyz").write_text(embedded_path("rmd17").read_text())
     counts = {}
-    for name, specs in EMBEDDED_SPECS.items():
+    for specs in EMBEDDED_SPECS.values():
         for text in specs:
             src = open_source(text.format(tmp=tmp_path))
             mols = list(src.molecules())
@@ -216,7 +216,8 @@ def test_every_command_reads_specs_through_the_one_grammar(tmp_path, capsys):
                  ["dft", "--input", bad, "--out", out], ["render", "--input", bad, "--out", out],
                  ["distill", "--dataset", bad, "--out", out, "--epochs", "1"],
                  ["benchmark", "--datasets", bad, "--out", out, "--epochs", "1"],
-                 ["pipeline", "--config", str(Path(__file__).parent.parent / "configs" / "demo.yaml"), "--input", bad, "--out", out]):
+                 ["pipeline", "--config", str(Path(__file__).parent.parent / "configs" / "demo.yaml"),
+                  "--input", bad, "--out", out]):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"edg {argv[0]}: error: {message}"), (argv, err)

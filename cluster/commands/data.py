@@ -6,7 +6,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-
 from edg.cluster.stage_args import add_worker_args
 from edg.edg_core.errors import DataSourceError, InvalidRecord
 from edg.edg_core.io import atomic_path, progress
@@ -121,8 +120,8 @@ def cmd_datasets(args) -> int:
         if ds.subset and ds.name != "file":
             form += f":<{ds.subset}>" if ds.subset_required else f"[:<{ds.subset}>]"
         print(f"{form}: {ds.description}")
-        print(f"    options: {', '.join(ds.record_options)}" + (f"; splits: {', '.join(ds.splits)} "
-                                                                    f"(default {ds.default_split})" if ds.splits else ""))
+        splits = f"; splits: {', '.join(ds.splits)} (default {ds.default_split})" if ds.splits else ""
+        print(f"    options: {', '.join(ds.record_options)}{splits}")
         if ds.task:
             print(f"    task: targets {', '.join(ds.targets)}; metrics {', '.join(ds.metrics)}; "
                   f"paper family {ds.family}" + (f" ({ds.paper_table})" if ds.paper_table else ""))

@@ -23,14 +23,15 @@ __all__ = ["Dataset", "DATASETS", "register", "register_dataset", "get_dataset",
 class Dataset:
     """One registered dataset.
 
-    ``reader``: ``"module:function"``, ``function(spec: DatasetSpec) -> edg_core.readers.Source`` (records of
-    ``spec.split``). ``task``: ``"module:Class"``, a task class of ``train.tasks`` with
-    ``from_spec(spec, overrides)`` and ``check_spec(spec, overrides)``, or ``None`` for a records-only source. ``subset``: the option named by position
-    (``rmd17:<molecule>``), with ``subsets`` its valid values (empty: any). ``options``: record options beyond
-    ``split`` and ``limit`` (``root``, ``split_id``, ...). ``targets``: what the task can learn; ``metrics``: the
-    test metrics a result table reports; ``units``: target or metric -> unit. ``family``: the paper family (settings in ``train.paper_settings``), ``paper_table`` its
-    table in the paper and ``table_layout`` how ``train.report`` lays it out (``targets``: one column per
-    subset, as Table 1; ``rows``: one row per subset and metric, as Table 2).
+    ``reader``: ``"module:function"``, ``function(spec: DatasetSpec) -> edg_core.readers.Source`` (the records
+    of ``spec.split``). ``task``: ``"module:Class"``, a task class of ``train.tasks`` with
+    ``from_spec(spec, overrides)`` and ``check_spec(spec, overrides)``, or ``None`` for a records-only source.
+    ``subset``: the option named by position (``rmd17:<molecule>``), with ``subsets`` its valid values (empty:
+    any). ``options``: record options beyond ``split`` and ``limit`` (``root``, ``split_id``, ...).
+    ``targets``: what the task can learn; ``metrics``: the test metrics a result table reports; ``units``:
+    target or metric -> unit. ``family``: the paper family (settings in ``train.paper_settings``; ``None``: the
+    training defaults), ``paper_table`` its table in the paper and ``table_layout`` how ``train.report`` lays
+    it out (``targets``: one column per subset, as Table 1; ``rows``: one row per subset and metric, as Table 2).
     """
     name: str
     description: str

@@ -1,7 +1,8 @@
 """The built-in datasets. A new one is one ``register(Dataset(...))`` here, naming its reader (and task)."""
 from __future__ import annotations
 
-from ..readers.qm9 import GEOM3D_UNITS, TARGETS as QM9_TARGETS
+from ..readers.qm9 import GEOM3D_UNITS
+from ..readers.qm9 import TARGETS as QM9_TARGETS
 from ..readers.rmd17 import MOLECULES as RMD17_MOLECULES
 from . import Dataset, register
 
