@@ -33,7 +33,8 @@ def register(sub) -> None:
                                     "already in finished shards are skipped. Bad records go to "
                                     "<out>/failures.jsonl and the run continues.",
                         epilog="example: edg data convert --input embedded:qm9 --out runs/shards/qm9")
-    c.add_argument("--input", required=True, help="input spec, e.g. embedded, qm9?split=train, rmd17:aspirin?split=test")
+    c.add_argument("--input", required=True,
+                   help="input spec, e.g. embedded, qm9?split=train, rmd17:aspirin?split=test")
     c.add_argument("--out", required=True, help="output folder for <prefix>-NNNNNN.tar shards: a local path or an "
                                                 "fsspec URL (s3://bucket/shards, gs://..., each shard uploaded whole)")
     c.add_argument("--prefix", default="shard", help="shard file prefix (default: shard)")
