@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, quote
 
 from .config import ConfigError, unknown_name
-from .storage import plain_path
+from . import storage
 
 __all__ = ["DatasetSpec", "SpecError", "parse_spec", "COMMON_OPTIONS", "RECORDS", "TASK"]
 
@@ -176,7 +176,7 @@ def parse_spec(text: str, purpose: str = RECORDS) -> DatasetSpec:
     if not isinstance(text, str) or not text.strip():
         raise SpecError(f"empty spec {text!r}: name a dataset ({', '.join(DATASETS)}) or a file")
     base, _, query = text.partition("?")
-    base = str(plain_path(base))
+    base = str(storage.plain_path(base))
     head, colon, rest = base.partition(":")
     if head in DATASETS:
         ds = get_dataset(head)
