@@ -17,10 +17,14 @@ EDG: electron-density-enhanced molecular geometry learning.
 Pipeline: conformations -> DFT (ED, ESP) -> rendered ED / structure images -> WebDataset shards
 -> ImageED pretraining -> ED-aware teacher -> distillation into geometry students -> result tables.
 
-Input specs accepted wherever --input appears: embedded[:qm9|:rmd17], qm9[:train|valid|test],
-rmd17:<molecule>[:train|valid|test], smiles:CCO,c1ccccc1, or a .xyz/.extxyz/.sdf/.mol/.smi file;
-append ?limit=N to take the first N records. rMD17 data: `edg fetch rmd17 --out DIR`, then ?root=DIR after
-any rmd17 spec (also --dataset rmd17:aspirin?root=DIR) or EDG_RMD17_ROOT=DIR; ?root=embedded = shipped frames.
+One spec grammar for --input (which records) and --dataset (which task): <name>[:<subset>][?key=value&...]
+  embedded[:qm9|:rmd17]     qm9[:<target>][?split=train|valid|test|all]
+  rmd17:<molecule>[?split=train|valid|test]     smiles:CCO,c1ccccc1     a .xyz/.extxyz/.sdf/.mol/.smi file
+Options: split, root=DIR (?root=embedded: the data shipped in the package), limit=N (first N records),
+rmd17 split_id=K; a --dataset spec also takes task options (rmd17:aspirin?train_size=100).
+`edg data datasets` lists every registered dataset.
+rMD17 data: `edg fetch rmd17 --out DIR`, then ?root=DIR or EDG_RMD17_ROOT=DIR. The old rmd17:aspirin:train
+spelling still reads (with a note).
 """
 
 
