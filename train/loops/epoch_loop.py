@@ -58,6 +58,7 @@ class LoopConfig:
     checkpoint_every: int = 1          # 0: only after the last epoch
     keep_last: int = 1
     resume_from: Path | None = None    # else the newest checkpoint/epoch-*.pt of run_dir
+    same_name_only: bool = False       # refuse a checkpoint written under another name (imageed vs teacher)
     stop_after: int | None = None      # end after this epoch (an interruption: a rerun resumes)
     units: dict[str, str] = field(default_factory=dict)
     show: tuple[str, ...] | None = None
@@ -84,7 +85,7 @@ def find_checkpoint(loop: LoopConfig) -> dict | None:
     if src is None:
         return None
     ck = load_run_checkpoint(src, loop.device, f"{loop.name} checkpoint")
-    if ck["name"] is not None and ck["name"] != loop.name and loop.name in ("imageed", "teacher"):
+    if loop.same_name_only and ck["name"] is not None and ck["name"] != loop.name:
         raise CheckpointError(f"{src}: checkpoint of stage {ck['name']!r}, not {loop.name!r}")
     return ck
 
@@ -106,9 +107,10 @@ def run_epochs(state: RunState, steps: ModelSteps, loop: LoopConfig, report: Rep
     ``state`` is fresh or restored (``RunState.restore(find_checkpoint(loop))``) by the caller, which builds
     the scheduler first when the schedule's length comes from the checkpoint."""
     ckpts = checkpoints_of(loop) if loop.writer else None
+    # the rows come from the checkpoint; a student checkpoint of an earlier EDG has none: metrics.jsonl has them
+    known_rows = state.history if state.history or not state.epoch else None
     log = TrainLog(loop.run_dir if loop.writer else None, loop.name, loop.epochs, state.epoch, loop.units,
-                   show=loop.show, quiet=loop.quiet or not loop.writer,
-                   rows=state.history if state.history or not state.epoch else None)
+                   show=loop.show, quiet=loop.quiet or not loop.writer, rows=known_rows)
     state.history = list(log.rows) if loop.writer else state.history[:state.epoch]
     first, last = state.epoch + 1, min(loop.epochs, loop.stop_after or loop.epochs)
     after_step = log.step_timer(loop.steps_per_epoch, loop.device)
@@ -121,7 +123,7 @@ def run_epochs(state: RunState, steps: ModelSteps, loop: LoopConfig, report: Rep
         sums: dict[str, torch.Tensor] = {}
         n = 0
         batches = progress(steps.batches(k), f"{loop.name} epoch {k}/{loop.epochs}", total=loop.steps_per_epoch,
-                           disable=loop.progress_bar if loop.progress_bar is None else not loop.progress_bar)
+                           disable=None if loop.progress_bar is None else not loop.progress_bar)
         for i, batch in enumerate(batches):
             values, b = steps.train_step(batch)
             for key, v in values.items():  # kept on the device: no host sync per step

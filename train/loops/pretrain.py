@@ -275,7 +275,8 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
         dump_yaml(cfg, out_dir / "config.yaml")
     loop = LoopConfig(stage.name, cfg.epochs, 0, cfg.batch_size * world, device, out_dir,
                       checkpoint_every=cfg.checkpoint_every, keep_last=cfg.keep_last,
-                      resume_from=Path(resume_from) if resume_from else None, units=UNITS[stage.name],
+                      resume_from=Path(resume_from) if resume_from else None, same_name_only=True,
+                      units=UNITS[stage.name],
                       show=("train_loss", "valid_loss"), config=asdict(cfg), writer=rank == 0, world=world)
 
     model = stage.model.to(device)
