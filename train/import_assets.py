@@ -28,7 +28,7 @@ import torch
 
 from edg.edg_core.errors import EDGError
 from edg.edg_core.io import atomic_path
-from edg.edg_core.safe_pickle import safe_load, safe_load_npz
+from edg.edg_core.safe_pickle import safe_load, safe_load_npz, torch_refusal
 
 from .configs import ImageEDConfig, TeacherConfig
 
@@ -50,8 +50,7 @@ def _torch_file(path: Path, what: str) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for a non-plain global, RuntimeError for a damaged file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise AssetFormatError(f"{path}: cannot be read as plain data ({type(e).__name__}: {first})") from None
+        raise AssetFormatError(torch_refusal(path, e)) from None
     if not isinstance(obj, dict):
         raise AssetFormatError(f"{path}: {what} holds a {type(obj).__name__}, expected a dict")
     return obj
