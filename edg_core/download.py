@@ -22,9 +22,9 @@ import lzma
 import re
 import shutil
 import tarfile
+import urllib.request
 import zlib
 from collections.abc import Callable, Collection
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
