@@ -558,6 +558,15 @@ def _member_key(name: str) -> str:
     return f"{folder}/{key}" if folder and key else key
 
 
+def _headers(tar: tarfile.TarFile, end: int) -> Iterator[tarfile.TarInfo]:
+    """The members of ``tar`` (a file of ``end`` bytes), past a header whose size runs beyond the end of the
+    file: tarfile would seek there and stop; the next header is looked for right after the lying one."""
+    for m in tar:
+        yield m
+        if m.offset_data + m.size > end:
+            tar.offset = m.offset_data
+
+
 def iter_shard(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
     """Raw samples (member bytes) of one shard, grouped by key.
 
@@ -590,7 +599,7 @@ def iter_shard(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> It
 
     try:
         with open_read(path) as f, tarfile.open(fileobj=f, mode="r:", ignore_zeros=True) as tar:
-            for m in tar:
+            for m in _headers(tar, end):
                 if m.offset != expected and expected >= 0:  # tarfile skipped blocks: padding or a damaged header
                     if _nonzero(path, expected, m.offset):
                         gaps.append([expected, m.offset, cur["__key__"] if cur else None, None])
@@ -619,8 +628,7 @@ def iter_shard(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> It
                 if m.offset_data + m.size > end:  # a lying size: the members after it are still in the file
                     cur["__error__"] = (f"member {m.name} claims {m.size} bytes but the shard ends "
                                         f"{end - m.offset_data} bytes after its header")
-                    tar.offset = m.offset_data  # look for the next header right after this one
-                    expected = -1  # the blocks until then are this member's data, not damage
+                    expected = -1  # _headers resumes right after it: the blocks until then are its data
                     continue
                 if m.size > max_member_bytes:
                     cur["__error__"] = f"member {m.name} has {m.size} bytes, over the cap of {max_member_bytes}"
@@ -688,7 +696,7 @@ def shard_keys(spec) -> set[str]:
         check_complete(p)
         try:
             with open_read(p) as f, tarfile.open(fileobj=f, mode="r:", ignore_zeros=True) as tar:
-                keys.update(m.name.partition(".")[0] for m in tar.getmembers())  # past damaged headers too
+                keys.update(_member_key(m.name) for m in _headers(tar, storage.size(p)))  # past damage too
         except (tarfile.TarError, OSError) as e:
             raise ShardError(f"{p}: corrupt or truncated shard ({e})") from None
     return keys

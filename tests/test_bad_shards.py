@@ -251,3 +251,10 @@ def test_json_bad_samples_count_toward_max_bad_samples_in_training(tmp_path, mon
     assert "nested too deep" in ds.bad[0] and "pos has shape (1, 3)" in ds.bad[1]
     with pytest.raises(ShardError, match=r"2 bad samples in one pass, over max_bad_samples=1"):
         list(ShardImages(tmp_path, "imageed", img_size=32, n_views=6, split="all", max_bad_samples=1))
+
+
+def test_resume_key_scan_reads_past_a_lying_header(tmp_path):
+    members = _members(4)
+    liar = next(n for n, _ in members if n.startswith("qm9:2.") and n.endswith("z.npy"))
+    _tar(tmp_path / "s.tar", members, claimed={liar: 10 * 10**9})
+    assert shard_keys(tmp_path / "s.tar") == {"qm9:1", "qm9:2", "qm9:3", "qm9:4"}  # no index: a header scan
