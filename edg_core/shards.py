@@ -623,23 +623,24 @@ def iter_shard(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> It
                     gaps[-1][3] = key
                 bad_name = member_name_problem(m.name)
                 if bad_name:
-                    cur["__error__"] = bad_name
+                    cur.setdefault("__error__", bad_name)
                     continue
                 if m.offset_data + m.size > end:  # a lying size: the members after it are still in the file
-                    cur["__error__"] = (f"member {m.name} claims {m.size} bytes but the shard ends "
-                                        f"{end - m.offset_data} bytes after its header")
+                    cur.setdefault("__error__", f"member {m.name} claims {m.size} bytes but the shard ends "
+                                                f"{end - m.offset_data} bytes after its header")
                     expected = -1  # _headers resumes right after it: the blocks until then are its data
                     continue
                 if m.size > max_member_bytes:
-                    cur["__error__"] = f"member {m.name} has {m.size} bytes, over the cap of {max_member_bytes}"
+                    cur.setdefault("__error__", f"member {m.name} has {m.size} bytes, over the cap of "
+                                                f"{max_member_bytes}")
                     continue
                 try:
                     data = tar.extractfile(m).read()
                 except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-                    cur["__error__"] = f"member {m.name} cannot be extracted ({type(e).__name__}: {e})"
+                    cur.setdefault("__error__", f"member {m.name} cannot be extracted ({type(e).__name__}: {e})")
                     continue
                 if len(data) != m.size:
-                    cur["__error__"] = f"member {m.name} truncated ({len(data)} of {m.size} bytes)"
+                    cur.setdefault("__error__", f"member {m.name} truncated ({len(data)} of {m.size} bytes)")
                     continue
                 if ext in cur:  # two samples with one key side by side would merge silently
                     cur["__error__"] = f"member {m.name} appears twice: two samples share the key {key!r}"
