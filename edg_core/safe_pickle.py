@@ -333,3 +333,61 @@ def torch_refusal(path, e: Exception) -> str:
     m = _TORCH_REASON.search(text)
     first = m.group(1) if m else next((ln for ln in text.splitlines() if ln.strip()), type(e).__name__)
     return f"{path}: cannot be read as plain data ({type(e).__name__}: {first.strip()[:200]})"
+
+
+MAX_CHECKPOINT_PICKLE_BYTES = 256 << 20  # a checkpoint's data.pkl (structure only; tensors are separate records)
+
+
+def _checkpoint_refused() -> set[str]:
+    """Globals torch's weights-only loader allows but a checkpoint of tensors never needs, and that allocate what
+    their arguments ask: ``bytearray(n)`` and the legacy tensor classes (``torch.FloatTensor(200000, 100000)``)."""
+    import torch
+    return {"builtins.bytearray", "__builtin__.bytearray"} | {
+        f"{c.__module__}.{c.__name__}" for c in torch._tensor_classes}
+
+
+def check_torch_checkpoint(path) -> None:
+    """Read the pickle of a zip-format torch checkpoint opcode by opcode, without running anything, and refuse
+    one that names a global of ``_checkpoint_refused`` (``UnsafePickleError``, one line naming it). Torch's
+    weights-only unpickler resolves globals only through the ``GLOBAL`` opcode, so this sees every one it would
+    call. A legacy (non-zip) checkpoint is left to torch's own checks."""
+    import pickletools
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        return
+    refused = _checkpoint_refused()
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if info.filename.rsplit("/", 1)[-1] != "data.pkl":
+                continue
+            if info.file_size > MAX_CHECKPOINT_PICKLE_BYTES:
+                raise UnsafePickleError(f"{path}: its pickle {info.filename} has {info.file_size} bytes, over the "
+                                        f"{MAX_CHECKPOINT_PICKLE_BYTES} a checkpoint's structure needs; refused")
+            try:
+                for op, arg, _ in pickletools.genops(z.read(info)):
+                    if op.name == "GLOBAL" and arg.replace(" ", ".", 1) in refused:
+                        raise UnsafePickleError(
+                            f"{path}: the checkpoint calls {arg.replace(' ', '.', 1)}, which allocates what its "
+                            "arguments ask and which a checkpoint of tensors never needs; refused without running it")
+            except UnsafePickleError:
+                raise
+            except Exception as e:  # genops on a malformed pickle; torch would fail on it too
+                raise UnsafePickleError(f"{path}: its pickle {info.filename} is malformed ({type(e).__name__}: "
+                                        f"{_one_line(e)})") from None
+
+
+def safe_torch_load(path, allowed_globals=()):
+    """``torch.load(path, weights_only=True)`` on the CPU, after ``check_torch_checkpoint``; any failure is one
+    ``UnsafePickleError`` line (``torch_refusal``: the refused global, never torch's advice or colour codes).
+    ``allowed_globals``: extra classes torch may rebuild (e.g. ``argparse.Namespace``)."""
+    import torch
+    check_torch_checkpoint(path)
+    try:
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UnsafePickleError(torch_refusal(path, e)) from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200] or type(e).__name__

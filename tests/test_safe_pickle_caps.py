@@ -172,3 +172,53 @@ def test_import_teacher_of_a_refused_pth_prints_one_line_naming_the_global(tmp_p
 
 def test_the_hand_written_pickles_are_what_they_claim():
     assert struct.unpack("<Q", BYTEARRAY_4GIB[BYTEARRAY_4GIB.index(b"\x8a") + 2:][:5] + b"\0\0\0")[0] == 4 * GIB
+
+
+def _checkpoint_with_pickle(path: Path, pickle_bytes: bytes) -> Path:
+    """A zip-format torch checkpoint (torch.save's records) whose data.pkl is replaced by ``pickle_bytes``."""
+    import torch
+    torch.save({"w": torch.zeros(2)}, path)
+    with zipfile.ZipFile(path) as z:
+        records = {i.filename: z.read(i) for i in z.infolist()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, data in records.items():
+            z.writestr(name, pickle_bytes if name.endswith("/data.pkl") else data)
+    return path
+
+
+@pytest.mark.parametrize("call, name", [
+    (_global("builtins", "bytearray") + _int(3 * GIB // 2) + b"\x85R", "builtins.bytearray"),  # 1.5 GiB if run
+    (_global("__builtin__", "bytearray") + _int(3 * GIB // 2) + b"\x85R", "__builtin__.bytearray"),
+    (_global("torch", "FloatTensor") + _int(20_000) + _int(10_000) + b"\x86R", "torch.FloatTensor"),
+])
+def test_import_of_a_checkpoint_calling_an_allocating_constructor_is_refused_before_torch_runs_it(
+        tmp_path, call, name):
+    pth = _checkpoint_with_pickle(tmp_path / "t.pth", b"\x80\x02}X\x01\x00\x00\x00w" + call + b"s.")
+    code = ("import resource, sys\n"
+            "from edg.cluster.cli import main\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "rc = main(sys.argv[1:])\n"
+            "print('RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+            "sys.exit(rc)\n")
+    p = subprocess.run([sys.executable, "-c", code, "import", "teacher", "--src", str(pth), "--out",
+                        str(tmp_path / "teacher.pt")], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert [ln for ln in p.stderr.splitlines() if ln.strip()] == [
+        f"edg import: error: {pth}: the checkpoint calls {name}, which allocates what its arguments ask and which "
+        "a checkpoint of tensors never needs; refused without running it"]
+    grew = int(next(ln for ln in p.stdout.splitlines() if ln.startswith("RSS_KIB")).split()[1]) / 1024
+    assert grew < 200, f"peak RSS grew {grew:.0f} MiB"
+
+
+def test_ordinary_checkpoints_still_load(tmp_path):
+    import argparse
+
+    import torch
+
+    from edg.edg_core.safe_pickle import safe_torch_load
+    state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "args": argparse.Namespace(lr=0.1), "epoch": 3,
+             "names": ["a", "b"], "ba": None}
+    torch.save(state, tmp_path / "c.pth")
+    back = safe_torch_load(tmp_path / "c.pth", [argparse.Namespace])
+    assert torch.equal(back["model"]["w"], state["model"]["w"]) and back["args"].lr == 0.1 and back["epoch"] == 3
