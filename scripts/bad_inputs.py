@@ -180,6 +180,21 @@ def _refused_pth(d: Path) -> None:
     torch.save({"ED_teacher": {"w": torch.zeros(2)}, "when": datetime.date(2020, 1, 1)}, d / "teacher.pth")
 
 
+def _allocating_pth(d: Path) -> None:
+    """A zip-format checkpoint whose pickle calls bytearray(1.5 GiB), which torch's weights-only loader allows."""
+    import zipfile
+
+    import torch
+    torch.save({"w": torch.zeros(2)}, d / "teacher.pth")
+    with zipfile.ZipFile(d / "teacher.pth") as z:
+        records = {i.filename: z.read(i) for i in z.infolist()}
+    size = (3 << 30) // 2
+    call = b"cbuiltins\nbytearray\n\x8a\x04" + size.to_bytes(4, "little") + b"\x85R"
+    with zipfile.ZipFile(d / "teacher.pth", "w", zipfile.ZIP_STORED) as z:
+        for name, data in records.items():
+            z.writestr(name, b"\x80\x02}X\x01\x00\x00\x00w" + call + b"s." if name.endswith("/data.pkl") else data)
+
+
 def _archive(d: Path, kind: str) -> None:
     """An archive to ``edg fetch`` from a file:// URL (nothing reaches the network)."""
     members: list[tuple[str, bytes | None]] = [("rmd17/readme.txt", b"x" * 100)]
@@ -399,6 +414,11 @@ CASES = [
          r"teacher\.pth: the file refers to datetime\.date, which is not plain data \(tensors, containers, numbers\); "
          r"refused without running it", None,
          count="none"),
+    Case("pth-allocating-constructor", "teacher .pth whose pickle calls bytearray(1.5 GiB)",
+         {"teacher.pth": _allocating_pth},
+         ["import", "teacher", "--src", "{d}/teacher.pth", "--out", "{d}/teacher.pt"], 2,
+         r"teacher\.pth: the checkpoint calls builtins\.bytearray, which allocates what its arguments ask and which a "
+         r"checkpoint of tensors never needs; refused without running it", None, count="none"),
     # ---- issue 23: archives and markers that lie
     Case("fetch-marker-checksum", "fetch: a rerun with a checksum other than the one the marker records",
          {"data": lambda d: _marker(d, json.dumps({"url": "u", "digests": {"sha256": "ab" * 32, "md5": "cd" * 16,
