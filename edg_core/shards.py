@@ -261,8 +261,9 @@ def sample_problem(sample: dict[str, Any]) -> str | None:
 
 
 def decode_sample(sample: dict[str, Any], torch_tensors: bool = True) -> dict[str, Any]:
-    """Member bytes -> Python/numpy (or torch) values; a damaged sample (``__error__`` from ``iter_shard``), a
-    missing required member or an unknown or undecodable one raises ``ShardError`` naming shard and key."""
+    """Member bytes -> Python/numpy (or torch) values; a damaged sample (``__error__`` from ``iter_shard``), any
+    ``sample_problem`` (missing member, bad JSON, inconsistent arrays) or an unknown or undecodable member raises
+    ``ShardError`` naming shard and key."""
     where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
     if "__error__" in sample:
         raise ShardError(f"{where}: {sample['__error__']}")
