@@ -95,7 +95,8 @@ def test_old_import_names_alias_the_new_modules_with_one_warning():
             "import edg.train.ase_calculator as new, edg.train.students as students\n"
             "assert EDGCalculator is new.EDGCalculator and sys.modules['train.students'] is students\n"
             "assert students.__spec__.name == 'edg.train.students'\n"
-            "msgs = [str(x.message) for x in w if issubclass(x.category, FutureWarning) and 'edg.train' in str(x.message)]\n"
+            "msgs = [str(x.message) for x in w\n"
+            "        if issubclass(x.category, FutureWarning) and 'edg.train' in str(x.message)]\n"
             "assert len(msgs) == 1, msgs\n"
             "print(msgs[0])\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
