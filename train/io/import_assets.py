@@ -28,7 +28,7 @@ import torch
 
 from edg.edg_core.errors import EDGError
 from edg.edg_core.io import atomic_path
-from edg.edg_core.safe_pickle import safe_load, safe_load_npz
+from edg.edg_core.safe_pickle import UnsafePickleError, safe_load, safe_load_npz, safe_torch_load
 
 from edg.train.configs import ImageEDConfig, TeacherConfig
 
@@ -47,11 +47,9 @@ def _torch_file(path: Path, what: str) -> dict:
     if not path.is_file():
         raise AssetFormatError(f"{what} {path} does not exist")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for a non-plain global, RuntimeError for a damaged file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise AssetFormatError(f"{path}: cannot be read as plain data ({type(e).__name__}: {first})") from None
+        obj = safe_torch_load(path, [argparse.Namespace])
+    except UnsafePickleError as e:  # a refused global, an allocating constructor, a damaged file
+        raise AssetFormatError(str(e)) from None
     if not isinstance(obj, dict):
         raise AssetFormatError(f"{path}: {what} holds a {type(obj).__name__}, expected a dict")
     return obj
