@@ -1,6 +1,7 @@
 """The built-in datasets. A new one is one ``register(Dataset(...))`` here, naming its reader (and task)."""
 from __future__ import annotations
 
+from ..readers.edbench import UNITS as EDBENCH_UNITS
 from ..readers.qm9 import GEOM3D_UNITS
 from ..readers.qm9 import TARGETS as QM9_TARGETS
 from ..readers.rmd17 import MOLECULES as RMD17_MOLECULES
@@ -40,3 +41,10 @@ register(Dataset(
 register(Dataset(
     name="file", description="a .xyz/.extxyz, .sdf/.mol or .smi file (written as its path)",
     reader=f"{READERS}.sources:open_file", subset="path", subset_label="file path", subset_required=True))
+
+register(Dataset(
+    name="edbench", description="an EDBench set folder (Mol1.sdf geometries, the set's labels, ED/ESP cubes for "
+                                "edg render; ED5-EC labels are E1..E6): edbench:DIR?set=&split_by=scaffold|random",
+    reader=f"{READERS}.edbench:open_edbench", subset="root", subset_label="EDBench set folder",
+    subset_required=True, splits=("train", "valid", "test", "all"), default_split="all",
+    options=("set", "split_by"), units=dict(EDBENCH_UNITS)))
