@@ -71,6 +71,9 @@ def set_folder(root: str | Path, set_name: str | None = None) -> tuple[Path, str
             raise DataSourceError(f"{root}: no raw/{set_name}.csv (EDBench layout: <set>/raw/<set>.csv)")
         return root, set_name
     if not (root / "raw").is_dir():
+        sets = sorted(p.parent.parent.name for p in root.glob("*/raw/*.csv") if p.stem == p.parent.parent.name)
+        if sets:
+            raise DataSourceError(f"{root} holds the EDBench sets {', '.join(sets)}; name the set with ?set=<name>")
         raise DataSourceError(f"{root}: no raw/ folder (EDBench layout: <set>/raw/<set>.csv and "
                               f"<set>/raw/{CUBES}/<index>/)")
     csvs = sorted(p.stem for p in (root / "raw").glob("*.csv"))
