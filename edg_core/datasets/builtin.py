@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from ..readers.edbench import UNITS as EDBENCH_UNITS
+from ..readers.pcqm4mv2 import LABEL as PCQM_LABEL
+from ..readers.pcqm4mv2 import LABEL_UNIT as PCQM_UNIT
+from ..readers.pcqm4mv2 import SPLITS as PCQM_SPLITS
 from ..readers.qm9 import GEOM3D_UNITS
 from ..readers.qm9 import TARGETS as QM9_TARGETS
 from ..readers.rmd17 import MOLECULES as RMD17_MOLECULES
@@ -48,3 +51,10 @@ register(Dataset(
     reader=f"{READERS}.edbench:open_edbench", subset="root", subset_label="EDBench set folder",
     subset_required=True, splits=("train", "valid", "test", "all"), default_split="all",
     options=("set", "split_by"), units=dict(EDBENCH_UNITS)))
+
+register(Dataset(
+    name="pcqm4mv2", description="PCQM4Mv2's pcqm4m-v2-train.sdf (record i = molecule idx i, label homolumogap eV "
+                                 "from data.csv.gz); ?part=k/N: one of N byte ranges; ?split= needs ?split_dict=",
+    reader=f"{READERS}.pcqm4mv2:open_pcqm4mv2", subset="path", subset_label="pcqm4m-v2-train.sdf path",
+    subset_required=True, splits=PCQM_SPLITS, default_split="all", options=("csv", "split_dict", "part"),
+    units={PCQM_LABEL: PCQM_UNIT}))
