@@ -261,3 +261,24 @@ def test_edg_data_info_shows_the_energy_labels(tmp_path, capsys):
     assert main(["data", "info", f"edbench:{d}", "--json"]) in (0, None)
     summary = json.loads(capsys.readouterr().out)
     assert summary["molecules"] == 3 and summary["labels"] == {f"E{k}": 3 for k in range(1, 7)}
+
+
+def test_render_worker_makes_ed_and_structure_images_from_cube_items(tmp_path):
+    """What `edg render --input edbench:DIR` runs per batch: the worker, fed the items (eager and lazy)."""
+    from edg.edg_core.shards import decode_sample
+    from edg.render.config import RenderConfig
+    from edg.render.cube_input import CubeRef, edbench_items
+    from edg.render.worker import RenderWorker
+    d = write_edbench(tmp_path / "ed_energy_5w")
+    eager = list(edbench_items(f"edbench:{d}"))
+    lazy = list(edbench_items(f"edbench:{d}", lazy=True))
+    assert all(isinstance(ref, CubeRef) for _, ref in lazy)
+    loaded = [ref.load(m) for m, ref in lazy]
+    for (_, f), g in zip(eager, loaded):
+        np.testing.assert_array_equal(f.ed, g.ed)
+    worker = RenderWorker(RenderConfig(image_size=16, ed_views=("x,0", "y,90")), device="cpu")
+    res = worker.render([m for m, _ in eager], [f for _, f in eager])
+    assert not res.failures and len(res.samples) == 3
+    s = decode_sample(res.samples[1], torch_tensors=False)
+    assert s["edimg"].shape[:2] == (2, 4) and s["stimg"].shape[1] == 3
+    assert s["meta"]["labels"] == {f"E{k}": 2.0 * k for k in range(1, 7)}

@@ -4,7 +4,7 @@ A record ends with a line ``$$$$``; record ``i`` is the ``i``-th record of the w
 reads it. ``sdf_parts(path, n)`` cuts the file into ``n`` parts of about equal bytes; each ``SDFPart`` knows the
 index of its first record, so a worker reading part ``k`` names its records exactly as a reader of the whole
 file would. Finding a cut reads from the target byte to the next ``$$$$`` line; finding a part's first index
-counts ``$$$$`` lines before it (a byte scan, ~1 s per GB: no molecule is parsed).
+counts ``$$$$`` lines before it (a byte scan, no molecule parsed: 225 MB/s measured on a shared core).
 """
 from __future__ import annotations
 
@@ -88,6 +88,16 @@ def cut_at(path: str | Path, target: int, size: int | None = None) -> int:
                 return pos
 
 
+def _count_end_lines(chunk: bytes) -> int:
+    """``$$$$`` lines in ``chunk`` (which starts at a line start): byte counts when every line-start ``$$$$``
+    ends its line (the usual case, ~1 GB/s), else the exact regular expression."""
+    text = b"\n" + chunk
+    starts = text.count(b"\n" + END)
+    if starts == text.count(b"\n" + END + b"\n") + text.count(b"\n" + END + b"\r\n"):
+        return starts
+    return len(_END_LINE.findall(chunk))
+
+
 def count_records(path: str | Path, start: int = 0, end: int | None = None) -> int:
     """``$$$$`` lines in bytes ``[start, end)`` (``start`` a line start): records that end there."""
     end = os.path.getsize(path) if end is None else end
@@ -103,7 +113,7 @@ def count_records(path: str | Path, start: int = 0, end: int | None = None) -> i
                 tail = f.readline()[:end - pos]  # whole lines only, so no $$$$ line is split
                 chunk += tail
                 pos += len(tail)
-            n += len(_END_LINE.findall(chunk))
+            n += _count_end_lines(chunk)
     return n
 
 
