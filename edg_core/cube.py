@@ -77,8 +77,10 @@ def read_cube(path: str | Path, max_points: int = MAX_CUBE_POINTS) -> Cube:
     import warnings
     path = Path(path)
     try:
-        with open(path, encoding="ascii", errors="strict") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:  # a non-UTF-8 value fails to parse below
             lines = [f.readline() for _ in range(6)]
+            if not lines[5].strip():
+                raise ValueError("the file ends inside the 6-line header")
             natm_line = lines[2].split()
             natm = int(natm_line[0])
             origin = np.array([float(x) for x in natm_line[1:4]])
@@ -101,6 +103,8 @@ def read_cube(path: str | Path, max_points: int = MAX_CUBE_POINTS) -> Cube:
             if size > 200 * (abs(natm) + 8) + MAX_CHARS_PER_VALUE * n:
                 raise ValueError(f"{size} bytes is more than {n} values can fill")
             atom_lines = [f.readline() for _ in range(abs(natm) + (1 if natm < 0 else 0))]
+            if atom_lines and not atom_lines[-1].strip():
+                raise ValueError(f"the file ends inside the {abs(natm)} atom lines")
             atoms = np.array([[float(x) for x in line.split()[:5]] for line in atom_lines[:abs(natm)]],
                              dtype=np.float64).reshape(-1, 5)  # MO cubes carry one extra line of orbital ids
             body = f.read()
