@@ -258,9 +258,14 @@ def test_our_dft_result_written_in_edbench_layout_reads_back(dft_vs_cubes, tmp_p
 def test_edg_data_info_shows_the_energy_labels(tmp_path, capsys):
     from edg.cluster.cli import main
     d = write_edbench(tmp_path / "ed_energy_5w")
-    assert main(["data", "info", f"edbench:{d}", "--json"]) in (0, None)
+    assert main(["data", "info", f"edbench:{d}", "--json", "--show", "2"]) in (0, None)
     summary = json.loads(capsys.readouterr().out)
     assert summary["molecules"] == 3 and summary["labels"] == {f"E{k}": 3 for k in range(1, 7)}
+    assert summary["records"][1] == {"id": "edbench:ed_energy_5w:1", "formula": "CH4",
+                                     "labels": {f"E{k}": 2.0 * k for k in range(1, 7)}}
+    assert main(["data", "info", f"edbench:{d}", "--show", "3"]) in (0, None)
+    lines = capsys.readouterr().out.splitlines()
+    assert "edbench:ed_energy_5w:2 H3N E1=3 E2=6 E3=9 E4=12 E5=15 E6=18" in [x.strip() for x in lines]
 
 
 def test_render_worker_makes_ed_and_structure_images_from_cube_items(tmp_path):
