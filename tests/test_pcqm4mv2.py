@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from edg.edg_core.errors import DataSourceError, InvalidRecord
 from edg.edg_core.readers import open_source
+from edg.edg_core.readers.pcqm4mv2 import part_specs
 from edg.edg_core.readers.sdf_parts import count_records, cut_at, sdf_part, sdf_parts
 from edg.edg_core.spec import SpecError
 from paperdata_fixtures import write_pcqm_sdf
@@ -55,7 +56,9 @@ def test_parts_together_are_the_whole_file_with_its_indices(pcqm, n):
     for k, p in enumerate(parts):
         assert sdf_part(sdf, k, n) == p  # one actor finds its own part without cutting the others
         assert count_records(sdf, p.start, p.end) == len(list(p.records()))
-    ids = [m.id for k in range(n) for m in open_source(f"pcqm4mv2:{sdf}?part={k}/{n}").molecules()]
+    specs = part_specs(f"pcqm4mv2:{sdf}", n)
+    assert specs[-1] == f"pcqm4mv2:{sdf}?part={n - 1}/{n}"
+    ids = [m.id for spec in specs for m in open_source(spec).molecules()]
     assert ids == [f"pcqm4mv2:{i}" for i in range(len(SMILES))]
     assert sum(len(open_source(f"pcqm4mv2:{sdf}?part={k}/{n}")) for k in range(n)) == len(SMILES)
 

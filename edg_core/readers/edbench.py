@@ -94,7 +94,7 @@ def label_names(set_name: str, n: int) -> tuple[str, ...]:
 def _rows(csv_path: Path) -> Iterator[tuple[int, dict | None, str]]:
     """``(line, row, problem)`` per CSV row, one row in memory at a time; a row the csv module cannot read
     comes back as ``(line, None, why)`` and reading goes on."""
-    with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as f:
         reader = csv.DictReader(f)
         while True:
             try:
@@ -118,7 +118,7 @@ class EDBenchSet:
         self.csv = self.folder / "raw" / f"{self.name}.csv"
         self.cubes = self.folder / "raw" / CUBES
         self.split, self.split_column = split, f"{split_by}_split"
-        with open(self.csv, newline="", encoding="utf-8", errors="replace") as f:
+        with open(self.csv, newline="", encoding="utf-8-sig", errors="replace") as f:
             header = next(csv.reader(f), [])
         need = ["index"] + ([self.split_column] if split != "all" else [])
         missing = [c for c in need if c not in header]
