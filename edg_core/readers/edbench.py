@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,6 @@ import numpy as np
 from ..errors import DataSourceError, InvalidRecord
 from ..molecule import Molecule
 
-log = logging.getLogger(__name__)
 
 CUBES = "psi4_grid0.4_cubes"
 SDF, ED_CUBE, ESP_CUBE = "Mol1.sdf", "Mol1_Dt.cube", "Mol1_ESP.cube"

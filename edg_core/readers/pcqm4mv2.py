@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
