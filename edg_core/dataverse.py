@@ -121,30 +121,42 @@ def unpack(archive: Path, out: Path, max_bytes: int = 256 << 30, max_members: in
     files written."""
     if not archive.name.lower().endswith(".zip"):
         return extract_tar(archive, out, max_bytes=max_bytes, max_members=max_members)
-    written, total = [], 0
+    written: list[Path] = []
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as e:
         raise DataSourceError(f"{archive}: not a readable zip archive ({e})") from None
-    with zf:
-        for i, info in enumerate(zf.infolist()):
-            if i >= max_members:
-                raise UnsafeArchiveError(f"{archive}: more than {max_members} members; refusing")
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a link; refusing")
-            try:
-                target = local_path_for(out, info.filename)
-            except StorageError as e:
-                raise UnsafeArchiveError(f"archive member {info.filename!r} points outside the output folder "
-                                         f"({e})") from None
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            total += info.file_size
-            if total > max_bytes:
-                raise UnsafeArchiveError(f"{archive}: more than {max_bytes} bytes of content; refusing")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, atomic_path(target) as tmp, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            written.append(target)
+    try:
+        with zf:
+            _unzip(zf, archive, out, written, max_bytes, max_members)
+    except BaseException:
+        for path in written:  # a refused or broken archive leaves nothing of itself behind
+            path.unlink(missing_ok=True)
+        raise
     return written
+
+
+def _unzip(zf: zipfile.ZipFile, archive: Path, out: Path, written: list[Path], max_bytes: int,
+           max_members: int) -> None:
+    """Each member of ``zf`` into ``out`` (appending the files written to ``written``), or a refusal."""
+    total = 0
+    for i, info in enumerate(zf.infolist()):
+        if i >= max_members:
+            raise UnsafeArchiveError(f"{archive}: more than {max_members} members; refusing")
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:
+            raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a link; refusing")
+        try:
+            target = local_path_for(out, info.filename)
+        except StorageError as e:
+            raise UnsafeArchiveError(f"archive member {info.filename!r} points outside the output folder "
+                                     f"({e})") from None
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        total += info.file_size
+        if total > max_bytes:
+            raise UnsafeArchiveError(f"{archive}: more than {max_bytes} bytes of content; refusing")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as src, atomic_path(target) as tmp, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        written.append(target)

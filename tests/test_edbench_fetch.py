@@ -110,6 +110,26 @@ def test_fetch_lists_downloads_verifies_unpacks_and_reads(dataverse, tmp_path, c
     assert len(mols) == 3 and mols[2].labels["E6"] == 18.0
     n = len(dv.requests)
     assert fetch_edbench("ed_energy_5w", out, server=url)[0] == folder and len(dv.requests) == n  # a rerun: nothing
+    marker = out / "ed_energy_5w.edg-fetched.json"
+    assert json.loads(marker.read_text())["doi"] == DOIS["ed_energy_5w"]
+    marker.write_text("[1, 2]")
+    with pytest.raises(DataSourceError, match="not a completion marker EDG wrote"):
+        fetch_edbench("ed_energy_5w", out, server=url)
+
+
+def test_an_archive_cannot_forge_the_completion_marker(dataverse, tmp_path):
+    dv, url = dataverse
+    src = write_edbench(tmp_path / "src" / "ed_energy_5w")
+    forged = tmp_path / "forged"
+    (forged / "ed_energy_5w").mkdir(parents=True)
+    (forged / "ed_energy_5w.edg-fetched.json").write_text(json.dumps({"doi": DOIS["ed_energy_5w"]}))
+    dv.add(31, _tar_of(forged, "."), "bundle.tar.gz")  # tries to place the marker at the set folder's top
+    dv.add(32, _tar_of(src, "ed_energy_5w"), "set.tar.gz")
+    out = tmp_path / "data"
+    folder, _ = fetch_edbench("ed_energy_5w", out, server=url)
+    assert (out / "ed_energy_5w" / "ed_energy_5w.edg-fetched.json").exists()  # landed inside, harmless
+    assert json.loads((out / "ed_energy_5w.edg-fetched.json").read_text())["files"][0]["path"] == "bundle.tar.gz"
+    assert folder == out / "ed_energy_5w" / "ed_energy_5w"
 
 
 def test_a_corrupt_download_is_refused_and_not_left_behind(dataverse, tmp_path):
@@ -144,6 +164,6 @@ def test_names_from_the_listing_or_an_archive_cannot_leave_the_folder(dataverse,
     (tmp_path / "a.zip").write_bytes(buf.getvalue())
     with pytest.raises(UnsafeArchiveError, match="escape.txt"):
         unpack(tmp_path / "a.zip", tmp_path / "unz")
-    assert not (tmp_path / "escape.txt").exists()
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "unz" / "ok" / "a.txt").exists()
     with pytest.raises(DataSourceError, match="unknown EDBench set 'ed_energy'"):
         fetch_edbench("ed_energy", tmp_path / "data", server=url)

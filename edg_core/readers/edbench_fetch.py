@@ -3,15 +3,18 @@
 Every file of the set's dataset (``DOIS``) is streamed from Dataverse's file API into ``OUT/<set>/`` under its
 Dataverse folder and name, verified against the checksum Dataverse lists, and archives among them are unpacked
 in place (and removed unless ``keep_archives``). The set is ready when some folder under ``OUT/<set>`` holds
-``raw/<set>.csv``: that folder is what ``edbench:DIR`` reads.
+``raw/<set>.csv``: that folder is what ``edbench:DIR`` reads. The completion marker ``OUT/<set>.edg-fetched.json``
+sits beside the set folder, where no downloaded archive can write; a rerun with it returns at once.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from ..dataverse import HARVARD, fetch_file, is_archive, list_files, unpack
 from ..errors import DataSourceError
+from ..io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,8 @@ DOIS = {
     "ed_prediction_5w": "doi:10.7910/DVN/SLYBD1",
 }
 """EDBench set -> its Harvard Dataverse dataset (HongxinXiang/EDBench README)."""
+MARKER_SUFFIX = ".edg-fetched.json"
+"""``OUT/<set>.edg-fetched.json``: written once every file is verified and unpacked (DOI, server, files)."""
 
 
 def find_set(folder: Path, set_name: str, depth: int = 4) -> Path | None:
@@ -49,8 +54,8 @@ def fetch_edbench(set_name: str, out: str | Path, server: str = HARVARD, doi: st
     root = Path(out) / set_name
     root.mkdir(parents=True, exist_ok=True)
     found = find_set(root, set_name)
-    done_marker = root / ".edg_fetched"
-    if found is not None and done_marker.exists():
+    marker = Path(out) / f"{set_name}{MARKER_SUFFIX}"  # beside the set folder: no archive can write it
+    if found is not None and _marker_doi(marker) == doi:
         return found, []
     files = list_files(server, doi, timeout)
     if not files:
@@ -69,5 +74,22 @@ def fetch_edbench(set_name: str, out: str | Path, server: str = HARVARD, doi: st
     if found is None:
         raise DataSourceError(f"{root}: no raw/{set_name}.csv after fetching {len(files)} file(s) of {doi} "
                               f"({', '.join(f.path for f in files[:5])})")
-    done_marker.write_text(doi + "\n")
+    write_json_atomic(marker, {"doi": doi, "server": server, "files": report})
     return found, report
+
+
+def _marker_doi(marker: Path) -> str | None:
+    """The DOI a completion marker records; ``None`` when there is none. A marker EDG did not write (not a
+    small JSON object with a ``doi``) is one ``DataSourceError`` line."""
+    if not marker.exists() and not marker.is_symlink():
+        return None
+    try:
+        if marker.is_symlink() or not marker.is_file() or marker.stat().st_size > 1 << 20:
+            raise ValueError("not a small plain file")
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        if not isinstance(info, dict) or not isinstance(info.get("doi"), str):
+            raise ValueError("no 'doi'")
+    except (OSError, ValueError, RecursionError) as e:
+        raise DataSourceError(f"{marker}: not a completion marker EDG wrote ({e}); delete it to fetch again") \
+            from None
+    return info["doi"]
