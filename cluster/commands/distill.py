@@ -102,6 +102,19 @@ def register(sub) -> None:
     b.set_defaults(func=cmd_benchmark)
 
 
+def check_names(args) -> None:
+    """Student names and dataset specs given as flags, checked before torch is imported (a typo answers in
+    about a second, not after the heavy imports); the full check (``DistillConfig.validate``) follows."""
+    from edg.edg_core.datasets import resolve
+    from edg.train.students import check_student_name
+    for name in [getattr(args, "student", None), *(getattr(args, "students", None) or [])]:
+        if name is not None:
+            check_student_name(name)
+    for spec in [getattr(args, "dataset", None), *(getattr(args, "datasets", None) or [])]:
+        if spec is not None:
+            resolve(spec, "task")
+
+
 def _base_config(args):
     from edg.train.loops.distill import DistillConfig
     cfg = load_yaml(DistillConfig, args.config) if args.config else DistillConfig()
@@ -142,6 +155,7 @@ def _line(r: dict) -> str:
 
 
 def cmd_distill(args) -> int:
+    check_names(args)
     from edg.train.loops.distill import run_distill
     cfg = _base_config(args)
     _check_targets(cfg)
@@ -160,6 +174,7 @@ def _run_with_ray(cfgs, args) -> list[dict]:
 
 
 def cmd_benchmark(args) -> int:
+    check_names(args)
     from edg.cluster.distill_runs import grid
     from edg.train.loops.distill import run_distill
     from edg.train.report import write_report

@@ -20,10 +20,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset
-
 from edg.edg_core.errors import ShardError
 from edg.edg_core.shards import shard_keys, webdataset_pipeline
+from torch.utils.data import DataLoader, IterableDataset
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +125,21 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a Ray actor's or a container's), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def image_loader(dataset: ShardImages, batch_size: int, num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+    """A DataLoader over ``dataset`` with at most ``usable_cpus()`` worker processes (more only compete)."""
+    if num_workers > (cap := usable_cpus()):
+        if not getattr(image_loader, "_said", False):
+            log.info("loader workers: %d asked, %d used (the CPUs this process may use)", num_workers, cap)
+            image_loader._said = True
+        num_workers = cap
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                       drop_last=drop_last, pin_memory=torch.cuda.is_available(),
                       persistent_workers=False)
