@@ -31,7 +31,8 @@ def register(sub) -> None:
     p.add_argument("--units", choices=["eV", "kcal/mol"], default="eV",
                    help="energy unit of the output (forces: unit/Å); default eV")
     p.add_argument("--batch-size", type=int, default=32, help="molecules per forward pass")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    p.add_argument("--device", default="auto",
+                   help="torch device: auto (CUDA when a GPU is visible, else CPU), cpu, cuda, cuda:1")
     p.set_defaults(func=cmd_predict)
 
 

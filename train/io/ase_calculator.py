@@ -27,7 +27,7 @@ class EDGCalculator(Calculator):
     ``best_student.pt``, or a loaded ``TrainedStudent``)."""
     implemented_properties = ["energy", "free_energy", "forces"]
 
-    def __init__(self, model: str | Path | TrainedStudent, device: str = "cpu",
+    def __init__(self, model: str | Path | TrainedStudent, device: str = "auto",
                  dtype: torch.dtype = torch.float64, **kwargs):
         super().__init__(**kwargs)
         self.student = model if isinstance(model, TrainedStudent) else load_student(model, device, dtype)

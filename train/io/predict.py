@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from edg.edg_core.errors import DataSourceError, EDGError
 from edg.edg_core.molecule import Molecule
 from edg.edg_core.units import KCAL_PER_MOL_IN_EV, z_to_symbol
+from edg.train.devices import resolve_device
 
 WEIGHTS = "best_student.pt"
 
@@ -115,7 +115,7 @@ def _run_dir(path: str | Path) -> tuple[Path, Path]:
     return run, weights
 
 
-def load_student(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> TrainedStudent:
+def load_student(path: str | Path, device: str = "auto", dtype: torch.dtype = torch.float32) -> TrainedStudent:
     """The trained student of a run folder (or its ``best_student.pt``), in eval mode on ``device``.
 
     ``dtype=torch.float64`` runs it in double precision (smoother forces for MD and optimisation)."""
@@ -131,7 +131,7 @@ def load_student(path: str | Path, device: str = "cpu", dtype: torch.dtype = tor
         model.load_state_dict(state)
     except (RuntimeError, ValueError) as e:
         raise ModelError(f"{weights}: cannot load as {student} weights ({str(e).splitlines()[0]})") from None
-    dev = torch.device(device)
+    dev = resolve_device(device)
     model.to(dev, dtype).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -193,7 +193,7 @@ def _labels_in_kcal_mol(source) -> bool:
 
 
 def predict_file(model: str | Path, source: str, out: str | Path, units: str = "eV", batch_size: int = 32,
-                 device: str = "cpu") -> dict:
+                 device: str = "auto") -> dict:
     """``edg predict``: predictions for every good record of ``source`` (a spec or xyz/extxyz/sdf file)
     written to ``out``; bad records go to ``<out>.failures.jsonl`` (``edg_core.stage.Failure`` lines, stage
     ``read``, as the stages' failure manifests). Returns a summary (counts, units, and the MAE against

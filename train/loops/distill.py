@@ -33,6 +33,7 @@ from edg.train.models.edg_head import EDGConfig, EDGHead, edg_objective, predict
 from edg.train.io.model_files import build_ed_predictor
 from edg.train.data.teacher_targets import coulomb_standin_features, load_teacher_targets
 from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, find_checkpoint, run_epochs
+from edg.train.devices import resolve_device
 from edg.train.loops.run_state import RunState
 from edg.train.loops.student_schedule import StudentSchedule
 from edg.train.tasks import Batch, PackedMolecules, Task, build_task
@@ -141,7 +142,7 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
     resumes from there).
     """
     cfg = cfg.filled()
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     model.to(device)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from edg.edg_core.errors import EDGError
 from edg.edg_core.units import HARTREE_IN_KCAL_PER_MOL
 from edg.train.configs import REPRESENTATIONS, TARGETS, RepresentationConfig  # noqa: F401 (re-exported)
+from edg.train.devices import resolve_device
 from edg.train.data.study import StudyData, TargetScaler
 from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, checkpoints_of, find_checkpoint, run_epochs
 from edg.train.loops.run_state import RunState
@@ -85,7 +86,7 @@ def train_representation(rep: str, data: StudyData, split: dict[str, np.ndarray]
     """
     if rep not in data.inputs:
         raise EDGError(f"representation {rep!r} was not built into the study data (have {sorted(data.inputs)})")
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     scaler = TargetScaler.fit(data.counts[split["train"]], data.targets[split["train"]], cfg.atom_refs)
     y = torch.as_tensor(scaler.transform(data.counts, data.targets), dtype=torch.float32)
