@@ -92,8 +92,17 @@ def test_imageed_validation_and_figure(shards, tmp_path):
     n_val = count_samples(shards, "valid", 0.25)
     assert 0 < n_val < 24 and m["step"] == math.ceil((24 - n_val) / 8)
     assert math.isfinite(m["valid_loss"]) and m["valid_loss"] > 0
-    assert (tmp_path / "figures" / "reconstruction-0001.png").stat().st_size > 0
+    png = tmp_path / "figures" / "reconstruction-0001.png"
+    assert png.stat().st_size > 0
     assert json.loads(json.dumps(m)) == m  # plain numbers for the reports
+    # the same panels in TensorBoard, beside the losses
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    ea.Reload()
+    assert "valid/loss" in {t.split(" ")[0] for t in ea.Tags()["scalars"]}
+    (event,) = ea.Images("images/reconstruction")
+    assert event.step == 1 and (event.width, event.height) == Image.open(png).size
 
 
 def test_teacher_learns_fu(shards, tmp_path):

@@ -1,14 +1,16 @@
 """Figures written during training: ImageED's reconstructions (paper Figure 5)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from edg.train.models.imageed import ImageED
 
 
-def save_reconstruction_png(model: ImageED, imgs: torch.Tensor, path, seed: int = 0, max_molecules: int = 2) -> None:
+def save_reconstruction_png(model: ImageED, imgs: torch.Tensor, path, seed: int = 0, max_molecules: int = 2
+                            ) -> np.ndarray:
     """Paper Figure 5: for each molecule and view, a row of [input | masked | reconstruction] (RGB, and the D
-    channel as grey) written to ``path`` as one PNG. imgs (B, V, C, H, W) in [0, 1]."""
+    channel as grey) written to ``path`` as one PNG, and returned (H, W, 3) uint8. imgs (B, V, C, H, W) in [0, 1]."""
     from PIL import Image
 
     from edg.edg_core.io import atomic_path
@@ -27,6 +29,8 @@ def save_reconstruction_png(model: ImageED, imgs: torch.Tensor, path, seed: int 
     pad = torch.ones(b, v, k, 3, h + 2, w + 2, device=cols.device)
     pad[..., 1:-1, 1:-1] = cols
     grid = pad.permute(0, 1, 4, 2, 5, 3).reshape(b * v * (h + 2), k * (w + 2), 3)
+    image = to_uint8(grid)
     with atomic_path(path) as tmp:
-        Image.fromarray(to_uint8(grid)).save(tmp, format="PNG")
+        Image.fromarray(image).save(tmp, format="PNG")
+    return image
 

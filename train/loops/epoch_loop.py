@@ -24,6 +24,7 @@ import torch
 from edg.edg_core.io import progress
 from edg.train.io.checkpoint import Checkpoints, CheckpointError
 from edg.train.io.progress import TrainLog
+from edg.train.io.tensorboard import TensorBoardLog
 
 from .run_state import RunState, load_run_checkpoint
 
@@ -41,7 +42,8 @@ class ModelSteps:
     on_best: Callable[[int, dict], dict | None] | None = None  # (k, row) at a new best: extras kept in Best.extra;
     #                                                           it may add columns (test_*) to row
     end_epoch: Callable[[dict], None] | None = None  # (row) after evaluation, e.g. ReduceLROnPlateau
-    after_epoch: Callable[[int], None] | None = None  # (k) after the epoch is recorded, on the writer only
+    after_epoch: Callable[[int], dict | None] | None = None  # (k) after the epoch is recorded, on the writer only;
+    #                                                          it may return images (name -> HxWx3 uint8) to log
     export: Callable[[], dict] | None = None  # the model's standalone file content, copied into checkpoints
 
 
@@ -67,6 +69,7 @@ class LoopConfig:
     world: int = 1
     quiet: bool = False
     progress_bar: bool | None = None   # None: on a terminal
+    tensorboard: bool = True           # event files under run_dir/tensorboard (train.io.tensorboard)
 
 
 def checkpoints_of(loop: LoopConfig) -> Checkpoints | None:
@@ -114,8 +117,20 @@ def run_epochs(state: RunState, steps: ModelSteps, loop: LoopConfig, report: Rep
     state.history = list(log.rows) if loop.writer else state.history[:state.epoch]
     first, last = state.epoch + 1, min(loop.epochs, loop.stop_after or loop.epochs)
     after_step = log.step_timer(loop.steps_per_epoch, loop.device)
+    tb = None
     if first <= last:
         log.start(state.model, loop.epochs - state.epoch, loop.steps_per_epoch, loop.batch_size, loop.device)
+        if loop.writer and loop.run_dir is not None and loop.tensorboard:
+            tb = TensorBoardLog(loop.run_dir, loop.units)
+    try:
+        _epochs(state, steps, loop, report, log, ckpts, tb, first, last, after_step)
+    finally:
+        if tb is not None:
+            tb.close()
+    return state
+
+
+def _epochs(state, steps, loop, report, log, ckpts, tb, first, last, after_step) -> None:
 
     for k in range(first, last + 1):
         t0 = time.perf_counter()
@@ -153,10 +168,10 @@ def run_epochs(state: RunState, steps: ModelSteps, loop: LoopConfig, report: Rep
             written = ckpts.save(state.checkpoint(loop.name, loop.config, export), k)
         if loop.writer:
             log.epoch(row, time.perf_counter() - t0, k)
-            if steps.after_epoch is not None:
-                steps.after_epoch(k)
+            images = steps.after_epoch(k) if steps.after_epoch is not None else None
+            if tb is not None:
+                tb.epoch(row, k, images)
         if loop.world > 1:
             torch.distributed.barrier()
         if report is not None:
             report(row, written)
-    return state

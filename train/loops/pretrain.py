@@ -64,7 +64,7 @@ class _Stage:
     dataset: Callable[[str, int], ShardImages]                           # (split, seed) -> one pass
     export: Callable[[nn.Module], dict]                                  # model -> its standalone file content
     export_name: str
-    after_epoch: Callable[[nn.Module, int, Path, dict], None] | None = None
+    after_epoch: Callable[[nn.Module, int, Path, dict], dict | None] | None = None  # may return images
     init: Callable[[nn.Module], object] | None = None  # starting weights of a run that resumes nothing
 
 
@@ -85,8 +85,10 @@ def _imageed_stage(cfg: ImageEDTrainConfig, shards) -> _Stage:
 
     def after_epoch(model, epoch, out_dir, batch):  # epoch: 1-based
         if cfg.figure_every and epoch % cfg.figure_every == 0:
-            save_reconstruction_png(model, batch["edimg"], out_dir / "figures" / f"reconstruction-{epoch:04d}.png",
-                                    seed=cfg.seed)
+            grid = save_reconstruction_png(model, batch["edimg"],
+                                           out_dir / "figures" / f"reconstruction-{epoch:04d}.png", seed=cfg.seed)
+            return {"reconstruction": grid}
+        return None
     return _Stage("imageed", ImageED(mc), make_optimizer, loss, dataset, imageed_state, "imageed.pt", after_epoch)
 
 
@@ -339,10 +341,10 @@ def _stage_steps(stage: _Stage, cfg, state: RunState, device, rank: int, world: 
                             out_dir / "checkpoint" / "best.pt")
 
     def after_epoch(k):
-        if stage.after_epoch is not None:
-            stage.after_epoch(model, k, out_dir, epoch_rng["last"])
+        images = stage.after_epoch(model, k, out_dir, epoch_rng["last"]) if stage.after_epoch is not None else None
         if k == cfg.epochs:
             save_checkpoint(stage.export(model), out_dir / stage.export_name)
+        return images
 
     return ModelSteps(batches, train_step, evaluate, select_metric="valid_loss", on_best=on_best,
                       after_epoch=after_epoch, export=lambda: stage.export(model))
