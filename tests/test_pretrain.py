@@ -4,17 +4,15 @@ import math
 
 import pytest
 import torch
-
 from edg.edg_core.errors import EDGError
 from edg.edg_core.io import read_jsonl
-from edg.train.io.checkpoint import Checkpoints, load_checkpoint
 from edg.train.data.shards import count_samples, in_validation, write_synthetic_shards
-from edg.train.models.imageed import imageed_preset
-from edg.train.io.model_files import load_imageed
+from edg.train.io.checkpoint import Checkpoints, load_checkpoint
+from edg.train.io.model_files import load_ed_predictor, load_imageed
 from edg.train.loops.optim import scaled_lr, warmup_cosine
 from edg.train.loops.pretrain import ImageEDTrainConfig, TeacherTrainConfig, train_imageed, train_teacher
+from edg.train.models.imageed import imageed_preset
 from edg.train.models.teacher import TEACHER_PRESETS
-from edg.train.io.model_files import load_ed_predictor
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ of an epoch row, with its unit; ImageED's reconstruction panels as images) and p
 from __future__ import annotations
 
 import pytest
-
 from edg.train.io.tensorboard import tag_for
 
 

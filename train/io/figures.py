@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from edg.train.models.imageed import ImageED
 
 
@@ -11,10 +10,9 @@ def save_reconstruction_png(model: ImageED, imgs: torch.Tensor, path, seed: int 
                             ) -> np.ndarray:
     """Paper Figure 5: for each molecule and view, a row of [input | masked | reconstruction] (RGB, and the D
     channel as grey) written to ``path`` as one PNG, and returned (H, W, 3) uint8. imgs (B, V, C, H, W) in [0, 1]."""
-    from PIL import Image
-
     from edg.edg_core.io import atomic_path
     from edg.edg_core.shards import to_uint8
+    from PIL import Image
     imgs = imgs[:max_molecules].float()
     was_training = model.training
     model.eval()

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
 from edg.edg_core.io import progress
-from edg.train.io.checkpoint import Checkpoints, CheckpointError
+from edg.train.io.checkpoint import CheckpointError, Checkpoints
 from edg.train.io.progress import TrainLog
 from edg.train.io.tensorboard import TensorBoardLog
 

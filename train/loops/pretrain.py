@@ -31,23 +31,20 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-
 from edg.edg_core.config import dump_yaml
 from edg.edg_core.errors import EDGError, ShardError
 from edg.edg_core.shards import shard_paths, webdataset_pipeline
-
-from edg.train.io.backbone_weights import init_backbone
-from edg.train.io.checkpoint import save_checkpoint
 from edg.train.configs import ImageEDTrainConfig, TeacherTrainConfig  # noqa: F401 (re-exported)
 from edg.train.data.shards import ShardImages, count_samples, image_loader
-from edg.train.models.imageed import ImageED
-from edg.train.io.model_files import imageed_state
+from edg.train.io.backbone_weights import init_backbone
+from edg.train.io.checkpoint import save_checkpoint
 from edg.train.io.figures import save_reconstruction_png
+from edg.train.io.model_files import imageed_state, teacher_state
 from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, Report, find_checkpoint, run_epochs
-from edg.train.loops.run_state import RunState
 from edg.train.loops.optim import adamw, scaled_lr, sgd, warmup_cosine
+from edg.train.loops.run_state import RunState
+from edg.train.models.imageed import ImageED
 from edg.train.models.teacher import Teacher, augment_structure_images, teacher_loss
-from edg.train.io.model_files import teacher_state
 
 UNITS = {"imageed": {"loss": "(normalised-pixel MSE)", "l_mp": "(normalised-pixel MSE)",
                      "l_rp": "(normalised-pixel MSE)"},
