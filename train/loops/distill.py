@@ -34,6 +34,7 @@ from edg.train.io.model_files import build_ed_predictor
 from edg.train.data.teacher_targets import coulomb_standin_features, load_teacher_targets
 from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, find_checkpoint, run_epochs
 from edg.train.devices import resolve_device
+from edg.train.loops.optim import adam_for
 from edg.train.loops.run_state import RunState
 from edg.train.loops.student_schedule import StudentSchedule
 from edg.train.tasks import Batch, PackedMolecules, Task, build_task
@@ -152,7 +153,7 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
             raise ValueError(f"{desc}: lambda_ed={lambda_ed} needs an EDG head and teacher targets on the train set")
         head.to(device)
     params = list(model.parameters()) + (list(head.mapper.parameters()) if lambda_ed > 0 else [])
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adam_for(params, cfg.lr, device, cfg.weight_decay)  # fused on CUDA
     loss_fn(cfg.loss)  # an unknown loss name fails here, before any step
     state = RunState(model, optimizer, StudentSchedule(optimizer, cfg), torch.Generator().manual_seed(cfg.seed),
                      modules={"mapper": head.mapper} if head is not None else {})

@@ -12,16 +12,40 @@ def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = 256) -> 
     return base_lr * global_batch / reference_batch
 
 
+def fused_kwargs(device: torch.device | str | None) -> dict:
+    """``{"fused": True}`` for parameters on CUDA (one kernel for every parameter's update, and the step
+    counters stay on the device: no host sync), else ``{}`` (PyTorch's default for-each kernels)."""
+    return {"fused": True} if device is not None and torch.device(device).type == "cuda" else {}
+
+
+def _device_of(model: torch.nn.Module) -> torch.device | None:
+    return next((p.device for p in model.parameters()), None)
+
+
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 0.05,
           betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases, norms and 1-d parameters (embeddings of shape (1, ..., D) included)."""
+    """AdamW with no weight decay on biases, norms and 1-d parameters (embeddings of shape (1, ..., D) included);
+    fused when the model is on CUDA (move the model first)."""
     groups = param_groups_weight_decay(model, weight_decay,
                                        no_weight_decay_list=("mask_token", "view_embed", "decoder_view_embed"))
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, **fused_kwargs(_device_of(model)))
+
+
+def adamw_for(params, lr: float, device: torch.device | str | None, weight_decay: float = 0.01
+              ) -> torch.optim.AdamW:
+    """Plain AdamW over ``params``, fused on CUDA ``device``."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused_kwargs(device))
+
+
+def adam_for(params, lr: float, device: torch.device | str | None, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam over ``params`` (the students' optimiser), fused on CUDA ``device``."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused_kwargs(device))
 
 
 def sgd(model: torch.nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    """SGD with momentum (the teacher's), fused when the model is on CUDA."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           **fused_kwargs(_device_of(model)))
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,

@@ -3,7 +3,9 @@
 A student maps a batch of molecules to ``(F_G, pred)``:
 
 * ``z`` (A,) long atomic numbers, ``pos`` (A, 3) float positions in Å, ``batch`` (A,) long molecule index
-  (sorted; ``None`` means one molecule);
+  (sorted; ``None`` means one molecule), ``sizes`` the batch's host-side ``GraphSizes`` (from the batch
+  builder, ``train.tasks.packed``; ``None``: read from the tensors, with host syncs). With ``sizes`` a
+  training step reads the device at most once (the neighbour-list size; see ``graph.py``);
 * ``F_G`` (B, feature_dim): pooled node features before the output head (what EDG distils into);
 * ``pred`` (B, out_dim): the property or energy in the task's units (the model is unit-agnostic).
 """
@@ -13,7 +15,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import scatter
 
-from .graph import num_graphs
+from .graph import GraphSizes, sizes_of
 
 __all__ = ["Student", "energy_and_forces", "pool"]
 
@@ -31,12 +33,25 @@ class Student(torch.nn.Module):
     feature_dim: int
     out_dim: int
 
-    def forward(self, z: Tensor, pos: Tensor, batch: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        batch = self.check_inputs(z, pos, batch)
-        return self.encode(z, pos, batch, num_graphs(batch))
+    max_z: int | None = None  # embeddings take atomic numbers in [0, max_z) (None: no check)
 
-    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, n_graphs: int) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, pos: Tensor, batch: Tensor | None = None, sizes: GraphSizes | None = None
+                ) -> tuple[Tensor, Tensor]:
+        batch = self.check_inputs(z, pos, batch)
+        if sizes is None:
+            sizes = sizes_of(z, batch)
+        self.check_atomic_numbers(sizes)
+        return self.encode(z, pos, batch, sizes)
+
+    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, sizes: GraphSizes) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def check_atomic_numbers(self, sizes: GraphSizes) -> None:
+        """A clear error for atomic numbers outside the embedding, from the host-side range (no device read)."""
+        low, high = sizes.z_range
+        if self.max_z is not None and (high >= self.max_z or low < 0):
+            raise ValueError(f"{type(self).__name__.removesuffix('Student')}: atomic numbers must lie in "
+                             f"[0, {self.max_z}), got {low}..{high}")
 
     def check_inputs(self, z: Tensor, pos: Tensor, batch: Tensor | None) -> Tensor:
         name = type(self).__name__
@@ -55,7 +70,8 @@ class Student(torch.nn.Module):
 
 
 def energy_and_forces(model: torch.nn.Module, z: Tensor, pos: Tensor, batch: Tensor | None = None,
-                      create_graph: bool | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                      create_graph: bool | None = None, sizes: GraphSizes | None = None
+                      ) -> tuple[Tensor, Tensor, Tensor]:
     """Energy and forces of a student whose ``pred`` is one energy per molecule.
 
     Returns ``(F_G (B, d_G), energy (B,), forces (A, 3))`` with forces = -dE/dpos by autograd, in the
@@ -67,7 +83,7 @@ def energy_and_forces(model: torch.nn.Module, z: Tensor, pos: Tensor, batch: Ten
     with torch.enable_grad():
         if not pos.requires_grad:
             pos = pos.detach().requires_grad_(True)
-        feats, pred = model(z, pos, batch)
+        feats, pred = model(z, pos, batch, sizes)
         if pred.dim() != 2 or pred.size(1) != 1:
             raise ValueError(f"energy_and_forces: the student predicts {tuple(pred.shape)}; an energy model "
                              "needs out_dim=1")

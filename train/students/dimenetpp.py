@@ -22,7 +22,7 @@ from torch_geometric.nn.models.dimenet import BesselBasisLayer, EmbeddingBlock, 
 from torch_geometric.nn.resolver import activation_resolver
 from torch_geometric.utils import scatter
 
-from .graph import radius_graph, triplets
+from .graph import GraphSizes, radius_graph_and_triplets
 from .base import Student, pool
 from .basis import SphericalBasis
 
@@ -73,10 +73,10 @@ class DimeNetPPStudent(Student):
             x = block.act(lin(x))
         return x
 
-    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, n_graphs: int) -> tuple[Tensor, Tensor]:
+    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, sizes: GraphSizes) -> tuple[Tensor, Tensor]:
         c, n = self.config, z.size(0)
-        edge_index = radius_graph(pos, c.cutoff, batch, c.max_num_neighbors)
-        i, j, idx_i, idx_j, idx_k, idx_kj, idx_ji = triplets(edge_index, n)
+        _, (i, j, idx_i, idx_j, idx_k, idx_kj, idx_ji) = radius_graph_and_triplets(
+            pos, c.cutoff, batch, c.max_num_neighbors, sizes)
         dist = (pos[i] - pos[j]).norm(dim=-1)
         pos_jk, pos_ij = pos[idx_j] - pos[idx_k], pos[idx_i] - pos[idx_j]
         angle = torch.atan2(torch.cross(pos_ij, pos_jk, dim=1).norm(dim=-1), (pos_ij * pos_jk).sum(dim=-1))
@@ -91,4 +91,4 @@ class DimeNetPPStudent(Student):
             h = self._output_features(out_block, x, rbf, i, n)
             feats_atom = feats_atom + h
             per_atom = per_atom + out_block.lin(h)
-        return pool(feats_atom, batch, n_graphs, self.config.feature_pool), pool(per_atom, batch, n_graphs, "sum")
+        return pool(feats_atom, batch, sizes.num_graphs, self.config.feature_pool), pool(per_atom, batch, sizes.num_graphs, "sum")

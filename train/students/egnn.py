@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.nn import Linear, SiLU
 from torch_geometric.utils import scatter
 
-from .graph import radius_graph, radius_graph_torch
+from .graph import GraphSizes, radius_graph, radius_graph_torch
 from .base import Student, pool
 
 
@@ -96,12 +96,12 @@ class EGNNStudent(Student):
         self.feature_dim = c.hidden_channels
         self.out_dim = c.out_dim
 
-    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, n_graphs: int) -> tuple[Tensor, Tensor]:
+    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, sizes: GraphSizes) -> tuple[Tensor, Tensor]:
         c = self.config
         if c.cutoff is None:  # every ordered pair i != j of a molecule
-            edge_index = radius_graph_torch(pos, float("inf"), batch, max_num_neighbors=None)
+            edge_index = radius_graph_torch(pos, float("inf"), batch, max_num_neighbors=None, sizes=sizes)
         else:
-            edge_index = radius_graph(pos, c.cutoff, batch, c.max_num_neighbors)
+            edge_index = radius_graph(pos, c.cutoff, batch, c.max_num_neighbors, sizes=sizes)
         envelope = 1.0
         if c.envelope:
             j, i = edge_index
@@ -109,5 +109,5 @@ class EGNNStudent(Student):
         h, x = self.embedding(z), pos
         for layer in self.layers:
             h, x = layer(h, x, edge_index, envelope)
-        feats = pool(self.node_dec(h), batch, n_graphs, c.feature_pool)
+        feats = pool(self.node_dec(h), batch, sizes.num_graphs, c.feature_pool)
         return feats, self.graph_dec(feats)

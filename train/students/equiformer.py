@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.nn import Embedding, Linear, SiLU
 from torch_geometric.utils import scatter
 
-from .graph import radius_graph
+from .graph import GraphSizes, radius_graph
 from .base import Student, pool
 from .egnn import cosine_cutoff
 
@@ -275,14 +275,12 @@ class EquiformerStudent(Student):
                                         Linear(c.feature_channels, c.out_dim))
         self.pool_scale = 1.0 / math.sqrt(c.avg_num_nodes)
         self.feature_dim = c.feature_channels
+        self.max_z = c.max_z
         self.out_dim = c.out_dim
 
-    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, n_graphs: int) -> tuple[Tensor, Tensor]:
+    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, sizes: GraphSizes) -> tuple[Tensor, Tensor]:
         c = self.config
-        if int(z.max()) >= c.max_z or int(z.min()) < 0:
-            raise ValueError(f"Equiformer: atomic numbers must lie in [0, {c.max_z}), got {int(z.min())}.."
-                             f"{int(z.max())}")
-        edge_index = radius_graph(pos, c.cutoff, batch, c.max_num_neighbors)
+        edge_index = radius_graph(pos, c.cutoff, batch, c.max_num_neighbors, sizes=sizes)
         j, i = edge_index
         vec = pos[i] - pos[j]
         dist = vec.norm(dim=-1)
@@ -295,5 +293,5 @@ class EquiformerStudent(Student):
         for block in self.blocks:
             x = block(x, edge_index, sh, rbf, envelope)
         scalars = self.norm(x)  # (A, feature_channels): the last block leaves scalars only
-        feats = pool(scalars, batch, n_graphs, c.feature_pool) * self.pool_scale
-        return feats, pool(self.head(scalars), batch, n_graphs, "sum") * self.pool_scale
+        feats = pool(scalars, batch, sizes.num_graphs, c.feature_pool) * self.pool_scale
+        return feats, pool(self.head(scalars), batch, sizes.num_graphs, "sum") * self.pool_scale

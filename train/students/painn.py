@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.nn import Linear, SiLU
 from torch_geometric.utils import scatter
 
-from .graph import radius_graph
+from .graph import GraphSizes, radius_graph
 from .base import Student, pool
 from .egnn import cosine_cutoff
 
@@ -91,9 +91,9 @@ class PaiNNStudent(Student):
         self.feature_dim = c.hidden_channels
         self.out_dim = c.out_dim
 
-    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, n_graphs: int) -> tuple[Tensor, Tensor]:
+    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, sizes: GraphSizes) -> tuple[Tensor, Tensor]:
         c = self.config
-        edge_index = radius_graph(pos, c.cutoff, batch, c.max_num_neighbors)
+        edge_index = radius_graph(pos, c.cutoff, batch, c.max_num_neighbors, sizes=sizes)
         j, i = edge_index
         vec = pos[j] - pos[i]
         dist = vec.norm(dim=-1, keepdim=True)
@@ -104,4 +104,4 @@ class PaiNNStudent(Student):
         for message, update in zip(self.messages, self.updates):
             s, v = message(s, v, edge_index, rbf, envelope, vec / dist)
             s, v = update(s, v)
-        return pool(s, batch, n_graphs, c.feature_pool), pool(self.head(s), batch, n_graphs, "sum")
+        return pool(s, batch, sizes.num_graphs, c.feature_pool), pool(self.head(s), batch, sizes.num_graphs, "sum")

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch_geometric.nn.models import SchNet
 from torch_geometric.utils import scatter
 
-from .graph import RadiusInteractionGraph, undirected_pairs
+from .graph import GraphSizes, RadiusInteractionGraph, is_symmetric, undirected_pairs
 from .base import Student, pool
 
 
@@ -54,14 +54,14 @@ class SchNetStudent(Student):
         self.feature_dim = h
         self.out_dim = c.out_dim
 
-    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, n_graphs: int) -> tuple[Tensor, Tensor]:
+    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, sizes: GraphSizes) -> tuple[Tensor, Tensor]:
         """PyG's interaction blocks, with each continuous filter W(d_ij) computed once per atom pair: edges
         j -> i and i -> j share their length, so the filter network (most of SchNet's arithmetic) runs on half
         the edges and its rows are read back for both directions (same values as PyG's ``CFConv``)."""
         net = self.net
         h = net.embedding(z)
-        edge_index, edge_weight = net.interaction_graph(pos, batch)
-        rep, pair = undirected_pairs(edge_index, len(z))
+        edge_index, edge_weight = net.interaction_graph(pos, batch, sizes)
+        rep, pair = undirected_pairs(edge_index, len(z), is_symmetric(sizes, self.config.max_num_neighbors))
         d = edge_weight[rep]  # (U,) Å, one length per atom pair
         rbf = net.distance_expansion(d)  # (U, num_gaussians)
         cut = (0.5 * (torch.cos(d * math.pi / self.config.cutoff) + 1.0))[:, None]  # cosine cutoff C(d)
@@ -71,5 +71,5 @@ class SchNetStudent(Student):
             w = (conv.nn(rbf) * cut)[pair]  # (E, num_filters): W(d_ij) * C(d_ij)
             x = scatter(conv.lin1(h)[src] * w, dst, dim=0, dim_size=len(h), reduce="sum")  # sum_j x_j * W_ij
             h = h + block.lin(block.act(conv.lin2(x)))
-        feats = pool(net.lin2(net.act(net.lin1(h))), batch, n_graphs, self.config.readout)
+        feats = pool(net.lin2(net.act(net.lin1(h))), batch, sizes.num_graphs, self.config.readout)
         return feats, self.head(feats)

@@ -48,7 +48,7 @@ from torch_geometric.nn.models.dimenet import BesselBasisLayer, ResidualLayer
 from torch_geometric.nn.resolver import activation_resolver
 from torch_geometric.utils import scatter
 
-from .graph import radius_graph, triplets
+from .graph import GraphSizes, count_per_index, radius_graph_and_triplets
 from .base import Student, pool
 from .basis import SphericalBasis, spherical_bessel
 
@@ -113,6 +113,11 @@ class TorsionBasis(SphericalBasis):
     Y_l^m(theta, phi) with d = dist[idx_kj] (Å); order (l, m, n) with n fastest. Roots, norms and envelope are
     those of ``SphericalBasis``."""
 
+    def __init__(self, num_spherical: int, num_radial: int, cutoff: float = 5.0, envelope_exponent: int = 5):
+        super().__init__(num_spherical, num_radial, cutoff, envelope_exponent)
+        degree = [l_ for l_ in range(num_spherical) for _ in range(2 * l_ + 1)]  # l of each (l, m) column
+        self.register_buffer("degree", torch.tensor(degree, dtype=torch.long), persistent=False)
+
     def radial(self, dist: Tensor) -> Tensor:
         """(E,) Å -> (E, L, N): the enveloped, normalised radial functions of ``SphericalBasis``."""
         d = (dist / self.cutoff)[:, None, None]
@@ -122,38 +127,42 @@ class TorsionBasis(SphericalBasis):
 
     def forward(self, dist: Tensor, theta: Tensor, phi: Tensor, idx_kj: Tensor) -> Tensor:
         n_l = self.num_spherical
-        degree = torch.tensor([l_ for l_ in range(n_l) for _ in range(2 * l_ + 1)], device=dist.device)
-        rbf = self.radial(dist)[idx_kj][:, degree]  # (T, L^2, N)
+        rbf = self.radial(dist)[idx_kj][:, self.degree]  # (T, L^2, N)
         ylm = real_spherical_harmonics(n_l - 1, theta, phi)  # (T, L^2)
         return (rbf * ylm[:, :, None]).reshape(theta.size(0), -1)
 
 
-def torsions(pos: Tensor, idx_i: Tensor, idx_j: Tensor, idx_k: Tensor, idx_ji: Tensor, n_edges: int) -> Tensor:
+def torsions(pos: Tensor, idx_i: Tensor, idx_j: Tensor, idx_k: Tensor, idx_ji: Tensor, n_edges: int,
+             max_per_edge: int | None = None) -> Tensor:
     """Torsion (T,) in (0, 2 pi] of each triplet k -> j -> i about the axis j -> i, relative to the
     neighbour k' != i of j that minimises it (DIG's SphereNet convention; k' = k gives 2 pi).
 
     The candidates k' of a triplet are the k of the triplets sharing its edge ji; ``triplets`` lists those
-    contiguously (sorted by idx_ji), so all (triplet, candidate) pairs are enumerated with one CSR expansion.
+    contiguously (sorted by idx_ji), so each triplet's candidates are the rows start(ji) + d of a dense
+    (T, D) table, d < D = ``max_per_edge`` (a host-side bound on the triplets per edge, e.g. the most
+    neighbours an atom may have; ``None``: read from the device, one sync), rows past the edge's count masked.
     """
     n_trip = idx_ji.size(0)
     if n_trip == 0:
         return pos.new_zeros(0)
-    count = torch.bincount(idx_ji, minlength=n_edges)
+    count = count_per_index(idx_ji, n_edges)
     start = torch.cumsum(count, 0) - count
-    per_trip = count[idx_ji]
-    t = torch.repeat_interleave(torch.arange(n_trip, device=pos.device), per_trip)
-    first = torch.cumsum(per_trip, 0) - per_trip
-    other = start[idx_ji[t]] + torch.arange(t.size(0), device=pos.device) - first[t]
+    if max_per_edge is None:
+        max_per_edge = int(count.max().item())
+    d = torch.arange(max(max_per_edge, 1), device=pos.device)
+    t = torch.arange(n_trip, device=pos.device)[:, None]  # (T, 1)
+    valid = d < count[idx_ji][:, None]  # (T, D)
+    other = torch.where(valid, start[idx_ji][:, None] + d, t)  # (T, D) candidate triplet (itself when padding)
     axis = pos[idx_i] - pos[idx_j]  # (T, 3)
     plane = torch.cross(axis, pos[idx_k] - pos[idx_j], dim=1)  # normal of the plane (ji, jk)
-    p1, p2, ax = plane[t], plane[other], axis[t]
+    p1, p2, ax = plane[:, None, :], plane[other], axis[:, None, :]
     cos_part = (p1 * p2).sum(dim=-1)
-    sin_part = (torch.cross(p1, p2, dim=1) * ax).sum(dim=-1) / ax.norm(dim=-1)
+    sin_part = (torch.cross(p1.expand_as(p2), p2, dim=2) * ax).sum(dim=-1) / ax.norm(dim=-1)
     phi = torch.atan2(sin_part, cos_part)
     phi = torch.where(phi <= 0, phi + 2 * math.pi, phi)
     # k' = k: the cross product of a vector with itself may round to +-1e-22, so fix it to 2 pi exactly
     phi = torch.where(other == t, torch.full_like(phi, 2 * math.pi), phi)
-    return scatter(phi, t, dim=0, dim_size=n_trip, reduce="min")
+    return torch.where(valid, phi, torch.full_like(phi, math.inf)).amin(dim=1)
 
 
 class SphereNetInit(torch.nn.Module):
@@ -254,18 +263,17 @@ class SphereNetStudent(Student):
         self.head = None if blocks else _output_layer(c.out_emb_channels, c.out_dim, c.output_init)
         self.feature_dim = c.out_emb_channels
         self.out_dim = c.out_dim
+        self.max_z = c.max_z
 
-    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, n_graphs: int) -> tuple[Tensor, Tensor]:
+    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, sizes: GraphSizes) -> tuple[Tensor, Tensor]:
         c, n = self.config, z.size(0)
-        if int(z.max()) >= c.max_z or int(z.min()) < 0:
-            raise ValueError(f"SphereNet: atomic numbers must lie in [0, {c.max_z}), got {int(z.min())}.."
-                             f"{int(z.max())}")
-        edge_index = radius_graph(pos, c.cutoff, batch, c.max_num_neighbors)
-        i, j, idx_i, idx_j, idx_k, idx_kj, idx_ji = triplets(edge_index, n)
+        _, (i, j, idx_i, idx_j, idx_k, idx_kj, idx_ji) = radius_graph_and_triplets(
+            pos, c.cutoff, batch, c.max_num_neighbors, sizes)
         dist = (pos[i] - pos[j]).norm(dim=-1)
         pos_ji, pos_jk = pos[idx_i] - pos[idx_j], pos[idx_k] - pos[idx_j]
         theta = torch.atan2(torch.cross(pos_ji, pos_jk, dim=1).norm(dim=-1), (pos_ji * pos_jk).sum(dim=-1))
-        phi = torsions(pos, idx_i, idx_j, idx_k, idx_ji, i.size(0))
+        most = sizes.max_atoms - 1 if c.max_num_neighbors is None else min(sizes.max_atoms - 1, c.max_num_neighbors)
+        phi = torsions(pos, idx_i, idx_j, idx_k, idx_ji, i.size(0), max_per_edge=most)
         rbf = self.rbf(dist)
         sbf = self.sbf(dist, theta, idx_kj)
         tbf = self.tbf(dist, theta, phi, idx_kj)
@@ -277,7 +285,7 @@ class SphereNetStudent(Student):
             h, v = update_v(e2, i, n)
             feats_atom = feats_atom + h
             per_atom = per_atom + v if self.head is None else None
-        feats = pool(feats_atom, batch, n_graphs, c.feature_pool)
+        feats = pool(feats_atom, batch, sizes.num_graphs, c.feature_pool)
         if self.head is not None:
             return feats, self.head(feats)
-        return feats, pool(per_atom, batch, n_graphs, "sum")
+        return feats, pool(per_atom, batch, sizes.num_graphs, "sum")

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch_geometric.nn.models import ViSNet
 from torch_geometric.nn.models.visnet import GatedEquivariantBlock
 
-from .graph import radius_graph
+from .graph import GraphSizes, radius_graph
 from .base import Student, pool
 
 
@@ -44,6 +44,7 @@ class SelfLoopRadiusDistance(torch.nn.Module):
     """``(pos, batch) -> (edge_index, edge_weight, edge_vec)`` with self-loops, as ViSNet's ``Distance``.
 
     edge_vec = pos[j] - pos[i] (Å), edge_weight = |edge_vec| (0 on self-loops, without a NaN gradient).
+    Self-loops are masked arithmetically (no boolean indexing: no host sync).
     """
 
     def __init__(self, cutoff: float, max_num_neighbors: int):
@@ -51,12 +52,13 @@ class SelfLoopRadiusDistance(torch.nn.Module):
         self.cutoff = cutoff
         self.max_num_neighbors = max_num_neighbors
 
-    def forward(self, pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        edge_index = radius_graph(pos, self.cutoff, batch, self.max_num_neighbors, loop=True)
+    def forward(self, pos: Tensor, batch: Tensor, sizes: GraphSizes | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        edge_index = radius_graph(pos, self.cutoff, batch, self.max_num_neighbors, loop=True, sizes=sizes)
         edge_vec = pos[edge_index[0]] - pos[edge_index[1]]
-        mask = edge_index[0] != edge_index[1]
-        edge_weight = edge_vec.new_zeros(edge_vec.size(0))
-        edge_weight[mask] = edge_vec[mask].norm(dim=-1)
+        not_loop = (edge_index[0] != edge_index[1])[:, None]
+        safe = torch.where(not_loop, edge_vec, torch.ones_like(edge_vec))  # no 0/0 in the norm's gradient
+        edge_weight = torch.where(not_loop, safe, torch.zeros_like(safe)).norm(dim=-1)
         return edge_index, edge_weight, edge_vec
 
 
@@ -76,9 +78,38 @@ class ViSNetStudent(Student):
         self.feature_dim = c.hidden_channels
         self.out_dim = c.out_dim
 
-    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, n_graphs: int) -> tuple[Tensor, Tensor]:
-        x, vec = self.representation(z, pos, batch)
-        feats = pool(x, batch, n_graphs, self.config.feature_pool)
+    def represent(self, z: Tensor, pos: Tensor, batch: Tensor, sizes: GraphSizes) -> tuple[Tensor, Tensor]:
+        """PyG's ``ViSNetBlock.forward`` without its host syncs: scalar features x (A, hidden) and vector
+        features vec (A, (lmax+1)^2 - 1, hidden). PyG drops the self-loops with boolean masks (and a
+        data-dependent branch) for the edge normalisation and the neighbour embedding; here they stay and are
+        zeroed (same sums: self-loop terms add exact zeros)."""
+        rep = self.representation
+        x = rep.embedding(z)
+        edge_index, edge_weight, edge_vec = rep.distance(pos, batch, sizes)
+        edge_attr = rep.distance_expansion(edge_weight)
+        not_loop = edge_index[0] != edge_index[1]
+        length = torch.where(not_loop, edge_weight, torch.ones_like(edge_weight))
+        edge_vec = rep.sphere(edge_vec / length[:, None])  # self-loop vectors are 0 and stay 0
+        x = self._neighbour_embedding(z, x, edge_index, edge_weight, edge_attr, not_loop)
+        vec = torch.zeros(x.size(0), ((rep.lmax + 1) ** 2) - 1, x.size(1), dtype=x.dtype, device=x.device)
+        edge_attr = rep.edge_embedding(edge_index, edge_attr, x)
+        for attn in rep.vis_mp_layers[:-1]:
+            dx, dvec, dedge_attr = attn(x, vec, edge_index, edge_weight, edge_attr, edge_vec)
+            x, vec, edge_attr = x + dx, vec + dvec, edge_attr + dedge_attr
+        dx, dvec, _ = rep.vis_mp_layers[-1](x, vec, edge_index, edge_weight, edge_attr, edge_vec)
+        return rep.out_norm(x + dx), rep.vec_out_norm(vec + dvec)
+
+    def _neighbour_embedding(self, z: Tensor, x: Tensor, edge_index: Tensor, edge_weight: Tensor,
+                             edge_attr: Tensor, not_loop: Tensor) -> Tensor:
+        """PyG's ``NeighborEmbedding.forward`` with self-loop messages weighted 0 instead of removed."""
+        ne = self.representation.neighbor_embedding
+        w = ne.distance_proj(edge_attr) * (ne.cutoff(edge_weight) * not_loop).view(-1, 1)
+        neighbours = ne.propagate(edge_index, x=ne.embedding(z), W=w)
+        return ne.combine(torch.cat([x, neighbours], dim=1))
+
+    def encode(self, z: Tensor, pos: Tensor, batch: Tensor, sizes: GraphSizes) -> tuple[Tensor, Tensor]:
+        x, vec = self.represent(z, pos, batch, sizes)
+        feats = pool(x, batch, sizes.num_graphs, self.config.feature_pool)
         for block in self.head:
             x, vec = block(x, vec)
-        return feats, pool(x, batch, n_graphs, "sum")
+        return feats, pool(x, batch, sizes.num_graphs, "sum")

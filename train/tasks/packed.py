@@ -2,6 +2,8 @@
 
 ``PackedMolecules`` holds every atom of a data set in one tensor (``z`` (A,), ``pos`` (A, 3) Å) with per-molecule
 ``offsets`` (M + 1,); a batch of molecule indices becomes (z, pos, batch) without a Python loop over molecules.
+The atom counts are also kept on the host, so that a batch's sizes (``GraphSizes``: molecules, atoms of the
+largest) are known without reading the device: a student's step then reads it at most once.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from edg.train.students.graph import GraphSizes
+
 
 @dataclass
 class Batch:
@@ -17,13 +21,14 @@ class Batch:
 
     z (A,) long; pos (A, 3) float Å; batch (A,) long molecule index in 0..B-1; index (B,) long positions of the
     molecules in their data set; labels: name -> tensor with leading dimension B (molecule labels) or A (atom
-    labels, for example forces (A, 3)).
+    labels, for example forces (A, 3)); sizes: the host-side ``GraphSizes`` the students take (no device read).
     """
     z: torch.Tensor
     pos: torch.Tensor
     batch: torch.Tensor
     index: torch.Tensor
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    sizes: GraphSizes | None = None
 
     @property
     def num_molecules(self) -> int:
@@ -58,6 +63,8 @@ class PackedMolecules:
             if v.shape[0] != a:
                 raise ValueError(f"atom label {k!r} has {v.shape[0]} rows for {a} atoms")
         self.counts = self.offsets[1:] - self.offsets[:-1]
+        self.host_counts = np.diff(self.offsets.cpu().numpy())  # (M,) atoms per molecule, on the host
+        self.z_range = (int(self.z.min()), int(self.z.max())) if a else (0, 0)  # read once per data set
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -78,15 +85,19 @@ class PackedMolecules:
 
     def gather(self, index: torch.Tensor) -> Batch:
         """The molecules at ``index`` (B,) as a ``Batch`` (vectorised; no loop over molecules)."""
-        index = index.to(self.offsets.device)
+        host_counts = self.host_counts[index.cpu().numpy()]
+        n_atoms = int(host_counts.sum())
+        sizes = GraphSizes(len(host_counts), int(host_counts.max()) if len(host_counts) else 0, self.z_range)
+        index = index.to(self.offsets.device, non_blocking=True)
         counts = self.counts[index]
         starts = self.offsets[index]
-        batch = torch.repeat_interleave(torch.arange(index.shape[0], device=index.device), counts)
+        batch = torch.repeat_interleave(torch.arange(index.shape[0], device=index.device), counts,
+                                        output_size=n_atoms)
         first = torch.cumsum(counts, 0) - counts  # position of each molecule's first atom in the batch
         atom = starts[batch] + torch.arange(batch.shape[0], device=index.device) - first[batch]
         labels = {k: v[index] for k, v in self.mol_labels.items()}
         labels.update({k: v[atom] for k, v in self.atom_labels.items()})
-        return Batch(self.z[atom], self.pos[atom], batch, index, labels)
+        return Batch(self.z[atom], self.pos[atom], batch, index, labels, sizes)
 
     def select(self, index: torch.Tensor | np.ndarray) -> PackedMolecules:
         """A new data set of the molecules at ``index`` (in that order)."""

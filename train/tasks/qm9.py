@@ -79,7 +79,7 @@ class QM9Task:
 
     def predict(self, model: torch.nn.Module, batch: Batch, training: bool) -> Prediction:
         with torch.set_grad_enabled(training):
-            f_g, s = model(batch.z, batch.pos, batch.batch)
+            f_g, s = model(batch.z, batch.pos, batch.batch, batch.sizes)
         s = s.reshape(-1)
         return Prediction(f_g, {"s": s, "y": self.mean + self.std * s})
 

@@ -104,7 +104,7 @@ class RMD17Task:
 
     def predict(self, model: torch.nn.Module, batch: Batch, training: bool) -> Prediction:
         from edg.train.students import energy_and_forces
-        f_g, s, ds = energy_and_forces(model, batch.z, batch.pos, batch.batch)
+        f_g, s, ds = energy_and_forces(model, batch.z, batch.pos, batch.batch, sizes=batch.sizes)
         s = s.reshape(-1)
         energy = self.scale * s  # relative to energy_mean, like the stored labels
         forces = self.scale * ds
