@@ -260,10 +260,16 @@ def sample_problem(sample: dict[str, Any]) -> str | None:
     return None
 
 
-def decode_sample(sample: dict[str, Any], torch_tensors: bool = True) -> dict[str, Any]:
+def decode_sample(sample: dict[str, Any], torch_tensors: bool = True, members: Iterable[str] | None = None,
+                  uint8_images: bool = False) -> dict[str, Any]:
     """Member bytes -> Python/numpy (or torch) values; a damaged sample (``__error__`` from ``iter_shard``), any
     ``sample_problem`` (missing member, bad JSON, inconsistent arrays) or an unknown or undecodable member raises
-    ``ShardError`` naming shard and key."""
+    ``ShardError`` naming shard and key.
+
+    ``members``: decode only these (names before the first dot: ``edimg``, ``fu``, ``z``, ``lab``...); the others
+    are still checked (``sample_problem``, known names) but not decoded (a trainer of ImageED needs ``edimg``
+    alone). ``uint8_images``: ``edimg`` / ``stimg`` as stored, uint8 (V, C, H, W), instead of float32 / 255."""
+    wanted = None if members is None else set(members)
     where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
     if "__error__" in sample:
         raise ShardError(f"{where}: {sample['__error__']}")
@@ -276,6 +282,10 @@ def decode_sample(sample: dict[str, Any], torch_tensors: bool = True) -> dict[st
     labels = dict(meta.get("labels", {}))
     for k, v in sample.items():
         if k.startswith("__") or k == "meta.json":
+            continue
+        if wanted is not None and k.split(".")[0] not in wanted:
+            if not _known_member(k):
+                raise ShardError(f"{where}: unknown member {k!r} (schema {SCHEMA_VERSION})")
             continue
         try:
             if k == "grid.json":
@@ -290,7 +300,8 @@ def decode_sample(sample: dict[str, Any], torch_tensors: bool = True) -> dict[st
                 out[k[:-4]] = from_npy_bytes(v)
             elif k.split(".")[0] in ("edimg", "stimg"):
                 name, enc = k.split(".", 1)
-                out[name] = decode_images_u8(v, enc).astype(np.float32) / 255.0
+                u8 = decode_images_u8(v, enc)
+                out[name] = u8.copy() if uint8_images else u8.astype(np.float32) / 255.0  # copy: writable
             else:
                 raise ShardError(f"{where}: unknown member {k!r} (schema {SCHEMA_VERSION})")
         except ShardError:
@@ -304,6 +315,11 @@ def decode_sample(sample: dict[str, Any], torch_tensors: bool = True) -> dict[st
             if isinstance(v, np.ndarray):
                 out[k] = torch.from_numpy(np.ascontiguousarray(v))
     return out
+
+
+def _known_member(name: str) -> bool:
+    """Whether ``name`` is a member of this schema (the names ``decode_sample`` decodes)."""
+    return name == "grid.json" or name.endswith(".npy") or name.split(".")[0] in ("edimg", "stimg")
 
 
 def sample_molecule(d: dict[str, Any]) -> Molecule:
@@ -720,11 +736,11 @@ def _expand_shards(src, handler):
             break
 
 
-def _decoder(torch_tensors: bool, bad_samples: str):
+def _decoder(torch_tensors: bool, bad_samples: str, members=None, uint8_images: bool = False):
     def decode(src):
         for s in src:
             try:
-                yield decode_sample(s, torch_tensors)
+                yield decode_sample(s, torch_tensors, members, uint8_images)
             except ShardError as e:
                 if bad_samples == "raise":
                     raise
@@ -733,12 +749,16 @@ def _decoder(torch_tensors: bool, bad_samples: str):
 
 
 def webdataset_pipeline(spec, shuffle: int = 0, seed: int = 0, torch_tensors: bool = True,
-                        handler=_raise_shard_error, resampled: bool = False, bad_samples: str = "raise"):
+                        handler=_raise_shard_error, resampled: bool = False, bad_samples: str = "raise",
+                        keep_key=None, members: Iterable[str] | None = None, uint8_images: bool = False):
     """A ``webdataset.DataPipeline`` over the shards, split by node (torch.distributed rank) and by DataLoader
     worker, decoding each sample with ``decode_sample``. Use it inside a DataLoader.
 
     ``bad_samples``: ``"raise"`` (a damaged sample raises ``ShardError``) or ``"yield"`` (it comes out as
-    ``{"__key__", "__url__", "__error__": reason}`` so that the reader can count it and go on)."""
+    ``{"__key__", "__url__", "__error__": reason}`` so that the reader can count it and go on).
+    ``keep_key(key) -> bool``: samples whose key it rejects are dropped before decoding (a split filter; after
+    the shuffle buffer, so that the order is the one of filtering decoded samples). ``members`` /
+    ``uint8_images``: passed to ``decode_sample``."""
     import webdataset as wds
     if bad_samples not in ("raise", "yield"):
         raise ValueError(f"bad_samples must be 'raise' or 'yield', got {bad_samples!r}")
@@ -750,5 +770,7 @@ def webdataset_pipeline(spec, shuffle: int = 0, seed: int = 0, torch_tensors: bo
     if shuffle:
         import random
         stages.append(wds.shuffle(shuffle, rng=random.Random(seed)))
-    stages.append(_decoder(torch_tensors, bad_samples))
+    if keep_key is not None:
+        stages.append(lambda src: (s for s in src if keep_key(s["__key__"])))
+    stages.append(_decoder(torch_tensors, bad_samples, members, uint8_images))
     return wds.DataPipeline(*stages)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from edg.train.data.shards import ShardImages, image_loader, write_synthetic_shards
+from edg.train.data.shards import ShardImages, image_loader, to_device, write_synthetic_shards
 from edg.train.models.imageed import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -35,7 +35,7 @@ def images(tmp_path_factory):
     out = tmp_path_factory.mktemp("imageed_shards")
     write_synthetic_shards(out, size=32, maxcount=10, limit=8)
     ds = ShardImages(out, "imageed", img_size=32, n_views=6)
-    return next(iter(image_loader(ds, 8)))["edimg"]
+    return to_device(next(iter(image_loader(ds, 8))), "cpu")["edimg"]  # uint8 batch -> floats in [0, 1]
 
 
 def test_paper_token_counts():

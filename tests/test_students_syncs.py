@@ -7,15 +7,20 @@ import math
 
 import pytest
 import torch
-from torch_geometric.nn.models.visnet import ViSNetBlock
-from torch_geometric.utils import scatter
-
 from edg.train.students import STUDENTS, build_student
-from edg.train.students.graph import (neighbour_mask, radius_graph_and_triplets, radius_graph_torch, sizes_of,
-                                      triplets, undirected_pairs)
+from edg.train.students.graph import (
+    neighbour_mask,
+    radius_graph_and_triplets,
+    radius_graph_torch,
+    sizes_of,
+    triplets,
+    undirected_pairs,
+)
 from edg.train.students.host_syncs import SMALL_STUDENTS, SYNC_BUDGET, HostSyncCounter, student_step_syncs
 from edg.train.students.spherenet import torsions
 from edg.train.tasks.packed import PackedMolecules
+from torch_geometric.nn.models.visnet import ViSNetBlock
+from torch_geometric.utils import scatter
 
 
 # ---------------------------------------------------------------- the formulas before issue 24 (reference)

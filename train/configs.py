@@ -146,6 +146,7 @@ class ImageEDTrainConfig:
     seed: int = 0
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (ignored on CPU)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    tf32: bool = field(default=True, metadata={"help": "TF32 matmuls and convolutions on CUDA"})
     grad_clip: float | None = None
     figure_every: int = field(default=0, metadata={"help": "write a reconstruction PNG every N epochs (0: off)"})
     checkpoint_every: int = field(default=5, metadata={
@@ -178,6 +179,7 @@ class TeacherTrainConfig:
     seed: int = 0
     bf16: bool = True
     compile: bool = False
+    tf32: bool = field(default=True, metadata={"help": "TF32 matmuls and convolutions on CUDA"})
     grad_clip: float | None = None
     checkpoint_every: int = field(default=1, metadata={
         "help": "epochs between resumable checkpoints (and after the last; 0: only after the last)"})
@@ -215,6 +217,8 @@ class FitConfig:
     seed: int = 42
     device: str = "auto"               # auto: CUDA when a GPU is visible, else CPU (train/devices.py)
     num_threads: int | None = None     # torch CPU threads (None: torch's default)
+    compile: bool = False              # torch.compile the student's training forward (opt-in)
+    tf32: bool = True                  # TF32 matmuls on CUDA
     checkpoint_every: int = 1          # epochs between resumable checkpoints (0: only after the last)
     keep_last: int = 1                 # resumable checkpoints kept (best_student.pt is written at the end)
 

@@ -3,9 +3,17 @@
 A loader makes one pass over the shards, split by node (``torch.distributed`` rank) and by DataLoader
 worker, shuffled with a buffer seeded per pass. Batches are dicts:
 
-* ImageED: ``key`` (list of sample keys), ``edimg`` (B, 6, 4, H, W) float32 in [0, 1]
-* teacher: ``key``, ``stimg`` (B, 4, 3, H, W) float32 in [0, 1], ``fu`` (B, fu_dim) float32
-  (zeros where missing) and ``has_fu`` (B,) bool
+* ImageED: ``key`` (list of sample keys), ``edimg`` (B, 6, 4, H, W) uint8 (0..255 = [0, 1])
+* teacher: ``key``, ``stimg`` (B, 4, 3, H, W) uint8, ``fu`` (B, fu_dim) float32 (zeros where missing) and
+  ``has_fu`` (B,) bool
+
+uint8 end to end: the split filter runs on the keys before anything is decoded; a reader decodes only the
+members its model needs (ImageED: ``edimg``; teacher: ``stimg`` and ``fu``); images stay uint8 as stored
+(a quarter of float32's bytes through worker queues, pinning and the host-to-device copy); ``collate``
+stacks them straight into pinned memory when CUDA is available; ``to_device`` copies without blocking and
+turns them into float32 in [0, 1] on the device, bit for bit the values the float32 path gave.
+``pixels="float32"`` keeps that earlier path (every member decoded, float32 per sample, split filter after
+decoding) for comparisons (tests, ``python -m bench throughput``).
 
 The validation split is a deterministic hash of the sample key (``in_validation``), so it is the same for
 every reader, node and rerun without a split file. ``write_synthetic_shards`` writes smooth, deterministic
@@ -57,9 +65,14 @@ class ShardImages(IterableDataset):
 
     def __init__(self, spec, kind: str, *, img_size: int, n_views: int, split: str = "train",
                  val_fraction: float = 0.0, shuffle: int = 0, seed: int = 0, fu_dim: int = 768,
-                 max_bad_samples: int | None = None):
+                 max_bad_samples: int | None = None, pixels: str = "uint8"):
         if kind not in ("imageed", "teacher"):
             raise ValueError(f"kind must be 'imageed' or 'teacher', got {kind!r}")
+        if pixels not in ("uint8", "float32"):
+            raise ValueError(f"pixels must be 'uint8' or 'float32', got {pixels!r}")
+        self.pixels = pixels
+        # the seed of the next pass, shared with loader workers that outlive a pass (``next_pass``)
+        self._pass_seed = torch.tensor([seed], dtype=torch.int64).share_memory_()
         self.spec, self.kind, self.split, self.val_fraction = spec, kind, split, val_fraction
         self.shape = (n_views, 4, img_size, img_size) if kind == "imageed" else (n_views, 3, img_size, img_size)
         self.shuffle, self.seed, self.fu_dim = shuffle, seed, fu_dim
@@ -69,14 +82,30 @@ class ShardImages(IterableDataset):
         self.bad: list[str] = []  # "shard:key: reason" of the bad samples of the last pass (this process)
         _keep("", split, val_fraction)  # validate the split name early
 
+    def next_pass(self, seed: int) -> None:
+        """Seed the next pass (its shuffle order) in this process and in the workers of a persistent loader,
+        which read it when the pass starts."""
+        self._pass_seed[0] = seed
+
+    def _samples(self) -> Iterator[dict]:
+        """Decoded samples of one pass: only the needed members, only this split's keys (uint8 pixels), or,
+        with ``pixels="float32"``, every member decoded and the split filtered afterwards (the earlier path)."""
+        seed = int(self._pass_seed[0])
+        if self.pixels == "float32":
+            return (s for s in webdataset_pipeline(self.spec, shuffle=self.shuffle, seed=seed, bad_samples="yield")
+                    if _keep(s["__key__"], self.split, self.val_fraction))
+        split, fraction = self.split, self.val_fraction
+        return webdataset_pipeline(self.spec, shuffle=self.shuffle, seed=seed, bad_samples="yield",
+                                   keep_key=lambda key: _keep(key, split, fraction),
+                                   members=("edimg",) if self.kind == "imageed" else ("stimg", "fu"),
+                                   uint8_images=True)
+
     def __iter__(self) -> Iterator[dict]:
         member = "edimg" if self.kind == "imageed" else "stimg"
         skipped = good = 0
         self.bad = []
-        for s in webdataset_pipeline(self.spec, shuffle=self.shuffle, seed=self.seed, bad_samples="yield"):
+        for s in self._samples():
             key = s["__key__"]
-            if not _keep(key, self.split, self.val_fraction):
-                continue
             problem = s.get("__error__") or self._shape_problem(s, member)
             if problem:
                 self._bad(problem if "__error__" in s else f"{s.get('__url__')}:{key}: {problem}")
@@ -85,7 +114,7 @@ class ShardImages(IterableDataset):
             if img is None:
                 skipped += 1
                 continue
-            out = {"key": key, member: img.float()}
+            out = {"key": key, member: img if self.pixels == "uint8" else img.float()}
             if self.kind == "teacher":
                 fu = s.get("fu")
                 out["has_fu"] = fu is not None
@@ -115,13 +144,46 @@ class ShardImages(IterableDataset):
                              f"{self.max_bad_samples} (first: {self.bad[0]}); fix the shards or raise the limit")
 
 
-def collate(samples: list[dict]) -> dict:
+def collate(samples: list[dict], pin: bool = False) -> dict:
+    """Samples -> one batch dict: tensors stacked on a new first axis (into pinned memory with ``pin``, ready
+    for a non-blocking copy to a GPU), other values as a tensor, ``key`` as a list."""
     out = {"key": [s["key"] for s in samples]}
     for k in samples[0]:
         if k == "key":
             continue
         vals = [s[k] for s in samples]
-        out[k] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)
+        if isinstance(vals[0], torch.Tensor):
+            stacked = torch.empty((len(vals), *vals[0].shape), dtype=vals[0].dtype, pin_memory=pin)
+            out[k] = torch.stack(vals, out=stacked)
+        else:
+            out[k] = torch.tensor(vals).pin_memory() if pin else torch.tensor(vals)
+    return out
+
+
+def pinned_collate(samples: list[dict]) -> dict:
+    """``collate`` into pinned memory (a module-level function, so that a loader can pickle it)."""
+    return collate(samples, pin=True)
+
+
+IMAGE_MEMBERS = ("edimg", "stimg")
+_FLOAT_OF_BYTE = torch.from_numpy(np.arange(256, dtype=np.float32) / 255.0)  # exactly the float32 path's values
+
+
+def images_to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (any shape) -> float32 in [0, 1] on their device: byte b becomes float32(b) / 255 as numpy
+    rounds it (a 256-entry table, so the values do not depend on how a device divides)."""
+    if images.dtype != torch.uint8:
+        return images
+    return _FLOAT_OF_BYTE.to(images.device, non_blocking=True)[images.int()]
+
+
+def to_device(batch: dict, device) -> dict:
+    """A loader batch on ``device``: tensors copied without blocking (from pinned memory the copy overlaps the
+    work already queued), then uint8 images converted to float32 in [0, 1] there."""
+    out = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    for k in IMAGE_MEMBERS:
+        if k in out:
+            out[k] = images_to_float(out[k])
     return out
 
 
@@ -133,16 +195,24 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def image_loader(dataset: ShardImages, batch_size: int, num_workers: int = 0, drop_last: bool = False) -> DataLoader:
-    """A DataLoader over ``dataset`` with at most ``usable_cpus()`` worker processes (more only compete)."""
+def image_loader(dataset: ShardImages, batch_size: int, num_workers: int = 0, drop_last: bool = False,
+                 persistent: bool = False) -> DataLoader:
+    """A DataLoader over ``dataset`` with at most ``usable_cpus()`` worker processes (more only compete).
+
+    With CUDA, batches arrive in pinned memory: collated straight into it without workers; with workers,
+    collated in the worker and pinned by the loader's pin thread (a CUDA allocation is not made in a forked
+    worker). ``persistent``: workers survive the end of a pass (``iter(loader)`` again restarts them on the next
+    pass, seeded with ``dataset.next_pass``) instead of being started anew each time."""
     if num_workers > (cap := usable_cpus()):
         if not getattr(image_loader, "_said", False):
             log.info("loader workers: %d asked, %d used (the CPUs this process may use)", num_workers, cap)
             image_loader._said = True
         num_workers = cap
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                      drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
+    cuda = torch.cuda.is_available()
+    pin_in_collate = cuda and num_workers == 0
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                      collate_fn=pinned_collate if pin_in_collate else collate, drop_last=drop_last,
+                      pin_memory=cuda and not pin_in_collate, persistent_workers=persistent and num_workers > 0)
 
 
 # ---------------------------------------------------------------- synthetic images with the real schema

@@ -9,11 +9,13 @@ from edg.train.models.imageed import ImageED
 def save_reconstruction_png(model: ImageED, imgs: torch.Tensor, path, seed: int = 0, max_molecules: int = 2
                             ) -> np.ndarray:
     """Paper Figure 5: for each molecule and view, a row of [input | masked | reconstruction] (RGB, and the D
-    channel as grey) written to ``path`` as one PNG, and returned (H, W, 3) uint8. imgs (B, V, C, H, W) in [0, 1]."""
+    channel as grey) written to ``path`` as one PNG, and returned (H, W, 3) uint8. imgs (B, V, C, H, W) float in
+    [0, 1] or uint8 as a loader batch carries them."""
     from edg.edg_core.io import atomic_path
     from edg.edg_core.shards import to_uint8
     from PIL import Image
-    imgs = imgs[:max_molecules].float()
+    from edg.train.data.shards import images_to_float
+    imgs = images_to_float(imgs[:max_molecules]).float()
     was_training = model.training
     model.eval()
     g = torch.Generator(device=imgs.device).manual_seed(seed)

@@ -36,6 +36,7 @@ from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, find_checkpoint, 
 from edg.train.devices import resolve_device
 from edg.train.loops.optim import adam_for
 from edg.train.loops.run_state import RunState
+from edg.train.loops.speed import apply_speed_choices, speed_choices
 from edg.train.loops.student_schedule import StudentSchedule
 from edg.train.tasks import Batch, PackedMolecules, Task, build_task
 from edg.train.tasks.base import loss_fn
@@ -146,7 +147,9 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    apply_speed_choices(speed_choices(device, tf32=cfg.tf32, compile=cfg.compile), desc)
     model.to(device)
+    fwd = torch.compile(model, dynamic=True) if cfg.compile else model  # training forward only; weights shared
     train, valid, test = task.train.to(device), task.valid.to(device), task.test.to(device)
     if lambda_ed > 0:
         if head is None or "edp" not in train.mol_labels:
@@ -175,7 +178,7 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
 
     def step(batch):
         state.scheduler.before_step()
-        return train_step(task, model, batch, optimizer, lambda_ed, head, cfg.grad_clip, cfg.loss), \
+        return train_step(task, fwd, batch, optimizer, lambda_ed, head, cfg.grad_clip, cfg.loss), \
             batch.num_molecules
 
     def on_best(k, row):

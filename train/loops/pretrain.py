@@ -16,6 +16,11 @@ exported model at the lowest validation loss, when there is a validation split);
 takes the same steps it would have taken without the interruption: data order, masks and augmentations are
 seeded by (seed, epoch, rank).
 
+Speed (``train.loops.speed``, one log line): one training DataLoader for the whole run, its workers kept
+across epochs and passes (each pass reseeded as before, so the batches are the ones a new loader per epoch
+gave); uint8 batches in pinned memory, converted on the device (``train.data.shards.to_device``); on CUDA
+TF32 (``tf32``, default on), fused AdamW / SGD and, for the teacher, channels_last; ``compile`` opt-in.
+
 Every rank takes the same number of steps per epoch (``ceil(train samples / global batch)``; a rank whose
 shards run out starts another pass), so DDP never waits on a rank that has finished.
 """
@@ -35,7 +40,7 @@ from edg.edg_core.config import dump_yaml
 from edg.edg_core.errors import EDGError, ShardError
 from edg.edg_core.shards import shard_paths, webdataset_pipeline
 from edg.train.configs import ImageEDTrainConfig, TeacherTrainConfig  # noqa: F401 (re-exported)
-from edg.train.data.shards import ShardImages, count_samples, image_loader
+from edg.train.data.shards import ShardImages, count_samples, image_loader, to_device
 from edg.train.io.backbone_weights import init_backbone
 from edg.train.io.checkpoint import save_checkpoint
 from edg.train.io.figures import save_reconstruction_png
@@ -43,6 +48,7 @@ from edg.train.io.model_files import imageed_state, teacher_state
 from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, Report, find_checkpoint, run_epochs
 from edg.train.loops.optim import adamw, scaled_lr, sgd, warmup_cosine
 from edg.train.loops.run_state import RunState
+from edg.train.loops.speed import apply_speed_choices, speed_choices
 from edg.train.models.imageed import ImageED
 from edg.train.models.teacher import Teacher, augment_structure_images, teacher_loss
 
@@ -63,6 +69,7 @@ class _Stage:
     export_name: str
     after_epoch: Callable[[nn.Module, int, Path, dict], dict | None] | None = None  # may return images
     init: Callable[[nn.Module], object] | None = None  # starting weights of a run that resumes nothing
+    channels_last: bool = False  # a convolutional model: channels_last weights and inputs on CUDA
 
 
 def _imageed_stage(cfg: ImageEDTrainConfig, shards) -> _Stage:
@@ -103,7 +110,7 @@ def _teacher_stage(cfg: TeacherTrainConfig, shards) -> _Stage:
                            val_fraction=cfg.val_fraction, shuffle=cfg.shuffle_buffer if split == "train" else 0,
                            seed=seed, fu_dim=mc.fu_dim, max_bad_samples=cfg.max_bad_samples)
     return _Stage("teacher", Teacher(mc), lambda model, gb: sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay),
-                  loss, dataset, teacher_state, "teacher.pt", init=init_backbone)
+                  loss, dataset, teacher_state, "teacher.pt", init=init_backbone, channels_last=True)
 
 
 def train_imageed(cfg: ImageEDTrainConfig, shards, out_dir, report: Report | None = None,
@@ -237,20 +244,26 @@ def bind_device(device: torch.device) -> None:
         torch.cuda.set_device(device)
 
 
-def _batches(stage: _Stage, seed: int, batch_size: int, num_workers: int, rank: int):
-    """Endless batches of the train split: pass after pass, each reshuffled with its own seed."""
-    for cycle in range(1 << 30):
-        n = 0
-        for batch in image_loader(stage.dataset("train", seed + 104_729 * cycle), batch_size, num_workers):
-            n += 1
-            yield batch
-        if n == 0:
-            raise ShardError(f"rank {rank} got no training samples from its shards; give at least "
-                             f"world_size x num_workers shards, each with training samples")
+class TrainBatches:
+    """The train split's batches from ONE DataLoader kept for the whole run (its workers persist across
+    epochs and passes; started once, not once per epoch)."""
 
+    def __init__(self, stage: _Stage, batch_size: int, num_workers: int, rank: int):
+        self.dataset = stage.dataset("train", 0)
+        self.loader = image_loader(self.dataset, batch_size, num_workers, persistent=True)
+        self.rank = rank
 
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    def endless(self, seed: int):
+        """Batches pass after pass, pass c shuffled with seed + 104729 c (what a new loader per pass used)."""
+        for cycle in range(1 << 30):
+            self.dataset.next_pass(seed + 104_729 * cycle)
+            n = 0
+            for batch in self.loader:  # a new pass of the same loader: its workers restart the dataset
+                n += 1
+                yield batch
+            if n == 0:
+                raise ShardError(f"rank {self.rank} got no training samples from its shards; give at least "
+                                 f"world_size x num_workers shards, each with training samples")
 
 
 def _mean_across_ranks(sums: dict, count: float, device, world: int) -> dict[str, float]:
@@ -278,8 +291,13 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
                       units=UNITS[stage.name],
                       show=("train_loss", "valid_loss"), config=asdict(cfg), writer=rank == 0, world=world)
 
+    choices = speed_choices(device, tf32=cfg.tf32, compile=cfg.compile, channels_last=stage.channels_last,
+                            loader_workers=cfg.num_workers)
+    apply_speed_choices(choices, stage.name)
     model = stage.model.to(device)
-    optimizer = stage.make_optimizer(model, cfg.batch_size * world)
+    if choices.channels_last:
+        model = model.channels_last_()
+    optimizer = stage.make_optimizer(model, cfg.batch_size * world)  # fused on CUDA (optim.fused_kwargs)
     ck = find_checkpoint(loop)
     if ck is None and stage.init is not None:  # e.g. the teacher's ImageNet backbone: not fetched on resume
         stage.init(model)
@@ -309,15 +327,17 @@ def _stage_steps(stage: _Stage, cfg, state: RunState, device, rank: int, world: 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda" \
         else contextlib.nullcontext()
     epoch_rng: dict = {}  # "g": this epoch's generator (masks, augmentations); "last": its last batch (figures)
+    train_batches: list[TrainBatches] = []  # made at the first epoch run (none when a resume has nothing left)
 
     def batches(k):
         seed = cfg.seed * 1_000_003 + (k - 1) * 7_919  # the seed of the epoch with 0-based index k - 1
         epoch_rng["g"] = torch.Generator(device=device).manual_seed(seed + rank)
-        return itertools.islice(_batches(stage, seed + rank, cfg.batch_size, cfg.num_workers, rank),
-                                state.extra["steps_per_epoch"])
+        if not train_batches:
+            train_batches.append(TrainBatches(stage, cfg.batch_size, cfg.num_workers, rank))
+        return itertools.islice(train_batches[0].endless(seed + rank), state.extra["steps_per_epoch"])
 
     def train_step(batch):
-        batch = _to(batch, device)
+        batch = to_device(batch, device)
         epoch_rng["last"] = batch
         with autocast:
             loss, parts = stage.loss(fwd, batch, epoch_rng["g"], True)
@@ -354,7 +374,7 @@ def _validate(stage: _Stage, model: nn.Module, cfg, device, world: int, autocast
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     sums, n = {"loss": 0.0}, 0  # every rank joins the all-reduce, even one without validation samples
     for batch in image_loader(stage.dataset("valid", cfg.seed), cfg.batch_size, cfg.num_workers):
-        batch = _to(batch, device)
+        batch = to_device(batch, device)
         with autocast:
             _, parts = stage.loss(model, batch, g, False)
         n += len(batch["key"])

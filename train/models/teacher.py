@@ -70,7 +70,18 @@ class Teacher(nn.Module):
             raise ValueError(f"teacher expects structure images (B, {self.cfg.n_views}, 3, H, W), "
                              f"got {tuple(stimg.shape)}")
         x = (stimg.flatten(0, 1) - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x).reshape(b, v, -1).mean(dim=1)
+
+    channels_last = False
+
+    def channels_last_(self) -> Teacher:
+        """Weights and backbone inputs in channels_last layout (GPU convolutions take NHWC kernels); the
+        values are unchanged. Returns ``self``."""
+        self.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
 
     def forward(self, stimg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (F_S (B, fs_dim), EDP(F_S) (B, fu_dim))."""

@@ -91,4 +91,5 @@ class DimeNetPPStudent(Student):
             h = self._output_features(out_block, x, rbf, i, n)
             feats_atom = feats_atom + h
             per_atom = per_atom + out_block.lin(h)
-        return pool(feats_atom, batch, sizes.num_graphs, self.config.feature_pool), pool(per_atom, batch, sizes.num_graphs, "sum")
+        n_graphs = sizes.num_graphs
+        return pool(feats_atom, batch, n_graphs, self.config.feature_pool), pool(per_atom, batch, n_graphs, "sum")
