@@ -148,3 +148,21 @@ def test_teacher_samples_carry_fu_flags(tmp_path):
                                         pixels="float32"), 4))
     assert new[0]["has_fu"].tolist() == [False, True, False, True]
     assert torch.equal(new[0]["fu"], old[0]["fu"]) and torch.equal(new[0]["stimg"], old[0]["stimg"])
+
+
+def test_every_inflater_reads_u8z_the_same_and_refuses_damage():
+    import numpy as np
+
+    from edg.edg_core.shards import INFLATERS, decode_images_u8, encode_images, use_inflater
+    assert "zlib-ng" in INFLATERS  # a dependency: the loader's rate rests on it
+    images = np.random.default_rng(0).integers(0, 256, (6, 4, 16, 16), dtype=np.uint8)
+    blob = encode_images(images)
+    previous = use_inflater("zlib")
+    try:
+        for name in INFLATERS:
+            use_inflater(name)
+            assert np.array_equal(decode_images_u8(blob, "u8z"), images), name
+            with pytest.raises(ValueError, match="does not inflate"):
+                decode_images_u8(blob[:-20], "u8z")
+    finally:
+        use_inflater(previous)
