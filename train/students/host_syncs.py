@@ -102,10 +102,10 @@ SMALL_STUDENTS: dict[str, dict] = {
 
 def student_step_syncs(name: str, student_args: dict | None = None, n_molecules: int = 4,
                        device: str = "cpu", make_optimizer: Callable | None = None) -> list[str]:
-    """The host syncs of one rMD17-style training step (energy and forces by autograd with the force graph
-    kept, L1 loss on both, backward, optimizer step) of student ``name`` on a batch built by
-    ``PackedMolecules.gather``. ``make_optimizer(params)``: the training loops' choice for CUDA (fused AdamW)
-    by default. The model and batch are made and warmed up by one step outside the count."""
+    """The host syncs of one rMD17-style training step (the batch gathered by ``PackedMolecules.gather``,
+    energy and forces by autograd with the force graph kept, L1 loss on both, backward, optimizer step) of
+    student ``name``. ``make_optimizer(params)``: the training loops' choice for CUDA (fused AdamW) by default.
+    The model and data are made, and one step taken (lazy optimizer state), outside the count."""
     from edg.train.loops.optim import adamw_for
     from edg.train.students import build_student, energy_and_forces
     torch.manual_seed(0)
@@ -113,9 +113,11 @@ def student_step_syncs(name: str, student_args: dict | None = None, n_molecules:
     model = build_student(name, **args).to(device)
     optimizer = (make_optimizer or (lambda p: adamw_for(p, lr=1e-4, device=torch.device("cuda"))))(
         model.parameters())
-    batch = _small_molecules(n_molecules).to(device).gather(torch.arange(n_molecules))
+    data = _small_molecules(n_molecules).to(device)
+    index = torch.arange(n_molecules)
 
     def step():
+        batch = data.gather(index)
         optimizer.zero_grad(set_to_none=True)
         _, energy, forces = energy_and_forces(model, batch.z, batch.pos, batch.batch, create_graph=True,
                                               sizes=batch.sizes)
