@@ -217,8 +217,8 @@ class FitConfig:
     seed: int = 42
     device: str = "auto"               # auto: CUDA when a GPU is visible, else CPU (train/devices.py)
     num_threads: int | None = None     # torch CPU threads (None: torch's default)
-    compile: bool = False              # torch.compile the student's training forward (opt-in)
-    tf32: bool = True                  # TF32 matmuls on CUDA
+    compile: bool = field(default=False, metadata={"help": "torch.compile the student's training forward"})
+    tf32: bool = field(default=True, metadata={"help": "TF32 matmuls on CUDA"})
     checkpoint_every: int = 1          # epochs between resumable checkpoints (0: only after the last)
     keep_last: int = 1                 # resumable checkpoints kept (best_student.pt is written at the end)
 
