@@ -33,7 +33,9 @@ from edg.train.configs import REPRESENTATIONS, TARGETS, RepresentationConfig  # 
 from edg.train.devices import resolve_device
 from edg.train.data.study import StudyData, TargetScaler
 from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, checkpoints_of, find_checkpoint, run_epochs
+from edg.train.loops.optim import adamw_for
 from edg.train.loops.run_state import RunState
+from edg.train.loops.speed import apply_speed_choices, speed_choices
 from edg.train.models.representation import build_model
 
 REP_TITLES = {"pointnet": "ED point cloud (PointNet)", "voxel": "ED voxels (3-D ResNet)",
@@ -91,8 +93,9 @@ def train_representation(rep: str, data: StudyData, split: dict[str, np.ndarray]
     scaler = TargetScaler.fit(data.counts[split["train"]], data.targets[split["train"]], cfg.atom_refs)
     y = torch.as_tensor(scaler.transform(data.counts, data.targets), dtype=torch.float32)
     x = data.inputs[rep]
+    apply_speed_choices(speed_choices(device), f"representation {rep}")
     model = build_model(rep, cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw_for(model.parameters(), cfg.lr, device, cfg.weight_decay)  # fused on CUDA
     steps_per_epoch = math.ceil(len(split["train"]) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.epochs * steps_per_epoch))
     state = RunState(model, opt, sched, torch.Generator().manual_seed(cfg.seed))
