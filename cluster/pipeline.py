@@ -26,8 +26,7 @@ from pathlib import Path
 from edg.dft.config import DFTConfig
 from edg.edg_core.config import ConfigError, dump_yaml, from_dict, read_yaml, to_dict
 from edg.edg_core.io import read_jsonl, write_json_atomic
-from edg.edg_core.shards import SHARD_GLOBS
-from edg.edg_core.storage import Mirror
+from edg.edg_core.run_folder import RunFolder
 from edg.render.config import RenderConfig
 from edg.train.configs import FitConfig, ImageEDTrainConfig, TeacherTrainConfig
 
@@ -35,8 +34,6 @@ from .stages import Workers, run_dft, run_extract, run_fused, run_render
 
 log = logging.getLogger(__name__)
 STAGES = ("dft", "render", "imageed", "features", "teacher", "student_images", "teacher_targets", "distill")
-# uploaded by their writers, read in place: DFT results, shards and their key indexes
-BULKY = ("dft/fields/*", "dft/cubes/*", *(f"shards/*/{g}" for g in SHARD_GLOBS))
 
 
 @dataclass
@@ -143,10 +140,12 @@ def resolve_section(args, section: str):
 class Pipeline:
     """Runs the stages of a ``PipelineConfig`` (see the module docstring). ``run()`` returns the manifest."""
 
-    def __init__(self, cfg: PipelineConfig, force: tuple[str, ...] = ()):
+    def __init__(self, cfg: PipelineConfig, force: tuple[str, ...] = (), overwrite: bool = False):
         self.cfg = cfg
-        self.store = Mirror(cfg.out, local=cfg.work_dir, exclude=BULKY)
-        self.out = self.store.local  # where this process writes; the same folder unless out is a URL
+        # the run folder; its checks and lease come in run(). A URL out gets a working copy that persists
+        # ($EDG_CACHE/staging/<hash> or work_dir), so a rerun on this machine finds what it had.
+        self.run_folder = RunFolder.at(cfg.out, work_dir=cfg.work_dir, temporary=False)
+        self.overwrite = overwrite
         self.force = set(force)
         unknown = sorted(self.force - set(STAGES))
         if unknown:
@@ -157,14 +156,28 @@ class Pipeline:
         print(f"[ray] {'stages run as Ray work' if self.use_ray else 'every stage in this process'} ({why})",
               flush=True)
 
-    # paths of the artefacts: DFT results and shards where they live (URLs for a remote out), the rest local
+    @property
+    def out(self) -> Path:
+        """Where this process writes the run's small files; the run folder itself unless ``out`` is a URL."""
+        return self.run_folder.local
+
+    @property
+    def store(self):
+        """The run's working copy (``storage.Mirror``): ``remote``, ``local``, ``pull``/``push``."""
+        return self.run_folder.mirror
+
+    # where the artefacts are: DFT results and shards where they live (URLs for a remote out), the rest local
+    REMOTE = {"dft": "dft", "ed_shards": "shards/ed", "fu_shards": "shards/ed_fu", "student_shards": "shards/student"}
+
     def path(self, name: str):
-        remote = {"dft": "dft", "ed_shards": "shards/ed", "fu_shards": "shards/ed_fu",
-                  "student_shards": "shards/student"}
-        if name in remote:
-            return self.store.where(remote[name])
+        if name in self.REMOTE:
+            return self.run_folder.where(self.REMOTE[name])
         return {"imageed": self.out / "imageed", "teacher": self.out / "teacher",
                 "targets": self.out / "teacher_targets.npz", "distill": self.out / "distill"}[name]
+
+    def folder(self, name: str) -> RunFolder:
+        """The sub-folder of the run where a batch stage writes ``name`` (see ``REMOTE``)."""
+        return self.run_folder.child(self.REMOTE[name])
 
     def _workers(self, stage: str) -> Workers:
         return getattr(self.cfg.ray, stage) if self.use_ray else Workers(actors=0)
@@ -195,9 +208,9 @@ class Pipeline:
         from edg.edg_core.readers import open_source
         src = open_source(self.cfg.input)
         if self.cfg.fused:
-            return run_fused(src, self.path("ed_shards"), self.path("dft"), self.cfg.dft, self.cfg.render,
+            return run_fused(src, self.folder("ed_shards"), self.folder("dft"), self.cfg.dft, self.cfg.render,
                              self._workers("dft"), total=len(src), keep_fields=self.cfg.keep_fields).to_dict()
-        return run_dft(src, self.path("dft"), self.cfg.dft, self._workers("dft"), total=len(src)).to_dict()
+        return run_dft(src, self.folder("dft"), self.cfg.dft, self._workers("dft"), total=len(src)).to_dict()
 
     def render(self) -> dict:
         if self.cfg.fused:
@@ -205,7 +218,7 @@ class Pipeline:
         else:
             from edg.dft.worker import result_files  # nested fields/<pp>/<key>.npz, and flat (older runs)
             paths = result_files(self.path("dft"))
-            summary = run_render(paths, self.path("ed_shards"), self.cfg.render, self._workers("render"),
+            summary = run_render(paths, self.folder("ed_shards"), self.cfg.render, self._workers("render"),
                                  total=len(paths), keep_fields=self.cfg.keep_fields,
                                  device=self.cfg.device).to_dict()
         summary["contact_sheet"] = str(self.contact_sheet())
@@ -236,7 +249,7 @@ class Pipeline:
     def features(self) -> dict:
         from edg.train.imageed import load_imageed
         model = load_imageed(self.path("imageed") / "imageed.pt")
-        return run_extract("imageed", model, self.path("ed_shards"), self.path("fu_shards"),
+        return run_extract("imageed", model, self.path("ed_shards"), self.folder("fu_shards"),
                            device=self.cfg.device).to_dict()
 
     def teacher(self) -> dict:
@@ -249,14 +262,14 @@ class Pipeline:
         from edg.edg_core.readers import open_source
         sources = [open_source(spec) for spec in self.cfg.students.conformation_specs()]
         total = sum(len(s) for s in sources)
-        return run_render(itertools.chain.from_iterable(sources), self.path("student_shards"), self.cfg.render,
+        return run_render(itertools.chain.from_iterable(sources), self.folder("student_shards"), self.cfg.render,
                           self._workers("render"), total=total, ed=False, device=self.cfg.device).to_dict()
 
     def teacher_targets(self) -> dict:
         from edg.train.teacher import load_teacher
         teacher = load_teacher(self.path("teacher") / "teacher.pt")
-        return run_extract("teacher", teacher, self.path("student_shards"), self.path("targets"),
-                           batch_size=128, device=self.cfg.device).to_dict()
+        return run_extract("teacher", teacher, self.path("student_shards"), self.run_folder,
+                           file=self.path("targets").name, batch_size=128, device=self.cfg.device).to_dict()
 
     def distill_configs(self) -> list:
         from edg.train.distill import DistillConfig
@@ -297,11 +310,16 @@ class Pipeline:
 
     # ---------------------------------------------------------------- driver
     def run(self) -> dict:
-        if self.store.remote:
-            n = self.store.pull()
-            print(f"[storage] {self.store.remote}: working copy {self.out} ({n} files fetched)", flush=True)
-        with self.store.autosync(self.cfg.sync_s):
-            return self._run()
+        """Open the run folder (refusals, the single-writer lease), run the stages, release the lease."""
+        self.run_folder.acquire(overwrite=self.overwrite, command="edg pipeline")
+        try:
+            if self.store.remote:
+                n = self.store.pull()
+                print(f"[storage] {self.store.remote}: working copy {self.out} ({n} files fetched)", flush=True)
+            with self.store.autosync(self.cfg.sync_s):
+                return self._run()
+        finally:
+            self.run_folder.close()
 
     def _run(self) -> dict:
         dump_yaml(to_dict(self.cfg), self.out / "config.yaml")

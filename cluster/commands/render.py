@@ -11,7 +11,7 @@ from edg.edg_core.shards import sample_key
 
 
 def register(sub) -> None:
-    from edg.cluster.stage_args import add_worker_args
+    from edg.cluster.stage_args import add_overwrite_arg, add_worker_args
     p = sub.add_parser(
         "render", help="render ED images (from DFT outputs) and structure images into shards",
         description="Render 4-view ball-and-stick structure images for every molecule of --input (no DFT "
@@ -23,6 +23,7 @@ def register(sub) -> None:
     p.add_argument("--input", help="input spec (see `edg --help`); optional with --fields")
     p.add_argument("--fields", help="DFT output folder or URL (edg dft --out) whose fields/ hold ED and ESP")
     p.add_argument("--out", required=True, help="output folder for render-NNNNNN.tar shards, or an fsspec URL")
+    add_overwrite_arg(p)
     p.add_argument("--config", help="YAML config (e.g. a pipeline config): its `render:` section sets "
                                     "RenderConfig fields; flags override it")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -105,22 +106,19 @@ def _preview(args, cfg, worker, path: Path) -> None:
 
 
 def cmd_render(args) -> int:
-    from edg.cluster.stage_args import stage_workers
+    from edg.cluster.stage_args import open_run, stage_workers
     from edg.cluster.stages import run_render
-    from edg.edg_core.storage import Mirror
     if not args.input and not args.fields:
         raise DataSourceError("edg render: give --input (structure images) and/or --fields (ED images)")
     from edg.cluster.pipeline import resolve_section
     cfg = resolve_section(args, "render")
-    from edg.edg_core.shards import SHARD_GLOBS
-    store = Mirror(args.out, exclude=SHARD_GLOBS, temporary=True)
-    dump_yaml(cfg, store.local / "render_config.yaml")
-    store.commit("render_config.yaml")
-    store.close()
-    items, total = _items(args)
-    with stage_workers(args, "edg render") as workers:
-        s = run_render(items, args.out, cfg, workers, total=total, structure=not args.no_structure,
-                       keep_fields=args.keep_fields, maxcount=args.maxcount, device=args.device)
+    with open_run(args, "edg render") as run:
+        dump_yaml(cfg, run.local / "render_config.yaml")
+        run.commit("render_config.yaml")
+        items, total = _items(args)
+        with stage_workers(args, "edg render") as workers:
+            s = run_render(items, run, cfg, workers, total=total, structure=not args.no_structure,
+                           keep_fields=args.keep_fields, maxcount=args.maxcount, device=args.device)
     print(json.dumps(s.to_dict()))
     print(f"edg {s.line()}")
     if s.failed:
