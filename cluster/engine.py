@@ -72,7 +72,7 @@ class ResultFiles:
     glob of those files, which the driver never mirrors."""
     failures = FAILURES
 
-    def __init__(self, list_keys: Callable[[Any], set[str]], bulky: tuple[str, ...]):
+    def __init__(self, list_keys: Callable[[Any], set[str]], bulky: tuple[str, ...] = ()):
         self.list_keys, self.bulky = list_keys, bulky
 
     def done_keys(self, run: RunFolder) -> set[str]:

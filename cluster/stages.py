@@ -1,18 +1,19 @@
-"""Every batch stage of EDG, declared once and run by the one driver (``cluster.engine.run_stage``).
+"""The batch stages of EDG run by the one driver (``cluster.engine.run_stage``): a stage declared in its package
+(``StageSpec``: ``dft/stage.py``, ``render/stage.py``) becomes a runnable ``Stage`` with ``batch_stage``.
 
 * ``dft``: ``Molecule`` items -> ``dft.worker.DFTWorker`` -> ``<out>/fields/<pp>/<key>.npz``, written by the
   workers themselves (``ResultFiles``).
 * ``render``: ``Molecule`` (structure images), a DFT result path (ED + structure images) or
-  ``(Molecule, result path)`` -> ``RenderActor`` -> shards.
+  ``(Molecule, result path)`` -> ``render.stage.RenderActor`` -> shards.
 * ``dft+render`` (fused): ``Molecule`` -> ``FusedActor`` -> shards (+ the DFT scalars as result files).
 * ``convert``: ``Molecule`` -> ``ConvertWorker`` -> shards (molecule and labels, no images).
 * ``extract imageed`` / ``extract teacher``: raw shard samples -> ``train.imageed.FeatureExtractor`` /
   ``train.teacher.TargetExtractor`` -> shards with ``fu.npy`` / ``fs.npy`` + ``edp.npy``, or one ``.npz``.
 
 ``edg dft``, ``edg render``, ``edg data convert``, ``edg extract`` and ``edg pipeline`` all call the ``run_*``
-functions below, so each runs in this process or on Ray actors the same way (``Workers``),
-resumes from what its run folder ``out`` (a ``RunFolder`` a command opened, or a folder or fsspec URL that the
-driver opens for the stage) already holds, and records typed failures.
+functions below (or ``batch_stage``), so each runs in this process or on Ray actors the same way
+(``Workers``), resumes from what its run folder ``out`` (a ``RunFolder`` a command opened, or a folder or
+fsspec URL that the driver opens for the stage) already holds, and records typed failures.
 """
 from __future__ import annotations
 
@@ -22,101 +23,52 @@ from pathlib import Path
 
 from edg.edg_core.errors import InvalidRecord
 from edg.edg_core.molecule import Molecule
-from edg.edg_core.shards import encode_sample, sample_key
-from edg.edg_core.stage import BatchResult, Failure
-
 from edg.edg_core.run_folder import DFTLayout, RunFolder, RunWriter
+from edg.edg_core.shards import encode_sample
+from edg.edg_core.stage import BatchResult, Failure, StageSpec, item_key, item_record, resolve
+from edg.render.stage import RenderActor, molecule_and_fields
 
 from .engine import NpzFile, ResultFiles, Shards, Stage, StageSummary, Workers, opened, run_stage
 
-__all__ = ["Workers", "StageSummary", "run_dft", "run_render", "run_fused", "run_convert", "run_extract",
-           "molecule_and_fields", "item_key", "item_record"]
+__all__ = ["Workers", "StageSummary", "batch_stage", "run_dft", "run_render", "run_fused", "run_convert",
+           "run_extract", "molecule_and_fields", "item_key", "item_record", "RenderActor"]
 
 
-def item_key(item) -> str:
-    """The sample key of a stage item: a ``Molecule``, a DFT result path, or ``(Molecule, path)``."""
-    if isinstance(item, tuple):
-        item = item[0]
-    if isinstance(item, Molecule):
-        return sample_key(item.id)
-    return Path(str(item)).stem
-
-
-def item_record(item) -> str:
-    """What a user calls a stage item (its molecule id or its file), for the failure manifest."""
-    if isinstance(item, tuple):
-        item = item[0]
-    return item.id if isinstance(item, Molecule) else str(item)
+def batch_stage(spec: StageSpec, args: dict, batch_size: int = 1, maxcount: int = 1000,
+                prefix: str | None = None) -> Stage:
+    """The runnable ``Stage`` of a declared batch stage: its worker class, ``args`` for the worker's
+    constructor, and its sink (``shards``: ``<prefix>-NNNNNN.tar`` of ``maxcount`` samples; ``result_files``:
+    the keys its ``done_keys`` lists)."""
+    if spec.sink == "shards":
+        sink = Shards(prefix or spec.shard_prefix, maxcount)
+    elif spec.sink == "result_files":
+        sink = ResultFiles(resolve(spec.done_keys))
+    else:
+        raise ValueError(f"stage {spec.name}: sink {spec.sink!r} is not a batch sink (shards, result_files)")
+    return Stage(spec.name, resolve(spec.worker), args, sink, key=item_key, record=item_record,
+                 batch_size=batch_size)
 
 
 # ---------------------------------------------------------------- DFT
 def run_dft(records: Iterable, out: RunFolder | str | Path, cfg, workers: Workers, total: int | None = None,
             retry_failed: bool = False) -> StageSummary:
     """DFT for every record not finished (or failed, unless ``retry_failed``) in the run folder ``out``."""
-    from edg.dft.worker import DFTWorker, done_keys
+    from edg.dft.stage import DFT
     with opened(out) as run:
         run.remove_interrupted_writes(DFTLayout.FIELDS)
-        stage = Stage("dft", DFTWorker, {"cfg": cfg, "out": run.writer()},
-                      ResultFiles(done_keys, bulky=DFTLayout.BULKY), key=item_key, record=item_record)
-        return run_stage(stage, records, run, workers, total=total, retry_failed=retry_failed)
+        return run_stage(batch_stage(DFT, {"cfg": cfg, "out": run.writer()}), records, run, workers, total=total,
+                         retry_failed=retry_failed)
 
 
 # ---------------------------------------------------------------- rendering
-def molecule_and_fields(path: str | Path):
-    """(molecule, Fields or None) from a DFT result file; the molecule carries the DFT labels E1..E6,
-    ``dft_homo`` and ``dft_lumo`` (Hartree). Raises ``InvalidRecord`` for an unreadable file."""
-    from edg.dft.result import load_result
-    from edg.render.worker import Fields
-    r = load_result(path)
-    labels = dict(r.energies)
-    labels.update(dft_homo=float(r.homo), dft_lumo=float(r.lumo))
-    mol = Molecule(z=r.z, pos=r.pos, id=r.id, charge=r.charge, multiplicity=r.multiplicity, labels=labels)
-    has_fields = r.ed is not None and r.esp is not None and r.grid is not None
-    return mol, (Fields(r.grid, r.ed, r.esp) if has_fields else None)
-
-
-class RenderActor:
-    """Renders batches of stage items (see ``item_key``): a ``Molecule`` gets structure images, a DFT result
-    path ED + structure images, ``(Molecule, path)`` both with the input's labels kept beside the DFT labels."""
-
-    def __init__(self, cfg, device: str | None = None, structure: bool = True, ed: bool = True,
-                 keep_fields: bool = False):
-        from edg.render.worker import RenderWorker
-        self.worker = RenderWorker(cfg, device=device, structure=structure, ed=ed, keep_fields=keep_fields)
-
-    @staticmethod
-    def load(item):
-        """(molecule, Fields or None) of a stage item."""
-        if isinstance(item, Molecule):
-            return item, None
-        if isinstance(item, tuple):
-            rec, path = item
-            mol, fields = molecule_and_fields(path)
-            return dataclasses.replace(mol, labels={**rec.labels, **mol.labels}, smiles=rec.smiles), fields
-        return molecule_and_fields(item)
-
-    def process_batch(self, batch: list) -> BatchResult:
-        mols, fields, failures = [], [], []
-        for item in batch:
-            try:
-                m, f = self.load(item)
-            except InvalidRecord as e:
-                failures.append(Failure.of(e.record, "render", e.problem, item_key(item)))
-                continue
-            mols.append(m)
-            fields.append(f)
-        res = self.worker.render(mols, fields) if mols else BatchResult()
-        return BatchResult(samples=res.samples, failures=failures + res.failures)
-
-
 def run_render(items: Iterable, out: RunFolder | str | Path, cfg, workers: Workers, total: int | None = None,
                structure: bool = True, ed: bool = True, keep_fields: bool = False, maxcount: int = 1000,
                device: str | None = None, prefix: str = "render") -> StageSummary:
-    """Render ``items`` (see ``RenderActor``) into shards in ``out`` (a folder or a URL); keys already in
-    finished shards are skipped."""
-    stage = Stage("render", RenderActor, {"cfg": cfg, "device": device, "structure": structure, "ed": ed,
-                                          "keep_fields": keep_fields},
-                  Shards(prefix, maxcount), key=item_key, record=item_record, batch_size=cfg.batch_size)
+    """Render ``items`` (see ``render.stage.RenderActor``) into shards in the run folder ``out``; keys already
+    in finished shards are skipped."""
+    from edg.render.stage import RENDER, worker_args
+    stage = batch_stage(RENDER, worker_args(cfg, device, structure, ed, keep_fields), batch_size=cfg.batch_size,
+                        maxcount=maxcount, prefix=prefix)
     return run_stage(stage, items, out, workers, total=total)
 
 

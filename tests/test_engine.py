@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from edg.cluster.engine import Shards, Stage, Workers, run_stage
 from edg.edg_core.errors import InvalidRecord
 from edg.edg_core.io import read_jsonl
@@ -67,7 +66,6 @@ def test_failures_are_typed_isolated_and_recorded_once_across_resumes(tmp_path):
 
 def test_extract_keeps_good_samples_around_a_damaged_one(tmp_path):
     import torch
-
     from edg.cluster.stages import run_extract
     from edg.train.data import write_synthetic_shards
     from edg.train.imageed import ImageED, imageed_preset

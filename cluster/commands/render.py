@@ -6,8 +6,6 @@ from pathlib import Path
 
 from edg.edg_core.config import add_config_args, dump_yaml
 from edg.edg_core.errors import DataSourceError, InvalidRecord
-from edg.edg_core.readers import open_source
-from edg.edg_core.shards import sample_key
 
 
 def register(sub) -> None:
@@ -40,38 +38,17 @@ def register(sub) -> None:
 
 
 def _items(args):
-    """Stage items (``cluster.stages.RenderActor``) and their count: molecules (structure images), DFT result
-    paths (ED + structure images), or (molecule, result path) pairs when both --input and --fields are given."""
-    from edg.dft.worker import find_result, result_files
-    from edg.edg_core.storage import exists, join
-    if args.fields is None:
-        src = open_source(args.input)
-        return iter(src), len(src)
-    root = args.fields
-    if not exists(join(root, "fields")):
-        raise DataSourceError(f"{root}: no fields/ folder; run `edg dft --out {root}` first")
-    if args.input:
-        src = open_source(args.input)
-
-        def pairs():
-            for rec in src:
-                if isinstance(rec, InvalidRecord):
-                    yield rec
-                    continue
-                path = find_result(root, sample_key(rec.id))
-                yield InvalidRecord(rec.id, f"no DFT result in {root}") if path is None else (rec, str(path))
-        return pairs(), len(src)
-    from edg.render.contact_sheet import natural_key
-    paths = sorted(result_files(root), key=lambda p: natural_key(str(p).rsplit("/", 1)[-1]))  # qm9:2 before qm9:10
-    return iter(paths), len(paths)
+    """The render stage's items for --input / --fields (``render.stage.items``) and their count."""
+    from edg.render.stage import items
+    return items(args.input, args.fields)
 
 
 def _preview(args, cfg, worker, path: Path) -> None:
     import torch
 
-    from edg.cluster.stages import RenderActor
     from edg.render.contact_sheet import contact_sheet
     from edg.render.reference import PyMOLReference, pymol_available
+    from edg.render.stage import RenderActor
     items, _ = _items(args)
     chosen = []
     for item in items:
