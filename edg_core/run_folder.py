@@ -171,8 +171,7 @@ class RunFolder:
         self.overwrite = overwrite
         settings = lease or LeaseSettings()
         if self.remote:
-            storage.url_to_fs(self.url)[0].makedirs(storage.url_to_fs(self.url)[1], exist_ok=True)
-            file = FsspecLeaseFile(str(storage.join(self.url, LEASE_NAME)))
+            file = FsspecLeaseFile(str(storage.join(self.url, LEASE_NAME)))  # creates the folder as needed
         else:
             Path(self.url).mkdir(parents=True, exist_ok=True)
             file = LocalLeaseFile(Path(self.url) / LEASE_NAME)
