@@ -129,7 +129,7 @@ def main(argv: list[str]) -> int:
     if not opts["gpu_only"]:
         band_study(max(mols, key=lambda m: m.n_atoms), overrides)
         if opts["aspirin"]:
-            band_study(next(iter(open_source("rmd17:aspirin:test?limit=1").molecules())), overrides)
+            band_study(next(iter(open_source("rmd17:aspirin?split=test&limit=1").molecules())), overrides)
     failed = sum(r["failed"] for r in results)
     if failed:
         print(f"dft: {failed} molecule runs FAILED (reasons above)", flush=True)

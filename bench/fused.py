@@ -2,7 +2,7 @@
 
     python -m bench fused                                # in-process, 2 embedded QM9 molecules (paper settings)
     python -m bench fused --n=64 --actors=1,4,8,16       # Ray actor pools on this machine (GPU: 1/actors each)
-    python -m bench fused --input=qm9:train?limit=256 --actors=16 --gpus-per-actor=0.0625
+    python -m bench fused --input='qm9?split=train&limit=256' --actors=16 --gpus-per-actor=0.0625
 
 The rate is end to end as an operator sees it: actor start-up and the first GPU call's kernel set-up included
 (run enough molecules per actor to amortise them). With GPUs, mol/s per GPU = mol/s / GPUs in use.

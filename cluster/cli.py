@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
@@ -16,10 +17,14 @@ EDG: electron-density-enhanced molecular geometry learning.
 Pipeline: conformations -> DFT (ED, ESP) -> rendered ED / structure images -> WebDataset shards
 -> ImageED pretraining -> ED-aware teacher -> distillation into geometry students -> result tables.
 
-Input specs accepted wherever --input appears: embedded[:qm9|:rmd17], qm9[:train|valid|test],
-rmd17:<molecule>[:train|valid|test], smiles:CCO,c1ccccc1, or a .xyz/.extxyz/.sdf/.mol/.smi file;
-append ?limit=N to take the first N records. rMD17 data: `edg fetch rmd17 --out DIR`, then ?root=DIR after
-any rmd17 spec (also --dataset rmd17:aspirin?root=DIR) or EDG_RMD17_ROOT=DIR; ?root=embedded = shipped frames.
+One spec grammar for --input (which records) and --dataset (which task): <name>[:<subset>][?key=value&...]
+  embedded[:qm9|:rmd17]     qm9[:<target>][?split=train|valid|test|all]
+  rmd17:<molecule>[?split=train|valid|test]     smiles:CCO,c1ccccc1     a .xyz/.extxyz/.sdf/.mol/.smi file
+Options: split, root=DIR (?root=embedded: the data shipped in the package), limit=N (first N records),
+rmd17 split_id=K; a --dataset spec also takes task options (rmd17:aspirin?train_size=100).
+`edg data datasets` lists every registered dataset.
+rMD17 data: `edg fetch rmd17 --out DIR`, then ?root=DIR or EDG_RMD17_ROOT=DIR. The old rmd17:aspirin:train
+spelling still reads (with a note).
 """
 
 
@@ -38,10 +43,21 @@ def _check_locations(args) -> None:
     """Every command's ``--out`` must outlive the process (no ``memory://``); ``--out``, ``--shards`` and
     ``--fields`` may be ``file://`` URLs (local paths) and must name a known protocol (``edg_core.storage``)."""
     from edg.edg_core.storage import check_location
+
+    from .runtime import check_job_output
     for name, persistent in (("out", True), ("shards", False), ("fields", False)):
         value = getattr(args, name, None)
         if isinstance(value, str):
-            setattr(args, name, check_location(value, persistent=persistent))
+            setattr(args, name, check_location(check_job_output(value, f"--{name}"), persistent=persistent))
+
+
+def results_line(args) -> str | None:
+    """``edg <command>: results in <absolute path or URL>`` for a command with an ``--out``, else None."""
+    out = getattr(args, "out", None)
+    if not isinstance(out, str) or not out:
+        return None
+    where = out if "://" in out else os.path.abspath(out)
+    return f"edg {args.command}: results in {where}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         _check_locations(args)
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        if rc == 0 and (line := results_line(args)):
+            print(line, flush=True)
+        return rc
     except EDGError as e:
         print(f"edg {args.command}: error: {e}", file=sys.stderr)
         return 2

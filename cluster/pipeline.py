@@ -53,16 +53,25 @@ class _RayBase:
 class StudentsConfig:
     """The distillation grid: students x datasets x lambdas x seeds. ``fit`` fields left unset take the paper's
     settings per student and dataset family (``train.paper_settings``)."""
-    dataset: str = "rmd17:aspirin"         # rmd17:<molecule> or qm9:<target> (used when ``datasets`` is empty)
+    dataset: str = "rmd17:aspirin"         # a dataset spec with a task (edg_core.datasets), used when ``datasets``
+    #                                        is empty
     datasets: list = field(default_factory=list)  # several datasets (Table 1: 12 QM9 targets; Table 2: 10 molecules)
     # input spec(s) of the training conformations (teacher targets): one spec or a list of specs
-    conformations: str | list = "rmd17:aspirin:train"
-    task: dict = field(default_factory=dict)    # task overrides (root, train_size, ...), or {qm9: {...}, rmd17: {...}}
-    students: list | dict = field(default_factory=lambda: ["schnet"])  # a list, or {qm9: [...], rmd17: [...]}
+    conformations: str | list = "rmd17:aspirin?split=train"
+    task: dict = field(default_factory=dict)    # task overrides (root, train_size, ...), or {<family>: {...}, ...}
+    students: list | dict = field(default_factory=lambda: ["schnet"])  # a list, or {<family>: [...], ...}
     lambdas: list = field(default_factory=lambda: [0.0, 0.1])
     seeds: list = field(default_factory=lambda: [42])
     student_args: dict = field(default_factory=dict)
     fit: FitConfig = field(default_factory=FitConfig)
+
+    def __post_init__(self):
+        """Every dataset and conformation spec parses (one-line ``SpecError`` otherwise) before any stage runs."""
+        from edg.edg_core.datasets import resolve
+        for spec in self.dataset_list():
+            resolve(spec, "task")
+        for spec in self.conformation_specs():
+            resolve(spec)
 
     def dataset_list(self) -> list[str]:
         return list(self.datasets) or [self.dataset]
@@ -71,16 +80,18 @@ class StudentsConfig:
         return [self.conformations] if isinstance(self.conformations, str) else list(self.conformations)
 
     def students_for(self, dataset: str) -> list[str]:
-        """The students of ``dataset``: the list, or the entry of its family (qm9 / rmd17)."""
+        """The students of ``dataset``: the list, or the entry of its paper family (``edg_core.datasets``)."""
         if isinstance(self.students, dict):
-            return list(self.students.get(dataset.split(":", 1)[0], []))
+            from edg.edg_core.datasets import group_of
+            return list(self.students.get(group_of(dataset), []))
         return list(self.students)
 
     def task_for(self, dataset: str) -> dict:
-        """Task overrides of ``dataset``: ``task`` itself, or its family's entry when keyed by family."""
-        fam = dataset.split(":", 1)[0]
-        if self.task and set(self.task) <= {"qm9", "rmd17"}:
-            return dict(self.task.get(fam) or {})
+        """Task overrides of ``dataset``: ``task`` itself, or its family's entry when keyed by family (a dataset
+        without a family: by its name)."""
+        from edg.edg_core.datasets import DATASETS, families, group_of
+        if self.task and set(self.task) <= set(families()) | set(DATASETS):
+            return dict(self.task.get(group_of(dataset)) or {})
         return dict(self.task)
 
 
@@ -97,7 +108,7 @@ class _PipelineBase:
     out: str = "runs/pipeline"             # a folder, or an fsspec URL (s3://bucket/runs/x, gs://...)
     work_dir: str | None = None            # local working copy of a URL out (None: $EDG_CACHE/staging/<hash>)
     sync_s: float = 60.0                   # push the working copy of a URL out this often (seconds)
-    input: str = "qm9:train"               # conformations for DFT, ED images and pretraining
+    input: str = "qm9?split=train"               # conformations for DFT, ED images and pretraining
     fused: bool = False                    # DFT + render in one actor (GPU: fields stay on the device)
     keep_fields: bool = False              # also store float16 ED/ESP grids in the shards
     device: str | None = None              # torch device for local stages (None: cuda if present)
@@ -133,6 +144,8 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
     if cfg.teacher.model.fu_dim != cfg.imageed.model.embed_dim:
         raise ConfigError(f"{where}: teacher.model.fu_dim ({cfg.teacher.model.fu_dim}) must equal "
                           f"imageed.model.embed_dim ({cfg.imageed.model.embed_dim}): the teacher predicts F_U")
+    from edg.edg_core.datasets import resolve
+    resolve(cfg.input)  # a bad input spec: one SpecError line before any stage runs (students' specs: StudentsConfig)
     if cfg.stop_after is not None and cfg.stop_after not in STAGES:
         raise ConfigError(f"{where}: stop_after {cfg.stop_after!r} is not a stage; stages: {', '.join(STAGES)}")
     return cfg

@@ -1,10 +1,21 @@
-"""Connecting to Ray: a running cluster when there is one, a local single-node runtime otherwise.
+"""Connecting to Ray: which cluster, stated and safe.
 
-``ray_session()`` is how EDG stages get a Ray runtime. It joins ``address`` (default ``auto``: ``$RAY_ADDRESS``
-or a head started on this machine with ``ray start --head``) and otherwise starts a local runtime bound to
-127.0.0.1, without a dashboard, whose session files live under ``temp_dir`` (a fresh temporary folder by
-default, removed when the session ends). A runtime it started is shut down when the ``with`` block ends; a
-cluster it joined is left running. ``address="local"`` always starts a fresh local runtime.
+``ray_session(address)`` is how EDG gets a Ray runtime. The cluster is chosen by ``choose_cluster``:
+
+==============================================  ====================================================
+inside a Ray job (``ray job submit``)           that job's cluster
+``address`` given, or ``$RAY_ADDRESS`` set      that cluster; unreachable is a one-line ``RayClusterError``
+``address="auto"``                              a head started on this machine (``ray start --head``);
+                                                none is a one-line error
+nothing (``None``) or ``address="local"``       a private local runtime, even when a head runs here
+==============================================  ====================================================
+
+EDG never joins a head it was not pointed at. The private runtime listens on 127.0.0.1 only
+(``loopback_only``), has no dashboard, keeps its session files under ``temp_dir`` (a fresh temporary folder by
+default, removed at the end) and uses token authentication with a token of its own in that folder
+(``private_auth``): it never writes ``~/.ray`` and leaves Ray's settings for the user's other programs as they
+were. A runtime it started is shut down when the ``with`` block ends; a cluster it joined is left running.
+When a cluster's authentication does not match this process's, the error says in one line what to set.
 
 ``use_ray(setting)`` decides whether a command runs its stages on Ray: an explicit setting wins; otherwise Ray
 is used when the process runs inside a Ray job (``ray job submit``) or ``$RAY_ADDRESS`` names a cluster.
@@ -18,13 +29,39 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
+from edg.edg_core.errors import EDGError
+
 log = logging.getLogger(__name__)
 LOCALHOST = "127.0.0.1"
+ADDRESS_HELP = ("Ray cluster to run on: host:port or ray://host:port, 'auto' for a head started on this machine, "
+                "'local' for a private runtime (default: the Ray job's cluster, else $RAY_ADDRESS, else a private "
+                "local runtime on 127.0.0.1; a head started by someone else is never joined unasked)")
+
+
+class RayClusterError(EDGError):
+    """The cluster EDG was pointed at cannot be used (unreachable, or its authentication does not match)."""
 
 
 def in_ray_cluster_context() -> bool:
     """True inside a Ray job's driver (``ray job submit``) or when ``$RAY_ADDRESS`` names a cluster."""
     return bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or os.environ.get("RAY_ADDRESS"))
+
+
+def in_ray_job() -> bool:
+    """True in the driver of a job started with ``ray job submit``."""
+    return bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+
+
+def check_job_output(loc, what: str = "--out"):
+    """Inside a Ray job, refuse a relative local output location: the job runs in a temporary copy of the
+    submitted working directory (``.../runtime_resources/working_dir_files/_ray_pkg_...``), so its results
+    would land there and vanish with the job instead of in the clone it was submitted from."""
+    s = "" if loc is None else str(loc)
+    if s and in_ray_job() and "://" not in s and not os.path.isabs(s):
+        raise EDGError(f"{what} {s}: a relative path inside a Ray job lands in the job's temporary working "
+                       f"directory, not where you submitted from; give an absolute path on storage every node "
+                       f"sees (NFS, Lustre) or a URL (s3://, gs://, ...)")
+    return loc
 
 
 def use_ray(setting: bool | None) -> tuple[bool, str]:
@@ -59,15 +96,87 @@ def loopback_only() -> Iterator[None]:
             os.environ[LOOPBACK_SWITCH] = saved_env
 
 
-def _join(address: str) -> bool:
-    """Join the running cluster at ``address``; False when there is none."""
+def choose_cluster(address: str | None) -> tuple[str | None, str]:
+    """(address to join or None for a private local runtime, why) for a user's ``address`` setting."""
+    if in_ray_job():
+        return "auto", "inside a Ray job: its cluster"
+    if address == "local":
+        return None, "a private local runtime (--ray-address local)"
+    if address:
+        return address, f"the cluster at {address} (as asked)"
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], f"the cluster at $RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
+    return None, "a private local runtime (no --ray-address, no $RAY_ADDRESS)"
+
+
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def _auth_hint(address: str, error: Exception) -> str:
+    text = str(error).lower()
+    mode = os.environ.get("RAY_AUTH_MODE", "unset")
+    if "token" in text or "authentic" in text or "unauthenticated" in text:
+        return (f"Ray cluster at {address}: its token authentication does not match this process "
+                f"(RAY_AUTH_MODE={mode}): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<the head's token file> "
+                f"(`ray get-auth-token` on the head prints it), or RAY_AUTH_MODE=disabled if the head runs without")
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"no Ray cluster reachable at {address}: {first}"
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A TCP connect to ``host:port`` (or ``ray://host:port``) before ``ray.init``, which would retry an
+    unreachable address for minutes; ``auto`` and other forms are left to Ray."""
+    import socket
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise RayClusterError(f"no Ray cluster reachable at {address}: {e.strerror or e}") from None
+
+
+def _join(address: str) -> None:
+    """Join the running cluster at ``address``; a one-line ``RayClusterError`` when that cannot be done."""
     import ray
+    from ray.exceptions import AuthenticationError
+    _check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False)
-        return True
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        log.info("no Ray cluster at %s (%s); starting a local runtime", address, e)
-        return False
+    except (AuthenticationError, ConnectionError, RuntimeError, ValueError) as e:
+        raise RayClusterError(_auth_hint(address, e)) from None
+
+
+@contextlib.contextmanager
+def private_auth(folder: str | os.PathLike) -> Iterator[None]:
+    """Inside the block, a runtime started here uses token authentication with a fresh token kept in ``folder``
+    (``RAY_AUTH_TOKEN_PATH``), never ``~/.ray/auth_token``; workers it spawns inherit the setting. The
+    environment is restored when the block ends."""
+    import secrets
+    saved = {k: os.environ.get(k) for k in AUTH_ENV}
+    token = os.path.join(os.fspath(folder), "auth_token")
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
+    _refresh_ray_auth()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _refresh_ray_auth()
+
+
+def _refresh_ray_auth() -> None:
+    """Ray caches the authentication mode and token per process; make it read the environment again."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @contextlib.contextmanager
@@ -75,22 +184,26 @@ def ray_session(address: str | None = None, temp_dir: str | os.PathLike | None =
                 num_cpus: int | None = None) -> Iterator[dict]:
     """Yield ``ray.cluster_resources()`` inside a connected Ray runtime (see the module docstring)."""
     import ray
-    address = address or "auto"
     if ray.is_initialized():
         yield ray.cluster_resources()
         return
-    if address != "local" and _join(address):
-        log.info("Ray cluster at %s", address)
+    target, why = choose_cluster(address)
+    if target is not None:
+        _join(target)
+        log.info("Ray: %s", why)
         yield ray.cluster_resources()  # a cluster it joined is left running
         return
     own_tmp = tempfile.mkdtemp(prefix="edgray") if temp_dir is None else None  # removed when the session ends
-    with loopback_only():
-        ray.init(num_cpus=num_cpus, _temp_dir=str(temp_dir or own_tmp), include_dashboard=False,
-                 log_to_driver=False, _node_ip_address=LOCALHOST)
-        log.info("local Ray runtime in %s", temp_dir or own_tmp)
-        try:
-            yield ray.cluster_resources()
-        finally:
-            ray.shutdown()
-            if own_tmp is not None:
-                shutil.rmtree(own_tmp, ignore_errors=True)
+    folder = str(temp_dir or own_tmp)
+    try:
+        with loopback_only(), private_auth(folder):
+            ray.init(num_cpus=num_cpus, _temp_dir=folder, include_dashboard=False,
+                     log_to_driver=False, _node_ip_address=LOCALHOST)
+            log.info("Ray: %s in %s", why, folder)
+            try:
+                yield ray.cluster_resources()
+            finally:
+                ray.shutdown()
+    finally:
+        if own_tmp is not None:
+            shutil.rmtree(own_tmp, ignore_errors=True)

@@ -6,6 +6,11 @@ Reading molecules::
     from edg.api import open_source, Molecule
     mols = [m for m in open_source("embedded:qm9?limit=2")]
 
+Datasets and specs (one grammar for records and tasks; a new dataset is one ``register_dataset(Dataset(...))``)::
+
+    from edg.api import parse_spec, DATASETS, build_task
+    spec = parse_spec("rmd17:ethanol?root=embedded&split=test")   # str(spec) is the canonical spelling
+
 A trained student (a run folder of ``edg distill``) and the ASE calculator::
 
     from edg.api import load_student, EDGCalculator
@@ -26,6 +31,12 @@ import importlib
 _WHERE = {
     "Molecule": "edg.edg_core.molecule",
     "open_source": "edg.edg_core.readers",
+    "parse_spec": "edg.edg_core.spec",
+    "DatasetSpec": "edg.edg_core.spec",
+    "Dataset": "edg.edg_core.datasets",
+    "DATASETS": "edg.edg_core.datasets",
+    "register_dataset": "edg.edg_core.datasets",
+    "build_task": "edg.train.tasks",
     "load_student": "edg.train.predict",
     "TrainedStudent": "edg.train.predict",
     "Prediction": "edg.train.predict",

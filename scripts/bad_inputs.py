@@ -180,7 +180,7 @@ CASES = [
          r"line 8: atom line needs 7 columns \(symbol x y z \+ forces\), got 4", 2),
     Case("spec-unknown-option", "spec: unknown option ?limt=2", {"a.xyz": xyz(GOOD1, GOOD2)},
          ["data", "convert", "--input", "{d}/a.xyz?limt=2", "--out", "{d}/out"], 2,
-         r"unknown option\(s\) \['limt'\]; valid options for file specs: limit", 0),
+         r"unknown option 'limt' \(did you mean 'limit'\?\); options of file: limit", 0),
     Case("spec-negative-limit", "spec: ?limit=-1", {"a.xyz": xyz(GOOD1, GOOD2)},
          ["data", "convert", "--input", "embedded:qm9?limit=-1", "--out", "{d}/out"], 2,
          r"option limit='-1' must be an integer >= 0", 0),

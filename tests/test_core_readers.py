@@ -185,7 +185,7 @@ def test_rmd17_errors(tmp_path, rmd17_root):
         load_rmd17(tmp_path, "aspirin")
     with pytest.raises(DataSourceError, match="rMD17 data not found"):
         open_source(f"rmd17:aspirin?root={tmp_path / 'nope'}")
-    src = open_source(f"rmd17:aspirin:test?root={rmd17_root}&limit=3")
+    src = open_source(f"rmd17:aspirin?split=test&root={rmd17_root}&limit=3")
     assert [m.labels["split"] for m in src] == ["test"] * 3
 
 
@@ -214,7 +214,7 @@ def test_rmd17_check_available_agrees_with_load(tmp_path):
 def test_rmd17_embedded_root():
     s = load_rmd17("embedded", "ethanol")
     assert {k: len(v) for k, v in s.items()} == {"train": 16, "valid": 4, "test": 4}
-    ids = [m.id for m in open_source("rmd17:ethanol:train?root=embedded").molecules()]
+    ids = [m.id for m in open_source("rmd17:ethanol?split=train&root=embedded").molecules()]
     emb = [m.id for m in open_source("embedded:rmd17").molecules() if "ethanol" in m.id]
     assert ids == emb[:16]
     with pytest.raises(DataSourceError, match="only ethanol and aspirin"):

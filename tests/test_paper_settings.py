@@ -104,7 +104,7 @@ def test_paper_config_enumerates_table1_and_table2(tmp_path):
     assert st.students_for("qm9:U0") == ["schnet", "egnn", "equiformer", "spherenet"]
     assert st.students_for("rmd17:aspirin") == ["schnet", "spherenet", "visnet"]
     assert [lam for lam in st.lambdas if lam > 0] == list(PAPER_LAMBDAS) and 0.0 in st.lambdas
-    assert "qm9:train" in st.conformation_specs() and len(st.conformation_specs()) == 11
+    assert "qm9?split=train" in st.conformation_specs() and len(st.conformation_specs()) == 11
     cfgs = Pipeline(cfg).distill_configs()
     assert len(cfgs) == (12 * 4 + 10 * 3) * len(st.lambdas) * len(st.seeds)
     resolved = {(c.student, c.dataset): c.resolved() for c in cfgs}

@@ -67,7 +67,7 @@ def small_config(tmp: Path, **over) -> Path:
         "teacher": {"epochs": 2, "batch_size": 2, "num_workers": 0, "val_fraction": 0.0,
                     "model": {"arch": "resnet10t", "pretrained": False, "img_size": 32, "hidden_dim": 16,
                               "fu_dim": 32}},
-        "students": {"dataset": "rmd17:ethanol", "conformations": "rmd17:ethanol:train?root=embedded",
+        "students": {"dataset": "rmd17:ethanol", "conformations": "rmd17:ethanol?split=train&root=embedded",
                      "task": {"root": "embedded"}, "students": ["schnet"], "lambdas": [0.0, 0.1], "seeds": [7],
                      "student_args": {"hidden_channels": 16, "num_filters": 16, "num_interactions": 1,
                                       "cutoff": 4.0},

@@ -13,7 +13,7 @@ from edg.edg_core.units import KCAL_PER_MOL_IN_EV
 
 ase_io = pytest.importorskip("ase.io")
 SMALL = {"hidden_channels": 32, "num_filters": 32, "num_interactions": 2, "num_gaussians": 25, "cutoff": 5.0}
-TEST = "rmd17:ethanol:test?root=embedded"
+TEST = "rmd17:ethanol?split=test&root=embedded"
 
 
 @pytest.fixture(scope="module")

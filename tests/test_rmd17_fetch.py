@@ -84,12 +84,12 @@ def test_fetch_verifies_unpacks_and_ids_match_presplit(tmp_path, rmd17_root, ser
         assert np.array_equal(a[split].index, b[split].index)  # MD17 old_indices from both layouts
         assert np.array_equal(a[split].pos, b[split].pos) and np.array_equal(a[split].energy, b[split].energy)
     assert int(a["train"].index.max()) > 100_000  # MD17 trajectory indices, not archive positions
-    ids_archive = [m.id for m in open_source(f"rmd17:ethanol:valid?root={out}").molecules()]
-    ids_presplit = [m.id for m in open_source(f"rmd17:ethanol:valid?root={rmd17_root}").molecules()]
+    ids_archive = [m.id for m in open_source(f"rmd17:ethanol?split=valid&root={out}").molecules()]
+    ids_presplit = [m.id for m in open_source(f"rmd17:ethanol?split=valid&root={rmd17_root}").molecules()]
     assert ids_archive == ids_presplit and len(ids_archive) == 50
     # the embedded frames are the first train_01 frames and carry the same ids
-    emb = [m.id for m in open_source("rmd17:ethanol:train?root=embedded").molecules()]
-    assert emb == [m.id for m in open_source(f"rmd17:ethanol:train?root={out}&limit={len(emb)}").molecules()]
+    emb = [m.id for m in open_source("rmd17:ethanol?split=train&root=embedded").molecules()]
+    assert emb == [m.id for m in open_source(f"rmd17:ethanol?split=train&root={out}&limit={len(emb)}").molecules()]
 
     # a rerun on a finished folder does not download again (the server is gone)
     archive.unlink()
@@ -157,7 +157,7 @@ def test_extract_refuses_links_and_oversize(tmp_path):
     (["--student", "schnt"], "did you mean 'schnet'"),
     (["--dataset", "rmd17:asprin"], "unknown rMD17 molecule 'asprin' (did you mean 'aspirin'?)"),
     (["--dataset", "qm9:foo"], "unknown QM9 target 'foo'"),
-    (["--dataset", "md17:aspirin"], "unknown dataset 'md17:aspirin'"),
+    (["--dataset", "md17:aspirin"], "unknown dataset 'md17' (did you mean 'rmd17'?)"),
     (["--dataset", "rmd17:aspirin?root=/nonexistent/rmd17"], "add ?root=DIR"),
     (["--dataset", "rmd17:aspirin", "--task", "root=/nonexistent/rmd17"], "rMD17 data not found"),
     (["--dataset", "rmd17:uracil?root=embedded"], "only ethanol and aspirin"),

@@ -25,9 +25,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from edg.edg_core.config import ConfigError
+from edg.edg_core.datasets import DATASETS, dataset_of, families
+
 from .configs import GEOM3D_QM9_FIT, FitConfig
 
-FAMILIES = ("qm9", "rmd17")
+FAMILIES = families()
+"""The paper families of the registered datasets (``edg_core.datasets``: each dataset names its family)."""
 
 
 @dataclass(frozen=True)
@@ -39,48 +43,68 @@ class PaperSettings:
     source: str = ""
 
 
-_GEOM3D = {
-    "qm9": PaperSettings(dict(GEOM3D_QM9_FIT), source="README / EDG/finetune_QM9_EDG.py (Geom3D)"),
-    "rmd17": PaperSettings({**GEOM3D_QM9_FIT, "batch_size": 1, "eval_batch_size": 128},
-                           task={"select_metric": "force_mae", "energy_scale": "force_rms"},
-                           source="README / EDG/finetune_rMD17_EDG.py (Geom3D, MD17_train_batch_size 1)"),
-}
+_GEOM3D_QM9 = PaperSettings(dict(GEOM3D_QM9_FIT), source="README / EDG/finetune_QM9_EDG.py (Geom3D)")
+_GEOM3D_RMD17 = PaperSettings({**GEOM3D_QM9_FIT, "batch_size": 1, "eval_batch_size": 128},
+                              task={"select_metric": "force_mae", "energy_scale": "force_rms"},
+                              source="README / EDG/finetune_rMD17_EDG.py (Geom3D, MD17_train_batch_size 1)")
 _VISNET_RMD17 = PaperSettings(
     {"epochs": 3000, "batch_size": 4, "eval_batch_size": 16, "lr": 2e-4, "loss": "mse", "scheduler": "plateau",
      "warmup_steps": 1000, "plateau_factor": 0.8, "plateau_patience": 30, "min_lr": 1e-7},
     task={"select_metric": "weighted_mse", "energy_grad_scale": 0.05},
     source="EDG-for-VisNet/examples/ViSNet-rMD17.yml")
 
-PAPER_SETTINGS: dict[tuple[str, str], PaperSettings] = {
-    **{(s, fam): _GEOM3D[fam] for s in ("schnet", "spherenet", "dimenetpp", "painn") for fam in FAMILIES},
-    ("egnn", "qm9"): _GEOM3D["qm9"],
-    ("egnn", "rmd17"): dataclasses.replace(_GEOM3D["rmd17"], student={"cutoff": 5.0, "max_num_neighbors": 32}),
-    ("equiformer", "qm9"): _GEOM3D["qm9"],
-    ("equiformer", "rmd17"): dataclasses.replace(_GEOM3D["rmd17"], student={"alpha_drop": 0.0}),
-    ("visnet", "qm9"): _GEOM3D["qm9"],
-    ("visnet", "rmd17"): _VISNET_RMD17,
-}
-"""(student, family) -> the paper's settings."""
 
-PAPER_TABLES = {
-    "table1": {"family": "qm9", "students": ("schnet", "egnn", "equiformer", "spherenet")},
-    "table2": {"family": "rmd17", "students": ("schnet", "spherenet", "visnet")},
+@dataclass(frozen=True)
+class FamilySettings:
+    """A paper family's settings: ``default`` for every student, ``students`` the exceptions, and
+    ``table_students`` the students of the family's paper table, in the paper's order."""
+    default: PaperSettings
+    students: dict = field(default_factory=dict)
+    table_students: tuple = ()
+
+
+FAMILY_SETTINGS: dict[str, FamilySettings] = {
+    "qm9": FamilySettings(_GEOM3D_QM9, table_students=("schnet", "egnn", "equiformer", "spherenet")),
+    "rmd17": FamilySettings(_GEOM3D_RMD17, table_students=("schnet", "spherenet", "visnet"), students={
+        "egnn": dataclasses.replace(_GEOM3D_RMD17, student={"cutoff": 5.0, "max_num_neighbors": 32}),
+        "equiformer": dataclasses.replace(_GEOM3D_RMD17, student={"alpha_drop": 0.0}),
+        "visnet": _VISNET_RMD17}),
 }
+"""Paper family (``edg_core.datasets``: each dataset names its family) -> the paper's settings."""
+
+_TABLED = ("schnet", "egnn", "equiformer", "spherenet", "visnet", "dimenetpp", "painn")
+PAPER_SETTINGS: dict[tuple[str, str], PaperSettings] = {
+    (s, fam): fs.students.get(s, fs.default) for fam, fs in FAMILY_SETTINGS.items() for s in _TABLED}
+"""(student, family) -> the paper's settings (a student not listed gets its family's default)."""
+
+PAPER_TABLES = {f"table{i}": {"family": fam, "title": ds.paper_table,
+                              "students": FAMILY_SETTINGS[fam].table_students}
+                for i, (fam, ds) in enumerate(((d.family, d) for d in DATASETS.values() if d.paper_table), 1)}
+"""The paper's result tables, from the registry's ``paper_table`` entries, with their students."""
 PAPER_LAMBDAS = (1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0)  # the paper's search grid for lambda
 
 
-def family(dataset: str) -> str:
-    """``"rmd17:aspirin"`` -> ``"rmd17"`` (options after ``?`` ignored)."""
-    fam = dataset.split("?", 1)[0].split(":", 1)[0]
-    if fam not in FAMILIES:
-        raise ValueError(f"dataset {dataset!r}: unknown family {fam!r}; use one of {', '.join(FAMILIES)}")
-    return fam
+def family(dataset: str) -> str | None:
+    """``"rmd17:aspirin"`` -> ``"rmd17"``: the paper family the registry gives the dataset; ``None`` for a
+    registered dataset in no paper table. An unregistered name is a ``ConfigError``."""
+    ds = dataset_of(dataset)
+    if ds is None:
+        raise ConfigError(f"dataset {dataset!r} is not registered, so it has no paper family; datasets: "
+                          f"{', '.join(DATASETS)}")
+    return ds.family
+
+
+NO_FAMILY = PaperSettings({}, source="no paper family: the training defaults (FitConfig.filled)")
 
 
 def paper_settings(student: str, dataset: str) -> PaperSettings:
-    """The paper's settings for ``student`` on ``dataset`` (a student not in the table gets the Geom3D ones)."""
+    """The paper's settings for ``student`` on ``dataset`` (a student not in the table gets its family's
+    default; a dataset in no paper family gets none, so the training defaults apply)."""
     fam = family(dataset)
-    return PAPER_SETTINGS.get((student, fam), _GEOM3D[fam])
+    if fam is None:
+        return NO_FAMILY
+    fs = FAMILY_SETTINGS[fam]
+    return fs.students.get(student, fs.default)
 
 
 def resolve(student: str, dataset: str, fit: FitConfig, student_args: dict | None = None,

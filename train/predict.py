@@ -185,6 +185,13 @@ def write_extxyz(path: str | Path, molecules: list[Molecule], predictions: list[
         Path(tmp).write_text("\n".join(lines) + "\n")
 
 
+def _labels_in_kcal_mol(source) -> bool:
+    """Whether the registry says ``source``'s energy labels are in kcal/mol, the unit students train in."""
+    from edg.edg_core.datasets import dataset_of
+    ds = dataset_of(source)
+    return ds is not None and ds.units.get("energy") == "kcal/mol"
+
+
 def predict_file(model: str | Path, source: str, out: str | Path, units: str = "eV", batch_size: int = 32,
                  device: str = "cpu") -> dict:
     """``edg predict``: predictions for every good record of ``source`` (a spec or xyz/extxyz/sdf file)
@@ -210,8 +217,7 @@ def predict_file(model: str | Path, source: str, out: str | Path, units: str = "
                                              for e in bad).encode())  # the stages' failure manifest format
     summary = {"molecules": len(good), "invalid": len(bad), "out": str(out), "model": str(student.run_dir),
                "units": ({"energy": units, "forces": f"{units}/Å"} if student.kind == "energy" else student.units)}
-    if student.kind == "energy" and source.startswith(("rmd17:", "embedded")) and \
-            all("energy" in m.labels for m in good):
+    if student.kind == "energy" and _labels_in_kcal_mol(source) and all("energy" in m.labels for m in good):
         de = [abs(p.energy - m.labels["energy"]) for m, p in zip(good, preds)]
         df = [float(np.abs(p.forces - m.labels["forces"]).mean()) for m, p in zip(good, preds)
               if m.labels.get("forces") is not None]

@@ -21,12 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
+from edg.edg_core.datasets import dataset_of, group_of
 from edg.edg_core.io import read_jsonl, write_bytes_atomic
 
 from .metrics import mean_std, relative_improvement
 
-REPORTED_METRICS = {"rmd17": ("energy_mae", "force_mae"), "qm9": ("mae",)}
 METRIC_NAMES = {"energy_mae": "Energy", "force_mae": "Forces", "mae": "MAE"}
+
+
+def reported_metrics(dataset: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The test metrics the registry says ``dataset``'s tables report, else ``default``."""
+    ds = dataset_of(dataset)
+    return ds.metrics if ds is not None and ds.metrics else tuple(default)
 
 
 def collect_results(out: str | Path) -> list[dict]:
@@ -93,11 +99,10 @@ def build_rows(results: list[dict]) -> list[TableRow]:
     groups = _groups(results)
     rows = []
     for dataset, student in sorted({(d, s) for d, s, _ in groups}):
-        kind = dataset.split(":")[0]
         lam = best_lambda(results, dataset, student)
         base_runs, edg_runs = groups.get((dataset, student, 0.0)), groups.get((dataset, student, lam))
         any_run = (base_runs or edg_runs)[0]
-        for metric in REPORTED_METRICS.get(kind, tuple(any_run["test"])):
+        for metric in reported_metrics(dataset, tuple(any_run["test"])):
             rows.append(TableRow(dataset, metric, any_run["units"].get(metric, ""), student,
                                  _cell(base_runs, "test", metric) if base_runs else None,
                                  _cell(edg_runs, "test", metric) if edg_runs else None))
@@ -121,17 +126,17 @@ def _imp(r: TableRow | None) -> str:
     return "–" if r is None or np.isnan(r.improvement) else f"{r.improvement:+.1f}%"
 
 
-def qm9_table(rows: list[TableRow]) -> str:
-    """Table 1: columns = QM9 targets (paper order, units), rows = student x (w/o EDG, w/ EDG, Impr., lambda)."""
-    from edg.edg_core.readers.qm9 import TARGETS
-    sub = [r for r in rows if r.dataset.startswith("qm9:")]
+def _targets_table(kind: str, rows: list[TableRow], title: str, order: tuple[str, ...]) -> str:
+    """One family as the paper's Table 1: columns = subsets (targets; ``order`` first, units), rows = student x
+    (w/o EDG, w/ EDG, Impr., lambda)."""
+    sub = [r for r in rows if group_of(r.dataset) == kind]
     by_key = {(r.dataset.split(":", 1)[1], r.student): r for r in sub}
     seen = {r.dataset.split(":", 1)[1] for r in sub}
-    targets = [t for t in TARGETS if t in seen] + sorted(seen - set(TARGETS))
+    targets = [t for t in order if t in seen] + sorted(seen - set(order))
     units = {r.dataset.split(":", 1)[1]: r.unit for r in sub}
     head = ["Model"] + [f"{t} ({units[t]})" for t in targets]
-    lines = ["### Table 1: QM9", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in _student_order("qm9", {r.student for r in sub}):
+    lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in _student_order(kind, {r.student for r in sub}):
         cells = {"w/o EDG": [], "w/ EDG": [], "Impr.": [], "λ": []}
         for t in targets:
             r = by_key.get((t, s))
@@ -144,22 +149,18 @@ def qm9_table(rows: list[TableRow]) -> str:
     return "\n".join(lines)
 
 
-def rmd17_table(rows: list[TableRow]) -> str:
-    """Table 2: rows = molecule x (Energy, Forces), columns = student x (w/o EDG, w/ EDG, Impr.)."""
-    return _rows_by_dataset("rmd17", rows, "### Table 2: rMD17")
-
-
 def markdown_tables(rows: list[TableRow]) -> str:
-    """One Markdown table per dataset family: QM9 as the paper's Table 1, rMD17 as its Table 2, others with
-    rows = (dataset, metric) and columns = student x (w/o, w/, Impr.)."""
+    """One Markdown table per dataset family, laid out as the registry says (``edg_core.datasets``): QM9 as the
+    paper's Table 1 (``targets``), rMD17 as its Table 2 (``rows``: rows = (dataset, metric), columns =
+    student x (w/o, w/, Impr.)); a dataset without a family gets a ``rows`` table of its own."""
     out = []
-    for kind in sorted({r.dataset.split(":")[0] for r in rows}):
-        if kind == "qm9":
-            out.append(qm9_table(rows))
-        elif kind == "rmd17":
-            out.append(rmd17_table(rows))
+    for kind in sorted({group_of(r.dataset) for r in rows}):
+        ds = dataset_of(next(r.dataset for r in rows if group_of(r.dataset) == kind))
+        title = f"### {ds.paper_table}" if ds is not None and ds.paper_table else f"### {kind}"
+        if ds is not None and ds.table_layout == "targets":
+            out.append(_targets_table(kind, rows, title, ds.subsets))
         else:
-            out.append(_rows_by_dataset(kind, rows, f"### {kind}"))
+            out.append(_rows_by_dataset(kind, rows, title))
     note = ("Test MAE at the best validation epoch; mean ± std over seeds. w/ EDG: the λ > 0 with the lowest "
             "mean validation metric. Impr. = (w/o − w/) / w/o.")
     return "\n\n".join(out) + "\n\n" + note + "\n"
@@ -167,7 +168,7 @@ def markdown_tables(rows: list[TableRow]) -> str:
 
 def _rows_by_dataset(kind: str, rows: list[TableRow], title: str) -> str:
     """Rows = (dataset, metric), columns = student x (w/o EDG, w/ EDG, Impr.) for one family."""
-    sub = [r for r in rows if r.dataset.startswith(kind + ":")]
+    sub = [r for r in rows if group_of(r.dataset) == kind]
     students = _student_order(kind, {r.student for r in sub})
     head = ["Dataset", "Metric"] + [f"{s} {c}" for s in students for c in ("w/o EDG", "w/ EDG", "Impr.")]
     lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -207,7 +208,7 @@ def lambda_sweep_csv(results: list[dict]) -> str:
     w.writerow(["dataset", "student", "lambda", "seeds", "valid_select", "metric", "test_mean", "test_std"])
     for (d, s, lam), runs in sorted(_groups(results).items()):
         val = mean_std(r["valid"][r["select_metric"]] for r in runs)[0]
-        for metric in REPORTED_METRICS.get(d.split(":")[0], tuple(runs[0]["test"])):
+        for metric in reported_metrics(d, tuple(runs[0]["test"])):
             c = _cell(runs, "test", metric)
             w.writerow([d, s, f"{lam:g}", len(runs), f"{val:.6g}", metric, f"{c.mean:.6g}", f"{c.std:.6g}"])
     return buf.getvalue()
@@ -268,7 +269,7 @@ def plot_lambda_sweep(results: list[dict], out: str | Path) -> list[Path]:
     paths = []
     groups = _groups(results)
     for d, s in sorted({(d, s) for d, s, _ in groups}):
-        metrics = REPORTED_METRICS.get(d.split(":")[0], ("mae",))
+        metrics = reported_metrics(d, ("mae",))
         lams = sorted(lam for dd, ss, lam in groups if (dd, ss) == (d, s) and lam > 0)
         if not lams:
             continue
@@ -293,12 +294,14 @@ def plot_lambda_sweep(results: list[dict], out: str | Path) -> list[Path]:
 
 def plot_trajectory_errors(results: list[dict], out: str | Path, max_frames: int = 1000) -> list[Path]:
     """Figure 3: per-frame |error| of the test frames in trajectory order, baseline vs EDG (best lambda, seed
-    of the lowest id). Only for rMD17 runs (the frame index is the last field of the molecule id)."""
+    of the lowest id). Only for datasets whose molecule ids end with the frame index (the registry's
+    ``trajectory_ids``: rMD17)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     paths = []
-    for d, s in sorted({(r["dataset"], r["student"]) for r in results if r["dataset"].startswith("rmd17:")}):
+    on_trajectory = [r for r in results if getattr(dataset_of(r["dataset"]), "trajectory_ids", False)]
+    for d, s in sorted({(r["dataset"], r["student"]) for r in on_trajectory}):
         lam = best_lambda(results, d, s)
         chosen = {}
         for label, want in (("w/o EDG", 0.0), (f"w/ EDG (λ={lam:g})" if lam else "", lam)):
@@ -308,7 +311,7 @@ def plot_trajectory_errors(results: list[dict], out: str | Path, max_frames: int
                 chosen[label] = runs[0]
         if not chosen:
             continue
-        metrics = REPORTED_METRICS["rmd17"]
+        metrics = reported_metrics(d, ("mae",))
         fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 2.6 * len(metrics)), sharex=True, squeeze=False)
         for label, r in chosen.items():
             with np.load(Path(r["run_dir"]) / "test_errors.npz") as z:

@@ -1,4 +1,4 @@
-"""``edg data``: inspect sources, convert them to shards, write audit files of splits."""
+"""``edg data``: list datasets, inspect sources, convert them to shards, write audit files of splits."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-
 from edg.cluster.stage_args import add_overwrite_arg, add_worker_args
 from edg.edg_core.errors import DataSourceError, InvalidRecord
 from edg.edg_core.io import atomic_path, progress
@@ -17,6 +16,11 @@ def register(sub) -> None:
     p = sub.add_parser("data", help="inspect inputs, convert them to shards, write split files",
                        description="Data utilities: info, convert, split.")
     dsub = p.add_subparsers(dest="data_command", metavar="<data command>", required=True)
+
+    d = dsub.add_parser("datasets", help="list the registered datasets",
+                        description="Every dataset name a spec can start with: its subset, splits, options, "
+                                    "task targets and paper family (edg_core.datasets).")
+    d.set_defaults(func=cmd_datasets)
 
     i = dsub.add_parser("info", help="summarise a source or a shard folder",
                         description="Count records, atoms, elements and labels of an input spec or shards.")
@@ -29,7 +33,8 @@ def register(sub) -> None:
                                     "already in finished shards are skipped. Bad records go to "
                                     "<out>/failures.jsonl and the run continues.",
                         epilog="example: edg data convert --input embedded:qm9 --out runs/shards/qm9")
-    c.add_argument("--input", required=True, help="input spec, e.g. embedded, qm9:train, rmd17:aspirin:test")
+    c.add_argument("--input", required=True,
+                   help="input spec, e.g. embedded, qm9?split=train, rmd17:aspirin?split=test")
     c.add_argument("--out", required=True, help="output folder for <prefix>-NNNNNN.tar shards: a local path or an "
                                                 "fsspec URL (s3://bucket/shards, gs://..., each shard uploaded whole)")
     add_overwrite_arg(c)
@@ -43,7 +48,7 @@ def register(sub) -> None:
                         description="Write the split so anyone can audit it. qm9: 1-based QM9 gdb ids of "
                                     "split customized_01 (seed 42; 110,000/10,000/rest). rmd17:<molecule>: "
                                     "frame ids = indices into the original MD17 trajectory (950/50/1000).")
-    s.add_argument("dataset", help="qm9 or rmd17:<molecule>[?root=DIR&split_id=K]")
+    s.add_argument("dataset", help="a dataset spec, e.g. qm9 or rmd17:<molecule>[?root=DIR&split_id=K]")
     s.add_argument("--out", required=True, help="output .npz with keys train, valid, test")
     s.set_defaults(func=cmd_split)
 
@@ -111,26 +116,29 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def cmd_split(args) -> int:
-    spec = args.dataset
-    out = Path(args.out)
-    if spec.split("?")[0] == "qm9":
-        from edg.edg_core.readers.qm9 import load_qm9, split_customized_01
-        table = load_qm9()
-        parts = {k: table.gdb_id[v] for k, v in split_customized_01(len(table)).items()}
-        info = "QM9 split customized_01 (seed 42); values are 1-based QM9 gdb ids"
-    elif spec.startswith("rmd17:"):
-        from urllib.parse import parse_qsl
+def cmd_datasets(args) -> int:
+    from edg.edg_core.datasets import DATASETS
+    for ds in DATASETS.values():
+        form = ds.name if ds.name != "file" else "<path>"
+        if ds.subset and ds.name != "file":
+            form += f":<{ds.subset}>" if ds.subset_required else f"[:<{ds.subset}>]"
+        print(f"{form}: {ds.description}")
+        splits = f"; splits: {', '.join(ds.splits)} (default {ds.default_split})" if ds.splits else ""
+        print(f"    options: {', '.join(ds.record_options)}{splits}")
+        if ds.task:
+            print(f"    task: targets {', '.join(ds.targets)}; metrics {', '.join(ds.metrics)}; "
+                  f"paper family {ds.family}" + (f" ({ds.paper_table})" if ds.paper_table else ""))
+    return 0
 
-        from edg.edg_core.readers import load_rmd17, rmd17_root
-        base, _, q = spec.partition("?")
-        opts = dict(parse_qsl(q))
-        frames = load_rmd17(rmd17_root(opts.get("root")), base.split(":")[1], int(opts.get("split_id", 1)))
-        parts = {k: v.index for k, v in frames.items()}
-        info = (f"rMD17 {base.split(':')[1]} split {int(opts.get('split_id', 1)):02d}; "
-                "frame ids = indices into the original MD17 trajectory (old_indices), as in molecule ids")
-    else:
-        raise DataSourceError(f"edg data split: unknown dataset {spec!r}; use qm9 or rmd17:<molecule>")
+
+def cmd_split(args) -> int:
+    from edg.edg_core.datasets import DATASETS, resolve
+    spec = resolve(args.dataset)
+    out = Path(args.out)
+    if spec.dataset.split_members is None:
+        with_splits = ", ".join(n for n, d in DATASETS.items() if d.split_members)
+        raise DataSourceError(f"edg data split: {spec.name} has no fixed split; datasets with one: {with_splits}")
+    parts, info = spec.dataset.split_ids(spec)
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **parts, info=np.array(info))

@@ -16,7 +16,7 @@ def register(sub) -> None:
                     "per molecule) and the run continues. Runs in this process by default (using every core), "
                     "or on Ray actors with --actors N.",
         epilog="example: edg dft --input embedded:qm9?limit=4 --out runs/dft --basis sto-3g")
-    p.add_argument("--input", required=True, help="input spec (see `edg --help`), e.g. embedded:qm9, qm9:train")
+    p.add_argument("--input", required=True, help="input spec (see `edg --help`), e.g. embedded:qm9, qm9?split=train")
     p.add_argument("--out", required=True, help="output folder, or an fsspec URL (s3://bucket/dft: each result "
                                                 "file is uploaded whole by the worker that wrote it)")
     p.add_argument("--config", help="YAML config (e.g. a pipeline config): its `dft:` section sets DFTConfig "

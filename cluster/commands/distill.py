@@ -74,8 +74,9 @@ def register(sub) -> None:
     d = sub.add_parser("distill", help="train one student with or without EDG",
                        formatter_class=argparse.RawDescriptionHelpFormatter, description=DISTILL_HELP)
     d.add_argument("--student", help="student name (default: schnet)")
-    d.add_argument("--dataset", help="rmd17:<molecule> or qm9:<target> (default: rmd17:aspirin); task options may "
-                                     "follow: rmd17:aspirin?root=DIR&split_id=2 (same as --task root=DIR ...)")
+    d.add_argument("--dataset", help="a dataset spec with a task (edg data datasets): rmd17:<molecule> or "
+                                     "qm9:<target> (default: rmd17:aspirin); options may follow: "
+                                     "rmd17:aspirin?root=DIR&split_id=2&limit=100 (same as --task root=DIR ...)")
     d.add_argument("--lambda", dest="lambda_ed", type=float, help="EDG weight lambda (default: 0 = baseline)")
     d.add_argument("--seed", type=int, help="seed of init, shuffling (default: 42)")
     _common(d)
@@ -85,7 +86,8 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter, description=BENCHMARK_HELP)
     b.add_argument("--students", nargs="+", default=["schnet"])
     b.add_argument("--datasets", nargs="+", default=["rmd17:ethanol", "rmd17:aspirin"],
-                   help="rmd17:<molecule> / qm9:<target>, each optionally with ?root=DIR&... (see edg distill)")
+                   help="dataset specs with a task (edg data datasets), each optionally with ?root=DIR&... "
+                        "(see edg distill)")
     b.add_argument("--lambdas", nargs="+", type=float, default=[0.0, 0.1])
     b.add_argument("--seeds", nargs="+", type=int, default=[42])
     b.add_argument("--ray", action="store_true", help="run each grid point as a Ray task")

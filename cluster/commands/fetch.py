@@ -8,7 +8,7 @@ Download the official rMD17 archive (Christensen & von Lilienfeld 2020, figshare
 CC0), verify it, unpack it without letting any member escape --out, and check that
 every molecule's npz file and the split files are present and consistent. Then point EDG at the folder:
 
-  export EDG_RMD17_ROOT=DIR          # or add ?root=DIR to a spec: rmd17:aspirin:train?root=DIR
+  export EDG_RMD17_ROOT=DIR          # or add ?root=DIR to a spec: rmd17:aspirin?split=train&root=DIR
 
 --sha256 / --md5 check the archive (a mismatch deletes it and stops); without them the command prints the
 archive's digests so you can compare them with the ones figshare shows. A rerun on a finished folder

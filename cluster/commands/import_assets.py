@@ -75,8 +75,8 @@ def register(sub) -> None:
                            help="rMD17: their drug_id are rows of this rmd17_<molecule>.npz (the figshare archive); "
                                 "our ids are its old_indices (MD17 frame numbers). Replaces --id-format")
             f.add_argument("--row-ids", default=None,
-                           help="an input spec whose molecules, in order, name the rows (e.g. 'qm9' for their "
-                                "Geom3D QM9 file without drug_id). Replaces --id-format")
+                           help="an input spec whose molecules, in order, name the rows (e.g. qm9?split=all "
+                                "for their Geom3D QM9 file without drug_id). Replaces --id-format")
             f.set_defaults(func=cmd_teacher_features)
 
 

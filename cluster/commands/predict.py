@@ -10,7 +10,7 @@ predicted energy and forces as extended XYZ (ASE, OVITO and EDG read it). Only t
 used (torch.load weights_only); the EDG head is not needed at inference.
 
 --model is the run folder <out>/<run> (holding result.json and best_student.pt) or best_student.pt itself.
---input is any input spec (a .xyz/.extxyz/.sdf/.mol file, 'rmd17:ethanol:test?root=DIR', smiles:CCO, ...);
+--input is any input spec (a .xyz/.extxyz/.sdf/.mol file, 'rmd17:ethanol?split=test&root=DIR', smiles:CCO, ...);
 records that cannot be read go to <out>.failures.jsonl and the rest are predicted.
 rMD17 students predict kcal/mol and kcal/mol/Å; --units eV (default, ASE's convention) converts them.
 From Python: train.ase_calculator.EDGCalculator(run folder) is an ASE calculator (MD, optimisation).
@@ -18,7 +18,7 @@ From Python: train.ase_calculator.EDGCalculator(run folder) is an ASE calculator
 Example:
   edg distill --dataset 'rmd17:ethanol?root=embedded' --epochs 5 --out runs/distill
   edg predict --model runs/distill/schnet__rmd17-ethanol__lam0__seed42 \\
-      --input 'rmd17:ethanol:test?root=embedded' --out ethanol_pred.extxyz
+      --input 'rmd17:ethanol?split=test&root=embedded' --out ethanol_pred.extxyz
 """
 
 

@@ -154,3 +154,71 @@ def split_customized_01(n: int = N_MOLECULES, seed: int = 42) -> dict[str, np.nd
         np.random.set_state(rng_state)
     a, b = SPLIT_SIZES["train"], SPLIT_SIZES["train"] + SPLIT_SIZES["valid"]
     return {"train": perm[:a], "valid": perm[a:b], "test": perm[b:]}
+
+
+def load_qm9_embedded() -> QM9Table:
+    """The 40 QM9 molecules shipped inside the package as a ``QM9Table`` (raw targets recovered from the
+    Geom3D values the file holds). For demos and tests only."""
+    from .sources import embedded_path
+    from .xyz import read_xyz
+    mols = list(read_xyz(embedded_path("qm9")))
+    zs = [m.z for m in mols]
+    geom3d = np.array([[m.labels[t] for t in TARGETS] for m in mols], dtype=np.float64)
+    offsets = np.concatenate([[0], np.cumsum([len(z) for z in zs])]).astype(np.int64)
+    return QM9Table(np.array([int(m.id.split(":")[1]) for m in mols], dtype=np.int64), np.concatenate(zs),
+                    np.concatenate([m.pos for m in mols]), offsets, raw_targets(geom3d, zs),
+                    np.array([m.smiles or "" for m in mols]))
+
+
+def raw_targets(geom3d: np.ndarray, zs: list[np.ndarray]) -> np.ndarray:
+    """The inverse of ``geom3d_targets``: Geom3D targets (M, 12) -> raw QM9 units."""
+    out = np.array(geom3d, dtype=np.float64, copy=True)
+    col = {t: i for i, t in enumerate(TARGETS)}
+    for name in _EV_TARGETS:
+        out[:, col[name]] /= HARTREE_IN_EV
+    for m, z in enumerate(zs):
+        ref = np.sum([ATOMREF[int(a)] for a in z], axis=0)
+        for j, name in enumerate(("U0", "U", "H", "G")):
+            out[m, col[name]] += ref[j]
+        out[m, col["Cv"]] += CV_ATOMREF * len(z)
+    return out
+
+
+def qm9_table(root: str | None) -> QM9Table:
+    """All of QM9 (``root``: a qm9pack data folder, default the installed package's), or the embedded 40
+    molecules for ``root="embedded"``."""
+    return load_qm9_embedded() if root == "embedded" else load_qm9(root)
+
+
+def qm9_split(n: int, seed: int = 42) -> dict[str, np.ndarray]:
+    """``split_customized_01`` for the full table; for a smaller one (the embedded molecules) the same
+    permutation cut 2/3 train, 1/6 valid, the rest test."""
+    if n == N_MOLECULES:
+        return split_customized_01(n, seed)
+    rng = np.random.RandomState(seed)
+    perm = rng.permutation(n)
+    a, b = (2 * n) // 3, (2 * n) // 3 + n // 6
+    return {"train": perm[:a], "valid": perm[a:b], "test": perm[b:]}
+
+
+def open_qm9(spec):
+    """``qm9[:<target>]?split=train|valid|test|all``: molecules with their 12 Geom3D targets as labels."""
+    from .sources import Source
+    split = spec.split
+    table = qm9_table(spec.root)
+    idx = None if split == "all" else qm9_split(len(table))[split]
+    n = len(table) if idx is None else len(idx)
+
+    def make():
+        for m in table.molecules(idx):
+            m.labels["split"] = split
+            yield m
+    return Source(str(spec), make, length=n, limit=spec.limit)
+
+
+def split_members(spec) -> tuple[dict[str, np.ndarray], str]:
+    """1-based QM9 gdb ids of each split of ``customized_01`` (seed 42)."""
+    table = qm9_table(spec.root)
+    parts = {k: table.gdb_id[v] for k, v in qm9_split(len(table)).items()}
+    how = "customized_01 (seed 42)" if len(table) == N_MOLECULES else f"of the {len(table)} embedded molecules"
+    return parts, f"QM9 split {how}; values are 1-based QM9 gdb ids"

@@ -18,6 +18,7 @@ Where the data comes from: ``edg fetch rmd17 --out DIR`` downloads the official 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def _read_index_csv(path: Path) -> np.ndarray:
 def load_rmd17_embedded(molecule: str) -> dict[str, RMD17Frames]:
     """The rMD17 frames shipped inside the package (24 ethanol, 16 aspirin; see edg_core/data/README.md),
     split 2/3 train, 1/6 validation, 1/6 test in file order. For demos and tests only."""
-    from . import embedded_path
+    from .sources import embedded_path
     from .xyz import read_xyz
     _check_molecule(molecule)
     mols = [m for m in read_xyz(embedded_path("rmd17")) if m.id.startswith(f"rmd17:{molecule}:")]
@@ -241,3 +242,38 @@ def fetch_rmd17(out: str | Path, url: str = OFFICIAL_URL, sha256: str | None = N
     d = dataclasses.asdict(digests)
     write_json_atomic(marker, {"url": url, "digests": d, "frames": counts})
     return _layout_root(out), d
+
+
+def rmd17_root(root: str | None = None) -> Path | str:
+    """The rMD17 folder to read: ``root`` if given (``"embedded"`` selects the embedded frames), else the first
+    of ``$EDG_RMD17_ROOT``, ./data/rmd17, ../shared/data/rmd17 that exists."""
+    if root == "embedded":
+        return root
+    cands = [root] if root else [os.environ.get("EDG_RMD17_ROOT"), "data/rmd17", "../shared/data/rmd17"]
+    for c in cands:
+        if c and Path(c).exists():
+            return Path(c)
+    raise DataSourceError(f"rMD17 data not found (looked in {[str(c) for c in cands if c]}): add ?root=DIR to the "
+                          "spec (rmd17:aspirin?split=train&root=DIR, --dataset rmd17:aspirin?root=DIR; "
+                          "?root=embedded for the frames shipped in the package), or set EDG_RMD17_ROOT=DIR; "
+                          "download the data with: edg fetch rmd17 --out DIR")
+
+
+def _splits_of(spec) -> dict[str, RMD17Frames]:
+    return load_rmd17(rmd17_root(spec.root), spec.subset, int(spec.option("split_id", "1")))
+
+
+def open_rmd17(spec):
+    """``rmd17:<molecule>?split=...``: the frames of one split (default train) as molecules."""
+    from .sources import Source
+    split = spec.split
+    frames = _splits_of(spec)[split]
+    return Source(str(spec), lambda: frames.molecules(split), length=len(frames), limit=spec.limit)
+
+
+def split_members(spec) -> tuple[dict[str, np.ndarray], str]:
+    """Frame ids (indices into the original MD17 trajectory) of each split, and what they are."""
+    sid = int(spec.option("split_id", "1"))
+    parts = {k: v.index for k, v in _splits_of(spec).items()}
+    return parts, (f"rMD17 {spec.subset} split {sid:02d}; frame ids = indices into the original MD17 "
+                   "trajectory (old_indices), as in molecule ids")

@@ -1,12 +1,14 @@
-"""Supervised tasks for students: QM9 (one of 12 targets) and rMD17 (energy + forces of one molecule).
+"""Supervised tasks for students, one per dataset with a task in the registry (``edg_core.datasets``):
+QM9 (one of 12 targets) and rMD17 (energy + forces of one molecule).
 
-``build_task("rmd17:aspirin", train_size=100)`` or ``build_task("qm9:U0")``; keyword overrides are fields of
-``RMD17Config`` / ``QM9Config``.
+``build_task("rmd17:aspirin", train_size=100)`` or ``build_task("qm9:U0")``: a dataset spec in the one grammar
+(``edg_core.spec``; options after ``?`` are task options, ``limit=N`` caps each split) plus keyword overrides,
+fields of the dataset's task config (``RMD17Config`` / ``QM9Config``); explicit overrides win.
 """
 from __future__ import annotations
 
-from edg.edg_core.config import ConfigError, from_dict, unknown_name
-from edg.edg_core.errors import DataSourceError
+from edg.edg_core.datasets import datasets_with_tasks, resolve
+from edg.edg_core.spec import TASK
 
 from .base import Prediction, Task
 from .packed import Batch, PackedMolecules
@@ -14,54 +16,33 @@ from .qm9 import QM9Config, QM9Task
 from .rmd17 import RMD17Config, RMD17Task
 
 __all__ = ["build_task", "Task", "Prediction", "Batch", "PackedMolecules", "QM9Config", "QM9Task",
-           "RMD17Config", "RMD17Task", "DATASET_KINDS", "parse_dataset", "validate_dataset"]
+           "RMD17Config", "RMD17Task", "dataset_kinds", "parse_dataset", "validate_dataset"]
 
-DATASET_KINDS = ("qm9:<target>", "rmd17:<molecule>")
+
+def dataset_kinds() -> tuple[str, ...]:
+    """``("qm9:<target>", "rmd17:<molecule>", ...)``: the datasets that have a task, as help text."""
+    return tuple(f"{d.name}:<{d.subset}>" if d.subset else d.name for d in datasets_with_tasks())
 
 
 def parse_dataset(spec: str) -> tuple[str, dict]:
     """``"rmd17:aspirin?root=DIR&split_id=2"`` -> ``("rmd17:aspirin", {"root": "DIR", "split_id": 2})``: the
-    dataset name and its task options (values parsed as YAML scalars, like ``--task KEY=VALUE``)."""
-    from urllib.parse import parse_qsl
-
+    dataset (canonical, without options) and its task options (values read as YAML scalars, like
+    ``--task KEY=VALUE``; ``root`` kept as text)."""
     import yaml
-    name, _, query = spec.partition("?")
-    opts = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        opts[key.replace("-", "_")] = yaml.safe_load(value) if value else None
-    return name, opts
+    ds = resolve(spec, TASK)
+    opts = {k: (v if k == "root" else yaml.safe_load(v) if v else None) for k, v in ds.options}
+    return str(ds.base), opts
 
 
 def validate_dataset(dataset: str, **overrides) -> None:
-    """Check a dataset spec and its task options without loading the data: the kind, the rMD17 molecule or
-    QM9 target, the option names, and (rMD17) that the files are where the root says. Raises ``ConfigError``
-    or ``DataSourceError`` with the valid names / the advice that fixes it."""
-    from edg.edg_core.readers import rmd17_root
-    from edg.edg_core.readers.qm9 import TARGETS
-    from edg.edg_core.readers.rmd17 import check_available
-    name, opts = parse_dataset(dataset)
-    overrides = {**opts, **overrides}
-    kind, _, what = name.partition(":")
-    if kind == "rmd17" and what:
-        cfg = from_dict(RMD17Config, {"molecule": what, **overrides}, where=f"task {name}")  # checks the values
-        check_available(rmd17_root(cfg.root), what, cfg.split_id)
-    elif kind == "qm9" and what:
-        if what not in TARGETS:
-            raise unknown_name("QM9 target", what, TARGETS)
-        from_dict(QM9Config, {"target": what, **overrides}, where=f"task {name}")
-    else:
-        raise ConfigError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASET_KINDS)} "
-                          "(options after '?', e.g. rmd17:aspirin?root=DIR)")
+    """Check a dataset spec and its task options without loading the data: the dataset, its subset (rMD17
+    molecule, QM9 target), the option names and values, and (rMD17) that the files are where the root says.
+    Raises ``ConfigError`` or ``DataSourceError`` with the valid names / the advice that fixes it."""
+    spec = resolve(dataset, TASK)
+    spec.dataset.task_class().check_spec(spec, overrides)
 
 
 def build_task(dataset: str, **overrides) -> Task:
-    """A task from a dataset spec ``qm9:<target>`` or ``rmd17:<molecule>`` plus config overrides; options
-    may also follow the spec (``rmd17:aspirin?root=DIR``; explicit ``overrides`` win)."""
-    dataset, opts = parse_dataset(dataset)
-    overrides = {**opts, **overrides}
-    kind, _, name = dataset.partition(":")
-    if kind == "rmd17" and name:
-        return RMD17Task(from_dict(RMD17Config, {"molecule": name, **overrides}, where=f"task {dataset}"))
-    if kind == "qm9" and name:
-        return QM9Task(from_dict(QM9Config, {"target": name, **overrides}, where=f"task {dataset}"))
-    raise DataSourceError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASET_KINDS)}")
+    """The task a dataset spec names (``qm9:<target>``, ``rmd17:<molecule>``) with config ``overrides``."""
+    spec = resolve(dataset, TASK)
+    return spec.dataset.task_class().from_spec(spec, overrides)

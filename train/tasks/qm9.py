@@ -13,16 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edg.edg_core.readers.qm9 import GEOM3D_UNITS, TARGETS, QM9Table, geom3d_targets, load_qm9, split_customized_01
+from edg.edg_core.readers.qm9 import GEOM3D_UNITS, TARGETS, QM9Table, geom3d_targets, qm9_split, qm9_table
 
-from .base import Prediction, loss_fn
+from .base import Prediction, loss_fn, task_config
 from .packed import Batch, PackedMolecules
 
 
 @dataclass
 class QM9Config:
     target: str = "U0"               # one of mu alpha homo lumo gap r2 zpve U0 U H G Cv
-    root: str | None = None          # qm9pack data folder (default: the installed package's)
+    root: str | None = None          # qm9pack data folder (default: the installed package's); "embedded": 40
+    #                                  shipped molecules
     split_seed: int = 42
     train_size: int | None = None    # first N of each split (None: all); the paper uses all
     valid_size: int | None = None
@@ -51,12 +52,21 @@ class QM9Task:
     needs_forces = False
     select_metric = "mae"
 
+    @classmethod
+    def check_spec(cls, spec, overrides: dict) -> QM9Config:
+        """The config of ``spec`` (``qm9:<target>``), checked, without loading data."""
+        return task_config(QM9Config, spec, overrides, target=spec.subset)
+
+    @classmethod
+    def from_spec(cls, spec, overrides: dict) -> QM9Task:
+        return cls(cls.check_spec(spec, overrides))
+
     def __init__(self, cfg: QM9Config, table: QM9Table | None = None):
         self.cfg = cfg
         self.name = f"qm9:{cfg.target}"
         self.units = {"mae": GEOM3D_UNITS.get(cfg.target, "?")}
-        table = table if table is not None else load_qm9(cfg.root)
-        split = split_customized_01(len(table), seed=cfg.split_seed)
+        table = table if table is not None else qm9_table(cfg.root)
+        split = qm9_split(len(table), seed=cfg.split_seed)
         sizes = {"train": cfg.train_size, "valid": cfg.valid_size, "test": cfg.test_size}
         packed = {k: pack_table(table, split[k][:sizes[k]], cfg.target) for k in ("train", "valid", "test")}
         self.train, self.valid, self.test = packed["train"], packed["valid"], packed["test"]

@@ -22,9 +22,9 @@ import torch
 
 from edg.edg_core.config import unknown_name
 from edg.edg_core.readers import load_rmd17, rmd17_root
-from edg.edg_core.readers.rmd17 import MOLECULES
+from edg.edg_core.readers.rmd17 import MOLECULES, check_available
 
-from .base import Prediction, loss_fn
+from .base import Prediction, loss_fn, task_config
 from .packed import Batch, PackedMolecules
 
 UNITS = {"energy_mae": "kcal/mol", "force_mae": "kcal/mol/Å", "weighted_mae": "kcal/mol(/Å)",
@@ -73,6 +73,18 @@ class RMD17Task:
     out_dim = 1
     needs_forces = True
     units = UNITS
+
+    @classmethod
+    def check_spec(cls, spec, overrides: dict) -> RMD17Config:
+        """The config of ``spec`` (``rmd17:<molecule>``), checked, and that its files are where the root says
+        (no array is read)."""
+        cfg = task_config(RMD17Config, spec, overrides, molecule=spec.subset)
+        check_available(rmd17_root(cfg.root), cfg.molecule, cfg.split_id)
+        return cfg
+
+    @classmethod
+    def from_spec(cls, spec, overrides: dict) -> RMD17Task:
+        return cls(task_config(RMD17Config, spec, overrides, molecule=spec.subset))
 
     def __init__(self, cfg: RMD17Config):
         self.cfg = cfg  # names checked by RMD17Config

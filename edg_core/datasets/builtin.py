@@ -1,0 +1,42 @@
+"""The built-in datasets. A new one is one ``register(Dataset(...))`` here, naming its reader (and task)."""
+from __future__ import annotations
+
+from ..readers.qm9 import GEOM3D_UNITS
+from ..readers.qm9 import TARGETS as QM9_TARGETS
+from ..readers.rmd17 import MOLECULES as RMD17_MOLECULES
+from . import Dataset, register
+
+READERS = "edg.edg_core.readers"
+
+register(Dataset(
+    name="qm9", description="QM9 (qm9pack), Geom3D targets, split customized_01; ?root=embedded: 40 shipped "
+                            "molecules", reader=f"{READERS}.qm9:open_qm9",
+    subset="target", subset_label="QM9 target", subsets=QM9_TARGETS, task_needs_subset=True,
+    splits=("train", "valid", "test", "all"), default_split="all", options=("root",),
+    task="edg.train.tasks.qm9:QM9Task", targets=QM9_TARGETS, metrics=("mae",), units=dict(GEOM3D_UNITS),
+    family="qm9", paper_table="Table 1: QM9", table_layout="targets",
+    split_members=f"{READERS}.qm9:split_members"))
+
+register(Dataset(
+    name="rmd17", description="rMD17 energies and forces of one molecule (split id 1..5: 950/50/1000 frames); "
+                              "?root=embedded: frames shipped in the package", reader=f"{READERS}.rmd17:open_rmd17",
+    subset="molecule", subset_label="rMD17 molecule", subsets=RMD17_MOLECULES, subset_required=True,
+    splits=("train", "valid", "test"), default_split="train", options=("root", "split_id"),
+    task="edg.train.tasks.rmd17:RMD17Task", targets=("energy", "forces"),
+    metrics=("energy_mae", "force_mae"), units={"energy": "kcal/mol", "forces": "kcal/mol/Å",
+                                                "energy_mae": "kcal/mol", "force_mae": "kcal/mol/Å"},
+    family="rmd17", paper_table="Table 2: rMD17", table_layout="rows", trajectory_ids=True,
+    split_members=f"{READERS}.rmd17:split_members"))
+
+register(Dataset(
+    name="embedded", description="the small data set shipped inside the package (embedded:qm9, embedded:rmd17)",
+    reader=f"{READERS}.sources:open_embedded", subset="part", subset_label="embedded part",
+    subsets=("qm9", "rmd17"), units={"energy": "kcal/mol", "forces": "kcal/mol/Å"}))  # labels of the rmd17 part
+
+register(Dataset(
+    name="smiles", description="SMILES given inline, comma-separated (RDKit ETKDG + MMFF conformers)",
+    reader=f"{READERS}.sources:open_smiles", subset="smiles", subset_label="SMILES list", subset_required=True))
+
+register(Dataset(
+    name="file", description="a .xyz/.extxyz, .sdf/.mol or .smi file (written as its path)",
+    reader=f"{READERS}.sources:open_file", subset="path", subset_label="file path", subset_required=True))
