@@ -122,7 +122,6 @@ class _NpzWriter:
 
     def save(self, out) -> None:
         import numpy as np
-
         from edg.edg_core.io import atomic_path
         with atomic_path(out) as tmp:
             with open(tmp, "wb") as f:

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from edg.edg_core.lease import LEASE_NAME, LeaseHeld, LeaseHolder
 from edg.edg_core.run_folder import MARKER, LeaseSettings, RunFolder, RunFolderRefused
 

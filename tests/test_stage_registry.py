@@ -66,7 +66,6 @@ def test_declarations_import_neither_ray_nor_cluster_and_the_cli_imports_no_decl
 
 def test_stop_after_lists_the_registry(capsys):
     import pytest
-
     from edg.cluster.cli import main
     with pytest.raises(SystemExit):
         main(["pipeline", "--help"])

@@ -45,7 +45,6 @@ def _items(args):
 
 def _preview(args, cfg, worker, path: Path) -> None:
     import torch
-
     from edg.render.contact_sheet import contact_sheet
     from edg.render.reference import PyMOLReference, pymol_available
     from edg.render.stage import RenderActor
