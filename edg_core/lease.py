@@ -34,6 +34,7 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from .errors import EDGError
+from .io import temp_name, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +123,13 @@ class LocalLeaseFile:
             return None
 
     def replace(self, data: bytes) -> None:
-        tmp = f"{self.path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, self.path)
+        write_bytes_atomic(self.path, data)  # temp file + rename: a reader sees the old or the new lease
 
     def remove_if(self, expected: bytes) -> bool:
-        """Remove the lease file if it still holds ``expected``; False (nothing removed) otherwise."""
-        aside = f"{self.path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.stale"
+        """Remove the lease file if it still holds ``expected``; False (nothing removed) otherwise. The file is
+        first renamed aside (a temp name that the next run removes if this process dies here)."""
+        folder, name = os.path.split(self.path)
+        aside = os.path.join(folder, temp_name(name))
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:

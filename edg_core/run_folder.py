@@ -78,6 +78,8 @@ class DFTLayout:
 
 # files that writers upload whole and readers read in place, at any depth of a run: never in a working copy
 BULKY = (*DFTLayout.BULKY, *(f"*/{g}" for g in DFTLayout.BULKY), "*.tar", "*.tar.keys")
+# nor the lease, which lives at the run's location only (a copy pushed back could overwrite a newer one)
+NOT_MIRRORED = (*BULKY, LEASE_NAME)
 
 
 def _refusal(location: str, local: Path | None) -> str | None:
@@ -279,7 +281,7 @@ class _LazyMirror:
 
     def get(self) -> storage.Mirror:
         if self._mirror is None:
-            self._mirror = storage.Mirror(self.url, local=self.work_dir, exclude=BULKY,
+            self._mirror = storage.Mirror(self.url, local=self.work_dir, exclude=NOT_MIRRORED,
                                           temporary=self.temporary and self.work_dir is None)
         return self._mirror
 

@@ -155,6 +155,8 @@ def test_the_lease_on_an_fsspec_url_refuses_a_live_holder_and_takes_over_an_expi
         with pytest.raises(LeaseHeld, match=f"{url}: another EDG run is writing here"):
             RunFolder.open(url)
         assert run.remote
+        run.pull()  # the working copy gets the marker, never the lease (a stale copy pushed back would clobber it)
+        assert (run.local / MARKER).exists() and not (run.local / LEASE_NAME).exists()
     assert not fs.exists(f"{root}/{LEASE_NAME}")
     fs.pipe_file(f"{root}/{LEASE_NAME}", stale_lease(age_s=1000))
     with RunFolder.open(url) as run:
