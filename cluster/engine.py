@@ -1,8 +1,9 @@
 """The one stage driver: ``run_stage(stage, items, out, workers)`` runs any batch stage of EDG.
 
-A ``Stage`` is declared once (``cluster/stages.py``): its name, the worker class that turns a batch of items
-into a ``BatchResult`` (``edg_core.stage``), the worker's keyword arguments, how an item is keyed, and its
-output ``Sink``. The driver
+A ``Stage`` is what the driver runs: its name, the worker class that turns a batch of items into a
+``BatchResult`` (``edg_core.stage``), the worker's keyword arguments, how an item is keyed, and its output
+``Sink``. A stage of the pipeline is declared once in its package (``edg_core.stage.StageSpec``) and becomes a
+``Stage`` with ``cluster.stages.batch_stage``. The driver
 
 1. reads what the run folder ``out`` (``edg_core.run_folder.RunFolder``, opened by the command; a path or URL
    from Python callers is opened here) already holds: the sink's finished keys and the failure manifest
