@@ -28,6 +28,7 @@ def unknown_name(what: str, name: str, known) -> ConfigError:
     import difflib
     near = difflib.get_close_matches(name, list(known), n=1)
     hint = f" (did you mean {near[0]!r}?)" if near else ""
+    name = name if len(name) <= MAX_SHOWN else name[:MAX_SHOWN - 3] + "..."
     return ConfigError(f"unknown {what} {name!r}{hint}; known: {', '.join(known)}")
 
 
@@ -37,6 +38,20 @@ def _field_types(cls) -> dict[str, Any]:
 
 def _is_dataclass_type(t) -> bool:
     return isinstance(t, type) and dataclasses.is_dataclass(t)
+
+
+MAX_SHOWN = 80  # characters of a value quoted in an error message
+
+
+def shown(value) -> str:
+    """``repr(value)`` for an error message, at most ``MAX_SHOWN`` characters; formatting stops early (reprlib:
+    a few levels and items), so a huge value costs no more than a small one."""
+    import reprlib
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 3, 6, 6, 6, 6
+    r.maxstring = r.maxother = r.maxlong = MAX_SHOWN
+    text = r.repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
 
 
 def _type_name(t) -> str:
@@ -49,7 +64,7 @@ def _coerce(value, t, where: str):
     """``value`` checked against the annotation ``t`` (and converted where YAML cannot say it: list -> tuple,
     int -> float); a mismatch is a ``ConfigError`` naming the place, the value and the expected type."""
     def bad():
-        return ConfigError(f"{where}: {value!r} is not a valid {_type_name(t)}")
+        return ConfigError(f"{where}: {shown(value)} is not a valid {_type_name(t)}")
     origin, args = typing.get_origin(t), typing.get_args(t)
     if t is typing.Any or t is object:
         return value
@@ -67,13 +82,13 @@ def _coerce(value, t, where: str):
             return value
         if isinstance(value, dict):
             return from_dict(t, value, where)
-        raise ConfigError(f"{where}: expected a mapping of {t.__name__} fields, got {value!r}")
+        raise ConfigError(f"{where}: expected a mapping of {t.__name__} fields, got {shown(value)}")
     if origin in (tuple, list) or t in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise bad()
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise ConfigError(f"{where}: {value!r} must have {len(args)} items ({_type_name(t)})")
+                raise ConfigError(f"{where}: {shown(value)} must have {len(args)} items ({_type_name(t)})")
             items = [_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
         else:
             inner = args[0] if args else typing.Any
@@ -111,39 +126,83 @@ def from_dict(cls: type[C], data: dict | None, where: str = "config") -> C:
     value and the expected type, before any work starts.
     """
     if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {data!r}")
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {shown(data)}")
     data = dict(data or {})
     hints = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+        raise ConfigError(f"{where}: unknown key(s) {shown(unknown)}; known: {sorted(names)}")
     kwargs = {name: _coerce(value, hints[name], f"{where}: {name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{where}: {str(e)[:200]}") from None
 
 
 def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
+MAX_CONFIG_VALUES = 100_000  # values (scalars, keys, lists, mappings) a config may hold once aliases are expanded
+MAX_CONFIG_BYTES = 4 << 20  # a larger config file is not parsed
+
+
 def read_yaml(path: str | Path) -> dict:
-    """A YAML config file as a dict (``{}`` when empty); a missing file or a non-mapping is a ``ConfigError``."""
+    """A YAML config file as a dict (``{}`` when empty); a missing file, a non-mapping, a file over
+    ``MAX_CONFIG_BYTES``, nesting deeper than the parser goes, or YAML aliases that expand to more than
+    ``MAX_CONFIG_VALUES`` values (a "billion laughs" bomb: PyYAML shares aliased nodes, but every reader of the
+    result walks them expanded) or refer to themselves is a one-line ``ConfigError``."""
     import yaml
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist (shipped examples: configs/*.yaml)")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes, over the {MAX_CONFIG_BYTES} a config file may have")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deep to parse") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
+    _check_expanded_size(data, path)
     return data
+
+
+def _check_expanded_size(data, path) -> None:
+    """Refuse ``data`` when, counted with every alias expanded, it holds more than ``MAX_CONFIG_VALUES`` values,
+    or when a container contains itself. Each shared node is counted once and reused, so the check costs the
+    number of distinct nodes (bounded by the file), not the expanded size."""
+    sizes: dict[int, int] = {}  # id(container) -> its expanded size
+    open_: set[int] = set()  # containers being counted (a cycle comes back to one of them)
+
+    def size(v) -> int:
+        if not isinstance(v, (dict, list, set)):
+            return 1
+        key = id(v)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise ConfigError(f"{path}: a YAML alias refers to a node that contains it (a cycle); refused")
+        open_.add(key)
+        total = 1 + (len(v) if isinstance(v, dict) else 0)  # the container and its keys
+        for x in (v.values() if isinstance(v, dict) else v):
+            total += size(x)
+            if total > MAX_CONFIG_VALUES:
+                raise ConfigError(f"{path}: the YAML holds more than {MAX_CONFIG_VALUES} values once its aliases "
+                                  "are expanded (an alias bomb?); refused")
+        open_.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(data)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deep to check") from None
 
 
 def load_yaml(cls: type[C], path: str | Path, section: str | None = None) -> C:

@@ -182,21 +182,96 @@ def encode_sample(mol: Molecule, *, grid: CubeGrid | None = None, ed=None, esp=N
 
 
 REQUIRED_MEMBERS = ("meta.json", "z.npy", "pos.npy")  # every sample has them (``encode_sample``)
+MAX_JSON_MEMBER_BYTES = 4 << 20  # a meta.json or grid.json over 4 MiB is not parsed (a QM9 meta.json: ~300 B)
+
+
+def json_member(data: bytes, name: str):
+    """The value of a JSON member; ``ValueError`` (one line) when it is over ``MAX_JSON_MEMBER_BYTES``, not
+    UTF-8 JSON, or nested deeper than Python's parser goes (about 1,000 levels)."""
+    if len(data) > MAX_JSON_MEMBER_BYTES:
+        raise ValueError(f"{name} has {len(data)} bytes, over the cap of {MAX_JSON_MEMBER_BYTES} for JSON members")
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{name} is nested too deep to parse") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{name} is not JSON ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def _meta(data: bytes) -> dict:
+    """A sample's meta.json: a JSON object of this schema version (``ValueError`` otherwise)."""
+    meta = json_member(data, "meta.json")
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta.json holds a JSON {type(meta).__name__}, not an object")
+    if meta.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"schema version {str(meta.get('schema'))[:40]} != {SCHEMA_VERSION} (this EDG)")
+    if not isinstance(meta.get("labels", {}), dict):
+        raise ValueError("meta.json: 'labels' is not a JSON object")
+    for field, kind in (("id", str), ("charge", int), ("multiplicity", int)):
+        if type(meta.get(field)) is not kind:
+            raise ValueError(f"meta.json: {field!r} is {str(meta.get(field))[:40]!r}, not a JSON "
+                             f"{'string' if kind is str else 'integer'}")
+    return meta
+
+
+def npy_shape(data: bytes, name: str) -> tuple[int, ...]:
+    """The shape in the header of .npy bytes, read without the array data (``ValueError`` if unreadable)."""
+    from numpy.lib import format as npf
+    f = io.BytesIO(data)
+    try:
+        version = npf.read_magic(f)
+        header = npf.read_array_header_1_0 if version == (1, 0) else npf.read_array_header_2_0
+        shape, _, dtype = header(f)
+    except Exception as e:
+        raise ValueError(f"member {name!r} cannot be decoded ({type(e).__name__}: {str(e)[:120]})") from None
+    if dtype.hasobject:
+        raise ValueError(f"member {name!r} holds Python objects (pickled), which shards never carry")
+    return tuple(shape)
+
+
+def sample_problem(sample: dict[str, Any]) -> str | None:
+    """Why a raw sample (member bytes) is unusable, or ``None``. Cheap (JSON members parsed, array headers
+    read, no array data): a required member missing, a meta.json that is not a JSON object of this schema,
+    ``z`` not 1-D, ``pos`` not (len(z), 3), ED/ESP arrays whose shape is not the grid.json shape. Shared by
+    ``iter_shard`` (so extraction, ``edg data info`` and training all see it) and ``decode_sample``."""
+    try:
+        if "meta.json" in sample:
+            _meta(sample["meta.json"])
+        shapes = {n[:-4]: npy_shape(sample[n], n) for n in ("z.npy", "pos.npy", "ed.npy", "esp.npy") if n in sample}
+        grid = CubeGrid.from_dict(json_member(sample["grid.json"], "grid.json")) if "grid.json" in sample else None
+    except ValueError as e:
+        return str(e)
+    except (TypeError, KeyError) as e:  # CubeGrid.from_dict: a grid.json of another layout
+        return f"grid.json cannot be decoded ({type(e).__name__}: {str(e)[:120]})"
+    members = sorted(k for k in sample if not k.startswith("__"))
+    if "meta.json" not in sample:
+        return f"sample has no meta.json (members: {members})"
+    missing = [m for m in REQUIRED_MEMBERS if m not in sample]
+    if missing:
+        return f"sample lacks member(s) {missing} (members: {members})"
+    z, pos = shapes["z"], shapes["pos"]
+    if len(z) != 1:
+        return f"z has shape {z}, expected (N,)"
+    if pos != (z[0], 3):
+        return f"pos has shape {pos} but z has {z[0]} atoms: expected ({z[0]}, 3)"
+    for name in ("ed", "esp"):
+        if name in shapes and (grid is None or shapes[name] != tuple(grid.shape)):
+            return f"{name} has shape {shapes[name]} but grid.json says {grid.shape if grid else 'nothing (absent)'}"
+    return None
 
 
 def decode_sample(sample: dict[str, Any], torch_tensors: bool = True) -> dict[str, Any]:
-    """Member bytes -> Python/numpy (or torch) values; a damaged sample (``__error__`` from ``iter_shard``), a
-    missing required member or an unknown or undecodable one raises ``ShardError`` naming shard and key."""
+    """Member bytes -> Python/numpy (or torch) values; a damaged sample (``__error__`` from ``iter_shard``), any
+    ``sample_problem`` (missing member, bad JSON, inconsistent arrays) or an unknown or undecodable member raises
+    ``ShardError`` naming shard and key."""
     where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
     if "__error__" in sample:
         raise ShardError(f"{where}: {sample['__error__']}")
+    problem = sample_problem(sample)
+    if problem:
+        raise ShardError(f"{where}: {problem}")
     out: dict[str, Any] = {"__key__": sample.get("__key__"), "__url__": sample.get("__url__")}
-    try:
-        meta = json.loads(sample["meta.json"])
-    except KeyError:
-        raise ShardError(f"{where}: sample has no meta.json (members: {sorted(sample)})") from None
-    if meta.get("schema") != SCHEMA_VERSION:
-        raise ShardError(f"{where}: schema version {meta.get('schema')} != {SCHEMA_VERSION} (this EDG)")
+    meta = _meta(sample["meta.json"])
     out["meta"] = meta
     labels = dict(meta.get("labels", {}))
     for k, v in sample.items():
@@ -204,7 +279,7 @@ def decode_sample(sample: dict[str, Any], torch_tensors: bool = True) -> dict[st
             continue
         try:
             if k == "grid.json":
-                out["grid"] = CubeGrid.from_dict(json.loads(v))
+                out["grid"] = CubeGrid.from_dict(json_member(v, k))
             elif k.startswith("lab.") and k.endswith(".npy"):
                 labels[k[4:-4]] = from_npy_bytes(v)
             elif k == "z.npy":
@@ -222,10 +297,6 @@ def decode_sample(sample: dict[str, Any], torch_tensors: bool = True) -> dict[st
             raise
         except Exception as e:  # corrupt member bytes
             raise ShardError(f"{where}: member {k!r} cannot be decoded ({type(e).__name__}: {e})") from None
-    missing = [m for m in REQUIRED_MEMBERS if m not in sample]
-    if missing:
-        raise ShardError(f"{where}: sample lacks member(s) {missing} (members: "
-                         f"{sorted(k for k in sample if not k.startswith('__'))})")
     out["labels"] = labels
     if torch_tensors:
         import torch
@@ -466,26 +537,71 @@ def check_complete(path: str | Path) -> None:
         raise ShardError(f"{path}: truncated shard ({size} bytes, no end-of-archive marker)")
 
 
+def member_name_problem(name: str) -> str | None:
+    """Why a tar member name is not a safe ``<key>.<member>`` name, or ``None``: an absolute path, a ``..``
+    component, a control character, or no key before the first dot. Such a member is never read."""
+    if name.startswith("/") or name.startswith("\\"):
+        return f"member name {name[:120]!r} is an absolute path"
+    if ".." in name.replace("\\", "/").split("/"):
+        return f"member name {name[:120]!r} has a '..' component"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"member name {name[:120]!r} has a control character"
+    if not _member_key(name):
+        return f"member name {name[:120]!r} has no key before its first '.'"
+    return None
+
+
+def _member_key(name: str) -> str:
+    """The sample key of a member name: everything before the first '.' of its last path component (the
+    WebDataset grouping rule)."""
+    folder, _, base = name.rpartition("/")
+    key = base.partition(".")[0]
+    return f"{folder}/{key}" if folder and key else key
+
+
+def _headers(tar: tarfile.TarFile, end: int) -> Iterator[tarfile.TarInfo]:
+    """The members of ``tar`` (a file of ``end`` bytes), past a header whose size runs beyond the end of the
+    file: tarfile would seek there and stop; the next header is looked for right after the lying one."""
+    for m in tar:
+        yield m
+        if m.offset_data + m.size > end:
+            tar.offset = m.offset_data
+
+
 def iter_shard(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
     """Raw samples (member bytes) of one shard, grouped by key.
 
     A shard that is not a whole tar file raises ``ShardError``. Damage inside a whole file costs only the
-    samples it touches, which come with an ``__error__`` (reason) instead of being dropped silently: a member
-    over ``max_member_bytes`` (not read), and a corrupt member header in the middle of the tar, where Python's
-    tarfile would stop silently. Reading goes on at the next valid header, so the samples after the damage
-    are kept; the sample right after it (which may have lost members) is marked, and a warning names the
-    byte offset and the keys around it."""
+    samples it touches, which come with an ``__error__`` (reason) instead of being dropped silently:
+    a member name that is absolute or has a ``..`` component (``member_name_problem``; not read), a member over
+    ``max_member_bytes`` (not read), a member whose header claims more bytes than the file holds (reading
+    resumes at the next header after it), a key used by an earlier sample of the shard (adjacent or not), a
+    member tarfile cannot extract, a sample ``sample_problem`` rejects (bad JSON, inconsistent arrays), and a
+    corrupt member header in the middle of the tar, where Python's tarfile would stop silently. Reading goes
+    on at the next valid header, so the samples after the damage are kept; the sample right after a corrupt
+    header (which may have lost members) is marked, and a warning names the byte offset and the keys around
+    it."""
     import logging
     check_complete(path)
+    end = storage.size(path)
     cur: dict[str, Any] | None = None
     expected = 0  # where the next header should start
     gaps: list[list] = []  # [start, end, key before, damaged key]
     mark_next: str | None = None
     keys: list[str] = []
+    seen: set[str] = set()  # keys of the samples already read from this shard
+
+    def finished(sample):
+        if "__error__" not in sample:
+            problem = sample_problem(sample)
+            if problem:
+                sample["__error__"] = problem
+        return sample
+
     try:
         with open_read(path) as f, tarfile.open(fileobj=f, mode="r:", ignore_zeros=True) as tar:
-            for m in tar:
-                if m.offset != expected:  # tarfile skipped blocks to get here: zero padding or a damaged header
+            for m in _headers(tar, end):
+                if m.offset != expected and expected >= 0:  # tarfile skipped blocks: padding or a damaged header
                     if _nonzero(path, expected, m.offset):
                         gaps.append([expected, m.offset, cur["__key__"] if cur else None, None])
                         mark_next = (f"next to a corrupt tar header at byte {expected} "
@@ -493,36 +609,54 @@ def iter_shard(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> It
                 expected = m.offset_data + ((m.size + 511) // 512) * 512
                 if not m.isfile():
                     continue
-                key, _, ext = m.name.partition(".")
+                key, ext = _member_key(m.name), m.name[len(_member_key(m.name)) + 1:]
                 if cur is None or cur["__key__"] != key:
                     if cur is not None:
-                        yield cur
+                        yield finished(cur)
                     cur = {"__key__": key, "__url__": str(path)}
                     keys.append(key)
+                    if key in seen:
+                        cur["__error__"] = (f"the key {key!r} is used again by another sample of this shard "
+                                            f"(member {m.name} at byte {m.offset})")
+                    seen.add(key)
                 if mark_next:
                     cur["__error__"], mark_next = mark_next, None
                     gaps[-1][3] = key
-                if m.size > max_member_bytes:
-                    cur["__error__"] = f"member {m.name} has {m.size} bytes, over the cap of {max_member_bytes}"
+                bad_name = member_name_problem(m.name)
+                if bad_name:
+                    cur.setdefault("__error__", bad_name)
                     continue
-                data = tar.extractfile(m).read()
+                if m.offset_data + m.size > end:  # a lying size: the members after it are still in the file
+                    cur.setdefault("__error__", f"member {m.name} claims {m.size} bytes but the shard ends "
+                                                f"{end - m.offset_data} bytes after its header")
+                    expected = -1  # _headers resumes right after it: the blocks until then are its data
+                    continue
+                if m.size > max_member_bytes:
+                    cur.setdefault("__error__", f"member {m.name} has {m.size} bytes, over the cap of "
+                                                f"{max_member_bytes}")
+                    continue
+                try:
+                    data = tar.extractfile(m).read()
+                except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+                    cur.setdefault("__error__", f"member {m.name} cannot be extracted ({type(e).__name__}: {e})")
+                    continue
                 if len(data) != m.size:
-                    raise ShardError(f"{path}: member {m.name} truncated")
+                    cur.setdefault("__error__", f"member {m.name} truncated ({len(data)} of {m.size} bytes)")
+                    continue
                 if ext in cur:  # two samples with one key side by side would merge silently
                     cur["__error__"] = f"member {m.name} appears twice: two samples share the key {key!r}"
                 cur[ext] = data
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ShardError(f"{path}: corrupt or truncated shard ({type(e).__name__}: {e})") from None
-    end = storage.size(path)
-    if _nonzero(path, expected, end):  # damage after the last readable member
+    if expected >= 0 and _nonzero(path, expected, end):  # damage after the last readable member
         gaps.append([expected, end, cur["__key__"] if cur else None, None])
     if cur is not None:
-        yield cur
-    for start, end, before, damaged in gaps:
+        yield finished(cur)
+    for start, stop, before, damaged in gaps:
         after = len(keys) - keys.index(damaged) - 1 if damaged else 0
         logging.getLogger(__name__).warning(
             "%s: corrupt tar header at byte %d (%d bytes skipped, after sample %s): sample %s is failed (it may "
-            "have lost members); reading went on: %d samples after it were read", path, start, end - start,
+            "have lost members); reading went on: %d samples after it were read", path, start, stop - start,
             before, damaged, after)
 
 
@@ -564,7 +698,7 @@ def shard_keys(spec) -> set[str]:
         check_complete(p)
         try:
             with open_read(p) as f, tarfile.open(fileobj=f, mode="r:", ignore_zeros=True) as tar:
-                keys.update(m.name.partition(".")[0] for m in tar.getmembers())  # past damaged headers too
+                keys.update(_member_key(m.name) for m in _headers(tar, storage.size(p)))  # past damage too
         except (tarfile.TarError, OSError) as e:
             raise ShardError(f"{p}: corrupt or truncated shard ({e})") from None
     return keys

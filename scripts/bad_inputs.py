@@ -59,7 +59,7 @@ class Case:
     code: int
     message: str
     kept: int | None
-    count: str = "shards"          # shards | images | results | trained | none
+    count: str = "shards"          # shards | images | results | trained | info | fetched | none
     slow: bool = False             # marked slow in tests/test_bad_inputs.py (none is: every row takes seconds)
     env: dict = field(default_factory=dict)
     fsize_limit: int | None = None  # run in a child process with RLIMIT_FSIZE (a full disk)
@@ -99,7 +99,7 @@ def _shards(d: Path, damage: str) -> None:
     """Six samples with synthetic 32-px images, one of them damaged as ``damage`` says."""
     from edg.edg_core.readers import open_source
     from edg.edg_core.shards import ShardWriter, encode_sample
-    from edg.train.data import synthetic_images
+    from edg.train.data.shards import synthetic_images
     mols = list(open_source("embedded:qm9?limit=6").molecules())
     with ShardWriter(d / "shards", "synthetic", maxcount=100) as w:
         for i, m in enumerate(mols):
@@ -119,10 +119,128 @@ def _shards(d: Path, damage: str) -> None:
         shard.write_bytes(bytes(data))
 
 
+def _lying_shards(d: Path, damage: str) -> None:
+    """Six samples with synthetic 32-px images in one shard assembled header by header (as a hostile writer
+    would), the third one (qm9:3) damaged as ``damage`` says; no key index, so readers scan the tar."""
+    from edg.edg_core.readers import open_source
+    from edg.edg_core.shards import encode_sample, npy_bytes
+    from edg.train.data.shards import synthetic_images
+    members, claimed = [], {}
+    for i, m in enumerate(open_source("embedded:qm9?limit=6").molecules()):
+        ed, st = synthetic_images(m.z, m.pos, 32)
+        s = encode_sample(m, edimg=ed, stimg=st)
+        key = s["__key__"]
+        if i == 2:
+            if damage == "not-object":
+                s["meta.json"] = b"[1, 2, 3]"
+            elif damage == "bad-json":
+                s["meta.json"] = b'{"schema": 1, "id": '
+            elif damage == "deep":
+                s["meta.json"] = b"[" * 100_000 + b"]" * 100_000
+            elif damage == "z-pos":
+                s["pos.npy"] = npy_bytes(m.pos[:2])
+            elif damage == "huge-size":
+                claimed[f"{key}.meta.json"] = 10 * 10**9
+            elif damage == "absolute":
+                key = "/etc/qm9:3"
+            elif damage == "dotdot":
+                key = "../../qm9:3"
+        names = sorted(k for k in s if not k.startswith("__"))
+        members += [(f"{key}.{n}", s[n]) for n in names]
+    if damage == "duplicate":  # the first sample again, after the others
+        members += [(n, b) for n, b in members if n.startswith("qm9:1.")]
+    blocks = []
+    for name, data in members:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = claimed.get(name, len(data)), 0o444, 0
+        blocks += [info.tobuf(tarfile.GNU_FORMAT), data, b"\0" * (-len(data) % 512)]
+    (d / "shards").mkdir()
+    (d / "shards" / "synthetic-000000.tar").write_bytes(b"".join(blocks) + b"\0" * 1024)
+
+
+def _pickle(d: Path, kind: str) -> None:
+    """Hostile pickles written opcode by opcode: a 59-byte ``bytearray(4 GiB)``, ``numpy.ndarray((2e5, 1e5))``."""
+    def glob(module, name):
+        return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+    def long(n):
+        raw = n.to_bytes(8, "little").rstrip(b"\0")
+        return b"\x8a" + bytes([len(raw)]) + raw
+    if kind == "bytearray":
+        blob = b"\x80\x02" + glob("builtins", "bytearray") + long(4 << 30) + b"\x85R."
+    else:
+        blob = b"\x80\x02" + glob("numpy", "ndarray") + long(200_000) + long(100_000) + b"\x86\x85R."
+    (d / "feats.pkl").write_bytes(blob)
+
+
+def _refused_pth(d: Path) -> None:
+    import datetime
+
+    import torch
+    torch.save({"ED_teacher": {"w": torch.zeros(2)}, "when": datetime.date(2020, 1, 1)}, d / "teacher.pth")
+
+
+def _allocating_pth(d: Path) -> None:
+    """A zip-format checkpoint whose pickle calls bytearray(1.5 GiB), which torch's weights-only loader allows."""
+    import zipfile
+
+    import torch
+    torch.save({"w": torch.zeros(2)}, d / "teacher.pth")
+    with zipfile.ZipFile(d / "teacher.pth") as z:
+        records = {i.filename: z.read(i) for i in z.infolist()}
+    size = (3 << 30) // 2
+    call = b"cbuiltins\nbytearray\n\x8a\x04" + size.to_bytes(4, "little") + b"\x85R"
+    with zipfile.ZipFile(d / "teacher.pth", "w", zipfile.ZIP_STORED) as z:
+        for name, data in records.items():
+            z.writestr(name, b"\x80\x02}X\x01\x00\x00\x00w" + call + b"s." if name.endswith("/data.pkl") else data)
+
+
+def _archive(d: Path, kind: str) -> None:
+    """An archive to ``edg fetch`` from a file:// URL (nothing reaches the network)."""
+    members: list[tuple[str, bytes | None]] = [("rmd17/readme.txt", b"x" * 100)]
+    if kind == "marker":
+        forged = {"url": "x", "digests": {"sha256": "0" * 64, "md5": "0" * 32, "size": 1}}
+        members.append((".edg-fetched.json", json.dumps(forged).encode()))
+    elif kind == "file-then-folder":
+        members += [("rmd17/npz_data", b"a file"), ("rmd17/npz_data/rmd17_ethanol.npz", b"x")]
+    elif kind == "truncated":
+        import random
+        rng = random.Random(0)
+        members += [(f"rmd17/f{i}.bin", rng.randbytes(400_000)) for i in range(4)]
+    path = d / "archive.tar.bz2"
+    with tarfile.open(path, "w:bz2") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    if kind == "truncated":  # cut inside the last bz2 block: the first files are whole
+        path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.8)])
+
+
+def _marker(d: Path, content: bytes) -> None:
+    (d / "data").mkdir()
+    (d / "data" / ".edg-fetched.json").write_bytes(content)
+
+
+def _alias_bomb(d: Path) -> None:
+    """About 1 KB of YAML whose list-valued dft.esp_band expands to 9^9 strings through aliases."""
+    items = ["&l0 [" + ", ".join(["lol"] * 9) + "]"]
+    items += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    (d / "bomb.yaml").write_text("dft:\n  esp_band: [" + ", ".join(items) + "]\n")
+
+
 def _truncate_one_result(d: Path) -> None:
     from edg.dft.worker import result_files
     p = Path(sorted(result_files(d / "out"))[0])
     p.write_bytes(p.read_bytes()[:-100])
+
+
+def info(folder: str = "shards") -> list[str]:
+    return ["data", "info", f"{{d}}/{folder}", "--json"]
+
+
+def fetch(*extra: str) -> list[str]:
+    return ["fetch", "rmd17", "--url", "file://{d}/archive.tar.bz2", "--out", "{d}/data", *extra]
 
 
 DFT = ["dft", "--local", "--basis", "sto-3g", "--grid-level", "0", "--conv-tol", "1e-7"]
@@ -248,6 +366,93 @@ CASES = [
          {"shards": lambda d: _shards(d, "bomb")}, PRETRAIN, 0,
          r"qm9:3: member 'edimg\.u8z' cannot be decoded \(ValueError: u8z payload does not inflate to the 24576 bytes",
          5, count="trained"),
+    # ---- issue 23: shards that lie (a member name, a key, a size, the JSON, the arrays)
+    Case("shard-absolute-name", "shard: a member named with an absolute path (training)",
+         {"shards": lambda d: _lying_shards(d, "absolute")}, PRETRAIN, 0,
+         r"bad sample skipped: .*\.tar:/etc/qm9:3: member name '/etc/qm9:3\.\S+' is an absolute path", 5,
+         count="trained"),
+    Case("shard-dotdot-name", "shard: a member named with a '..' component (edg data info)",
+         {"shards": lambda d: _lying_shards(d, "dotdot")}, info(), 0,
+         r"\.tar:\.\./\.\./qm9:3: member name '\.\./\.\./qm9:3\.\S+' has a '\.\.' component", 5, count="info"),
+    Case("shard-duplicate-key", "shard: a key used again further on in the shard (edg data info)",
+         {"shards": lambda d: _lying_shards(d, "duplicate")}, info(), 0,
+         r"\.tar:qm9:1: the key 'qm9:1' is used again by another sample of this shard", 6, count="info"),
+    Case("shard-10gb-header", "shard: a member header claiming 10 GB (training)",
+         {"shards": lambda d: _lying_shards(d, "huge-size")}, PRETRAIN, 0,
+         r"bad sample skipped: .*\.tar:qm9:3: member qm9:3\.meta\.json claims 10000000000 bytes but the shard ends",
+         5, count="trained"),
+    Case("shard-meta-not-object", "shard: a meta.json that is a JSON list (training)",
+         {"shards": lambda d: _lying_shards(d, "not-object")}, PRETRAIN, 0,
+         r"bad sample skipped: .*\.tar:qm9:3: meta\.json holds a JSON list, not an object", 5, count="trained"),
+    Case("shard-meta-bad-json", "shard: a meta.json that is not JSON (edg data info)",
+         {"shards": lambda d: _lying_shards(d, "bad-json")}, info(), 0,
+         r"\.tar:qm9:3: meta\.json is not JSON \(JSONDecodeError", 5, count="info"),
+    Case("shard-meta-deep", "shard: a meta.json nested 10^5 deep (training)",
+         {"shards": lambda d: _lying_shards(d, "deep")}, PRETRAIN, 0,
+         r"bad sample skipped: .*\.tar:qm9:3: meta\.json is nested too deep to parse", 5, count="trained"),
+    Case("shard-z-pos-mismatch", "shard: z and pos of different lengths (training)",
+         {"shards": lambda d: _lying_shards(d, "z-pos")}, PRETRAIN, 0,
+         r"bad sample skipped: .*\.tar:qm9:3: pos has shape \(2, 3\) but z has \d+ atoms", 5, count="trained"),
+    Case("shard-meta-deep-extract", "shard: a meta.json nested 10^5 deep (edg extract)",
+         {"shards": lambda d: _lying_shards(d, "deep")},
+         ["extract", "imageed-features", "--model", "{d}/run", "--shards", "{d}/shards", "--out", "{d}/out",
+          "--device", "cpu"], 0, r"meta\.json is nested too deep to parse", 5, before=PRETRAIN),
+    Case("shard-lies-over-threshold", "shard: a JSON bad sample over --max-bad-samples (training stops)",
+         {"shards": lambda d: _lying_shards(d, "not-object")}, [*PRETRAIN, "--max-bad-samples", "0"], 2,
+         r"1 bad samples in one pass, over max_bad_samples=0 \(first: .*qm9:3: meta\.json holds a JSON list", None,
+         count="none"),
+    # ---- issue 23: pickles that ask for too much
+    Case("pickle-bytearray-4gib", "pickle: 59 bytes asking bytearray(4 GiB)",
+         {"feats.pkl": lambda d: _pickle(d, "bytearray")},
+         ["import", "ed-features", "--src", "{d}/feats.pkl", "--out", "{d}/fu.npz"], 2,
+         r"feats\.pkl: the pickle asks builtins\.bytearray for 4294967296 bytes \(a zero-filled buffer\), over the "
+         r"limit of 1073741824 bytes \(raise it with EDG_PICKLE_MAX_BYTES\); refused before allocating", None,
+         count="none"),
+    Case("pickle-ndarray-huge", "pickle: numpy.ndarray((200000, 100000))",
+         {"feats.pkl": lambda d: _pickle(d, "ndarray")},
+         ["import", "ed-features", "--src", "{d}/feats.pkl", "--out", "{d}/fu.npz"], 2,
+         r"feats\.pkl: the pickle asks numpy\.ndarray for 160000000000 bytes \(shape \(200000, 100000\) of float64\)",
+         None, count="none"),
+    Case("pth-refused-global", "teacher .pth naming a global torch refuses", {"teacher.pth": _refused_pth},
+         ["import", "teacher", "--src", "{d}/teacher.pth", "--out", "{d}/teacher.pt"], 2,
+         r"teacher\.pth: the file refers to datetime\.date, which is not plain data \(tensors, containers, numbers\); "
+         r"refused without running it", None,
+         count="none"),
+    Case("pth-allocating-constructor", "teacher .pth whose pickle calls bytearray(1.5 GiB)",
+         {"teacher.pth": _allocating_pth},
+         ["import", "teacher", "--src", "{d}/teacher.pth", "--out", "{d}/teacher.pt"], 2,
+         r"teacher\.pth: the checkpoint calls builtins\.bytearray, which allocates what its arguments ask and which a "
+         r"checkpoint of tensors never needs; refused without running it", None, count="none"),
+    # ---- issue 23: archives and markers that lie
+    Case("fetch-marker-checksum", "fetch: a rerun with a checksum other than the one the marker records",
+         {"data": lambda d: _marker(d, json.dumps({"url": "u", "digests": {"sha256": "ab" * 32, "md5": "cd" * 16,
+                                                                            "size": 9}}).encode())},
+         fetch("--sha256", "ef" * 32), 2,
+         r"fetched before, per \.edg-fetched\.json\): sha256 is (ab){32}, expected (ef){32}", None, count="none"),
+    Case("fetch-marker-member", "fetch: an archive member named like the completion marker",
+         {"archive.tar.bz2": lambda d: _archive(d, "marker")}, fetch(), 2,
+         r"member '\.edg-fetched\.json' uses the reserved name '\.edg-fetched\.json' \(EDG's completion marker\)",
+         0, count="fetched"),
+    Case("fetch-truncated-bz2", "fetch: a multi-block bz2 archive cut short",
+         {"archive.tar.bz2": lambda d: _archive(d, "truncated")}, fetch(), 2,
+         r"truncated or corrupt archive \(EOFError: Compressed file ended before the end-of-stream marker was "
+         r"reached\); nothing was extracted", 0, count="fetched"),
+    Case("fetch-file-then-folder", "fetch: an archive path that is a file and then a folder",
+         {"archive.tar.bz2": lambda d: _archive(d, "file-then-folder")}, fetch(), 2,
+         r"member 'rmd17/npz_data/rmd17_ethanol\.npz' needs 'rmd17/npz_data' to be a folder, but it is a file", 0,
+         count="fetched"),
+    Case("fetch-malformed-marker", "fetch: a completion marker that is not EDG's",
+         {"data": lambda d: _marker(d, b'{"url": "u", "digests": "none"}')}, fetch(), 2,
+         r"\.edg-fetched\.json: not a completion marker EDG wrote \(no 'url' string or 'digests' object\); delete "
+         r"\S+ to fetch again", None, count="none"),
+    # ---- issue 23: config alias bombs
+    Case("config-alias-bomb-dft", "config: 1 KB YAML alias bomb in a list field (edg dft)", {"bomb.yaml": _alias_bomb},
+         [*DFT, "--input", "embedded:qm9?limit=1", "--out", "{d}/out", "--config", "{d}/bomb.yaml"], 2,
+         r"bomb\.yaml: the YAML holds more than 100000 values once its aliases are expanded \(an alias bomb\?\); "
+         r"refused", 0, count="results"),
+    Case("config-alias-bomb-pipeline", "config: 1 KB YAML alias bomb (edg pipeline)", {"bomb.yaml": _alias_bomb},
+         ["pipeline", "--config", "{d}/bomb.yaml", "--out", "{d}/out"], 2,
+         r"bomb\.yaml: the YAML holds more than 100000 values once its aliases are expanded", None, count="none"),
 ]
 
 
@@ -310,16 +515,31 @@ def _kept(case: Case, d: Path, output: str) -> int | None:
         from edg.edg_core.shards import shard_keys
         return len(shard_keys(d / "img"))
     if case.count == "results":
+        if not (d / "out").exists():
+            return 0
         from edg.dft.worker import done_keys
         return len(done_keys(d / "out"))
+    if case.count == "info":  # the good samples edg data info read
+        return _info_json(output)["molecules"]
+    if case.count == "fetched":  # files an edg fetch left in its folder (none after a failure)
+        return sum(1 for p in (d / "data").rglob("*") if p.is_file()) if (d / "data").exists() else 0
     # trained: samples in the shards minus the distinct ones the reader named as bad (training went on: exit 0)
     from edg.edg_core.shards import shard_keys
     bad = set(re.findall(r"bad sample skipped: \S+?\.tar:(\S+): ", output))
     return len(shard_keys(d / "shards")) - len(bad)
 
 
+def _info_json(output: str) -> dict:
+    """The JSON object ``edg data info --json`` printed (its first line is ``{``)."""
+    start = output.index("{\n") if output.startswith("{\n") else output.index("\n{\n") + 1
+    return json.JSONDecoder().raw_decode(output[start:])[0]
+
+
 def _message(case: Case, d: Path, output: str) -> str:
-    """The failure-manifest reason of the bad record when there is one, else the matching output line."""
+    """The failure-manifest reason of the bad record when there is one, ``edg data info``'s first invalid
+    record, else the matching output line."""
+    if case.count == "info":
+        return (_info_json(output).get("first_invalid") or ["no invalid record"])[0]  # "shard:key: reason"
     for f in (d / "out" / "failures.jsonl", d / "img" / "failures.jsonl"):
         if f.exists():
             for line in f.read_text().splitlines():
@@ -373,9 +593,10 @@ DOC_HEAD = """# Bad inputs: what each command does with them
 Produced by `scripts/bad_inputs.py --write docs/bad_inputs.md` (and checked row by row by
 `tests/test_bad_inputs.py`): every row writes a fixture with good records around one bad record (or one bad
 option, URL or resource), runs the real `edg` command, and checks the exit code, the message (the reason in the
-failure manifest `<out>/failures.jsonl`, else the error or log line) and how many good records reached the
-output (samples in the shards, DFT result files, or for training: the samples in the shards minus those the
-reader named as bad, training having gone on to the end). Exit code 0 with a
+failure manifest `<out>/failures.jsonl`, `edg data info`'s first invalid record, else the error or log line) and
+how many good records reached the output (samples in the shards, DFT result files, the good samples `edg data
+info` counted, the files an `edg fetch` left in its folder (none after a failure), or for training: the samples
+in the shards minus those the reader named as bad, training having gone on to the end). Exit code 0 with a
 failure-manifest entry means: the bad record was reported and the job went on; exit code 2 means a clear
 one-line error before (or instead of) any work. `.` is the case's folder.
 

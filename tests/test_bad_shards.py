@@ -1,9 +1,12 @@
-"""Damaged or hostile shards (issue 12): decompression bombs, oversized members, a corrupt header in the middle
-of a tar, bad samples in a training pass. Each costs only the samples it touches, and is named."""
+"""Damaged or hostile shards (issues 12 and 23): decompression bombs, oversized members, a corrupt header in the
+middle of a tar, bad samples in a training pass, member names that escape, keys used twice, headers that lie about
+sizes, JSON that is not an object or nests too deep, arrays that disagree. Each costs only the samples it touches,
+and is named, in every reader."""
 from __future__ import annotations
 
 import io
 import logging
+import re
 import struct
 import tarfile
 import zlib
@@ -13,7 +16,8 @@ import pytest
 
 from edg.edg_core.errors import ShardError
 from edg.edg_core.readers import open_source
-from edg.edg_core.shards import ShardWriter, decode_images_u8, encode_sample, iter_shard, read_samples, shard_keys
+from edg.edg_core.shards import (ShardWriter, decode_images_u8, encode_sample, iter_shard, npy_bytes, read_samples,
+                                 shard_keys)
 
 
 def _convert(out, n=5, **images):
@@ -87,7 +91,7 @@ def test_a_corrupt_header_mid_tar_is_reported_and_the_samples_after_it_are_kept(
 
 
 def test_training_reader_skips_bad_samples_up_to_a_threshold(tmp_path, monkeypatch):
-    from edg.train.data import ShardImages, synthetic_images
+    from edg.train.data.shards import ShardImages, synthetic_images
     mols = list(open_source("embedded:qm9?limit=6").molecules())
     with ShardWriter(tmp_path, maxcount=100) as w:
         for i, m in enumerate(mols):
@@ -116,3 +120,141 @@ def test_two_samples_with_one_key_are_not_merged_silently(tmp_path):
         w.write(twin)
     (raw,) = list(iter_shard(tmp_path / "shard-000000.tar"))
     assert "appears twice: two samples share the key 'qm9:1'" in raw["__error__"]
+
+
+# ---------------------------------------------------------------- issue 23: shards that lie
+def _members(n=5) -> list[tuple[str, bytes]]:
+    """(name, bytes) of ``n`` good samples, in the order ShardWriter writes them."""
+    out = []
+    for m in open_source(f"embedded:qm9?limit={n}").molecules():
+        s = encode_sample(m)
+        out += [(f"{s['__key__']}.{k}", s[k]) for k in sorted(k for k in s if not k.startswith("__"))]
+    return out
+
+
+def _tar(path, members, claimed: dict | None = None) -> None:
+    """A tar file of ``members`` assembled block by block, so that a header may claim a size (``claimed``:
+    name -> bytes) other than the data that follows it, as a hostile writer would."""
+    blocks = []
+    for name, data in members:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = (claimed or {}).get(name, len(data)), 0o444, 0
+        blocks += [info.tobuf(tarfile.GNU_FORMAT), data, b"\0" * (-len(data) % 512)]
+    path.write_bytes(b"".join(blocks) + b"\0" * 1024)
+
+
+def _bad(path) -> dict[str, str]:
+    return {r["__key__"]: r["__error__"] for r in iter_shard(path) if "__error__" in r}
+
+
+def test_absolute_and_dotdot_member_names_are_bad_samples_that_are_not_read(tmp_path):
+    members = _members(3)
+    evil = [("/etc/qm9:9.meta.json", b"{}"), ("../../qm9:8.z.npy", b"x"), ("qm9:7/../../x.pos.npy", b"y")]
+    _tar(tmp_path / "s.tar", members[:3] + evil + members[3:])
+    raw = list(iter_shard(tmp_path / "s.tar"))
+    assert [r["__key__"] for r in raw if "__error__" not in r] == ["qm9:1", "qm9:2", "qm9:3"]
+    bad = _bad(tmp_path / "s.tar")
+    assert bad == {"/etc/qm9:9": "member name '/etc/qm9:9.meta.json' is an absolute path",
+                   "../../qm9:8": "member name '../../qm9:8.z.npy' has a '..' component",
+                   "qm9:7/../../x": "member name 'qm9:7/../../x.pos.npy' has a '..' component"}
+    assert all(len(r) == 3 for r in raw if "__error__" in r)  # key, url, error: no member bytes were kept
+
+
+def test_a_key_used_twice_anywhere_in_a_shard_is_a_bad_sample(tmp_path):
+    members = _members(3)
+    again = [(n, d) for n, d in members if n.startswith("qm9:1.")]
+    _tar(tmp_path / "s.tar", members + again)  # qm9:1, qm9:2, qm9:3, qm9:1 again (not adjacent)
+    raw = list(iter_shard(tmp_path / "s.tar"))
+    assert [r["__key__"] for r in raw] == ["qm9:1", "qm9:2", "qm9:3", "qm9:1"]
+    assert "__error__" not in raw[0] and "__error__" not in raw[2]
+    assert raw[3]["__error__"].startswith("the key 'qm9:1' is used again by another sample of this shard")
+
+
+def test_a_member_claiming_10_gb_costs_only_its_sample(tmp_path):
+    members = _members(4)
+    liar = next(n for n, _ in members if n.startswith("qm9:2.") and n.endswith("meta.json"))
+    _tar(tmp_path / "s.tar", members, claimed={liar: 10 * 10**9})
+    raw = list(iter_shard(tmp_path / "s.tar"))
+    assert [r["__key__"] for r in raw] == ["qm9:1", "qm9:2", "qm9:3", "qm9:4"]
+    assert list(_bad(tmp_path / "s.tar")) == ["qm9:2"]
+    assert "member qm9:2.meta.json claims 10000000000 bytes but the shard ends" in raw[1]["__error__"]
+    good = [s["meta"]["id"] for s in _decodable(tmp_path / "s.tar")]
+    assert good == ["qm9:1", "qm9:3", "qm9:4"]
+
+
+def _decodable(path) -> list[dict]:
+    from edg.edg_core.shards import decode_sample
+    out = []
+    for r in iter_shard(path):
+        try:
+            out.append(decode_sample(r, torch_tensors=False))
+        except ShardError:
+            pass
+    return out
+
+
+def _with(members, key: str, member: str, data: bytes):
+    return [(n, data if n == f"{key}.{member}" else d) for n, d in members]
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize("member, data, reason", [
+    ("meta.json", b"[1, 2]", "meta.json holds a JSON list, not an object"),
+    ("meta.json", b"{not json", "meta.json is not JSON (JSONDecodeError"),
+    ("meta.json", DEEP, "meta.json is nested too deep to parse"),
+    ("meta.json", b'{"schema": 1, "id": 7, "charge": 0, "multiplicity": 1}',
+     "meta.json: 'id' is '7', not a JSON string"),
+    ("pos.npy", None, "pos has shape (2, 3) but z has 4 atoms: expected (4, 3)"),
+    ("z.npy", b"\x93NUMPY garbage", "member 'z.npy' cannot be decoded"),
+])
+def test_every_decoding_error_is_a_named_bad_sample_in_every_reader(member, data, reason, tmp_path, capsys,
+                                                                     monkeypatch):
+    from edg.cluster.cli import main
+    from edg.train.data.shards import raw_samples
+    if data is None:  # z/pos length mismatch
+        data = npy_bytes(np.zeros((2, 3)))
+    (tmp_path / "s").mkdir()
+    _tar(tmp_path / "s" / "s-000000.tar", _with(_members(4), "qm9:2", member, data))
+    # the raw reader extraction uses
+    errors = {r["__key__"]: r.get("__error__") for r in raw_samples(tmp_path / "s")}
+    assert [k for k, e in errors.items() if e] == ["qm9:2"] and reason in errors["qm9:2"]
+    # edg data info: counted as invalid, named, the scan goes on
+    assert main(["data", "info", str(tmp_path / "s"), "--json"]) == 0
+    import json
+    info = json.loads(capsys.readouterr().out)
+    assert (info["molecules"], info["invalid"]) == (3, 1) and reason in info["first_invalid"][0]
+    # training's reader (webdataset pipeline): one bad sample within --max-bad-samples, over it a clear stop
+    from edg.edg_core.shards import webdataset_pipeline
+    out = list(webdataset_pipeline(tmp_path / "s", torch_tensors=False, bad_samples="yield"))
+    assert [s["__key__"] for s in out if "__error__" in s] == ["qm9:2"] and reason in out[1]["__error__"]
+    with pytest.raises(ShardError, match=rf"s-000000\.tar:qm9:2: {re.escape(reason)}"):
+        list(read_samples(tmp_path / "s", torch_tensors=False))
+
+
+def test_json_bad_samples_count_toward_max_bad_samples_in_training(tmp_path, monkeypatch):
+    from edg.train.data.shards import ShardImages, synthetic_images
+    mols = list(open_source("embedded:qm9?limit=5").molecules())
+    with ShardWriter(tmp_path, maxcount=100) as w:
+        for i, m in enumerate(mols):
+            ed, st = synthetic_images(m.z, m.pos, 32)
+            s = encode_sample(m, edimg=ed, stimg=st)
+            if i == 1:
+                s["meta.json"] = DEEP
+            if i == 3:
+                s["pos.npy"] = npy_bytes(np.zeros((1, 3)))
+            w.write(s)
+    monkeypatch.delenv("EDG_MAX_BAD_SAMPLES", raising=False)
+    ds = ShardImages(tmp_path, "imageed", img_size=32, n_views=6, split="all", max_bad_samples=2)
+    assert [s["key"] for s in ds] == [m.id for i, m in enumerate(mols) if i not in (1, 3)]
+    assert "nested too deep" in ds.bad[0] and "pos has shape (1, 3)" in ds.bad[1]
+    with pytest.raises(ShardError, match=r"2 bad samples in one pass, over max_bad_samples=1"):
+        list(ShardImages(tmp_path, "imageed", img_size=32, n_views=6, split="all", max_bad_samples=1))
+
+
+def test_resume_key_scan_reads_past_a_lying_header(tmp_path):
+    members = _members(4)
+    liar = next(n for n, _ in members if n.startswith("qm9:2.") and n.endswith("z.npy"))
+    _tar(tmp_path / "s.tar", members, claimed={liar: 10 * 10**9})
+    assert shard_keys(tmp_path / "s.tar") == {"qm9:1", "qm9:2", "qm9:3", "qm9:4"}  # no index: a header scan

@@ -92,3 +92,58 @@ def test_edg_pretrain_takes_its_section_of_a_pipeline_config():
     from edg.cluster.commands.pretrain import explicit_model_fields
     set_in_file = {k for k in ("img_size", "patch_size", "n_views", "fu_dim") if k in demo["teacher"]["model"]}
     assert set_in_file and explicit_model_fields(args) == set_in_file
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """A "billion laughs" list for a list-valued field: level 0 is 9 strings, each next level 9 aliases of the
+    one before, so 9 ** levels strings once expanded, from about 1 KB of YAML."""
+    items = ["&l0 [" + ", ".join(["lol"] * 9) + "]"]
+    items += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "dft:\n  esp_band: [" + ", ".join(items) + "]\n"
+
+
+@pytest.mark.parametrize("command", ["dft", "pipeline"])
+def test_a_yaml_alias_bomb_is_refused_in_one_line_without_expanding(tmp_path, command):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    cfg = tmp_path / "bomb.yaml"
+    cfg.write_text(_alias_bomb())
+    assert cfg.stat().st_size < 1100
+    argv = {"dft": ["dft", "--input", "embedded:qm9?limit=1", "--out", str(tmp_path / "out"), "--config", str(cfg)],
+            "pipeline": ["pipeline", "--config", str(cfg), "--out", str(tmp_path / "out")]}[command]
+    code = "import sys; from edg.cluster.cli import main; sys.exit(main(sys.argv[1:]))"
+    p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
+    assert lines[0].endswith(f"{cfg}: the YAML holds more than 100000 values once its aliases are expanded "
+                             "(an alias bomb?); refused")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_small_alias_and_a_cycle(tmp_path):
+    from edg.dft.config import DFTConfig
+    from edg.edg_core.config import load_yaml, read_yaml
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("band: &b [0.01, 0.2]\ndft:\n  esp_band: *b\n")
+    assert load_yaml(DFTConfig, ok, "dft").esp_band == (0.01, 0.2)  # aliases as such are fine
+    cyc = tmp_path / "cycle.yaml"
+    cyc.write_text("dft:\n  esp_band: &c [1, *c]\n")
+    with pytest.raises(ConfigError, match=r"cycle\.yaml: a YAML alias refers to a node that contains it"):
+        read_yaml(cyc)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("dft: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match=r"deep\.yaml: nested too deep"):
+        read_yaml(deep)
+
+
+def test_values_in_error_messages_are_truncated():
+    from edg.dft.config import DFTConfig
+    with pytest.raises(ConfigError) as e:
+        from_dict(DFTConfig, {"esp_band": list(range(100_000))}, where="f.yaml")
+    assert len(str(e.value)) < 200 and str(e.value).startswith("f.yaml: esp_band: [0, 1, 2, 3, 4, 5, ...]")
+    with pytest.raises(ConfigError) as e:
+        from_dict(DFTConfig, {"max_cycle": "x" * 10_000}, where="f.yaml")
+    assert len(str(e.value)) < 300, str(e.value)[:400]

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import io
+import re
 import tarfile
 import threading
 
@@ -173,7 +174,7 @@ def test_distill_unknown_names_are_one_line_errors_without_run_folder(tmp_path, 
 
 
 def test_dataset_options_in_the_spec_become_task_options():
-    from edg.train.distill import DistillConfig, replace
+    from edg.train.loops.distill import DistillConfig, replace
     cfg = DistillConfig(dataset="rmd17:ethanol?root=embedded&train_size=8", task={"train_size": 4})
     assert cfg.dataset == "rmd17:ethanol" and cfg.task == {"root": "embedded", "train_size": 4}
     assert "?" not in cfg.run_name() and "root" not in cfg.run_name()
@@ -292,3 +293,123 @@ def test_extract_writes_through_atomic_temp_files(tmp_path, monkeypatch):
     assert [f.read_bytes() for f in files] == [b"x", b"y"] and len(names) == 2
     assert all(TEMP_RE.match(n) for n in names)
     assert sorted(p.name for p in (tmp_path / "o").rglob("*")) == ["a", "x.txt", "y.txt"]
+
+
+# ---------------------------------------------------------------- issue 23: archives and markers that lie
+def _cli(argv, capsys) -> tuple[int, list[str], str]:
+    rc = main(argv)
+    cap = capsys.readouterr()
+    return rc, [ln for ln in cap.err.splitlines() if ln.strip()], cap.out
+
+
+def _files(folder) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) if folder.exists() else []
+
+
+def test_an_archive_cannot_write_the_completion_marker(tmp_path, capsys):
+    from edg.edg_core.download import FETCH_MARKER, fetch_archive
+    forged = b'{"url": "x", "digests": {"sha256": "' + b"0" * 64 + b'", "md5": "' + b"0" * 32 + b'", "size": 1}}'
+    arc = _tar(tmp_path / "evil.tar.gz", [_file("rmd17/a.txt"), _file(FETCH_MARKER, forged)])
+    out = tmp_path / "data"
+    rc, err, printed = _cli(["fetch", "rmd17", "--url", arc.as_uri(), "--out", str(out), "--sha256", "0" * 64], capsys)
+    assert rc == 2 and len(err) == 1, err  # the forged digests do not pass for the archive's
+    rc, err, printed = _cli(["fetch", "rmd17", "--url", arc.as_uri(), "--out", str(out)], capsys)
+    assert rc == 2 and err == [f"edg fetch: error: {out / 'rmd17.tar.bz2'}: member '{FETCH_MARKER}' uses the "
+                               f"reserved name '{FETCH_MARKER}' (EDG's completion marker); refusing"]
+    assert _files(out) == []  # no marker, no rmd17/a.txt, no archive: nothing to mistake for a finished fetch
+    assert "verified" not in printed
+    # a folder under the marker name is refused too, and so is a member overwriting the archive being read
+    for member in (_file(f"{FETCH_MARKER}/x"), _file("rmd17.tar.bz2")):
+        with pytest.raises(UnsafeArchiveError, match="reserved name"):
+            fetch_archive(_tar(tmp_path / "e2.tar.gz", [member]).as_uri(), out, "rmd17.tar.bz2")
+        assert _files(out) == []
+
+
+def test_a_rerun_compares_the_checksums_given_with_the_markers(tmp_path, capsys):
+    from edg.edg_core.download import ChecksumError, fetch_archive, file_digests
+    arc = _tar(tmp_path / "a.tar.gz", [_file("rmd17/a.txt", b"abc")])
+    out = tmp_path / "data"
+    info = fetch_archive(arc.as_uri(), out, "rmd17.tar.bz2")
+    real = file_digests(arc)
+    assert info["digests"] == {"sha256": real.sha256, "md5": real.md5, "size": real.size}
+    assert fetch_archive("file:///gone", out, "x", sha256=real.sha256, md5=real.md5) == info  # no download
+    with pytest.raises(ChecksumError, match=rf"fetched before, per \.edg-fetched\.json\): sha256 is {real.sha256}, "
+                                            r"expected 1111"):
+        fetch_archive("file:///gone", out, "x", sha256="1" * 64)
+    rc, err, printed = _cli(["fetch", "rmd17", "--url", "file:///gone", "--out", str(out), "--md5", "2" * 32], capsys)
+    assert rc == 2 and len(err) == 1 and f"md5 is {real.md5}, expected {'2' * 32}" in err[0]
+    assert "verified" not in printed
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"{not json", "Expecting property name"),
+    (b"[1, 2]", "a JSON list, not an object"),
+    (b'{"url": "u", "digests": {"sha256": 5, "md5": "x", "size": 1}}', "digests.sha256 is not a hex digest"),
+    (b'{"url": "u"}', "no 'url' string or 'digests' object"),
+    (b"[" * 100_000, "maximum recursion depth"),
+])
+def test_a_malformed_marker_is_one_line(tmp_path, capsys, content, problem):
+    from edg.edg_core.download import FETCH_MARKER
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / FETCH_MARKER).write_bytes(content)
+    rc, err, _ = _cli(["fetch", "rmd17", "--url", "file:///gone", "--out", str(out)], capsys)
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"edg fetch: error: {out / FETCH_MARKER}: not a completion marker EDG wrote (")
+    assert problem in err[0] and err[0].endswith(f"delete {out / FETCH_MARKER} to fetch again")
+
+
+def _multi_block_bz2(path, n_files=4, size=400_000):
+    """A tar.bz2 of ``n_files`` incompressible files, spanning several 900 kB bz2 blocks."""
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:bz2") as tf:
+        for i in range(n_files):
+            data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+            info = tarfile.TarInfo(f"rmd17/f{i}.bin")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_a_truncated_archive_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    from edg.edg_core.download import fetch_archive
+    whole = _multi_block_bz2(tmp_path / "whole.tar.bz2")
+    cut = tmp_path / "cut.tar.bz2"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.8)])  # the first files are whole in it
+    out = tmp_path / "out"
+    (out / "rmd17").mkdir(parents=True)
+    (out / "rmd17" / "mine.txt").write_text("the user's")  # what was there before stays
+    with pytest.raises(DataSourceError, match=r"cut\.tar\.bz2: truncated or corrupt archive \(EOFError: Compressed "
+                                              r"file ended before the end-of-stream marker was reached\); nothing "
+                                              r"was extracted$"):
+        extract_tar(cut, out)
+    assert _files(out) == ["rmd17", "rmd17/mine.txt"]
+    rc, err, _ = _cli(["fetch", "rmd17", "--url", cut.as_uri(), "--out", str(tmp_path / "data")], capsys)
+    assert rc == 2 and len(err) == 1 and "truncated or corrupt archive (EOFError" in err[0], err
+    assert _files(tmp_path / "data") == []  # nor the archive
+    assert fetch_archive(whole.as_uri(), tmp_path / "data", "rmd17.tar.bz2")["url"] == whole.as_uri()
+    assert _files(tmp_path / "data") == [".edg-fetched.json", "rmd17"] + [f"rmd17/f{i}.bin" for i in range(4)]
+
+
+def test_a_garbage_archive_is_one_line(tmp_path):
+    (tmp_path / "g.tar.gz").write_bytes(b"\x1f\x8b" + b"garbage" * 100)
+    with pytest.raises(DataSourceError, match=r"g\.tar\.gz: (not a readable tar archive|truncated or corrupt)"):
+        extract_tar(tmp_path / "g.tar.gz", tmp_path / "out")
+    assert _files(tmp_path / "out") == []
+
+
+def _folder(name):
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info, None
+
+
+@pytest.mark.parametrize("members, message", [
+    ([_file("rmd17/a"), _file("rmd17/a/b")], "member 'rmd17/a/b' needs 'rmd17/a' to be a folder, but it is a file"),
+    ([_file("rmd17/a"), _folder("rmd17/a")], "member 'rmd17/a' needs 'rmd17/a' to be a folder, but it is a file"),
+    ([_folder("rmd17/a"), _file("rmd17/a")], "member 'rmd17/a' is a file where the archive or the output folder has"),
+])
+def test_a_path_that_is_a_file_and_a_folder_is_one_line(tmp_path, members, message):
+    with pytest.raises(UnsafeArchiveError, match=re.escape(message)):
+        extract_tar(_tar(tmp_path / "a.tar.gz", [_file("rmd17/first.txt"), *members]), tmp_path / "out")
+    assert _files(tmp_path / "out") == []

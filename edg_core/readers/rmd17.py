@@ -223,25 +223,10 @@ def fetch_rmd17(out: str | Path, url: str = OFFICIAL_URL, sha256: str | None = N
     ``sha256`` / ``md5``: expected checksums of the archive (a mismatch raises ``ChecksumError`` and removes
     the file); without them the digests are only reported. ``molecules``: the npz files that must be in it.
     A rerun with a complete ``out`` returns at once."""
-    from ..download import download, extract_tar
-    out = Path(out)
-    marker = out / ".edg-fetched.json"
-    if marker.exists():
-        import json
-        info = json.loads(marker.read_text())
-        return _layout_root(out), info["digests"]
-    archive = out / "rmd17.tar.bz2"
-    digests = download(url, archive, sha256=sha256, md5=md5, max_bytes=max_bytes)
-    extract_tar(archive, out, max_bytes=4 * max_bytes)
-    counts = verify_archive_layout(out, molecules)
-    if not keep_archive:
-        archive.unlink()
-    import dataclasses
-
-    from ..io import write_json_atomic
-    d = dataclasses.asdict(digests)
-    write_json_atomic(marker, {"url": url, "digests": d, "frames": counts})
-    return _layout_root(out), d
+    from ..download import fetch_archive
+    info = fetch_archive(url, out, "rmd17.tar.bz2", sha256=sha256, md5=md5, max_bytes=max_bytes,
+                         keep_archive=keep_archive, check=lambda o: {"frames": verify_archive_layout(o, molecules)})
+    return _layout_root(Path(out)), info["digests"]
 
 
 def rmd17_root(root: str | None = None) -> Path | str:
