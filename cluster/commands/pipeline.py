@@ -21,9 +21,12 @@ def register(sub) -> None:
                    help="run stages as Ray work (overrides ray.enabled)")
     p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, a local head, or a new "
                                          "local runtime)")
-    p.add_argument("--stop-after", help="stop after this stage (dft, render, imageed, features, teacher, "
-                                        "student_images, teacher_targets, distill)")
+    from edg.cluster.registry import NAMES
+    p.add_argument("--stop-after", choices=NAMES, metavar="STAGE",
+                   help=f"stop after this stage ({', '.join(NAMES)})")
     p.add_argument("--force", nargs="+", default=(), metavar="STAGE", help="rerun these stages even if finished")
+    from edg.cluster.stage_args import add_overwrite_arg
+    add_overwrite_arg(p)
     p.set_defaults(func=cmd_pipeline)
 
 
@@ -46,7 +49,7 @@ def cmd_pipeline(args) -> int:
     if ray:
         over["ray"] = ray
     cfg = load_pipeline_config(args.config, over)
-    pipeline = Pipeline(cfg, force=tuple(args.force))
+    pipeline = Pipeline(cfg, force=tuple(args.force), overwrite=args.overwrite)
     manifest = pipeline.run()
     out = cfg.out.rstrip("/")
     print(f"\npipeline finished in {manifest['seconds']:.1f} s -> {out}")
