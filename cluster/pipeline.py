@@ -139,7 +139,10 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
     where = str(path or "pipeline config")
     if isinstance(data.get("out"), str):
         from edg.edg_core.storage import check_location
-        data["out"] = check_location(data["out"], persistent=True)  # memory:// would vanish with this process
+
+        from .runtime import check_job_output
+        # memory:// would vanish with this process; a relative out inside a Ray job with the job's working copy
+        data["out"] = check_location(check_job_output(data["out"], "out:"), persistent=True)
     cfg = from_dict(PipelineConfig, data, where=where)
     if cfg.teacher.model.fu_dim != cfg.imageed.model.embed_dim:
         raise ConfigError(f"{where}: teacher.model.fu_dim ({cfg.teacher.model.fu_dim}) must equal "
