@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edg.edg_core.config import ConfigError, dump_yaml, from_dict, read_yaml, to_dict
+from edg.edg_core.config import ConfigError, dump_yaml, from_dict, merge_nested, read_yaml, to_dict
 from edg.edg_core.io import read_jsonl, write_json_atomic
 from edg.edg_core.run_folder import RunFolder
 from edg.edg_core.stage import StageSpec, resolve
@@ -130,12 +130,7 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
     by its stage's own dataclass (``DFTConfig``, ``RenderConfig``, ``ImageEDTrainConfig``,
     ``TeacherTrainConfig``, ``FitConfig``, ``Workers``), so a wrong value is refused here, naming the file,
     the key, the value and the expected type, before any stage runs."""
-    data = read_yaml(path) if path is not None else {}
-    for k, v in (overrides or {}).items():
-        if isinstance(v, dict) and isinstance(data.get(k), dict):
-            data[k] = {**data[k], **v}
-        else:
-            data[k] = v
+    data = merge_nested(read_yaml(path) if path is not None else {}, overrides or {})
     where = str(path or "pipeline config")
     if isinstance(data.get("out"), str):
         from edg.edg_core.storage import check_location
