@@ -66,7 +66,7 @@ def test_text_lines_is_the_one_line_decoder_of_xyz_and_smiles_files(tmp_path):
 def test_missing_file_is_clear():
     with pytest.raises(DataSourceError, match="no such file"):
         open_source("/nonexistent/molecules.xyz")
-    with pytest.raises(DataSourceError, match="does not exist"):
+    with pytest.raises(DataSourceError, match="no such file"):
         list(read_xyz("/nonexistent/molecules.xyz"))
 
 
