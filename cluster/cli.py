@@ -45,10 +45,12 @@ def _check_locations(args) -> None:
     from edg.edg_core.storage import check_location
 
     from .runtime import check_job_output
+    from edg.edg_core.storage import check_writable
     for name, persistent in (("out", True), ("shards", False), ("fields", False)):
         value = getattr(args, name, None)
         if isinstance(value, str):
             setattr(args, name, check_location(check_job_output(value, f"--{name}"), persistent=persistent))
+    check_writable(getattr(args, "out", None) if isinstance(getattr(args, "out", None), str) else None)
 
 
 def results_line(args) -> str | None:
@@ -73,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     except EDGError as e:
         print(f"edg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (PermissionError, NotADirectoryError, IsADirectoryError, FileNotFoundError) as e:
+        # the file system refused a path (read-only, a file where a folder must be): one line, no traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"edg {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"edg {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -53,8 +53,10 @@ def register(sub) -> None:
 
 
 def _summarise(records) -> dict:
+    """Counts of a stream of records; ``charges``/``multiplicities`` count the molecules per value, and
+    ``inferred`` how many of them had charge or multiplicity chosen by EDG because the input did not state it."""
     n = bad = atoms = 0
-    elements, labels = Counter(), Counter()
+    elements, labels, charges, mults, inferred = Counter(), Counter(), Counter(), Counter(), Counter()
     first_bad = []
     for r in progress(records, "scan"):
         if isinstance(r, InvalidRecord):
@@ -66,8 +68,24 @@ def _summarise(records) -> dict:
         atoms += r.n_atoms
         elements.update(r.symbols)
         labels.update(r.labels.keys())
+        charges[r.charge] += 1
+        mults[r.multiplicity] += 1
+        inferred.update(r.inferred)
     return {"molecules": n, "invalid": bad, "atoms": atoms, "mean_atoms": round(atoms / max(n, 1), 2),
-            "elements": dict(elements.most_common()), "labels": dict(labels), "first_invalid": first_bad}
+            "elements": dict(elements.most_common()), "labels": dict(labels),
+            "charges": {str(k): v for k, v in sorted(charges.items())},
+            "multiplicities": {str(k): v for k, v in sorted(mults.items())},
+            "inferred": {k: inferred[k] for k in ("charge", "multiplicity")}, "first_invalid": first_bad}
+
+
+def _inferred_note(summary: dict) -> str | None:
+    """One line saying how many molecules had charge/multiplicity inferred, and how to state them."""
+    inf = summary.get("inferred") or {}
+    parts = [f"{k} of {v} molecule{'s' if v != 1 else ''}" for k, v in inf.items() if v]
+    if not parts:
+        return None
+    return (f"inferred (not in the input): {', '.join(parts)} (charge 0, lowest multiplicity); state them in the "
+            "file (extXYZ charge=/multiplicity=) or with ?charge=N&multiplicity=M on the input spec")
 
 
 def cmd_info(args) -> int:
@@ -98,6 +116,8 @@ def cmd_info(args) -> int:
     else:
         for k, v in summary.items():
             print(f"{k:>14}: {v}")
+        if note := _inferred_note(summary):
+            print(note)
     return 0
 
 
