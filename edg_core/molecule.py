@@ -4,10 +4,11 @@ Positions are in Å, shape (N, 3) float64; atomic numbers shape (N,) int64.
 ``labels`` maps a name to a float or an array (for example ``energy`` in kcal/mol and ``forces``
 (N, 3) in kcal/mol/Å for rMD17, or the 12 QM9 targets).
 
-A record EDG cannot compute is refused at construction with an ``InvalidRecord``: no atoms, shapes that disagree,
-unknown elements, non-finite coordinates, two atoms closer than ``MIN_ATOM_DISTANCE_A``, an electron count
-<= 0, more than ``MAX_ELECTRONS_PER_PROTON`` electrons per unit of nuclear charge (``charge=-1000``), or a
-multiplicity the electron count cannot have. ``inferred`` names what the source did not state and EDG chose:
+A record EDG cannot compute is refused at construction with an ``InvalidRecord``: no atoms, shapes that
+disagree, unknown elements, non-finite coordinates, an electron count <= 0, more than
+``MAX_ELECTRONS_PER_PROTON`` electrons per unit of nuclear charge (``charge=-1000``), or a multiplicity the
+electron count cannot have; the file readers also refuse two atoms closer than ``MIN_ATOM_DISTANCE_A``
+(``check_atoms_apart``). ``inferred`` names what the source did not state and EDG chose:
 ``"charge"`` (0, set by the reader) and ``"multiplicity"`` (the lowest the electron count allows, set here).
 """
 from __future__ import annotations
@@ -87,11 +88,17 @@ class Molecule:
             i = int(np.flatnonzero(~finite)[0])
             raise InvalidRecord(self.id, f"non-finite coordinates {self.pos[i].tolist()} at atom {i}")
         self._check_charge()
-        if n >= 2:
+
+    def check_atoms_apart(self) -> Molecule:
+        """Raise ``InvalidRecord`` when two atoms are closer than ``MIN_ATOM_DISTANCE_A`` (coincident: a broken
+        record, such as an SDF with every atom at the origin); the readers of files call it on every record.
+        Returns the molecule."""
+        if self.n_atoms >= 2:
             i, j, d = closest_pair(self.pos)
             if d < MIN_ATOM_DISTANCE_A:
                 raise InvalidRecord(self.id, f"coincident atoms: atoms {i} and {j} are {d:.3f} Å apart "
                                              f"(< {MIN_ATOM_DISTANCE_A} Å)")
+        return self
 
     def _check_charge(self) -> None:
         protons = int(self.z.sum())

@@ -38,7 +38,7 @@ def molecule_from_rdkit(mol, rec_id: str, conf_id: int = -1) -> Molecule:
             labels[k] = float(v)
     smiles = Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False)) if mol.GetNumAtoms() else None
     return Molecule(z=z, pos=pos, id=rec_id, charge=charge, multiplicity=n_rad + 1 if n_rad else None,
-                    smiles=smiles, labels=labels)  # no radical electrons marked: the multiplicity is inferred
+                    smiles=smiles, labels=labels).check_atoms_apart()  # no radicals marked: multiplicity inferred
 
 
 def _sdf_blocks(lines) -> Iterator[tuple[int, list]]:

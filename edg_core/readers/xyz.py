@@ -159,14 +159,14 @@ def _atom_lines(lines: _Lines, n: int, need: int, fcols: slice | None):
         ln = lines.peek()
         if ln is _EOF:
             raise _Bad(lines.number, f"truncated frame: {n} atoms announced but the file ends after {k} atom lines")
-        if _is_count(ln) or _is_blank(ln):
+        toks = ln.split() if type(ln) is str else None  # None: not UTF-8 or too long (line_problem says which)
+        if toks is not None and (not toks or (len(toks) == 1 and _is_count(ln))):
             raise _Bad(lines.number + 1, f"{n} atoms announced but only {k} atom lines follow "
-                                         f"(line {lines.number + 1} is {'empty' if _is_blank(ln) else 'a count line'})")
+                                         f"(line {lines.number + 1} is {'a count line' if toks else 'empty'})")
         lines.take()
         j = lines.number
-        if line_problem(ln):
+        if toks is None:
             raise _Bad(j, f"atom line is {line_problem(ln)}")
-        toks = ln.split()
         if len(toks) < need:
             raise _Bad(j, f"atom line needs {need} columns (symbol x y z"
                           f"{' + forces' if need > 4 else ''}), got {len(toks)}: {ln.strip()!r}")
@@ -174,18 +174,24 @@ def _atom_lines(lines: _Lines, n: int, need: int, fcols: slice | None):
             z.append(int(toks[0]) if toks[0].isdigit() else symbol_to_z(toks[0]))
         except ValueError as e:
             raise _Bad(j, str(e)) from None
-        row = []
-        for c in (toks[1:4] + (toks[fcols] if fcols is not None else [])):
-            try:
-                v = _number(c)
-            except ValueError:
-                raise _Bad(j, f"{c!r} is not a number") from None
-            if not math.isfinite(v):
-                raise _Bad(j, f"non-finite value {c!r}")
-            row.append(v)
+        row = [_finite(c, j) for c in (toks[1:4] if fcols is None else toks[1:4] + toks[fcols])]
         pos.append(row[:3])
         forces.append(row[3:])
     return z, pos, forces
+
+
+def _finite(tok: str, line: int) -> float:
+    """``tok`` as a finite float (``_number``'s spellings); ``_Bad`` otherwise."""
+    try:
+        v = float(tok)
+    except ValueError:
+        try:
+            v = _number(tok)
+        except ValueError:
+            raise _Bad(line, f"{tok!r} is not a number") from None
+    if not math.isfinite(v):
+        raise _Bad(line, f"non-finite value {tok!r}")
+    return v
 
 
 def _labels(kv: dict[str, str], line: int) -> dict:
@@ -243,7 +249,7 @@ def _frame(lines: _Lines, ids: list[str], charge: int | None, multiplicity: int 
     try:
         return Molecule(z=z, pos=np.array(pos, dtype=np.float64), id=ids[0], charge=charge or 0,
                         multiplicity=multiplicity, smiles=kv.get("smiles"), labels=labels,
-                        inferred=("charge",) if charge is None else ())
+                        inferred=("charge",) if charge is None else ()).check_atoms_apart()
     except InvalidRecord as e:
         raise _Bad(count_line, e.problem) from None
 
