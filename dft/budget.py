@@ -84,9 +84,9 @@ class SCFWatch:
     def __call__(self, envs: dict) -> None:
         now = time.monotonic()
         elapsed = now - self.start
-        cycle = envs.get("cycle", "?")
+        cycle = envs["cycle"] + 1 if isinstance(envs.get("cycle"), int) else "?"  # PySCF counts from 0
         if self.time_limit_s > 0 and elapsed > self.time_limit_s:
-            raise TimeLimitExceeded(f"SCF stopped after {elapsed:.3g} s, over time_limit_s {self.time_limit_s:g} s "
+            raise TimeLimitExceeded(f"SCF stopped after {elapsed:.1f} s, over time_limit_s {self.time_limit_s:g} s "
                                     f"(attempt {self.attempt}, cycle {cycle})")
         if self.progress_s > 0 and now >= self.next_progress:
             self.next_progress = now + self.progress_s
