@@ -20,6 +20,7 @@ Pipeline: conformations -> DFT (ED, ESP) -> rendered ED / structure images -> We
 One spec grammar for --input (which records) and --dataset (which task): <name>[:<subset>][?key=value&...]
   embedded[:qm9|:rmd17]     qm9[:<target>][?split=train|valid|test|all]
   rmd17:<molecule>[?split=train|valid|test]     smiles:CCO,c1ccccc1     a .xyz/.extxyz/.sdf/.mol/.smi file
+  (- = standard input; a file takes ?format=xyz|sdf|smi and ?charge=N&multiplicity=M for records without them)
 Options: split, root=DIR (?root=embedded: the data shipped in the package), limit=N (first N records),
 rmd17 split_id=K; a --dataset spec also takes task options (rmd17:aspirin?train_size=100).
 `edg data datasets` lists every registered dataset.

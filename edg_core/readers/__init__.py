@@ -9,13 +9,16 @@ A spec names a registered dataset or a file, in the one spec grammar (``edg_core
                                            rMD17 (root defaults to $EDG_RMD17_ROOT, ./data/rmd17,
                                            ../shared/data/rmd17; root=embedded: frames shipped in the package)
     smiles:CCO,c1ccccc1                    SMILES given inline (RDKit ETKDG + MMFF conformer)
-    path/to/file.xyz|.extxyz|.sdf|.mol|.smi
+    path/to/file.xyz|.extxyz|.sdf|.mol|.smi[?format=xyz|sdf|smi&charge=N&multiplicity=M]
+                                           a file (- = standard input, a FIFO works too: read once, streamed);
+                                           charge/multiplicity for the records that do not state them
 
 Every spec takes ``?limit=N`` (first N records). An unknown dataset, option, split or an invalid value is one
 ``SpecError`` line naming the spec and the bad part. The old split-by-position spelling
 (``rmd17:aspirin:train``, ``qm9:train``) still reads, with a one-line note.
 A ``Source`` yields ``Molecule`` objects and, for records that cannot be read, ``InvalidRecord``
-exceptions as values, so that a large job can log them in its failure manifest and go on.
+exceptions as values, so that a large job can log them in its failure manifest and go on; a source with no
+records at all is one ``DataSourceError`` line ("no molecules").
 """
 from __future__ import annotations
 
