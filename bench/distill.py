@@ -1,6 +1,6 @@
 """EDG overhead: time of one SchNet training step on rMD17 with lambda = 0 (baseline) and lambda > 0 (EDG).
 
-Both use ``train.distill.train_step`` with the same model state, batches and optimiser; baseline and EDG steps
+Both use ``train.loops.distill.train_step`` with the same model state, batches and optimiser; baseline and EDG steps
 alternate so that load from other processes hits both alike. Reported: median process CPU time per step (all
 threads; one thread by default, robust on a shared machine) and median wall time, and the relative overhead of each.
 ``python -m bench distill [--quick]`` (--quick: a smaller SchNet, fewer steps).
@@ -16,8 +16,9 @@ import torch
 
 def measure(molecule: str = "aspirin", batch_size: int = 32, rounds: int = 5, steps: int = 4,
             student_args: dict | None = None, lambda_ed: float = 0.1, threads: int = 1) -> dict:
-    from edg.train.distill import train_step
-    from edg.train.edg import EDGHead, build_ed_predictor
+    from edg.train.loops.distill import train_step
+    from edg.train.models.edg_head import EDGHead
+    from edg.train.io.model_files import build_ed_predictor
     from edg.train.students import build_student
     from edg.train.tasks import build_task
 

@@ -252,8 +252,8 @@ def _authors_mae(src: Path):
 
 
 def imageed_peers(quick: bool, mae_src: str | None) -> None:
-    from edg.train.imageed import ImageED, imageed_preset
-    from edg.train.optim import adamw
+    from edg.train.models.imageed import ImageED, imageed_preset
+    from edg.train.loops.optim import adamw
     if not mae_src or not (Path(mae_src) / "models_mae_multi_view_RGBD.py").exists():
         print("peers imageed: skipped (the authors' MAE is not here: --mae-src=DIR or $EDG_MAE_SRC, the folder "
               "with models_mae_multi_view_RGBD.py, e.g. ImageED/ of a checkout of github.com/HongxinXiang/EDG)")
@@ -301,7 +301,7 @@ def schnet_peers(quick: bool) -> None:
     from torch_geometric.nn.models import SchNet
 
     from bench.students import aspirin_batches
-    from edg.train.graph import RadiusInteractionGraph
+    from edg.train.students.graph import RadiusInteractionGraph
     from edg.train.students import build_student, energy_and_forces
     from edg.train.students.schnet import SchNetConfig
     c = SchNetConfig()

@@ -6,7 +6,7 @@ extraction (samples/s), for the tiny and the paper-size configs.
     python -m bench pretrain --batch=8 --steps=5
 
 Inputs are random images of the right shape (the step cost does not depend on the pixels); a step is
-forward + backward + optimizer step as in ``train/pretrain.py``. Each line states device, dtype and batch.
+forward + backward + optimizer step as in ``train/loops/pretrain.py``. Each line states device, dtype and batch.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from edg.train.imageed import ImageED, imageed_preset
-from edg.train.optim import adamw, sgd
-from edg.train.teacher import TEACHER_PRESETS, Teacher, augment_structure_images, teacher_loss
+from edg.train.models.imageed import ImageED, imageed_preset
+from edg.train.loops.optim import adamw, sgd
+from edg.train.models.teacher import TEACHER_PRESETS, Teacher, augment_structure_images, teacher_loss
 
 
 def _timed(step, steps: int, warmup: int, device) -> float:

@@ -8,6 +8,7 @@ import logging
 import os
 import pkgutil
 import sys
+import warnings
 
 from edg.edg_core.errors import EDGError
 
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # torch-geometric scripts a few helpers when imported, which torch 2.10+ calls deprecated: nothing a user of
+    # the command can act on (a library using EDG keeps its own warning filters)
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     try:
         _check_locations(args)
         rc = int(args.func(args) or 0)

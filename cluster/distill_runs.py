@@ -1,19 +1,29 @@
 """Distillation runs as units of work: the grid of a benchmark, and each run as a Ray task.
 
 Used by ``edg benchmark`` (``cluster/commands/distill.py``) and the pipeline's distill stage
-(``cluster/pipeline.py``); the training itself is ``train.distill.run_distill``.
+(``cluster/pipeline.py``); the training itself is ``train.loops.distill.run_distill``.
 """
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
 
+from edg.edg_core.errors import EDGError
+
 
 def grid(base, students, datasets, lambdas, seeds) -> list:
     """Every DistillConfig of the grid (students x datasets x lambdas x seeds)."""
-    from edg.train.distill import replace
+    from edg.train.loops.distill import replace
     return [replace(base, student=s, dataset=d, **{"edg.lambda_ed": float(lam), "fit.seed": int(seed)})
             for s, d, lam, seed in itertools.product(students, datasets, lambdas, seeds)]
+
+
+def check_gpus(gpus_per_run: float, resources: dict) -> None:
+    """Asking for GPUs on a cluster that has none would leave every task pending: a one-line error instead."""
+    have = float(resources.get("GPU", 0.0))
+    if gpus_per_run > 0 and have < gpus_per_run:
+        raise EDGError(f"--gpus-per-run {gpus_per_run:g}: the Ray cluster has {have:g} GPUs, so no run could start; "
+                       f"use --gpus-per-run 0 (students then train on the CPUs) or a cluster with GPUs")
 
 
 def run_on_ray(cfgs, cpus: float = 1.0, gpus: float = 0.0, force: bool = False, on_result=None,
@@ -24,6 +34,7 @@ def run_on_ray(cfgs, cpus: float = 1.0, gpus: float = 0.0, force: bool = False, 
     ``work_dir`` (every path in the configs lies under it); each task then fetches its inputs from the URL,
     runs in a temporary folder and uploads its run folder, so it may land on any node."""
     import ray
+    check_gpus(gpus, ray.cluster_resources())
     remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(distill_task)
     pending = [remote.options(name=f"distill:{c.run_name()}").remote(c, force, run_url, work_dir) for c in cfgs]
     out = []
@@ -38,7 +49,7 @@ def run_on_ray(cfgs, cpus: float = 1.0, gpus: float = 0.0, force: bool = False, 
 
 def distill_task(cfg, force: bool = False, run_url: str | None = None, work_dir: str | None = None) -> dict:
     """One distillation run; with ``run_url`` (see ``run_on_ray``) on a node that need not see ``work_dir``."""
-    from edg.train.distill import run_distill
+    from edg.train.loops.distill import run_distill
     if run_url is None:
         return run_distill(cfg, force)
     import dataclasses

@@ -239,7 +239,7 @@ class Pipeline:
             from .train_ray import train_on_ray
             return train_on_ray(stage, cfg, shards, out, self.store, num_workers=self.cfg.ray.train_workers,
                                 use_gpu=self.cfg.ray.use_gpu, max_failures=self.cfg.ray.max_failures)
-        from edg.train.pretrain import train_imageed, train_teacher
+        from edg.train.loops.pretrain import train_imageed, train_teacher
         train = train_imageed if stage == "imageed" else train_teacher
         return train(cfg, shards, out, device=self.cfg.device)
 
@@ -247,7 +247,7 @@ class Pipeline:
         return self._pretrain("imageed", self.cfg.imageed, self.path("ed_shards"), self.path("imageed"))
 
     def features(self) -> dict:
-        from edg.train.imageed import load_imageed
+        from edg.train.io.model_files import load_imageed
         model = load_imageed(self.path("imageed") / "imageed.pt")
         return run_extract("imageed", model, self.path("ed_shards"), self.path("fu_shards"),
                            device=self.cfg.device).to_dict()
@@ -266,14 +266,14 @@ class Pipeline:
                           self._workers("render"), total=total, ed=False, device=self.cfg.device).to_dict()
 
     def teacher_targets(self) -> dict:
-        from edg.train.teacher import load_teacher
+        from edg.train.io.model_files import load_teacher
         teacher = load_teacher(self.path("teacher") / "teacher.pt")
         return run_extract("teacher", teacher, self.path("student_shards"), self.path("targets"),
                            batch_size=128, device=self.cfg.device).to_dict()
 
     def distill_configs(self) -> list:
-        from edg.train.distill import DistillConfig
-        from edg.train.edg import EDGConfig
+        from edg.train.loops.distill import DistillConfig
+        from edg.train.models.edg_head import EDGConfig
 
         from .distill_runs import grid
         st = self.cfg.students
@@ -290,7 +290,7 @@ class Pipeline:
         return cfgs
 
     def distill(self) -> dict:
-        from edg.train.distill import run_distill
+        from edg.train.loops.distill import run_distill
         from edg.train.report import collect_results, write_report
         cfgs = self.distill_configs()
         if self.use_ray:

@@ -6,8 +6,8 @@
   ``(Molecule, result path)`` -> ``RenderActor`` -> shards.
 * ``dft+render`` (fused): ``Molecule`` -> ``FusedActor`` -> shards (+ the DFT scalars as result files).
 * ``convert``: ``Molecule`` -> ``ConvertWorker`` -> shards (molecule and labels, no images).
-* ``extract imageed`` / ``extract teacher``: raw shard samples -> ``train.imageed.FeatureExtractor`` /
-  ``train.teacher.TargetExtractor`` -> shards with ``fu.npy`` / ``fs.npy`` + ``edp.npy``, or one ``.npz``.
+* ``extract imageed`` / ``extract teacher``: raw shard samples -> ``train.extract.FeatureExtractor`` /
+  ``train.extract.TargetExtractor`` -> shards with ``fu.npy`` / ``fs.npy`` + ``edp.npy``, or one ``.npz``.
 
 ``edg dft``, ``edg render``, ``edg data convert``, ``edg extract`` and ``edg pipeline`` all call the ``run_*``
 functions below, so each runs in this process or on Ray actors the same way (``Workers``),
@@ -191,16 +191,16 @@ def run_extract(kind: str, model, shards, out: str | Path, workers: Workers | No
                 batch_size: int = 64, device: str | None = None, bf16: bool | None = None,
                 drop_images: bool = False) -> StageSummary:
     """Run a trained model once per shard sample and store its outputs: ``kind`` ``imageed`` (F_U from ED
-    images, ``train.imageed.FeatureExtractor``) or ``teacher`` (F_S and EDP(F_S) from structure images,
-    ``train.teacher.TargetExtractor``). ``model``: the model or its checkpoint path (a path for Ray actors).
+    images, ``train.extract.FeatureExtractor``) or ``teacher`` (F_S and EDP(F_S) from structure images,
+    ``train.extract.TargetExtractor``). ``model``: the model or its checkpoint path (a path for Ray actors).
     ``out``: a shard folder or URL (every input sample copied with the new ``.npy`` members; resumable) or a
     path ending in ``.npz`` (``ids`` plus one array per output)."""
     from edg.edg_core.errors import EDGError
-    from edg.train.data import raw_samples
+    from edg.train.data.shards import raw_samples
     if kind == "imageed":
-        from edg.train.imageed import FeatureExtractor as worker
+        from edg.train.extract import FeatureExtractor as worker
     elif kind == "teacher":
-        from edg.train.teacher import TargetExtractor as worker
+        from edg.train.extract import TargetExtractor as worker
     else:
         raise EDGError(f"extract: unknown model kind {kind!r}; use imageed or teacher")
     args = {"model": model, "device": device, "drop_images": drop_images}

@@ -1,4 +1,4 @@
-"""Ray Train launcher for the pretraining loops in ``train/pretrain.py``.
+"""Ray Train launcher for the pretraining loops in ``train/loops/pretrain.py``.
 
 ``run_pretraining("imageed" | "teacher", cfg, shards, out_dir, ...)`` starts a ``TorchTrainer`` with
 ``num_workers`` ranks (one GPU each with ``use_gpu``); Ray sets up ``torch.distributed`` and every rank runs
@@ -29,7 +29,7 @@ def _train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     from edg.edg_core.config import from_dict
-    from edg.train import pretrain
+    from edg.train.loops import pretrain
 
     stage = config["stage"]
     cls = pretrain.ImageEDTrainConfig if stage == "imageed" else pretrain.TeacherTrainConfig

@@ -1,5 +1,5 @@
 """EDG's public Python API, in one place. Everything here keeps its name across releases; the modules behind
-it (``edg.train.predict``, ``edg.render.renderer``, ...) may move.
+it (``edg.train.io.predict``, ``edg.render.renderer``, ...) may move.
 
 Reading molecules::
 
@@ -37,11 +37,11 @@ _WHERE = {
     "DATASETS": "edg.edg_core.datasets",
     "register_dataset": "edg.edg_core.datasets",
     "build_task": "edg.train.tasks",
-    "load_student": "edg.train.predict",
-    "TrainedStudent": "edg.train.predict",
-    "Prediction": "edg.train.predict",
-    "predict_file": "edg.train.predict",
-    "EDGCalculator": "edg.train.ase_calculator",
+    "load_student": "edg.train.io.predict",
+    "TrainedStudent": "edg.train.io.predict",
+    "Prediction": "edg.train.io.predict",
+    "predict_file": "edg.train.io.predict",
+    "EDGCalculator": "edg.train.io.ase_calculator",
     "STUDENTS": "edg.train.students",
     "build_student": "edg.train.students",
     "Renderer": "edg.render.renderer",

@@ -47,36 +47,81 @@ def write_cube(path: str | Path, grid: CubeGrid, data, z, pos_angstrom, comment:
         tmp.write_text("\n".join(head) + "\n" + body)
 
 
-def read_cube(path: str | Path) -> Cube:
-    """Read a Gaussian cube file (bohr or Å axes; MO cubes with a negative atom count included)."""
+MAX_CUBE_POINTS = 32_000_000
+"""Largest grid ``read_cube`` accepts by default (256 MB as float64): a 0.4-bohr grid of a 60-Å box."""
+MAX_CUBE_ATOMS = 10_000
+MAX_CHARS_PER_VALUE = 40
+"""A value in a cube file is 12-18 characters; a file larger than its header's points allow is refused."""
+
+
+def _header_problem(natm: int, counts: list[int], spacing: np.ndarray, max_points: int) -> str | None:
+    if abs(natm) > MAX_CUBE_ATOMS:
+        return f"header says {abs(natm)} atoms (more than {MAX_CUBE_ATOMS})"
+    if any(c == 0 for c in counts):
+        return f"header says a grid of {counts} points"
+    n = int(np.prod([abs(c) for c in counts], dtype=np.int64))
+    if n > max_points:
+        return f"header says {counts} = {n} grid points (more than max_points {max_points})"
+    if not (np.isfinite(spacing).all() and (np.abs(spacing) > 0).all()):
+        return f"grid spacing {spacing.tolist()} is not finite and positive"
+    return None
+
+
+def read_cube(path: str | Path, max_points: int = MAX_CUBE_POINTS) -> Cube:
+    """Read a Gaussian cube file (bohr or Å axes; MO cubes with a negative atom count included).
+
+    Hostile input is one ``InvalidRecord`` naming the file: a header asking for more than ``max_points`` grid
+    points or ``MAX_CUBE_ATOMS`` atoms, or a file larger than its header's values can fill, is refused before
+    the values are read; so are skewed axes, a value count that does not match the header and non-finite values.
+    """
+    import warnings
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
-        natm_line = lines[2].split()
-        natm = int(natm_line[0])
-        origin = np.array([float(x) for x in natm_line[1:4]])
-        axes, counts = [], []
-        for line in lines[3:6]:
-            f = line.split()
-            counts.append(int(f[0]))
-            axes.append([float(x) for x in f[1:4]])
-        axes = np.array(axes)
-        if not np.allclose(axes - np.diag(np.diag(axes)), 0.0):
-            raise ValueError("non-orthogonal (skewed) cube axes are not supported")
-        angstrom_axes = counts[0] < 0
-        counts = [abs(c) for c in counts]
-        spacing = np.diag(axes)
-        if angstrom_axes:
-            origin, spacing = origin * ANGSTROM_IN_BOHR, spacing * ANGSTROM_IN_BOHR
-        atoms = np.array([[float(x) for x in line.split()[:5]] for line in lines[6:6 + abs(natm)]]).reshape(-1, 5)
-        start = 6 + abs(natm) + (1 if natm < 0 else 0)  # MO cubes carry one extra line of orbital ids
-        values = np.array(" ".join(lines[start:]).split(), dtype=np.float64)
-    except (IndexError, ValueError) as e:
+        with open(path, encoding="utf-8", errors="replace") as f:  # a non-UTF-8 value fails to parse below
+            lines = [f.readline() for _ in range(6)]
+            if not lines[5].strip():
+                raise ValueError("the file ends inside the 6-line header")
+            natm_line = lines[2].split()
+            natm = int(natm_line[0])
+            origin = np.array([float(x) for x in natm_line[1:4]])
+            axes, counts = [], []
+            for line in lines[3:6]:
+                fields = line.split()
+                counts.append(int(fields[0]))
+                axes.append([float(x) for x in fields[1:4]])
+            axes = np.array(axes)
+            if axes.shape != (3, 3) or origin.shape != (3,):
+                raise ValueError("header lines 3-6 need a count and three numbers each")
+            if not np.allclose(axes - np.diag(np.diag(axes)), 0.0):
+                raise ValueError("non-orthogonal (skewed) cube axes are not supported")
+            spacing = np.diag(axes)
+            why = _header_problem(natm, counts, spacing, max_points)
+            if why:
+                raise ValueError(why)
+            n = int(np.prod([abs(c) for c in counts]))
+            size = path.stat().st_size
+            if size > 200 * (abs(natm) + 8) + MAX_CHARS_PER_VALUE * n:
+                raise ValueError(f"{size} bytes is more than {n} values can fill")
+            atom_lines = [f.readline() for _ in range(abs(natm) + (1 if natm < 0 else 0))]
+            if atom_lines and not atom_lines[-1].strip():
+                raise ValueError(f"the file ends inside the {abs(natm)} atom lines")
+            atoms = np.array([[float(x) for x in line.split()[:5]] for line in atom_lines[:abs(natm)]],
+                             dtype=np.float64).reshape(-1, 5)  # MO cubes carry one extra line of orbital ids
+            body = f.read()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)  # numpy < 2.3 only warns on a bad token
+            values = np.fromstring(body, dtype=np.float64, sep=" ")
+    except (IndexError, ValueError, DeprecationWarning, UnicodeDecodeError, OSError) as e:
         raise InvalidRecord(str(path), f"not a readable cube file ({e})") from None
-    n = int(np.prod(counts))
+    angstrom_axes = counts[0] < 0
+    counts = [abs(c) for c in counts]
+    if angstrom_axes:
+        origin, spacing = origin * ANGSTROM_IN_BOHR, spacing * ANGSTROM_IN_BOHR
     if values.size != n:
         raise InvalidRecord(str(path), f"cube holds {values.size} values, header says {counts} = {n}")
+    if not np.isfinite(values).all():
+        raise InvalidRecord(str(path), f"cube holds {int((~np.isfinite(values)).sum())} non-finite values")
     grid = CubeGrid(tuple(origin.tolist()), tuple(spacing.tolist()), tuple(counts))
     pos_bohr = atoms[:, 2:5] if not angstrom_axes else atoms[:, 2:5] * ANGSTROM_IN_BOHR
     return Cube(grid=grid, z=atoms[:, 0].astype(np.int64), pos=pos_bohr * BOHR_IN_ANGSTROM,
-                data=values.reshape(counts), comment=lines[0])
+                data=values.reshape(counts), comment=lines[0].rstrip("\r\n"))

@@ -122,7 +122,7 @@ def _shards(d: Path, damage: str) -> None:
     """Six samples with synthetic 32-px images, one of them damaged as ``damage`` says."""
     from edg.edg_core.readers import open_source
     from edg.edg_core.shards import ShardWriter, encode_sample
-    from edg.train.data import synthetic_images
+    from edg.train.data.shards import synthetic_images
     mols = list(open_source("embedded:qm9?limit=6").molecules())
     with ShardWriter(d / "shards", "synthetic", maxcount=100) as w:
         for i, m in enumerate(mols):
@@ -147,7 +147,7 @@ def _lying_shards(d: Path, damage: str) -> None:
     would), the third one (qm9:3) damaged as ``damage`` says; no key index, so readers scan the tar."""
     from edg.edg_core.readers import open_source
     from edg.edg_core.shards import encode_sample, npy_bytes
-    from edg.train.data import synthetic_images
+    from edg.train.data.shards import synthetic_images
     members, claimed = [], {}
     for i, m in enumerate(open_source("embedded:qm9?limit=6").molecules()):
         ed, st = synthetic_images(m.z, m.pos, 32)

@@ -91,7 +91,7 @@ def test_a_corrupt_header_mid_tar_is_reported_and_the_samples_after_it_are_kept(
 
 
 def test_training_reader_skips_bad_samples_up_to_a_threshold(tmp_path, monkeypatch):
-    from edg.train.data import ShardImages, synthetic_images
+    from edg.train.data.shards import ShardImages, synthetic_images
     mols = list(open_source("embedded:qm9?limit=6").molecules())
     with ShardWriter(tmp_path, maxcount=100) as w:
         for i, m in enumerate(mols):
@@ -212,7 +212,7 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
 def test_every_decoding_error_is_a_named_bad_sample_in_every_reader(member, data, reason, tmp_path, capsys,
                                                                      monkeypatch):
     from edg.cluster.cli import main
-    from edg.train.data import raw_samples
+    from edg.train.data.shards import raw_samples
     if data is None:  # z/pos length mismatch
         data = npy_bytes(np.zeros((2, 3)))
     (tmp_path / "s").mkdir()
@@ -234,7 +234,7 @@ def test_every_decoding_error_is_a_named_bad_sample_in_every_reader(member, data
 
 
 def test_json_bad_samples_count_toward_max_bad_samples_in_training(tmp_path, monkeypatch):
-    from edg.train.data import ShardImages, synthetic_images
+    from edg.train.data.shards import ShardImages, synthetic_images
     mols = list(open_source("embedded:qm9?limit=5").molecules())
     with ShardWriter(tmp_path, maxcount=100) as w:
         for i, m in enumerate(mols):

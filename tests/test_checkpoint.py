@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from edg.cluster.cli import main
-from edg.train.checkpoint import (
+from edg.train.io.checkpoint import (
     CheckpointError,
     Checkpoints,
     check_plain,
@@ -22,10 +22,12 @@ from edg.train.checkpoint import (
     model_file,
     save_checkpoint,
 )
-from edg.train.data import write_synthetic_shards
-from edg.train.imageed import ImageED, imageed_preset, imageed_state, load_imageed
-from edg.train.pretrain import ImageEDTrainConfig, TeacherTrainConfig, train_imageed, train_teacher
-from edg.train.teacher import TEACHER_PRESETS, load_ed_predictor, load_teacher
+from edg.train.data.shards import write_synthetic_shards
+from edg.train.models.imageed import ImageED, imageed_preset
+from edg.train.io.model_files import imageed_state, load_imageed
+from edg.train.loops.pretrain import ImageEDTrainConfig, TeacherTrainConfig, train_imageed, train_teacher
+from edg.train.models.teacher import TEACHER_PRESETS
+from edg.train.io.model_files import load_ed_predictor, load_teacher
 
 ROOT = "/work/shared/data/rmd17"
 
@@ -61,8 +63,8 @@ def _refused(call, marker, match="never unpickles in full"):
 
 
 def test_model_loaders_refuse_pickle_payloads(tmp_path):
-    from edg.train.distill import load_student_state
-    from edg.train.edg import build_ed_predictor
+    from edg.train.loops.distill import load_student_state
+    from edg.train.io.model_files import build_ed_predictor
     marker = tmp_path / "ran"
     f = _hostile(tmp_path / "x.pt", marker, imageed_config={}, teacher_config={}, ed_predictor={})
     msg = _refused(lambda: load_imageed(f), marker)
@@ -84,7 +86,7 @@ def test_every_loader_finds_a_run_folders_model_file_in_the_same_order(tmp_path)
     """The export, else checkpoint/best.pt, else the newest epoch file, else an older checkpoint/checkpoint.pt;
     a student run folder means best_student.pt only. Each loader reads the file model_file picks (its error
     names that file) and a folder with none names the folder and the export."""
-    from edg.train.distill import load_student_state
+    from edg.train.loops.distill import load_student_state
     run = tmp_path / "run"
     ck = run / "checkpoint"
     for name in ("checkpoint.pt", "epoch-000002.pt", "epoch-000010.pt", "best.pt"):
@@ -192,7 +194,7 @@ def test_pretraining_resume_refuses_pickle_payloads(tmp_path, shards):
 def test_student_step_leaves_losses_on_the_device():
     """train_step returns detached tensors (summed on the device, read once per epoch), not Python floats,
     whose .item() would wait for the device after every step."""
-    from edg.train.distill import train_step
+    from edg.train.loops.distill import train_step
     from edg.train.students import build_student
     from edg.train.tasks import build_task
     task = build_task("rmd17:ethanol", root=ROOT, train_size=8, valid_size=4, test_size=4)
@@ -207,7 +209,7 @@ def test_student_step_leaves_losses_on_the_device():
 
 
 def test_student_resume_refuses_pickle_payloads(tmp_path):
-    from edg.train.distill import FitConfig, train_student
+    from edg.train.loops.distill import FitConfig, train_student
     from edg.train.students import build_student
     from edg.train.tasks import build_task
     task = build_task("rmd17:ethanol", root=ROOT, train_size=8, valid_size=4, test_size=4)
@@ -219,7 +221,7 @@ def test_student_resume_refuses_pickle_payloads(tmp_path):
 
 
 def _study(n=12, points=32, seed=0):
-    from edg.train.representation import StudyData
+    from edg.train.data.study import StudyData
     rng = np.random.default_rng(seed)
     counts = rng.integers(1, 5, size=(n, 3)).astype(np.float64)
     pts = torch.as_tensor(rng.normal(size=(n, points, 4)), dtype=torch.float32)
@@ -229,7 +231,7 @@ def _study(n=12, points=32, seed=0):
 
 def test_representation_resumes_and_refuses_pickle_payloads(tmp_path):
     from edg.train.configs import RepresentationConfig
-    from edg.train.representation import train_representation
+    from edg.train.loops.representation import train_representation
     data = _study()
     split = {"train": np.arange(8), "valid": np.arange(8, 10), "test": np.arange(10, 12)}
     cfg = RepresentationConfig(reps=("pointnet",), epochs=4, batch_size=4, checkpoint_every=2, atom_refs=False)
@@ -308,8 +310,8 @@ def _csv_of(rows):
 def test_metrics_csv_is_appended_and_rewritten_only_for_a_new_column(tmp_path, monkeypatch):
     """Each epoch appends a line to metrics.csv; the file is rewritten only when a row brings a new key (and for
     the first row of a process); its text is always what a full rewrite gives, header included."""
-    import edg.train.progress as progress
-    from edg.train.progress import TrainLog
+    import edg.train.io.progress as progress
+    from edg.train.io.progress import TrainLog
     rewrites = []
     real = progress.write_bytes_atomic
     monkeypatch.setattr(progress, "write_bytes_atomic",

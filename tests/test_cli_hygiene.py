@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
-
+import pytest
 from edg.edg_core.readers import open_source
 from edg.edg_core.shards import ShardWriter, encode_sample
 from edg.render.contact_sheet import contact_sheet, first_molecules, natural_key
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_natural_key_orders_numbers_by_value():
@@ -75,12 +81,12 @@ def test_ray_address_is_one_flag_everywhere():
 
 
 def test_tiny_representation_split_warns(caplog):
-    from edg.train.representation import split_indices
-    with caplog.at_level(logging.WARNING, logger="edg.train.representation"):
+    from edg.train.data.study import split_indices
+    with caplog.at_level(logging.WARNING, logger="edg.train.loops.representation"):
         s = split_indices(5, (0.8, 0.1, 0.1), 0)
     assert len(s["test"]) == 1 and "tiny split of 5 molecules" in caplog.text and "1 test" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="edg.train.representation"):
+    with caplog.at_level(logging.WARNING, logger="edg.train.loops.representation"):
         split_indices(200, (0.8, 0.1, 0.1), 0)
     assert "tiny split" not in caplog.text
 
@@ -96,3 +102,30 @@ def test_render_from_fields_goes_in_natural_id_order(tmp_path):
     items, n = _items(argparse.Namespace(fields=str(tmp_path), input=None))
     assert n == 4 and [str(p).rsplit("/", 1)[-1] for p in items] == ["qm9:1.npz", "qm9:2.npz", "qm9:10.npz",
                                                                      "qm9:11.npz"]
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["distill", "--student", "schnett"], "unknown student 'schnett' (did you mean 'schnet'?)"),
+    (["distill", "--dataset", "rmd17:etanol?root=embedded"],
+     "unknown rMD17 molecule 'etanol' (did you mean 'ethanol'?)"),
+    (["benchmark", "--students", "schnet", "visnett"], "unknown student 'visnett' (did you mean 'visnet'?)"),
+])
+def test_a_misspelt_name_is_answered_before_torch_is_imported(argv, expected):
+    code = ("import sys\n"
+            "from edg.cluster.cli import main\n"
+            f"rc = main({argv!r})\n"
+            "print('torch' in sys.modules, rc)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.stdout.split() == ["False", "2"], (r.stdout, r.stderr[-1500:])
+    assert expected in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_an_ordinary_command_prints_no_library_deprecation_warning(tmp_path):
+    """edg distill on the embedded ethanol frames: no torch.jit.script FutureWarning (torch-geometric's import),
+    no DataLoader worker warning."""
+    r = subprocess.run([sys.executable, "-m", "edg.cluster.cli", "distill", "--dataset",
+                        "rmd17:ethanol?root=embedded", "--epochs", "1", "--batch-size", "8",
+                        "--out", str(tmp_path / "runs")],
+                       capture_output=True, text=True, cwd=ROOT, env={**os.environ, "EDG_PROGRESS": "0"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Warning" not in r.stderr, r.stderr[-2000:]

@@ -85,12 +85,17 @@ EMBEDDED_SPECS = {  # every registered dataset, on the data shipped in the packa
     "rmd17": ["rmd17:ethanol?root=embedded", "rmd17:aspirin?root=embedded&split=valid"],
     "smiles": ["smiles:CCO,O"],
     "file": ["{tmp}/frames.extxyz", "{tmp}/frames.extxyz?limit=2"],
+    "edbench": ["edbench:{tmp}/ed_energy_5w", "edbench:{tmp}?set=ed_energy_5w&split=train&split_by=random"],
+    "pcqm4mv2": ["pcqm4mv2:{tmp}/pcqm.sdf", "pcqm4mv2:{tmp}/pcqm.sdf?part=1/2"],
 }
 
 
 def test_every_registered_dataset_opens_and_yields_records(tmp_path):
     assert set(EMBEDDED_SPECS) == set(DATASETS), "a dataset was registered without a test spec here"
     (tmp_path / "frames.extxyz").write_text(embedded_path("rmd17").read_text())
+    from paperdata_fixtures import write_edbench, write_pcqm_sdf
+    write_edbench(tmp_path / "ed_energy_5w")
+    write_pcqm_sdf(tmp_path / "pcqm.sdf", ["CCO", "O", "C#N"])
     counts = {}
     for specs in EMBEDDED_SPECS.values():
         for text in specs:

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from edg.edg_core.errors import DataSourceError
-from edg.train.distill import train_step
-from edg.train.edg import EDGHead, build_ed_predictor, coulomb_standin_features, edg_objective, load_teacher_targets
+from edg.train.loops.distill import train_step
+from edg.train.models.edg_head import EDGHead, edg_objective
+from edg.train.io.model_files import build_ed_predictor
+from edg.train.data.teacher_targets import coulomb_standin_features, load_teacher_targets
 from edg.train.students import build_student
 from edg.train.tasks import build_task
 
@@ -153,7 +155,7 @@ def test_coulomb_standin_is_invariant_to_rotation_and_permutation():
 
 
 def test_teacher_targets_follow_the_ed_predictor_width(tmp_path):
-    from edg.train.teacher import EDPredictor
+    from edg.train.models.teacher import EDPredictor
     small = EDPredictor(512, 32, 64)  # a demo-size teacher predicts 64 features, not 768
     ids = ["a", "b"]
     edp = np.random.default_rng(2).normal(size=(2, 64)).astype(np.float32)

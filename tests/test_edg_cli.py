@@ -52,7 +52,7 @@ def test_distill_resumes_from_checkpoint(tmp_path):
     assert main(base + ["--epochs", "4"]) == 0
     full = json.loads((tmp_path / "schnet__rmd17-ethanol__lam0__seed42" / "result.json").read_text())
 
-    from edg.train.distill import DistillConfig, train_student
+    from edg.train.loops.distill import DistillConfig, train_student
     from edg.train.students import build_student
     from edg.train.tasks import build_task
     cfg = DistillConfig(out=str(tmp_path / "b"), dataset="rmd17:ethanol").resolved()  # the paper's settings

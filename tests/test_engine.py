@@ -69,8 +69,8 @@ def test_extract_keeps_good_samples_around_a_damaged_one(tmp_path):
     import torch
 
     from edg.cluster.stages import run_extract
-    from edg.train.data import write_synthetic_shards
-    from edg.train.imageed import ImageED, imageed_preset
+    from edg.train.data.shards import write_synthetic_shards
+    from edg.train.models.imageed import ImageED, imageed_preset
     write_synthetic_shards(tmp_path / "img", size=32, maxcount=100, limit=6)
     # damage one sample's ED images: a copy of the shards with that member's bytes cut
     from edg.edg_core.shards import ShardWriter, iter_shard, shard_paths

@@ -141,7 +141,7 @@ def test_train_stage_binds_its_cuda_device_before_anything_else(tmp_path, monkey
     """NCCL barriers and all-reduces run on the current CUDA device, which is cuda:0 for every rank unless the
     rank sets its own: the stage must call ``torch.cuda.set_device`` before it touches the device or the group."""
     from edg.train.configs import ImageEDTrainConfig, imageed_preset
-    from edg.train.pretrain import train_imageed
+    from edg.train.loops.pretrain import train_imageed
 
     class Bound(Exception):
         pass
@@ -157,7 +157,7 @@ def test_train_stage_binds_its_cuda_device_before_anything_else(tmp_path, monkey
 # ---------------------------------------------------------------- 2: augmentation under bf16 autocast
 def test_structure_augmentation_runs_in_float32_under_bf16_autocast():
     from edg.train.configs import TeacherConfig
-    from edg.train.teacher import augment_structure_images
+    from edg.train.models.teacher import augment_structure_images
     cfg = TeacherConfig(aug_p=1.0)  # every augmentation on every image, the blur included
     x = torch.rand(2, 4, 3, 32, 32)
     plain = augment_structure_images(x, cfg, torch.Generator().manual_seed(0))

@@ -3,17 +3,17 @@ import numpy as np
 import pytest
 import torch
 
-from edg.train.data import ShardImages, image_loader, write_synthetic_shards
-from edg.train.imageed import (
+from edg.train.data.shards import ShardImages, image_loader, write_synthetic_shards
+from edg.train.models.imageed import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageED,
     ImageEDConfig,
     imageed_preset,
-    load_imageed,
-    save_reconstruction_png,
     sincos_pos_embed_2d,
 )
+from edg.train.io.model_files import load_imageed
+from edg.train.io.figures import save_reconstruction_png
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -72,7 +72,7 @@ def test_embedding_order_matches_patch_order(tiny):
     """Token k of the encoder input comes from patch k of ``patchify`` (shared patch embedding)."""
     imgs = torch.rand(1, 6, 4, 32, 32)
     tokens = tiny.embed(imgs) - tiny._positions(tiny.pos_embed, tiny.view_embed)
-    from edg.train.imageed import normalise_views
+    from edg.train.models.imageed import normalise_views
     w = tiny.patch_embed.weight.permute(0, 2, 3, 1).reshape(tiny.cfg.embed_dim, -1)  # (D, p*p*C) row, col, chan
     by_hand = tiny.patchify(normalise_views(imgs)) @ w.T + tiny.patch_embed.bias
     torch.testing.assert_close(tokens, by_hand, atol=1e-5, rtol=1e-5)
@@ -204,7 +204,7 @@ def test_reconstruction_figure(tiny, images, tmp_path):
 
 
 def test_save_and_load(tiny, tmp_path):
-    from edg.train.imageed import imageed_state
+    from edg.train.io.model_files import imageed_state
     torch.save(imageed_state(tiny), tmp_path / "imageed.pt")
     m = load_imageed(tmp_path)
     x = torch.rand(1, 6, 4, 32, 32)

@@ -114,7 +114,8 @@ def small_mae():
 # ---------------------------------------------------------------- ImageED
 def test_imageed_import_computes_what_their_mae_computes(tmp_path):
     from edg.cluster.cli import main
-    from edg.train.imageed import load_imageed, normalise_views
+    from edg.train.io.model_files import load_imageed
+    from edg.train.models.imageed import normalise_views
     theirs = small_mae()
     ck = {"model": theirs.state_dict(), "optimizer": torch.optim.AdamW(theirs.parameters()).state_dict(), "epoch": 7,
           "scaler": {"scale": 65536.0, "growth_tracker": 0},
@@ -144,8 +145,8 @@ def test_imageed_key_mapping_covers_the_vit_b16_preset_without_allocating():
     from dataclasses import replace
 
     from edg.train.configs import imageed_preset
-    from edg.train.imageed import ImageED
-    from edg.train.import_assets import imageed_config, imageed_key
+    from edg.train.models.imageed import ImageED
+    from edg.train.io.import_assets import imageed_config, imageed_key
     with torch.device("meta"):
         theirs = {k: v for k, v in TheirMAE().state_dict().items()}  # mae_vit_base_patch16_dec512d8b(in_chans=4)
         cfg = imageed_config(theirs, args=argparse.Namespace(model="mae_vit_base_patch16"))
@@ -157,7 +158,7 @@ def test_imageed_key_mapping_covers_the_vit_b16_preset_without_allocating():
 
 
 def test_imageed_import_refuses_other_files(tmp_path):
-    from edg.train.import_assets import AssetFormatError, import_imageed
+    from edg.train.io.import_assets import AssetFormatError, import_imageed
     torch.save({"model": {"weight": torch.zeros(2)}}, tmp_path / "x.pth")
     with pytest.raises(AssetFormatError, match="not the authors' MAE state dict"):
         import_imageed(tmp_path / "x.pth", tmp_path / "o.pt")
@@ -186,8 +187,8 @@ def their_teacher(tmp_path_factory):
 def test_teacher_import_computes_what_their_teacher_computes(their_teacher, tmp_path):
     from edg.cluster.cli import main
     from edg.train.configs import IMAGENET_MEAN, IMAGENET_STD
-    from edg.train.edg import build_ed_predictor
-    from edg.train.teacher import load_teacher
+    from edg.train.io.model_files import build_ed_predictor
+    from edg.train.io.model_files import load_teacher
     path, backbone, predictor = their_teacher
     assert main(["import", "teacher", "--src", str(path), "--out", str(tmp_path / "teacher.pt")]) == 0
     ours = load_teacher(tmp_path / "teacher.pt")
@@ -206,8 +207,9 @@ def test_teacher_import_computes_what_their_teacher_computes(their_teacher, tmp_
 
 def test_imported_teacher_feeds_extract_and_distill(their_teacher, tmp_path):
     from edg.cluster.cli import main
-    from edg.train.data import write_synthetic_shards
-    from edg.train.edg import build_ed_predictor, load_teacher_targets
+    from edg.train.data.shards import write_synthetic_shards
+    from edg.train.io.model_files import build_ed_predictor
+    from edg.train.data.teacher_targets import load_teacher_targets
     path, _, predictor = their_teacher
     assert main(["import", "teacher", "--src", str(path), "--out", str(tmp_path / "teacher.pt")]) == 0
     write_synthetic_shards(tmp_path / "img", size=32, maxcount=4, limit=6)
@@ -223,7 +225,7 @@ def test_imported_teacher_feeds_extract_and_distill(their_teacher, tmp_path):
 
 
 def test_teacher_import_refuses_a_wrong_file(their_teacher, tmp_path):
-    from edg.train.import_assets import AssetFormatError, import_teacher
+    from edg.train.io.import_assets import AssetFormatError, import_teacher
     torch.save({"model": {}}, tmp_path / "x.pth")
     with pytest.raises(AssetFormatError, match="ED_teacher"):
         import_teacher(tmp_path / "x.pth", tmp_path / "t.pt")
@@ -249,7 +251,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
         safe_load(blob)
     assert not marker.exists()
     (tmp_path / "evil.pkl").write_bytes(blob)
-    from edg.train.import_assets import import_ed_features
+    from edg.train.io.import_assets import import_ed_features
     with pytest.raises(UnsafePickleError):
         import_ed_features(tmp_path / "evil.pkl", tmp_path / "fu.npz")
     assert not marker.exists()
@@ -265,8 +267,8 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
 
 def test_ed_features_to_npz_and_to_shards(tmp_path):
     from edg.edg_core.shards import read_samples
-    from edg.train.data import ShardImages, write_synthetic_shards
-    from edg.train.import_assets import import_ed_features
+    from edg.train.data.shards import ShardImages, write_synthetic_shards
+    from edg.train.io.import_assets import import_ed_features
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((5, 768)).astype(np.float32)
     with open(tmp_path / "200w_ED_feats.pkl", "wb") as f:  # their README: {"feats": ndarray, "ED_index_list": list}
@@ -288,8 +290,9 @@ def test_ed_features_to_npz_and_to_shards(tmp_path):
 
 
 def test_teacher_features_to_targets(their_teacher, tmp_path):
-    from edg.train.edg import build_ed_predictor, load_teacher_targets
-    from edg.train.import_assets import import_teacher, import_teacher_features
+    from edg.train.io.model_files import build_ed_predictor
+    from edg.train.data.teacher_targets import load_teacher_targets
+    from edg.train.io.import_assets import import_teacher, import_teacher_features
     _, _, predictor = their_teacher
     import_teacher(their_teacher[0], tmp_path / "teacher.pt")
     fs = np.random.default_rng(1).standard_normal((4, 512)).astype(np.float32)

@@ -164,9 +164,9 @@ def test_ray_train_resumes_from_the_last_checkpoint_after_a_node_loss(ray_cluste
     cluster = ray_cluster
     from edg.cluster.train_ray import run_pretraining
     from edg.edg_core.io import read_jsonl
-    from edg.train.data import write_synthetic_shards
-    from edg.train.imageed import imageed_preset
-    from edg.train.pretrain import ImageEDTrainConfig
+    from edg.train.data.shards import write_synthetic_shards
+    from edg.train.models.imageed import imageed_preset
+    from edg.train.loops.pretrain import ImageEDTrainConfig
     shards = tmp_path / "shards"
     write_synthetic_shards(shards, size=32, maxcount=16)  # the 40 embedded molecules, in 3 shards
     out = tmp_path / "out"
@@ -195,9 +195,9 @@ def test_ray_train_resumes_from_the_last_checkpoint_after_a_node_loss(ray_cluste
     result = box["value"]
     assert result.error is None
     metrics = read_jsonl(out / "metrics.jsonl")
-    # one line per epoch, in order; epoch 0's line is the one written before the loss, timings included (the
-    # restarted group took its history from epoch 0's checkpoint: a run from scratch would have measured anew)
-    assert [m["epoch"] for m in metrics] == list(range(epochs))
+    # one line per epoch, in order; epoch 1's line is the one written before the loss, timings included (the
+    # restarted group took its history from epoch 1's checkpoint: a run from scratch would have measured anew)
+    assert [m["epoch"] for m in metrics] == list(range(1, epochs + 1))
     assert metrics[0] == seen["epoch0"]
     assert [m["step"] for m in metrics] == [100 * (e + 1) for e in range(epochs)]
     losses = [m["train_loss"] for m in metrics]

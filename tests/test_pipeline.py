@@ -166,7 +166,7 @@ def test_pipeline_on_local_ray_head_survives_a_killed_actor(tmp_path, short_tmp)
     assert {s["meta"]["id"] for s in _ed_samples(run)} == GOOD
     fails = {json.loads(x)["record"] for x in (run / "dft" / "failures.jsonl").read_text().splitlines()}
     assert fails == {"unknown-element", "fused-atoms"}
-    assert manifest["stages"]["imageed"]["epoch"] == 1  # Ray Train ran both epochs (0-based)
+    assert manifest["stages"]["imageed"]["epoch"] == 2  # Ray Train ran both epochs (epochs count from 1)
     assert (run / "teacher_targets.npz").exists()
 
 
@@ -292,6 +292,6 @@ def test_pipeline_on_ray_with_a_url_out_uploads_from_every_worker(tmp_path, shor
     with ray_session("local", temp_dir=short_tmp, num_cpus=2):
         manifest = Pipeline(cfg).run()
     _check_remote_run(url)
-    assert manifest["stages"]["imageed"]["epoch"] == 1
+    assert manifest["stages"]["imageed"]["epoch"] == 2
     assert len(list((remote_root / "run" / "distill").glob("*/result.json"))) == 2
     assert not (tmp_path / "wc" / "dft" / "fields").exists()

@@ -20,7 +20,7 @@ TEST = "rmd17:ethanol?split=test&root=embedded"
 def run(tmp_path_factory):
     """A finished distillation run (baseline, 40 epochs on the 16 embedded ethanol training frames; ~3 s)."""
     from edg.train.configs import FitConfig
-    from edg.train.distill import DistillConfig, run_distill
+    from edg.train.loops.distill import DistillConfig, run_distill
     out = tmp_path_factory.mktemp("distill")
     cfg = DistillConfig(dataset="rmd17:ethanol?root=embedded", out=str(out), student_args=SMALL,
                         fit=FitConfig(epochs=40, lr=3e-3, batch_size=4, seed=1))
@@ -95,7 +95,7 @@ def test_ase_calculator_md_and_bfgs(run):
     from ase.md.verlet import VelocityVerlet
     from ase.optimize import BFGS
 
-    from edg.train.ase_calculator import EDGCalculator
+    from edg.train.io.ase_calculator import EDGCalculator
     run_dir, _ = run
     calc = EDGCalculator(run_dir)
     m = next(open_source(TEST).molecules())
@@ -143,8 +143,8 @@ def test_ase_calculator_md_and_bfgs(run):
 def test_ase_calculator_refuses_periodic_cells(run):
     from ase import Atoms
 
-    from edg.train.ase_calculator import EDGCalculator
-    from edg.train.predict import ModelError
+    from edg.train.io.ase_calculator import EDGCalculator
+    from edg.train.io.predict import ModelError
     m = next(open_source(TEST).molecules())
     atoms = Atoms(numbers=m.z, positions=m.pos, cell=[10, 10, 10], pbc=True, calculator=EDGCalculator(run[0]))
     with pytest.raises(ModelError, match="periodic"):
@@ -156,10 +156,10 @@ def test_predict_qm9_property_model(tmp_path):
     import importlib.util
     if importlib.util.find_spec("qm9pack") is None:  # EDG reads its tables without importing it
         pytest.skip("qm9pack is not installed")
-    from edg.train.ase_calculator import EDGCalculator
+    from edg.train.io.ase_calculator import EDGCalculator
     from edg.train.configs import FitConfig
-    from edg.train.distill import DistillConfig, run_distill
-    from edg.train.predict import ModelError, load_student
+    from edg.train.loops.distill import DistillConfig, run_distill
+    from edg.train.io.predict import ModelError, load_student
     cfg = DistillConfig(dataset="qm9:homo", out=str(tmp_path), student_args=SMALL,
                         task={"train_size": 16, "valid_size": 4, "test_size": 4},
                         fit=FitConfig(epochs=2, batch_size=8))
@@ -183,7 +183,7 @@ def test_load_student_reads_the_recorded_output_scale_and_recomputes_it_for_olde
     import json
     import shutil
 
-    from edg.train.predict import load_student
+    from edg.train.io.predict import load_student
     run_dir, record = run
     info = record["task_info"]
     by_kind = {"energy_std": info["energy_std_kcal_mol"], "force_rms": info["force_rms_kcal_mol_A"]}

@@ -4,15 +4,15 @@ import math
 
 import pytest
 import torch
-
 from edg.edg_core.errors import EDGError
 from edg.edg_core.io import read_jsonl
-from edg.train.checkpoint import Checkpoints, load_checkpoint
-from edg.train.data import count_samples, in_validation, write_synthetic_shards
-from edg.train.imageed import imageed_preset, load_imageed
-from edg.train.optim import scaled_lr, warmup_cosine
-from edg.train.pretrain import ImageEDTrainConfig, TeacherTrainConfig, train_imageed, train_teacher
-from edg.train.teacher import TEACHER_PRESETS, load_ed_predictor
+from edg.train.data.shards import count_samples, in_validation, write_synthetic_shards
+from edg.train.io.checkpoint import Checkpoints, load_checkpoint
+from edg.train.io.model_files import load_ed_predictor, load_imageed
+from edg.train.loops.optim import scaled_lr, warmup_cosine
+from edg.train.loops.pretrain import ImageEDTrainConfig, TeacherTrainConfig, train_imageed, train_teacher
+from edg.train.models.imageed import imageed_preset
+from edg.train.models.teacher import TEACHER_PRESETS
 
 
 @pytest.fixture(scope="module")
@@ -58,21 +58,21 @@ def test_resume_takes_the_same_next_step(shards, tmp_path):
         pass
 
     def crash_after_first_epoch(metrics, ckpt_file):
-        assert ckpt_file is not None and ckpt_file.name == f"epoch-{metrics['epoch'] + 1:06d}.pt"
+        assert ckpt_file is not None and ckpt_file.name == f"epoch-{metrics['epoch']:06d}.pt"  # epochs count from 1
         assert ckpt_file.exists()
-        if metrics["epoch"] == 0:
+        if metrics["epoch"] == 1:
             raise Crash
     with pytest.raises(Crash):
         train_imageed(cfg, shards, tmp_path / "resumed", report=crash_after_first_epoch)
     assert not (tmp_path / "resumed" / "imageed.pt").exists()
     resumed = train_imageed(cfg, shards, tmp_path / "resumed")
-    assert resumed["epoch"] == 1 and resumed["step"] == straight["step"] == 2 * math.ceil(24 / 8)
+    assert resumed["epoch"] == 2 and resumed["step"] == straight["step"] == 2 * math.ceil(24 / 8)
     assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-6)
     a, b = load_imageed(tmp_path / "straight"), load_imageed(tmp_path / "resumed")
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7, msg=name)
     lines = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
-    assert [m["epoch"] for m in lines] == [0, 1]
+    assert [m["epoch"] for m in lines] == [1, 2]
     # a finished run resumes to nothing: no more steps, same result
     again = train_imageed(cfg, shards, tmp_path / "resumed")
     assert again == resumed
@@ -90,13 +90,22 @@ def test_imageed_validation_and_figure(shards, tmp_path):
     n_val = count_samples(shards, "valid", 0.25)
     assert 0 < n_val < 24 and m["step"] == math.ceil((24 - n_val) / 8)
     assert math.isfinite(m["valid_loss"]) and m["valid_loss"] > 0
-    assert (tmp_path / "figures" / "reconstruction-0000.png").stat().st_size > 0
+    png = tmp_path / "figures" / "reconstruction-0001.png"
+    assert png.stat().st_size > 0
     assert json.loads(json.dumps(m)) == m  # plain numbers for the reports
+    # the same panels in TensorBoard, beside the losses
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    ea.Reload()
+    assert "valid/loss" in {t.split(" ")[0] for t in ea.Tags()["scalars"]}
+    (event,) = ea.Images("images/reconstruction")
+    assert event.step == 1 and (event.width, event.height) == Image.open(png).size
 
 
 def test_teacher_learns_fu(shards, tmp_path):
     from edg.cluster.stages import run_extract
-    from edg.train.imageed import ImageED
+    from edg.train.models.imageed import ImageED
     torch.manual_seed(0)
     run_extract("imageed", ImageED(imageed_preset("tiny")), shards, tmp_path / "fu")
     cfg = TeacherTrainConfig(model=TEACHER_PRESETS["tiny"], epochs=6, batch_size=8, lr=0.05, num_workers=0,
@@ -128,12 +137,12 @@ def test_ray_train_two_cpu_workers(shards, tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert result.error is None
     n_train = count_samples(shards, "train", 0.25)
-    assert result.metrics["epoch"] == 0 and result.metrics["step"] == math.ceil(n_train / (4 * 2))
+    assert result.metrics["epoch"] == 1 and result.metrics["step"] == math.ceil(n_train / (4 * 2))
     assert math.isfinite(result.metrics["valid_loss"])
     assert result.checkpoint is not None
     with result.checkpoint.as_directory() as d:
         ck = torch.load(f"{d}/checkpoint.pt", weights_only=True)
-    assert ck["stage"] == "imageed" and ck["epoch"] == 0
+    assert ck["name"] == "imageed" and ck["epoch"] == 1
     assert (tmp_path / "out" / "imageed.pt").exists()
     # rank 0 keeps the run folder's per-epoch files as in a local run
     assert json.loads((tmp_path / "out" / "progress.json").read_text())["state"] == "done"

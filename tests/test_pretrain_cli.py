@@ -7,7 +7,7 @@ import yaml
 
 from edg.cluster.cli import main
 from edg.edg_core.shards import read_samples
-from edg.train.data import write_synthetic_shards
+from edg.train.data.shards import write_synthetic_shards
 
 
 def test_help_lists_the_stages(capsys):
@@ -60,7 +60,8 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
 def test_model_shapes_are_read_from_the_shards(tmp_path, capsys):
     """--preset tiny (32 px) on 64 px images adapts and keeps its 4 x 4 patch grid; a teacher whose F_U width
     was set by hand and disagrees with the shards is refused at start-up with the flag to set."""
-    from edg.train.imageed import ImageED, imageed_preset, load_imageed
+    from edg.train.models.imageed import ImageED, imageed_preset
+    from edg.train.io.model_files import load_imageed
     write_synthetic_shards(tmp_path / "s", size=64, limit=8)
     common = ["--preset", "tiny", "--num-workers", "0", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0"]
     assert main(["pretrain", "imageed", "--shards", str(tmp_path / "s"), "--out", str(tmp_path / "i"), *common]) == 0

@@ -10,19 +10,9 @@ import torch
 
 from edg.edg_core.errors import InvalidRecord
 from edg.edg_core.grid import CubeGrid
-from edg.train.representation import (
-    TARGETS,
-    ImageRegressor,
-    PointNet,
-    RepresentationConfig,
-    TargetScaler,
-    VoxelResNet,
-    build_study_data,
-    sample_points,
-    split_indices,
-    train_representation,
-    voxelise,
-)
+from edg.train.loops.representation import TARGETS, RepresentationConfig, train_representation
+from edg.train.models.representation import ImageRegressor, PointNet, VoxelResNet
+from edg.train.data.study import TargetScaler, build_study_data, sample_points, split_indices, voxelise
 
 GRID = CubeGrid(origin=(-4.0, -3.0, -2.0), spacing=(0.4, 0.4, 0.4), shape=(21, 16, 11))
 
@@ -173,7 +163,7 @@ def test_study_data_from_real_shards(study_data, tiny_cfg):
 
 def test_voxeliser_conserves_the_real_density(study_shards):
     from edg.edg_core.shards import read_samples
-    from edg.train.representation import atoms_centre_bohr
+    from edg.train.data.study import atoms_centre_bohr
     s = next(iter(read_samples(study_shards)))
     grid_integral = float(s["ed"].double().sum()) * float(np.prod(s["grid"].spacing))
     vox = voxelise(s["ed"], s["grid"], atoms_centre_bohr(s["pos"].numpy()), 50, 20.0)  # 0.4 bohr voxels
@@ -223,7 +213,7 @@ def test_cli_writes_table_and_resumes(study_shards, tmp_path, capsys):
 
 
 def test_table4_reports_rmse_with_mae_beside():
-    from edg.train.representation import _errors, markdown_table
+    from edg.train.loops.representation import _errors, markdown_table
     true = np.zeros((4, len(TARGETS)))
     pred = np.zeros((4, len(TARGETS)))
     pred[:, 0] = [3.0, -4.0, 0.0, 0.0]  # E1: MAE 1.75, RMSE sqrt(25 / 4) = 2.5

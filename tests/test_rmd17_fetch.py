@@ -174,7 +174,7 @@ def test_distill_unknown_names_are_one_line_errors_without_run_folder(tmp_path, 
 
 
 def test_dataset_options_in_the_spec_become_task_options():
-    from edg.train.distill import DistillConfig, replace
+    from edg.train.loops.distill import DistillConfig, replace
     cfg = DistillConfig(dataset="rmd17:ethanol?root=embedded&train_size=8", task={"train_size": 4})
     assert cfg.dataset == "rmd17:ethanol" and cfg.task == {"root": "embedded", "train_size": 4}
     assert "?" not in cfg.run_name() and "root" not in cfg.run_name()

@@ -6,7 +6,13 @@ import itertools
 import pytest
 import torch
 
-from edg.train.graph import RadiusInteractionGraph, radius_graph, radius_graph_torch, triplets, undirected_pairs
+from edg.train.students.graph import (
+    RadiusInteractionGraph,
+    radius_graph,
+    radius_graph_torch,
+    triplets,
+    undirected_pairs,
+)
 
 
 def random_batch(sizes, seed=0, box=6.0):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_students_models import collate, molecules, random_rotation
 
-from edg.train.graph import radius_graph, triplets
+from edg.train.students.graph import radius_graph, triplets
 from edg.train.students import build_student, config_for, energy_and_forces
 from edg.train.students.basis import SphericalBasis
 from edg.train.students.spherenet import TorsionBasis, real_spherical_harmonics, torsions

@@ -10,7 +10,7 @@ import torch
 
 from edg.edg_core.readers import open_source
 from edg.edg_core.readers.qm9 import TARGETS, QM9Table
-from edg.train.distill import FitConfig, evaluate, train_student
+from edg.train.loops.distill import FitConfig, evaluate, train_student
 from edg.train.students import build_student
 from edg.train.tasks import PackedMolecules, Prediction, build_task
 from edg.train.tasks.qm9 import QM9Task, pack_table
@@ -160,7 +160,7 @@ def test_rmd17_options_are_checked_by_the_config_before_any_data(option, message
     """A bad select_metric or energy_scale fails DistillConfig.validate() and build_task before the data is
     looked for (the root does not exist), as a ConfigError naming the task and the key."""
     from edg.edg_core.config import ConfigError
-    from edg.train.distill import DistillConfig
+    from edg.train.loops.distill import DistillConfig
     from edg.train.tasks import RMD17Config
     opts = {"root": "/nonexistent/rmd17", **option}
     for call in (lambda: DistillConfig(student="schnet", dataset="rmd17:ethanol", task=opts).validate(),

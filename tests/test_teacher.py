@@ -8,19 +8,18 @@ import torch
 from edg.cluster.stages import run_extract
 from edg.edg_core.errors import EDGError
 from edg.edg_core.shards import read_samples
-from edg.train.data import ShardImages, image_loader, write_synthetic_shards
-from edg.train.imageed import ImageED, imageed_preset
-from edg.train.teacher import (
+from edg.train.data.shards import ShardImages, image_loader, write_synthetic_shards
+from edg.train.models.imageed import ImageED, imageed_preset
+from edg.train.models.teacher import (
     TEACHER_PRESETS,
     EDPredictor,
     Teacher,
     TeacherConfig,
     augment_structure_images,
-    load_ed_predictor,
-    load_teacher,
     teacher_loss,
-    teacher_state,
 )
+from edg.train.io.backbone_weights import init_backbone
+from edg.train.io.model_files import load_ed_predictor, load_teacher, teacher_state
 
 
 @pytest.fixture(scope="module")
@@ -140,12 +139,12 @@ def test_pretrained_weights_from_a_local_file(tmp_path):
     for name in ("r10t.pth", "r10t.safetensors"):
         t = Teacher(TeacherConfig(arch="resnet10t", pretrained_weights=str(tmp_path / name), fu_dim=8))
         assert not torch.equal(t.backbone.conv1[0].weight, src.conv1[0].weight)  # construction: random init
-        assert t.init_backbone() is t
+        assert init_backbone(t) is t
         torch.testing.assert_close(t.backbone.conv1[0].weight, src.conv1[0].weight)
     with pytest.raises(EDGError, match="does not exist"):
-        Teacher(TeacherConfig(arch="resnet10t", pretrained_weights=str(tmp_path / "missing.pth"))).init_backbone()
+        init_backbone(Teacher(TeacherConfig(arch="resnet10t", pretrained_weights=str(tmp_path / "missing.pth"))))
     with pytest.raises(EDGError, match="do not fit"):
-        Teacher(TeacherConfig(arch="resnet18", pretrained_weights=str(tmp_path / "r10t.pth"))).init_backbone()
+        init_backbone(Teacher(TeacherConfig(arch="resnet18", pretrained_weights=str(tmp_path / "r10t.pth"))))
     with pytest.raises(ValueError, match="pretrained is off"):
         TeacherConfig(pretrained=False, pretrained_weights=str(tmp_path / "r10t.pth"))
 
@@ -161,12 +160,12 @@ def no_hub(tmp_path, monkeypatch):
 def test_imagenet_start_without_hub_or_file_is_a_one_line_error(no_hub):
     t = Teacher(TeacherConfig(arch="resnet10t", fu_dim=8))
     with pytest.raises(EDGError) as e:
-        t.init_backbone()
+        init_backbone(t)
     msg = str(e.value)
     assert "\n" not in msg and "--model.pretrained-weights" in msg and "--no-model.pretrained" in msg
     scratch = Teacher(TeacherConfig(arch="resnet10t", fu_dim=8, pretrained=False))
     w = scratch.backbone.conv1[0].weight.clone()
-    assert torch.equal(scratch.init_backbone().backbone.conv1[0].weight, w)  # from scratch: nothing loaded
+    assert torch.equal(init_backbone(scratch).backbone.conv1[0].weight, w)  # from scratch: nothing loaded
 
 
 def test_edg_pretrain_teacher_without_weights_says_what_to_do(no_hub, shards_with_fu, tmp_path, capsys):
@@ -185,7 +184,7 @@ def test_a_resumed_teacher_run_does_not_fetch_its_starting_weights_again(shards_
 
     import timm
 
-    from edg.train.pretrain import TeacherTrainConfig, train_teacher
+    from edg.train.loops.pretrain import TeacherTrainConfig, train_teacher
     torch.manual_seed(1)
     weights = tmp_path / "r10t.pth"
     torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), weights)
@@ -194,7 +193,7 @@ def test_a_resumed_teacher_run_does_not_fetch_its_starting_weights_again(shards_
     first = train_teacher(cfg, shards_with_fu / "fu", tmp_path / "run", device="cpu")
     weights.unlink()  # a resume must not need it
     again = train_teacher(replace(cfg, epochs=2), shards_with_fu / "fu", tmp_path / "run", device="cpu")
-    assert first["epoch"] == 0 and again["epoch"] == 1
+    assert first["epoch"] == 1 and again["epoch"] == 2  # epochs count from 1
     with pytest.raises(EDGError, match="does not exist"):  # a fresh run still starts from the file
         train_teacher(cfg, shards_with_fu / "fu", tmp_path / "fresh", device="cpu")
 
@@ -236,8 +235,8 @@ def test_teacher_on_rendered_structure_images(tmp_path):
     from edg.edg_core.readers import open_source
     from edg.edg_core.shards import ShardWriter, encode_sample
     from edg.render.config import RenderConfig
-    from edg.train.data import synthetic_images
-    from edg.train.pretrain import TeacherTrainConfig, train_teacher
+    from edg.train.data.shards import synthetic_images
+    from edg.train.loops.pretrain import TeacherTrainConfig, train_teacher
     with ShardWriter(tmp_path / "img", maxcount=8) as w:
         for mol in open_source("embedded:qm9?limit=16").molecules():
             ed, _ = synthetic_images(mol.z, mol.pos, 32)  # ED images need DFT fields: synthetic here

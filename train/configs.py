@@ -1,8 +1,8 @@
 """Training configs importable without torch or timm (the ``edg`` CLI builds its flags from them): the ImageED
 model and its presets, the teacher model and its presets, the two pretraining configs, the student
 ``FitConfig`` and the representation study's ``RepresentationConfig``. Defaults reproduce the paper and its
-official code; ``train.imageed``, ``train.teacher``, ``train.pretrain``, ``train.distill`` and
-``train.representation`` re-export them."""
+official code; ``train.models.imageed``, ``train.models.teacher``, ``train.loops.pretrain``, ``train.loops.distill`` and
+``train.loops.representation`` re-export them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -213,7 +213,7 @@ class FitConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = None     # max grad norm; None: no clipping
     seed: int = 42
-    device: str = "cpu"
+    device: str = "auto"               # auto: CUDA when a GPU is visible, else CPU (train/devices.py)
     num_threads: int | None = None     # torch CPU threads (None: torch's default)
     checkpoint_every: int = 1          # epochs between resumable checkpoints (0: only after the last)
     keep_last: int = 1                 # resumable checkpoints kept (best_student.pt is written at the end)
@@ -248,7 +248,7 @@ class RepresentationConfig:
     voxel_box_bohr: float = field(default=24.0, metadata={"help": "side of the voxel cube (bohr)"})
     voxel_width: int = field(default=16, metadata={"help": "channels of the first 3-D ResNet stage"})
     image_arch: str = field(default="resnet18", metadata={"help": "timm backbone of the image model (random init)"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
+    device: str = field(default="auto", metadata={"help": "torch device (auto: CUDA when visible, else CPU)"})
     checkpoint_every: int = field(default=10, metadata={
         "help": "epochs between resumable checkpoints of each representation (0: none)"})
     keep_last: int = field(default=1, metadata={"help": "resumable checkpoints kept per representation"})

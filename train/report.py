@@ -4,7 +4,7 @@ Table 1 (QM9): one column per target in the paper's order (mu ... Cv, with units
 w/ EDG, Impr. and the chosen lambda. Table 2 (rMD17): one row per molecule and metric (Energy, Forces),
 columns per student: w/o EDG, w/ EDG, Impr. Students appear in the paper's order, others after them.
 
-Input: the run records written by ``train.distill.run_distill`` (``<out>/<run>/result.json``, with
+Input: the run records written by ``train.loops.distill.run_distill`` (``<out>/<run>/result.json``, with
 ``history.jsonl`` and ``test_errors.npz`` beside them). "w/ EDG" is the lambda > 0 whose mean validation
 metric (over seeds) is lowest, as the paper searches lambda; every number is a mean (± std) over seeds.
 Figures (matplotlib, Agg): learning curves, the lambda sweep (paper Figure 4), and per-frame |error| along the

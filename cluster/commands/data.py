@@ -26,6 +26,8 @@ def register(sub) -> None:
                         description="Count records, atoms, elements and labels of an input spec or shards.")
     i.add_argument("input", help="input spec (see `edg --help`) or a shard folder/glob")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
+    i.add_argument("--show", type=int, default=0, metavar="N",
+                   help="also list the first N records with their labels (e.g. EDBench's E1..E6 per molecule)")
     i.set_defaults(func=cmd_info)
 
     c = dsub.add_parser("convert", help="read any input and write WebDataset shards",
@@ -88,6 +90,20 @@ def _inferred_note(summary: dict) -> str | None:
             "file (extXYZ charge=/multiplicity=) or with ?charge=N&multiplicity=M on the input spec")
 
 
+def _first_records(records, n: int) -> list[dict]:
+    """id, formula and scalar labels of the first ``n`` good records (array labels by their shape)."""
+    out = []
+    for r in records:
+        if isinstance(r, InvalidRecord):
+            continue
+        labels = {k: (float(v) if np.ndim(v) == 0 else f"array{tuple(np.shape(v))}") for k, v in r.labels.items()
+                  if not isinstance(v, str)}
+        out.append({"id": r.id, "formula": r.formula, "labels": labels})
+        if len(out) >= n:
+            break
+    return out
+
+
 def cmd_info(args) -> int:
     p = Path(args.input)
     if p.is_dir() or str(args.input).endswith(".tar") or "*" in args.input:
@@ -110,11 +126,20 @@ def cmd_info(args) -> int:
         summary["members"] = dict(members)
     else:
         summary = _summarise(open_source(args.input))
+        if args.show:
+            summary["records"] = _first_records(open_source(args.input), args.show)
     summary["input"] = args.input
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         for k, v in summary.items():
+            if k == "records":  # one line per record: id, formula, label=value ...
+                print(f"{k:>14}:")
+                for r in v:
+                    labels = " ".join(f"{n}={x:.10g}" if isinstance(x, float) else f"{n}={x}"
+                                      for n, x in r["labels"].items())
+                    print(f"{'':>16}{r['id']} {r['formula']} {labels}")
+                continue
             print(f"{k:>14}: {v}")
         if note := _inferred_note(summary):
             print(note)

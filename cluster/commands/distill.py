@@ -102,8 +102,21 @@ def register(sub) -> None:
     b.set_defaults(func=cmd_benchmark)
 
 
+def check_names(args) -> None:
+    """Student names and dataset specs given as flags, checked before torch is imported (a typo answers in
+    about a second, not after the heavy imports); the full check (``DistillConfig.validate``) follows."""
+    from edg.edg_core.datasets import resolve
+    from edg.train.students import check_student_name
+    for name in [getattr(args, "student", None), *(getattr(args, "students", None) or [])]:
+        if name is not None:
+            check_student_name(name)
+    for spec in [getattr(args, "dataset", None), *(getattr(args, "datasets", None) or [])]:
+        if spec is not None:
+            resolve(spec, "task")
+
+
 def _base_config(args):
-    from edg.train.distill import DistillConfig
+    from edg.train.loops.distill import DistillConfig
     cfg = load_yaml(DistillConfig, args.config) if args.config else DistillConfig()
     changes = {}
     for name in ("student", "dataset", "out"):
@@ -117,7 +130,7 @@ def _base_config(args):
         changes["edg.teacher_targets"] = args.teacher_targets
     if args.ed_predictor is not None:
         changes["edg.ed_predictor"] = args.ed_predictor
-    from edg.train.distill import replace
+    from edg.train.loops.distill import replace
     cfg = replace(cfg, **changes)
     cfg = replace(cfg, fit=apply_args(cfg.fit, args),
                   task={**cfg.task, **_key_values(args.task, "--task")},
@@ -142,7 +155,8 @@ def _line(r: dict) -> str:
 
 
 def cmd_distill(args) -> int:
-    from edg.train.distill import run_distill
+    check_names(args)
+    from edg.train.loops.distill import run_distill
     cfg = _base_config(args)
     _check_targets(cfg)
     r = run_distill(cfg, force=args.force)
@@ -160,8 +174,9 @@ def _run_with_ray(cfgs, args) -> list[dict]:
 
 
 def cmd_benchmark(args) -> int:
+    check_names(args)
     from edg.cluster.distill_runs import grid
-    from edg.train.distill import run_distill
+    from edg.train.loops.distill import run_distill
     from edg.train.report import write_report
     base = _base_config(args)
     cfgs = grid(base, args.students, args.datasets, args.lambdas, args.seeds)

@@ -63,9 +63,9 @@ def _run(args, kind: str, model_path: str, **kw) -> int:
         model = model_path
         if workers.actors == 0:  # load once here, so a bad checkpoint is named before any sample is read
             if kind == "imageed":
-                from edg.train.imageed import load_imageed as load
+                from edg.train.io.model_files import load_imageed as load
             else:
-                from edg.train.teacher import load_teacher as load
+                from edg.train.io.model_files import load_teacher as load
             model = load(model_path)
         s = run_extract(kind, model, args.shards, args.out, workers, batch_size=args.batch_size,
                         device=args.device, drop_images=args.drop_images, **kw)

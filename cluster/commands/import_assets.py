@@ -86,21 +86,21 @@ def _done(stats: dict) -> int:
 
 
 def cmd_imageed(args) -> int:
-    from edg.train.import_assets import import_imageed
+    from edg.train.io.import_assets import import_imageed
     return _done(import_imageed(args.src, args.out, args.n_views, args.num_heads, args.decoder_num_heads))
 
 
 def cmd_teacher(args) -> int:
-    from edg.train.import_assets import import_teacher
+    from edg.train.io.import_assets import import_teacher
     return _done(import_teacher(args.src, args.out, args.arch, args.img_size))
 
 
 def cmd_ed_features(args) -> int:
-    from edg.train.import_assets import import_ed_features
+    from edg.train.io.import_assets import import_ed_features
     return _done(import_ed_features(args.src, args.out, args.id_format, args.strip_prefix, args.shards))
 
 
 def cmd_teacher_features(args) -> int:
-    from edg.train.import_assets import import_teacher_features
+    from edg.train.io.import_assets import import_teacher_features
     return _done(import_teacher_features(args.src, args.out, args.id_format, args.strip_prefix, args.teacher,
                                          args.rmd17_archive, args.row_ids))

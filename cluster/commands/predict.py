@@ -13,7 +13,7 @@ used (torch.load weights_only); the EDG head is not needed at inference.
 --input is any input spec (a .xyz/.extxyz/.sdf/.mol file, 'rmd17:ethanol?split=test&root=DIR', smiles:CCO, ...);
 records that cannot be read go to <out>.failures.jsonl and the rest are predicted.
 rMD17 students predict kcal/mol and kcal/mol/Å; --units eV (default, ASE's convention) converts them.
-From Python: train.ase_calculator.EDGCalculator(run folder) is an ASE calculator (MD, optimisation).
+From Python: train.io.ase_calculator.EDGCalculator(run folder) is an ASE calculator (MD, optimisation).
 
 Example:
   edg distill --dataset 'rmd17:ethanol?root=embedded' --epochs 5 --out runs/distill
@@ -31,12 +31,13 @@ def register(sub) -> None:
     p.add_argument("--units", choices=["eV", "kcal/mol"], default="eV",
                    help="energy unit of the output (forces: unit/Å); default eV")
     p.add_argument("--batch-size", type=int, default=32, help="molecules per forward pass")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    p.add_argument("--device", default="auto",
+                   help="torch device: auto (CUDA when a GPU is visible, else CPU), cpu, cuda, cuda:1")
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args) -> int:
-    from edg.train.predict import predict_file
+    from edg.train.io.predict import predict_file
     s = predict_file(args.model, args.input, args.out, units=args.units, batch_size=args.batch_size,
                      device=args.device)
     line = f"predicted {s['molecules']} molecules ({s['units']}) -> {s['out']}"

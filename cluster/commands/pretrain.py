@@ -42,7 +42,7 @@ augmentations each with p = 0.2 drawn per view: rotation up to 360 degrees with 
 blur with 3 taps (this project's earlier ones are options: docs/pretrain.md).
 
 Image size, views and the F_U width (--model.fu-dim: the ImageED's embed_dim) are read from the shards as
-for imageed. Outputs in --out as for imageed, with teacher.pt (loadable with train.teacher.load_teacher /
+for imageed. Outputs in --out as for imageed, with teacher.pt (loadable with train.io.model_files.load_teacher /
 load_ed_predictor). Then run `edg extract teacher-targets`.
 
 Examples (`make demo` writes runs/demo/shards/ed_fu: 64 px structure images, 64-wide F_U):
@@ -153,7 +153,7 @@ def explicit_model_fields(args) -> frozenset[str]:
 
 def cmd_pretrain(args) -> int:
     from edg.edg_core.storage import Mirror
-    from edg.train.pretrain import UNITS, fit_to_shards
+    from edg.train.loops.pretrain import UNITS, fit_to_shards
     cfg = resolve_config(args)
     cfg, changes = fit_to_shards(args.stage, cfg, args.shards, explicit_model_fields(args))
     if changes:
@@ -170,14 +170,14 @@ def cmd_pretrain(args) -> int:
                 metrics = train_on_ray(args.stage, cfg, args.shards, out, store, num_workers=args.ray_workers,
                                        use_gpu=args.use_gpu, max_failures=args.max_failures)
         else:
-            from edg.train.pretrain import train_imageed, train_teacher
+            from edg.train.loops.pretrain import train_imageed, train_teacher
             train = train_imageed if args.stage == "imageed" else train_teacher
             metrics = train(cfg, args.shards, out, device=args.device)
     print(json.dumps(metrics, indent=2))
     units = UNITS[args.stage]
     losses = ", ".join(f"{k.replace('_', ' ', 1)} {metrics[k]:.4g} {units['loss']}"
                        for k in ("train_loss", "valid_loss") if k in metrics)
-    print(f"{args.stage} pretraining done: epoch {metrics.get('epoch', -1) + 1}/{cfg.epochs}, {losses}, "
+    print(f"{args.stage} pretraining done: epoch {metrics.get('epoch', 0)}/{cfg.epochs}, {losses}, "
           f"{metrics.get('samples_per_s', float('nan')):.1f} samples/s -> {store.url}"
           + (f" (working copy {out})" if store.remote else ""))
     return 0
@@ -186,8 +186,9 @@ def cmd_pretrain(args) -> int:
 def cmd_figure(args) -> int:
     import torch
 
-    from edg.train.data import ShardImages, image_loader
-    from edg.train.imageed import load_imageed, save_reconstruction_png
+    from edg.train.data.shards import ShardImages, image_loader
+    from edg.train.io.model_files import load_imageed
+    from edg.train.io.figures import save_reconstruction_png
     model = load_imageed(args.model)
     ds = ShardImages(args.shards, "imageed", img_size=model.cfg.img_size, n_views=model.cfg.n_views, split="all")
     batch = next(iter(image_loader(ds, args.molecules)), None)

@@ -41,7 +41,7 @@ def register(sub) -> None:
 
 
 def _csv(results: list[dict]) -> bytes:
-    from edg.train.representation import TARGETS
+    from edg.train.loops.representation import TARGETS
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["representation", "metric", "unit", *TARGETS, "best_epoch", "epochs", "seconds"])
@@ -55,7 +55,7 @@ def _csv(results: list[dict]) -> bytes:
 
 
 def _markdown(results: list[dict], cfg, split: dict) -> bytes:
-    from edg.train.representation import markdown_table
+    from edg.train.loops.representation import markdown_table
     n = {k: len(v) for k, v in split.items()}
     lines = ["# ED representation study (Table 4 layout)", "",
              f"Test RMSE (MAE in brackets) per DFT energy label; split seed {cfg.seed}: {n['train']} train / "
@@ -70,13 +70,8 @@ def _markdown(results: list[dict], cfg, split: dict) -> bytes:
 
 def cmd_represent(args) -> int:
     from edg.edg_core.shards import read_samples, shard_paths
-    from edg.train.representation import (
-        RepresentationConfig,
-        atomref_baseline,
-        build_study_data,
-        split_indices,
-        train_representation,
-    )
+    from edg.train.loops.representation import RepresentationConfig, atomref_baseline, train_representation
+    from edg.train.data.study import build_study_data, split_indices
     cfg = resolve(RepresentationConfig, args, args.config)
     cfg = replace(cfg)  # re-run the config checks on the flags' values
     out = Path(args.out)

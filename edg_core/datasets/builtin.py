@@ -1,6 +1,10 @@
 """The built-in datasets. A new one is one ``register(Dataset(...))`` here, naming its reader (and task)."""
 from __future__ import annotations
 
+from ..readers.edbench import UNITS as EDBENCH_UNITS
+from ..readers.pcqm4mv2 import LABEL as PCQM_LABEL
+from ..readers.pcqm4mv2 import LABEL_UNIT as PCQM_UNIT
+from ..readers.pcqm4mv2 import SPLITS as PCQM_SPLITS
 from ..readers.qm9 import GEOM3D_UNITS
 from ..readers.qm9 import TARGETS as QM9_TARGETS
 from ..readers.rmd17 import MOLECULES as RMD17_MOLECULES
@@ -43,3 +47,17 @@ register(Dataset(
                              "records that do not state them (plain XYZ, SMILES)",
     reader=f"{READERS}.sources:open_file", subset="path", subset_label="file path", subset_required=True,
     options=("format", "charge", "multiplicity")))
+
+register(Dataset(
+    name="edbench", description="an EDBench set folder (Mol1.sdf geometries, the set's labels, ED/ESP cubes for "
+                                "edg render; ED5-EC labels are E1..E6): edbench:DIR?set=&split_by=scaffold|random",
+    reader=f"{READERS}.edbench:open_edbench", subset="root", subset_label="EDBench set folder",
+    subset_required=True, splits=("train", "valid", "test", "all"), default_split="all",
+    options=("set", "split_by"), units=dict(EDBENCH_UNITS)))
+
+register(Dataset(
+    name="pcqm4mv2", description="PCQM4Mv2's pcqm4m-v2-train.sdf (record i = molecule idx i, label homolumogap eV "
+                                 "from data.csv.gz); ?part=k/N: one of N byte ranges; ?split= needs ?split_dict=",
+    reader=f"{READERS}.pcqm4mv2:open_pcqm4mv2", subset="path", subset_label="pcqm4m-v2-train.sdf path",
+    subset_required=True, splits=PCQM_SPLITS, default_split="all", options=("csv", "split_dict", "part"),
+    units={PCQM_LABEL: PCQM_UNIT}))

@@ -9,6 +9,10 @@ A spec names a registered dataset or a file, in the one spec grammar (``edg_core
                                            rMD17 (root defaults to $EDG_RMD17_ROOT, ./data/rmd17,
                                            ../shared/data/rmd17; root=embedded: frames shipped in the package)
     smiles:CCO,c1ccccc1                    SMILES given inline (RDKit ETKDG + MMFF conformer)
+    edbench:DIR[?split=..&split_by=scaffold|random&set=NAME]
+                                           an EDBench set (Mol1.sdf + the set's named labels; cubes for rendering)
+    pcqm4mv2:FILE[?part=k/N&csv=CSV&split=..&split_dict=FILE]
+                                           pcqm4m-v2-train.sdf, record i = molecule idx i (homolumogap, eV)
     path/to/file.xyz|.extxyz|.sdf|.mol|.smi[?format=xyz|sdf|smi&charge=N&multiplicity=M]
                                            a file (- = standard input, a FIFO works too: read once, streamed);
                                            charge/multiplicity for the records that do not state them

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import scatter
 
-from ..graph import num_graphs
+from .graph import num_graphs
 
 __all__ = ["Student", "energy_and_forces", "pool"]
 

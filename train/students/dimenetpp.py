@@ -10,7 +10,7 @@ The model is assembled from PyG's DimeNet++ blocks (Bessel basis, embedding, int
 blocks) with the spherical basis from ``basis.py``: PyG's sympy-built one takes about a minute to construct
 at the default size. Defaults are the DimeNet++ paper's (hidden 128, 4 blocks, int_emb 64, basis_emb 8, out_emb 256,
 7 spherical, 6 radial, cutoff 5 Å, envelope exponent 5, 1/2 residual layers before/after skip, 3 output
-layers). Graph and triplets come from ``train.graph`` (PyG's need pyg-lib and torch-sparse).
+layers). Graph and triplets come from ``train.students.graph`` (PyG's need pyg-lib and torch-sparse).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from torch_geometric.nn.models.dimenet import BesselBasisLayer, EmbeddingBlock, 
 from torch_geometric.nn.resolver import activation_resolver
 from torch_geometric.utils import scatter
 
-from ..graph import radius_graph, triplets
+from .graph import radius_graph, triplets
 from .base import Student, pool
 from .basis import SphericalBasis
 

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.nn import Linear, SiLU
 from torch_geometric.utils import scatter
 
-from ..graph import radius_graph, radius_graph_torch
+from .graph import radius_graph, radius_graph_torch
 from .base import Student, pool
 
 

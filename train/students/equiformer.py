@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.nn import Embedding, Linear, SiLU
 from torch_geometric.utils import scatter
 
-from ..graph import radius_graph
+from .graph import radius_graph
 from .base import Student, pool
 from .egnn import cosine_cutoff
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.nn import Linear, SiLU
 from torch_geometric.utils import scatter
 
-from ..graph import radius_graph
+from .graph import radius_graph
 from .base import Student, pool
 from .egnn import cosine_cutoff
 

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch_geometric.nn.models import SchNet
 from torch_geometric.utils import scatter
 
-from ..graph import RadiusInteractionGraph, undirected_pairs
+from .graph import RadiusInteractionGraph, undirected_pairs
 from .base import Student, pool
 
 

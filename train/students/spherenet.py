@@ -48,7 +48,7 @@ from torch_geometric.nn.models.dimenet import BesselBasisLayer, ResidualLayer
 from torch_geometric.nn.resolver import activation_resolver
 from torch_geometric.utils import scatter
 
-from ..graph import radius_graph, triplets
+from .graph import radius_graph, triplets
 from .base import Student, pool
 from .basis import SphericalBasis, spherical_bessel
 

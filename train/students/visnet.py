@@ -8,7 +8,7 @@ self-loops. F_G = sum_i x_i (the paper pools ViSNet by sum); pred = sum_i GatedE
 Defaults are the ViSNet the paper ran on rMD17 (``EDG-for-VisNet/examples/ViSNet-rMD17.yml``: 256 hidden,
 9 layers, lmax 2, 8 heads, 32 expnorm RBFs (not trainable), cutoff 5 Å, at most 32 neighbours, no vector
 norm, no vertex angles, sum readout; about 9.8 M parameters), not PyG's smaller defaults (128 / 6 / lmax 1).
-The graph step is ours (``train.graph.radius_graph``): PyG's needs pyg-lib, and its self-loop edge lengths are
+The graph step is ours (``train.students.graph.radius_graph``): PyG's needs pyg-lib, and its self-loop edge lengths are
 created as float32 whatever the input dtype.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import Tensor
 from torch_geometric.nn.models import ViSNet
 from torch_geometric.nn.models.visnet import GatedEquivariantBlock
 
-from ..graph import radius_graph
+from .graph import radius_graph
 from .base import Student, pool
 
 

@@ -8,18 +8,14 @@ the backbone features, and EDP(F_S) (B, 768), which is trained with L1 to ImageE
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edg.edg_core.config import from_dict
 from edg.edg_core.errors import EDGError
 
-from .configs import IMAGENET_MEAN, IMAGENET_STD, TEACHER_PRESETS, TeacherConfig  # noqa: F401 (re-exported)
-from .data import ShardAnnotator
+from edg.train.configs import IMAGENET_MEAN, IMAGENET_STD, TEACHER_PRESETS, TeacherConfig  # noqa: F401 (re-exported)
 
 
 class EDPredictor(nn.Sequential):
@@ -31,34 +27,10 @@ class EDPredictor(nn.Sequential):
 
 
 def _backbone(cfg: TeacherConfig) -> nn.Module:
-    """The timm backbone with random weights (``Teacher.init_backbone`` loads the starting weights)."""
+    """The timm backbone with random weights (``train.io.backbone_weights.init_backbone`` loads the starting
+    weights)."""
     import timm
     return timm.create_model(cfg.arch, pretrained=False, num_classes=0)
-
-
-def _weights_file(path: Path) -> dict:
-    """A state dict from a local file: ``.safetensors``, or a torch file of tensors (plain data only), possibly
-    wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``."""
-    if not path.is_file():
-        raise EDGError(f"teacher: pretrained weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    from .checkpoint import load_checkpoint
-    state = load_checkpoint(path, "cpu", "teacher pretrained weights")
-    return state.get("state_dict", state.get("model", state))
-
-
-def _hub_weights(arch: str) -> dict:
-    """timm's pretrained (ImageNet) weights for ``arch`` from the Hugging Face hub or its local cache."""
-    import timm
-    try:
-        return timm.create_model(arch, pretrained=True, num_classes=0).state_dict()
-    except Exception as e:  # no network, nothing cached, no weights for this arch: the way out is the same
-        why = (str(e).splitlines() or [""])[0][:160]
-        raise EDGError(f"teacher: cannot get pretrained weights for {arch!r} from the timm hub ({type(e).__name__}: "
-                       f"{why}); give a local file with --model.pretrained-weights FILE, or train from random "
-                       f"weights with --no-model.pretrained (YAML: model: {{pretrained: false}})") from None
 
 
 class Teacher(nn.Module):
@@ -69,18 +41,6 @@ class Teacher(nn.Module):
         self.ed_predictor = EDPredictor(self.backbone.num_features, cfg.hidden_dim, cfg.fu_dim)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def init_backbone(self) -> Teacher:
-        """Load the backbone's starting weights as configured and return ``self``: the file
-        ``cfg.pretrained_weights``, else timm's ImageNet weights from the hub (``cfg.pretrained``, the authors'
-        start), else nothing (random init). Training from scratch calls this; a teacher loaded from its own
-        checkpoint never needs it. Classifier keys are dropped; any other mismatch is an ``EDGError``."""
-        cfg = self.cfg
-        if not cfg.pretrained:
-            return self
-        path = Path(cfg.pretrained_weights) if cfg.pretrained_weights else None
-        return self.load_backbone(_weights_file(path) if path else _hub_weights(cfg.arch),
-                                  str(path or "timm hub weights"))
 
     def load_backbone(self, state: dict, where: str, error: type[Exception] = EDGError,
                       message: str = "{where}: do not fit {arch} ({why})") -> Teacher:
@@ -186,60 +146,5 @@ def augment_structure_images(stimg: torch.Tensor, cfg: TeacherConfig, generator:
 
 
 # ---------------------------------------------------------------- checkpoints
-def teacher_state(model: Teacher) -> dict:
-    """What a teacher checkpoint holds besides training state: the config, the whole model and the ED
-    predictor on its own (so the students can load it without timm or the backbone)."""
-    return {"teacher_config": asdict(model.cfg), "model": model.state_dict(),
-            "ed_predictor": model.ed_predictor.state_dict(), "ed_predictor_dims": list(model.ed_predictor.dims)}
 
 
-def load_teacher(path: str | Path, map_location="cpu") -> Teacher:
-    """The teacher (eval mode) from ``teacher.pt``, a training checkpoint or a run folder (plain data only:
-    ``train.checkpoint.load_checkpoint``)."""
-    path, ck = _load(path, map_location)
-    if "teacher_config" not in ck:
-        raise EDGError(f"{path}: not a teacher checkpoint (keys {sorted(ck)[:8]}); expected 'teacher_config'")
-    saved = {k: v for k, v in ck["teacher_config"].items() if k != "backbone_checkpoint"}  # a field of older files
-    cfg = from_dict(TeacherConfig, _tuples(saved), where=f"{path}:teacher_config")
-    model = Teacher(cfg)  # the weights come from the checkpoint itself, never from the hub
-    model.load_state_dict(ck["model"])
-    return model.eval()
-
-
-def load_ed_predictor(path: str | Path, map_location="cpu") -> EDPredictor:
-    """The frozen ED predictor (eval mode, requires_grad False) from a teacher checkpoint file."""
-    path, ck = _load(path, map_location)
-    if "ed_predictor" not in ck:
-        raise EDGError(f"{path}: not a teacher checkpoint (keys {sorted(ck)[:8]}); expected 'ed_predictor'")
-    edp = EDPredictor(*ck["ed_predictor_dims"])
-    edp.load_state_dict(ck["ed_predictor"])
-    for p in edp.parameters():
-        p.requires_grad_(False)
-    return edp.eval()
-
-
-def _load(path, map_location) -> tuple[Path, dict]:
-    """(file, content) of a teacher checkpoint; a run folder means its ``teacher.pt``, else its checkpoints
-    (``train.checkpoint.model_file``)."""
-    from .checkpoint import load_checkpoint, model_file
-    path = model_file(path, "teacher.pt", "teacher")
-    return path, load_checkpoint(path, map_location, "teacher checkpoint")
-
-
-def _tuples(d: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-
-class TargetExtractor(ShardAnnotator):
-    """A stage worker (``cluster.stages.run_extract``): the teacher once per conformation with structure
-    images, storing F_S (``fs.npy``) and EDP(F_S) (``edp.npy``). Eval mode, no augmentation, float32 unless
-    ``bf16``; student training reads these instead of running the teacher. ``model``: a ``Teacher`` or a path
-    ``load_teacher`` reads."""
-    member = "stimg"
-
-    def __init__(self, model, device=None, bf16: bool = False, drop_images: bool = False):
-        super().__init__(model if isinstance(model, Teacher) else load_teacher(model), device, bf16, drop_images)
-
-    def outputs(self, images):
-        fs, edp = self.model(images)
-        return {"fs": fs, "edp": edp}

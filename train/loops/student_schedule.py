@@ -1,4 +1,4 @@
-"""The learning-rate schedule of student training (``train.distill.train_student``).
+"""The learning-rate schedule of student training (``train.loops.distill.train_student``).
 
 An optional linear warm-up per optimiser step (lr = base * (step + 1) / warmup_steps for the first
 ``warmup_steps`` steps, as the authors' ViSNet ``optimizer_step``), then one of, per epoch:
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .configs import FitConfig
+from edg.train.configs import FitConfig
 
 SCHEDULERS = ("cosine", "plateau", "none")
 

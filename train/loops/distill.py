@@ -1,13 +1,12 @@
-"""The student training loop, with or without EDG, and one resumable run = one result file.
+"""Distillation: a student's steps for the one epoch loop, with or without EDG; one resumable run = one result file.
 
-``train_student`` trains a student on a task: Adam, the task loss (L1 or MSE), the lr schedule of
-``train.student_schedule`` (warm-up; cosine, plateau or none), model selection on the validation metric,
-test errors taken at the best validation epoch. Losses are summed on the device and read once per epoch (no
-host sync per step). ``run_distill`` builds task, student and EDG head from a ``DistillConfig`` (fields left
+``train_student`` trains a student on a task through the epoch loop (``train.loops.epoch_loop``; epochs
+count from 1): Adam, the task loss (L1 or MSE), the lr schedule of ``train.loops.student_schedule``
+(warm-up; cosine, plateau or none), model selection on the validation metric, test errors taken at the best
+validation epoch. ``run_distill`` builds task, student and EDG head from a ``DistillConfig`` (fields left
 unset take the paper's settings for the student and dataset: ``train.paper_settings``) and writes
-``<out>/<run name>/`` in the run-folder convention of every EDG training loop: config.yaml;
-metrics.jsonl, metrics.csv and progress.json after every epoch, with a line per epoch on stderr (losses,
-validation metrics with units, lr, samples/s, ETA); ``checkpoint/epoch-NNNNNN.pt`` (plain data, every
+``<out>/<run name>/``: config.yaml; metrics.jsonl, metrics.csv and progress.json after every epoch, with a
+line per epoch on stderr; ``checkpoint/epoch-NNNNNN.pt`` (``train.loops.run_state``, every
 ``checkpoint_every`` epochs, newest ``keep_last`` kept); at the end test_errors.npz, best_student.pt (the
 student's weights at the best validation epoch) and result.json last, atomically. A run whose result.json
 exists is skipped; an interrupted run resumes from its last checkpoint; the checkpoints are removed when the
@@ -15,12 +14,10 @@ run is finished.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,23 +25,19 @@ import numpy as np
 import torch
 
 from edg.edg_core.config import dump_yaml, to_dict
-from edg.edg_core.io import atomic_path, progress, write_json_atomic
+from edg.edg_core.io import atomic_path, write_json_atomic
 
-from .checkpoint import Checkpoints, load_checkpoint, model_file, save_checkpoint
-from .configs import FitConfig  # noqa: F401 (re-exported)
-from .edg import (
-    EDGConfig,
-    EDGHead,
-    build_ed_predictor,
-    coulomb_standin_features,
-    edg_objective,
-    load_teacher_targets,
-    predictor_dims,
-)
-from .progress import TrainLog
-from .student_schedule import StudentSchedule
-from .tasks import Batch, PackedMolecules, Task, build_task
-from .tasks.base import loss_fn
+from edg.train.io.checkpoint import Checkpoints, load_checkpoint, model_file, save_checkpoint
+from edg.train.configs import FitConfig  # noqa: F401 (re-exported)
+from edg.train.models.edg_head import EDGConfig, EDGHead, edg_objective, predictor_dims
+from edg.train.io.model_files import build_ed_predictor
+from edg.train.data.teacher_targets import coulomb_standin_features, load_teacher_targets
+from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, find_checkpoint, run_epochs
+from edg.train.devices import resolve_device
+from edg.train.loops.run_state import RunState
+from edg.train.loops.student_schedule import StudentSchedule
+from edg.train.tasks import Batch, PackedMolecules, Task, build_task
+from edg.train.tasks.base import loss_fn
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +54,7 @@ class DistillConfig:
 
     def __post_init__(self):
         # options after the dataset name (rmd17:aspirin?root=DIR) are task options; --task KEY=VALUE wins
-        from .tasks import parse_dataset
+        from edg.train.tasks import parse_dataset
         self.dataset, opts = parse_dataset(self.dataset)
         if opts:
             self.task = {**opts, **self.task}
@@ -70,15 +63,15 @@ class DistillConfig:
         """This config with the paper's settings for the student and dataset family wherever the user set
         nothing: ``fit`` fields left ``None``, student and task options under the given ones
         (``train.paper_settings``)."""
-        from .paper_settings import resolve
+        from edg.train.paper_settings import resolve
         fit, student_args, task = resolve(self.student, self.dataset, self.fit, self.student_args, self.task)
         return dataclasses.replace(self, fit=fit, student_args=student_args, task=task)
 
     def validate(self) -> None:
         """Raise an ``EDGError`` naming the valid choices for an unknown student, dataset, molecule, target or
         option, or a missing rMD17 root, before anything is written."""
-        from .students import config_for
-        from .tasks import validate_dataset
+        from edg.train.students import config_for
+        from edg.train.tasks import validate_dataset
         config_for(self.student, **self.student_args)
         validate_dataset(self.dataset, **self.task)
 
@@ -149,7 +142,7 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
     resumes from there).
     """
     cfg = cfg.filled()
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     model.to(device)
@@ -161,77 +154,51 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
     params = list(model.parameters()) + (list(head.mapper.parameters()) if lambda_ed > 0 else [])
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn(cfg.loss)  # an unknown loss name fails here, before any step
-    scheduler = StudentSchedule(optimizer, cfg)  # warm-up per step; cosine / plateau / none per epoch
-    gen = torch.Generator().manual_seed(cfg.seed)
+    state = RunState(model, optimizer, StudentSchedule(optimizer, cfg), torch.Generator().manual_seed(cfg.seed),
+                     modules={"mapper": head.mapper} if head is not None else {})
     metric = task.select_metric
-    state = {"epoch": 0, "best": math.inf, "best_epoch": -1, "valid": {}, "test": {}, "test_errors": {},
-             "seconds": 0.0, "best_state": None}
-    ckpts = Checkpoints(run_dir / "checkpoint", cfg.checkpoint_every, cfg.keep_last) if run_dir is not None else None
-    saved = ckpts.load_latest(device, f"{desc} checkpoint") if ckpts is not None else None
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if saved["scheduler"] is not None:
-            scheduler.load_state_dict(saved["scheduler"])
-        if head is not None and saved.get("mapper") is not None:
-            head.mapper.load_state_dict(saved["mapper"])
-        gen.set_state(saved["generator"])
-        state = saved["state"]
+    loop = LoopConfig(desc, cfg.epochs, math.ceil(len(train) / cfg.batch_size), cfg.batch_size, device, run_dir,
+                      checkpoints=run_dir is not None, checkpoint_every=cfg.checkpoint_every,
+                      keep_last=cfg.keep_last, stop_after=stop_after,
+                      units={**task.units, "loss": "(L_task + lambda L_ED)", "task_loss": "(L_task)",
+                             "ed_loss": "(L_ED)"},
+                      show=("train_loss", f"valid_{metric}", *(f"valid_{k}" for k in task.units if k != metric)))
+    ck = find_checkpoint(loop)
+    if ck is not None:
+        state.restore(ck)
 
-    last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
-    units = {**task.units, "loss": "(L_task + lambda L_ED)", "task_loss": "(L_task)", "ed_loss": "(L_ED)"}
-    trainlog = TrainLog(run_dir, desc, cfg.epochs, state["epoch"], units,
-                        show=("train_loss", f"valid_{metric}", *(f"valid_{k}" for k in task.units if k != metric)))
-    first = state["epoch"]
-    steps = math.ceil(len(train) / cfg.batch_size)
-    after_step = trainlog.step_timer(steps, device)
-    if first < last_epoch:
-        trainlog.start(model, cfg.epochs - first, steps, cfg.batch_size, device)
-    for epoch in progress(range(state["epoch"], last_epoch), desc, total=last_epoch - state["epoch"]):
-        t0 = time.perf_counter()
-        model.train()
+    def batches(k):
         if head is not None:
             head.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, task_loss, ed_loss x molecules
-        n = 0
-        for i, batch in enumerate(train.batches(cfg.batch_size, shuffle=True, generator=gen)):
-            scheduler.before_step()
-            step = train_step(task, model, batch, optimizer, lambda_ed, head, cfg.grad_clip, cfg.loss)
-            b = batch.num_molecules
-            sums += torch.stack([step["loss"], step["task_loss"], step["ed_loss"]]).double() * b
-            n += b
-            if epoch == first:
-                after_step(i)
-        means = (sums / max(n, 1)).tolist()  # the epoch's one host sync for the training losses
-        train_time = time.perf_counter() - t0
-        val = _means(evaluate(task, model, valid, cfg.eval_batch_size))
-        lr = optimizer.param_groups[0]["lr"]  # the lr this epoch trained with
-        scheduler.end_epoch(val[metric])
-        row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in zip(("loss", "task_loss", "ed_loss"), means)},
-               **{f"valid_{k}": v for k, v in val.items()}, "train_seconds": train_time,
-               "samples_per_s": n / max(train_time, 1e-9), "lr": lr}
-        if val[metric] < state["best"]:
-            test_err = evaluate(task, model, test, cfg.eval_batch_size)
-            state.update(best=val[metric], best_epoch=epoch + 1, valid=val, test=_means(test_err),
-                         test_errors={k: torch.from_numpy(v) for k, v in test_err.items()},
-                         best_state=copy.deepcopy(model.state_dict()))
-            row.update({f"test_{k}": v for k, v in state["test"].items()})
-        state["epoch"] = epoch + 1
-        state["seconds"] += time.perf_counter() - t0
-        if ckpts is not None and ckpts.due(epoch + 1, cfg.epochs):
-            ckpts.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "mapper": head.mapper.state_dict() if head is not None else None,
-                        "generator": gen.get_state(), "state": state}, epoch + 1)
-        trainlog.epoch(row, time.perf_counter() - t0, epoch + 1)
-    return FitResult(state["best_epoch"], state["valid"], state["test"],
-                     {k: v.numpy() for k, v in state["test_errors"].items()}, list(trainlog.rows),
-                     state["seconds"], state["best_state"])
+        return train.batches(cfg.batch_size, shuffle=True, generator=state.generator)
+
+    def step(batch):
+        state.scheduler.before_step()
+        return train_step(task, model, batch, optimizer, lambda_ed, head, cfg.grad_clip, cfg.loss), \
+            batch.num_molecules
+
+    def on_best(k, row):
+        test_err = evaluate(task, model, test, cfg.eval_batch_size)
+        best_test = _means(test_err)
+        row.update({f"test_{key}": v for key, v in best_test.items()})
+        return {"valid": {key[6:]: v for key, v in row.items() if key.startswith("valid_")}, "test": best_test,
+                "test_errors": {key: torch.from_numpy(v) for key, v in test_err.items()}}
+
+    steps = ModelSteps(batches, step,
+                       evaluate=lambda k: {f"valid_{key}": v for key, v in
+                                           _means(evaluate(task, model, valid, cfg.eval_batch_size)).items()},
+                       select_metric=f"valid_{metric}", keep_best_weights=True, on_best=on_best,
+                       end_epoch=lambda row: state.scheduler.end_epoch(row[f"valid_{metric}"]))
+    run_epochs(state, steps, loop)
+    best = state.best
+    return FitResult(best.epoch if best.epoch > 0 else -1, best.extra.get("valid", {}), best.extra.get("test", {}),
+                     {key: v.numpy() for key, v in best.extra.get("test_errors", {}).items()}, list(state.history),
+                     state.seconds, best.weights)
 
 
 def load_student_state(path: str | Path, map_location="cpu") -> dict:
     """The student weights of ``best_student.pt`` (or of a run folder holding it), for ``build_student(...)
-    .load_state_dict``; plain data only (``train.checkpoint.load_checkpoint``). A run folder means its
+    .load_state_dict``; plain data only (``train.io.checkpoint.load_checkpoint``). A run folder means its
     ``best_student.pt`` only: its resumable checkpoints hold training state, not the best weights."""
     path = model_file(path, "best_student.pt", "distillation", checkpoints=False)
     return load_checkpoint(path, map_location, "student weights")

@@ -5,15 +5,16 @@ in this process, or as one rank of a ``torch.distributed`` group (DDP; the shard
 DataLoader worker). Before any work the model's image size, view count and F_U width are checked against
 the first sample of the shards (``check_shapes``; ``fit_to_shards`` adapts a config to them).
 
-Run folder (the convention of every EDG training loop, see ``train.checkpoint`` / ``train.progress``):
-``config.yaml``; ``metrics.jsonl``, ``metrics.csv`` and ``progress.json`` rewritten after every epoch, with
-a line per epoch on stderr; ``checkpoint/epoch-NNNNNN.pt`` (plain data: model, optimizer, scheduler, epoch,
-config, metric history) every ``checkpoint_every`` epochs and after the last, the newest ``keep_last``
-kept, and ``checkpoint/best.pt`` (the exported model at the lowest validation loss, when there is a
-validation split); ``imageed.pt`` / ``teacher.pt`` when the schedule is done. After each epoch every rank
-calls ``report(metrics, checkpoint_file)`` (the file written this epoch on rank 0, else ``None``). A rerun
-resumes after the last checkpointed epoch and takes the same steps it would have taken without the
-interruption: data order, masks and augmentations are seeded by (seed, epoch, rank).
+Both run through the one epoch loop (``train.loops.epoch_loop``; epochs count from 1): this module only says
+what a step, a validation and an export are (``_stage_steps``). Run folder: ``config.yaml``;
+``metrics.jsonl``, ``metrics.csv`` and ``progress.json`` rewritten after every epoch, with a line per epoch on
+stderr; ``checkpoint/epoch-NNNNNN.pt`` (``train.loops.run_state``, plus the export's keys) every
+``checkpoint_every`` epochs and after the last, the newest ``keep_last`` kept, and ``checkpoint/best.pt`` (the
+exported model at the lowest validation loss, when there is a validation split); ``imageed.pt`` /
+``teacher.pt`` when the schedule is done. After each epoch every rank calls ``report(row, checkpoint_file)``
+(the file written this epoch on rank 0, else ``None``). A rerun resumes after the last checkpointed epoch and
+takes the same steps it would have taken without the interruption: data order, masks and augmentations are
+seeded by (seed, epoch, rank).
 
 Every rank takes the same number of steps per epoch (``ceil(train samples / global batch)``; a rank whose
 shards run out starts another pass), so DDP never waits on a rank that has finished.
@@ -21,8 +22,8 @@ shards run out starts another pass), so DDP never waits on a rank that has finis
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,21 +31,20 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-
 from edg.edg_core.config import dump_yaml
 from edg.edg_core.errors import EDGError, ShardError
-from edg.edg_core.io import progress
 from edg.edg_core.shards import shard_paths, webdataset_pipeline
-
-from .checkpoint import CheckpointError, Checkpoints, load_checkpoint, save_checkpoint
-from .configs import ImageEDTrainConfig, TeacherTrainConfig  # noqa: F401 (re-exported)
-from .data import ShardImages, count_samples, image_loader
-from .imageed import ImageED, imageed_state, save_reconstruction_png
-from .optim import adamw, scaled_lr, sgd, warmup_cosine
-from .progress import TrainLog
-from .teacher import Teacher, augment_structure_images, teacher_loss, teacher_state
-
-Report = Callable[[dict, "Path | None"], None]  # (epoch metrics, checkpoint file written this epoch or None)
+from edg.train.configs import ImageEDTrainConfig, TeacherTrainConfig  # noqa: F401 (re-exported)
+from edg.train.data.shards import ShardImages, count_samples, image_loader
+from edg.train.io.backbone_weights import init_backbone
+from edg.train.io.checkpoint import save_checkpoint
+from edg.train.io.figures import save_reconstruction_png
+from edg.train.io.model_files import imageed_state, teacher_state
+from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, Report, find_checkpoint, run_epochs
+from edg.train.loops.optim import adamw, scaled_lr, sgd, warmup_cosine
+from edg.train.loops.run_state import RunState
+from edg.train.models.imageed import ImageED
+from edg.train.models.teacher import Teacher, augment_structure_images, teacher_loss
 
 UNITS = {"imageed": {"loss": "(normalised-pixel MSE)", "l_mp": "(normalised-pixel MSE)",
                      "l_rp": "(normalised-pixel MSE)"},
@@ -61,7 +61,7 @@ class _Stage:
     dataset: Callable[[str, int], ShardImages]                           # (split, seed) -> one pass
     export: Callable[[nn.Module], dict]                                  # model -> its standalone file content
     export_name: str
-    after_epoch: Callable[[nn.Module, int, Path, dict], None] | None = None
+    after_epoch: Callable[[nn.Module, int, Path, dict], dict | None] | None = None  # may return images
     init: Callable[[nn.Module], object] | None = None  # starting weights of a run that resumes nothing
 
 
@@ -80,10 +80,12 @@ def _imageed_stage(cfg: ImageEDTrainConfig, shards) -> _Stage:
                            val_fraction=cfg.val_fraction, shuffle=cfg.shuffle_buffer if split == "train" else 0,
                            seed=seed, max_bad_samples=cfg.max_bad_samples)
 
-    def after_epoch(model, epoch, out_dir, batch):
-        if cfg.figure_every and (epoch + 1) % cfg.figure_every == 0:
-            save_reconstruction_png(model, batch["edimg"], out_dir / "figures" / f"reconstruction-{epoch:04d}.png",
-                                    seed=cfg.seed)
+    def after_epoch(model, epoch, out_dir, batch):  # epoch: 1-based
+        if cfg.figure_every and epoch % cfg.figure_every == 0:
+            grid = save_reconstruction_png(model, batch["edimg"],
+                                           out_dir / "figures" / f"reconstruction-{epoch:04d}.png", seed=cfg.seed)
+            return {"reconstruction": grid}
+        return None
     return _Stage("imageed", ImageED(mc), make_optimizer, loss, dataset, imageed_state, "imageed.pt", after_epoch)
 
 
@@ -101,7 +103,7 @@ def _teacher_stage(cfg: TeacherTrainConfig, shards) -> _Stage:
                            val_fraction=cfg.val_fraction, shuffle=cfg.shuffle_buffer if split == "train" else 0,
                            seed=seed, fu_dim=mc.fu_dim, max_bad_samples=cfg.max_bad_samples)
     return _Stage("teacher", Teacher(mc), lambda model, gb: sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay),
-                  loss, dataset, teacher_state, "teacher.pt", init=Teacher.init_backbone)
+                  loss, dataset, teacher_state, "teacher.pt", init=init_backbone)
 
 
 def train_imageed(cfg: ImageEDTrainConfig, shards, out_dir, report: Report | None = None,
@@ -262,108 +264,87 @@ def _mean_across_ranks(sums: dict, count: float, device, world: int) -> dict[str
 
 def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = None, device=None,
                 resume_from=None) -> dict:
-    """Run ``stage``'s schedule (see the module docstring); returns the last epoch's metrics."""
+    """Run ``stage``'s schedule through the epoch loop (see the module docstring); returns the last epoch's row."""
     rank, world = _rank_world()
     device = torch.device(device) if device is not None else default_device()
     bind_device(device)
     out_dir = Path(out_dir)
-    ckpts = Checkpoints(out_dir / "checkpoint", cfg.checkpoint_every, cfg.keep_last)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, out_dir / "config.yaml")
+    loop = LoopConfig(stage.name, cfg.epochs, 0, cfg.batch_size * world, device, out_dir,
+                      checkpoint_every=cfg.checkpoint_every, keep_last=cfg.keep_last,
+                      resume_from=Path(resume_from) if resume_from else None, same_name_only=True,
+                      units=UNITS[stage.name],
+                      show=("train_loss", "valid_loss"), config=asdict(cfg), writer=rank == 0, world=world)
 
     model = stage.model.to(device)
     optimizer = stage.make_optimizer(model, cfg.batch_size * world)
-    start_epoch, history, steps = 0, [], None
-    src = Path(resume_from) if resume_from else ckpts.latest()
-    if src is None and (ckpts.folder / "checkpoint.pt").is_file():
-        src = ckpts.folder / "checkpoint.pt"  # the one-file layout of earlier EDG versions
-    if src is not None:
-        ck = load_checkpoint(src, device, f"{stage.name} checkpoint")
-        if ck.get("stage") != stage.name:
-            raise CheckpointError(f"{src}: checkpoint of stage {ck.get('stage')!r}, not {stage.name!r}")
-        model.load_state_dict(ck["model"])
-        start_epoch, history, steps = ck["epoch"] + 1, ck["history"], ck["steps_per_epoch"]
-    elif stage.init is not None:  # e.g. the teacher's ImageNet backbone: not fetched when a checkpoint has it all
+    ck = find_checkpoint(loop)
+    if ck is None and stage.init is not None:  # e.g. the teacher's ImageNet backbone: not fetched on resume
         stage.init(model)
+    steps = ck["extra"].get("steps_per_epoch") if ck is not None else None
     if steps is None:
         n_train = cfg.samples_per_epoch or count_samples(shards, "train", cfg.val_fraction)
         if n_train == 0:
             raise ShardError(f"{shards}: no training samples")
         steps = math.ceil(n_train / (cfg.batch_size * world))
-    warmup = cfg.warmup_epochs * steps
-    cosine = getattr(cfg, "cosine", True)
-    scheduler = warmup_cosine(optimizer, warmup, cfg.epochs * steps if cosine else 1 << 62)
-    if src is not None:  # after the scheduler is built, which would otherwise reset the lr of the restored state
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
+    loop.steps_per_epoch = steps
+    scheduler = warmup_cosine(optimizer, cfg.warmup_epochs * steps,
+                              cfg.epochs * steps if getattr(cfg, "cosine", True) else 1 << 62)
+    state = RunState(model, optimizer, scheduler, extra={"steps_per_epoch": steps})
+    if ck is not None:  # after the scheduler is built, which would otherwise reset the lr of the restored state
+        state.restore(ck)
+    run_epochs(state, _stage_steps(stage, cfg, state, device, rank, world, out_dir), loop, report)
+    return state.history[-1] if state.history else {}
 
+
+def _stage_steps(stage: _Stage, cfg, state: RunState, device, rank: int, world: int, out_dir: Path) -> ModelSteps:
+    """ImageED's or the teacher's contribution to the epoch loop: DDP, torch.compile, bf16 autocast, gradient
+    clipping, per-step lr; data order, masks and augmentations seeded by (seed, epoch, rank)."""
+    model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
     fwd = torch.compile(net) if cfg.compile else net
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda" \
         else contextlib.nullcontext()
-    metrics: dict = history[-1] if history else {}
-    best = min((h["valid_loss"] for h in history if "valid_loss" in h), default=math.inf)
-    log = TrainLog(out_dir if rank == 0 else None, stage.name, cfg.epochs, start_epoch, UNITS[stage.name],
-                   show=("train_loss", "valid_loss"), quiet=rank != 0)
-    after_step = log.step_timer(steps, device)
-    if start_epoch < cfg.epochs:
-        log.start(model, cfg.epochs - start_epoch, steps, cfg.batch_size * world, device)
+    epoch_rng: dict = {}  # "g": this epoch's generator (masks, augmentations); "last": its last batch (figures)
 
-    for epoch in range(start_epoch, cfg.epochs):
-        seed = cfg.seed * 1_000_003 + epoch * 7_919
-        g = torch.Generator(device=device).manual_seed(seed + rank)
-        batches = _batches(stage, seed + rank, cfg.batch_size, cfg.num_workers, rank)
-        model.train()
-        sums: dict[str, torch.Tensor] = {}
-        t0, n_samples = time.perf_counter(), 0
-        for i in progress(range(steps), f"{stage.name} epoch {epoch + 1}/{cfg.epochs}"):
-            batch = _to(next(batches), device)
-            with autocast:
-                loss, parts = stage.loss(fwd, batch, g, True)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            b = len(batch["key"])
-            n_samples += b
-            for k, v in parts.items():  # kept on the device: no host sync per step
-                sums[k] = sums.get(k, 0.0) + v.detach().double() * b
-            if epoch == start_epoch:  # the first step includes loader start-up: not timed
-                after_step(i)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
-        train = _mean_across_ranks(sums, n_samples, device, world)
-        metrics = {"epoch": epoch, "step": (epoch + 1) * steps, "lr": optimizer.param_groups[0]["lr"],
-                   "samples_per_s": n_samples * world / max(dt, 1e-9), **{f"train_{k}": v for k, v in train.items()}}
-        if cfg.val_fraction > 0:
-            metrics.update(_validate(stage, model, cfg, device, world, autocast))
-        history.append(metrics)
-        written = None
+    def batches(k):
+        seed = cfg.seed * 1_000_003 + (k - 1) * 7_919  # the seed of the epoch with 0-based index k - 1
+        epoch_rng["g"] = torch.Generator(device=device).manual_seed(seed + rank)
+        return itertools.islice(_batches(stage, seed + rank, cfg.batch_size, cfg.num_workers, rank),
+                                state.extra["steps_per_epoch"])
+
+    def train_step(batch):
+        batch = _to(batch, device)
+        epoch_rng["last"] = batch
+        with autocast:
+            loss, parts = stage.loss(fwd, batch, epoch_rng["g"], True)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        return parts, len(batch["key"])
+
+    def evaluate(k):
+        return _validate(stage, model, cfg, device, world, autocast) if cfg.val_fraction > 0 else {}
+
+    def on_best(k, row):
         if rank == 0:
-            if metrics.get("valid_loss", math.inf) < best:
-                best = metrics["valid_loss"]
-                ckpts.save_best({**stage.export(model), "stage": stage.name, "epoch": epoch,
-                                 "valid_loss": best})
-            if ckpts.due(epoch + 1, cfg.epochs):
-                written = ckpts.save({"stage": stage.name, "epoch": epoch, "steps_per_epoch": steps,
-                                      "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "scheduler": scheduler.state_dict(), "config": asdict(cfg),
-                                      "history": history, **stage.export(model)}, epoch + 1)
-            log.epoch(metrics, time.perf_counter() - t0, epoch + 1)
-            if stage.after_epoch is not None:
-                stage.after_epoch(model, epoch, out_dir, batch)
-            if epoch == cfg.epochs - 1:
-                save_checkpoint(stage.export(model), out_dir / stage.export_name)
-        if world > 1:
-            dist.barrier()
-        if report is not None:
-            report(metrics, written)
-    return metrics
+            save_checkpoint({**stage.export(model), "stage": stage.name, "epoch": k, "valid_loss": row["valid_loss"]},
+                            out_dir / "checkpoint" / "best.pt")
+
+    def after_epoch(k):
+        images = stage.after_epoch(model, k, out_dir, epoch_rng["last"]) if stage.after_epoch is not None else None
+        if k == cfg.epochs:
+            save_checkpoint(stage.export(model), out_dir / stage.export_name)
+        return images
+
+    return ModelSteps(batches, train_step, evaluate, select_metric="valid_loss", on_best=on_best,
+                      after_epoch=after_epoch, export=lambda: stage.export(model))
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from edg.edg_core.errors import EDGError
 from edg.edg_core.io import atomic_path
 from edg.edg_core.safe_pickle import UnsafePickleError, safe_load, safe_load_npz, safe_torch_load
 
-from .configs import ImageEDConfig, TeacherConfig
+from edg.train.configs import ImageEDConfig, TeacherConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _torch_file(path: Path, what: str) -> dict:
 
 
 def _save(state: dict, out: Path) -> Path:
-    from .checkpoint import save_checkpoint
+    from edg.train.io.checkpoint import save_checkpoint
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(state, out)
 
@@ -112,7 +112,7 @@ def imageed_from_authors(state: dict, n_views: int = 6, num_heads: int | None = 
                          decoder_num_heads: int | None = None, where: str = "ImageED"):
     """Our ``ImageED`` (eval mode) holding the authors' MAE weights; ``state`` is their checkpoint dict or a
     bare state dict. Their fixed position embeddings must equal ours (checked), so the model computes the same."""
-    from .imageed import ImageED
+    from edg.train.models.imageed import ImageED
     sd = state.get("model", state)
     cfg = imageed_config(sd, n_views, num_heads, decoder_num_heads, state.get("args"), where)
     if cfg.embed_dim % cfg.num_heads or cfg.decoder_embed_dim % cfg.decoder_num_heads:
@@ -137,7 +137,8 @@ def imageed_from_authors(state: dict, n_views: int = 6, num_heads: int | None = 
 def import_imageed(src, out, n_views: int = 6, num_heads: int | None = None,
                    decoder_num_heads: int | None = None) -> dict:
     """The authors' ImageED checkpoint ``src`` -> our ``imageed.pt`` at ``out``; returns a summary."""
-    from .imageed import imageed_state, n_params
+    from edg.train.io.model_files import imageed_state
+    from edg.train.models.imageed import n_params
     src, out = Path(src), Path(out)
     model = imageed_from_authors(_torch_file(src, "ImageED checkpoint"), n_views, num_heads, decoder_num_heads,
                                  str(src))
@@ -150,7 +151,7 @@ def import_imageed(src, out, n_views: int = 6, num_heads: int | None = None,
 # ---------------------------------------------------------------- teacher + ED predictor
 def teacher_from_authors(state: dict, arch: str = "resnet18", img_size: int = 224, where: str = "teacher"):
     """Our ``Teacher`` (eval mode) from their ``{"ED_teacher": ..., "EDPredictor": ...}`` checkpoint dict."""
-    from .teacher import Teacher
+    from edg.train.models.teacher import Teacher
     for k in ("ED_teacher", "EDPredictor"):
         if not isinstance(state.get(k), dict):
             raise AssetFormatError(f"{where}: no {k!r} state dict (keys {sorted(state)[:8]}); expected the authors' "
@@ -179,7 +180,7 @@ def teacher_from_authors(state: dict, arch: str = "resnet18", img_size: int = 22
 def import_teacher(src, out, arch: str = "resnet18", img_size: int = 224) -> dict:
     """The authors' ``ED-aware-Teacher.pth`` -> our ``teacher.pt`` (``edg extract teacher-targets --teacher``,
     ``edg distill --ed-predictor``); returns a summary."""
-    from .teacher import teacher_state
+    from edg.train.io.model_files import teacher_state
     src, out = Path(src), Path(out)
     model = teacher_from_authors(_torch_file(src, "teacher checkpoint"), arch, img_size, str(src))
     _save(teacher_state(model), out)
@@ -279,7 +280,7 @@ def import_teacher_features(src, out, id_format: str = "{}", strip_prefix: str =
         ids = map_ids(raw, id_format, strip_prefix)
     arrays = {"ids": np.array(ids), "fs": fs}
     if teacher is not None:
-        from .teacher import load_ed_predictor
+        from edg.train.io.model_files import load_ed_predictor
         edp = load_ed_predictor(teacher)
         if edp.dims[0] != fs.shape[1]:
             raise EDGError(f"{teacher}: its ED predictor takes {edp.dims[0]} features, {src} has {fs.shape[1]}")

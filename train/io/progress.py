@@ -12,7 +12,8 @@
   <unit>  lr ..  .. samples/s  .. s/epoch  ETA ..`` to stderr, TTY or not.
 
 A resumed run keeps the first ``start_epoch`` rows of ``metrics.jsonl`` (rows logged after the checkpoint it
-resumes from are trained again). Only the writer (rank 0) should build one with ``out_dir``; other ranks pass
+resumes from are trained again), or ``rows`` (the history its checkpoint holds) when given: the files are
+rewritten from them if they differ. Only the writer (rank 0) should build one with ``out_dir``; other ranks pass
 ``out_dir=None, quiet=True``.
 """
 from __future__ import annotations
@@ -58,20 +59,20 @@ class TrainLog:
 
     def __init__(self, out_dir: str | Path | None, name: str, epochs: int, start_epoch: int = 0,
                  units: dict[str, str] | None = None, show: tuple[str, ...] | None = None, quiet: bool = False,
-                 stream=None):
+                 stream=None, rows: list[dict] | None = None):
         self.dir = Path(out_dir) if out_dir is not None else None
         self.name, self.epochs, self.start_epoch = name, epochs, start_epoch
         self.units, self.show, self.quiet = dict(units or {}), show, quiet
         self.stream = stream
-        self.rows: list[dict] = []
+        self.rows: list[dict] = list(rows[:start_epoch]) if rows is not None else []
         self._csv_cols: list[str] | None = None  # metrics.csv's header as this process last wrote it
         self.seconds: list[float] = []  # wall seconds of each epoch run in this process
         self.t_start = time.perf_counter()
         if self.dir is not None:  # files are rewritten only when they change (a finished run stays untouched)
             self.dir.mkdir(parents=True, exist_ok=True)
             logged = read_jsonl(self.dir / "metrics.jsonl")
-            self.rows = logged[:start_epoch]
-            if len(logged) != len(self.rows) or not (self.dir / "metrics.jsonl").exists():
+            self.rows = list(rows[:start_epoch]) if rows is not None else logged[:start_epoch]
+            if logged != self.rows or not (self.dir / "metrics.jsonl").exists():
                 write_bytes_atomic(self.dir / "metrics.jsonl", "".join(
                     json.dumps(r, sort_keys=True, default=str) + "\n" for r in self.rows).encode())
                 self._write_csv()

@@ -20,11 +20,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset
-
 from edg.edg_core.errors import ShardError
-from edg.edg_core.shards import npy_bytes, shard_keys, webdataset_pipeline
-from edg.edg_core.stage import BatchResult, Failure
+from edg.edg_core.shards import shard_keys, webdataset_pipeline
+from torch.utils.data import DataLoader, IterableDataset
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +125,21 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a Ray actor's or a container's), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def image_loader(dataset: ShardImages, batch_size: int, num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+    """A DataLoader over ``dataset`` with at most ``usable_cpus()`` worker processes (more only compete)."""
+    if num_workers > (cap := usable_cpus()):
+        if not getattr(image_loader, "_said", False):
+            log.info("loader workers: %d asked, %d used (the CPUs this process may use)", num_workers, cap)
+            image_loader._said = True
+        num_workers = cap
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                       drop_last=drop_last, pin_memory=torch.cuda.is_available(),
                       persistent_workers=False)
@@ -201,63 +213,6 @@ def write_synthetic_shards(out, source: str = "embedded:qm9", size: int = 32, ma
 
 
 # ---------------------------------------------------------------- per-sample outputs of a model
-class ShardAnnotator:
-    """A stage worker (``cluster.engine``) that runs a model once per raw shard sample having image ``member``
-    ('edimg' or 'stimg') and adds its ``outputs`` as ``<name>.npy`` members.
-
-    Subclasses give ``member`` and ``outputs(images (B, V, C, H, W) float32 in [0, 1], on the model's device)
-    -> {name: (B, ...) tensor}``; the model runs in eval mode, without gradients, in bf16 autocast on a GPU when
-    ``bf16``. Samples without ``member`` are passed through unchanged (images dropped if ``drop_images``); the
-    names of the new members are listed in the sample's ``__outputs__`` (not written to shards). A sample whose
-    images cannot be decoded, or that the shard reader marked as damaged, is a ``Failure`` naming the shard and
-    the key.
-    """
-    stage = "extract"
-    member = "edimg"
-
-    def __init__(self, model: torch.nn.Module, device=None, bf16: bool = False, drop_images: bool = False):
-        import contextlib
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and self.device.type == "cuda" \
-            else contextlib.nullcontext()
-        self.drop_images = drop_images
-
-    def outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def compute(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self.autocast:
-            return self.outputs(images.to(self.device))
-
-    def process_batch(self, raws: list[dict]) -> BatchResult:
-        from edg.edg_core.shards import decode_images_u8
-        res, todo = BatchResult(), []
-        for raw in raws:
-            where = f"{raw.get('__url__', '?')}:{raw['__key__']}"
-            if raw.get("__error__"):
-                res.failures.append(Failure.of(where, self.stage, raw["__error__"], raw["__key__"]))
-                continue
-            enc = next((k for k in raw if k.split(".")[0] == self.member), None)
-            if enc is None:
-                res.samples.append(_strip(raw, self.drop_images))
-                continue
-            try:
-                todo.append((raw, decode_images_u8(raw[enc], enc.split(".", 1)[1])))
-            except Exception as e:  # noqa: BLE001 (any decoding problem costs this sample only)
-                res.failures.append(Failure.of(where, self.stage, f"member {enc!r} cannot be decoded ({e})",
-                                               raw["__key__"]))
-        by_shape: dict[tuple, list] = {}
-        for raw, img in todo:
-            by_shape.setdefault(img.shape, []).append((raw, img))
-        for group in by_shape.values():
-            imgs = torch.from_numpy(np.stack([img for _, img in group])).float() / 255.0
-            out = {k: v.detach().float().cpu().numpy() for k, v in self.compute(imgs).items()}
-            for i, (raw, _) in enumerate(group):
-                res.samples.append({**_strip(raw, self.drop_images), "__outputs__": sorted(out),
-                                    **{f"{k}.npy": npy_bytes(v[i]) for k, v in out.items()}})
-        return res
 
 
 def raw_samples(spec) -> Iterator[dict]:
@@ -267,6 +222,3 @@ def raw_samples(spec) -> Iterator[dict]:
         yield from iter_shard(path)
 
 
-def _strip(raw: dict, drop_images: bool) -> dict:
-    return {k: v for k, v in raw.items()
-            if k == "__key__" or not (k.startswith("__") or (drop_images and k.split(".")[0] in ("edimg", "stimg")))}

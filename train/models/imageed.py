@@ -19,8 +19,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
-from .configs import IMAGEED_PRESETS, IMAGENET_MEAN, IMAGENET_STD, ImageEDConfig, imageed_preset  # noqa: F401
-from .data import ShardAnnotator
+from edg.train.configs import IMAGEED_PRESETS, IMAGENET_MEAN, IMAGENET_STD, ImageEDConfig, imageed_preset  # noqa: F401
 
 
 def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:
@@ -232,68 +231,5 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_reconstruction_png(model: ImageED, imgs: torch.Tensor, path, seed: int = 0, max_molecules: int = 2) -> None:
-    """Paper Figure 5: for each molecule and view, a row of [input | masked | reconstruction] (RGB, and the D
-    channel as grey) written to ``path`` as one PNG. imgs (B, V, C, H, W) in [0, 1]."""
-    from PIL import Image
-
-    from edg.edg_core.io import atomic_path
-    from edg.edg_core.shards import to_uint8
-    imgs = imgs[:max_molecules].float()
-    was_training = model.training
-    model.eval()
-    g = torch.Generator(device=imgs.device).manual_seed(seed)
-    masked, recon = model.reconstruct(imgs, generator=g)
-    model.train(was_training)
-    panels = torch.stack([imgs, masked, recon], dim=2)            # (B, V, 3, C, H, W)
-    rgb = panels[:, :, :, :3]
-    depth = panels[:, :, :, 3:4].expand_as(rgb) if panels.shape[3] > 3 else None
-    cols = torch.cat([rgb, depth], dim=2) if depth is not None else rgb  # (B, V, 3 or 6, 3, H, W)
-    b, v, k, _, h, w = cols.shape
-    pad = torch.ones(b, v, k, 3, h + 2, w + 2, device=cols.device)
-    pad[..., 1:-1, 1:-1] = cols
-    grid = pad.permute(0, 1, 4, 2, 5, 3).reshape(b * v * (h + 2), k * (w + 2), 3)
-    with atomic_path(path) as tmp:
-        Image.fromarray(to_uint8(grid)).save(tmp, format="PNG")
-
-
-
-
-def imageed_state(model: ImageED) -> dict:
-    """The content of ``imageed.pt``: the config as a plain dict and the weights."""
-    from dataclasses import asdict
-    return {"imageed_config": asdict(model.cfg), "model": model.state_dict()}
-
-
-def load_imageed(path, map_location="cpu") -> ImageED:
-    """An ImageED (eval mode) from ``imageed.pt``, a training checkpoint, or a run folder holding either
-    (``imageed.pt``, else ``checkpoint/best.pt``, else the newest ``checkpoint/epoch-*.pt``, else an older
-    ``checkpoint/checkpoint.pt``: ``train.checkpoint.model_file``). Plain-data files only
-    (``train.checkpoint.load_checkpoint``)."""
-    from edg.edg_core.config import from_dict
-
-    from .checkpoint import CheckpointError, load_checkpoint, model_file
-    path = model_file(path, "imageed.pt", "ImageED")
-    ck = load_checkpoint(path, map_location, "ImageED checkpoint")
-    if "imageed_config" not in ck:
-        raise CheckpointError(f"{path}: not an ImageED checkpoint (keys {sorted(ck)[:8]})")
-    model = ImageED(from_dict(ImageEDConfig, ck["imageed_config"], where=f"{path}:imageed_config"))
-    model.load_state_dict(ck["model"])
-    return model.eval()
-
-
-class FeatureExtractor(ShardAnnotator):
-    """A stage worker (``cluster.stages.run_extract``): F_U (``fu.npy``, (embed_dim,) float32) for every shard
-    sample with ED images, from ``model`` (an ``ImageED`` or a path ``load_imageed`` reads)."""
-    member = "edimg"
-
-    def __init__(self, model, device=None, bf16: bool = True, drop_images: bool = False):
-        super().__init__(model if isinstance(model, ImageED) else load_imageed(model), device, bf16, drop_images)
-
-    def outputs(self, images):
-        return {"fu": self.model.features(images)}
-
-
 __all__ = ["ImageEDConfig", "ImageED", "IMAGEED_PRESETS", "imageed_preset", "sincos_pos_embed_2d",
-           "normalise_views", "n_params", "save_reconstruction_png", "imageed_state", "load_imageed",
-           "FeatureExtractor"]
+           "normalise_views", "n_params"]

@@ -1,0 +1,65 @@
+"""``edg report``: compare finished student runs (tables in the paper's layout, learning curves)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from edg.edg_core.errors import EDGError
+
+HELP = """\
+Compare finished runs of `edg distill`, `edg benchmark` or `edg pipeline`: result tables in the paper's layout
+(Table 1 QM9, Table 2 rMD17: mean ± std over seeds, with and without EDG), results.csv, lambda_sweep.csv and
+learning curves, written to --out.
+
+Each RUN is a run folder (holding result.json) or a folder of run folders (a benchmark's --out, a pipeline's
+distill/ folder). Runs with the same name from two places are refused (they would count as two seeds).
+
+Example:
+  edg report runs/quick runs/bench --out runs/compare
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="compare finished student runs: tables and learning curves",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="a run folder, or a folder of run folders")
+    p.add_argument("--out", required=True, help="folder for the tables and figures")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.set_defaults(func=cmd_report)
+
+
+def finished_runs(paths: list[str]) -> list[dict]:
+    """The result records of every finished run under ``paths`` (a run folder or one level above), in order;
+    a path with none, or one run name found twice, is a one-line ``EDGError``."""
+    results, seen = [], {}
+    for given in paths:
+        folder = Path(given)
+        files = [folder / "result.json"] if (folder / "result.json").is_file() else sorted(folder.glob("*/result.json"))
+        if not files:
+            raise EDGError(f"{given}: no finished run here (a run folder holds result.json) or one level below")
+        for f in files:
+            try:
+                r = json.loads(f.read_text())
+            except (OSError, ValueError) as e:
+                raise EDGError(f"{f}: not a readable result record ({e})") from None
+            if not isinstance(r, dict) or "run" not in r:
+                raise EDGError(f"{f}: not a result record of edg distill (no 'run' field)")
+            if r["run"] in seen:
+                raise EDGError(f"run {r['run']!r} found twice ({seen[r['run']]} and {f.parent}); "
+                               f"give one of them")
+            seen[r["run"]] = f.parent
+            r["run_dir"] = str(f.parent)
+            results.append(r)
+    return results
+
+
+def cmd_report(args) -> int:
+    results = finished_runs(args.runs)
+    from edg.train.report import write_report
+    paths = write_report(args.out, results, plots=not args.no_plots)
+    print(f"report: {len(results)} runs")
+    for name, value in paths.items():
+        for p in value if isinstance(value, list) else [value]:
+            print(f"  {name}: {p}")
+    return 0

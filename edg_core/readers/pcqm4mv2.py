@@ -1,0 +1,191 @@
+"""PCQM4Mv2 (OGB-LSC): the official ``pcqm4m-v2-train.sdf`` conformers as a stream with stable indices.
+
+Spec: ``pcqm4mv2:FILE[?split=..&csv=CSV&split_dict=FILE&part=k/N&limit=N]``. Record ``i`` is the ``i``-th
+record of the SDF (0-based), id ``pcqm4mv2:<i>``; the SDF holds the 3,378,606 training molecules, record ``i``
+being molecule ``idx = i`` of ``data.csv.gz`` (``idx,smiles,homolumogap``), whose SMILES and HOMO-LUMO gap (eV,
+label ``homolumogap``) the record carries. The CSV is ``?csv=``, else ``data.csv.gz`` beside the SDF or
+``pcqm4m-v2/raw/data.csv.gz`` under its folder; without one, records have no label (one logged line). The CSV
+is read along with the SDF, one row at a time.
+
+``?part=k/N`` reads only part ``k`` (0-based) of ``N`` byte ranges cut at record boundaries
+(``sdf_parts``), so ``N`` actors each read their own part of one file and name records exactly as a whole-file
+reader does. ``?split=train|valid|test-dev|test-challenge`` keeps the records whose index is in that split of
+the official split dict (``split_dict.pt``, or ``.npz``/``.json`` with the same keys) given as ``?split_dict=``;
+only the training molecules have conformers, so the other splits select no SDF record. A record RDKit cannot
+read is one ``InvalidRecord`` naming the file, the index and the byte offset.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataSourceError, InvalidRecord
+from ..molecule import Molecule
+from .sdf_parts import SDFPart, count_records, sdf_part
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test-dev", "test-challenge", "all")
+N_TRAIN = 3_378_606
+LABEL, LABEL_UNIT = "homolumogap", "eV"
+
+
+def parse_part(text: str | None) -> tuple[int, int] | None:
+    """``"k/N"`` -> ``(k, N)`` with ``0 <= k < N``; ``None`` for no part."""
+    from ..spec import SpecError
+    if text is None:
+        return None
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        k = n = -1
+    if not 0 <= k < n:
+        raise SpecError(f"pcqm4mv2 option part={text!r}: write k/N with 0 <= k < N (part 0 of 4: part=0/4)")
+    return k, n
+
+
+def find_csv(sdf: Path, given: str | None) -> Path | None:
+    """The labels CSV: ``given``, or ``data.csv.gz`` beside the SDF, or ``pcqm4m-v2/raw/data.csv.gz`` under
+    its folder; ``None`` when none exists (``given`` missing is an error)."""
+    if given is not None:
+        if not Path(given).is_file():
+            raise DataSourceError(f"pcqm4mv2: no CSV file {given}")
+        return Path(given)
+    for c in (sdf.parent / "data.csv.gz", sdf.parent / "pcqm4m-v2" / "raw" / "data.csv.gz",
+              sdf.parent / "data.csv"):
+        if c.is_file():
+            return c
+    return None
+
+
+def load_split(path: str | Path, split: str) -> np.ndarray:
+    """Sorted molecule indices of ``split`` from the official split dict (``torch.save`` of
+    ``{split: tensor}``, read with ``weights_only=True``) or an ``.npz``/``.json`` with the same keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataSourceError(f"pcqm4mv2: no split dict {path}")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as d:
+                parts = {k: d[k] for k in d.files}
+        elif path.suffix == ".json":
+            import json
+            parts = json.loads(path.read_text())
+        else:
+            import torch
+            parts = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (a damaged or foreign file: one line naming it)
+        raise DataSourceError(f"pcqm4mv2: {path} is not a readable split dict ({type(e).__name__}: {e})") from None
+    if split not in parts:
+        raise DataSourceError(f"pcqm4mv2: split dict {path} has no {split!r} (has {', '.join(map(str, parts))})")
+    return np.unique(np.asarray(parts[split], dtype=np.int64))
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, str, float | None]]:
+    """``(idx, smiles, gap or None)`` per CSV row, streamed; rows that do not parse are skipped."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8", errors="replace") as f:
+        for row in csv.DictReader(f):
+            try:
+                idx = int(row["idx"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            gap = row.get(LABEL)
+            try:
+                value = float(gap) if gap not in (None, "") else None
+            except ValueError:
+                value = None
+            yield idx, row.get("smiles") or "", value if value is None or np.isfinite(value) else None
+
+
+def _molecule(text: bytes, index: int, where: str) -> Molecule:
+    from .rdkit_io import _rdkit, molecule_from_rdkit
+    Chem, _ = _rdkit()
+    rec = f"pcqm4mv2:{index}"
+    try:
+        block = text.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidRecord(rec, f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    mol = Chem.MolFromMolBlock(block, removeHs=False, sanitize=True)
+    if mol is None:
+        mol = Chem.MolFromMolBlock(block, removeHs=False, sanitize=False)
+        if mol is not None:
+            mol.UpdatePropertyCache(strict=False)
+    if mol is None or mol.GetNumAtoms() == 0:
+        raise InvalidRecord(rec, f"{where}: RDKit could not read the record")
+    try:
+        return molecule_from_rdkit(mol, rec)
+    except InvalidRecord as e:
+        raise InvalidRecord(rec, f"{where}: {e.problem}") from None
+
+
+class PCQMSource:
+    """The records one spec selects: a byte range of the SDF, the split's indices, the CSV's labels."""
+
+    def __init__(self, sdf: str | Path, csv_path: str | None = None, split: str = "all",
+                 split_dict: str | None = None, part: tuple[int, int] | None = None):
+        self.sdf = Path(sdf)
+        if not self.sdf.is_file():
+            raise DataSourceError(f"pcqm4mv2: no SDF file {self.sdf} (pcqm4m-v2-train.sdf from OGB)")
+        if split != "all" and split_dict is None:
+            raise DataSourceError(f"pcqm4mv2 ?split={split} needs the official split dict: add "
+                                  "&split_dict=PATH (pcqm4m-v2/split_dict.pt); without a split every record is read")
+        self.keep = None if split == "all" else load_split(split_dict, split)
+        self.part = sdf_part(self.sdf, *part) if part else SDFPart(str(self.sdf), 0, self.sdf.stat().st_size, 0)
+        self.csv = find_csv(self.sdf, csv_path)
+
+    def count(self) -> int:
+        n = count_records(self.sdf, self.part.start, self.part.end)
+        if self.keep is None:
+            return n
+        first = self.part.first_index
+        return int(np.searchsorted(self.keep, first + n) - np.searchsorted(self.keep, first))
+
+    def records(self) -> Iterator[Molecule | InvalidRecord]:
+        rows = _csv_rows(self.csv) if self.csv is not None else None
+        if rows is None:
+            log.warning("pcqm4mv2: no data.csv.gz beside %s (give ?csv=): records carry no %s", self.sdf, LABEL)
+        row = None
+        for index, offset, text in self.part.records():
+            if self.keep is not None:
+                j = np.searchsorted(self.keep, index)
+                if j == len(self.keep) or self.keep[j] != index:
+                    continue
+            where = f"{self.sdf.name}, record {index} at byte {offset}"
+            try:
+                mol = _molecule(text, index, where)
+            except InvalidRecord as e:
+                yield e
+                continue
+            while rows is not None and (row is None or row[0] < index):
+                row = next(rows, None)
+                if row is None:
+                    rows = None
+            if row is not None and row[0] == index:
+                mol.smiles = row[1] or mol.smiles
+                if row[2] is not None:
+                    mol.labels[LABEL] = row[2]
+            yield mol
+
+
+def part_specs(spec, n_parts: int) -> list[str]:
+    """The ``n_parts`` specs ``<spec>?part=k/N``, one per actor: together they read every record of ``spec``
+    once, each from its own byte range."""
+    from ..datasets import resolve
+    spec = resolve(spec)
+    if spec.name != "pcqm4mv2":
+        raise ValueError(f"part_specs needs a pcqm4mv2: spec, not {str(spec)!r}")
+    return [str(spec.replace(part=f"{k}/{n_parts}")) for k in range(n_parts)]
+
+
+def open_pcqm4mv2(spec):
+    """``pcqm4mv2:FILE[?split=..&csv=..&split_dict=..&part=k/N&limit=N]`` (see the module docstring)."""
+    from .counted import CountedSource
+    src = PCQMSource(spec.option("path"), spec.option("csv"), spec.split or "all", spec.option("split_dict"),
+                     parse_part(spec.option("part")))
+    return CountedSource(str(spec), src.records, limit=spec.limit, count=src.count)
