@@ -21,7 +21,7 @@ Every spec takes ``?limit=N`` (first N records). An unknown dataset, option, spl
 ``SpecError`` line naming the spec and the bad part. The old split-by-position spelling
 (``rmd17:aspirin:train``, ``qm9:train``) still reads, with a one-line note.
 A ``Source`` yields ``Molecule`` objects and, for records that cannot be read, ``InvalidRecord``
-exceptions as values, so that a large job can log them in its failure manifest and go on; a source with no
+exceptions as values, so that a large job can log them in its failure manifest and go on; a file with no
 records at all is one ``DataSourceError`` line ("no molecules").
 """
 from __future__ import annotations

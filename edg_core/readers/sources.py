@@ -30,17 +30,18 @@ class Source:
     _make: Callable[[], Iterator[Molecule | InvalidRecord]]
     length: int | None = None
     limit: int | None = None
+    empty_is_error: bool = False  # a user's file with no records at all: "no molecules" (a part or split may be empty)
 
     def __iter__(self) -> Iterator[Molecule | InvalidRecord]:
-        """The records; a source with none at all (not even a bad one) raises ``DataSourceError``
-        "no molecules" once it is read to the end (``?limit=0`` asks for none and gets none)."""
+        """The records; with ``empty_is_error`` (files) a source with none at all (not even a bad one) raises
+        ``DataSourceError`` "no molecules" once it is read to the end (``?limit=0`` asks for none, gets none)."""
         # a repeated id is refused by the stage driver (cluster.engine.run_stage), which owns the keys
         n = 0
         for n, rec in enumerate(self._make(), 1):
             if self.limit is not None and n > self.limit:
                 return
             yield rec
-        if n == 0 and self.limit != 0:
+        if n == 0 and self.empty_is_error and self.limit != 0:
             raise DataSourceError(f"input {self.spec!r}: no molecules")
 
     def molecules(self) -> Iterator[Molecule]:
@@ -145,4 +146,4 @@ def open_file(spec) -> Source:
         stem = Path(name).stem.strip("<>")
         make = lambda: with_charge_state(read_smiles(input_lines(where()), stem, name),  # noqa: E731
                                          charge, multiplicity, name)
-    return Source(str(spec), make, limit=spec.limit)
+    return Source(str(spec), make, limit=spec.limit, empty_is_error=True)
