@@ -100,6 +100,9 @@ def test_standard_input_is_an_input(tmp_path):
     out = edg("data", "info", "-", "--json", stdin=(frame("a") + frame("b")).encode(), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout[out.stdout.index("{"):])["molecules"] == 2
+    out = edg("data", "info", "-", "--json", "--show", "1", stdin=(frame("a") + frame("b")).encode(), cwd=tmp_path)
+    info = json.loads(out.stdout[out.stdout.index("{"):])  # the summary and the shown record from one read
+    assert info["molecules"] == 2 and [r["id"] for r in info["records"]] == ["a"], out.stderr
     # "-?..." would read as a flag: options on standard input go on /dev/stdin (or --input=-?format=smi)
     out = edg("data", "info", "/dev/stdin?format=smi", "--json", stdin=b"O water\nC methane\n", cwd=tmp_path)
     assert json.loads(out.stdout[out.stdout.index("{"):])["molecules"] == 2, out.stderr

@@ -125,9 +125,10 @@ def cmd_info(args) -> int:
         summary = _summarise(recs())
         summary["members"] = dict(members)
     else:
-        summary = _summarise(open_source(args.input))
+        src = open_source(args.input)  # one Source: a FIFO or standard input is read once
+        summary = _summarise(src)
         if args.show:
-            summary["records"] = _first_records(open_source(args.input), args.show)
+            summary["records"] = _first_records(src, args.show)
     summary["input"] = args.input
     if args.json:
         print(json.dumps(summary, indent=2))
