@@ -44,10 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_locations(args) -> None:
     """Every command's ``--out`` must outlive the process (no ``memory://``); ``--out``, ``--shards`` and
     ``--fields`` may be ``file://`` URLs (local paths) and must name a known protocol (``edg_core.storage``)."""
-    from edg.edg_core.storage import check_location
+    from edg.edg_core.storage import check_location, check_writable
 
     from .runtime import check_job_output
-    from edg.edg_core.storage import check_writable
     for name, persistent in (("out", True), ("shards", False), ("fields", False)):
         value = getattr(args, name, None)
         if isinstance(value, str):

@@ -35,7 +35,8 @@ def split(records):
 def edg(*argv: str, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The real ``edg`` command line in a child process (this tree on PYTHONPATH)."""
     return subprocess.run([sys.executable, "-m", "edg.cluster.cli", *argv], capture_output=True, text=True,
-                          input=None if stdin is None else stdin.decode(), cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO), "EDG_PROGRESS": "0"}, timeout=300)
+                          input=None if stdin is None else stdin.decode(), cwd=cwd, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "EDG_PROGRESS": "0"})
 
 
 # ------------------------------------------------------------------ streaming, read once
