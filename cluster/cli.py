@@ -57,7 +57,7 @@ def _check_locations(args) -> None:
 def results_line(args) -> str | None:
     """``edg <command>: results in <absolute path or URL>`` for a command with an ``--out``, else None."""
     out = getattr(args, "out", None)
-    if not isinstance(out, str) or not out:
+    if not isinstance(out, str) or not out or getattr(args, "print_config", False):
         return None
     where = out if "://" in out else os.path.abspath(out)
     return f"edg {args.command}: results in {where}"

@@ -1,16 +1,18 @@
 """The one stage driver: ``run_stage(stage, items, out, workers)`` runs any batch stage of EDG.
 
-A ``Stage`` is declared once (``cluster/stages.py``): its name, the worker class that turns a batch of items
-into a ``BatchResult`` (``edg_core.stage``), the worker's keyword arguments, how an item is keyed, and its
-output ``Sink``. The driver
+A ``Stage`` is what the driver runs: its name, the worker class that turns a batch of items into a
+``BatchResult`` (``edg_core.stage``), the worker's keyword arguments, how an item is keyed, and its output
+``Sink``. A stage of the pipeline is declared once in its package (``edg_core.stage.StageSpec``) and becomes a
+``Stage`` with ``cluster.stages.batch_stage``. The driver
 
-1. reads what ``out`` (a folder or an fsspec URL) already holds: the sink's finished keys and the failure
-   manifest ``<out>/failures.jsonl``, and skips those keys (``retry_failed`` retries the failed ones);
+1. reads what the run folder ``out`` (``edg_core.run_folder.RunFolder``, opened by the command; a path or URL
+   from Python callers is opened here) already holds: the sink's finished keys and the failure manifest
+   ``<out>/failures.jsonl``, and skips those keys (``retry_failed`` retries the failed ones);
 2. batches the remaining items and runs the batches in this process (``workers.actors == 0``) or streams them
    through a pool of Ray actors (``cluster.pool.ActorPool``: back-pressure, dead actors replaced, retries);
 3. writes the samples that come back into the sink (shards) and records every ``Failure`` in the manifest,
    exactly one line per failed key however often a run is resumed;
-4. returns a ``StageSummary``; progress goes to a progress bar, ``<out>/progress.json`` and, on Ray, the
+4. returns a ``StageSummary``; progress goes to a progress bar, the run's ``progress.json`` and, on Ray, the
    dashboard's metrics (``cluster.metrics.StageProgress``).
 
 Why a hand-written pool and not Ray Data (``map_batches`` with an actor pool strategy): see docs/design.md.
@@ -25,14 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from edg.edg_core.errors import DiskFullError, InvalidRecord
-from edg.edg_core.io import append_jsonl, progress, read_jsonl, write_bytes_atomic
+from edg.edg_core.failure_log import FailureLog
+from edg.edg_core.io import progress
+from edg.edg_core.run_folder import FAILURES, RunFolder
 from edg.edg_core.shards import SHARD_GLOBS, ShardWriter, shard_keys
 from edg.edg_core.stage import BatchResult, Failure
-from edg.edg_core.storage import Mirror
 
 from .metrics import StageProgress
 
-FAILURES = "failures.jsonl"
+__all__ = ["Workers", "Shards", "ResultFiles", "NpzFile", "Stage", "StageSummary", "FailureLog", "FAILURES",
+           "run_stage", "opened"]
 
 
 @dataclass
@@ -48,46 +52,57 @@ class Workers:
 
 # ---------------------------------------------------------------- sinks: where a stage's outputs go
 class Shards:
-    """The driver writes samples into ``<out>/<prefix>-NNNNNN.tar`` shards (each with its key index
+    """The driver writes samples into ``<run>/<prefix>-NNNNNN.tar`` shards (each with its key index
     ``.tar.keys``); finished keys = keys in finished shards."""
     bulky = SHARD_GLOBS
+    failures = FAILURES
 
     def __init__(self, prefix: str = "shard", maxcount: int = 1000, maxsize: int = 1 << 30):
         self.prefix, self.maxcount, self.maxsize = prefix, maxcount, maxsize
 
-    def done_keys(self, out) -> set[str]:
-        return shard_keys(out)
+    def done_keys(self, run: RunFolder) -> set[str]:
+        return shard_keys(run.where())
 
-    def open(self, out) -> ShardWriter:
-        return ShardWriter(out, self.prefix, self.maxcount, self.maxsize)
+    def open(self, run: RunFolder) -> ShardWriter:
+        return ShardWriter(run.where(), self.prefix, self.maxcount, self.maxsize)
 
 
 class ResultFiles:
     """Workers write one file per item themselves (uploaded whole); the driver only counts them.
     ``list_keys(out)`` gives the keys already written (the DFT stage: ``dft.worker.done_keys``), ``bulky`` the
     glob of those files, which the driver never mirrors."""
+    failures = FAILURES
 
-    def __init__(self, list_keys: Callable[[Any], set[str]], bulky: tuple[str, ...]):
-        self.done_keys, self.bulky = list_keys, bulky
+    def __init__(self, list_keys: Callable[[Any], set[str]], bulky: tuple[str, ...] = ()):
+        self.list_keys, self.bulky = list_keys, bulky
 
-    def open(self, out):
+    def done_keys(self, run: RunFolder) -> set[str]:
+        return self.list_keys(run.where())
+
+    def open(self, run: RunFolder):
         return _NoWriter()
 
 
 class NpzFile:
-    """The driver collects every sample's new ``<name>.npy`` members (``__outputs__``) and writes one ``.npz``
-    at the end (``ids``: molecule ids, one array per name, in arrival order; atomically, nothing on failure).
-    Not resumable: a rerun computes everything again."""
+    """The driver collects every sample's new ``<name>.npy`` members (``__outputs__``) and writes one file
+    ``<run>/<name>`` (a ``.npz``) at the end (``ids``: molecule ids, one array per name, in arrival order;
+    atomically, nothing on failure); its failures go to ``<run>/<name>.failures.jsonl``. Not resumable: a
+    rerun computes everything again."""
     bulky = ()
 
-    def done_keys(self, out) -> set[str]:
+    def __init__(self, name: str):
+        self.name = name
+        self.failures = f"{name}.{FAILURES}"
+
+    def done_keys(self, run: RunFolder) -> set[str]:
         return set()
 
     @contextlib.contextmanager
-    def open(self, out):
+    def open(self, run: RunFolder):
         sink = _NpzWriter()
         yield sink
-        sink.save(out)
+        sink.save(run.local / self.name)
+        run.commit(self.name)
 
 
 class _NpzWriter:
@@ -108,7 +123,6 @@ class _NpzWriter:
 
     def save(self, out) -> None:
         import numpy as np
-
         from edg.edg_core.io import atomic_path
         with atomic_path(out) as tmp:
             with open(tmp, "wb") as f:
@@ -164,55 +178,6 @@ class StageSummary:
 
     def to_dict(self) -> dict:
         return {**asdict(self), f"{self.unit}_per_s": round(self.rate, 4)}
-
-
-# ---------------------------------------------------------------- the failure manifest
-class FailureLog:
-    """``<out>/failures.jsonl``, of which the driver is the one writer. Entries are appended as failures
-    happen (a killed run keeps them) and the file is compacted at the end: one entry per (stage, key), the
-    latest, none for a key that has since succeeded. For a URL ``out`` the file is uploaded at most every
-    ``upload_every_s`` seconds and at the end (a killed run then retries the molecules whose failure had not
-    been uploaded yet)."""
-
-    def __init__(self, logs: Mirror, name: str = FAILURES, upload_every_s: float = 30.0):
-        self.logs, self.name, self.path = logs, name, logs.local / name
-        self.upload_every_s, self._uploaded = upload_every_s, time.monotonic()
-        self.entries: dict[tuple[str, str], dict] = {}
-        self.appended = 0
-        for e in read_jsonl(self.path):
-            f = Failure.from_json(e)
-            self.entries[(f.stage, f.key)] = e
-
-    def keys(self) -> set[str]:
-        return {k for _, k in self.entries}
-
-    def add(self, failures: Iterable[Failure]) -> int:
-        n = 0
-        for f in failures:
-            e = f.to_json()
-            if self.entries.get((f.stage, f.key), {}).get("reason") != f.reason:
-                append_jsonl(self.path, e)
-                self.appended += 1
-            self.entries[(f.stage, f.key)] = e
-            n += 1
-        if n and time.monotonic() - self._uploaded >= self.upload_every_s:
-            self.logs.commit(self.name)
-            self._uploaded = time.monotonic()
-        return n
-
-    def compact(self, succeeded: set[str]) -> None:
-        keep = [e for (_, k), e in self.entries.items() if k not in succeeded]
-        lines = "".join(_json_line(e) for e in keep)
-        current = self.path.read_text() if self.path.exists() else ""
-        if lines != current and (keep or self.path.exists()):
-            write_bytes_atomic(self.path, lines.encode())
-        if self.path.exists():
-            self.logs.commit(self.name)
-
-
-def _json_line(e: dict) -> str:
-    import json
-    return json.dumps(e, sort_keys=True, default=str) + "\n"
 
 
 # ---------------------------------------------------------------- the driver
@@ -274,24 +239,38 @@ def _repeat(stage: Stage, items, it, i: int, key: str, seen: int | tuple[int, st
                                                   f"{rec!r} of record {j}{also}; ids must be unique")
 
 
-def run_stage(stage: Stage, items: Iterable, out: str | Path, workers: Workers | None = None, *,
+@contextlib.contextmanager
+def opened(out: RunFolder | str | Path) -> Iterator[RunFolder]:
+    """``out`` itself when it is a ``RunFolder`` (a command opened it); a path or URL, as Python callers pass,
+    is opened here for the block (checks and lease included) and closed after it."""
+    if isinstance(out, RunFolder):
+        yield out
+        return
+    with RunFolder.open(out) as run:
+        yield run
+
+
+def run_stage(stage: Stage, items: Iterable, out: RunFolder | str | Path, workers: Workers | None = None, *,
               total: int | None = None, retry_failed: bool = False) -> StageSummary:
-    """Run ``stage`` over ``items`` into ``out``; see the module docstring. ``InvalidRecord`` items (refused by
-    a reader) are recorded as ``read`` failures and never reach a worker, and so is an item whose key an
-    earlier item of this run already had (``_repeat``): a repeated id would overwrite or merge outputs."""
-    workers = workers or Workers()
-    single_file = isinstance(stage.sink, NpzFile)  # logs beside the file: <name>.failures.jsonl
-    logs = Mirror(Path(out).parent if single_file else out, exclude=stage.sink.bulky,
-                  temporary=True)
-    logs.pull()
-    failures = FailureLog(logs, f"{Path(out).name}.{FAILURES}" if single_file else FAILURES)
-    out = out if single_file else logs.url
-    prog = StageProgress(stage.name, total, None if single_file else logs.local, unit=stage.unit)
-    done = stage.sink.done_keys(out)
+    """Run ``stage`` over ``items`` into the run folder ``out`` (see ``opened``); see the module docstring.
+    ``InvalidRecord`` items (refused by a reader) are recorded as ``read`` failures and never reach a worker,
+    and so is an item whose key an earlier item of this run already had (``_repeat``): a repeated id would
+    overwrite or merge outputs."""
+    with opened(out) as run:
+        return _run_stage(stage, items, run, workers or Workers(), total, retry_failed)
+
+
+def _run_stage(stage: Stage, items: Iterable, run: RunFolder, workers: Workers, total: int | None,
+               retry_failed: bool) -> StageSummary:
+    run.pull()  # a URL run: what earlier runs uploaded (the failure manifest)
+    failures = run.failure_log(stage.sink.failures)
+    prog = StageProgress(stage.name, total, None if isinstance(stage.sink, NpzFile) else run.progress_path,
+                         unit=stage.unit)
+    done = stage.sink.done_keys(run)
     skip = done | (set() if retry_failed else failures.keys())
     succeeded: set[str] = set()
     summary = StageSummary(stage.name, total, unit=stage.unit, actors=workers.actors,
-                           failures=str(logs.where(failures.name)))
+                           failures=str(run.where(failures.name)))
     t0 = time.monotonic()
 
     # key -> index of the first item with it in this run, or (index, record) where its record is not its key:
@@ -320,10 +299,10 @@ def run_stage(stage: Stage, items: Iterable, out: str | Path, workers: Workers |
                 continue
             yield it
 
-    batches = _batches(progress(todo(), f"{stage.name} -> {out}", total=total), stage.batch_size)
+    batches = _batches(progress(todo(), f"{stage.name} -> {run.url}", total=total), stage.batch_size)
     stats: dict = {}
     try:
-        with stage.sink.open(out) as writer:
+        with stage.sink.open(run) as writer:
             runs = _on_actors(stage, batches, workers, stats) if workers.actors else _in_process(stage, batches)
             for _, res in runs:
                 for s in res.samples:
@@ -339,6 +318,5 @@ def run_stage(stage: Stage, items: Iterable, out: str | Path, workers: Workers |
         summary.retried = stats.get("retried", 0)
         summary.actors_replaced = stats.get("actors_replaced", 0)
         prog.write()
-        logs.push()
-        logs.close()
+        run.push()
     return summary

@@ -2,7 +2,8 @@
 
 ``StageProgress`` counts molecules done / failed / skipped and reports a rate. In a Ray runtime it
 exports ``edg_molecules_done``, ``edg_molecules_failed`` (counters) and ``edg_stage_rate`` (gauge,
-items/s), tagged with the stage name; everywhere it rewrites ``<out>/progress.json`` at most every few seconds.
+items/s), tagged with the stage name; everywhere it rewrites the run folder's progress file (``path``,
+``RunFolder.progress_path``) at most every few seconds.
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from edg.edg_core.io import write_json_atomic
 
 
 class StageProgress:
-    def __init__(self, stage: str, total: int | None = None, out: str | Path | None = None,
+    def __init__(self, stage: str, total: int | None = None, path: str | Path | None = None,
                  unit: str = "molecules", every_s: float = 5.0):
         self.stage, self.total, self.unit, self.every_s = stage, total, unit, every_s
-        self.path = Path(out) / "progress.json" if out else None
+        self.path = Path(path) if path else None
         self.done = self.failed = self.skipped = 0
         self.t0 = time.time()
         self._last_write = 0.0

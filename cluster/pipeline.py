@@ -16,6 +16,7 @@ pulled again after a stage whose Ray workers wrote into the run. A rerun anywher
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -23,29 +24,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edg.dft.config import DFTConfig
-from edg.edg_core.config import ConfigError, dump_yaml, from_dict, read_yaml, to_dict
+from edg.edg_core.config import ConfigError, dump_yaml, from_dict, merge_nested, read_yaml, to_dict
 from edg.edg_core.io import read_jsonl, write_json_atomic
-from edg.edg_core.shards import SHARD_GLOBS
-from edg.edg_core.storage import Mirror
-from edg.render.config import RenderConfig
-from edg.train.configs import FitConfig, ImageEDTrainConfig, TeacherTrainConfig
+from edg.edg_core.run_folder import RunFolder
+from edg.edg_core.stage import StageSpec, resolve
+from edg.train.configs import FitConfig
 
-from .stages import Workers, run_dft, run_extract, run_fused, run_render
+from . import registry
+from .stages import Workers, batch_stage, run_extract, run_fused, run_render, run_stage
 
 log = logging.getLogger(__name__)
-STAGES = ("dft", "render", "imageed", "features", "teacher", "student_images", "teacher_targets", "distill")
-# uploaded by their writers, read in place: DFT results, shards and their key indexes
-BULKY = ("dft/fields/*", "dft/cubes/*", *(f"shards/*/{g}" for g in SHARD_GLOBS))
+STAGES = registry.NAMES  # in the order they run (cluster/registry.py)
 
 
 @dataclass
-class RayConfig:
+class _RayBase:
     enabled: bool | None = None            # None: Ray inside a Ray job or when $RAY_ADDRESS is set; False: no Ray
     address: str | None = None             # None: $RAY_ADDRESS, a local head, or a new local runtime
     temp_dir: str | None = None            # session files of a runtime started here
-    dft: Workers = field(default_factory=lambda: Workers(actors=2))
-    render: Workers = field(default_factory=lambda: Workers(actors=1))
     train_workers: int = 1                 # Ray Train ranks for ImageED / teacher
     use_gpu: bool = False                  # one GPU per training rank
     max_failures: int = 1                  # Ray Train restarts after a worker failure
@@ -99,8 +95,16 @@ class StudentsConfig:
         return dict(self.task)
 
 
+# the ray: section: the settings above, and one Workers section per batch stage of the registry (dft, render)
+RayConfig = dataclasses.make_dataclass(
+    "RayConfig", [(name, Workers, field(default_factory=lambda n=actors: Workers(actors=n)))
+                  for name, actors in registry.ray_sections()], bases=(_RayBase,),
+    namespace={"__doc__": "Where the stages run on Ray: the base settings and a ``Workers`` section per batch "
+                          "stage (``cluster.registry.ray_sections``).", "__module__": __name__})
+
+
 @dataclass
-class PipelineConfig:
+class _PipelineBase:
     out: str = "runs/pipeline"             # a folder, or an fsspec URL (s3://bucket/runs/x, gs://...)
     work_dir: str | None = None            # local working copy of a URL out (None: $EDG_CACHE/staging/<hash>)
     sync_s: float = 60.0                   # push the working copy of a URL out this often (seconds)
@@ -110,11 +114,15 @@ class PipelineConfig:
     device: str | None = None              # torch device for local stages (None: cuda if present)
     stop_after: str | None = None          # run the stages up to and including this one
     ray: RayConfig = field(default_factory=RayConfig)
-    dft: DFTConfig = field(default_factory=DFTConfig)
-    render: RenderConfig = field(default_factory=RenderConfig)
-    imageed: ImageEDTrainConfig = field(default_factory=ImageEDTrainConfig)
-    teacher: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
-    students: StudentsConfig = field(default_factory=StudentsConfig)
+
+
+# the pipeline config: the settings above and one section per stage config of the registry, typed by its
+# stage's dataclass (dft: DFTConfig, render: RenderConfig, imageed, teacher, students)
+PipelineConfig = dataclasses.make_dataclass(
+    "PipelineConfig", [(section, cls, field(default_factory=cls)) for section, cls in registry.config_sections()],
+    bases=(_PipelineBase,),
+    namespace={"__doc__": "A whole pipeline run: ``out`` and the run settings, ``ray``, and one section per "
+                          "stage config (``cluster.registry.config_sections``).", "__module__": __name__})
 
 
 def load_pipeline_config(path: str | Path | None = None, overrides: dict | None = None) -> PipelineConfig:
@@ -122,16 +130,14 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
     by its stage's own dataclass (``DFTConfig``, ``RenderConfig``, ``ImageEDTrainConfig``,
     ``TeacherTrainConfig``, ``FitConfig``, ``Workers``), so a wrong value is refused here, naming the file,
     the key, the value and the expected type, before any stage runs."""
-    data = read_yaml(path) if path is not None else {}
-    for k, v in (overrides or {}).items():
-        if isinstance(v, dict) and isinstance(data.get(k), dict):
-            data[k] = {**data[k], **v}
-        else:
-            data[k] = v
+    data = merge_nested(read_yaml(path) if path is not None else {}, overrides or {})
     where = str(path or "pipeline config")
     if isinstance(data.get("out"), str):
         from edg.edg_core.storage import check_location
-        data["out"] = check_location(data["out"], persistent=True)  # memory:// would vanish with this process
+
+        from .runtime import check_job_output
+        # memory:// would vanish with this process; a relative out inside a Ray job with the job's working copy
+        data["out"] = check_location(check_job_output(data["out"], "out:"), persistent=True)
     cfg = from_dict(PipelineConfig, data, where=where)
     if cfg.teacher.model.fu_dim != cfg.imageed.model.embed_dim:
         raise ConfigError(f"{where}: teacher.model.fu_dim ({cfg.teacher.model.fu_dim}) must equal "
@@ -156,10 +162,12 @@ def resolve_section(args, section: str):
 class Pipeline:
     """Runs the stages of a ``PipelineConfig`` (see the module docstring). ``run()`` returns the manifest."""
 
-    def __init__(self, cfg: PipelineConfig, force: tuple[str, ...] = ()):
+    def __init__(self, cfg, force: tuple[str, ...] = (), overwrite: bool = False):
         self.cfg = cfg
-        self.store = Mirror(cfg.out, local=cfg.work_dir, exclude=BULKY)
-        self.out = self.store.local  # where this process writes; the same folder unless out is a URL
+        # the run folder; its checks and lease come in run(). A URL out gets a working copy that persists
+        # ($EDG_CACHE/staging/<hash> or work_dir), so a rerun on this machine finds what it had.
+        self.run_folder = RunFolder.at(cfg.out, work_dir=cfg.work_dir, temporary=False)
+        self.overwrite = overwrite
         self.force = set(force)
         unknown = sorted(self.force - set(STAGES))
         if unknown:
@@ -170,17 +178,45 @@ class Pipeline:
         print(f"[ray] {'stages run as Ray work' if self.use_ray else 'every stage in this process'} ({why})",
               flush=True)
 
-    # paths of the artefacts: DFT results and shards where they live (URLs for a remote out), the rest local
+    @property
+    def out(self) -> Path:
+        """Where this process writes the run's small files; the run folder itself unless ``out`` is a URL."""
+        return self.run_folder.local
+
+    @property
+    def store(self):
+        """The run's working copy (``storage.Mirror``): ``remote``, ``local``, ``pull``/``push``."""
+        return self.run_folder.mirror
+
+    # where the artefacts are (each stage's ``output``): DFT results and shards where they live (URLs for a
+    # remote out), the rest in the working copy
+    ARTEFACTS = {"dft": "dft", "ed_shards": "render", "fu_shards": "features", "student_shards": "student_images",
+                 "imageed": "imageed", "teacher": "teacher", "targets": "teacher_targets", "distill": "distill"}
+
     def path(self, name: str):
-        remote = {"dft": "dft", "ed_shards": "shards/ed", "fu_shards": "shards/ed_fu",
-                  "student_shards": "shards/student"}
-        if name in remote:
-            return self.store.where(remote[name])
-        return {"imageed": self.out / "imageed", "teacher": self.out / "teacher",
-                "targets": self.out / "teacher_targets.npz", "distill": self.out / "distill"}[name]
+        spec = registry.spec(self.ARTEFACTS[name])
+        if spec.sink in ("shards", "result_files"):
+            return self.run_folder.where(spec.output)
+        return self.out / spec.output
+
+    def folder(self, stage: str) -> RunFolder:
+        """The sub-folder of the run where the batch stage ``stage`` writes (its ``output``)."""
+        return self.run_folder.child(registry.spec(stage).output)
 
     def _workers(self, stage: str) -> Workers:
-        return getattr(self.cfg.ray, stage) if self.use_ray else Workers(actors=0)
+        section = registry.spec(stage).ray_section
+        return getattr(self.cfg.ray, section) if self.use_ray and section else Workers(actors=0)
+
+    def run_batch(self, spec: StageSpec, items, args: dict, total: int | None = None, batch_size: int = 1) -> dict:
+        """Run the declared batch stage ``spec`` over ``items`` into its folder of this run, on its workers; the
+        summary as a dict. A stage's ``step`` calls this (it is handed the pipeline, never imports it)."""
+        return run_stage(batch_stage(spec, args, batch_size=batch_size), items, self.folder(spec.name),
+                         self._workers(spec.name), total=total).to_dict()
+
+    def run_fused(self, src) -> dict:
+        """DFT and rendering of every molecule of ``src`` in one actor (``fused: true``)."""
+        return run_fused(src, self.folder("render"), self.folder("dft"), self.cfg.dft, self.cfg.render,
+                         self._workers("dft"), total=len(src), keep_fields=self.cfg.keep_fields).to_dict()
 
     def _stage(self, name: str, fn) -> dict:
         marker = self.out / "stages" / f"{name}.json"
@@ -203,27 +239,7 @@ class Pipeline:
               flush=True)
         return summary
 
-    # ---------------------------------------------------------------- stages
-    def dft(self) -> dict:
-        from edg.edg_core.readers import open_source
-        src = open_source(self.cfg.input)
-        if self.cfg.fused:
-            return run_fused(src, self.path("ed_shards"), self.path("dft"), self.cfg.dft, self.cfg.render,
-                             self._workers("dft"), total=len(src), keep_fields=self.cfg.keep_fields).to_dict()
-        return run_dft(src, self.path("dft"), self.cfg.dft, self._workers("dft"), total=len(src)).to_dict()
-
-    def render(self) -> dict:
-        if self.cfg.fused:
-            summary = {"fused": True}
-        else:
-            from edg.dft.worker import result_files  # nested fields/<pp>/<key>.npz, and flat (older runs)
-            paths = result_files(self.path("dft"))
-            summary = run_render(paths, self.path("ed_shards"), self.cfg.render, self._workers("render"),
-                                 total=len(paths), keep_fields=self.cfg.keep_fields,
-                                 device=self.cfg.device).to_dict()
-        summary["contact_sheet"] = str(self.contact_sheet())
-        return summary
-
+    # ---------------------------------------------------------------- the training steps (cluster/registry.py)
     def contact_sheet(self, n: int = 4) -> Path:
         """``<out>/contact_sheet.png``: every ED view (RGB and depth) and structure view of the first molecules."""
         from edg.render.contact_sheet import contact_sheet, first_molecules
@@ -249,7 +265,7 @@ class Pipeline:
     def features(self) -> dict:
         from edg.train.io.model_files import load_imageed
         model = load_imageed(self.path("imageed") / "imageed.pt")
-        return run_extract("imageed", model, self.path("ed_shards"), self.path("fu_shards"),
+        return run_extract("imageed", model, self.path("ed_shards"), self.folder("features"),
                            device=self.cfg.device).to_dict()
 
     def teacher(self) -> dict:
@@ -262,14 +278,14 @@ class Pipeline:
         from edg.edg_core.readers import open_source
         sources = [open_source(spec) for spec in self.cfg.students.conformation_specs()]
         total = sum(len(s) for s in sources)
-        return run_render(itertools.chain.from_iterable(sources), self.path("student_shards"), self.cfg.render,
-                          self._workers("render"), total=total, ed=False, device=self.cfg.device).to_dict()
+        return run_render(itertools.chain.from_iterable(sources), self.folder("student_images"), self.cfg.render,
+                          self._workers("student_images"), total=total, ed=False, device=self.cfg.device).to_dict()
 
     def teacher_targets(self) -> dict:
         from edg.train.io.model_files import load_teacher
         teacher = load_teacher(self.path("teacher") / "teacher.pt")
-        return run_extract("teacher", teacher, self.path("student_shards"), self.path("targets"),
-                           batch_size=128, device=self.cfg.device).to_dict()
+        return run_extract("teacher", teacher, self.path("student_shards"), self.run_folder,
+                           file=self.path("targets").name, batch_size=128, device=self.cfg.device).to_dict()
 
     def distill_configs(self) -> list:
         from edg.train.loops.distill import DistillConfig
@@ -310,11 +326,16 @@ class Pipeline:
 
     # ---------------------------------------------------------------- driver
     def run(self) -> dict:
-        if self.store.remote:
-            n = self.store.pull()
-            print(f"[storage] {self.store.remote}: working copy {self.out} ({n} files fetched)", flush=True)
-        with self.store.autosync(self.cfg.sync_s):
-            return self._run()
+        """Open the run folder (refusals, the single-writer lease), run the stages, release the lease."""
+        self.run_folder.acquire(overwrite=self.overwrite, command="edg pipeline")
+        try:
+            if self.store.remote:
+                n = self.store.pull()
+                print(f"[storage] {self.store.remote}: working copy {self.out} ({n} files fetched)", flush=True)
+            with self.store.autosync(self.cfg.sync_s):
+                return self._run()
+        finally:
+            self.run_folder.close()
 
     def _run(self) -> dict:
         dump_yaml(to_dict(self.cfg), self.out / "config.yaml")
@@ -337,10 +358,11 @@ class Pipeline:
         return self.manifest
 
     def _run_stages(self) -> None:
-        for name in STAGES:
-            self.manifest["stages"][name] = self._stage(name, getattr(self, name))
+        for spec in registry.specs():
+            step = resolve(spec.step)
+            self.manifest["stages"][spec.name] = self._stage(spec.name, lambda step=step: step(self))
             write_json_atomic(self.out / "manifest.json", self.manifest)
-            if name == self.cfg.stop_after:
+            if spec.name == self.cfg.stop_after:
                 break
 
     def failures(self) -> dict:

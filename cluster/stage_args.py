@@ -8,6 +8,9 @@ from collections.abc import Iterator
 
 from .engine import Workers
 
+OVERWRITE_HELP = ("write into --out even when it is a non-empty folder that is not an EDG run (files there with "
+                  "the names EDG writes are replaced); / and the home folder are refused always")
+
 WORKER_FLAGS = ("--actors", "--cpus-per-actor", "--gpus-per-actor", "--max-retries", "--ray-address")
 
 
@@ -62,3 +65,18 @@ def stage_workers(args: argparse.Namespace, what: str, uses_gpu: bool = True,
 def _largest_node_cpus() -> float:
     import ray
     return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+
+
+def add_overwrite_arg(p: argparse.ArgumentParser) -> None:
+    """``--overwrite``: see ``OVERWRITE_HELP`` (not ``--force``, which reruns pipeline stages)."""
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+
+
+@contextlib.contextmanager
+def open_run(args: argparse.Namespace, command: str, out: str | None = None):
+    """The command's run folder (``edg_core.run_folder.RunFolder``) at ``--out`` (or ``out``), opened before any
+    work: refused locations and a second writer fail here in one line; the lease is released when the block
+    ends, however it ends."""
+    from edg.edg_core.run_folder import RunFolder
+    with RunFolder.open(out or args.out, overwrite=getattr(args, "overwrite", False), command=command) as run:
+        yield run

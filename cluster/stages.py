@@ -1,17 +1,19 @@
-"""Every batch stage of EDG, declared once and run by the one driver (``cluster.engine.run_stage``).
+"""The batch stages of EDG run by the one driver (``cluster.engine.run_stage``): a stage declared in its package
+(``StageSpec``: ``dft/stage.py``, ``render/stage.py``) becomes a runnable ``Stage`` with ``batch_stage``.
 
 * ``dft``: ``Molecule`` items -> ``dft.worker.DFTWorker`` -> ``<out>/fields/<pp>/<key>.npz``, written by the
   workers themselves (``ResultFiles``).
 * ``render``: ``Molecule`` (structure images), a DFT result path (ED + structure images) or
-  ``(Molecule, result path)`` -> ``RenderActor`` -> shards.
+  ``(Molecule, result path)`` -> ``render.stage.RenderActor`` -> shards.
 * ``dft+render`` (fused): ``Molecule`` -> ``FusedActor`` -> shards (+ the DFT scalars as result files).
 * ``convert``: ``Molecule`` -> ``ConvertWorker`` -> shards (molecule and labels, no images).
 * ``extract imageed`` / ``extract teacher``: raw shard samples -> ``train.extract.FeatureExtractor`` /
   ``train.extract.TargetExtractor`` -> shards with ``fu.npy`` / ``fs.npy`` + ``edp.npy``, or one ``.npz``.
 
 ``edg dft``, ``edg render``, ``edg data convert``, ``edg extract`` and ``edg pipeline`` all call the ``run_*``
-functions below, so each runs in this process or on Ray actors the same way (``Workers``),
-resumes from what ``out`` (a folder or an fsspec URL) already holds, and records typed failures.
+functions below (or ``batch_stage``), so each runs in this process or on Ray actors the same way
+(``Workers``), resumes from what its run folder ``out`` (a ``RunFolder`` a command opened, or a folder or
+fsspec URL that the driver opens for the stage) already holds, and records typed failures.
 """
 from __future__ import annotations
 
@@ -21,98 +23,52 @@ from pathlib import Path
 
 from edg.edg_core.errors import InvalidRecord
 from edg.edg_core.molecule import Molecule
-from edg.edg_core.shards import encode_sample, sample_key
-from edg.edg_core.stage import BatchResult, Failure
+from edg.edg_core.run_folder import DFTLayout, RunFolder, RunWriter
+from edg.edg_core.shards import encode_sample
+from edg.edg_core.stage import BatchResult, Failure, StageSpec, item_key, item_record, resolve
+from edg.render.stage import RenderActor, molecule_and_fields
 
-from .engine import NpzFile, ResultFiles, Shards, Stage, StageSummary, Workers, run_stage
+from .engine import NpzFile, ResultFiles, Shards, Stage, StageSummary, Workers, opened, run_stage
 
-__all__ = ["Workers", "StageSummary", "run_dft", "run_render", "run_fused", "run_convert", "run_extract",
-           "molecule_and_fields", "item_key", "item_record"]
-
-
-def item_key(item) -> str:
-    """The sample key of a stage item: a ``Molecule``, a DFT result path, or ``(Molecule, path)``."""
-    if isinstance(item, tuple):
-        item = item[0]
-    if isinstance(item, Molecule):
-        return sample_key(item.id)
-    return Path(str(item)).stem
+__all__ = ["Workers", "StageSummary", "batch_stage", "run_dft", "run_render", "run_fused", "run_convert",
+           "run_extract", "molecule_and_fields", "item_key", "item_record", "RenderActor"]
 
 
-def item_record(item) -> str:
-    """What a user calls a stage item (its molecule id or its file), for the failure manifest."""
-    if isinstance(item, tuple):
-        item = item[0]
-    return item.id if isinstance(item, Molecule) else str(item)
+def batch_stage(spec: StageSpec, args: dict, batch_size: int = 1, maxcount: int = 1000,
+                prefix: str | None = None) -> Stage:
+    """The runnable ``Stage`` of a declared batch stage: its worker class, ``args`` for the worker's
+    constructor, and its sink (``shards``: ``<prefix>-NNNNNN.tar`` of ``maxcount`` samples; ``result_files``:
+    the keys its ``done_keys`` lists)."""
+    if spec.sink == "shards":
+        sink = Shards(prefix or spec.shard_prefix, maxcount)
+    elif spec.sink == "result_files":
+        sink = ResultFiles(resolve(spec.done_keys))
+    else:
+        raise ValueError(f"stage {spec.name}: sink {spec.sink!r} is not a batch sink (shards, result_files)")
+    return Stage(spec.name, resolve(spec.worker), args, sink, key=item_key, record=item_record,
+                 batch_size=batch_size)
 
 
 # ---------------------------------------------------------------- DFT
-def run_dft(records: Iterable, out: str | Path, cfg, workers: Workers, total: int | None = None,
+def run_dft(records: Iterable, out: RunFolder | str | Path, cfg, workers: Workers, total: int | None = None,
             retry_failed: bool = False) -> StageSummary:
-    """DFT for every record not finished (or failed, unless ``retry_failed``) in ``out``."""
-    from edg.dft.worker import DFTWorker, done_keys, remove_interrupted_writes
-    remove_interrupted_writes(out)
-    stage = Stage("dft", DFTWorker, {"cfg": cfg, "out": str(out)},
-                  ResultFiles(done_keys, bulky=("fields/*", "cubes/*")), key=item_key, record=item_record)
-    return run_stage(stage, records, out, workers, total=total, retry_failed=retry_failed)
+    """DFT for every record not finished (or failed, unless ``retry_failed``) in the run folder ``out``."""
+    from edg.dft.stage import DFT
+    with opened(out) as run:
+        run.remove_interrupted_writes(DFTLayout.FIELDS)
+        return run_stage(batch_stage(DFT, {"cfg": cfg, "out": run.writer()}), records, run, workers, total=total,
+                         retry_failed=retry_failed)
 
 
 # ---------------------------------------------------------------- rendering
-def molecule_and_fields(path: str | Path):
-    """(molecule, Fields or None) from a DFT result file; the molecule carries the DFT labels E1..E6,
-    ``dft_homo`` and ``dft_lumo`` (Hartree). Raises ``InvalidRecord`` for an unreadable file."""
-    from edg.dft.result import load_result
-    from edg.render.worker import Fields
-    r = load_result(path)
-    labels = dict(r.energies)
-    labels.update(dft_homo=float(r.homo), dft_lumo=float(r.lumo))
-    mol = Molecule(z=r.z, pos=r.pos, id=r.id, charge=r.charge, multiplicity=r.multiplicity, labels=labels)
-    has_fields = r.ed is not None and r.esp is not None and r.grid is not None
-    return mol, (Fields(r.grid, r.ed, r.esp) if has_fields else None)
-
-
-class RenderActor:
-    """Renders batches of stage items (see ``item_key``): a ``Molecule`` gets structure images, a DFT result
-    path ED + structure images, ``(Molecule, path)`` both with the input's labels kept beside the DFT labels."""
-
-    def __init__(self, cfg, device: str | None = None, structure: bool = True, ed: bool = True,
-                 keep_fields: bool = False):
-        from edg.render.worker import RenderWorker
-        self.worker = RenderWorker(cfg, device=device, structure=structure, ed=ed, keep_fields=keep_fields)
-
-    @staticmethod
-    def load(item):
-        """(molecule, Fields or None) of a stage item."""
-        if isinstance(item, Molecule):
-            return item, None
-        if isinstance(item, tuple):
-            rec, path = item
-            mol, fields = molecule_and_fields(path)
-            return dataclasses.replace(mol, labels={**rec.labels, **mol.labels}, smiles=rec.smiles), fields
-        return molecule_and_fields(item)
-
-    def process_batch(self, batch: list) -> BatchResult:
-        mols, fields, failures = [], [], []
-        for item in batch:
-            try:
-                m, f = self.load(item)
-            except InvalidRecord as e:
-                failures.append(Failure.of(e.record, "render", e.problem, item_key(item)))
-                continue
-            mols.append(m)
-            fields.append(f)
-        res = self.worker.render(mols, fields) if mols else BatchResult()
-        return BatchResult(samples=res.samples, failures=failures + res.failures)
-
-
-def run_render(items: Iterable, out: str | Path, cfg, workers: Workers, total: int | None = None,
+def run_render(items: Iterable, out: RunFolder | str | Path, cfg, workers: Workers, total: int | None = None,
                structure: bool = True, ed: bool = True, keep_fields: bool = False, maxcount: int = 1000,
                device: str | None = None, prefix: str = "render") -> StageSummary:
-    """Render ``items`` (see ``RenderActor``) into shards in ``out`` (a folder or a URL); keys already in
-    finished shards are skipped."""
-    stage = Stage("render", RenderActor, {"cfg": cfg, "device": device, "structure": structure, "ed": ed,
-                                          "keep_fields": keep_fields},
-                  Shards(prefix, maxcount), key=item_key, record=item_record, batch_size=cfg.batch_size)
+    """Render ``items`` (see ``render.stage.RenderActor``) into shards in the run folder ``out``; keys already
+    in finished shards are skipped."""
+    from edg.render.stage import RENDER, worker_args
+    stage = batch_stage(RENDER, worker_args(cfg, device, structure, ed, keep_fields), batch_size=cfg.batch_size,
+                        maxcount=maxcount, prefix=prefix)
     return run_stage(stage, items, out, workers, total=total)
 
 
@@ -124,7 +80,8 @@ class FusedActor:
     shard sample (molecule, labels E1..E6, ED and structure images) goes back to the driver. With
     ``dft.fields`` off there are no grids to hand over: the sample has structure images only."""
 
-    def __init__(self, dft_cfg, render_cfg, dft_out: str, keep_fields: bool = False, device: str | None = None):
+    def __init__(self, dft_cfg, render_cfg, dft_out: RunWriter, keep_fields: bool = False,
+                 device: str | None = None):
         from edg.dft.worker import DFTWorker
         from edg.render.worker import RenderWorker
         self.dft = DFTWorker(dft_cfg, dft_out, keep_on_gpu=True)
@@ -154,12 +111,14 @@ class FusedActor:
         return out
 
 
-def run_fused(records: Iterable, out: str | Path, dft_out: str | Path, dft_cfg, render_cfg, workers: Workers,
-              total: int | None = None, keep_fields: bool = False, maxcount: int = 1000) -> StageSummary:
-    """DFT + rendering per molecule (``FusedActor``) into shards in ``out``; resumable by shard keys.
-    ``out`` and ``dft_out`` may be folders or URLs."""
+def run_fused(records: Iterable, out: RunFolder | str | Path, dft_out: RunFolder | str | Path, dft_cfg, render_cfg,
+              workers: Workers, total: int | None = None, keep_fields: bool = False,
+              maxcount: int = 1000) -> StageSummary:
+    """DFT + rendering per molecule (``FusedActor``) into shards in the run folder ``out``; resumable by shard
+    keys. ``dft_out``: where the DFT scalars go (a run folder, normally ``run.child("dft")``, or a folder/URL)."""
+    writer = dft_out.writer() if isinstance(dft_out, RunFolder) else RunWriter(str(dft_out))
     stage = Stage("dft+render", FusedActor, {"dft_cfg": dft_cfg, "render_cfg": render_cfg,
-                                              "dft_out": str(dft_out), "keep_fields": keep_fields},
+                                              "dft_out": writer, "keep_fields": keep_fields},
                   Shards("render", maxcount), key=item_key, record=item_record)
     return run_stage(stage, records, out, workers, total=total)
 
@@ -178,7 +137,7 @@ class ConvertWorker:
         return res
 
 
-def run_convert(records: Iterable, out: str | Path, workers: Workers, total: int | None = None,
+def run_convert(records: Iterable, out: RunFolder | str | Path, workers: Workers, total: int | None = None,
                 prefix: str = "shard", maxcount: int = 1000, maxsize: int = 1 << 30) -> StageSummary:
     """Write every record of ``records`` as a shard sample in ``out`` (a folder or a URL); resumable."""
     stage = Stage("convert", ConvertWorker, {}, Shards(prefix, maxcount, maxsize), key=item_key,
@@ -187,14 +146,15 @@ def run_convert(records: Iterable, out: str | Path, workers: Workers, total: int
 
 
 # ---------------------------------------------------------------- a trained model over existing shards
-def run_extract(kind: str, model, shards, out: str | Path, workers: Workers | None = None, *,
+def run_extract(kind: str, model, shards, out: RunFolder | str | Path, workers: Workers | None = None, *,
                 batch_size: int = 64, device: str | None = None, bf16: bool | None = None,
-                drop_images: bool = False) -> StageSummary:
+                drop_images: bool = False, file: str | None = None) -> StageSummary:
     """Run a trained model once per shard sample and store its outputs: ``kind`` ``imageed`` (F_U from ED
     images, ``train.extract.FeatureExtractor``) or ``teacher`` (F_S and EDP(F_S) from structure images,
     ``train.extract.TargetExtractor``). ``model``: the model or its checkpoint path (a path for Ray actors).
-    ``out``: a shard folder or URL (every input sample copied with the new ``.npy`` members; resumable) or a
-    path ending in ``.npz`` (``ids`` plus one array per output)."""
+    ``out``: a run folder (or folder/URL) of shards (every input sample copied with the new ``.npy`` members;
+    resumable), or with ``file`` the one ``.npz`` ``<out>/<file>`` (``ids`` plus one array per output); a path
+    ending in ``.npz`` means its parent folder and that file."""
     from edg.edg_core.errors import EDGError
     from edg.train.data.shards import raw_samples
     if kind == "imageed":
@@ -206,8 +166,14 @@ def run_extract(kind: str, model, shards, out: str | Path, workers: Workers | No
     args = {"model": model, "device": device, "drop_images": drop_images}
     if bf16 is not None:
         args["bf16"] = bf16
-    sink = NpzFile() if str(out).endswith(".npz") else Shards("shard", maxcount=1000)
+    if file is None and not isinstance(out, RunFolder) and str(out).endswith(".npz"):
+        folder, _, file = str(out).rpartition("/")  # the folder holding the file is the run folder
+        out = folder or ("/" if str(out).startswith("/") else ".")
+    sink = NpzFile(file) if file else Shards("shard", maxcount=1000)
     stage = Stage(f"extract {kind}", worker, args, sink, key=lambda raw: raw["__key__"],
                   record=lambda raw: f"{raw.get('__url__', '?')}:{raw['__key__']}", batch_size=batch_size,
                   unit="samples")
+    if file and not isinstance(out, RunFolder):  # one file in a folder that may hold anything else
+        with RunFolder.open(out, overwrite=True) as run:
+            return run_stage(stage, raw_samples(shards), run, workers or Workers())
     return run_stage(stage, raw_samples(shards), out, workers or Workers())

@@ -1,21 +1,21 @@
 """``DFTWorker``: one molecule in, one result file out; a bad molecule is a ``Failure``, never an exception.
 
-A plain class (no Ray): the stage driver (``cluster.engine.run_stage``, declared in ``cluster/stages.py``) runs
-it in this process or on Ray actors and owns resume and the failure manifest. Output folder layout::
+A plain class (no Ray): the stage driver (``cluster.engine.run_stage``, declared in ``dft/stage.py``) runs
+it in this process or on Ray actors and owns resume and the failure manifest. The worker writes through a
+``RunWriter`` bound to the run folder (``edg_core.run_folder``), whose ``DFTLayout`` spells the output::
 
-    <out>/fields/<pp>/<key>.npz one DFTResult per molecule (``load_result``), key = sample_key(mol.id),
+    <run>/fields/<pp>/<key>.npz one DFTResult per molecule (``load_result``), key = sample_key(mol.id),
                                 pp = 2 hex digits of the key's SHA-1 (256 folders: ~8k files each at
-                                2 M molecules); results of older runs in <out>/fields/<key>.npz are
+                                2 M molecules); results of older runs in <run>/fields/<key>.npz are
                                 still found (``done_keys``, ``result_files``, ``find_result``)
-    <out>/cubes/<key>.ed.cube   optional Gaussian cubes (``save_cubes``)
-    <out>/failures.jsonl        {record, key, stage, reason} per failed molecule
+    <run>/cubes/<key>.ed.cube   optional Gaussian cubes (``save_cubes``)
+    <run>/failures.jsonl        {record, key, stage, reason} per failed molecule (the driver's)
 
-``out`` may be an fsspec URL (``s3://bucket/run/dft``): each file is written to a local staging folder and
-uploaded whole (``edg_core.storage.Mirror``).
+For a URL run (``s3://bucket/run/dft``) each file is staged locally and uploaded whole by the writer.
+The functions ``result_files``, ``find_result`` and ``done_keys`` read a DFT output (a path or a URL) as input.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -24,9 +24,10 @@ from edg.edg_core.cube import write_cube
 from edg.edg_core.errors import DiskFullError, InvalidRecord
 from edg.edg_core.grid import budget_problem, grid_for_positions
 from edg.edg_core.molecule import Molecule
+from edg.edg_core.run_folder import DFTLayout, RunWriter
 from edg.edg_core.shards import sample_key
 from edg.edg_core.stage import BatchResult, Failure
-from edg.edg_core.storage import Mirror, exists, join, list_files
+from edg.edg_core.storage import exists, is_remote, join, list_files
 
 from . import fields
 from .backend import is_out_of_memory, release_memory_pool, resolve_backend, synchronize, to_numpy
@@ -46,10 +47,9 @@ class SCFNotConverged(RuntimeError):
 
 
 def result_rel(key: str) -> str:
-    """The result file of ``key`` relative to ``out``: ``fields/<pp>/<key>.npz``, ``pp`` = the first two hex
-    digits of SHA-1(key), so no folder holds more than ~1/256 of the results (POSIX directories and object-store
-    listings stay small at millions of molecules)."""
-    return f"fields/{hashlib.sha1(key.encode()).hexdigest()[:2]}/{key}.npz"
+    """The result file of ``key`` relative to the run: ``fields/<pp>/<key>.npz`` (``DFTLayout``): no folder
+    holds more than ~1/256 of the results (directories and object-store listings stay small)."""
+    return DFTLayout.result_rel(key)
 
 
 def result_path(out: str | Path, key: str):
@@ -59,26 +59,25 @@ def result_path(out: str | Path, key: str):
 
 def result_files(out: str | Path) -> list[str]:
     """Paths (or URLs) of every result file in ``out``: the nested layout and the flat one of older runs."""
-    folder = join(out, "fields")
+    folder = join(out, DFTLayout.FIELDS)
     return list_files(folder, "*/*.npz") + list_files(folder, "*.npz")
 
 
 def find_result(out: str | Path, key: str):
     """The existing result file of ``key`` (nested layout, else the flat one of older runs), or None."""
-    for p in (result_path(out, key), join(out, "fields", f"{key}.npz")):
+    for p in (result_path(out, key), join(out, *DFTLayout.flat_result_rel(key).split("/"))):
         if exists(p):
             return p
     return None
 
 
 def remove_interrupted_writes(out: str | Path) -> None:
-    """Remove the temp files that writers killed mid-write left in a local ``out`` (``fields/`` and ``out``
-    itself; ``edg_core.io.remove_stale_temps``: only those of dead processes). The DFT stage calls it before it
-    looks at what is done."""
+    """Remove the temp files that writers killed mid-write left in a local DFT output (``fields/`` and the
+    folder itself; only those of dead processes). The DFT stage does this through its run folder
+    (``RunFolder.remove_interrupted_writes``) before it looks at what is done."""
     from edg.edg_core.io import remove_stale_temps
-    from edg.edg_core.storage import is_remote
     if not is_remote(out):
-        for p in remove_stale_temps(join(out, "fields")) + remove_stale_temps(out, recursive=False):
+        for p in remove_stale_temps(join(out, DFTLayout.FIELDS)) + remove_stale_temps(out, recursive=False):
             log.info("removed %s (left by an interrupted write)", p)
 
 
@@ -88,7 +87,6 @@ def done_keys(out: str | Path) -> set[str]:
     Read-only. In a local folder a result file that is not a whole ``.npz`` (cut short by a copy, damaged on
     disk) is not done: it is logged and computed again (the new file replaces it). Remote result files are
     uploaded whole, so their listing is trusted."""
-    from edg.edg_core.storage import is_remote
     keys = set()
     for p in result_files(out):
         if not is_remote(p) and not _whole_npz(p):
@@ -141,17 +139,18 @@ def check_budget(mol: Molecule, cfg: DFTConfig) -> None:
 class DFTWorker:
     """Runs DFT (+ ED/ESP fields) for one molecule at a time with a fixed ``DFTConfig``.
 
-    ``out`` is the output folder or URL (None: compute only, nothing written). ``keep_on_gpu`` leaves ED/ESP
+    ``out``: a ``RunWriter`` bound to the run folder (``RunFolder.writer()``; a plain path or URL is taken as
+    one), or None: compute only, nothing written. ``keep_on_gpu`` leaves ED/ESP
     as CuPy arrays in the returned ``DFTResult`` (hand them to torch with ``dft.handoff.cupy_to_torch``).
     The worker writes result files only; the stage driver (``cluster.engine.run_stage``) owns the failure
     manifest, resume and batching (``process_batch``).
     """
 
-    def __init__(self, cfg: DFTConfig | None = None, out: str | Path | None = None, keep_on_gpu: bool = False):
+    def __init__(self, cfg: DFTConfig | None = None, out: RunWriter | str | Path | None = None,
+                 keep_on_gpu: bool = False):
         self.cfg = cfg or DFTConfig()
         self.backend = resolve_backend(self.cfg.backend)
-        self.store = None if out is None else Mirror(out, exclude=("fields/*", "cubes/*"), temporary=True)
-        self.out = None if out is None else self.store.url
+        self.out = out if out is None or isinstance(out, RunWriter) else RunWriter(str(out))
         self.keep_on_gpu = keep_on_gpu and self.backend == "gpu"
 
     # ------------------------------------------------------------ pure computation
@@ -253,20 +252,18 @@ class DFTWorker:
         return status
 
     def write(self, key: str, r: DFTResult):
-        """Write the result file (and cubes when configured); returns where the result file is."""
-        local = self.store.local
+        """Write the result file (and cubes when configured) into the run; returns where the result file is."""
         if self.cfg.save_cubes and r.ed is not None:
             for name, values, what in (("ed", r.ed, "electron density e/bohr^3"), ("esp", r.esp, "ESP Hartree/e")):
-                rel = f"cubes/{key}.{name}.cube"
-                write_cube(local / rel, r.grid, values, r.z, r.pos, f"{r.id} {what}")
-                self.store.commit(rel, keep=self.store.remote is None)
-        rel = result_rel(key)
+                with self.out.file(DFTLayout.cube_rel(key, name)) as path:
+                    write_cube(path, r.grid, values, r.z, r.pos, f"{r.id} {what}")
+        rel = DFTLayout.result_rel(key)
         try:
-            save_result(local / rel, r, self.cfg.field_dtype)
+            with self.out.file(rel) as path:
+                save_result(path, r, self.cfg.field_dtype)
         except DiskFullError as e:
             raise DiskFullError(e.errno, f"molecule {r.id}: {e.strerror}", e.filename) from e
-        self.store.commit(rel, keep=self.store.remote is None)  # remote: uploaded, the staged copy goes
-        return result_path(self.out, key)
+        return self.out.where(rel)
 
     __call__ = process
 

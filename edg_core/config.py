@@ -222,6 +222,40 @@ def resolve(cls: type[C], args: argparse.Namespace | None = None, path: str | Pa
     return apply_args(cfg, args, prefix) if args is not None else cfg
 
 
+def parse_assignments(items: list[str] | None, what: str = "--set") -> dict:
+    """``["students.fit.epochs=5", "dft.basis=sto-3g"]`` -> a nested dict (values read as YAML scalars or
+    flow lists: ``5`` an int, ``[1, 2]`` a list, ``null`` None); types are checked where the dict is applied
+    (``from_dict``), so a wrong key or value is refused there, naming it."""
+    import yaml
+    out: dict = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(p.isidentifier() for p in parts):
+            raise ConfigError(f"{what} {shown(item)}: expected SECTION.KEY=VALUE, e.g. students.fit.epochs=5")
+        if len(text) > 10_000:
+            raise ConfigError(f"{what} {parts[-1]}: a value over 10,000 characters")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{what} {key}: {shown(text)} is not a YAML value ({str(e).splitlines()[0]})") from None
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{what} {key}: {p} was set to a value above")
+        node[parts[-1]] = value
+    return out
+
+
+def merge_nested(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` laid on top, dict values merged key by key at every depth."""
+    merged = dict(base)
+    for k, v in over.items():
+        merged[k] = merge_nested(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
 def dump_yaml(obj, path: str | Path) -> None:
     """Write a resolved config next to a run's outputs (atomically)."""
     import yaml

@@ -164,20 +164,32 @@ def append_jsonl(path: str | os.PathLike, obj) -> None:
         raise
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The entries of a JSON-lines file (a local path or an fsspec URL); [] when it does not exist."""
-    from . import storage
-    if not storage.exists(path):
-        return []
+def parse_jsonl(data: bytes) -> list[dict]:
+    """The entries of JSON-lines text; a line cut by a crash (not JSON) is skipped."""
     out = []
-    for line in storage.read_bytes(path).decode().splitlines():
+    for line in data.decode().splitlines():
         line = line.strip()
         if line:
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
-                continue  # a line cut by a crash: ignore it
+                continue
     return out
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The entries of a JSON-lines file (a local path or an fsspec URL); [] when it does not exist. (This module
+    imports nothing of ``edg_core.storage``, which builds on it: a URL is read with ``fsspec.open``.)"""
+    s = str(path)
+    if "://" in s and not s.startswith("file://"):
+        import fsspec
+        try:
+            with fsspec.open(s, "rb") as f:
+                return parse_jsonl(f.read())
+        except FileNotFoundError:
+            return []
+    p = Path(s[len("file://"):] if s.startswith("file://") else s)
+    return parse_jsonl(p.read_bytes()) if p.exists() else []
 
 
 def progress(it: Iterable[T], desc: str, total: int | None = None, disable: bool | None = None) -> Iterable[T]:

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import StorageError
+from .io import atomic_path, remove_stale_scratch, remove_stale_temps, scratch_dir, temp_name, write_json_atomic
 
 __all__ = ["is_remote", "plain_path", "check_location", "local_path_for", "url_to_fs", "join", "exists", "size",
            "open_read", "read_bytes", "list_files", "upload", "download", "Mirror", "cache_root", "staging_dir"]
@@ -190,7 +191,6 @@ def upload(local: str | os.PathLike, url: str) -> None:
     if parent:
         fs.makedirs(parent, exist_ok=True)
     if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        from .io import temp_name
         tmp = f"{parent}/{temp_name(p.rsplit('/', 1)[-1])}" if parent else temp_name(p)
         fs.put_file(str(local), tmp)
         fs.mv(tmp, p)
@@ -200,7 +200,6 @@ def upload(local: str | os.PathLike, url: str) -> None:
 
 def download(url: str, local: str | os.PathLike) -> None:
     """Copy ``url`` to the local file, atomically (write then rename)."""
-    from .io import atomic_path
     fs, p = url_to_fs(url)
     with atomic_path(local) as tmp:
         fs.get_file(p, str(tmp))
@@ -219,7 +218,6 @@ def staging_dir(url: str) -> Path:
 
 def _scratch(prefix: str) -> Path:
     """A temporary folder of this process; folders of killed processes with the same prefix are removed."""
-    from .io import remove_stale_scratch, scratch_dir
     remove_stale_scratch(prefix)
     return scratch_dir(prefix)
 
@@ -259,7 +257,6 @@ class Mirror:
             self.local = _scratch("edg-mirror-") if temporary else staging_dir(self.remote)
         self.local.mkdir(parents=True, exist_ok=True)
         if self.remote is not None:  # a reused working copy: drop what interrupted downloads left
-            from .io import remove_stale_temps
             remove_stale_temps(self.local)
         # rel -> [(size, mtime_ns) of the local copy, _version of the remote file] at the last sync; kept in
         # local/.edg-mirror.json so that a working copy reused later knows what it holds
@@ -335,7 +332,6 @@ class Mirror:
         return rel not in self._seen or self._seen[rel][0] != (st.st_size, st.st_mtime_ns)
 
     def _save(self) -> None:
-        from .io import write_json_atomic
         write_json_atomic(self.local / _STATE, self._seen)
 
     def commit(self, rel: str, keep: bool = True) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from edg.cluster.engine import Shards, Stage, Workers, run_stage
 from edg.edg_core.errors import InvalidRecord
 from edg.edg_core.io import read_jsonl
@@ -67,7 +66,6 @@ def test_failures_are_typed_isolated_and_recorded_once_across_resumes(tmp_path):
 
 def test_extract_keeps_good_samples_around_a_damaged_one(tmp_path):
     import torch
-
     from edg.cluster.stages import run_extract
     from edg.train.data.shards import write_synthetic_shards
     from edg.train.models.imageed import ImageED, imageed_preset
@@ -145,7 +143,8 @@ def test_a_shard_stage_at_a_url_resumes_from_the_key_indexes_and_its_mirror_leav
     first = run_stage(stage(refuse={"m2"}), mols(10), url)
     assert (first.done, first.failed) == (9, 1)
     shard_files = [f"s-00000{i}.tar{x}" for i in range(3) for x in ("", ".keys")]
-    assert sorted(p.name for p in bucket.iterdir()) == ["failures.jsonl", "progress.json", *shard_files]
+    assert sorted(p.name for p in bucket.iterdir()) == ["edg-run.json", "failures.jsonl", "progress.json",
+                                                        *shard_files]
     opened, real = [], shards.open_read
     monkeypatch.setattr(shards, "open_read", lambda p: opened.append(str(p)) or real(p))
     again = run_stage(stage(), mols(12), url)
@@ -154,8 +153,9 @@ def test_a_shard_stage_at_a_url_resumes_from_the_key_indexes_and_its_mirror_leav
     assert [s["meta"]["id"] for s in read_samples(url, torch_tensors=False)] == \
         [f"m{i}" for i in range(12) if i != 2]
     wc = tmp_path / "wc"
-    assert Mirror(url, local=wc, exclude=Shards.bulky).pull() == 2
-    assert sorted(p.name for p in wc.iterdir()) == [".edg-mirror.json", "failures.jsonl", "progress.json"]
+    assert Mirror(url, local=wc, exclude=Shards.bulky).pull() == 3
+    assert sorted(p.name for p in wc.iterdir()) == [".edg-mirror.json", "edg-run.json", "failures.jsonl",
+                                                    "progress.json"]
 
 
 def test_failure_manifest_at_a_url_is_uploaded_at_most_every_interval_and_at_the_end(tmp_path):

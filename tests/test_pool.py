@@ -93,6 +93,9 @@ def test_an_actor_no_node_can_host_is_given_up_and_its_items_go_to_the_others(ra
 
     from edg.cluster.pool import ActorPool, NoActorPlaced, _Slot
     pool = ActorPool(Squarer, {"marker_dir": str(tmp_path)}, size=2, cpus=1, placement_timeout_s=2.0)
+    # wait for the placeable actor to be placed (an event, not the 2 s timeout: a loaded machine takes longer
+    # to start a worker process), so that only the stuck one can miss the timeout
+    ray_head.get(pool.slots[0].ready, timeout=600)
     stuck = ray_head.remote(num_cpus=64)(Squarer).remote(str(tmp_path))  # asks for more than any node has
     pool.slots[1] = _Slot(stuck, 1, ready=stuck.__ray_ready__.remote(), since=time.monotonic())
     out = list(pool.map((f"n{i}", i) for i in range(6)))

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from edg.cluster.stage_args import add_worker_args
+from edg.cluster.stage_args import add_overwrite_arg, add_worker_args
 from edg.edg_core.errors import DataSourceError, InvalidRecord
 from edg.edg_core.io import atomic_path, progress
 from edg.edg_core.readers import open_source
@@ -39,6 +39,7 @@ def register(sub) -> None:
                    help="input spec, e.g. embedded, qm9?split=train, rmd17:aspirin?split=test")
     c.add_argument("--out", required=True, help="output folder for <prefix>-NNNNNN.tar shards: a local path or an "
                                                 "fsspec URL (s3://bucket/shards, gs://..., each shard uploaded whole)")
+    add_overwrite_arg(c)
     c.add_argument("--prefix", default="shard", help="shard file prefix (default: shard)")
     c.add_argument("--maxcount", type=int, default=1000, help="samples per shard (default: 1000)")
     c.add_argument("--maxsize", type=float, default=1.0, help="max shard size in GiB (default: 1)")
@@ -148,12 +149,13 @@ def cmd_info(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from edg.cluster.stage_args import stage_workers
+    from edg.cluster.stage_args import open_run, stage_workers
     from edg.cluster.stages import run_convert
-    src = open_source(args.input)
-    with stage_workers(args, "edg data convert", uses_gpu=False) as workers:
-        s = run_convert(src, args.out, workers, total=len(src), prefix=args.prefix, maxcount=args.maxcount,
-                        maxsize=int(args.maxsize * (1 << 30)))
+    with open_run(args, "edg data convert") as run:
+        src = open_source(args.input)
+        with stage_workers(args, "edg data convert", uses_gpu=False) as workers:
+            s = run_convert(src, run, workers, total=len(src), prefix=args.prefix, maxcount=args.maxcount,
+                            maxsize=int(args.maxsize * (1 << 30)))
     print(f"edg {s.line()} -> {args.out}")
     if s.failed:
         print(f"failure manifest: {s.failures}")

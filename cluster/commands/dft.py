@@ -6,7 +6,7 @@ from edg.edg_core.readers import open_source
 
 
 def register(sub) -> None:
-    from edg.cluster.stage_args import add_worker_args
+    from edg.cluster.stage_args import add_overwrite_arg, add_worker_args
     from edg.dft.config import DFTConfig
     p = sub.add_parser(
         "dft", help="DFT single points (energies E1..E6, HOMO/LUMO, dipole) and ED/ESP cube grids",
@@ -21,6 +21,7 @@ def register(sub) -> None:
                                                 "file is uploaded whole by the worker that wrote it)")
     p.add_argument("--config", help="YAML config (e.g. a pipeline config): its `dft:` section sets DFTConfig "
                                     "fields; flags override it")
+    add_overwrite_arg(p)
     p.add_argument("--retry-failed", action="store_true", help="retry molecules listed in failures.jsonl")
     add_worker_args(p)
     add_config_args(p.add_argument_group("DFT settings (DFTConfig)"), DFTConfig)
@@ -29,21 +30,22 @@ def register(sub) -> None:
 
 def cmd_dft(args) -> int:
     from edg.cluster.pipeline import resolve_section
-    from edg.cluster.stage_args import stage_workers
+    from edg.cluster.stage_args import open_run, stage_workers
     from edg.cluster.stages import run_dft
     from edg.dft.backend import resolve_backend
-    from edg.edg_core.storage import Mirror, exists, join
+    from edg.edg_core.run_folder import DFTLayout
+    from edg.edg_core.storage import exists
     cfg = resolve_section(args, "dft")
-    src = open_source(args.input)
-    store = Mirror(args.out, exclude=("fields/*", "cubes/*"), temporary=True)
-    dump_yaml(cfg, store.local / "dft_config.yaml")
-    store.commit("dft_config.yaml")
-    store.close()
-    print(f"edg dft: {len(src)} records from {args.input} -> {args.out} (backend {resolve_backend(cfg.backend)})")
-    with stage_workers(args, "edg dft", uses_gpu=cfg.backend != "cpu", items=len(src)) as workers:
-        s = run_dft(src, args.out, cfg, workers, total=len(src), retry_failed=args.retry_failed)
+    with open_run(args, "edg dft") as run:
+        src = open_source(args.input)
+        dump_yaml(cfg, run.local / "dft_config.yaml")
+        run.commit("dft_config.yaml")
+        print(f"edg dft: {len(src)} records from {args.input} -> {run.url} "
+              f"(backend {resolve_backend(cfg.backend)})")
+        with stage_workers(args, "edg dft", uses_gpu=cfg.backend != "cpu", items=len(src)) as workers:
+            s = run_dft(src, run, cfg, workers, total=len(src), retry_failed=args.retry_failed)
     print(f"edg {s.line()}")
     if s.failed or exists(s.failures):
         print(f"failure manifest: {s.failures}")
-    print(f"results: {join(args.out, 'fields')}")
+    print(f"results: {run.where(DFTLayout.FIELDS)}")
     return 0

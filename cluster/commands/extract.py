@@ -52,14 +52,20 @@ def _common(p):
     p.add_argument("--batch-size", type=int, default=64, help="molecules per forward pass (default: 64)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
     p.add_argument("--drop-images", action="store_true", help="leave edimg/stimg out of output shards")
-    from edg.cluster.stage_args import add_worker_args
+    from edg.cluster.stage_args import add_overwrite_arg, add_worker_args
+    add_overwrite_arg(p)
     add_worker_args(p)
 
 
 def _run(args, kind: str, model_path: str, **kw) -> int:
-    from edg.cluster.stage_args import stage_workers
+    from edg.cluster.stage_args import open_run, stage_workers
     from edg.cluster.stages import run_extract
-    with stage_workers(args, f"edg extract {kind}") as workers:
+    folder, file = str(args.out), None
+    if folder.endswith(".npz"):  # one file: the folder holding it is the run folder
+        folder, _, file = folder.rpartition("/") if "/" in folder else (".", "", folder)
+        args.overwrite = True  # that folder may hold anything; only the .npz (and its failure list) is written
+    with open_run(args, f"edg extract {kind}", folder or "/") as run, \
+            stage_workers(args, f"edg extract {kind}") as workers:
         model = model_path
         if workers.actors == 0:  # load once here, so a bad checkpoint is named before any sample is read
             if kind == "imageed":
@@ -67,8 +73,8 @@ def _run(args, kind: str, model_path: str, **kw) -> int:
             else:
                 from edg.train.io.model_files import load_teacher as load
             model = load(model_path)
-        s = run_extract(kind, model, args.shards, args.out, workers, batch_size=args.batch_size,
-                        device=args.device, drop_images=args.drop_images, **kw)
+        s = run_extract(kind, model, args.shards, run, workers, batch_size=args.batch_size,
+                        device=args.device, drop_images=args.drop_images, file=file, **kw)
     print(json.dumps(s.to_dict()))
     print(f"edg {s.line()} -> {args.out}")
     if s.failed:

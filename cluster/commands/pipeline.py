@@ -21,15 +21,24 @@ def register(sub) -> None:
                    help="run stages as Ray work (overrides ray.enabled)")
     p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, a local head, or a new "
                                          "local runtime)")
-    p.add_argument("--stop-after", help="stop after this stage (dft, render, imageed, features, teacher, "
-                                        "student_images, teacher_targets, distill)")
+    from edg.cluster.registry import NAMES
+    p.add_argument("--stop-after", choices=NAMES, metavar="STAGE",
+                   help=f"stop after this stage ({', '.join(NAMES)})")
     p.add_argument("--force", nargs="+", default=(), metavar="STAGE", help="rerun these stages even if finished")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config field, typed like the YAML (repeatable): --set students.fit.epochs=5 "
+                        "--set dft.basis=sto-3g --set ray.dft.actors=4")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (defaults <- YAML <- flags) as YAML and exit")
+    from edg.cluster.stage_args import add_overwrite_arg
+    add_overwrite_arg(p)
     p.set_defaults(func=cmd_pipeline)
 
 
 def cmd_pipeline(args) -> int:
     from edg.cluster.pipeline import Pipeline, load_pipeline_config
-    over: dict = {}
+    from edg.edg_core.config import merge_nested, parse_assignments
+    over: dict = parse_assignments(args.set)
     if args.out:
         over["out"] = args.out
     if args.work_dir:
@@ -44,9 +53,14 @@ def cmd_pipeline(args) -> int:
     if args.ray_address:
         ray["address"] = args.ray_address
     if ray:
-        over["ray"] = ray
+        over = merge_nested(over, {"ray": ray})
     cfg = load_pipeline_config(args.config, over)
-    pipeline = Pipeline(cfg, force=tuple(args.force))
+    if args.print_config:
+        import yaml
+        from edg.edg_core.config import to_dict
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    pipeline = Pipeline(cfg, force=tuple(args.force), overwrite=args.overwrite)
     manifest = pipeline.run()
     out = cfg.out.rstrip("/")
     print(f"\npipeline finished in {manifest['seconds']:.1f} s -> {out}")

@@ -6,12 +6,10 @@ from pathlib import Path
 
 from edg.edg_core.config import add_config_args, dump_yaml
 from edg.edg_core.errors import DataSourceError, InvalidRecord
-from edg.edg_core.readers import open_source
-from edg.edg_core.shards import sample_key
 
 
 def register(sub) -> None:
-    from edg.cluster.stage_args import add_worker_args
+    from edg.cluster.stage_args import add_overwrite_arg, add_worker_args
     p = sub.add_parser(
         "render", help="render ED images (from DFT outputs) and structure images into shards",
         description="Render 4-view ball-and-stick structure images for every molecule of --input (no DFT "
@@ -23,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--input", help="input spec (see `edg --help`); optional with --fields")
     p.add_argument("--fields", help="DFT output folder or URL (edg dft --out) whose fields/ hold ED and ESP")
     p.add_argument("--out", required=True, help="output folder for render-NNNNNN.tar shards, or an fsspec URL")
+    add_overwrite_arg(p)
     p.add_argument("--config", help="YAML config (e.g. a pipeline config): its `render:` section sets "
                                     "RenderConfig fields; flags override it")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -39,38 +38,16 @@ def register(sub) -> None:
 
 
 def _items(args):
-    """Stage items (``cluster.stages.RenderActor``) and their count: molecules (structure images), DFT result
-    paths (ED + structure images), or (molecule, result path) pairs when both --input and --fields are given."""
-    from edg.dft.worker import find_result, result_files
-    from edg.edg_core.storage import exists, join
-    if args.fields is None:
-        src = open_source(args.input)
-        return iter(src), len(src)
-    root = args.fields
-    if not exists(join(root, "fields")):
-        raise DataSourceError(f"{root}: no fields/ folder; run `edg dft --out {root}` first")
-    if args.input:
-        src = open_source(args.input)
-
-        def pairs():
-            for rec in src:
-                if isinstance(rec, InvalidRecord):
-                    yield rec
-                    continue
-                path = find_result(root, sample_key(rec.id))
-                yield InvalidRecord(rec.id, f"no DFT result in {root}") if path is None else (rec, str(path))
-        return pairs(), len(src)
-    from edg.render.contact_sheet import natural_key
-    paths = sorted(result_files(root), key=lambda p: natural_key(str(p).rsplit("/", 1)[-1]))  # qm9:2 before qm9:10
-    return iter(paths), len(paths)
+    """The render stage's items for --input / --fields (``render.stage.items``) and their count."""
+    from edg.render.stage import items
+    return items(args.input, args.fields)
 
 
 def _preview(args, cfg, worker, path: Path) -> None:
     import torch
-
-    from edg.cluster.stages import RenderActor
     from edg.render.contact_sheet import contact_sheet
     from edg.render.reference import PyMOLReference, pymol_available
+    from edg.render.stage import RenderActor
     items, _ = _items(args)
     chosen = []
     for item in items:
@@ -105,22 +82,19 @@ def _preview(args, cfg, worker, path: Path) -> None:
 
 
 def cmd_render(args) -> int:
-    from edg.cluster.stage_args import stage_workers
+    from edg.cluster.stage_args import open_run, stage_workers
     from edg.cluster.stages import run_render
-    from edg.edg_core.storage import Mirror
     if not args.input and not args.fields:
         raise DataSourceError("edg render: give --input (structure images) and/or --fields (ED images)")
     from edg.cluster.pipeline import resolve_section
     cfg = resolve_section(args, "render")
-    from edg.edg_core.shards import SHARD_GLOBS
-    store = Mirror(args.out, exclude=SHARD_GLOBS, temporary=True)
-    dump_yaml(cfg, store.local / "render_config.yaml")
-    store.commit("render_config.yaml")
-    store.close()
-    items, total = _items(args)
-    with stage_workers(args, "edg render") as workers:
-        s = run_render(items, args.out, cfg, workers, total=total, structure=not args.no_structure,
-                       keep_fields=args.keep_fields, maxcount=args.maxcount, device=args.device)
+    with open_run(args, "edg render") as run:
+        dump_yaml(cfg, run.local / "render_config.yaml")
+        run.commit("render_config.yaml")
+        items, total = _items(args)
+        with stage_workers(args, "edg render") as workers:
+            s = run_render(items, run, cfg, workers, total=total, structure=not args.no_structure,
+                           keep_fields=args.keep_fields, maxcount=args.maxcount, device=args.device)
     print(json.dumps(s.to_dict()))
     print(f"edg {s.line()}")
     if s.failed:
