@@ -21,6 +21,7 @@ Pipeline: conformations -> DFT (ED, ESP) -> rendered ED / structure images -> We
 One spec grammar for --input (which records) and --dataset (which task): <name>[:<subset>][?key=value&...]
   embedded[:qm9|:rmd17]     qm9[:<target>][?split=train|valid|test|all]
   rmd17:<molecule>[?split=train|valid|test]     smiles:CCO,c1ccccc1     a .xyz/.extxyz/.sdf/.mol/.smi file
+  (- = standard input; a file takes ?format=xyz|sdf|smi and ?charge=N&multiplicity=M for records without them)
 Options: split, root=DIR (?root=embedded: the data shipped in the package), limit=N (first N records),
 rmd17 split_id=K; a --dataset spec also takes task options (rmd17:aspirin?train_size=100).
 `edg data datasets` lists every registered dataset.
@@ -43,13 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_locations(args) -> None:
     """Every command's ``--out`` must outlive the process (no ``memory://``); ``--out``, ``--shards`` and
     ``--fields`` may be ``file://`` URLs (local paths) and must name a known protocol (``edg_core.storage``)."""
-    from edg.edg_core.storage import check_location
+    from edg.edg_core.storage import check_location, check_writable
 
     from .runtime import check_job_output
     for name, persistent in (("out", True), ("shards", False), ("fields", False)):
         value = getattr(args, name, None)
         if isinstance(value, str):
             setattr(args, name, check_location(check_job_output(value, f"--{name}"), persistent=persistent))
+    check_writable(getattr(args, "out", None) if isinstance(getattr(args, "out", None), str) else None)
 
 
 def results_line(args) -> str | None:
@@ -77,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     except EDGError as e:
         print(f"edg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (PermissionError, NotADirectoryError, IsADirectoryError, FileNotFoundError) as e:
+        # the file system refused a path (read-only, a file where a folder must be): one line, no traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"edg {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"edg {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -37,7 +37,13 @@ class DFTConfig:
                 "(cc-pvdz-jkfit for 6-31G**, heavy-aug-cc-pvdz-jkfit for 6-31+G**), else PySCF's default"})
     retries: bool = field(default=True, metadata={
         "help": "on non-convergence retry with damping + level shift, then second-order SCF"})
-    timeout_s: float = field(default=0.0, metadata={"help": "per-molecule SCF time limit in s (0 = none)"})
+    time_limit_s: float = field(default=0.0, metadata={
+        "help": "per-molecule SCF time limit in s over all retry attempts, checked every SCF cycle; past it the "
+                "molecule is a 'timeout' failure and the run goes on (0 = none)"})
+    timeout_s: float = field(default=0.0, metadata={"help": "old name of time_limit_s"})
+    progress_s: float = field(default=30.0, metadata={
+        "help": "log a progress line (attempt, cycle, energy) every this many seconds of one molecule's SCF "
+                "(0 = never)"})
     max_memory_mb: int = field(default=4000, metadata={"help": "PySCF memory budget per molecule, MB"})
     fields: bool = field(default=True, metadata={"help": "evaluate ED and ESP on the cube grid"})
     grid_spacing: float = field(default=DEFAULT_SPACING_BOHR, metadata={"help": "cube grid spacing, bohr"})
@@ -53,11 +59,19 @@ class DFTConfig:
         "help": "grid points per ESP integral batch (0 = ~16 MB blocks, within max_memory_mb)"})
     field_dtype: str = field(default="float16", metadata={"help": "float16 or float32 grids in the output files"})
     save_cubes: bool = field(default=False, metadata={"help": "also write Gaussian cube files of ED and ESP"})
-    max_atoms: int = field(default=0, metadata={
+    # Budgets: a molecule over one is a failure named in the manifest, before any SCF; the run goes on. The
+    # defaults let every molecule of the paper's data through (QM9: <= 29 atoms, <= 9 heavy, 160-190 basis
+    # functions; rMD17: <= 24 atoms; PCQM4Mv2 / EDBench: <= 51 heavy atoms, so <= ~155 atoms with hydrogens and
+    # <= ~1,500 Cartesian 6-31+G** functions; its longest chains give cube grids under 1 M points at 0.4 bohr)
+    # and stop what would run for days or exhaust memory (a 500-atom molecule). 0 turns a budget off.
+    max_atoms: int = field(default=200, metadata={
         "help": "refuse (failure manifest) molecules with more atoms than this before any SCF (0 = no limit)"})
-    max_grid_points: int = field(default=0, metadata={
+    max_grid_points: int = field(default=8_000_000, metadata={
         "help": "refuse molecules whose ED/ESP cube grid (from their extent, spacing and padding) has more points "
-                "than this (0 = no limit)"})
+                "than this (default 200^3: about 38 A across at 0.4 bohr; 0 = no limit)"})
+    max_basis_functions: int = field(default=2000, metadata={
+        "help": "refuse molecules whose basis (PySCF mol.nao, Cartesian or spherical as used) has more functions "
+                "than this, before the SCF (0 = no limit)"})
     verbose: int = field(default=0, metadata={"help": "PySCF verbosity"})
 
     def __post_init__(self):
@@ -78,6 +92,14 @@ class DFTConfig:
         if self.grid_spacing <= 0 or self.grid_padding < 0:
             raise ConfigError("dft.grid_spacing must be > 0 and dft.grid_padding >= 0 (bohr)")
         self.esp_band = (lo, hi)
+        for name in ("max_atoms", "max_grid_points", "max_basis_functions", "time_limit_s", "timeout_s",
+                     "progress_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"dft.{name} {getattr(self, name)}: must be >= 0 (0 = no limit)")
+        if self.timeout_s and self.time_limit_s and self.timeout_s != self.time_limit_s:
+            raise ConfigError(f"dft.timeout_s {self.timeout_s} and dft.time_limit_s {self.time_limit_s}: "
+                              "timeout_s is the old name of time_limit_s; give one")
+        self.time_limit_s = self.timeout_s = self.time_limit_s or self.timeout_s
 
     def basis_for(self, z) -> str:
         """The basis for a molecule with atomic numbers ``z``: the diffuse one when sulfur (Z=16) is present."""

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edg.edg_core.errors import EDGError, InvalidRecord
+from edg.edg_core.errors import InvalidRecord
 from edg.edg_core.molecule import Molecule
 
 from .backend import array_module, to_numpy
+from .budget import SCFTimeout, SCFWatch, check_basis, log_inferred  # noqa: F401  (SCFTimeout: re-exported)
 from .config import DFTConfig
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,6 @@ ENERGY_LABELS = {
     "E6": "total energy",
 }
 """The six EDBench energy labels, all in Hartree. E1 = E6 (no dispersion term) and E2 + E3 + E4 + E5 = E6."""
-
-
-class SCFTimeout(EDGError, TimeoutError):
-    """The SCF ran past ``DFTConfig.timeout_s``."""
 
 
 @dataclass
@@ -170,22 +167,20 @@ def _recorded_xc(mf, dm) -> float | None:
     return float(to_numpy(exc))
 
 
-def _deadline_callback(t_end: float | None, mol_id: str):
-    def callback(envs):
-        if t_end is not None and time.monotonic() > t_end:
-            raise SCFTimeout(f"{mol_id}: SCF timeout after {envs.get('cycle', '?')} cycles")
-    return callback
-
-
 def run_scf(mol: Molecule, cfg: DFTConfig | None = None, backend: str = "cpu") -> SCFOutcome:
-    """Run the SCF for ``mol`` with the retry ladder; raises ``SCFTimeout`` past ``cfg.timeout_s``.
+    """Run the SCF for ``mol`` with the retry ladder; raises ``budget.TimeLimitExceeded`` (an ``SCFTimeout``)
+    past ``cfg.time_limit_s`` over all attempts, and ``InvalidRecord`` for a molecule over
+    ``cfg.max_basis_functions`` (before any SCF). Logs a progress line every ``cfg.progress_s`` seconds, and
+    a line when the input did not state the charge or multiplicity (``Molecule.inferred``).
 
     The outcome is returned even when no attempt converged (``converged`` False): the caller decides.
     """
     cfg = cfg or DFTConfig()
     t0 = time.monotonic()
-    t_end = t0 + cfg.timeout_s if cfg.timeout_s > 0 else None
+    watch = SCFWatch(mol.id, cfg.time_limit_s, cfg.progress_s)
     pmol = build_pyscf_mol(mol, cfg)
+    check_basis(pmol, cfg, mol.id)
+    log_inferred(mol)
     ladder = [("diis", {})]
     if cfg.retries:
         ladder += [("damping+level_shift", {"damp": 0.5, "level_shift": 0.3, "diis_start_cycle": 6}),
@@ -200,7 +195,7 @@ def run_scf(mol: Molecule, cfg: DFTConfig | None = None, backend: str = "cpu") -
         else:
             for k, v in settings.items():
                 setattr(attempt, k, v)
-        attempt.callback = _deadline_callback(t_end, mol.id)
+        attempt.callback = watch.for_attempt(name)
         attempts.append(name)
         attempt.kernel(dm0=dm0)
         mf = attempt

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from edg.edg_core.cube import write_cube
 from edg.edg_core.errors import DiskFullError, InvalidRecord
-from edg.edg_core.grid import budget_problem, grid_for_positions
+from edg.edg_core.grid import grid_for_positions
 from edg.edg_core.molecule import Molecule
 from edg.edg_core.run_folder import DFTLayout, RunWriter
 from edg.edg_core.shards import sample_key
@@ -31,6 +31,7 @@ from edg.edg_core.storage import exists, is_remote, join, list_files
 
 from . import fields
 from .backend import is_out_of_memory, release_memory_pool, resolve_backend, synchronize, to_numpy
+from .budget import check_size
 from .config import DFTConfig
 from .result import DFTResult, load_result, save_result
 from .scf import SCFTimeout, basis_convention, dipole_debye, energy_components, frontier_orbitals, jk_method, run_scf
@@ -126,14 +127,9 @@ def _whole_npz(path) -> bool:
 
 def check_budget(mol: Molecule, cfg: DFTConfig) -> None:
     """Raise ``InvalidRecord`` naming the size when ``mol`` exceeds ``cfg.max_atoms`` or its cube grid exceeds
-    ``cfg.max_grid_points`` (so a molecule too large is refused up front, not after an out-of-memory; the rule
-    is ``edg_core.grid.budget_problem``, shared with the render stage)."""
-    grid = None
-    if cfg.max_grid_points and cfg.fields:
-        grid = grid_for_positions(mol.pos, cfg.grid_spacing, cfg.grid_padding)
-    why = budget_problem("DFT", mol.n_atoms, cfg.max_atoms, cfg.max_grid_points, grid, "cube grid", mol.pos)
-    if why:
-        raise InvalidRecord(mol.id, why)
+    ``cfg.max_grid_points``, before any SCF (``dft.budget.check_size``; the basis-function budget and the time
+    limit are checked inside ``run_scf``)."""
+    check_size(mol, cfg)
 
 
 class DFTWorker:
@@ -237,8 +233,8 @@ class DFTWorker:
             return self._fail(mol.id, key, f"invalid input: {e.problem}")
         except SCFNotConverged as e:
             return self._fail(mol.id, key, f"not converged: {e}")
-        except SCFTimeout:
-            return self._fail(mol.id, key, f"timeout: SCF ran past {self.cfg.timeout_s} s")
+        except SCFTimeout as e:  # budget.TimeLimitExceeded: the time, the limit, the attempt and cycle
+            return self._fail(mol.id, key, f"timeout: {e}")
         except Exception as e:  # one bad molecule never stops the run
             if is_out_of_memory(e):
                 return self._fail(mol.id, key, f"out of memory ({type(e).__name__})")

@@ -58,8 +58,24 @@ def _non_empty(value: str) -> str:
     return value
 
 
+def _integer(value: str) -> str:
+    try:
+        return str(int(value))
+    except ValueError:
+        raise ValueError("must be an integer") from None
+
+
+def _one_of(*choices: str):
+    def check(value: str) -> str:
+        if value.lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value.lower()
+    return check
+
+
 VALUE_CHECKS = {"limit": _int_at_least(0), "split_id": _int_at_least(1), "root": _non_empty,
-                "target": _non_empty, "split": _non_empty}
+                "target": _non_empty, "split": _non_empty, "charge": _integer, "multiplicity": _int_at_least(1),
+                "format": _one_of("xyz", "sdf", "smi")}
 """Option -> check returning the canonical raw value (``limit=007`` -> ``7``) or raising ``ValueError``."""
 
 

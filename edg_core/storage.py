@@ -72,6 +72,28 @@ def check_location(loc, persistent: bool = False):
     return s
 
 
+def check_writable(loc, what: str = "--out") -> None:
+    """Raise ``StorageError`` (one line) when a local output location cannot be written: a part of its path is a
+    file, or it (or, while it does not exist, its nearest existing folder) refuses writing to this user.
+    A URL is left to its file system."""
+    if loc is None or is_remote(loc):
+        return
+    p = Path(plain_path(loc)).absolute()
+    probe = p
+    while not probe.exists() and not probe.is_symlink():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe != p and not probe.is_dir():
+        raise StorageError(f"{what} {loc}: cannot be created, {probe} is a file, not a folder")
+    if probe.is_dir():
+        ok = os.access(probe, os.W_OK | os.X_OK)
+    else:
+        ok = os.access(probe, os.W_OK)
+    if not ok:
+        raise StorageError(f"{what} {loc}: cannot be written ({probe} is read-only for this user)")
+
+
 def url_to_fs(url: str):
     """(fsspec file system, path without the protocol) for ``url``; an unknown protocol or a missing
     file-system package raises ``StorageError``."""

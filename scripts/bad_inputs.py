@@ -95,6 +95,29 @@ def _sdf(d: Path, bad: str) -> None:
     (d / "mols.sdf").write_bytes(data)
 
 
+def _sdf_at_origin(d: Path) -> None:
+    """Three water records; the middle one has every atom at the origin."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+    blocks = []
+    for name in ("good-1", "bad", "good-2"):
+        m = Chem.AddHs(Chem.MolFromSmiles("O"))
+        AllChem.EmbedMolecule(m, randomSeed=42)
+        if name == "bad":
+            for i in range(m.GetNumAtoms()):
+                m.GetConformer().SetAtomPosition(i, (0.0, 0.0, 0.0))
+        m.SetProp("_Name", name)
+        blocks.append(Chem.MolToMolBlock(m) + "$$$$\n")
+    (d / "mols.sdf").write_text("".join(blocks))
+
+
+def _carbon_lattice(n: int, id_: str) -> str:
+    """An XYZ frame of ``n`` carbon atoms 1.5 Å apart on a cube lattice (a molecule too large for the DFT)."""
+    side = round(n ** (1 / 3)) + 1
+    pts = [(i, j, k) for i in range(side) for j in range(side) for k in range(side)][:n]
+    return f"{n}\nid={id_}\n" + "".join(f"C {1.5 * i} {1.5 * j} {1.5 * k}\n" for i, j, k in pts)
+
+
 def _shards(d: Path, damage: str) -> None:
     """Six samples with synthetic 32-px images, one of them damaged as ``damage`` says."""
     from edg.edg_core.readers import open_source
@@ -298,7 +321,8 @@ CASES = [
          r"line 8: atom line needs 7 columns \(symbol x y z \+ forces\), got 4", 2),
     Case("spec-unknown-option", "spec: unknown option ?limt=2", {"a.xyz": xyz(GOOD1, GOOD2)},
          ["data", "convert", "--input", "{d}/a.xyz?limt=2", "--out", "{d}/out"], 2,
-         r"unknown option 'limt' \(did you mean 'limit'\?\); options of file: limit", 0),
+         r"unknown option 'limt' \(did you mean 'limit'\?\); options of file: format, charge, multiplicity, "
+         r"limit", 0),
     Case("spec-negative-limit", "spec: ?limit=-1", {"a.xyz": xyz(GOOD1, GOOD2)},
          ["data", "convert", "--input", "embedded:qm9?limit=-1", "--out", "{d}/out"], 2,
          r"option limit='-1' must be an integer >= 0", 0),
@@ -366,6 +390,60 @@ CASES = [
          {"shards": lambda d: _shards(d, "bomb")}, PRETRAIN, 0,
          r"qm9:3: member 'edimg\.u8z' cannot be decoded \(ValueError: u8z payload does not inflate to the 24576 bytes",
          5, count="trained"),
+    # ---- issue 23: readers (streams, resynchronisation, what a molecule cannot be, one-line answers)
+    Case("xyz-12-digit-count", "XYZ: a 12-digit atom-count line between good frames",
+         {"a.xyz": xyz(GOOD1, frame("bad", n=123456789012), GOOD2)}, convert("a.xyz"), 0,
+         r"a\.xyz, frame 1, line 6: atom count 123456789012 is over the 10,000,000 atoms a frame may have", 2),
+    Case("extxyz-lattice", "extXYZ: a periodic cell (Lattice=, pbc absent)",
+         {"a.xyz": xyz(GOOD1, frame("bad", extra='Lattice="9 0 0 0 9 0 0 0 9"'), GOOD2)}, convert("a.xyz"), 0,
+         r"frame 1, line 7: periodic cell \(Lattice='9 0 0 0 9 0 0 0 9'\): EDG computes isolated molecules", 2),
+    Case("extxyz-pbc", "extXYZ: a periodic cell (pbc=\"T T T\")",
+         {"a.xyz": xyz(GOOD1, frame("bad", extra='pbc="T T T"'), GOOD2)}, convert("a.xyz"), 0,
+         r"frame 1, line 7: periodic cell \(pbc='T T T'\)", 2),
+    Case("sdf-atoms-at-origin", "SDF: a record whose atoms all sit at the origin", {"mols.sdf": _sdf_at_origin},
+         convert("mols.sdf"), 0,
+         r"mols\.sdf, record 1, line \d+: coincident atoms: atoms 0 and 1 are 0\.000 Å apart \(< 0\.3 Å\)", 2),
+    Case("xyz-close-pair", "XYZ: two atoms 0.2 Å apart",
+         {"a.xyz": xyz(GOOD1, frame("bad", WATER.replace("0.757 -0.467", "0.0 0.317", 1)), GOOD2)}, convert("a.xyz"),
+         0, r"frame 1, line 6: coincident atoms: atoms 0 and 1 are 0\.200 Å apart \(< 0\.3 Å\)", 2),
+    Case("xyz-charge-minus-1000", "extXYZ: charge=-1000",
+         {"a.xyz": xyz(GOOD1, frame("bad", extra="charge=-1000"), GOOD2)}, convert("a.xyz"), 0,
+         r"impossible charge -1000: 1010 electrons on a nuclear charge of 10 \(more than 2 per proton\)", 2),
+    Case("xyz-charge-no-electrons", "extXYZ: a charge that leaves no electrons",
+         {"a.xyz": xyz(GOOD1, frame("bad", extra="charge=10"), GOOD2)}, convert("a.xyz"), 0,
+         r"impossible charge \+10: leaves 0 electrons \(nuclear charge 10\)", 2),
+    Case("spec-charge-conflict", "?charge= disagreeing with the frame's charge=",
+         {"a.xyz": xyz(GOOD1, frame("bad", "O 0 0 0\nH 0 0 0.97\n", extra="charge=-1"), GOOD2)},
+         ["data", "convert", "--input", "{d}/a.xyz?charge=0", "--out", "{d}/out"], 0,
+         r"frame 1, line 7: charge=-1 on the comment line but \?charge=0 in the spec", 2),
+    Case("spec-charge-not-integer", "spec: ?charge=abc", {"a.xyz": xyz(GOOD1, GOOD2)},
+         ["data", "convert", "--input", "{d}/a.xyz?charge=abc", "--out", "{d}/out"], 2,
+         r"option charge='abc' must be an integer", 0),
+    Case("input-no-molecules", "an input with no molecules (empty file)", {"a.xyz": b""},
+         convert("a.xyz"), 2, r"error: input '\S+a\.xyz': no molecules$", 0),
+    Case("input-folder", "a folder as --input", {"a.xyz": xyz(GOOD1)},
+         ["data", "convert", "--input", "{d}", "--out", "{d}/out"], 2,
+         r"error: input '\S+' is a folder, not a file of molecules", 0),
+    Case("out-not-writable", "an --out that cannot be created (a file on its path)", {"a.xyz": xyz(GOOD1)},
+         ["data", "convert", "--input", "{d}/a.xyz", "--out", "{d}/a.xyz/out"], 2,
+         r"error: --out \S+/a\.xyz/out: cannot be created, \S+/a\.xyz is a file, not a folder", None, count="none"),
+    Case("dft-inferred-charge", "DFT: a hydroxide XYZ without charge= (computed as stated, and the log says so)",
+         {"a.xyz": xyz(frame("oh", "O 0 0 0\nH 0 0 0.97\n"))}, [*DFT, "--input", "{d}/a.xyz", "--out", "{d}/out"], 0,
+         r"oh: charge and multiplicity not stated by the input: computing charge 0, multiplicity 2 \(UKS\)", 1,
+         count="results"),
+    Case("dft-500-atoms", "DFT: a 500-atom molecule under the default budgets",
+         {"a.xyz": xyz(frame("h2-a", H2), _carbon_lattice(500, "big"), frame("h2-b", H2))},
+         [*DFT, "--input", "{d}/a.xyz", "--out", "{d}/out"], 0,
+         r"too large for the DFT budget: 500 atoms > max_atoms 200", 2, count="results"),
+    Case("dft-basis-budget", "DFT: molecule over max_basis_functions",
+         {"a.xyz": xyz(frame("h2-a", H2), GOOD1, frame("h2-b", H2))},
+         [*DFT, "--input", "{d}/a.xyz", "--out", "{d}/out", "--max-basis-functions", "5"], 0,
+         r"too large for the DFT budget: 7 basis functions \(sto-3g, cartesian\) > max_basis_functions 5", 2,
+         count="results"),
+    Case("dft-time-limit", "DFT: --time-limit-s shorter than any SCF (every molecule stops; the run goes on)",
+         {"a.xyz": xyz(frame("h2-a", H2), frame("h2-b", H2))},
+         [*DFT, "--input", "{d}/a.xyz", "--out", "{d}/out", "--time-limit-s", "0.000001"], 0,
+         r"timeout: .*SCF", 0, count="results"),
     # ---- issue 23: shards that lie (a member name, a key, a size, the JSON, the arrays)
     Case("shard-absolute-name", "shard: a member named with an absolute path (training)",
          {"shards": lambda d: _lying_shards(d, "absolute")}, PRETRAIN, 0,

@@ -25,7 +25,7 @@ def test_valid_molecule_defaults():
     (dict(z=[8, 1, 1], pos=[[0, 0, 0], [0, np.inf, 0], [1, 1, 1]]), "at atom 1"),
     (dict(z=[8, 1, 1], pos=np.zeros((2, 3))), "3 atomic numbers but 2 positions"),
     (dict(z=[8, 1, 1], pos=np.zeros((3, 2))), "shape (N, 3)"),
-    (dict(z=[8, 1, 1], pos=np.zeros((3, 3)), multiplicity=2), "multiplicity 2 impossible"),
+    (dict(z=[8, 1, 1], pos=np.eye(3), multiplicity=2), "multiplicity 2 impossible"),
 ])
 def test_bad_records_name_the_record_and_problem(kwargs, problem):
     with pytest.raises(InvalidRecord) as e:

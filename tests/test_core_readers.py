@@ -40,8 +40,8 @@ def test_xyz_tolerant_numbers_and_bad_frames(tmp_path):
 
 
 def test_text_lines_is_the_one_line_decoder_of_xyz_and_smiles_files(tmp_path):
-    """``io.text_lines`` decodes each line on its own (``\n`` or ``\r\n`` ends; a non-UTF-8 line is None), and
-    both the XYZ and the SMILES reader count lines through it: the bad line fails its own record only."""
+    """``io.text_lines`` decodes each line on its own (``\n`` or ``\r\n`` ends; a non-UTF-8 line is None), as the
+    readers' stream (``readers.stream.text_lines_of``) does line by line: the bad line fails its own record only."""
     from edg.edg_core.io import text_lines
     p = tmp_path / "t.txt"
     p.write_bytes(b"a\r\nb\xff\xfe c\n\nd")
@@ -66,7 +66,7 @@ def test_text_lines_is_the_one_line_decoder_of_xyz_and_smiles_files(tmp_path):
 def test_missing_file_is_clear():
     with pytest.raises(DataSourceError, match="no such file"):
         open_source("/nonexistent/molecules.xyz")
-    with pytest.raises(DataSourceError, match="does not exist"):
+    with pytest.raises(DataSourceError, match="no such file"):
         list(read_xyz("/nonexistent/molecules.xyz"))
 
 

@@ -22,7 +22,7 @@ VOLATILE = ("wall_s", "timings")  # seconds measured by the run, the only fields
 
 def _input(path: Path, n_h2: int = 24) -> None:
     frames = [f"2\nid=h2-{i:02d}\nH 0 0 0\nH 0 0 {0.64 + 0.01 * i:.2f}\n" for i in range(n_h2)]
-    frames.insert(5, "2\nid=collapsed\nH 0 0 0\nH 0 0 0.01\n")  # fails in DFT (bad geometry)
+    frames.insert(5, "2\nid=collapsed\nH 0 0 0\nH 0 0 0.01\n")  # refused by the reader (coincident atoms)
     frames.insert(12, "2\nid=unreadable\nH 0 0 0\nH 0 0 0.7\nH 0 0 1.4\n")  # fails in the reader
     frames.append("3\nid=water\nO 0.0 0.0 0.117\nH 0.0 0.757 -0.467\nH 0.0 -0.757 -0.467\n")
     path.write_text("".join(frames))

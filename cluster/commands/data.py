@@ -56,8 +56,10 @@ def register(sub) -> None:
 
 
 def _summarise(records) -> dict:
+    """Counts of a stream of records; ``charges``/``multiplicities`` count the molecules per value, and
+    ``inferred`` how many of them had charge or multiplicity chosen by EDG because the input did not state it."""
     n = bad = atoms = 0
-    elements, labels = Counter(), Counter()
+    elements, labels, charges, mults, inferred = Counter(), Counter(), Counter(), Counter(), Counter()
     first_bad = []
     for r in progress(records, "scan"):
         if isinstance(r, InvalidRecord):
@@ -69,8 +71,24 @@ def _summarise(records) -> dict:
         atoms += r.n_atoms
         elements.update(r.symbols)
         labels.update(r.labels.keys())
+        charges[r.charge] += 1
+        mults[r.multiplicity] += 1
+        inferred.update(r.inferred)
     return {"molecules": n, "invalid": bad, "atoms": atoms, "mean_atoms": round(atoms / max(n, 1), 2),
-            "elements": dict(elements.most_common()), "labels": dict(labels), "first_invalid": first_bad}
+            "elements": dict(elements.most_common()), "labels": dict(labels),
+            "charges": {str(k): v for k, v in sorted(charges.items())},
+            "multiplicities": {str(k): v for k, v in sorted(mults.items())},
+            "inferred": {k: inferred[k] for k in ("charge", "multiplicity")}, "first_invalid": first_bad}
+
+
+def _inferred_note(summary: dict) -> str | None:
+    """One line saying how many molecules had charge/multiplicity inferred, and how to state them."""
+    inf = summary.get("inferred") or {}
+    parts = [f"{k} of {v} molecule{'s' if v != 1 else ''}" for k, v in inf.items() if v]
+    if not parts:
+        return None
+    return (f"inferred (not in the input): {', '.join(parts)} (charge 0, lowest multiplicity); state them in the "
+            "file (extXYZ charge=/multiplicity=) or with ?charge=N&multiplicity=M on the input spec")
 
 
 def _first_records(records, n: int) -> list[dict]:
@@ -108,9 +126,10 @@ def cmd_info(args) -> int:
         summary = _summarise(recs())
         summary["members"] = dict(members)
     else:
-        summary = _summarise(open_source(args.input))
+        src = open_source(args.input)  # one Source: a FIFO or standard input is read once
+        summary = _summarise(src)
         if args.show:
-            summary["records"] = _first_records(open_source(args.input), args.show)
+            summary["records"] = _first_records(src, args.show)
     summary["input"] = args.input
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -124,6 +143,8 @@ def cmd_info(args) -> int:
                     print(f"{'':>16}{r['id']} {r['formula']} {labels}")
                 continue
             print(f"{k:>14}: {v}")
+        if note := _inferred_note(summary):
+            print(note)
     return 0
 
 

@@ -42,8 +42,11 @@ register(Dataset(
     reader=f"{READERS}.sources:open_smiles", subset="smiles", subset_label="SMILES list", subset_required=True))
 
 register(Dataset(
-    name="file", description="a .xyz/.extxyz, .sdf/.mol or .smi file (written as its path)",
-    reader=f"{READERS}.sources:open_file", subset="path", subset_label="file path", subset_required=True))
+    name="file", description="a .xyz/.extxyz, .sdf/.mol or .smi file (written as its path; - is standard input); "
+                             "?format=xyz|sdf|smi when the suffix does not say, ?charge=N&multiplicity=M for "
+                             "records that do not state them (plain XYZ, SMILES)",
+    reader=f"{READERS}.sources:open_file", subset="path", subset_label="file path", subset_required=True,
+    options=("format", "charge", "multiplicity")))
 
 register(Dataset(
     name="edbench", description="an EDBench set folder (Mol1.sdf geometries, the set's labels, ED/ESP cubes for "

@@ -13,13 +13,16 @@ A spec names a registered dataset or a file, in the one spec grammar (``edg_core
                                            an EDBench set (Mol1.sdf + the set's named labels; cubes for rendering)
     pcqm4mv2:FILE[?part=k/N&csv=CSV&split=..&split_dict=FILE]
                                            pcqm4m-v2-train.sdf, record i = molecule idx i (homolumogap, eV)
-    path/to/file.xyz|.extxyz|.sdf|.mol|.smi
+    path/to/file.xyz|.extxyz|.sdf|.mol|.smi[?format=xyz|sdf|smi&charge=N&multiplicity=M]
+                                           a file (- = standard input, a FIFO works too: read once, streamed);
+                                           charge/multiplicity for the records that do not state them
 
 Every spec takes ``?limit=N`` (first N records). An unknown dataset, option, split or an invalid value is one
 ``SpecError`` line naming the spec and the bad part. The old split-by-position spelling
 (``rmd17:aspirin:train``, ``qm9:train``) still reads, with a one-line note.
 A ``Source`` yields ``Molecule`` objects and, for records that cannot be read, ``InvalidRecord``
-exceptions as values, so that a large job can log them in its failure manifest and go on.
+exceptions as values, so that a large job can log them in its failure manifest and go on; a file with no
+records at all is one ``DataSourceError`` line ("no molecules").
 """
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ class QM9Table:
         z = self.z[a:b]
         t = geom3d_targets(self.targets[i:i + 1], [z])[0] if geom3d else self.targets[i]
         return Molecule(z=z, pos=self.pos[a:b], id=f"qm9:{int(self.gdb_id[i])}", smiles=str(self.smiles[i]),
-                        labels=dict(zip(TARGETS, map(float, t))))
+                        labels=dict(zip(TARGETS, map(float, t))), charge=0, multiplicity=1)  # QM9: neutral singlets
 
     def molecules(self, indices=None, geom3d: bool = True):
         for i in (range(len(self)) if indices is None else indices):

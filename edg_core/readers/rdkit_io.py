@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataSourceError, EDGError, InvalidRecord
+from ..errors import EDGError, InvalidRecord
 from ..molecule import Molecule
 
 
@@ -38,43 +38,54 @@ def molecule_from_rdkit(mol, rec_id: str, conf_id: int = -1) -> Molecule:
             labels[k] = float(v)
     smiles = Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False)) if mol.GetNumAtoms() else None
     return Molecule(z=z, pos=pos, id=rec_id, charge=charge, multiplicity=n_rad + 1 if n_rad else None,
-                    smiles=smiles, labels=labels)
+                    smiles=smiles, labels=labels).check_atoms_apart()  # no radicals marked: multiplicity inferred
 
 
-def _sdf_record_lines(path: Path) -> list[int]:
-    """The 1-based line where each record of an SDF starts (after each ``$$$$`` line)."""
-    starts, line = [1], 0
-    with open(path, "rb") as f:
-        for line, raw in enumerate(f, 1):
-            if raw.strip() == b"$$$$":
-                starts.append(line + 1)
-    return starts
-
-
-def read_sdf(path: str | Path) -> Iterator[Molecule | InvalidRecord]:
-    """Yield each record of an SDF (or a single MOL file); a record RDKit cannot parse (or with non-finite
-    labels) is an ``InvalidRecord`` naming the file, record index and first line, and the next record is read."""
-    Chem, _ = _rdkit()
-    path = Path(path)
-    if not path.exists():
-        raise DataSourceError(f"SDF/MOL file {path} does not exist")
-    starts = _sdf_record_lines(path)
-    supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=True)
-    for i, mol in enumerate(supplier):
-        rec_id = f"{path.stem}:{i}"
-        where = f"{path.name}, record {i}, line {starts[i] if i < len(starts) else '?'}"
-        if mol is None:
-            yield InvalidRecord(rec_id, f"{where}: RDKit could not parse the record")
+def _sdf_blocks(lines) -> Iterator[tuple[int, list]]:
+    """(first line number, lines) of each record of an SDF stream, split at ``$$$$`` lines; one record is held
+    at a time. A trailing stretch of blank lines is no record."""
+    block, first = [], 1
+    for number, line in enumerate(lines, 1):
+        if isinstance(line, str) and line.strip() == "$$$$":
+            yield first, block
+            block, first = [], number + 1
             continue
-        try:
-            if mol.HasProp("_Name") and mol.GetProp("_Name").strip():
-                rec_id = mol.GetProp("_Name").strip()
-            yield molecule_from_rdkit(mol, rec_id)
-        except InvalidRecord as e:
-            yield InvalidRecord(e.record, f"{where}: {e.problem}")
-        except UnicodeDecodeError as e:  # a name or property that is not UTF-8
-            yield InvalidRecord(rec_id, f"{where}: not UTF-8 text ({e.reason} at byte {e.start} of "
-                                        f"{bytes(e.object[max(e.start - 8, 0):e.end + 8])!r})")
+        block.append(line)
+    if any(not isinstance(x, str) or x.strip() for x in block):
+        yield first, block
+
+
+def _sdf_record(block: list, first: int, where: str, rec_id: str) -> Molecule | InvalidRecord:
+    """One SDF record (its lines) as a ``Molecule``, or an ``InvalidRecord`` naming ``where`` and the problem."""
+    from .stream import line_problem
+    Chem, _ = _rdkit()
+    for k, line in enumerate(block):
+        if line_problem(line):
+            return InvalidRecord(rec_id, f"{where}: {line_problem(line)} (line {first + k})")
+    supplier = Chem.SDMolSupplier()
+    supplier.SetData("\n".join(block) + "\n$$$$\n", sanitize=True, removeHs=False)
+    mol = supplier[0] if len(supplier) else None
+    if mol is None:
+        return InvalidRecord(rec_id, f"{where}: RDKit could not parse the record")
+    try:
+        if mol.HasProp("_Name") and mol.GetProp("_Name").strip():
+            rec_id = mol.GetProp("_Name").strip()
+        return molecule_from_rdkit(mol, rec_id)
+    except InvalidRecord as e:
+        return InvalidRecord(e.record, f"{where}: {e.problem}")
+
+
+def read_sdf(path: str | Path, name: str | None = None) -> Iterator[Molecule | InvalidRecord]:
+    """Yield each record of an SDF (or a single MOL file; ``-``: standard input), read once as a stream; a record
+    RDKit cannot parse (or with non-finite labels, lines that are not UTF-8, atoms that coincide) is an
+    ``InvalidRecord`` naming the file, record index and first line, and the next record is read.
+    ``name``: the file name messages and default ids use (default: ``path``'s)."""
+    from .stream import STDIN, input_lines
+    _rdkit()
+    shown = Path(name or ("<stdin>" if str(path) == STDIN else path))
+    stem = shown.stem.strip("<>")
+    for i, (first, block) in enumerate(_sdf_blocks(input_lines(path))):
+        yield _sdf_record(block, first, f"{shown.name}, record {i}, line {first}", f"{stem}:{i}")
 
 
 def smiles_to_molecule(smiles: str, rec_id: str | None = None, seed: int = 42) -> Molecule:
@@ -105,10 +116,11 @@ def read_smiles(lines: Iterable[str | None], source: str = "smiles",
     """Each non-empty line ``SMILES [id]`` -> a conformer (default id ``<source>:<line index>``); failures (and
     lines that are None: not UTF-8, as ``io.text_lines`` gives them) are yielded as ``InvalidRecord`` naming
     ``name`` (the file) and the line."""
+    from .stream import line_problem
     name = name or source
     for i, line in enumerate(lines):
-        if line is None:
-            yield InvalidRecord(f"{source}:{i}", f"{name}, line {i + 1}: not UTF-8 text")
+        if line_problem(line):
+            yield InvalidRecord(f"{source}:{i}", f"{name}, line {i + 1}: {line_problem(line)}")
             continue
         parts = line.split()
         if not parts or parts[0].startswith("#"):

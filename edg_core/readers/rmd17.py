@@ -55,8 +55,8 @@ class RMD17Frames:
     def molecules(self, split_name: str = ""):
         """Each frame as a ``Molecule`` (labels ``energy`` and ``forces``), id ``rmd17:<mol>:<frame index>``."""
         for p, e, f, i in zip(self.pos, self.energy, self.forces, self.index):
-            yield Molecule(z=self.z, pos=p, id=f"rmd17:{self.molecule}:{int(i)}",
-                           labels={"energy": float(e), "forces": f, "split": split_name})
+            yield Molecule(z=self.z, pos=p, id=f"rmd17:{self.molecule}:{int(i)}", charge=0, multiplicity=1,
+                           labels={"energy": float(e), "forces": f, "split": split_name})  # neutral singlets
 
 
 def _check_molecule(name: str) -> None:
