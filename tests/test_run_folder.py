@@ -228,14 +228,6 @@ def _imports(path: Path, package: str) -> set[str]:
     return found
 
 
-# Circles known and owned elsewhere (the dataset registry of issue 21 part 3, whose modules import each other
-# inside functions): remove an entry when its modules stop importing each other.
-KNOWN_CIRCLES = {frozenset({"edg_core.spec", "edg_core.datasets"}),
-                 frozenset({"edg_core.readers.pcqm4mv2", "edg_core.datasets", "edg_core.datasets.builtin"}),
-                 frozenset({"edg_core.readers.pcqm4mv2", "edg_core.datasets", "edg_core.datasets.builtin",
-                            "edg_core.spec"})}
-
-
 def test_no_import_circle_in_edg_core():
     core = ROOT / "edg_core"
     modules = {}
@@ -259,6 +251,6 @@ def test_no_import_circle_in_edg_core():
                     seen.add(d)
                     stack.append((d, path + [d]))
         return found
-    cycles = sorted({c for m in graph for c in cycles_from(m)} - KNOWN_CIRCLES, key=sorted)
+    cycles = sorted({c for m in graph for c in cycles_from(m)}, key=sorted)
     assert not cycles, f"import circles in edg_core: {[sorted(c) for c in cycles[:3]]}"
     assert "edg_core.storage" not in graph["edg_core.io"] and "edg_core.io" in graph["edg_core.storage"]
