@@ -40,7 +40,7 @@ STAGES = registry.NAMES  # in the order they run (cluster/registry.py)
 @dataclass
 class _RayBase:
     enabled: bool | None = None            # None: Ray inside a Ray job or when $RAY_ADDRESS is set; False: no Ray
-    address: str | None = None             # None: $RAY_ADDRESS, a local head, or a new local runtime
+    address: str | None = None             # None: a Ray job's cluster, $RAY_ADDRESS, else a private runtime
     temp_dir: str | None = None            # session files of a runtime started here
     train_workers: int = 1                 # Ray Train ranks for ImageED / teacher
     use_gpu: bool = False                  # one GPU per training rank

@@ -31,9 +31,8 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpus-per-worker", dest="gpus_per_actor", type=float, help=argparse.SUPPRESS)
     g.add_argument("--max-retries", type=int, default=2,
                    help="times an item is retried when its actor dies (node lost, OOM kill; default: 2)")
-    g.add_argument("--ray-address", default=None,
-                   help="Ray cluster to join; `local` = a fresh local runtime (default: $RAY_ADDRESS, a head "
-                        "started on this machine, or a new local runtime bound to 127.0.0.1)")
+    from .runtime import ADDRESS_HELP
+    g.add_argument("--ray-address", default=None, help=ADDRESS_HELP)
 
 
 @contextlib.contextmanager

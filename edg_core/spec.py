@@ -100,7 +100,7 @@ class DatasetSpec:
     @property
     def dataset(self):
         """The registry entry (``edg_core.datasets.Dataset``)."""
-        from .datasets import get_dataset
+        from .datasets.registry import get_dataset
         return get_dataset(self.name)
 
     def option(self, key: str, default: str | None = None) -> str | None:
@@ -188,7 +188,7 @@ def parse_spec(text: str, purpose: str = RECORDS) -> DatasetSpec:
     """Parse ``text`` for ``purpose`` (``RECORDS``: only record options are valid; ``TASK``: other keys are task
     options, checked by the task's config, and ``split`` is refused: a task trains on all its splits).
     Raises ``SpecError`` (one line) for an unknown dataset, subset, split or option, or a bad value."""
-    from .datasets import DATASETS, get_dataset
+    from .datasets.registry import DATASETS, get_dataset
     if not isinstance(text, str) or not text.strip():
         raise SpecError(f"empty spec {text!r}: name a dataset ({', '.join(DATASETS)}) or a file")
     base, _, query = text.partition("?")

@@ -4,7 +4,6 @@ import re
 import numpy as np
 import pytest
 import yaml
-
 from edg.cluster.cli import main
 from edg.edg_core.shards import read_samples
 from edg.train.data.shards import write_synthetic_shards
@@ -60,8 +59,8 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
 def test_model_shapes_are_read_from_the_shards(tmp_path, capsys):
     """--preset tiny (32 px) on 64 px images adapts and keeps its 4 x 4 patch grid; a teacher whose F_U width
     was set by hand and disagrees with the shards is refused at start-up with the flag to set."""
-    from edg.train.models.imageed import ImageED, imageed_preset
     from edg.train.io.model_files import load_imageed
+    from edg.train.models.imageed import ImageED, imageed_preset
     write_synthetic_shards(tmp_path / "s", size=64, limit=8)
     common = ["--preset", "tiny", "--num-workers", "0", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0"]
     assert main(["pretrain", "imageed", "--shards", str(tmp_path / "s"), "--out", str(tmp_path / "i"), *common]) == 0
@@ -131,7 +130,7 @@ def test_pretrain_to_an_fsspec_url_resumes_from_it(tmp_path, monkeypatch):
         names = {p.rsplit("/", 1)[-1] for p in before}
         events = {n for n in names if n.startswith("events.out.tfevents.")}  # TensorBoard's, one per training run
         assert stamps() == before and len(events) == 1 and names - events == {
-            "imageed.pt", "epoch-000001.pt", "metrics.jsonl", "metrics.csv", "progress.json"}
+            "imageed.pt", "epoch-000001.pt", "metrics.jsonl", "metrics.csv", "progress.json", "edg-run.json"}
         assert len(fs.cat(f"{root}/metrics.jsonl").decode().splitlines()) == 1
     finally:
         if fs.exists(root):

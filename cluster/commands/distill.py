@@ -91,8 +91,8 @@ def register(sub) -> None:
     b.add_argument("--lambdas", nargs="+", type=float, default=[0.0, 0.1])
     b.add_argument("--seeds", nargs="+", type=int, default=[42])
     b.add_argument("--ray", action="store_true", help="run each grid point as a Ray task")
-    b.add_argument("--ray-address",
-                   help="Ray cluster address (default: $RAY_ADDRESS / a local head / a new local runtime)")
+    from edg.cluster.runtime import ADDRESS_HELP
+    b.add_argument("--ray-address", help=ADDRESS_HELP)
     b.add_argument("--address", dest="ray_address", help=argparse.SUPPRESS)  # old name of --ray-address
     b.add_argument("--ray-temp-dir", help="session folder of a local Ray runtime")
     b.add_argument("--cpus-per-run", type=float, default=1.0)
@@ -154,12 +154,20 @@ def _line(r: dict) -> str:
             f"({r['seconds_per_epoch']:.1f} s/epoch)")
 
 
+def run_one(cfg, force: bool = False) -> dict:
+    """One distillation run in this process, holding its run folder (``<out>/<run name>``): refusals and the
+    single-writer lease, so that two commands never train into one run folder at once."""
+    from edg.edg_core.run_folder import RunFolder
+    from edg.train.loops.distill import run_distill
+    with RunFolder.open(str(Path(cfg.out) / cfg.run_name()), command="edg distill"):
+        return run_distill(cfg, force=force)
+
+
 def cmd_distill(args) -> int:
     check_names(args)
-    from edg.train.loops.distill import run_distill
     cfg = _base_config(args)
     _check_targets(cfg)
-    r = run_distill(cfg, force=args.force)
+    r = run_one(cfg, force=args.force)
     print(_line(r))
     print(f"-> {Path(cfg.out) / cfg.run_name()}")
     return 0
@@ -176,7 +184,6 @@ def _run_with_ray(cfgs, args) -> list[dict]:
 def cmd_benchmark(args) -> int:
     check_names(args)
     from edg.cluster.distill_runs import grid
-    from edg.train.loops.distill import run_distill
     from edg.train.report import write_report
     base = _base_config(args)
     cfgs = grid(base, args.students, args.datasets, args.lambdas, args.seeds)
@@ -187,7 +194,7 @@ def cmd_benchmark(args) -> int:
         _run_with_ray(cfgs, args)
     else:
         for c in cfgs:
-            print(_line(run_distill(c, force=args.force)), flush=True)
+            print(_line(run_one(c, force=args.force)), flush=True)
     wanted = {c.run_name() for c in cfgs}
     from edg.train.report import collect_results
     results = [r for r in collect_results(base.out) if r["run"] in wanted]

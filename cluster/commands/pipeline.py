@@ -19,8 +19,8 @@ def register(sub) -> None:
     p.add_argument("--input", help="input spec for DFT/pretraining (overrides the config's `input`)")
     p.add_argument("--ray", action=argparse.BooleanOptionalAction, default=None,
                    help="run stages as Ray work (overrides ray.enabled)")
-    p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, a local head, or a new "
-                                         "local runtime)")
+    from edg.cluster.runtime import ADDRESS_HELP
+    p.add_argument("--ray-address", help=ADDRESS_HELP)
     from edg.cluster.registry import NAMES
     p.add_argument("--stop-after", choices=NAMES, metavar="STAGE",
                    help=f"stop after this stage ({', '.join(NAMES)})")

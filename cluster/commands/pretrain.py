@@ -60,13 +60,15 @@ def _add_common(p: argparse.ArgumentParser, presets) -> None:
     p.add_argument("--config", help="YAML file with the training config (section given by --config-section)")
     p.add_argument("--config-section", default=None, help="top-level YAML key to read (default: whole file)")
     p.add_argument("--device", default=None, help="torch device for a local run (default: cuda if present)")
+    from edg.cluster.stage_args import add_overwrite_arg
+    add_overwrite_arg(p)
     r = p.add_argument_group("Ray Train (multi-worker / multi-GPU)")
     r.add_argument("--ray", action="store_true", help="run with Ray Train instead of in this process")
     r.add_argument("--ray-workers", type=int, default=1, help="training ranks (default: 1)")
     r.add_argument("--use-gpu", action="store_true", help="one GPU per rank")
     r.add_argument("--max-failures", type=int, default=0, help="restarts after worker failures (default: 0)")
-    r.add_argument("--ray-address", default=None, help="cluster address (default: $RAY_ADDRESS, a local head, "
-                                                       "or a new local runtime)")
+    from edg.cluster.runtime import ADDRESS_HELP
+    r.add_argument("--ray-address", default=None, help=ADDRESS_HELP)
 
 
 def register(sub) -> None:
@@ -152,16 +154,24 @@ def explicit_model_fields(args) -> frozenset[str]:
 
 
 def cmd_pretrain(args) -> int:
-    from edg.edg_core.storage import Mirror
+    from edg.edg_core.run_folder import RunFolder
     from edg.train.loops.pretrain import UNITS, fit_to_shards
     cfg = resolve_config(args)
     cfg, changes = fit_to_shards(args.stage, cfg, args.shards, explicit_model_fields(args))
     if changes:
         print(f"{args.stage}: adapted to the shards' images: {', '.join(changes)} "
               f"(set the --model.* flags to choose yourself)", flush=True)
-    store = Mirror(args.out)  # a URL --out: a synced local working copy (a rerun resumes from the URL)
+    # the run folder: refusals and the single-writer lease before any work; a URL --out gets a synced local
+    # working copy under $EDG_CACHE/staging (a rerun resumes from the URL)
+    with RunFolder.open(args.out, overwrite=args.overwrite, temporary=False, command=f"edg pretrain {args.stage}"
+                        ) as run:
+        return _pretrain(args, cfg, run, UNITS)
+
+
+def _pretrain(args, cfg, run, UNITS) -> int:
+    store = run.mirror
     store.pull()
-    out = store.local
+    out = run.local
     with store.autosync(60.0):
         if args.ray:
             from edg.cluster.runtime import ray_session
@@ -178,17 +188,16 @@ def cmd_pretrain(args) -> int:
     losses = ", ".join(f"{k.replace('_', ' ', 1)} {metrics[k]:.4g} {units['loss']}"
                        for k in ("train_loss", "valid_loss") if k in metrics)
     print(f"{args.stage} pretraining done: epoch {metrics.get('epoch', 0)}/{cfg.epochs}, {losses}, "
-          f"{metrics.get('samples_per_s', float('nan')):.1f} samples/s -> {store.url}"
-          + (f" (working copy {out})" if store.remote else ""))
+          f"{metrics.get('samples_per_s', float('nan')):.1f} samples/s -> {run.url}"
+          + (f" (working copy {out})" if run.remote else ""))
     return 0
 
 
 def cmd_figure(args) -> int:
     import torch
-
     from edg.train.data.shards import ShardImages, image_loader
-    from edg.train.io.model_files import load_imageed
     from edg.train.io.figures import save_reconstruction_png
+    from edg.train.io.model_files import load_imageed
     model = load_imageed(args.model)
     ds = ShardImages(args.shards, "imageed", img_size=model.cfg.img_size, n_views=model.cfg.n_views, split="all")
     batch = next(iter(image_loader(ds, args.molecules)), None)

@@ -8,7 +8,7 @@ from ..readers.pcqm4mv2 import SPLITS as PCQM_SPLITS
 from ..readers.qm9 import GEOM3D_UNITS
 from ..readers.qm9 import TARGETS as QM9_TARGETS
 from ..readers.rmd17 import MOLECULES as RMD17_MOLECULES
-from . import Dataset, register
+from .registry import Dataset, register
 
 READERS = "edg.edg_core.readers"
 

@@ -176,8 +176,8 @@ class PCQMSource:
 def part_specs(spec, n_parts: int) -> list[str]:
     """The ``n_parts`` specs ``<spec>?part=k/N``, one per actor: together they read every record of ``spec``
     once, each from its own byte range."""
-    from ..datasets import resolve
-    spec = resolve(spec)
+    from ..spec import parse_spec
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
     if spec.name != "pcqm4mv2":
         raise ValueError(f"part_specs needs a pcqm4mv2: spec, not {str(spec)!r}")
     return [str(spec.replace(part=f"{k}/{n_parts}")) for k in range(n_parts)]
