@@ -16,9 +16,9 @@ import torch
 
 def measure(molecule: str = "aspirin", batch_size: int = 32, rounds: int = 5, steps: int = 4,
             student_args: dict | None = None, lambda_ed: float = 0.1, threads: int = 1) -> dict:
+    from edg.train.io.model_files import build_ed_predictor
     from edg.train.loops.distill import train_step
     from edg.train.models.edg_head import EDGHead
-    from edg.train.io.model_files import build_ed_predictor
     from edg.train.students import build_student
     from edg.train.tasks import build_task
 

@@ -28,7 +28,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-
 from edg.dft.worker import DFTWorker
 from edg.edg_core.molecule import Molecule
 
@@ -220,11 +219,11 @@ def shard_scan(n: int, root: Path, image_kib: int = 132, repeat: int = 3) -> Non
 
 
 def on_ray(n: int, actors: int) -> None:
+    from edg.cluster.runtime import ray_session
+    from edg.cluster.stages import Workers
     from ray import cloudpickle
 
     import bench.dryrun as me
-    from edg.cluster.runtime import ray_session
-    from edg.cluster.stages import Workers
     cloudpickle.register_pickle_by_value(me)  # the actors need not import the bench package
     tmp = Path(tempfile.mkdtemp(prefix="edgdry"))
     try:

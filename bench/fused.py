@@ -52,7 +52,6 @@ def run(mols, actors: int, gpus_per_actor: float, cpus_per_actor: float) -> dict
 
 def main(argv: list[str]) -> int:
     import torch
-
     from edg.dft.backend import gpu_usable
     from edg.edg_core.readers import open_source
 

@@ -70,13 +70,12 @@ def plain_pyscf(mol, cfg, folder: Path) -> tuple[float, int]:
     """A plain PySCF script doing the same work as ``edg dft``: the same SCF, then ED and ESP on the same grid
     points (our ``grid_for_positions`` box, given to cubegen's ``Cube`` as origin and extent), written as cube
     files. Returns E_tot (Hartree) and the number of grid points."""
-    from pyscf import dft, gto
-    from pyscf.dft import numint
-    from pyscf.tools import cubegen
-
     from edg.dft.fields import default_chunk
     from edg.dft.scf import auxbasis_for
     from edg.edg_core.grid import grid_for_positions
+    from pyscf import dft, gto
+    from pyscf.dft import numint
+    from pyscf.tools import cubegen
     basis = cfg.basis_for(mol.z)
     pmol = gto.M(atom=[(int(z), tuple(map(float, p))) for z, p in zip(mol.z, mol.pos)], unit="Angstrom",
                  basis=basis, cart=cfg.cartesian_for(basis), charge=mol.charge, spin=mol.multiplicity - 1,
@@ -124,12 +123,11 @@ def _threads_in_actor(cpus: float) -> int:
 
 
 def dft_peers(quick: bool) -> None:
-    from pyscf import lib
-
     from edg.dft.config import DFTConfig
     from edg.dft.worker import DFTWorker
     from edg.edg_core.grid import grid_for_positions
     from edg.edg_core.readers import open_source
+    from pyscf import lib
     by_formula = {m.formula: m for m in open_source("embedded:qm9").molecules()}
     mol = by_formula["CH4O" if quick else "C4H10"]
     cfg = DFTConfig(backend="cpu")
@@ -252,8 +250,8 @@ def _authors_mae(src: Path):
 
 
 def imageed_peers(quick: bool, mae_src: str | None) -> None:
-    from edg.train.models.imageed import ImageED, imageed_preset
     from edg.train.loops.optim import adamw
+    from edg.train.models.imageed import ImageED, imageed_preset
     if not mae_src or not (Path(mae_src) / "models_mae_multi_view_RGBD.py").exists():
         print("peers imageed: skipped (the authors' MAE is not here: --mae-src=DIR or $EDG_MAE_SRC, the folder "
               "with models_mae_multi_view_RGBD.py, e.g. ImageED/ of a checkout of github.com/HongxinXiang/EDG)")
@@ -298,12 +296,12 @@ def imageed_peers(quick: bool, mae_src: str | None) -> None:
 
 # ---------------------------------------------------------------- students: SchNet vs torch_geometric's
 def schnet_peers(quick: bool) -> None:
+    from edg.train.students import build_student, energy_and_forces
+    from edg.train.students.graph import RadiusInteractionGraph
+    from edg.train.students.schnet import SchNetConfig
     from torch_geometric.nn.models import SchNet
 
     from bench.students import aspirin_batches
-    from edg.train.students.graph import RadiusInteractionGraph
-    from edg.train.students import build_student, energy_and_forces
-    from edg.train.students.schnet import SchNetConfig
     c = SchNetConfig()
     batch_size, steps = (8, 3) if quick else (32, 5)
     try:

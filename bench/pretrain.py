@@ -15,9 +15,8 @@ import contextlib
 import time
 
 import torch
-
-from edg.train.models.imageed import ImageED, imageed_preset
 from edg.train.loops.optim import adamw, sgd
+from edg.train.models.imageed import ImageED, imageed_preset
 from edg.train.models.teacher import TEACHER_PRESETS, Teacher, augment_structure_images, teacher_loss
 
 

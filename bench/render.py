@@ -29,7 +29,6 @@ def _parse(argv):
 
 def run(device: str, n: int, size: int, batch: int) -> None:
     import torch
-
     from edg.edg_core.readers import open_source
     from edg.render import RenderConfig, Renderer
     from edg.render.synthetic import promolecule_fields

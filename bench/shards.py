@@ -9,7 +9,6 @@ import argparse
 import time
 
 import numpy as np
-
 from edg.edg_core.shards import IMAGE_ENCODINGS, decode_images_u8, encode_images, iter_shard, shard_paths
 
 

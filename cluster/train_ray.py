@@ -27,7 +27,6 @@ def _train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
     import ray.train.torch
-
     from edg.edg_core.config import from_dict
     from edg.train.loops import pretrain
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-
 from edg.edg_core.grid import CubeGrid
 
 from .backend import array_module

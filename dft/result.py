@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from edg.edg_core.errors import InvalidRecord
 from edg.edg_core.grid import CubeGrid
 from edg.edg_core.io import atomic_path

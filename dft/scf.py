@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from edg.edg_core.errors import InvalidRecord
 from edg.edg_core.molecule import Molecule
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, quote
 
-from .config import ConfigError, unknown_name
 from . import storage
+from .config import ConfigError, unknown_name
 
 __all__ = ["DatasetSpec", "SpecError", "parse_spec", "COMMON_OPTIONS", "RECORDS", "TASK"]
 

@@ -5,7 +5,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-
 from edg.edg_core.io import atomic_path
 
 

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import torch
-
 from edg.edg_core.units import MAX_Z
 
 VDW_RADII = (

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
 from edg.edg_core.errors import InvalidRecord
 from edg.edg_core.grid import CubeGrid
 from edg.edg_core.units import ANGSTROM_IN_BOHR, BOHR_IN_ANGSTROM

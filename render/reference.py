@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from edg.edg_core.units import z_to_symbol
 
 from .camera import parse_view

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
 from edg.edg_core.grid import CubeGrid
 
 from .camera import Framing, fit_framing, pixel_coords, to_camera, view_rotations

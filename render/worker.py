@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-
 from edg.edg_core.errors import InvalidRecord
 from edg.edg_core.grid import CubeGrid, budget_problem
 from edg.edg_core.molecule import Molecule

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from edg.edg_core.readers.qm9 import load_qm9
 from edg.edg_core.readers.rmd17 import load_rmd17
 

@@ -13,11 +13,17 @@ import zlib
 
 import numpy as np
 import pytest
-
 from edg.edg_core.errors import ShardError
 from edg.edg_core.readers import open_source
-from edg.edg_core.shards import (ShardWriter, decode_images_u8, encode_sample, iter_shard, npy_bytes, read_samples,
-                                 shard_keys)
+from edg.edg_core.shards import (
+    ShardWriter,
+    decode_images_u8,
+    encode_sample,
+    iter_shard,
+    npy_bytes,
+    read_samples,
+    shard_keys,
+)
 
 
 def _convert(out, n=5, **images):

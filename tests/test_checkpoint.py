@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from edg.cluster.cli import main
+from edg.train.data.shards import write_synthetic_shards
 from edg.train.io.checkpoint import (
     CheckpointError,
     Checkpoints,
@@ -22,12 +22,10 @@ from edg.train.io.checkpoint import (
     model_file,
     save_checkpoint,
 )
-from edg.train.data.shards import write_synthetic_shards
-from edg.train.models.imageed import ImageED, imageed_preset
-from edg.train.io.model_files import imageed_state, load_imageed
+from edg.train.io.model_files import imageed_state, load_ed_predictor, load_imageed, load_teacher
 from edg.train.loops.pretrain import ImageEDTrainConfig, TeacherTrainConfig, train_imageed, train_teacher
+from edg.train.models.imageed import ImageED, imageed_preset
 from edg.train.models.teacher import TEACHER_PRESETS
-from edg.train.io.model_files import load_ed_predictor, load_teacher
 
 ROOT = "/work/shared/data/rmd17"
 
@@ -63,8 +61,8 @@ def _refused(call, marker, match="never unpickles in full"):
 
 
 def test_model_loaders_refuse_pickle_payloads(tmp_path):
-    from edg.train.loops.distill import load_student_state
     from edg.train.io.model_files import build_ed_predictor
+    from edg.train.loops.distill import load_student_state
     marker = tmp_path / "ran"
     f = _hostile(tmp_path / "x.pt", marker, imageed_config={}, teacher_config={}, ed_predictor={})
     msg = _refused(lambda: load_imageed(f), marker)

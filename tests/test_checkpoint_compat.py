@@ -13,10 +13,9 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from edg.edg_core.io import read_jsonl
-from edg.train.io.checkpoint import CheckpointError, Checkpoints, load_checkpoint, save_checkpoint
 from edg.train.data.shards import write_synthetic_shards
+from edg.train.io.checkpoint import CheckpointError, Checkpoints, load_checkpoint, save_checkpoint
 from edg.train.loops.run_state import CHECKPOINT_FORMAT, load_run_checkpoint, upgrade_checkpoint
 
 ROOT = "/work/shared/data/rmd17"
@@ -77,9 +76,9 @@ def shards(tmp_path_factory):
 
 
 def test_old_pretraining_checkpoint_and_metrics_resume(tmp_path, shards):
-    from edg.train.models.imageed import imageed_preset
     from edg.train.io.model_files import load_imageed
     from edg.train.loops.pretrain import ImageEDTrainConfig, train_imageed
+    from edg.train.models.imageed import imageed_preset
     cfg = ImageEDTrainConfig(model=imageed_preset("tiny"), epochs=3, warmup_epochs=0, batch_size=8, num_workers=0,
                              lr=1e-3, shuffle_buffer=8, checkpoint_every=1, val_fraction=0.25)
     straight = train_imageed(cfg, shards, tmp_path / "straight")
@@ -112,8 +111,8 @@ def test_old_pretraining_checkpoint_and_metrics_resume(tmp_path, shards):
 
 def test_old_export_keys_still_load_from_an_epoch_checkpoint(tmp_path):
     """A model loader given an old run folder with only an epoch checkpoint reads the model from it."""
-    from edg.train.models.imageed import ImageED, imageed_preset
     from edg.train.io.model_files import imageed_state, load_imageed
+    from edg.train.models.imageed import ImageED, imageed_preset
     torch.manual_seed(0)
     m = ImageED(imageed_preset("tiny"))
     save_checkpoint({"stage": "imageed", "epoch": 0, "steps_per_epoch": 1, "optimizer": {}, "scheduler": {},

@@ -4,7 +4,6 @@ alike (the same pipeline-style file); the stage commands share one set of worker
 from __future__ import annotations
 
 import pytest
-
 from edg.cluster.cli import build_parser, main
 from edg.edg_core.config import ConfigError, from_dict
 
@@ -78,7 +77,6 @@ def test_a_pipeline_config_whose_out_would_vanish_is_refused(tmp_path, monkeypat
 
 def test_edg_pretrain_takes_its_section_of_a_pipeline_config():
     import yaml
-
     from edg.cluster.commands.pretrain import resolve_config
     parser = build_parser()
     demo = yaml.safe_load(open("configs/demo.yaml"))

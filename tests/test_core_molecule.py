@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from edg.edg_core import InvalidRecord, Molecule
 from edg.edg_core.config import ConfigError, add_config_args, apply_args, from_dict
 from edg.edg_core.grid import grid_for_positions

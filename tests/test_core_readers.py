@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from edg.edg_core import DataSourceError, InvalidRecord
 from edg.edg_core.readers import open_source, read_sdf, read_xyz, smiles_to_molecule
 from edg.edg_core.readers.qm9 import ATOMREF, N_MOLECULES, TARGETS, geom3d_targets, load_qm9, split_customized_01

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from fsspec.implementations.memory import MemoryFile
-
 from edg.edg_core.errors import DiskFullError, StorageError
 from edg.edg_core.io import atomic_path, remove_stale_temps, temp_name, write_bytes_atomic
 from edg.edg_core.storage import Mirror, check_location, exists, join, local_path_for, read_bytes, url_to_fs
+from fsspec.implementations.memory import MemoryFile
 
 
 @pytest.fixture
@@ -172,7 +171,6 @@ def test_url_to_fs_names_a_missing_package():
 
 def _fake_result(mol_id="water"):
     import numpy as np
-
     from edg.dft.result import DFTResult
     return DFTResult(id=mol_id, energies={"E6": -75.0}, homo=-0.3, lumo=0.1, dipole=np.zeros(3), converged=True,
                      wall_s=1.0, z=np.array([8, 1, 1]), pos=np.array([[0, 0, 0], [0, 0, 0.96], [0.93, 0, -0.24]]))
@@ -231,7 +229,6 @@ def test_molecules_whose_ed_grid_is_over_the_render_budget_fail_alone():
     molecule without fields, would lose the good ones; with ``ed=False`` the ED grids are not rendered, so no
     molecule is refused for them."""
     import torch
-
     from edg.edg_core.grid import CubeGrid
     from edg.edg_core.readers import open_source
     from edg.render.config import RenderConfig

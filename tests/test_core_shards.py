@@ -5,7 +5,6 @@ import tarfile
 
 import numpy as np
 import pytest
-
 from edg.edg_core import Molecule, ShardError
 from edg.edg_core.grid import grid_for_positions
 from edg.edg_core.readers import open_source
@@ -194,7 +193,6 @@ def test_shards_on_an_fsspec_filesystem(monkeypatch):
     s3:// or gs://)."""
     import fsspec
     import torch
-
     from edg.edg_core.shards import indexed_keys, shard_paths
     url = "memory://edg-test/shards"
     fs = fsspec.filesystem("memory")

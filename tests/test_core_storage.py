@@ -8,7 +8,6 @@ import uuid
 
 import fsspec
 import pytest
-
 from edg.edg_core.storage import Mirror, exists, is_remote, join, list_files, read_bytes, upload
 
 

@@ -9,7 +9,6 @@ import re
 
 import numpy as np
 import pytest
-
 from edg.cluster.stages import Workers, run_dft
 from edg.dft.budget import SCFWatch, TimeLimitExceeded, check_basis, check_size
 from edg.dft.config import DFTConfig

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from edg.dft import fields
 from edg.dft.config import DFTConfig
 from edg.dft.esp_band import band_mask, coarse_axes, esp_band_cpu

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from edg.dft.config import DFTConfig
 from edg.dft.scf import build_pyscf_mol, check_geometry, dipole_debye, energy_components, frontier_orbitals, run_scf
 from edg.edg_core.errors import InvalidRecord

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from edg.cluster.stages import Workers, run_dft
 from edg.dft.config import DFTConfig
 from edg.dft.handoff import cupy_to_torch
@@ -223,10 +222,9 @@ def test_out_of_memory_is_recognised_on_host_and_device():
 def test_edg_dft_reproduces_plain_pyscf_cartesian_b3lyp_631gss(tmp_path):
     """`edg dft` with its defaults on a QM9 molecule (water, qm9:3) gives plain PySCF's Cartesian-d
     B3LYP/6-31G** energy, and the convention is written into the result."""
-    from pyscf import dft, gto
-
     from edg.cluster.cli import main
     from edg.edg_core.readers import open_source
+    from pyscf import dft, gto
     out = tmp_path / "dft"
     argv = ["dft", "--input", "embedded:qm9?limit=3", "--out", str(out), "--actors", "0", "--no-fields"]
     assert main(argv) == 0

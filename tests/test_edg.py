@@ -7,12 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
-
 from edg.edg_core.errors import DataSourceError
+from edg.train.data.teacher_targets import coulomb_standin_features, load_teacher_targets
+from edg.train.io.model_files import build_ed_predictor
 from edg.train.loops.distill import train_step
 from edg.train.models.edg_head import EDGHead, edg_objective
-from edg.train.io.model_files import build_ed_predictor
-from edg.train.data.teacher_targets import coulomb_standin_features, load_teacher_targets
 from edg.train.students import build_student
 from edg.train.tasks import build_task
 

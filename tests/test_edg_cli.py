@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 import yaml
-
 from edg.cluster.cli import main
 
 ROOT = "/work/shared/data/rmd17"

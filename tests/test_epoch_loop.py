@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from edg.edg_core.io import read_jsonl
 from edg.train.io.checkpoint import Checkpoints, load_checkpoint
 from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, find_checkpoint, run_epochs

@@ -17,7 +17,6 @@ import gpu_standins
 import numpy as np
 import pytest
 import torch
-
 from edg.dft.config import DFTConfig
 from edg.edg_core.molecule import Molecule
 
@@ -38,7 +37,6 @@ def gpu(monkeypatch):
 # ---------------------------------------------------------------- 1: gpu4pyscf's arrays are CuPy arrays
 def test_array_module_knows_cupy_subclasses_defined_elsewhere(gpu, monkeypatch):
     import cupy
-
     from edg.dft.backend import array_module
     tagged = gpu_standins.CPArrayWithTag(np.eye(2), mo_occ=None)
     assert type(tagged).__module__ == "gpu4pyscf.lib.cupy_helper"
@@ -89,7 +87,6 @@ def test_gpu_stage_timers_include_the_device_work(gpu):
 # ---------------------------------------------------------------- 5: eval_ao layout and optimiser
 def test_gpu_density_asks_for_its_layout_and_builds_the_optimiser_once(gpu):
     import cupy
-
     from edg.dft import fields
     from edg.dft.scf import run_scf
     cfg = DFTConfig(backend="cpu", **FAST)

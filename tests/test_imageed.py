@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 import torch
-
 from edg.train.data.shards import ShardImages, image_loader, to_device, write_synthetic_shards
+from edg.train.io.figures import save_reconstruction_png
+from edg.train.io.model_files import load_imageed
 from edg.train.models.imageed import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -12,8 +13,6 @@ from edg.train.models.imageed import (
     imageed_preset,
     sincos_pos_embed_2d,
 )
-from edg.train.io.model_files import load_imageed
-from edg.train.io.figures import save_reconstruction_png
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -13,10 +13,9 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from edg.edg_core.safe_pickle import UnsafePickleError, safe_load, safe_load_npz
 from timm.models.vision_transformer import Block
 from torch import nn
-
-from edg.edg_core.safe_pickle import UnsafePickleError, safe_load, safe_load_npz
 
 
 # ---------------------------------------------------------------- their modules (structure and names only)
@@ -145,8 +144,8 @@ def test_imageed_key_mapping_covers_the_vit_b16_preset_without_allocating():
     from dataclasses import replace
 
     from edg.train.configs import imageed_preset
-    from edg.train.models.imageed import ImageED
     from edg.train.io.import_assets import imageed_config, imageed_key
+    from edg.train.models.imageed import ImageED
     with torch.device("meta"):
         theirs = {k: v for k, v in TheirMAE().state_dict().items()}  # mae_vit_base_patch16_dec512d8b(in_chans=4)
         cfg = imageed_config(theirs, args=argparse.Namespace(model="mae_vit_base_patch16"))
@@ -187,8 +186,7 @@ def their_teacher(tmp_path_factory):
 def test_teacher_import_computes_what_their_teacher_computes(their_teacher, tmp_path):
     from edg.cluster.cli import main
     from edg.train.configs import IMAGENET_MEAN, IMAGENET_STD
-    from edg.train.io.model_files import build_ed_predictor
-    from edg.train.io.model_files import load_teacher
+    from edg.train.io.model_files import build_ed_predictor, load_teacher
     path, backbone, predictor = their_teacher
     assert main(["import", "teacher", "--src", str(path), "--out", str(tmp_path / "teacher.pt")]) == 0
     ours = load_teacher(tmp_path / "teacher.pt")
@@ -208,8 +206,8 @@ def test_teacher_import_computes_what_their_teacher_computes(their_teacher, tmp_
 def test_imported_teacher_feeds_extract_and_distill(their_teacher, tmp_path):
     from edg.cluster.cli import main
     from edg.train.data.shards import write_synthetic_shards
-    from edg.train.io.model_files import build_ed_predictor
     from edg.train.data.teacher_targets import load_teacher_targets
+    from edg.train.io.model_files import build_ed_predictor
     path, _, predictor = their_teacher
     assert main(["import", "teacher", "--src", str(path), "--out", str(tmp_path / "teacher.pt")]) == 0
     write_synthetic_shards(tmp_path / "img", size=32, maxcount=4, limit=6)
@@ -290,9 +288,9 @@ def test_ed_features_to_npz_and_to_shards(tmp_path):
 
 
 def test_teacher_features_to_targets(their_teacher, tmp_path):
-    from edg.train.io.model_files import build_ed_predictor
     from edg.train.data.teacher_targets import load_teacher_targets
     from edg.train.io.import_assets import import_teacher, import_teacher_features
+    from edg.train.io.model_files import build_ed_predictor
     _, _, predictor = their_teacher
     import_teacher(their_teacher[0], tmp_path / "teacher.pt")
     fs = np.random.default_rng(1).standard_normal((4, 512)).astype(np.float32)

@@ -152,7 +152,6 @@ def test_teacher_samples_carry_fu_flags(tmp_path):
 
 def test_every_inflater_reads_u8z_the_same_and_refuses_damage():
     import numpy as np
-
     from edg.edg_core.shards import INFLATERS, decode_images_u8, encode_images, use_inflater
     assert "zlib-ng" in INFLATERS  # a dependency: the loader's rate rests on it
     images = np.random.default_rng(0).integers(0, 256, (6, 4, 16, 16), dtype=np.uint8)

@@ -165,8 +165,8 @@ def test_ray_train_resumes_from_the_last_checkpoint_after_a_node_loss(ray_cluste
     from edg.cluster.train_ray import run_pretraining
     from edg.edg_core.io import read_jsonl
     from edg.train.data.shards import write_synthetic_shards
-    from edg.train.models.imageed import imageed_preset
     from edg.train.loops.pretrain import ImageEDTrainConfig
+    from edg.train.models.imageed import imageed_preset
     shards = tmp_path / "shards"
     write_synthetic_shards(shards, size=32, maxcount=16)  # the 40 embedded molecules, in 3 shards
     out = tmp_path / "out"

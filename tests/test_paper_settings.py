@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from edg.cluster.pipeline import Pipeline, load_pipeline_config
 from edg.edg_core.readers.qm9 import TARGETS
 from edg.edg_core.readers.rmd17 import MOLECULES
 from edg.train.configs import FitConfig
 from edg.train.loops.distill import DistillConfig, train_student
-from edg.train.paper_settings import PAPER_LAMBDAS, paper_settings, resolve, settings_table
 from edg.train.loops.student_schedule import StudentSchedule
+from edg.train.paper_settings import PAPER_LAMBDAS, paper_settings, resolve, settings_table
 from edg.train.students import build_student
 from edg.train.tasks import build_task
 

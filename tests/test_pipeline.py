@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from edg.dft.worker import result_path, result_rel
 from edg.edg_core.shards import read_samples, shard_keys
 
@@ -253,7 +252,6 @@ def test_pipeline_on_an_fsspec_url_resumes_from_another_working_copy(tmp_path, m
     import uuid
 
     import fsspec
-
     from edg.cluster.pipeline import Pipeline, load_pipeline_config
     monkeypatch.chdir(tmp_path)  # a URL mistaken for a path would create ./memory:/...
     monkeypatch.setenv("EDG_ALLOW_MEMORY_OUT", "1")  # memory:// vanishes with the process: tests only

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from edg.cluster.cli import main
 from edg.edg_core.readers import open_source
 from edg.edg_core.units import KCAL_PER_MOL_IN_EV
@@ -94,7 +93,6 @@ def test_ase_calculator_md_and_bfgs(run):
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
     from ase.optimize import BFGS
-
     from edg.train.io.ase_calculator import EDGCalculator
     run_dir, _ = run
     calc = EDGCalculator(run_dir)
@@ -142,7 +140,6 @@ def test_ase_calculator_md_and_bfgs(run):
 
 def test_ase_calculator_refuses_periodic_cells(run):
     from ase import Atoms
-
     from edg.train.io.ase_calculator import EDGCalculator
     from edg.train.io.predict import ModelError
     m = next(open_source(TEST).molecules())
@@ -156,10 +153,10 @@ def test_predict_qm9_property_model(tmp_path):
     import importlib.util
     if importlib.util.find_spec("qm9pack") is None:  # EDG reads its tables without importing it
         pytest.skip("qm9pack is not installed")
-    from edg.train.io.ase_calculator import EDGCalculator
     from edg.train.configs import FitConfig
-    from edg.train.loops.distill import DistillConfig, run_distill
+    from edg.train.io.ase_calculator import EDGCalculator
     from edg.train.io.predict import ModelError, load_student
+    from edg.train.loops.distill import DistillConfig, run_distill
     cfg = DistillConfig(dataset="qm9:homo", out=str(tmp_path), student_args=SMALL,
                         task={"train_size": 16, "valid_size": 4, "test_size": 4},
                         fit=FitConfig(epochs=2, batch_size=8))

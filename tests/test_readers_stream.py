@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from edg.edg_core.errors import DataSourceError, InvalidRecord
 from edg.edg_core.molecule import MIN_ATOM_DISTANCE_A, Molecule
 from edg.edg_core.readers import open_source, read_sdf, read_xyz

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from edg.edg_core.grid import CubeGrid
 from edg.edg_core.readers import open_source
 from edg.edg_core.units import ANGSTROM_IN_BOHR

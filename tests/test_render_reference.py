@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from edg.edg_core.readers import open_source
 from edg.render import RenderConfig, Renderer
 from edg.render.metrics import ed_agreement, silhouette_iou, structure_agreement

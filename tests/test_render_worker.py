@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-
 from edg.edg_core.grid import CubeGrid
 from edg.edg_core.io import read_jsonl
 from edg.edg_core.readers import open_source

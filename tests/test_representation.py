@@ -7,12 +7,11 @@ import csv
 import numpy as np
 import pytest
 import torch
-
 from edg.edg_core.errors import InvalidRecord
 from edg.edg_core.grid import CubeGrid
+from edg.train.data.study import TargetScaler, build_study_data, sample_points, split_indices, voxelise
 from edg.train.loops.representation import TARGETS, RepresentationConfig, train_representation
 from edg.train.models.representation import ImageRegressor, PointNet, VoxelResNet
-from edg.train.data.study import TargetScaler, build_study_data, sample_points, split_indices, voxelise
 
 GRID = CubeGrid(origin=(-4.0, -3.0, -2.0), spacing=(0.4, 0.4, 0.4), shape=(21, 16, 11))
 

@@ -12,7 +12,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from edg.cluster.cli import main
 from edg.edg_core.download import ChecksumError, UnsafeArchiveError, extract_tar
 from edg.edg_core.errors import DataSourceError

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from edg.edg_core.safe_pickle import UnsafePickleError, safe_load, safe_load_npz
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,7 +214,6 @@ def test_ordinary_checkpoints_still_load(tmp_path):
     import argparse
 
     import torch
-
     from edg.edg_core.safe_pickle import safe_torch_load
     state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "args": argparse.Namespace(lr=0.1), "epoch": 3,
              "names": ["a", "b"], "ba": None}

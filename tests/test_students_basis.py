@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scipy.special import eval_legendre, spherical_jn
-
 from edg.train.students.basis import SphericalBasis, bessel_roots, legendre, spherical_bessel
+from scipy.special import eval_legendre, spherical_jn
 
 
 def test_spherical_bessel_and_legendre_match_scipy():

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_students_models import random_rotation
-
 from edg.train.students import build_student, config_for
+from test_students_models import random_rotation
 
 e3nn = pytest.importorskip("e3nn", reason="the Equiformer student needs e3nn (pip install e3nn)")
 from e3nn import o3  # noqa: E402
-
 from edg.train.students.equiformer import EquivariantLayerNorm, GraphAttention, node_irreps  # noqa: E402
 
 SMALL = dict(hidden_channels=8, num_layers=2, num_heads=2, alpha_channels=4, num_rbf=8, radial_hidden=8, cutoff=5.0,

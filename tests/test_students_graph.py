@@ -5,7 +5,6 @@ import itertools
 
 import pytest
 import torch
-
 from edg.train.students.graph import (
     RadiusInteractionGraph,
     radius_graph,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from edg.edg_core.config import ConfigError
 from edg.edg_core.readers import open_source
 from edg.train.students import STUDENTS, build_student, energy_and_forces

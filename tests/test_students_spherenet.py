@@ -6,12 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_students_models import collate, molecules, random_rotation
-
-from edg.train.students.graph import radius_graph, triplets
 from edg.train.students import build_student, config_for, energy_and_forces
 from edg.train.students.basis import SphericalBasis
+from edg.train.students.graph import radius_graph, triplets
 from edg.train.students.spherenet import TorsionBasis, real_spherical_harmonics, torsions
+from test_students_models import collate, molecules, random_rotation
 
 SMALL = dict(hidden_channels=16, num_layers=2, int_emb_size=8, basis_emb_size_dist=4, basis_emb_size_angle=4,
              basis_emb_size_torsion=4, out_emb_channels=16, num_spherical=3, num_radial=4, cutoff=5.0)

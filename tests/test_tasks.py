@@ -7,7 +7,6 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from edg.edg_core.readers import open_source
 from edg.edg_core.readers.qm9 import TARGETS, QM9Table
 from edg.train.loops.distill import FitConfig, evaluate, train_student

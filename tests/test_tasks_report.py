@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import pytest
-
 from edg.edg_core.io import append_jsonl, write_json_atomic
 from edg.train.report import build_rows, collect_results, csv_table, markdown_tables, write_report
 

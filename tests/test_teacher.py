@@ -4,11 +4,12 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from edg.cluster.stages import run_extract
 from edg.edg_core.errors import EDGError
 from edg.edg_core.shards import read_samples
 from edg.train.data.shards import ShardImages, image_loader, write_synthetic_shards
+from edg.train.io.backbone_weights import init_backbone
+from edg.train.io.model_files import load_ed_predictor, load_teacher, teacher_state
 from edg.train.models.imageed import ImageED, imageed_preset
 from edg.train.models.teacher import (
     TEACHER_PRESETS,
@@ -18,8 +19,6 @@ from edg.train.models.teacher import (
     augment_structure_images,
     teacher_loss,
 )
-from edg.train.io.backbone_weights import init_backbone
-from edg.train.io.model_files import load_ed_predictor, load_teacher, teacher_state
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +182,6 @@ def test_a_resumed_teacher_run_does_not_fetch_its_starting_weights_again(shards_
     from dataclasses import replace
 
     import timm
-
     from edg.train.loops.pretrain import TeacherTrainConfig, train_teacher
     torch.manual_seed(1)
     weights = tmp_path / "r10t.pth"

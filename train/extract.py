@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from edg.edg_core.shards import npy_bytes
 from edg.edg_core.stage import BatchResult, Failure
 from edg.train.io.model_files import load_imageed, load_teacher

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from edg.edg_core.datasets import dataset_of, group_of
 from edg.edg_core.io import read_jsonl, write_bytes_atomic
 

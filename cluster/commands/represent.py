@@ -70,8 +70,8 @@ def _markdown(results: list[dict], cfg, split: dict) -> bytes:
 
 def cmd_represent(args) -> int:
     from edg.edg_core.shards import read_samples, shard_paths
-    from edg.train.loops.representation import RepresentationConfig, atomref_baseline, train_representation
     from edg.train.data.study import build_study_data, split_indices
+    from edg.train.loops.representation import RepresentationConfig, atomref_baseline, train_representation
     cfg = resolve(RepresentationConfig, args, args.config)
     cfg = replace(cfg)  # re-run the config checks on the flags' values
     out = Path(args.out)

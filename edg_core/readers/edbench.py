@@ -29,7 +29,6 @@ import numpy as np
 from ..errors import DataSourceError, InvalidRecord
 from ..molecule import Molecule
 
-
 CUBES = "psi4_grid0.4_cubes"
 SDF, ED_CUBE, ESP_CUBE = "Mol1.sdf", "Mol1_Dt.cube", "Mol1_ESP.cube"
 SPLIT_BY = ("scaffold", "random")

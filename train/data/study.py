@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from edg.edg_core.errors import EDGError, InvalidRecord
 from edg.edg_core.grid import CubeGrid
 from edg.edg_core.io import progress

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
 from edg.edg_core.errors import DataSourceError
 from edg.edg_core.units import ANGSTROM_IN_BOHR
 from edg.train.models.edg_head import EDP_DIM, FS_DIM, predictor_dims
+from torch import nn
 
 
 def _rows_from_npz(path: Path, fs_dim: int = FS_DIM, edp_dim: int = EDP_DIM

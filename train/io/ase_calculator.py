@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
-
 from edg.edg_core.units import KCAL_PER_MOL_IN_EV
-
 from edg.train.io.predict import ModelError, TrainedStudent, load_student
 
 

@@ -13,8 +13,8 @@ def save_reconstruction_png(model: ImageED, imgs: torch.Tensor, path, seed: int 
     [0, 1] or uint8 as a loader batch carries them."""
     from edg.edg_core.io import atomic_path
     from edg.edg_core.shards import to_uint8
-    from PIL import Image
     from edg.train.data.shards import images_to_float
+    from PIL import Image
     imgs = images_to_float(imgs[:max_molecules]).float()
     was_training = model.training
     model.eval()

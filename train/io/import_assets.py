@@ -25,11 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from edg.edg_core.errors import EDGError
 from edg.edg_core.io import atomic_path
 from edg.edg_core.safe_pickle import UnsafePickleError, safe_load, safe_load_npz, safe_torch_load
-
 from edg.train.configs import ImageEDConfig, TeacherConfig
 
 log = logging.getLogger(__name__)

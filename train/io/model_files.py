@@ -8,13 +8,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from edg.edg_core.config import from_dict
 from edg.edg_core.errors import DataSourceError, EDGError
 from edg.train.configs import ImageEDConfig, TeacherConfig
 from edg.train.models.imageed import ImageED
 from edg.train.models.teacher import EDPredictor, Teacher
+from torch import nn
 
 
 def imageed_state(model: ImageED) -> dict:
@@ -29,7 +28,6 @@ def load_imageed(path, map_location="cpu") -> ImageED:
     ``checkpoint/checkpoint.pt``: ``train.io.checkpoint.model_file``). Plain-data files only
     (``train.io.checkpoint.load_checkpoint``)."""
     from edg.edg_core.config import from_dict
-
     from edg.train.io.checkpoint import CheckpointError, load_checkpoint, model_file
     path = model_file(path, "imageed.pt", "ImageED")
     ck = load_checkpoint(path, map_location, "ImageED checkpoint")
@@ -89,8 +87,8 @@ def _tuples(d: dict) -> dict:
 def build_ed_predictor(path: str | None = None, seed: int = 0) -> nn.Module:
     """The teacher's ED predictor: trained weights from ``path`` (a plain-data teacher checkpoint; see
     ``train.io.checkpoint.load_checkpoint``), or a seeded random one (tests, stand-ins)."""
-    from edg.train.models.teacher import EDPredictor
     from edg.train.io.model_files import load_ed_predictor
+    from edg.train.models.teacher import EDPredictor
     if path:
         if not Path(path).exists():
             raise DataSourceError(f"ED predictor weights {path} do not exist")

@@ -23,21 +23,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from edg.edg_core.config import dump_yaml, to_dict
 from edg.edg_core.io import atomic_path, write_json_atomic
-
-from edg.train.io.checkpoint import Checkpoints, load_checkpoint, model_file, save_checkpoint
 from edg.train.configs import FitConfig  # noqa: F401 (re-exported)
-from edg.train.models.edg_head import EDGConfig, EDGHead, edg_objective, predictor_dims
-from edg.train.io.model_files import build_ed_predictor
 from edg.train.data.teacher_targets import coulomb_standin_features, load_teacher_targets
-from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, find_checkpoint, run_epochs
 from edg.train.devices import resolve_device
+from edg.train.io.checkpoint import Checkpoints, load_checkpoint, model_file, save_checkpoint
+from edg.train.io.model_files import build_ed_predictor
+from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, find_checkpoint, run_epochs
 from edg.train.loops.optim import adam_for
 from edg.train.loops.run_state import RunState
 from edg.train.loops.speed import apply_speed_choices, speed_choices
 from edg.train.loops.student_schedule import StudentSchedule
+from edg.train.models.edg_head import EDGConfig, EDGHead, edg_objective, predictor_dims
 from edg.train.tasks import Batch, PackedMolecules, Task, build_task
 from edg.train.tasks.base import loss_fn
 

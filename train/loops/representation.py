@@ -26,12 +26,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from edg.edg_core.errors import EDGError
 from edg.edg_core.units import HARTREE_IN_KCAL_PER_MOL
 from edg.train.configs import REPRESENTATIONS, TARGETS, RepresentationConfig  # noqa: F401 (re-exported)
-from edg.train.devices import resolve_device
 from edg.train.data.study import StudyData, TargetScaler
+from edg.train.devices import resolve_device
 from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, checkpoints_of, find_checkpoint, run_epochs
 from edg.train.loops.optim import adamw_for
 from edg.train.loops.run_state import RunState

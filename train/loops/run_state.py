@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
 from edg.train.io.checkpoint import CheckpointError, load_checkpoint
 
 CHECKPOINT_FORMAT = "edg-run/1"

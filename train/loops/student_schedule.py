@@ -11,7 +11,6 @@ An optional linear warm-up per optimiser step (lr = base * (step + 1) / warmup_s
 from __future__ import annotations
 
 import torch
-
 from edg.train.configs import FitConfig
 
 SCHEDULERS = ("cosine", "plateau", "none")

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-
 FS_DIM = 512   # teacher feature F_S (ResNet18)
 EDP_DIM = 768  # ED predictor output (ImageED feature space)
 

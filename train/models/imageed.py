@@ -17,9 +17,8 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from timm.models.vision_transformer import Block
-
 from edg.train.configs import IMAGEED_PRESETS, IMAGENET_MEAN, IMAGENET_STD, ImageEDConfig, imageed_preset  # noqa: F401
+from timm.models.vision_transformer import Block
 
 
 def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:

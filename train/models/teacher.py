@@ -12,9 +12,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from edg.edg_core.errors import EDGError
-
 from edg.train.configs import IMAGENET_MEAN, IMAGENET_STD, TEACHER_PRESETS, TeacherConfig  # noqa: F401 (re-exported)
 
 

@@ -22,9 +22,9 @@ from torch_geometric.nn.models.dimenet import BesselBasisLayer, EmbeddingBlock, 
 from torch_geometric.nn.resolver import activation_resolver
 from torch_geometric.utils import scatter
 
-from .graph import GraphSizes, radius_graph_and_triplets
 from .base import Student, pool
 from .basis import SphericalBasis
+from .graph import GraphSizes, radius_graph_and_triplets
 
 
 @dataclass

@@ -27,8 +27,8 @@ from torch import Tensor
 from torch.nn import Linear, SiLU
 from torch_geometric.utils import scatter
 
-from .graph import GraphSizes, radius_graph, radius_graph_torch
 from .base import Student, pool
+from .graph import GraphSizes, radius_graph, radius_graph_torch
 
 
 @dataclass

@@ -39,9 +39,9 @@ from torch import Tensor
 from torch.nn import Embedding, Linear, SiLU
 from torch_geometric.utils import scatter
 
-from .graph import GraphSizes, radius_graph
 from .base import Student, pool
 from .egnn import cosine_cutoff
+from .graph import GraphSizes, radius_graph
 
 __all__ = ["EquiformerConfig", "EquiformerStudent", "EquivariantLayerNorm", "node_irreps"]
 

@@ -25,9 +25,9 @@ from torch import Tensor
 from torch.nn import Linear, SiLU
 from torch_geometric.utils import scatter
 
-from .graph import GraphSizes, radius_graph
 from .base import Student, pool
 from .egnn import cosine_cutoff
+from .graph import GraphSizes, radius_graph
 
 
 @dataclass

@@ -21,8 +21,8 @@ from torch import Tensor
 from torch_geometric.nn.models import SchNet
 from torch_geometric.utils import scatter
 
-from .graph import GraphSizes, RadiusInteractionGraph, is_symmetric, undirected_pairs
 from .base import Student, pool
+from .graph import GraphSizes, RadiusInteractionGraph, is_symmetric, undirected_pairs
 
 
 @dataclass

@@ -48,9 +48,9 @@ from torch_geometric.nn.models.dimenet import BesselBasisLayer, ResidualLayer
 from torch_geometric.nn.resolver import activation_resolver
 from torch_geometric.utils import scatter
 
-from .graph import GraphSizes, count_per_index, radius_graph_and_triplets
 from .base import Student, pool
 from .basis import SphericalBasis, spherical_bessel
+from .graph import GraphSizes, count_per_index, radius_graph_and_triplets
 
 __all__ = ["SphereNetConfig", "SphereNetStudent", "TorsionBasis", "real_spherical_harmonics", "torsions"]
 

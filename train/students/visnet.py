@@ -20,8 +20,8 @@ from torch import Tensor
 from torch_geometric.nn.models import ViSNet
 from torch_geometric.nn.models.visnet import GatedEquivariantBlock
 
-from .graph import GraphSizes, radius_graph
 from .base import Student, pool
+from .graph import GraphSizes, radius_graph
 
 
 @dataclass

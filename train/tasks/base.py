@@ -12,12 +12,12 @@ import torch
 
 from .packed import Batch, PackedMolecules
 
+
 def task_config(cls, spec, overrides: dict, **fixed):
     """The task config ``cls`` of a dataset spec (``edg_core.spec.DatasetSpec``): ``fixed`` (the subset:
     molecule or target), then the spec's options (values read as YAML scalars, ``root`` kept as text;
     ``limit=N`` caps train/valid/test sizes at N), then ``overrides`` (``--task KEY=VALUE``; they win)."""
     import yaml
-
     from edg.edg_core.config import from_dict
     opts = {k: (v if k == "root" else yaml.safe_load(v) if v else None) for k, v in spec.options}
     opts.update(overrides)

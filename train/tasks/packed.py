@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
 from edg.train.students.graph import GraphSizes
 
 

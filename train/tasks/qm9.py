@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from edg.edg_core.readers.qm9 import GEOM3D_UNITS, TARGETS, QM9Table, geom3d_targets, qm9_split, qm9_table
 
 from .base import Prediction, loss_fn, task_config

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from edg.edg_core.config import unknown_name
 from edg.edg_core.readers import load_rmd17, rmd17_root
 from edg.edg_core.readers.rmd17 import MOLECULES, check_available
