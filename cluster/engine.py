@@ -317,6 +317,6 @@ def _run_stage(stage: Stage, items: Iterable, run: RunFolder, workers: Workers, 
         summary.seconds = round(time.monotonic() - t0, 3)
         summary.retried = stats.get("retried", 0)
         summary.actors_replaced = stats.get("actors_replaced", 0)
-        prog.write()
+        prog.finish()
         run.push()
     return summary
