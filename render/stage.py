@@ -30,7 +30,9 @@ def molecule_and_fields(path: str | Path):
 
 class RenderActor:
     """Renders batches of stage items (see ``item_key``): a ``Molecule`` gets structure images, a DFT result
-    path ED + structure images, ``(Molecule, path)`` both with the input's labels kept beside the DFT labels."""
+    path ED + structure images, ``(Molecule, path)`` both with the input's labels kept beside the DFT labels,
+    ``(Molecule, field reference)`` (a dataset that carries its densities, e.g. EDBench's cubes) both, without
+    DFT."""
 
     def __init__(self, cfg, device: str | None = None, structure: bool = True, ed: bool = True,
                  keep_fields: bool = False):
@@ -42,6 +44,8 @@ class RenderActor:
         """(molecule, Fields or None) of a stage item."""
         if isinstance(item, Molecule):
             return item, None
+        if isinstance(item, tuple) and hasattr(item[1], "load"):  # (Molecule, a dataset's field reference)
+            return item[0], item[1].load(item[0])
         if isinstance(item, tuple):
             rec, path = item
             mol, fields = molecule_and_fields(path)
@@ -75,6 +79,10 @@ def items(input_spec: str | None, fields: str | None):
     from edg.edg_core.storage import exists, join
     if fields is None:
         src = open_source(input_spec)
+        from edg.edg_core.datasets import dataset_of, resolve
+        ds = dataset_of(input_spec)
+        if ds is not None and ds.fields is not None:  # densities shipped with the data (EDBench cubes): no DFT
+            return ds.field_items(resolve(input_spec)), len(src)
         return iter(src), len(src)
     if not exists(join(fields, DFTLayout.FIELDS)):
         raise DataSourceError(f"{fields}: no {DFTLayout.FIELDS}/ folder; run `edg dft --out {fields}` first")

@@ -286,3 +286,22 @@ def test_render_worker_makes_ed_and_structure_images_from_cube_items(tmp_path):
     s = decode_sample(res.samples[1], torch_tensors=False)
     assert s["edimg"].shape[:2] == (2, 4) and s["stimg"].shape[1] == 3
     assert s["meta"]["labels"] == {f"E{k}": 2.0 * k for k in range(1, 7)}
+
+
+def test_edg_render_draws_ed_images_from_edbench_cubes_without_dft(tmp_path, capsys):
+    """`edg render --input edbench:DIR`: ED and structure images from the set's cube files (the registry's
+    `fields` of the dataset), the six energy labels kept, no DFT run; a record with a garbled cube is one failure."""
+    from edg.cluster.cli import main
+    from edg.edg_core.shards import read_samples
+    d = write_edbench(tmp_path / "ed_energy_5w", SMALL)
+    (d / "raw" / CUBES / "2" / ESP_CUBE).write_text("not a cube\n")
+    out = tmp_path / "shards"
+    assert main(["render", "--input", f"edbench:{d}", "--out", str(out), "--image-size", "16"]) == 0
+    assert "render: done 2, skipped 0, failed 1" in capsys.readouterr().out
+    samples = sorted(read_samples(out), key=lambda s: s["__key__"])
+    assert len(samples) == 2 and not (out / "fields").exists()
+    for s in samples:
+        assert s["edimg"].shape[:2] == (6, 4) and s["stimg"].shape[:2] == (4, 3)
+        assert {"E1", "E6"} <= set(s["meta"]["labels"])
+    failures = (out / "failures.jsonl").read_text().splitlines()
+    assert len(failures) == 1 and "edbench:ed_energy_5w:2" in failures[0]

@@ -53,7 +53,8 @@ register(Dataset(
                                 "edg render; ED5-EC labels are E1..E6): edbench:DIR?set=&split_by=scaffold|random",
     reader=f"{READERS}.edbench:open_edbench", subset="root", subset_label="EDBench set folder",
     subset_required=True, splits=("train", "valid", "test", "all"), default_split="all",
-    options=("set", "split_by"), units=dict(EDBENCH_UNITS)))
+    options=("set", "split_by"), units=dict(EDBENCH_UNITS),
+    fields="edg.render.cube_input:edbench_items"))
 
 register(Dataset(
     name="pcqm4mv2", description="PCQM4Mv2's pcqm4m-v2-train.sdf (record i = molecule idx i, label homolumogap eV "

@@ -43,6 +43,9 @@ class Dataset:
     table_layout: str = "rows"
     trajectory_ids: bool = False      # record ids end with the frame index along a trajectory (paper Figure 3)
     split_members: str | None = None  # "module:function", (spec) -> ({split: ids}, description) for edg data split
+    fields: str | None = None         # "module:function", (spec, lazy=True) -> (Molecule, ref with .load(mol) ->
+    #                                   render Fields) per record: a dataset that carries its densities (ED images
+    #                                   without DFT)
 
     @property
     def record_options(self) -> tuple[str, ...]:
@@ -52,6 +55,13 @@ class Dataset:
     def open(self, spec):
         """The records ``spec`` selects (an ``edg_core.readers.Source``)."""
         return _load(self.reader)(spec)
+
+    def field_items(self, spec):
+        """``(Molecule, field reference)`` or ``InvalidRecord`` per record of ``spec``, for a dataset that carries
+        its densities (``fields``); each reference loads its ED/ESP on the worker that renders it."""
+        if self.fields is None:
+            raise ConfigError(f"dataset {self.name!r} carries no densities; run edg dft first")
+        return _load(self.fields)(spec, lazy=True)
 
     def split_ids(self, spec):
         """``({split: ids}, what the ids are)`` of the fixed split ``spec`` names (``edg data split``)."""
