@@ -92,7 +92,7 @@ class StageProgress:
                 f"{rate:.3g} {self.unit}/s{eta}")
 
     def print_line(self) -> None:
-        print(self.line(), flush=True)
+        print(self.line(), file=sys.stderr, flush=True)  # beside logs and bars: stdout keeps the results
         self._last_line = time.time()
 
     def finish(self) -> None:

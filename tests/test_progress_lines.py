@@ -31,7 +31,7 @@ def test_edg_dft_piped_prints_progress_lines_reaching_the_total(tmp_path):
                         "--out", str(tmp_path / "run"), "--actors", "0", "--basis", "sto-3g", "--grid-level", "1",
                         "--no-fields"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("[dft] ")]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("[dft] ")]  # stdout keeps the results
     assert len(lines) >= 2 and lines[-1].startswith("[dft] 3/3 molecules (100%): done 3, failed 0")
     counts = [int(re.match(r"\[dft\] (\d+)/3", ln).group(1)) for ln in lines]
     assert counts == sorted(counts)  # never goes back
