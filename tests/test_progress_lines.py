@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from edg.cluster.metrics import StageProgress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,3 +36,44 @@ def test_edg_dft_piped_prints_progress_lines_reaching_the_total(tmp_path):
     assert len(lines) >= 2 and lines[-1].startswith("[dft] 3/3 molecules (100%): done 3, failed 0")
     counts = [int(re.match(r"\[dft\] (\d+)/3", ln).group(1)) for ln in lines]
     assert counts == sorted(counts)  # never goes back
+
+
+@pytest.mark.ray
+def test_the_stage_metrics_reach_the_nodes_metrics_endpoint(tmp_path):
+    """What the Ray dashboard's Metrics view (Prometheus) scrapes: after `edg data convert --actors 1` the node's
+    metrics endpoint reports edg_molecules_done for the stage, with the count the stage finished."""
+    import tempfile
+    import time
+    import urllib.request
+
+    import ray
+    from edg.cluster.cli import main
+    from edg.cluster.runtime import ray_session
+    session = tempfile.mkdtemp(prefix="edgm")  # Ray's socket paths must stay short
+    try:
+        _convert_and_scrape(session, tmp_path)
+    finally:
+        shutil.rmtree(session, ignore_errors=True)
+
+
+def _convert_and_scrape(session, tmp_path):
+    import time
+    import urllib.request
+
+    import ray
+
+    from edg.cluster.cli import main
+    from edg.cluster.runtime import ray_session
+    with ray_session("local", temp_dir=session, num_cpus=2):
+        assert main(["data", "convert", "--input", "embedded:qm9?limit=3", "--out", str(tmp_path / "shards"),
+                     "--actors", "1"]) == 0
+        port = ray.nodes()[0]["MetricsExportPort"]
+        pattern = re.compile(r'^ray_edg_molecules_done_total\{[^}]*stage="convert"[^}]*\} (\S+)$', re.M)
+        deadline, found = time.monotonic() + 300, None  # the agent exports every few seconds; generous on load
+        while found is None and time.monotonic() < deadline:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+            found = pattern.search(text)
+            if found is None:
+                time.sleep(1)
+        assert found is not None, "edg_molecules_done never reached the metrics endpoint"
+        assert float(found.group(1)) == 3.0
