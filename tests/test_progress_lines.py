@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,12 +44,7 @@ def test_the_stage_metrics_reach_the_nodes_metrics_endpoint(tmp_path):
     """What the Ray dashboard's Metrics view (Prometheus) scrapes: after `edg data convert --actors 1` the node's
     metrics endpoint reports edg_molecules_done for the stage, with the count the stage finished."""
     import tempfile
-    import time
-    import urllib.request
 
-    import ray
-    from edg.cluster.cli import main
-    from edg.cluster.runtime import ray_session
     session = tempfile.mkdtemp(prefix="edgm")  # Ray's socket paths must stay short
     try:
         _convert_and_scrape(session, tmp_path)
@@ -61,7 +57,6 @@ def _convert_and_scrape(session, tmp_path):
     import urllib.request
 
     import ray
-
     from edg.cluster.cli import main
     from edg.cluster.runtime import ray_session
     with ray_session("local", temp_dir=session, num_cpus=2):
