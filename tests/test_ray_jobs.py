@@ -87,32 +87,40 @@ def test_ray_job_submit_runs_edg_and_reports_status_and_logs(ray_head, tmp_path)
     assert f"edg data: results in {out}" in submit.stdout  # where the results are, absolute
 
 
-def test_a_relative_out_inside_a_ray_job_is_refused_in_one_line(ray_head, tmp_path):
-    """Inside a job, `--out runs/x` would land in Ray's temporary copy of the working directory."""
+def test_edg_dft_in_a_ray_job_refuses_a_relative_out_and_names_where_an_absolute_one_landed(ray_head, tmp_path):
+    """Inside a job, `--out runs/x` would land in Ray's temporary copy of the working directory: refused in one
+    line; with an absolute --out the results are there and the job's output says so."""
     env = {**os.environ, "RAY_ADDRESS": ray_head, "RAY_AUTH_MODE": "disabled"}
-    submit = subprocess.run(
-        [RAY, "job", "submit", "--working-dir", str(ROOT), "--submission-id", "edg-test-relative", "--",
-         sys.executable, "-m", "edg.cluster.cli", "data", "convert", "--input", "embedded:qm9?limit=1",
-         "--out", "runs/relative"],
-        capture_output=True, text=True, env=env, timeout=300)
-    assert submit.returncode != 0
+    dft = [sys.executable, "-m", "edg.cluster.cli", "dft", "--input", "embedded:qm9?limit=2", "--basis", "sto-3g",
+           "--grid-level", "1", "--no-fields"]
+
+    def submit(sid, out):
+        return subprocess.run([RAY, "job", "submit", "--working-dir", str(ROOT), "--submission-id", sid, "--",
+                               *dft, "--out", out], capture_output=True, text=True, env=env, timeout=900)
+    refused = submit("edg-test-relative", "runs/relative")
+    assert refused.returncode != 0
     # the job's output as `ray job submit` streamed it (a `ray job logs` right after may not have it yet)
-    errors = sorted({line for line in submit.stdout.splitlines() if "error:" in line})
-    assert errors == ["edg data: error: --out runs/relative: a relative path inside a Ray job lands in the job's "
+    errors = sorted({line for line in refused.stdout.splitlines() if "error:" in line})
+    assert errors == ["edg dft: error: --out runs/relative: a relative path inside a Ray job lands in the job's "
                       "temporary working directory, not where you submitted from; give an absolute path on storage "
-                      "every node sees (NFS, Lustre) or a URL (s3://, gs://, ...)"], submit.stdout[-2000:]
+                      "every node sees (NFS, Lustre) or a URL (s3://, gs://, ...)"], refused.stdout[-2000:]
+    out = tmp_path / "dft"
+    done = submit("edg-test-absolute", str(out))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "dft: done 2, skipped 0, failed 0" in done.stdout and f"edg dft: results in {out}" in done.stdout
+    assert len(list(out.glob("fields/*/*.npz"))) == 2
 
 
 def test_a_head_started_outside_edg_is_not_joined_without_an_address(ray_head, tmp_path):
-    """Someone's `ray start --head` on this machine: `edg data convert --actors 1` with no --ray-address and no
+    """Someone's `ray start --head` on this machine: `edg dft --actors 1` with no --ray-address and no
     $RAY_ADDRESS runs on a private loopback runtime and says so; it joins the head only when asked."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR")}
     env.update(HOME=str(tmp_path), EDG_PROGRESS="0")
-    out = tmp_path / "shards"
-    r = subprocess.run([sys.executable, "-m", "edg.cluster.cli", "data", "convert", "--input", "embedded:qm9?limit=2",
-                        "--out", str(out), "--actors", "1"], capture_output=True, text=True, env=env, cwd=tmp_path,
-                       timeout=600)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "edg.cluster.cli", "dft", "--input", "embedded:qm9?limit=2",
+                        "--out", str(out), "--actors", "1", "--basis", "sto-3g", "--grid-level", "1", "--no-fields"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Ray: a private local runtime (no --ray-address, no $RAY_ADDRESS)" in r.stderr
-    assert "convert: done 2, skipped 0, failed 0" in r.stdout
+    assert "dft: done 2, skipped 0, failed 0" in r.stdout
     assert not (tmp_path / ".ray").exists()
