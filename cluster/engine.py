@@ -28,7 +28,6 @@ from typing import Any
 
 from edg.edg_core.errors import DiskFullError, InvalidRecord
 from edg.edg_core.failure_log import FailureLog
-from edg.edg_core.io import progress
 from edg.edg_core.run_folder import FAILURES, RunFolder
 from edg.edg_core.shards import SHARD_GLOBS, ShardWriter, shard_keys
 from edg.edg_core.stage import BatchResult, Failure
@@ -299,7 +298,7 @@ def _run_stage(stage: Stage, items: Iterable, run: RunFolder, workers: Workers, 
                 continue
             yield it
 
-    batches = _batches(progress(todo(), f"{stage.name} -> {run.url}", total=total), stage.batch_size)
+    batches = _batches(todo(), stage.batch_size)  # progress: ``prog`` (a bar on a terminal, lines elsewhere)
     stats: dict = {}
     try:
         with stage.sink.open(run) as writer:

@@ -17,13 +17,22 @@ from pathlib import Path
 from edg.edg_core.io import write_json_atomic
 
 
-def progress_lines() -> bool:
-    """Progress as a line every few seconds (``EDG_PROGRESS_EVERY_S``, default 10) where no progress bar is
-    drawn: a log file, a pipe, a Ray job's log. Off on a terminal (the bar) and with ``EDG_PROGRESS=0``."""
+def progress_mode() -> str | None:
+    """``"bar"`` on a terminal (or ``EDG_PROGRESS=1``), ``"lines"`` where no bar can be drawn (a log file, a pipe,
+    a Ray job's log; or ``EDG_PROGRESS=lines``), None with ``EDG_PROGRESS=0``."""
     setting = os.environ.get("EDG_PROGRESS")
     if setting == "0":
-        return False
-    return setting == "lines" or not sys.stderr.isatty()
+        return None
+    if setting in ("1", "bar"):
+        return "bar"
+    if setting == "lines":
+        return "lines"
+    return "bar" if sys.stderr.isatty() else "lines"
+
+
+def progress_lines() -> bool:
+    """Progress as a line every ``EDG_PROGRESS_EVERY_S`` seconds (default 10); see ``progress_mode``."""
+    return progress_mode() == "lines"
 
 
 class StageProgress:
@@ -39,6 +48,10 @@ class StageProgress:
         self.line_every_s = float(os.environ.get("EDG_PROGRESS_EVERY_S", 10.0)) if line_every_s is None \
             else line_every_s
         self._last_line = self.t0
+        self.bar = None
+        if lines is None and progress_mode() == "bar":  # a terminal: one bar, advanced as items finish
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=stage, unit=unit[:3], dynamic_ncols=True, mininterval=0.5)
         self._metrics = self._ray_metrics()
 
     def _ray_metrics(self):
@@ -71,6 +84,9 @@ class StageProgress:
             self._metrics["rate"].set(self.rate, tags=tags)
         if self.path is not None and time.time() - self._last_write > self.every_s:
             self.write()
+        if self.bar is not None and (done or failed or skipped):
+            self.bar.update(done + failed + skipped)
+            self.bar.set_postfix(done=self.done, failed=self.failed, skipped=self.skipped, refresh=False)
         if self.lines and time.time() - self._last_line >= self.line_every_s:
             self.print_line()
 
@@ -98,6 +114,8 @@ class StageProgress:
     def finish(self) -> None:
         """The progress file and, where lines are on, a last line (the totals reached)."""
         self.write()
+        if self.bar is not None:
+            self.bar.close()
         if self.lines:
             self.print_line()
 

@@ -72,3 +72,16 @@ def _convert_and_scrape(session, tmp_path):
                 time.sleep(1)
         assert found is not None, "edg_molecules_done never reached the metrics endpoint"
         assert float(found.group(1)) == 3.0
+
+
+def test_on_a_terminal_the_bar_advances_as_items_finish(tmp_path):
+    """EDG_PROGRESS=1 forces the terminal's bar: it counts finished items against the total, failures shown."""
+    env = {**os.environ, "EDG_PROGRESS": "1"}
+    r = subprocess.run([sys.executable, "-m", "edg.cluster.cli", "data", "convert", "--input", "embedded:qm9?limit=3",
+                        "--out", str(tmp_path / "shards")], capture_output=True, text=True, cwd=ROOT, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = r.stderr.replace("\r", "\n").strip().splitlines()
+    bar = [ln for ln in last if ln.startswith("convert:")][-1]
+    assert "3/3" in bar and "failed=0" in bar and "done=3" in bar
+    assert not any(ln.startswith("[convert]") for ln in last)  # a bar, not lines
