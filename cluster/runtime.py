@@ -120,6 +120,10 @@ def _auth_hint(address: str, error: Exception) -> str:
                 f"(RAY_AUTH_MODE={mode}): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<the head's token file> "
                 f"(`ray get-auth-token` on the head prints it), or RAY_AUTH_MODE=disabled if the head runs without")
     first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, ConnectionError):  # the TCP check passed: a head listens there but turned us away
+        return (f"Ray cluster at {address} is reachable but refused this process ({first}); most likely its token "
+                f"authentication does not match (here RAY_AUTH_MODE={mode}): set RAY_AUTH_MODE=token and "
+                f"RAY_AUTH_TOKEN_PATH=<the head's token file>, or RAY_AUTH_MODE=disabled if the head runs without")
     return f"no Ray cluster reachable at {address}: {first}"
 
 
@@ -141,8 +145,13 @@ def _join(address: str) -> None:
     import ray
     from ray.exceptions import AuthenticationError
     _check_reachable(address)
+    host = address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+    # a head bound to loopback: without the switch Ray rewrites 127.0.0.1 to this machine's address and waits
+    # minutes for a GCS that does not listen there
+    loopback = loopback_only() if host in ("127.0.0.1", "localhost", "::1") else contextlib.nullcontext()
     try:
-        ray.init(address=address, log_to_driver=False)
+        with loopback:
+            ray.init(address=address, log_to_driver=False)
     except (AuthenticationError, ConnectionError, RuntimeError, ValueError) as e:
         raise RayClusterError(_auth_hint(address, e)) from None
 

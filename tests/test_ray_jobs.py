@@ -124,3 +124,60 @@ def test_a_head_started_outside_edg_is_not_joined_without_an_address(ray_head, t
     assert "Ray: a private local runtime (no --ray-address, no $RAY_ADDRESS)" in r.stderr
     assert "dft: done 2, skipped 0, failed 0" in r.stdout
     assert not (tmp_path / ".ray").exists()
+
+
+@pytest.fixture
+def token_head(tmp_path):
+    """A head with token authentication on 127.0.0.1 (its token in a file of the test's): yields (GCS address,
+    token file). Stopped by signalling the process group of its `ray start --block`."""
+    if not Path(RAY).exists():
+        pytest.skip(f"ray CLI not found at {RAY}")
+    tmp = tempfile.mkdtemp(prefix="edgt")
+    token = Path(tmp) / "token"
+    token.write_text("0123456789abcdef" * 4)
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "HOME": str(tmp_path)}
+    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={tmp}/t",
+                             "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                break
+            except OSError:
+                if head.poll() is not None:
+                    pytest.fail("ray start --head exited early")
+                time.sleep(1)
+        else:
+            pytest.fail("the token head's GCS did not come up within 120 s")
+        yield f"127.0.0.1:{port}", token
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_token_mismatch_is_one_line_saying_what_to_set(token_head, tmp_path):
+    """Joining a head with token authentication: without the token, one EDG line naming what to set (after Ray's
+    own warnings); with RAY_AUTH_TOKEN_PATH, the stage runs there. A loopback head is joined on loopback."""
+    address, token = token_head
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    cmd = [sys.executable, "-m", "edg.cluster.cli", "data", "convert", "--input", "embedded:qm9?limit=1",
+           "--actors", "1", "--ray-address", address]
+    r = subprocess.run([*cmd, "--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                       env={**base, "HOME": str(tmp_path), "RAY_AUTH_MODE": "disabled"})
+    assert r.returncode == 2
+    edg_lines = [ln for ln in r.stderr.splitlines() if ln.startswith("edg ")]
+    assert len(edg_lines) == 1 and "token authentication does not match" in edg_lines[0]
+    assert "RAY_AUTH_TOKEN_PATH" in edg_lines[0]
+    r = subprocess.run([*cmd, "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                       env={**base, "HOME": str(tmp_path), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "convert: done 1, skipped 0, failed 0" in r.stdout
