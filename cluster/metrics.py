@@ -30,10 +30,6 @@ def progress_mode() -> str | None:
     return "bar" if sys.stderr.isatty() else "lines"
 
 
-def progress_lines() -> bool:
-    """Progress as a line every ``EDG_PROGRESS_EVERY_S`` seconds (default 10); see ``progress_mode``."""
-    return progress_mode() == "lines"
-
 
 class StageProgress:
     def __init__(self, stage: str, total: int | None = None, path: str | Path | None = None,
@@ -44,7 +40,7 @@ class StageProgress:
         self.done = self.failed = self.skipped = 0
         self.t0 = time.time()
         self._last_write = 0.0
-        self.lines = progress_lines() if lines is None else lines
+        self.lines = progress_mode() == "lines" if lines is None else lines
         self.line_every_s = float(os.environ.get("EDG_PROGRESS_EVERY_S", 10.0)) if line_every_s is None \
             else line_every_s
         self._last_line = self.t0

@@ -113,18 +113,16 @@ AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
 def _auth_hint(address: str, error: Exception) -> str:
-    text = str(error).lower()
-    mode = os.environ.get("RAY_AUTH_MODE", "unset")
-    if "token" in text or "authentic" in text or "unauthenticated" in text:
-        return (f"Ray cluster at {address}: its token authentication does not match this process "
-                f"(RAY_AUTH_MODE={mode}): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<the head's token file> "
-                f"(`ray get-auth-token` on the head prints it), or RAY_AUTH_MODE=disabled if the head runs without")
+    """One line for a failed join: an authentication mismatch (named by Ray, or a head that listens but turns
+    this process away) with what to set, else the address and Ray's first line."""
     first = str(error).splitlines()[0] if str(error) else type(error).__name__
-    if isinstance(error, ConnectionError):  # the TCP check passed: a head listens there but turned us away
-        return (f"Ray cluster at {address} is reachable but refused this process ({first}); most likely its token "
-                f"authentication does not match (here RAY_AUTH_MODE={mode}): set RAY_AUTH_MODE=token and "
-                f"RAY_AUTH_TOKEN_PATH=<the head's token file>, or RAY_AUTH_MODE=disabled if the head runs without")
-    return f"no Ray cluster reachable at {address}: {first}"
+    text = str(error).lower()
+    if not ("token" in text or "authentic" in text or isinstance(error, ConnectionError)):
+        return f"no Ray cluster reachable at {address}: {first}"
+    return (f"Ray cluster at {address} refused this process ({first}); most likely its token authentication does "
+            f"not match (here RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE', 'unset')}): set RAY_AUTH_MODE=token "
+            f"and RAY_AUTH_TOKEN_PATH=<the head's token file> (`ray get-auth-token` on the head prints it), or "
+            f"RAY_AUTH_MODE=disabled if the head runs without")
 
 
 def _check_reachable(address: str, timeout_s: float = 10.0) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.util
 import sys
 import warnings
 
@@ -43,7 +44,6 @@ _FINDER = _AliasFinder(())
 
 def redirect(name: str) -> None:
     """Make the old top-level package ``name`` an alias of ``edg.<name>`` (call from its ``__init__``)."""
-    import importlib.util  # noqa: F401  (spec_from_loader)
     warnings.warn(f"`import {name}` is deprecated and goes in EDG {REMOVED_IN}: import `edg.{name}` "
                   f"(the public API is `edg.api`)", FutureWarning, stacklevel=3)
     if _FINDER not in sys.meta_path:

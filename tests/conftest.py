@@ -16,12 +16,22 @@ def rmd17_root() -> Path:
     return root
 
 
+HOME_PATHS = (Path.home() / ".ray", Path.home() / ".cache" / "matplotlib")
+"""What Ray (``~/.ray/auth_token``) and matplotlib (its font cache) would write into the home folder."""
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _edg_cache(tmp_path_factory):
-    """Keep the parsed-QM9 cache out of the home folder when the user has not chosen one."""
+    """Keep the parsed-QM9 cache and matplotlib's cache out of the home folder (unless the user chose where), and
+    check at the end that the suite created nothing there (``HOME_PATHS``)."""
     if "EDG_CACHE" not in os.environ:
         os.environ["EDG_CACHE"] = str(ROOT / ".cache")
+    if "MPLCONFIGDIR" not in os.environ:
+        os.environ["MPLCONFIGDIR"] = str(tmp_path_factory.mktemp("matplotlib"))
+    before = {p for p in HOME_PATHS if p.exists()}
     yield
+    created = sorted(str(p) for p in HOME_PATHS if p.exists() and p not in before)
+    assert not created, f"the test suite wrote into the home folder: {created}"
 
 
 @pytest.fixture(autouse=True, scope="session")

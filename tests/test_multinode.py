@@ -34,6 +34,7 @@ def ray_cluster(monkeypatch):
     # Ray's temp root, where Cluster also writes its address file: not the machine-wide /tmp/ray, so that
     # other Ray users of this machine (address="auto") never find this cluster
     monkeypatch.setenv("RAY_TMPDIR", tmp)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a test cluster on loopback: no token read from or written to ~
     from edg.cluster.runtime import loopback_only
     with loopback_only():  # every node listens on 127.0.0.1, as EDG's own local runtime
         c = Cluster(initialize_head=True, connect=False,

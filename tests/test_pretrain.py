@@ -121,19 +121,19 @@ def test_teacher_learns_fu(shards, tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_ray_train_two_cpu_workers(shards, tmp_path):
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     import shutil
     import tempfile
 
+    from edg.cluster.runtime import ray_session
     from edg.cluster.train_ray import run_pretraining
     ray_tmp = tempfile.mkdtemp(prefix="edgr", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
-    ray.init(address="local", _temp_dir=ray_tmp, num_cpus=4, include_dashboard=False, log_to_driver=False)
-    try:
-        cfg = _imageed_cfg(epochs=1, warmup_epochs=0, batch_size=4, val_fraction=0.25)  # uneven shares per rank
-        result = run_pretraining("imageed", cfg, shards, tmp_path / "out", num_workers=2,
-                                 storage_path=tmp_path / "storage")
+    try:  # EDG's private runtime: loopback, its own token (a bare ray.init() writes ~/.ray/auth_token)
+        with ray_session("local", temp_dir=ray_tmp, num_cpus=4):
+            cfg = _imageed_cfg(epochs=1, warmup_epochs=0, batch_size=4, val_fraction=0.25)  # uneven rank shares
+            result = run_pretraining("imageed", cfg, shards, tmp_path / "out", num_workers=2,
+                                     storage_path=tmp_path / "storage")
     finally:
-        ray.shutdown()
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert result.error is None
     n_train = count_samples(shards, "train", 0.25)

@@ -2,6 +2,7 @@
 `ray job status` and `ray job logs`: the way EDG runs on a cluster (docs/cluster.md)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,38 +28,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def ray_head():
-    """A Ray head with its dashboard (the job server) on 127.0.0.1; stopped by signalling the process group
-    of the `ray start --block` we started, which takes down only the processes of this head."""
+@contextlib.contextmanager
+def _head(extra_args: list[str], env: dict, ready: Callable[[], bool], what: str):
+    """A `ray start --head --block` on 127.0.0.1 (the loopback switch EDG's own runtime uses,
+    cluster.runtime.loopback_only), its session under a fresh short temp folder, ``ready()`` polled until the
+    head answers; stopped by signalling its process group, which takes down only this head's processes."""
     if not Path(RAY).exists():
         pytest.skip(f"ray CLI not found at {RAY}")
     tmp = tempfile.mkdtemp(prefix="edgj")
-    port, dash = _free_port(), _free_port()
-    # Ray turns token authentication on by itself when ~/.ray/auth_token exists; this private head runs
-    # without it (clients below say the same), so the test does not depend on the machine's home folder.
-    # and listens on 127.0.0.1 only (the loopback switch EDG's own runtime uses, cluster.runtime.loopback_only)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                             "--node-ip-address=127.0.0.1",
-                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                             f"--temp-dir={tmp}", "--disable-usage-stats"],
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **env}
+    head = subprocess.Popen([RAY, "start", "--head", "--block", "--num-cpus=2", "--node-ip-address=127.0.0.1",
+                             f"--temp-dir={tmp}/t", "--disable-usage-stats", *extra_args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{url}/api/version", timeout=2)
-                break
-            except OSError:
-                if head.poll() is not None:
-                    pytest.fail("ray start --head exited early")
-                time.sleep(1)
-        else:
-            pytest.fail("the Ray dashboard (job server) did not come up within 120 s")
-        yield url
+        while not ready():
+            if head.poll() is not None:
+                pytest.fail("ray start --head exited early")
+            if time.time() > deadline:
+                pytest.fail(f"{what} did not come up within 120 s")
+            time.sleep(1)
+        yield tmp
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -65,6 +56,29 @@ def ray_head():
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _answers(probe: Callable[[], object]) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            probe()
+            return True
+        except OSError:
+            return False
+    return ready
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head with its dashboard (the job server) on 127.0.0.1, without token authentication (Ray turns it
+    on by itself when ~/.ray/auth_token exists; clients below say the same), so the test does not depend on the
+    machine's home folder. Yields the dashboard URL."""
+    port, dash = _free_port(), _free_port()
+    url = f"http://127.0.0.1:{dash}"
+    with _head([f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}"], {"RAY_AUTH_MODE": "disabled"},
+               _answers(lambda: urllib.request.urlopen(f"{url}/api/version", timeout=2)), "the Ray dashboard"):
+        yield url
 
 
 def test_ray_job_submit_runs_edg_and_reports_status_and_logs(ray_head, tmp_path):
@@ -128,40 +142,15 @@ def test_a_head_started_outside_edg_is_not_joined_without_an_address(ray_head, t
 
 @pytest.fixture
 def token_head(tmp_path):
-    """A head with token authentication on 127.0.0.1 (its token in a file of the test's): yields (GCS address,
-    token file). Stopped by signalling the process group of its `ray start --block`."""
-    if not Path(RAY).exists():
-        pytest.skip(f"ray CLI not found at {RAY}")
-    tmp = tempfile.mkdtemp(prefix="edgt")
-    token = Path(tmp) / "token"
+    """A head with token authentication on 127.0.0.1, its token in a file of the test's: yields (GCS address,
+    token file)."""
+    token = tmp_path / "head-token"
     token.write_text("0123456789abcdef" * 4)
     port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "HOME": str(tmp_path)}
-    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                             "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={tmp}/t",
-                             "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=2).close()
-                break
-            except OSError:
-                if head.poll() is not None:
-                    pytest.fail("ray start --head exited early")
-                time.sleep(1)
-        else:
-            pytest.fail("the token head's GCS did not come up within 120 s")
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "HOME": str(tmp_path)}
+    with _head([f"--port={port}", "--include-dashboard=false"], env,
+               _answers(lambda: socket.create_connection(("127.0.0.1", port), timeout=2).close()), "the GCS"):
         yield f"127.0.0.1:{port}", token
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_a_token_mismatch_is_one_line_saying_what_to_set(token_head, tmp_path):

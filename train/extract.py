@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from edg.edg_core.shards import npy_bytes
 from edg.edg_core.stage import BatchResult, Failure
+from edg.train.devices import resolve_device
 from edg.train.io.model_files import load_imageed, load_teacher
 from edg.train.models.imageed import ImageED
 from edg.train.models.teacher import Teacher
@@ -27,7 +28,7 @@ class ShardAnnotator:
 
     def __init__(self, model: torch.nn.Module, device=None, bf16: bool = False, drop_images: bool = False):
         import contextlib
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and self.device.type == "cuda" \
             else contextlib.nullcontext()

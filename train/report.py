@@ -35,9 +35,11 @@ def reported_metrics(dataset: str, default: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def collect_results(out: str | Path) -> list[dict]:
-    """Every finished run record under ``out`` (``*/result.json``), with ``run_dir`` added."""
+    """Every finished run record of ``out`` with ``run_dir`` added: ``out`` itself when it is a run folder (holds
+    ``result.json``), else the run folders one level below (``*/result.json``)."""
     records = []
-    for p in sorted(Path(out).glob("*/result.json")):
+    own = Path(out) / "result.json"
+    for p in [own] if own.is_file() else sorted(Path(out).glob("*/result.json")):
         r = json.loads(p.read_text())
         r["run_dir"] = str(p.parent)
         records.append(r)

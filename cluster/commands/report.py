@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from edg.edg_core.errors import EDGError
 
@@ -32,24 +30,22 @@ def register(sub) -> None:
 def finished_runs(paths: list[str]) -> list[dict]:
     """The result records of every finished run under ``paths`` (a run folder or one level above), in order;
     a path with none, or one run name found twice, is a one-line ``EDGError``."""
+    from edg.train.report import collect_results
     results, seen = [], {}
     for given in paths:
-        folder = Path(given)
-        files = [folder / "result.json"] if (folder / "result.json").is_file() else sorted(folder.glob("*/result.json"))
-        if not files:
+        try:
+            found = collect_results(given)
+        except (OSError, ValueError, TypeError) as e:  # unreadable, not JSON, not an object
+            raise EDGError(f"{given}: a result record that cannot be read ({e})") from None
+        if not found:
             raise EDGError(f"{given}: no finished run here (a run folder holds result.json) or one level below")
-        for f in files:
-            try:
-                r = json.loads(f.read_text())
-            except (OSError, ValueError) as e:
-                raise EDGError(f"{f}: not a readable result record ({e})") from None
-            if not isinstance(r, dict) or "run" not in r:
-                raise EDGError(f"{f}: not a result record of edg distill (no 'run' field)")
+        for r in found:
+            if "run" not in r:
+                raise EDGError(f"{r['run_dir']}: not a result record of edg distill (no 'run' field)")
             if r["run"] in seen:
-                raise EDGError(f"run {r['run']!r} found twice ({seen[r['run']]} and {f.parent}); "
+                raise EDGError(f"run {r['run']!r} found twice ({seen[r['run']]} and {r['run_dir']}); "
                                f"give one of them")
-            seen[r["run"]] = f.parent
-            r["run_dir"] = str(f.parent)
+            seen[r["run"]] = r["run_dir"]
             results.append(r)
     return results
 

@@ -21,6 +21,7 @@ images with the real schema for tests, benchmarks and dry runs where no rendered
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import zlib
@@ -187,6 +188,11 @@ def to_device(batch: dict, device) -> dict:
     return out
 
 
+@functools.cache
+def _say_capped(asked: int, cap: int) -> None:
+    log.info("loader workers: %d asked, %d used (the CPUs this process may use)", asked, cap)
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask, e.g. a Ray actor's or a container's), not the machine's."""
     try:
@@ -204,9 +210,7 @@ def image_loader(dataset: ShardImages, batch_size: int, num_workers: int = 0, dr
     worker). ``persistent``: workers survive the end of a pass (``iter(loader)`` again restarts them on the next
     pass, seeded with ``dataset.next_pass``) instead of being started anew each time."""
     if num_workers > (cap := usable_cpus()):
-        if not getattr(image_loader, "_said", False):
-            log.info("loader workers: %d asked, %d used (the CPUs this process may use)", num_workers, cap)
-            image_loader._said = True
+        _say_capped(num_workers, cap)
         num_workers = cap
     cuda = torch.cuda.is_available()
     pin_in_collate = cuda and num_workers == 0

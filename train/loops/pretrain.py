@@ -41,6 +41,7 @@ from edg.edg_core.errors import EDGError, ShardError
 from edg.edg_core.shards import shard_paths, webdataset_pipeline
 from edg.train.configs import ImageEDTrainConfig, TeacherTrainConfig  # noqa: F401 (re-exported)
 from edg.train.data.shards import ShardImages, count_samples, image_loader, to_device
+from edg.train.devices import resolve_device
 from edg.train.io.backbone_weights import init_backbone
 from edg.train.io.checkpoint import save_checkpoint
 from edg.train.io.figures import save_reconstruction_png
@@ -117,7 +118,7 @@ def train_imageed(cfg: ImageEDTrainConfig, shards, out_dir, report: Report | Non
                   device: torch.device | str | None = None, resume_from: str | Path | None = None) -> dict:
     """Pretrain ImageED on the ``edimg`` of ``shards``; returns the last epoch's metrics. Writes
     ``out_dir/imageed.pt`` (config + weights) when the schedule is done."""
-    bind_device(torch.device(device) if device is not None else default_device())  # before anything else
+    bind_device(resolve_device(device))  # before anything else
     _check_input("imageed", cfg, shards)
     torch.manual_seed(cfg.seed)  # the initial weights
     return train_stage(_imageed_stage(cfg, shards), cfg, shards, out_dir, report, device, resume_from)
@@ -127,7 +128,7 @@ def train_teacher(cfg: TeacherTrainConfig, shards, out_dir, report: Report | Non
                   device: torch.device | str | None = None, resume_from: str | Path | None = None) -> dict:
     """Pretrain the teacher on ``stimg`` -> ``fu`` of ``shards`` (molecules without ``fu`` are masked out of
     the loss); writes ``out_dir/teacher.pt`` (loadable with ``load_teacher`` / ``load_ed_predictor``)."""
-    bind_device(torch.device(device) if device is not None else default_device())  # before anything else
+    bind_device(resolve_device(device))  # before anything else
     _check_input("teacher", cfg, shards)
     torch.manual_seed(cfg.seed)
     return train_stage(_teacher_stage(cfg, shards), cfg, shards, out_dir, report, device, resume_from)
@@ -233,10 +234,6 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def bind_device(device: torch.device) -> None:
     """Make ``device`` this process's current CUDA device (no-op for other devices) before any collective:
     NCCL barriers and all-reduces run on the current device, cuda:0 in every rank unless the rank sets it."""
@@ -279,7 +276,7 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
                 resume_from=None) -> dict:
     """Run ``stage``'s schedule through the epoch loop (see the module docstring); returns the last epoch's row."""
     rank, world = _rank_world()
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     bind_device(device)
     out_dir = Path(out_dir)
     if rank == 0:
