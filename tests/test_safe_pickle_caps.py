@@ -220,3 +220,15 @@ def test_ordinary_checkpoints_still_load(tmp_path):
     torch.save(state, tmp_path / "c.pth")
     back = safe_torch_load(tmp_path / "c.pth", [argparse.Namespace])
     assert torch.equal(back["model"]["w"], state["model"]["w"]) and back["args"].lr == 0.1 and back["epoch"] == 3
+
+
+def test_the_checkpoint_loader_prescans_too(tmp_path):
+    """Resumes, edg predict and the model loaders read checkpoints through train.io.checkpoint.load_checkpoint:
+    a checkpoint calling bytearray(1.5 GiB) is refused there too, in one line, without torch running it."""
+    from edg.train.io.checkpoint import CheckpointError, load_checkpoint
+    call = _global("builtins", "bytearray") + _int(3 * GIB // 2) + b"\x85R"
+    pth = _checkpoint_with_pickle(tmp_path / "best.pt", b"\x80\x02}X\x01\x00\x00\x00w" + call + b"s.")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(pth)
+    assert "calls builtins.bytearray" in str(e.value) and "refused without running it" in str(e.value)
+    assert "\n" not in str(e.value)

@@ -77,8 +77,8 @@ def load_split(path: str | Path, split: str) -> np.ndarray:
             import json
             parts = json.loads(path.read_text())
         else:
-            import torch
-            parts = torch.load(path, map_location="cpu", weights_only=True)
+            from ..safe_pickle import safe_torch_load  # the opcode pre-scan, then weights-only
+            parts = safe_torch_load(path)
     except Exception as e:  # noqa: BLE001  (a damaged or foreign file: one line naming it)
         raise DataSourceError(f"pcqm4mv2: {path} is not a readable split dict ({type(e).__name__}: {e})") from None
     if split not in parts:

@@ -82,9 +82,15 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", what: str = "ch
     older EDG files: ``legacy_globals``). A file that holds anything else (a hostile pickle payload) is refused
     with a ``CheckpointError`` naming the file and the object; nothing in it runs."""
     import torch
+
+    from edg.edg_core.safe_pickle import UnsafePickleError, check_torch_checkpoint
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")
+    try:  # the opcode pre-scan first: torch's weights-only loader still runs bytearray(n) at any size
+        check_torch_checkpoint(path)
+    except UnsafePickleError as e:
+        raise CheckpointError(f"{what} {e}") from None
     try:
         with torch.serialization.safe_globals(legacy_globals()):
             ck = torch.load(path, map_location=map_location, weights_only=True)
