@@ -82,7 +82,6 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", what: str = "ch
     older EDG files: ``legacy_globals``). A file that holds anything else (a hostile pickle payload) is refused
     with a ``CheckpointError`` naming the file and the object; nothing in it runs."""
     import torch
-
     from edg.edg_core.safe_pickle import UnsafePickleError, check_torch_checkpoint
     path = Path(path)
     if not path.is_file():
