@@ -48,10 +48,16 @@ def run_on_ray(cfgs, cpus: float = 1.0, gpus: float = 0.0, force: bool = False, 
 
 
 def distill_task(cfg, force: bool = False, run_url: str | None = None, work_dir: str | None = None) -> dict:
-    """One distillation run; with ``run_url`` (see ``run_on_ray``) on a node that need not see ``work_dir``."""
+    """One distillation run; with ``run_url`` (see ``run_on_ray``) on a node that need not see ``work_dir``.
+
+    A local run holds its run folder (``<out>/<run name>``: refusals and the single-writer lease) wherever it
+    runs, in this process or as a Ray task, so two commands never train into one run at once. A run under a
+    pipeline's ``run_url`` is covered by the pipeline's lease on that URL."""
     from edg.train.loops.distill import run_distill
     if run_url is None:
-        return run_distill(cfg, force)
+        from edg.edg_core.run_folder import RunFolder
+        with RunFolder.open(str(Path(cfg.out) / cfg.run_name()), command="edg distill"):
+            return run_distill(cfg, force)
     import dataclasses
     import shutil
     import tempfile

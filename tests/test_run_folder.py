@@ -275,3 +275,15 @@ def test_training_commands_hold_their_run_folder(tmp_path, capsys):
     run = out / "schnet__rmd17-ethanol__lam0__seed42"
     assert (run / "edg-run.json").is_file() and not (run / "edg-lease.json").exists()
     assert (run / "result.json").is_file()
+
+
+def test_a_distill_run_as_a_ray_task_holds_its_run_folder_too(tmp_path):
+    """``edg benchmark --ray`` runs ``distill_task`` on the workers: it takes the run's lease like a local run, so a
+    second benchmark over the same grid is refused instead of training into the same run folder."""
+    from edg.cluster.distill_runs import distill_task
+    from edg.train.loops.distill import DistillConfig
+    cfg = DistillConfig(dataset="rmd17:ethanol?root=embedded", out=str(tmp_path / "runs"))
+    with RunFolder.open(tmp_path / "runs" / cfg.run_name()):  # another benchmark is training this run
+        with pytest.raises(LeaseHeld, match="another EDG run is writing here"):
+            distill_task(cfg)
+    assert not (tmp_path / "runs" / cfg.run_name() / "result.json").exists()

@@ -155,12 +155,9 @@ def _line(r: dict) -> str:
 
 
 def run_one(cfg, force: bool = False) -> dict:
-    """One distillation run in this process, holding its run folder (``<out>/<run name>``): refusals and the
-    single-writer lease, so that two commands never train into one run folder at once."""
-    from edg.edg_core.run_folder import RunFolder
-    from edg.train.loops.distill import run_distill
-    with RunFolder.open(str(Path(cfg.out) / cfg.run_name()), command="edg distill"):
-        return run_distill(cfg, force=force)
+    """One distillation run in this process, holding its run folder (see ``distill_runs.distill_task``)."""
+    from edg.cluster.distill_runs import distill_task
+    return distill_task(cfg, force=force)
 
 
 def cmd_distill(args) -> int:
