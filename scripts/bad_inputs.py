@@ -118,6 +118,14 @@ def _carbon_lattice(n: int, id_: str) -> str:
     return f"{n}\nid={id_}\n" + "".join(f"C {1.5 * i} {1.5 * j} {1.5 * k}\n" for i, j, k in pts)
 
 
+def _zstd_zeros(size: int) -> bytes:
+    """One zstd frame of ``size`` zero bytes that declares its size (a few KiB, made in 1 MiB pieces)."""
+    import zstandard
+    c = zstandard.ZstdCompressor(level=1).compressobj(size=size)
+    piece = bytes(1 << 20)
+    return b"".join([c.compress(piece) for _ in range(size >> 20)] + [c.flush()])
+
+
 def _shards(d: Path, damage: str) -> None:
     """Six samples with synthetic 32-px images, one of them damaged as ``damage`` says."""
     from edg.edg_core.readers import open_source
@@ -127,11 +135,14 @@ def _shards(d: Path, damage: str) -> None:
     with ShardWriter(d / "shards", "synthetic", maxcount=100) as w:
         for i, m in enumerate(mols):
             ed, st = synthetic_images(m.z, m.pos, 16 if (damage == "shape" and i == 2) else 32)
-            s = encode_sample(m, edimg=ed, stimg=st)
+            old = {"image_encoding": "u8z"} if damage == "bomb" else {}  # the u8z bomb replaces a u8z member
+            s = encode_sample(m, edimg=ed, stimg=st, **old)
             if damage == "member" and i == 2:
                 del s["z.npy"]
             if damage == "bomb" and i == 2:  # 6x4x32x32 announced, 16 MB inside
                 s["edimg.u8z"] = struct.pack("<4I", 6, 4, 32, 32) + zlib.compress(b"\0" * (1 << 24))
+            if damage == "zstd-bomb" and i == 2:  # 6x4x32x32 announced, a frame declaring 128 MiB inside
+                s["edimg.u8zst"] = struct.pack("<4I", 6, 4, 32, 32) + _zstd_zeros(128 << 20)
             w.write(s)
     if damage == "header":
         shard = d / "shards" / "synthetic-000000.tar"
@@ -390,6 +401,10 @@ CASES = [
          {"shards": lambda d: _shards(d, "bomb")}, PRETRAIN, 0,
          r"qm9:3: member 'edimg\.u8z' cannot be decoded \(ValueError: u8z payload does not inflate to the 24576 bytes",
          5, count="trained"),
+    Case("shard-zstd-bomb", "shard: u8zst member whose zstd frame declares 128 MiB (training)",
+         {"shards": lambda d: _shards(d, "zstd-bomb")}, PRETRAIN, 0,
+         r"qm9:3: member 'edimg\.u8zst' cannot be decoded \(ValueError: u8zst frame declares 134217728 bytes, not the "
+         r"24576 bytes", 5, count="trained"),
     # ---- issue 23: readers (streams, resynchronisation, what a molecule cannot be, one-line answers)
     Case("xyz-12-digit-count", "XYZ: a 12-digit atom-count line between good frames",
          {"a.xyz": xyz(GOOD1, frame("bad", n=123456789012), GOOD2)}, convert("a.xyz"), 0,
