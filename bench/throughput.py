@@ -9,9 +9,11 @@
   of a few passes (the machine may be shared).
 * ``student-syncs``: host syncs in one training step of the worst registered student
   (``train.students.host_syncs``; counted on the CPU, where the same ops are dispatched as on CUDA).
+* ``encode``: CPU time per molecule from rendered images to shard bytes written, this path and the earlier
+  one (``bench._encode_rate``).
 
-Measurements not written yet (render-output encoding, warm-started DFT along a trajectory) are absent from
-``MEASUREMENTS`` and print nothing.
+Measurements not written yet (warm-started DFT along a trajectory) are absent from ``MEASUREMENTS`` and print
+nothing.
 """
 from __future__ import annotations
 
@@ -67,9 +69,15 @@ def student_syncs(quick: bool) -> list[str]:
     return [f"throughput student-syncs: {counts[worst]} host syncs per step (goal 1)"]
 
 
+def encode(quick: bool) -> list[str]:
+    from bench._encode_rate import encode as measure
+    return measure(quick)
+
+
 MEASUREMENTS: dict[str, Callable[[bool], list[str]]] = {
     "loader": loader,
     "student-syncs": student_syncs,
+    "encode": encode,
 }
 """Line name -> measurement(quick) returning its printed lines, in the order they are printed."""
 
