@@ -104,8 +104,22 @@ _local = threading.local()  # per thread: zstd contexts are not shared between t
 
 def _zstd():
     """zstandard, imported on first use (an install requirement; only ``u8zst`` members need it)."""
-    import zstandard
+    try:
+        import zstandard
+    except ImportError as e:
+        from .errors import EDGError
+        raise EDGError("u8zst shard images need the PyPI package zstandard: pip install 'zstandard>=0.25' "
+                       "(an EDG install requirement; `make install` adds it)") from e
     return zstandard
+
+
+def check_image_encoding(encoding: str) -> None:
+    """Refuse an unknown image encoding (``ValueError``) or one whose codec is not installed (``EDGError``),
+    before any work (a writer calls it when it starts)."""
+    if encoding not in IMAGE_ENCODINGS:
+        raise ValueError(f"unknown image encoding {encoding!r}; use one of {IMAGE_ENCODINGS}")
+    if encoding == "u8zst":
+        _zstd()
 
 
 def _zstd_compressor():

@@ -18,7 +18,7 @@ import torch
 from edg.edg_core.errors import InvalidRecord
 from edg.edg_core.grid import CubeGrid, budget_problem
 from edg.edg_core.molecule import Molecule
-from edg.edg_core.shards import DEFAULT_IMAGE_ENCODING, encode_sample
+from edg.edg_core.shards import DEFAULT_IMAGE_ENCODING, check_image_encoding, encode_sample
 from edg.edg_core.stage import BatchResult, Failure
 
 from .config import RenderConfig
@@ -61,6 +61,7 @@ class RenderWorker:
     def __init__(self, config: RenderConfig | None = None, device: str | None = None, structure: bool = True,
                  ed: bool = True, keep_fields: bool = False, image_encoding: str = DEFAULT_IMAGE_ENCODING,
                  encode_threads: int | None = None):
+        check_image_encoding(image_encoding)
         self.cfg = config or RenderConfig()
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"

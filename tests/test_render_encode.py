@@ -183,3 +183,17 @@ def test_a_frame_that_does_not_match_its_header_is_refused():
         decode_images_u8(bytes(flipped), "u8zst")
     with pytest.raises(zstandard.ZstdError, match="unused data"):  # a second frame after the first
         decode_images_u8(good + good[16:], "u8zst")
+
+
+def test_a_worker_without_its_codec_refuses_to_start(monkeypatch):
+    """Without zstandard (a stale environment) the worker stops before rendering, in one line, rather than
+    failing every molecule into the manifest."""
+    import sys
+
+    from edg.edg_core.errors import EDGError
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard raises ImportError
+    with pytest.raises(EDGError, match=r"u8zst shard images need the PyPI package zstandard: pip install"):
+        RenderWorker(device="cpu")
+    with pytest.raises(ValueError, match="unknown image encoding 'u9'"):
+        RenderWorker(device="cpu", image_encoding="u9")
+    assert RenderWorker(device="cpu", image_encoding="u8z").image_encoding == "u8z"  # needs no zstandard
