@@ -3,7 +3,7 @@ shard bytes written, for 6 ED (RGB-D) + 4 structure (RGB) views at 224 px.
 
     python -m bench throughput            # the encode lines among the others
     python -m bench._encode_rate          # the encode lines alone
-    python -m bench._encode_rate --codecs # the codec table of docs/shards.md
+    python -m bench._encode_rate --codecs # the codec table of docs/shards.md and the loader over u8z / u8zst
 
 Images are real render output: ``RenderWorker.render_batch`` over embedded QM9 molecules with promolecule
 fields (``render.synthetic``; rendering is not timed). Timed, per molecule, with ``time.process_time`` (the CPU
@@ -173,9 +173,29 @@ def codec_rows(quick: bool) -> list[str]:
     return rows
 
 
+def loader_rows(quick: bool) -> list[str]:
+    """The uint8 loader (``bench.throughput``'s loader line) over the same synthetic 224 px samples stored as
+    ``u8z`` and as ``u8zst``: ED samples/s per core, best of alternating passes."""
+    from pathlib import Path
+
+    from edg.train.data.shards import write_synthetic_shards
+
+    from bench.throughput import _loader_rate
+    torch.set_num_threads(1)
+    best = {"u8z": 0.0, "u8zst": 0.0}
+    with tempfile.TemporaryDirectory(prefix="edg-bench-encode-") as tmp:
+        for enc in best:
+            write_synthetic_shards(Path(tmp) / enc, size=224, maxcount=20, limit=20 if quick else 40,
+                                   image_encoding=enc)
+        for _ in range(3 if quick else 7):
+            for enc in best:
+                best[enc] = max(best[enc], _loader_rate(Path(tmp) / enc, "uint8", 1))
+    return [f"loader uint8 path over {enc} shards: {rate:.0f} ED samples/s per core" for enc, rate in best.items()]
+
+
 def main(argv: list[str]) -> int:
     quick = "--quick" in argv
-    for line in codec_rows(quick) if "--codecs" in argv else encode(quick):
+    for line in codec_rows(quick) + loader_rows(quick) if "--codecs" in argv else encode(quick):
         print(line, flush=True)
     return 0
 

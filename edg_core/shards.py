@@ -58,7 +58,7 @@ from .storage import is_remote, open_read, unstrip, upload, url_to_fs
 SCHEMA_VERSION = 1
 IMAGE_ENCODINGS = ("u8zst", "u8z", "png")
 DEFAULT_IMAGE_ENCODING = "u8zst"
-ZSTD_LEVEL = 1  # docs/shards.md: per molecule 107 KiB, 1.35 ms CPU to encode, 0.58 to decode (u8z: 139, 5.2, 2.1)
+ZSTD_LEVEL = 1  # docs/shards.md: per molecule 107 KiB, 1.3 ms CPU to encode, 0.5 to decode (u8z: 139, 4.9, 2.0)
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_:\-]")
 MAX_KEY = 64  # characters; keeps <key>.<member> within a USTAR name (100)
 KEY_INDEX_SUFFIX = ".keys"  # <shard>.tar.keys: the keys of a finished shard (``shard_keys``)
