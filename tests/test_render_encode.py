@@ -11,6 +11,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
+import zstandard
 from edg.edg_core.readers import open_source
 from edg.edg_core.shards import (
     ShardWriter,
@@ -24,8 +25,6 @@ from edg.render import RenderConfig
 from edg.render.synthetic import promolecule_fields
 from edg.render.worker import Fields, RenderWorker
 from edg.train.data.shards import ShardImages
-
-zstandard = pytest.importorskip("zstandard")  # an install requirement (setup.cfg); absent only in stale venvs
 
 SIZE = 24  # px: small renders keep the test fast; the codec path is the same as at 224
 
