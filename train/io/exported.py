@@ -408,10 +408,19 @@ def load_exported(path: str | Path, device: str = "cpu") -> ExportedModel:
 
 
 def is_model_file(path: str | Path) -> bool:
-    """Whether ``path`` is a file (not a run folder) that looks like a model file: a zip archive."""
+    """Whether ``path`` is to be read as a model file of ``edg export`` (not a run folder or its
+    ``best_student.pt``): a file named ``*.pt2``, or a zip holding a PT2 archive's ``archive_format`` member."""
     import zipfile
     path = Path(path)
-    return path.is_file() and zipfile.is_zipfile(path)
+    if not path.is_file():
+        return False
+    if path.suffix == ".pt2":
+        return True
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.rpartition("/")[2] == "archive_format" for n in z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
 
 
 def describe(model: ExportedModel) -> str:

@@ -56,7 +56,8 @@ squeeze stack sub sum sym_constrain_range_for_size sym_size sym_numel sym_storag
 to transpose tril triu unbind unsqueeze view where zeros zeros_like __and__ __or__ __not__ __xor__ _assert_scalar
 _assert_tensor_metadata _to_copy _unsafe_view _log_softmax _softmax sign floor ceil round remainder fmod
 bucketize square atan2 acos asin atan cosh sinh erf erfc expm1 log1p log_softmax _unique2 unique_consecutive
-unique_dim topk gather flatten narrow
+unique_dim topk gather flatten narrow split_with_sizes split __lshift__ __rshift__ cross linalg_cross
+diagonal empty_like item
 """.split())
 """ATen operators (any overload) a model file may call: what the exportable students need, and their close
 relatives. No operator that reads files, runs Python or calls a library outside ATen is listed."""
@@ -69,7 +70,8 @@ SYMPY_CALLS = frozenset("""
 Symbol Integer Float Rational Add Mul Pow Max Min Abs Mod Eq Ne Lt Le Gt Ge Equality Unequality LessThan
 GreaterThan StrictLessThan StrictGreaterThan And Or Not FloorDiv ModularIndexing Where PythonMod CleanDiv
 CeilToInt FloorToInt CeilDiv LShift RShift PowByNatural FloatPow FloatTrueDiv IntTrueDiv TruncToFloat TruncToInt
-RoundToInt RoundDecimal ToFloat Identity BooleanTrue BooleanFalse
+RoundToInt RoundDecimal ToFloat Identity BooleanTrue BooleanFalse BitwiseFn_bitwise_and BitwiseFn_bitwise_or
+BitwiseFn_bitwise_xor
 """.split())
 SYMPY_NAMES = frozenset("oo zoo nan true false True False S".split())
 SYMPY_KEYWORDS = frozenset("integer positive nonnegative negative real finite evaluate".split())
