@@ -343,6 +343,12 @@ def _oversized(members, meta):
     members[name] = json.dumps(cfg).encode()
 
 
+def _malformed(members, meta):
+    def change(doc):
+        doc["graph_module"]["signature"] = ["not", "an", "object"]
+    _edit_json(members, f"models/{_program(members)}.json", change)
+
+
 def _card(members, meta):
     meta["card"]["elements"] = [1, 6, 8, 200]
 
@@ -368,6 +374,8 @@ HOSTILE = {
                          r"but its record holds 0; refused before allocating"),
     "weight-edited": (lambda m: _edit_weight, False, r"member 'data/weights/weight_\d+' does not match the SHA-256 in "
                                                      r"its metadata \(changed after export\)"),
+    "malformed-graph": (lambda m: _malformed, True, r"program atoms2to25 is malformed \(AttributeError: .*\); not "
+                                                    r"what edg export writes"),
     "card-element": (lambda m: _card, True, r"model card: elements must be a non-empty list of atomic numbers 1\.\.54"),
     "metadata-units": (lambda m: _units, True, r"metadata units .* are not eV, eV/Å, Å"),
 }

@@ -114,7 +114,10 @@ class Program:
                                   f"{first})") from None
             finally:
                 quiet.setLevel(level)
-            self._module = ep.module().to(self.device)
+            if str(self.device) != "cpu":  # the programs were traced on the CPU: move their device arguments too
+                from torch.export.passes import move_to_device_pass
+                ep = move_to_device_pass(ep, str(self.device))
+            self._module = ep.module()
         return self._module
 
 

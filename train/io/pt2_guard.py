@@ -70,8 +70,7 @@ SYMPY_CALLS = frozenset("""
 Symbol Integer Float Rational Add Mul Pow Max Min Abs Mod Eq Ne Lt Le Gt Ge Equality Unequality LessThan
 GreaterThan StrictLessThan StrictGreaterThan And Or Not FloorDiv ModularIndexing Where PythonMod CleanDiv
 CeilToInt FloorToInt CeilDiv LShift RShift PowByNatural FloatPow FloatTrueDiv IntTrueDiv TruncToFloat TruncToInt
-RoundToInt RoundDecimal ToFloat Identity BooleanTrue BooleanFalse BitwiseFn_bitwise_and BitwiseFn_bitwise_or
-BitwiseFn_bitwise_xor
+RoundToInt RoundDecimal ToFloat Identity BooleanTrue BooleanFalse
 """.split())
 SYMPY_NAMES = frozenset("oo zoo nan true false True False S".split())
 SYMPY_KEYWORDS = frozenset("integer positive nonnegative negative real finite evaluate".split())
@@ -229,9 +228,15 @@ def read_checked(data: bytes, where: str) -> Checked:
                      f"data/constants/{n}_constants_config.json"):
             if part not in members:
                 raise _refuse(where, f"program {n} lacks its member {part}")
-        _check_graph(_json(members[f"models/{n}.json"], where, f"graph {n}"), f"{where}: graph {n}")
-        for kind in ("weights", "constants"):
-            _check_payloads(checked, f"data/{kind}/{n}_{kind}_config.json", f"data/{kind}/")
+        try:
+            _check_graph(_json(members[f"models/{n}.json"], where, f"graph {n}"), f"{where}: graph {n}")
+            for kind in ("weights", "constants"):
+                _check_payloads(checked, f"data/{kind}/{n}_{kind}_config.json", f"data/{kind}/")
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError) as e:
+            if isinstance(e, UnsafeModelError):
+                raise
+            raise _refuse(where, f"program {n} is malformed ({type(e).__name__}: {str(e)[:80]}); not what edg "
+                                 "export writes") from None
     return checked
 
 
@@ -370,8 +375,12 @@ def _check_graph(model, where: str) -> None:
             raise _refuse(where, f"{key} {str(value)[:60]!r} is not a dotted name")
         elif key in ("in_spec", "out_spec") and value is not None:
             _check_treespec(value, where)
+        elif key == "target":
+            _check_target(value, where)
         elif key in ("custom_obj", "as_custom_obj", "script_obj"):
             raise _refuse(where, "the graph refers to a custom object (unpickled on load); refused")
+        elif key in ("as_graph", "as_graphs"):
+            raise _refuse(where, "the graph holds a subgraph (higher-order operator); edg export writes none")
     for name in model.get("range_constraints", {}) or {}:
         if not _SYMBOL.match(str(name)):
             raise _refuse(where, f"range constraint on {str(name)[:60]!r}, which is not a size symbol")
