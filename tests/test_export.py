@@ -60,12 +60,12 @@ def loaded(exported):
     return load_exported(exported[1])
 
 
-def _reference(run_dir, structures):
-    """Energies (eV) and forces (eV/Å) of the run folder's own model (``load_student``, float32 as exported),
-    one structure at a time."""
+def _reference(run_dir, structures, dtype: str = "float32"):
+    """Energies (eV) and forces (eV/Å) of the run folder's own model (``load_student`` in ``dtype``, as
+    exported), one structure at a time."""
     import torch
     from edg.train.io.predict import load_student
-    student = load_student(run_dir, device="cpu", dtype=torch.float32)
+    student = load_student(run_dir, device="cpu", dtype=getattr(torch, dtype))
     out = []
     for z, pos in structures:
         e, f = student.energy_forces(torch.as_tensor(z), torch.as_tensor(pos, dtype=torch.float64))
@@ -463,19 +463,34 @@ def test_sample_inputs_of_the_file_are_never_read(exported, tmp_path, loaded):
     assert p.energy == pytest.approx(loaded.predict([METHANOL])[0].energy, abs=1e-9) and not marker.exists()
 
 
+def test_a_run_folder_without_its_training_data_predicts_and_says_the_domain_was_not_checked(exported, tmp_path,
+                                                                                              capsys):
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(exported[0], copy)
+    rec = json.loads((copy / "result.json").read_text())
+    rec["config"]["task"]["root"] = str(tmp_path / "gone")
+    (copy / "result.json").write_text(json.dumps(rec))
+    assert main(["predict", "--model", str(copy), "--input", TEST, "--out", str(tmp_path / "p.extxyz")]) == 0
+    out = capsys.readouterr().out
+    assert "predicted 4 molecules" in out and "training domain not checked: edg export needs the run's training " \
+        "data for the model card" in out
+
+
 @pytest.mark.slow
 def test_default_export_covers_large_molecules_with_one_program_per_size_range(exported, tmp_path):
-    """The default file (up to 500 atoms) has one program per range where the traced code branches (25 and
-    k + 1 = 33 atoms for SchNet's 32 neighbours); a 40-atom structure, where the neighbour limit prunes, equals
-    the run folder's model."""
-    from edg.train.io.exported import export_run, load_exported
-    path = export_run(exported[0], tmp_path / "full.pt2")
+    """The default file (up to 500 atoms, here in float64) has one program per range where the traced code
+    branches (25 and k + 1 = 33 atoms for SchNet's 32 neighbours); a 40-atom structure, where the neighbour limit
+    prunes, equals the run folder's model."""
+    from edg.train.io.exported import ExportConfig, export_run, load_exported
+    path = export_run(exported[0], tmp_path / "full.pt2", ExportConfig(dtype="float64"))
     model = load_exported(path)
+    assert model.meta["dtype"] == "float64"
     assert [(p.min_atoms, p.max_atoms) for p in model.programs] == [(2, 25), (26, 33), (34, 500)]
     g = np.random.default_rng(1)
     structures = [(np.array([6, 1, 8, 1] * 10), g.uniform(0, 7, (40, 3))), (np.array([6, 1] * 14),
                                                                           g.uniform(0, 6, (28, 3))), METHANOL]
     got = model.predict(structures)
-    for p, (e, f) in zip(got, _reference(exported[0], structures)):
-        assert p.energy == pytest.approx(e, rel=1e-5, abs=1e-4)
-        np.testing.assert_allclose(p.forces, f, rtol=1e-4, atol=1e-4)
+    for p, (e, f) in zip(got, _reference(exported[0], structures, "float64")):
+        assert p.energy == pytest.approx(e, rel=1e-9, abs=1e-8)
+        np.testing.assert_allclose(p.forces, f, rtol=1e-7, atol=1e-8)
