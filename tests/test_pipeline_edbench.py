@@ -157,6 +157,18 @@ def test_parts_cover_the_spec_once_with_split_limit_and_skips(pcqm, tmp_path):
     assert [json.loads(s["meta.json"])["id"] for s in res.samples] == whole[parts[0].first + 1:parts[0].stop]
 
 
+def test_a_part_finds_its_labels_in_the_csv_with_and_without_gaps(pcqm, tmp_path):
+    """A part skips the CSV rows before its first record by counting lines (PCQM4Mv2's idx is the row number);
+    a CSV whose idx has gaps is read from the top instead, with the same labels."""
+    from edg.edg_core.readers.pcqm4mv2 import plan_parts
+    for name, rows in (("whole", range(len(SMILES))), ("gaps", [i for i in range(len(SMILES)) if i != 1])):
+        csv_path = tmp_path / f"{name}.csv"
+        csv_path.write_text("idx,smiles,homolumogap\n" + "".join(f"{i},{SMILES[i]},{1.0 + i}\n" for i in rows))
+        parts = plan_parts(f"pcqm4mv2:{pcqm}?csv={csv_path}", 5, 4)
+        labels = {m.id: m.labels.get("homolumogap") for p in parts for m in p.source().molecules()}
+        assert labels == {f"pcqm4mv2:{i}": (1.0 + i if i in rows else None) for i in range(len(SMILES))}
+
+
 @pytest.fixture(scope="module")
 def ray_head():
     ray = pytest.importorskip("ray")
