@@ -26,7 +26,7 @@ from .engine import Stage, StageSummary, Workers, opened, run_stage
 
 RECORDS_PER_PART = {"dft": 200, "convert": 20_000}
 """Records per part by stage (others: ``DEFAULT_RECORDS_PER_PART``). DFT takes seconds per molecule: 200 keeps a
-part under an hour on one GPU share and the progress fine-grained; conversion takes ~0.1 ms per record, so its
+part under an hour on one GPU share and the progress fine-grained; conversion ~0.5 ms per record (RDKit parsing), so its
 parts are large enough to dwarf what each part costs before its first record (opening the file, passing over the
 labels CSV's earlier rows: ~2 M rows/s, under 2 s for the last part of PCQM4Mv2's 3.7 M rows)."""
 DEFAULT_RECORDS_PER_PART = 1_000

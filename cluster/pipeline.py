@@ -303,9 +303,12 @@ class Pipeline:
         for spec in self.field_inputs():
             parts.append(dataset_of(spec).field_items(resolve(spec)))  # (molecule, cube reference) per record
             total += len(open_source(spec))
-        summary = self.run_batch(RENDER, itertools.chain.from_iterable(parts),
-                                 worker_args(self.cfg.render, self.cfg.device, keep_fields=self.cfg.keep_fields),
-                                 total=total, batch_size=self.cfg.render.batch_size)
+        if parts:
+            summary = self.run_batch(RENDER, itertools.chain.from_iterable(parts),
+                                     worker_args(self.cfg.render, self.cfg.device, keep_fields=self.cfg.keep_fields),
+                                     total=total, batch_size=self.cfg.render.batch_size)
+        else:  # fused, and no input carries its densities: the DFT step rendered everything
+            summary = {"fused": True}
         summary["field_inputs"] = self.field_inputs()
         summary["contact_sheet"] = str(self.contact_sheet())
         return summary
