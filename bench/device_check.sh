@@ -106,7 +106,7 @@ else
 fi
 mkdir -p "$out"
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" EDG_CACHE=${EDG_CACHE:-/tmp/edg-cache} PYTHONUNBUFFERED=1
-gpu_tests=$(grep -l "mark.gpu" tests/test_*.py | tr '\n' ' ')
+gpu_tests=$(grep -lE "^(@pytest\.mark\.gpu|pytestmark.*mark\.gpu)" tests/test_*.py | tr '\n' ' ')  # marked, not mentioned
 failed=0
 
 step() {  # step NAME COMMAND...: run under the section's timeout, keep the log, summarise
