@@ -94,6 +94,8 @@ SMALL_STUDENTS: dict[str, dict] = {
     "painn": dict(hidden_channels=16, num_layers=2, num_rbf=8),
     "spherenet": dict(hidden_channels=16, out_emb_channels=16, int_emb_size=8, basis_emb_size_dist=4,
                       basis_emb_size_angle=4, basis_emb_size_torsion=4, num_layers=2, num_radial=4),
+    "spherenet-edg": dict(hidden_channels=16, out_emb_channels=16, int_emb_size=8, basis_emb_size_dist=4,
+                          basis_emb_size_angle=4, basis_emb_size_torsion=4, num_layers=2, num_radial=4),
     "equiformer": dict(hidden_channels=16, num_layers=2, num_heads=2, alpha_channels=4, num_rbf=8,
                        radial_hidden=8, feature_channels=16),
 }
