@@ -57,6 +57,9 @@ class ImageEDConfig:
 
 IMAGEED_PRESETS = {
     "vit_b16": ImageEDConfig(),
+    # exactly the authors' model (ImageED/models_mae_multi_view_RGBD.py mae_vit_base_patch16, in_chans=4): their
+    # class token, no view embedding; 111,983,616 trainable parameters as theirs (tests/test_import_assets.py)
+    "paper": ImageEDConfig(view_embedding=False, cls_token=True),
     "tiny": ImageEDConfig(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
                           decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4),
 }
