@@ -8,6 +8,7 @@ The same run loaded the official weights into these students and found the same 
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
@@ -135,3 +136,99 @@ def test_spherenet_initialisation_is_geom3ds():
     assert w.var().item() == pytest.approx(2 / 256, rel=1e-6)
     gram = w @ w.T
     assert torch.allclose(gram - torch.diag(torch.diagonal(gram)), torch.zeros_like(gram), atol=1e-6)
+
+
+# ---------------------------------------------------------------- Equiformer
+needs_e3nn = pytest.mark.skipif(importlib.util.find_spec("e3nn") is None,
+                                reason="the Equiformer students need e3nn (pip install e3nn)")
+
+GEOM3D_EQUIFORMER_PARAMETERS = 3_023_107
+"""``EquiformerEnergy(irreps_in='5x0e', max_radius=5, node_class=119, number_of_basis=128, ...)`` with the keyword
+arguments of ``EDG/finetune_QM9_EDG.py`` (``Equiformer_hyperparameter 0``): ``sum(p.numel() for p in
+model.parameters())``; every one of them is reached by the gradient of (F_G, pred)."""
+
+
+@pytest.fixture(scope="module")
+def equiformer():
+    if importlib.util.find_spec("e3nn") is None:
+        pytest.skip("the Equiformer students need e3nn (pip install e3nn)")
+    torch.manual_seed(0)
+    return build_student("equiformer")
+
+
+def test_equiformer_has_the_official_parameter_count(equiformer):
+    assert n_params(equiformer) == GEOM3D_EQUIFORMER_PARAMETERS
+    groups: dict[str, int] = {}
+    for k, p in equiformer.named_parameters():
+        key = k.split(".")[0] if not k.startswith("blocks.") else "blocks." + k.split(".")[2]
+        groups[key] = groups.get(key, 0) + p.numel()
+    assert groups == {"atom_embed": 15360, "rbf": 258, "edge_deg_embed": 139968, "blocks.norm_1": 2112,
+                      "blocks.ga": 1400448, "blocks.norm_2": 2112, "blocks.ffn": 1132608, "blocks.ffn_shortcut": 66048,
+                      "norm": 1024, "head": 263169}  # the official model's, module by module
+
+
+def test_equiformer_parameters_have_geom3ds_names_and_shapes(equiformer):
+    sd = {k: tuple(v.shape) for k, v in equiformer.named_parameters()}
+    radial = {"offset": (960,), "net.0.weight": (64, 128), "net.0.bias": (64,), "net.1.weight": (64,),
+              "net.1.bias": (64,), "net.3.weight": (64, 64), "net.3.bias": (64,), "net.4.weight": (64,),
+              "net.4.bias": (64,), "net.6.weight": (960, 64)}
+    expected = {"atom_embed.atom_type_lin.tp.weight": (15232,), "atom_embed.atom_type_lin.bias.0": (128,),
+                "rbf.mean": (1, 128), "rbf.std": (1, 128), "rbf.weight": (1, 1), "rbf.bias": (1, 1),
+                "edge_deg_embed.exp.tp.weight": (128,), "edge_deg_embed.exp.bias.0": (128,),
+                **{f"edge_deg_embed.rad.{k}": v for k, v in radial.items()},
+                "edge_deg_embed.proj.tp.weight": (64512,), "edge_deg_embed.proj.bias.0": (128,),
+                "blocks.0.norm_1.affine_weight": (224,), "blocks.0.norm_1.affine_bias": (128,),
+                "blocks.0.ga.alpha_dot": (1, 4, 32), "blocks.0.ga.merge_src.tp.weight": (21504,),
+                "blocks.0.ga.merge_src.bias.0": (128,), "blocks.0.ga.merge_dst.tp.weight": (21504,),
+                **{f"blocks.0.ga.sep.dtp_rad.{k}": v for k, v in radial.items()},
+                "blocks.0.ga.sep.lin.tp.weight": (93184,), "blocks.0.ga.sep.lin.bias.0": (256,),
+                "blocks.0.ga.proj.tp.weight": (21504,), "blocks.0.ga.proj.bias.0": (128,),
+                "blocks.0.norm_2.affine_weight": (224,), "blocks.0.norm_2.affine_bias": (128,),
+                "blocks.0.ffn.fctp_1.tp.weight": (101376,), "blocks.0.ffn.fctp_1.bias.0": (672,),
+                "blocks.0.ffn.fctp_2.tp.weight": (64512,), "blocks.0.ffn.fctp_2.bias.0": (128,),
+                "norm.affine_weight": (512,), "norm.affine_bias": (512,), "head.0.tp.weight": (262144,),
+                "head.0.bias.0": (512,), "head.2.tp.weight": (512,), "head.2.bias.0": (1,)}
+    assert {k: v for k, v in sd.items() if not k.startswith("blocks.") or k.startswith("blocks.0.")} == expected
+    assert sd["blocks.5.ffn_shortcut.tp.weight"] == (65536,) and sd["blocks.5.ffn.fctp_2.bias.0"] == (512,)
+    assert not any(k.startswith("blocks.4.ffn_shortcut") for k in sd)
+
+
+@needs_e3nn
+def test_equiformer_depthwise_paths_are_geom3ds():
+    """128x0e+64x1e+32x2e (x) 1x0e+1x1e+1x2e, paths up to l = 2, one output per path sorted by degree:
+    0e from (0e,0e) (1e,1e) (2e,2e); 1e from (0e,1e) (1e,0e) (1e,1e) (1e,2e) (2e,1e) (2e,2e); 2e likewise."""
+    from edg.train.students.equiformer_geom3d import depthwise_instructions
+    irreps, paths = depthwise_instructions("128x0e+64x1e+32x2e", "1x0e+1x1e+1x2e", "128x0e+64x1e+32x2e")
+    assert str(irreps) == ("128x0e+64x0e+32x0e+128x1e+64x1e+64x1e+64x1e+32x1e+32x1e"
+                           "+128x2e+64x2e+64x2e+32x2e+32x2e+32x2e")
+    assert str(irreps.simplify()) == "224x0e+384x1e+352x2e" and sum(m for m, _ in irreps) == 960
+    assert paths[:4] == [(0, 0, 0, "uvu", True), (0, 1, 3, "uvu", True), (0, 2, 9, "uvu", True),
+                         (1, 0, 4, "uvu", True)]
+
+
+def test_equiformer_output_shapes(equiformer):
+    z, pos, batch = collate(molecules(3))
+    with torch.no_grad():
+        feats, pred = equiformer.eval()(z, pos.float(), batch)
+    assert feats.shape == (3, 512) and pred.shape == (3, 1) and equiformer.feature_dim == 512
+    small = build_student("equiformer", irreps_node_embedding="8x0e+4x1e+2x2e", num_layers=1, irreps_feature="12x0e",
+                          irreps_head="4x0e+2x1e+1x2e", num_heads=2, irreps_mlp_mid="8x0e+4x1e+2x2e", num_basis=8,
+                          fc_neurons=(8,), out_dim=12)
+    with torch.no_grad():
+        feats, pred = small.eval()(z, pos.float(), batch)
+    assert feats.shape == (3, 12) and pred.shape == (3, 12)
+
+
+def test_equiformer_initialisation_is_geom3ds(equiformer):
+    m = equiformer
+    w = m.atom_embed.atom_type_lin.tp.weight
+    assert abs(w.std().item() - 1.0) < 0.05  # N(0, 1): N(0, 1/119) times sqrt(119)
+    w = m.blocks[0].ga.merge_src.tp.weight[:128 * 128]  # the 0e -> 0e path: fan-in 128
+    assert abs(w.std().item() * 128 ** 0.5 - 1.0) < 0.05
+    assert all(torch.count_nonzero(b) == 0 for b in m.blocks[0].ffn.fctp_1.bias)
+    assert float(m.rbf.mean.min()) >= 0 and float(m.rbf.mean.max()) <= 1
+    assert float(m.rbf.std.min()) >= 1 / 128 and float(m.rbf.std.max()) <= 1
+    rad = m.blocks[0].ga.sep.dtp_rad
+    assert torch.count_nonzero(rad.net[0].bias) == 0 and rad.offset.abs().max() <= 1 / 8
+    bound = (6 / (4 + 32)) ** 0.5  # Glorot on (1, 4, 32)
+    assert m.blocks[0].ga.alpha_dot.abs().max() <= bound

@@ -27,7 +27,10 @@ SMALL = {
     "spherenet-edg_blocks": dict(hidden_channels=16, num_layers=2, int_emb_size=8, basis_emb_size_dist=4,
                                  basis_emb_size_angle=4, basis_emb_size_torsion=4, out_emb_channels=16,
                                  num_spherical=3, num_radial=4, cutoff=5.0, readout="blocks"),
-    "equiformer": dict(hidden_channels=16, num_layers=2, num_heads=2, num_rbf=8, cutoff=5.0, feature_channels=24),
+    "equiformer": dict(irreps_node_embedding="16x0e+8x1e+4x2e", num_layers=2, irreps_feature="24x0e",
+                       irreps_head="8x0e+4x1e+2x2e", num_heads=2, irreps_mlp_mid="16x0e+8x1e+4x2e", num_basis=8,
+                       fc_neurons=(8, 8), cutoff=5.0),
+    "equiformer-edg": dict(hidden_channels=16, num_layers=2, num_heads=2, num_rbf=8, cutoff=5.0, feature_channels=24),
 }
 CASES = [c for c in SMALL if c.split("_")[0] in STUDENTS]
 

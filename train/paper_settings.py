@@ -72,6 +72,7 @@ FAMILY_SETTINGS: dict[str, FamilySettings] = {
     "rmd17": FamilySettings(_GEOM3D_RMD17, table_students=("schnet", "spherenet", "visnet"), students={
         "egnn": dataclasses.replace(_GEOM3D_RMD17, student={"cutoff": 5.0, "max_num_neighbors": 32}),
         "equiformer": dataclasses.replace(_GEOM3D_RMD17, student={"alpha_drop": 0.0}),
+        "equiformer-edg": dataclasses.replace(_GEOM3D_RMD17, student={"alpha_drop": 0.0}),
         "visnet": _VISNET_RMD17}),
 }
 """Paper family (``edg_core.datasets``: each dataset names its family) -> the paper's settings."""
