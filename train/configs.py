@@ -264,6 +264,8 @@ class RepresentationConfig:
     voxel_width: int = field(default=16, metadata={"help": "channels of the first 3-D ResNet stage"})
     image_arch: str = field(default="resnet18", metadata={"help": "timm backbone of the image model (random init)"})
     device: str = field(default="auto", metadata={"help": "torch device (auto: CUDA when visible, else CPU)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile each model's training forward"})
+    tf32: bool = field(default=True, metadata={"help": "TF32 matmuls and convolutions on CUDA"})
     checkpoint_every: int = field(default=10, metadata={
         "help": "epochs between resumable checkpoints of each representation (0: none)"})
     keep_last: int = field(default=1, metadata={"help": "resumable checkpoints kept per representation"})
