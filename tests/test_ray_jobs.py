@@ -126,16 +126,16 @@ def test_edg_dft_in_a_ray_job_refuses_a_relative_out_and_names_where_an_absolute
                                *dft, "--out", out], capture_output=True, text=True, env=env, timeout=900)
     refused = submit("edg-test-relative", "runs/relative")
     assert refused.returncode != 0
-    errors = sorted({line for line in _job_output("edg-test-relative", refused.stdout, env, "edg dft: error:")
-                     .splitlines() if "error:" in line})
+    text = _job_output("edg-test-relative", refused.stdout, env, "edg dft: error:")
+    errors = sorted({line for line in text.splitlines() if "error:" in line})
     assert errors == ["edg dft: error: --out runs/relative: a relative path inside a Ray job lands in the job's "
                       "temporary working directory, not where you submitted from; give an absolute path on storage "
-                      "every node sees (NFS, Lustre) or a URL (s3://, gs://, ...)"], refused.stdout[-2000:]
+                      "every node sees (NFS, Lustre) or a URL (s3://, gs://, ...)"], text[-3000:] + refused.stderr[-99:]
     out = tmp_path / "dft"
     done = submit("edg-test-absolute", str(out))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     text = _job_output("edg-test-absolute", done.stdout, env, "edg dft: results in")
-    assert "dft: done 2, skipped 0, failed 0" in text and f"edg dft: results in {out}" in text
+    assert "dft: done 2, skipped 0, failed 0" in text and f"edg dft: results in {out}" in text, text[-3000:]
     assert len(list(out.glob("fields/*/*.npz"))) == 2
 
 
