@@ -75,6 +75,10 @@ def run(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, ray_address
             model = info.get("model") or {}
             say(f"edg serve: ready at http://{shown}:{port}/ (model: {_model_line(model)}; "
                 f"teacher: {'yes' if info.get('teacher') else 'no'}; cache: {_cache(cfg)})")
+            import ray
+            metrics = next((n.get("MetricsExportPort") for n in ray.nodes() if n.get("Alive")), None)
+            if metrics and private:
+                say(f"edg serve: Ray metrics (Prometheus text) at http://127.0.0.1:{metrics}/metrics")
             if dashboard_port is not None and private:
                 say(f"edg serve: Ray dashboard at http://127.0.0.1:{dashboard_port}/ (Serve view: requests, "
                     f"metrics, replica logs); its token: {os.environ.get('RAY_AUTH_TOKEN_PATH', '-')}")
