@@ -82,7 +82,9 @@ class Predictor:
     def __init__(self, args: dict):
         from edg.train.io.exported import load_exported
         self.cfg = from_args(args)
-        self.model = load_exported(self.cfg.model)
+        import torch
+        device = "cuda" if self.cfg.predictor_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.model = load_exported(self.cfg.model, device=device)
         self.predict_chunk.set_max_batch_size(self.cfg.max_batch_size)
         self.predict_chunk.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
         from ray.serve.metrics import Counter
@@ -90,7 +92,9 @@ class Predictor:
                                tag_keys=("verdict",))
 
     def card(self) -> dict:
-        return {"card": self.model.card.to_dict(), "units": dict(self.model.units)}
+        """The model file's name, its student and model card (training domain), and its units."""
+        return {"name": Path(self.cfg.model).name, "student": getattr(self.model, "student", None),
+                "card": self.model.card.to_dict(), "units": dict(self.model.units)}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=lambda chunks: sum(map(len, chunks)))
     async def predict_chunk(self, chunks: list[list[tuple]]) -> list[list[dict]]:
@@ -290,7 +294,12 @@ class Ingress:
     @api.get("/v1/info")
     async def info(self, request: Request):
         self._auth(request)
-        return {"model": (await self._model())["card"] if self.predictor is not None else None,
+        model = None
+        if self.predictor is not None:
+            m = await self._model()
+            model = {"name": m["name"], "student": m["student"], "trained_on": m["card"].get("data", {}).get("dataset"),
+                     "elements": m["card"].get("elements"), "units": m["units"]}
+        return {"model": model,
                 "teacher": self.cfg.teacher is not None, "basis": self.cfg.dft.basis,
                 "basis_choices": list(dict.fromkeys((self.cfg.dft.basis, *self.cfg.basis_choices))),
                 "image_size": self.cfg.render.image_size, "image_size_range": list(self.cfg.image_size_range),

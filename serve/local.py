@@ -96,11 +96,10 @@ def run(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, ray_address
     say("edg serve: stopped")
 
 
-def _model_line(card: dict) -> str:
-    if not card:
+def _model_line(model: dict) -> str:
+    if not model:
         return "none (/v1/predict answers 503)"
-    name = card.get("name") or card.get("student") or "exported student"
-    return f"{name}" + (f" on {card['dataset']}" if card.get("dataset") else "")
+    return f"{model['name']} ({model.get('student') or 'student'}, trained on {model.get('trained_on') or '?'})"
 
 
 def _cache(cfg: ServeConfig) -> str:

@@ -23,18 +23,21 @@ START_DEADLINE_S = 900  # Serve's start-up on a loaded 2-core machine: usually u
 JOB_DEADLINE_S = 900
 
 
-def exported_model(folder: Path) -> Path:
-    """A SchNet trained for a few seconds on the embedded rMD17 ethanol frames, exported by ``edg export``;
-    returns the model file (the run folder is its parent's ``distill/<run>``)."""
-    from edg.cluster.cli import main
+def exported_model(tmp_path_factory) -> tuple[Path, Path]:
+    """A SchNet trained briefly on the embedded rMD17 ethanol frames and exported
+    (``edg.train.io.exported.export_run``, what ``edg export RUN --out MODEL`` writes): (model file, run folder).
+    Made once per test session (both serve test modules use it; about 2 minutes on the loaded 2-core box)."""
     from edg.train.configs import FitConfig
+    from edg.train.io.exported import export_run
     from edg.train.loops.distill import DistillConfig, run_distill
+    folder = tmp_path_factory.getbasetemp() / "serve-model"
     cfg = DistillConfig(dataset="rmd17:ethanol?root=embedded", out=str(folder / "distill"), student_args=SMALL,
                         fit=FitConfig(epochs=40, lr=3e-3, batch_size=4, seed=1))
-    run_distill(cfg)
-    model = folder / "ethanol.pt2"
-    assert main(["export", str(folder / "distill" / cfg.run_name()), "--out", str(model)]) == 0
-    return model
+    run, model = folder / "distill" / cfg.run_name(), folder / "ethanol.pt2"
+    if not model.is_file():
+        run_distill(cfg)
+        export_run(run, model)
+    return model, run
 
 
 def free_port() -> int:

@@ -90,13 +90,13 @@ def test_the_shipped_deploy_config_is_a_serve_config_whose_args_build_the_app(tm
 # ---------------------------------------------------------------- the service
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return exported_model(tmp_path_factory.mktemp("model"))
+    return exported_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def service(model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
-    svc = Service(["--model", str(model), "--cache", str(folder / "cache")], folder / "serve.log", token=TOKEN)
+    svc = Service(["--model", str(model[0]), "--cache", str(folder / "cache")], folder / "serve.log", token=TOKEN)
     try:
         svc.wait_ready()
         yield svc
@@ -109,9 +109,7 @@ def test_predict_equals_edg_predict_for_ethanol_frames_one_request_or_many_concu
     from edg.cluster.cli import main
     mols = list(open_source(ETHANOL_TEST).molecules())
     out = tmp_path / "pred.extxyz"
-    assert main(["predict", "--model", str(model.parent / "distill" / next(
-        p.name for p in (model.parent / "distill").iterdir() if p.is_dir())), "--input", ETHANOL_TEST,
-        "--out", str(out)]) == 0
+    assert main(["predict", "--model", str(model[1]), "--input", ETHANOL_TEST, "--out", str(out)]) == 0
     frames = ase.io.read(out, index=":")
     e_ref = np.array([f.get_potential_energy() for f in frames])
     f_ref = [f.get_forces() for f in frames]

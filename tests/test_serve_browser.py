@@ -56,7 +56,7 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def service(browser, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve-browser")
-    model = exported_model(folder)
+    model, _ = exported_model(tmp_path_factory)
     svc = Service(["--model", str(model), "--cache", str(folder / "cache")], folder / "serve.log")
     try:
         svc.wait_ready()
