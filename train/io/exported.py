@@ -239,6 +239,15 @@ def _training_card(rec: dict, cfg: dict) -> tuple[ModelCard, object]:
     return ModelCard.from_training(zs, e, fs, data), task
 
 
+def run_card(run: str | Path) -> ModelCard:
+    """The model card of a finished run's training data (what ``export_run`` writes into the file); an
+    ``ExportError`` when that data cannot be read or no longer matches the run's split."""
+    from edg.train.io.predict import _run_dir
+    run_dir, _ = _run_dir(run)
+    rec = json.loads((run_dir / "result.json").read_text())
+    return _training_card(rec, rec.get("config", {}))[0]
+
+
 def _size_ranges(model, max_atoms: int) -> list[tuple[int, int]]:
     """The molecule-size ranges (largest molecule of a batch) that need their own program: the traced code
     branches where ``torch.cdist`` changes algorithm (more than 25 rows) and where a neighbour limit k starts to
@@ -300,7 +309,7 @@ def export_run(run: str | Path, out: str | Path, config: ExportConfig | None = N
                           "writes energy models (energy + forces) only")
     rec = json.loads((student.run_dir / "result.json").read_text())
     run_cfg = rec.get("config", {})
-    card, _ = _training_card(rec, run_cfg)
+    card, task = _training_card(rec, run_cfg)
     model = student.model
     cutoff = getattr(getattr(model, "config", None), "cutoff", None)
     ranges = _size_ranges(model, cfg.max_atoms)
@@ -336,20 +345,18 @@ def export_run(run: str | Path, out: str | Path, config: ExportConfig | None = N
     package_pt2(buf, exported_programs=programs,
                 extra_files={META_MEMBER: json.dumps(meta, sort_keys=True, allow_nan=False)})
     data = buf.getvalue()
-    _verify(data, student, card, cfg, out)
+    _verify(data, student, task, cfg, out)
     write_bytes_atomic(out, data)
     return out
 
 
-def _verify(data: bytes, student, card: ModelCard, cfg: ExportConfig, out: Path) -> None:
+def _verify(data: bytes, student, task, cfg: ExportConfig, out: Path) -> None:
     """Load the file's bytes as ``load_exported`` would and compare it with the run's model on up to
     ``cfg.verify`` training structures; a mismatch is an ``ExportError`` (nothing is written)."""
     import torch
     if cfg.verify <= 0:
         return
     model = load_exported_bytes(data, out)
-    rec = json.loads((student.run_dir / "result.json").read_text())
-    _, task = _training_card(rec, rec.get("config", {}))
     train = task.train
     offsets = train.offsets.numpy()
     n = min(cfg.verify, len(train.ids))
