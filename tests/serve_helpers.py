@@ -24,11 +24,11 @@ JOB_DEADLINE_S = 900
 
 
 def exported_model(tmp_path_factory) -> tuple[Path, Path]:
-    """A SchNet trained briefly on the embedded rMD17 ethanol frames and exported
-    (``edg.train.io.exported.export_run``, what ``edg export RUN --out MODEL`` writes): (model file, run folder).
+    """A SchNet trained briefly on the embedded rMD17 ethanol frames and exported by ``edg export RUN --out MODEL``:
+    (model file, run folder).
     Made once per test session (both serve test modules use it; about 2 minutes on the loaded 2-core box)."""
+    from edg.cluster.cli import main
     from edg.train.configs import FitConfig
-    from edg.train.io.exported import export_run
     from edg.train.loops.distill import DistillConfig, run_distill
     folder = tmp_path_factory.getbasetemp() / "serve-model"
     cfg = DistillConfig(dataset="rmd17:ethanol?root=embedded", out=str(folder / "distill"), student_args=SMALL,
@@ -36,7 +36,7 @@ def exported_model(tmp_path_factory) -> tuple[Path, Path]:
     run, model = folder / "distill" / cfg.run_name(), folder / "ethanol.pt2"
     if not model.is_file():
         run_distill(cfg)
-        export_run(run, model)
+        assert main(["export", str(run), "--out", str(model)]) == 0
     return model, run
 
 

@@ -109,7 +109,7 @@ def test_predict_equals_edg_predict_for_ethanol_frames_one_request_or_many_concu
     from edg.cluster.cli import main
     mols = list(open_source(ETHANOL_TEST).molecules())
     out = tmp_path / "pred.extxyz"
-    assert main(["predict", "--model", str(model[1]), "--input", ETHANOL_TEST, "--out", str(out)]) == 0
+    assert main(["predict", "--model", str(model[0]), "--input", ETHANOL_TEST, "--out", str(out)]) == 0
     frames = ase.io.read(out, index=":")
     e_ref = np.array([f.get_potential_energy() for f in frames])
     f_ref = [f.get_forces() for f in frames]
@@ -220,7 +220,7 @@ BAD = [
     ("/v1/predict", {"smiles": "CCO", "unit": "eV"}, 400, "unknown field 'unit'"),
     ("/v1/predict", {"smiles": "CCO", "units": "hartree"}, 422, "units 'hartree' is not offered"),
     ("/v1/predict", {"smiles": ["CCO"] * 300}, 413, "at most 256"),
-    ("/v1/predict", {"smiles": "C" * 80}, 422, "atoms with hydrogens"),
+    ("/v1/predict", {"smiles": "C" * 170}, 422, "atoms with hydrogens"),
     ("/v1/predict", [1, 2], 400, "JSON object"),
     ("/v1/predict", b'{"smiles": "CCO"', 400, "not JSON"),
     ("/v1/predict", "x" * (1 << 21), 413, "at most 1048576"),
