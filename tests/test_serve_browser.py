@@ -100,9 +100,21 @@ def test_the_page_renders_water_and_shows_its_prediction(browser, service, tmp_p
     assert shot.shape[0] > 500 and shot.shape[1] > 800
     colours = len(np.unique(shot.reshape(-1, 3), axis=0))
     assert colours > 200 and shot.std() > 20, f"a blank-looking page: {colours} colours, std {shot.std():.1f}"
+    tile = _ed_tile(browser, shot)
+    assert tile.size and (tile.sum(axis=2) < 60).mean() > 0.3 and tile.std() > 20
+
+    # the same molecule again: answered from the finished job at once, the same views
+    first = [img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, "img.view")]
+    browser.execute_script("document.getElementById('render-out').innerHTML = ''")
+    browser.find_element(By.ID, "run").click()
+    _wait(browser, lambda d: d.execute_script(loaded) == 10, deadline_s=120)
+    assert [img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, "img.view")] == first
+
+
+def _ed_tile(browser, shot):
+    """The first ED view as it appears in the screenshot ``shot``."""
     # the ED views are on the screen: the dark ED background with the red/blue ESP surface inside
     box = browser.execute_script("const r = document.querySelector('#ed-views img').getBoundingClientRect();"
                                  "return [r.x, r.y, r.width, r.height, window.devicePixelRatio];")
     x, y, w, h = (int(v * box[4]) for v in box[:4])
-    tile = shot[y:y + h, x:x + w].astype(int)
-    assert tile.size and (tile.sum(axis=2) < 60).mean() > 0.3 and tile.std() > 20
+    return shot[y:y + h, x:x + w].astype(int)
