@@ -85,11 +85,26 @@ class Predictor:
         import torch
         device = "cuda" if self.cfg.predictor_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.model = load_exported(self.cfg.model, device=device)
+        self._warm_up()
         self.predict_chunk.set_max_batch_size(self.cfg.max_batch_size)
         self.predict_chunk.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
         from ray.serve.metrics import Counter
         self.counted = Counter("edg_serve_structures", description="structures predicted, by domain verdict",
                                tag_keys=("verdict",))
+
+    def _warm_up(self) -> None:
+        """One prediction at start-up, so that the first request does not pay for loading the program of the
+        training molecules' size: a cube lattice (1.5 Å) of the card's smallest training size in its elements."""
+        import numpy as np
+        card = self.model.card.to_dict()
+        n = max(2, int(card.get("atoms", {}).get("min", 2)))
+        side = int(np.ceil(n ** (1 / 3)))
+        pos = 1.5 * np.array([(i, j, k) for i in range(side) for j in range(side) for k in range(side)][:n], float)
+        z = np.array([card["elements"][i % len(card["elements"])] for i in range(n)])
+        try:
+            self.model.predict([(z, pos)])
+        except Exception as e:  # noqa: BLE001 (only a courtesy: the first request then loads it)
+            log.warning("predictor warm-up failed: %s", e)
 
     def card(self) -> dict:
         """The model file's name, its student and model card (training domain), and its units."""
@@ -128,7 +143,7 @@ class RenderJobs:
         self.jobs: collections.OrderedDict[str, dict] = collections.OrderedDict()
         self.queue: asyncio.Queue | None = None
         runner = ray.remote(RenderRunner).options(num_cpus=self.cfg.render_cpus, num_gpus=self.cfg.render_gpus,
-                                                  max_concurrency=2, max_restarts=1)
+                                                  max_concurrency=2)  # run() and progress() at once
         self.runner_cls = runner
         self.runners = [runner.remote(self.cfg.teacher) for _ in range(self.cfg.render_workers)]
         from ray.serve.metrics import Counter, Gauge
@@ -154,6 +169,9 @@ class RenderJobs:
         if await asyncio.to_thread(self.cache.get, jid) is not None:
             self.finished.inc(tags={"outcome": "cached"})
             return {"id": jid, "status": "done", "cached": True}
+        job = self.jobs.get(jid)  # submitted by another request while the cache was read
+        if job is not None and job["status"] != "failed":
+            return self._view(job)
         job = {"id": jid, "status": "queued", "spec": spec, "submitted": time.time(), "molecule": molecule.formula}
         self.jobs[jid] = job
         self.jobs.move_to_end(jid)
@@ -189,9 +207,10 @@ class RenderJobs:
                 job.update(status="failed", finished=time.time(), error=str(cause).splitlines()[0][:300])
                 self.finished.inc(tags={"outcome": "failed"})
                 log.info("render job %s failed: %s", jid, job["error"])
-            except ray.exceptions.RayActorError as e:
+            except ray.exceptions.RayActorError as e:  # killed (out of memory, a crash): a fresh worker
                 job.update(status="failed", finished=time.time(),
                            error=f"the render worker died ({type(e).__name__}); submit the molecule again")
+                ray.kill(self.runners[i], no_restart=True)
                 self.runners[i] = self.runner_cls.remote(self.cfg.teacher)
                 self.finished.inc(tags={"outcome": "failed"})
             except Exception as e:  # noqa: BLE001 (the cache could not be written: say so, keep the loop alive)

@@ -94,9 +94,22 @@ def model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(model, tmp_path_factory):
+def teacher(tmp_path_factory):
+    """A tiny teacher with seeded random weights, saved as training saves it (``teacher.pt``)."""
+    import torch
+    from edg.train.io.model_files import teacher_state
+    from edg.train.models.teacher import TEACHER_PRESETS, Teacher
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    torch.save(teacher_state(Teacher(TEACHER_PRESETS["tiny"]).eval()), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def service(model, teacher, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
-    svc = Service(["--model", str(model[0]), "--cache", str(folder / "cache")], folder / "serve.log", token=TOKEN)
+    svc = Service(["--model", str(model[0]), "--teacher", str(teacher), "--cache", str(folder / "cache")],
+                  folder / "serve.log", token=TOKEN)
     try:
         svc.wait_ready()
         yield svc
@@ -147,7 +160,7 @@ def test_benzene_is_flagged_out_of_the_ethanol_models_domain(service):
     assert ethanol["formula"] == "C2H6O" and ethanol["n_atoms"] == 9
 
 
-def test_render_of_water_gives_the_images_and_energies_of_edg_dft_and_edg_render(service, tmp_path):
+def test_render_of_water_gives_the_images_energies_and_targets_of_edg_dft_render_extract(service, teacher, tmp_path):
     from edg.cluster.cli import main
     from edg.dft.result import load_result
     from edg.dft.worker import result_files
@@ -161,7 +174,7 @@ def test_render_of_water_gives_the_images_and_energies_of_edg_dft_and_edg_render
     r = state["result"]
     assert r["molecule"]["formula"] == "H2O" and r["basis"] == "6-31g**" and "b3lyp" in r["method"]
     assert [v["view"] for v in r["images"]["ed"]] == ["x,0", "x,180", "x,90", "x,-90", "y,90", "y,-90"]
-    assert len(r["images"]["structure"]) == 4 and r["teacher"] is None
+    assert len(r["images"]["structure"]) == 4
     e = r["energies"]
     assert e["E2"] + e["E3"] + e["E4"] + e["E5"] == pytest.approx(e["E6"], abs=1e-8)
 
@@ -184,6 +197,13 @@ def test_render_of_water_gives_the_images_and_energies_of_edg_dft_and_edg_render
         assert np.abs(png_array(view["png"]).astype(int) - ref_img[:3].transpose(1, 2, 0)).max() <= 2
     for view, ref_img in zip(r["images"]["structure"], st):
         assert np.array_equal(png_array(view["png"]), ref_img.transpose(1, 2, 0))
+    # the teacher's targets: what edg extract stores for the same structure images
+    assert main(["extract", "teacher-targets", "--teacher", str(teacher), "--shards", str(tmp_path / "render"),
+                 "--out", str(tmp_path / "targets.npz")]) == 0
+    targets = np.load(tmp_path / "targets.npz")
+    for k in ("fs", "edp"):
+        assert len(r["teacher"][k]) == targets[k].shape[1]
+        np.testing.assert_allclose(r["teacher"][k], targets[k][0], rtol=1e-4, atol=1e-5)
 
     # a repeated molecule answers at once: done in the submit answer, the same result
     status, again = service.call("POST", "/v1/render", {"xyz": WATER_XYZ.replace("water", "again")})
