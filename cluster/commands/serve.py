@@ -17,8 +17,8 @@ On a laptop it starts a private Ray runtime on 127.0.0.1 (and the Ray dashboard 
 everything on Ctrl-C. On a cluster: --ray-address to deploy from here, or `serve deploy configs/serve.yaml`.
 
 Example:
-  edg export runs/distill/schnet__rmd17-ethanol__lam0__seed42 --out ethanol.edgm
-  edg serve --model ethanol.edgm
+  edg export runs/distill/schnet__rmd17-ethanol__lam0__seed42 --out ethanol.pt2
+  edg serve --model ethanol.pt2
   curl -s http://127.0.0.1:8000/v1/predict -H 'Content-Type: application/json' -d '{"smiles": "CCO"}'
 """
 
