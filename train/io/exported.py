@@ -46,6 +46,7 @@ FORMAT = "edg-model/1"
 META_MEMBER = "edg/model.json"  # under the archive's extra/ folder
 DEFAULT_MAX_ATOMS = 500  # the largest molecule an exported file accepts (dense n_max^2 graph per molecule)
 MAX_BATCH_PAIRS = 1 << 22  # B * n_max^2 per forward pass; larger requests are split
+BATCH_ATOMS_PER_MAX_ATOMS = 4096  # a program takes at most max_atoms * this many atoms per call
 
 
 class ExportError(EDGError, ValueError):
@@ -113,7 +114,10 @@ class Program:
                                   f"{first})") from None
             finally:
                 quiet.setLevel(level)
-            self._module = ep.module().to(self.device)
+            if str(self.device) != "cpu":  # the programs were traced on the CPU: move their device arguments too
+                from torch.export.passes import move_to_device_pass
+                ep = move_to_device_pass(ep, str(self.device))
+            self._module = ep.module()
         return self._module
 
 
@@ -153,7 +157,8 @@ class ExportedModel:
             last, n_max = first, counts[first]
             while last + 1 < len(counts):
                 m = max(n_max, counts[last + 1])
-                if (last + 2 - first) * m * m > MAX_BATCH_PAIRS:
+                atoms = sum(counts[first:last + 2])
+                if (last + 2 - first) * m * m > MAX_BATCH_PAIRS or atoms > self.max_atoms * BATCH_ATOMS_PER_MAX_ATOMS:
                     break
                 last, n_max = last + 1, m
             n_atoms = sum(counts[first:last + 1])
@@ -212,7 +217,7 @@ class ExportedModel:
 
 
 # ---------------------------------------------------------------- writing
-def _training_card(rec: dict, cfg: dict) -> tuple[ModelCard, object]:
+def _training_card(rec: dict, cfg: dict, cutoff: float | None = None) -> tuple[ModelCard, object]:
     """The model card of a run's training structures, rebuilt through its task (the same frames it trained on),
     and the task."""
     from edg.train.tasks import build_task
@@ -231,21 +236,26 @@ def _training_card(rec: dict, cfg: dict) -> tuple[ModelCard, object]:
     mean = float(task.energy_mean)
     e = (train.mol_labels["energy"].double().numpy() + mean) * KCAL_PER_MOL_IN_EV
     f = train.atom_labels["forces"].double().numpy() * KCAL_PER_MOL_IN_EV
+    pos = train.pos.double().numpy()
     zs = [z[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
     fs = [f[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    ps = [pos[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
     spec = dataset + ("?" + "&".join(f"{k}={v}" for k, v in sorted(opts.items())) if opts else "")
     data = {"spec": spec, "dataset": dataset, "task_options": opts, "split": "train",
             "split_id": rec.get("task_info", {}).get("split_id"), "structures": len(zs)}
-    return ModelCard.from_training(zs, e, fs, data), task
+    if cutoff is None:
+        cutoff = (cfg.get("student_args") or {}).get("cutoff")
+    return ModelCard.from_training(zs, e, fs, data, ps, float(cutoff) if cutoff else 5.0), task
 
 
-def run_card(run: str | Path) -> ModelCard:
-    """The model card of a finished run's training data (what ``export_run`` writes into the file); an
-    ``ExportError`` when that data cannot be read or no longer matches the run's split."""
+def run_card(run: str | Path, cutoff: float | None = None) -> ModelCard:
+    """The model card of a finished run's training data (what ``export_run`` writes into the file; ``cutoff``
+    Å: the student's, the range of the distance check); an ``ExportError`` when that data cannot be read or no
+    longer matches the run's split."""
     from edg.train.io.predict import _run_dir
     run_dir, _ = _run_dir(run)
     rec = json.loads((run_dir / "result.json").read_text())
-    return _training_card(rec, rec.get("config", {}))[0]
+    return _training_card(rec, rec.get("config", {}), cutoff)[0]
 
 
 def _size_ranges(model, max_atoms: int) -> list[tuple[int, int]]:
@@ -309,11 +319,11 @@ def export_run(run: str | Path, out: str | Path, config: ExportConfig | None = N
                           "writes energy models (energy + forces) only")
     rec = json.loads((student.run_dir / "result.json").read_text())
     run_cfg = rec.get("config", {})
-    card, task = _training_card(rec, run_cfg)
     model = student.model
     cutoff = getattr(getattr(model, "config", None), "cutoff", None)
+    card, task = _training_card(rec, run_cfg, cutoff if isinstance(cutoff, (int, float)) else None)
     ranges = _size_ranges(model, cfg.max_atoms)
-    max_total = cfg.max_atoms * 4096
+    max_total = cfg.max_atoms * BATCH_ATOMS_PER_MAX_ATOMS
     programs = {}
     for lo, hi in ranges:
         try:
@@ -408,10 +418,19 @@ def load_exported(path: str | Path, device: str = "cpu") -> ExportedModel:
 
 
 def is_model_file(path: str | Path) -> bool:
-    """Whether ``path`` is a file (not a run folder) that looks like a model file: a zip archive."""
+    """Whether ``path`` is to be read as a model file of ``edg export`` (not a run folder or its
+    ``best_student.pt``): a file named ``*.pt2``, or a zip holding a PT2 archive's ``archive_format`` member."""
     import zipfile
     path = Path(path)
-    return path.is_file() and zipfile.is_zipfile(path)
+    if not path.is_file():
+        return False
+    if path.suffix == ".pt2":
+        return True
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.rpartition("/")[2] == "archive_format" for n in z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
 
 
 def describe(model: ExportedModel) -> str:

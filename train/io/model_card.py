@@ -9,10 +9,12 @@ their energy range), the energy range over all training structures (eV) and the 
 
 * ``refused``: an element the training data never had (the model has no information about it: its embedding row
   was never trained), fewer than 2 atoms, or positions that are not finite. Such a structure gets no energy.
-* ``warn``: a composition never seen in training; an energy outside ``[min - margin, max + margin]`` of the
-  training energies of the same composition (of all training structures when the composition is unseen),
-  ``margin = max(10 % of the span, 2 std)``; a largest per-atom force norm above the training maximum by the same
-  rule.
+* ``warn``: a composition never seen in training; an interatomic distance (within ``distance_cutoff``) that no
+  training structure had for that pair of elements, to within one 0.1 Å bin (a bond stretched or squeezed
+  beyond what the model saw: a C-C of 2.1 Å in ethanol), or a pair of elements never that close in training; an
+  energy outside ``[min - margin, max + margin]`` of the training energies of the same composition (of all
+  training structures when the composition is unseen), ``margin = max(10 % of the span, 2 std)``; a largest
+  per-atom force norm above the training maximum by the same rule.
 * ``in``: none of these.
 
 Importing this module imports neither torch nor the training code (the model loader uses it).
@@ -27,6 +29,7 @@ import numpy as np
 from edg.edg_core.errors import EDGError
 from edg.edg_core.units import ELEMENTS, MAX_Z
 
+DISTANCE_BIN = 0.1  # Å: distances seen in training are kept as occupied bins of this width, widened by one bin
 SPAN_MARGIN = 0.10  # fraction of the training span allowed beyond min/max
 STD_MARGIN = 2.0    # standard deviations allowed beyond min/max (the larger of the two margins is used)
 STATUSES = ("in", "warn", "refused")
@@ -34,6 +37,35 @@ STATUSES = ("in", "warn", "refused")
 
 class CardError(EDGError, ValueError):
     """A model card that is not what EDG writes (a missing or mistyped field): the file is refused."""
+
+
+def pair_name(a: int, b: int) -> str:
+    """``"H-C"``: the element pair of atomic numbers ``a``, ``b``, lighter first."""
+    a, b = sorted((int(a), int(b)))
+    return f"{ELEMENTS[a] if 0 < a <= MAX_Z else a}-{ELEMENTS[b] if 0 < b <= MAX_Z else b}"
+
+
+def _pairs(z, pos, cutoff: float):
+    """(pair names (P,), distances (P,) Å) of the atom pairs of one structure closer than ``cutoff``."""
+    z = np.asarray(z)
+    pos = np.asarray(pos, dtype=np.float64)
+    i, j = np.triu_indices(len(z), k=1)
+    d = np.linalg.norm(pos[i] - pos[j], axis=1)
+    near = d < cutoff
+    return [pair_name(a, b) for a, b in zip(z[i][near], z[j][near])], d[near]
+
+
+def _intervals(bins: set[int]) -> list[list[float]]:
+    """Occupied bins (indices of ``DISTANCE_BIN``), widened by one bin each side, as merged [lo, hi] Å."""
+    wide = sorted({b + o for b in bins for o in (-1, 0, 1) if b + o >= 0})
+    out: list[list[float]] = []
+    for b in wide:
+        lo, hi = round(b * DISTANCE_BIN, 6), round((b + 1) * DISTANCE_BIN, 6)
+        if out and abs(out[-1][1] - lo) < 1e-9:
+            out[-1][1] = hi
+        else:
+            out.append([lo, hi])
+    return out
 
 
 def formula(z) -> str:
@@ -100,19 +132,24 @@ class ModelCard:
     ``elements``: atomic numbers seen; ``formulas``: Hill formula -> energy ``Range`` of its training structures;
     ``energy``: ``Range`` over all training structures; ``force_norm``: ``Range`` of per-atom force norms;
     ``atoms``: ``Range`` of atoms per structure; ``data``: the training data (``spec``, ``split``, ``split_id``,
-    ``structures``)."""
+    ``structures``); ``distances``: element pair (``"C-C"``) -> the [lo, hi] Å intervals its distances below
+    ``distance_cutoff`` Å covered in training (occupied 0.1 Å bins widened by one bin)."""
     elements: list[int]
     formulas: dict[str, Range]
     energy: Range
     force_norm: Range
     atoms: Range
     data: dict
+    distances: dict[str, list[list[float]]] = field(default_factory=dict)
+    distance_cutoff: float = 5.0
     units: dict = field(default_factory=lambda: {"energy": "eV", "forces": "eV/Å", "positions": "Å"})
 
     @classmethod
-    def from_training(cls, z_list, energies, forces_list, data: dict) -> ModelCard:
+    def from_training(cls, z_list, energies, forces_list, data: dict, pos_list=None,
+                      distance_cutoff: float = 5.0) -> ModelCard:
         """The card of training structures: ``z_list`` M arrays (n_m,), ``energies`` (M,) eV, ``forces_list``
-        M arrays (n_m, 3) eV/Å, ``data`` what the training data was."""
+        M arrays (n_m, 3) eV/Å, ``pos_list`` M arrays (n_m, 3) Å (None: no distance check), ``data`` what the
+        training data was, ``distance_cutoff`` (Å, the model's cutoff) the range of the distance check."""
         if not len(z_list):
             raise CardError("no training structures to describe")
         energies = np.asarray(energies, dtype=np.float64)
@@ -120,10 +157,17 @@ class ModelCard:
         for z, e in zip(z_list, energies):
             by_formula.setdefault(formula(z), []).append(float(e))
         norms = np.concatenate([np.linalg.norm(np.asarray(f, dtype=np.float64), axis=1) for f in forces_list])
+        bins: dict[str, set[int]] = {}
+        for z, pos in zip(z_list, pos_list if pos_list is not None else []):
+            names, d = _pairs(z, pos, distance_cutoff)
+            for name, b in zip(names, (d // DISTANCE_BIN).astype(int)):
+                bins.setdefault(name, set()).add(int(b))
         return cls(elements=sorted({int(a) for z in z_list for a in z}),
                    formulas={k: Range.of(v) for k, v in sorted(by_formula.items())},
                    energy=Range.of(energies), force_norm=Range.of(norms),
-                   atoms=Range.of([len(z) for z in z_list]), data=dict(data))
+                   atoms=Range.of([len(z) for z in z_list]), data=dict(data),
+                   distances={k: _intervals(v) for k, v in sorted(bins.items())},
+                   distance_cutoff=float(distance_cutoff))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,7 +177,8 @@ class ModelCard:
         """A card read back from JSON, every field checked (a hand-edited or foreign card is a ``CardError``)."""
         if not isinstance(d, dict):
             raise CardError(f"{where}: expected an object, got {type(d).__name__}")
-        need = {"elements", "formulas", "energy", "force_norm", "atoms", "data", "units"}
+        need = {"elements", "formulas", "energy", "force_norm", "atoms", "data", "units", "distances",
+                "distance_cutoff"}
         if set(d) != need:
             raise CardError(f"{where}: fields {sorted(d)} differ from {sorted(need)}")
         elements = d["elements"]
@@ -144,11 +189,22 @@ class ModelCard:
             raise CardError(f"{where}: formulas must be a non-empty object")
         if not isinstance(d["data"], dict) or not isinstance(d["units"], dict):
             raise CardError(f"{where}: data and units must be objects")
+        cut = d["distance_cutoff"]
+        if not isinstance(cut, (int, float)) or isinstance(cut, bool) or not 0 < cut <= 100:
+            raise CardError(f"{where}: distance_cutoff must be a number of Å in (0, 100]")
+        if not isinstance(d["distances"], dict) or not all(
+                isinstance(k, str) and isinstance(v, list) and len(v) <= 10_000 and all(
+                    isinstance(iv, list) and len(iv) == 2 and all(isinstance(x, (int, float)) and
+                                                                  not isinstance(x, bool) for x in iv)
+                    and 0 <= iv[0] < iv[1] for iv in v) for k, v in d["distances"].items()):
+            raise CardError(f"{where}: distances must map element pairs to [lo, hi] intervals in Å")
         return cls(elements=list(elements),
                    formulas={str(k): _range(v, f"{where}: formulas.{k}") for k, v in d["formulas"].items()},
                    energy=_range(d["energy"], f"{where}: energy"),
                    force_norm=_range(d["force_norm"], f"{where}: force_norm"),
-                   atoms=_range(d["atoms"], f"{where}: atoms"), data=d["data"], units=d["units"])
+                   atoms=_range(d["atoms"], f"{where}: atoms"), data=d["data"], units=d["units"],
+                   distances={k: [[float(a), float(b)] for a, b in v] for k, v in d["distances"].items()},
+                   distance_cutoff=float(cut))
 
     def element_names(self) -> str:
         return ", ".join(ELEMENTS[a] for a in self.elements)
@@ -172,7 +228,29 @@ class ModelCard:
             if f not in self.formulas:
                 seen = ", ".join(list(self.formulas)[:5]) + (", ..." if len(self.formulas) > 5 else "")
                 v.add("warn", f"composition {f} never seen in training (seen: {seen})")
+            if self.distances:
+                self._check_distances(v, z, pos)
         return v
+
+    def _check_distances(self, v: Verdict, z, pos) -> None:
+        """Warn for the pair (the farthest outside, one per element pair) whose distance training never had."""
+        names, d = _pairs(z, pos, self.distance_cutoff)
+        worst: dict[str, tuple[float, float]] = {}  # pair -> (how far outside, distance)
+        for name, x in zip(names, d):
+            seen = self.distances.get(name)
+            if seen is None:
+                worst.setdefault(name, (math.inf, float(x)))
+                continue
+            gap = min(0.0 if lo <= x < hi else min(abs(x - lo), abs(x - hi)) for lo, hi in seen)
+            if gap > 0 and gap > worst.get(name, (0.0, 0.0))[0]:
+                worst[name] = (gap, float(x))
+        for name, (gap, x) in sorted(worst.items()):
+            if math.isinf(gap):
+                v.add("warn", f"{name} pair at {x:.2f} Å: that pair was never within {self.distance_cutoff:g} Å "
+                              "in training")
+            else:
+                spans = ", ".join(f"{lo:.1f}-{hi:.1f}" for lo, hi in self.distances[name][:4])
+                v.add("warn", f"{name} distance {x:.2f} Å never seen in training (seen: {spans} Å)")
 
     def check_prediction(self, v: Verdict, z, energy: float, forces) -> Verdict:
         """Add the energy and force checks of a predicted structure to its verdict ``v`` (and return it)."""

@@ -217,8 +217,9 @@ def _run_card(student: TrainedStudent):
     if student.kind != "energy":
         return None, "a property model has no domain check"
     from edg.train.io.exported import ExportError, run_card
+    cutoff = getattr(getattr(student.model, "config", None), "cutoff", None)
     try:
-        return run_card(student.run_dir), None
+        return run_card(student.run_dir, cutoff if isinstance(cutoff, (int, float)) else None), None
     except (ExportError, DataSourceError) as e:
         return None, str(e)
 

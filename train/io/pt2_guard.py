@@ -56,7 +56,8 @@ squeeze stack sub sum sym_constrain_range_for_size sym_size sym_numel sym_storag
 to transpose tril triu unbind unsqueeze view where zeros zeros_like __and__ __or__ __not__ __xor__ _assert_scalar
 _assert_tensor_metadata _to_copy _unsafe_view _log_softmax _softmax sign floor ceil round remainder fmod
 bucketize square atan2 acos asin atan cosh sinh erf erfc expm1 log1p log_softmax _unique2 unique_consecutive
-unique_dim topk gather flatten narrow
+unique_dim topk gather flatten narrow split_with_sizes split __lshift__ __rshift__ cross linalg_cross
+diagonal empty_like item
 """.split())
 """ATen operators (any overload) a model file may call: what the exportable students need, and their close
 relatives. No operator that reads files, runs Python or calls a library outside ATen is listed."""
@@ -227,9 +228,15 @@ def read_checked(data: bytes, where: str) -> Checked:
                      f"data/constants/{n}_constants_config.json"):
             if part not in members:
                 raise _refuse(where, f"program {n} lacks its member {part}")
-        _check_graph(_json(members[f"models/{n}.json"], where, f"graph {n}"), f"{where}: graph {n}")
-        for kind in ("weights", "constants"):
-            _check_payloads(checked, f"data/{kind}/{n}_{kind}_config.json", f"data/{kind}/")
+        try:
+            _check_graph(_json(members[f"models/{n}.json"], where, f"graph {n}"), f"{where}: graph {n}")
+            for kind in ("weights", "constants"):
+                _check_payloads(checked, f"data/{kind}/{n}_{kind}_config.json", f"data/{kind}/")
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError) as e:
+            if isinstance(e, UnsafeModelError):
+                raise
+            raise _refuse(where, f"program {n} is malformed ({type(e).__name__}: {str(e)[:80]}); not what edg "
+                                 "export writes") from None
     return checked
 
 
@@ -368,8 +375,12 @@ def _check_graph(model, where: str) -> None:
             raise _refuse(where, f"{key} {str(value)[:60]!r} is not a dotted name")
         elif key in ("in_spec", "out_spec") and value is not None:
             _check_treespec(value, where)
+        elif key == "target":
+            _check_target(value, where)
         elif key in ("custom_obj", "as_custom_obj", "script_obj"):
             raise _refuse(where, "the graph refers to a custom object (unpickled on load); refused")
+        elif key in ("as_graph", "as_graphs"):
+            raise _refuse(where, "the graph holds a subgraph (higher-order operator); edg export writes none")
     for name in model.get("range_constraints", {}) or {}:
         if not _SYMBOL.match(str(name)):
             raise _refuse(where, f"range constraint on {str(name)[:60]!r}, which is not a size symbol")
