@@ -290,8 +290,8 @@ class Ingress:
                 raise RequestError(413, f"body over {limit} bytes; this service takes at most {limit}")
             chunks.append(chunk)
         body = b"".join(chunks)
-        if "json" in request.headers.get("content-type", ""):
-            data = json_body(body)
+        if "json" in request.headers.get("content-type", "") or body.lstrip()[:1] in (b"{", b"["):
+            data = json_body(body)  # JSON also without its content type (curl -d sends a form type)
         else:
             data = {**text_body(body), **{k: v for k, v in request.query_params.items() if k in options}}
         check_fields(data, options)

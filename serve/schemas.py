@@ -4,8 +4,8 @@ Both endpoints that take structures read the same two spellings:
 
 * JSON: ``{"xyz": "<XYZ or extended XYZ text, one or many frames>"}`` or ``{"smiles": "CCO"}`` /
   ``{"smiles": ["CCO", "c1ccccc1"]}``, plus the endpoint's options (``units``; ``basis``, ``image_size``);
-* plain text (any other content type): XYZ when its first non-blank line is an atom count, else one SMILES per
-  line; options as query parameters (``?units=kcal/mol``).
+* plain text (any other content type, and a body that does not start with ``{`` or ``[``): XYZ when its first
+  non-blank line is an atom count, else one SMILES per line; options as query parameters (``?units=kcal/mol``).
 
 XYZ text goes through the project's reader (``edg_core.readers.read_xyz``: whole frames only, charge and
 multiplicity from the comment line, periodic cells and coincident atoms refused); SMILES through

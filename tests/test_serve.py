@@ -243,6 +243,7 @@ BAD = [
     ("/v1/predict", {"smiles": "C" * 170}, 422, "atoms with hydrogens"),
     ("/v1/predict", [1, 2], 400, "JSON object"),
     ("/v1/predict", b'{"smiles": "CCO"', 400, "not JSON"),
+    ("/v1/predict", '{"smiles": "CCO"', 400, "not JSON"),  # JSON sent as text/plain is still read as JSON
     ("/v1/predict", "x" * (1 << 21), 413, "at most 1048576"),
     ("/v1/render", {"smiles": ["CCO", "CC"]}, 422, "one structure"),
     ("/v1/render", {"smiles": "CCO", "basis": "cc-pv5z"}, 422, "not offered here"),
