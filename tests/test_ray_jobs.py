@@ -73,22 +73,34 @@ def ray_head():
     """A Ray head with its dashboard (the job server) on 127.0.0.1, without token authentication (Ray turns it
     on by itself when ~/.ray/auth_token exists; clients below say the same), so the test does not depend on the
     machine's home folder. Yields the dashboard URL."""
-    port, dash = _free_port(), _free_port()
+    port, dash, agent = _free_port(), _free_port(), _free_port()
     url = f"http://127.0.0.1:{dash}"
+    # the job agent's HTTP port too: Ray's fixed default (52365) may be held by another Ray on this machine, and
+    # then the agent never starts and every submission answers "No available agent to submit job"
     with _head([f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dash}"], {"RAY_AUTH_MODE": "disabled"},
+                f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}"], {"RAY_AUTH_MODE": "disabled"},
                _answers(lambda: urllib.request.urlopen(f"{url}/api/version", timeout=2)), "the Ray dashboard"):
         yield url
+
+
+def _submit(sid: str, command: list[str], env: dict) -> subprocess.CompletedProcess:
+    """`ray job submit --working-dir ROOT --submission-id sid -- command`. The head's dashboard answers before its
+    job agent has started; until then a submission is refused with "No available agent to submit job, please try
+    again later" (seen on a loaded machine) and creates no job, so it is tried again (600 s, only to stop a hang)."""
+    deadline = time.monotonic() + 600
+    while True:
+        r = subprocess.run([RAY, "job", "submit", "--working-dir", str(ROOT), "--submission-id", sid, "--", *command],
+                           capture_output=True, text=True, env=env, timeout=900)
+        if "No available agent to submit job" not in r.stdout + r.stderr or time.monotonic() > deadline:
+            return r
+        time.sleep(2)
 
 
 def test_ray_job_submit_runs_edg_and_reports_status_and_logs(ray_head, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ray_head, "RAY_AUTH_MODE": "disabled"}
     out = tmp_path / "shards"
-    submit = subprocess.run(
-        [RAY, "job", "submit", "--working-dir", str(ROOT), "--submission-id", "edg-test-convert", "--",
-         sys.executable, "-m", "edg.cluster.cli", "data", "convert", "--input", "embedded:qm9?limit=5",
-         "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=300)
+    submit = _submit("edg-test-convert", [sys.executable, "-m", "edg.cluster.cli", "data", "convert", "--input",
+                                          "embedded:qm9?limit=5", "--out", str(out)], env)
     assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
     # the job's own output, streamed back by `ray job submit`: inside a Ray job the stage runs on the cluster's
     # actors without being told (the job sets RAY_ADDRESS), and says so
@@ -121,18 +133,17 @@ def test_edg_dft_in_a_ray_job_refuses_a_relative_out_and_names_where_an_absolute
     dft = [sys.executable, "-m", "edg.cluster.cli", "dft", "--input", "embedded:qm9?limit=2", "--basis", "sto-3g",
            "--grid-level", "1", "--no-fields"]
 
-    def submit(sid, out):
-        return subprocess.run([RAY, "job", "submit", "--working-dir", str(ROOT), "--submission-id", sid, "--",
-                               *dft, "--out", out], capture_output=True, text=True, env=env, timeout=900)
-    refused = submit("edg-test-relative", "runs/relative")
+    refused = _submit("edg-test-relative", [*dft, "--out", "runs/relative"], env)
     assert refused.returncode != 0
+    status = subprocess.run([RAY, "job", "status", "edg-test-relative"], capture_output=True, text=True, env=env)
+    assert "failed" in (status.stdout + status.stderr).lower(), refused.stderr[-2000:]  # the job ran, and failed
     text = _job_output("edg-test-relative", refused.stdout, env, "edg dft: error:")
     errors = sorted({line for line in text.splitlines() if "error:" in line})
     assert errors == ["edg dft: error: --out runs/relative: a relative path inside a Ray job lands in the job's "
                       "temporary working directory, not where you submitted from; give an absolute path on storage "
                       "every node sees (NFS, Lustre) or a URL (s3://, gs://, ...)"], text[-3000:] + refused.stderr[-99:]
     out = tmp_path / "dft"
-    done = submit("edg-test-absolute", str(out))
+    done = _submit("edg-test-absolute", [*dft, "--out", str(out)], env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     text = _job_output("edg-test-absolute", done.stdout, env, "edg dft: results in")
     assert "dft: done 2, skipped 0, failed 0" in text and f"edg dft: results in {out}" in text, text[-3000:]
