@@ -530,7 +530,7 @@ def test_every_student_exports_and_its_file_equals_the_run_folder(name, tmp_path
     structures = [*test, METHANOL, BENZENE, ISOLATED]
     got = model.predict(structures)
     ref = _reference(run_dir, structures)
-    assert len({round(e, 6) for e, _ in ref}) == len(ref)  # a trained model: not a constant
+    assert len({round(e, 6) for e, _ in ref}) > 1  # a trained model: not a constant
     for p, (e, f) in zip(got, ref):
         assert p.energy == pytest.approx(e, rel=1e-5, abs=1e-4)
         np.testing.assert_allclose(p.forces, f, rtol=1e-4, atol=1e-4)

@@ -404,14 +404,17 @@ class GraphAttention(torch.nn.Module):
 
     def forward(self, x: Tensor, src: Tensor, dst: Tensor, sh: Tensor, rbf: Tensor) -> Tensor:
         msg = self.sep(self.merge_src(x)[src] + self.merge_dst(x)[dst], sh, rbf)
-        msg = torch.cat([b.reshape(b.size(0), self.num_heads, -1) for b in msg.split(self.head_blocks, dim=1)], dim=2)
+        # explicit sizes, not -1: a batch without edges (E = 0) cannot infer them
+        msg = torch.cat([b.reshape(b.size(0), self.num_heads, b.size(1) // self.num_heads)
+                         for b in msg.split(self.head_blocks, dim=1)], dim=2)
         alpha = self.alpha_act(msg[:, :, :self.mul_alpha_head])
         value = msg[:, :, self.mul_alpha_head:]
         alpha = softmax(torch.einsum("bik,aik->bi", alpha, self.alpha_dot), dst, num_nodes=x.size(0))[:, :, None]
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)
         attn = scatter(value * alpha, dst, dim=0, dim_size=x.size(0), reduce="sum")  # (N, heads, value dim)
-        attn = torch.cat([b.reshape(b.size(0), -1) for b in attn.split(self.value_blocks, dim=2)], dim=1)
+        attn = torch.cat([b.reshape(b.size(0), b.size(1) * b.size(2)) for b in attn.split(self.value_blocks, dim=2)],
+                         dim=1)
         return self.proj(attn)
 
 

@@ -133,7 +133,7 @@ class TorsionBasis(SphericalBasis):
         n_l = self.num_spherical
         rbf = self.radial(dist)[idx_kj][:, self.degree]  # (T, L^2, N)
         ylm = real_spherical_harmonics(n_l - 1, theta, phi)  # (T, L^2)
-        return (rbf * ylm[:, :, None]).reshape(theta.size(0), -1)
+        return (rbf * ylm[:, :, None]).reshape(theta.size(0), rbf.size(1) * rbf.size(2))  # not -1: T may be 0
 
 
 def torsions(pos: Tensor, idx_i: Tensor, idx_j: Tensor, idx_k: Tensor, idx_ji: Tensor, n_edges: int,
