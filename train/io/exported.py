@@ -19,6 +19,10 @@ The file (``.pt2``, a zip written by ``torch.export``'s PT2 archive writer) hold
   SHA-256 of every program member, and the model card (``train.io.model_card``: elements, compositions, energy
   and force ranges of the training data, and the training data spec).
 
+Every program call carries one extra molecule, two atoms 1 Å apart (``ExportedModel.helper_pair``), whose results
+are dropped: the programs assume a radius graph of at least 2 edges (``graph.edges_at_least_two``; torch.export
+cannot trace e3nn's tensor products on an edge count that may be 0 or 1).
+
 Forces are -dE/dpos by autograd through the loaded program (``ExportedProgram.module()`` keeps autograd; an
 ``autograd.grad`` inside ``torch.export`` is not supported in torch 2.14), in the loader, which is EDG code.
 

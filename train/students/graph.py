@@ -64,10 +64,10 @@ def read_counts(first: Tensor, second: Tensor) -> tuple[int, int]:
     """Two non-negative integer counts (0-dim device tensors, each < 2^31) read to the host in ONE transfer:
     they travel packed in one int64, ``first * 2^32 + second``, so a step that needs both pays one sync.
 
-    Under ``torch.export`` / ``torch.compile`` (tracing) the two are read separately instead: the packed read
-    leaves size expressions with ``<<``, ``>>`` and ``&`` (``BitwiseFn_bitwise_and``) that torch 2.14 cannot
+    Under ``torch.export`` the two are read separately instead (``torch.compile`` keeps the packed read): the
+    packed read leaves size expressions with ``<<``, ``>>`` and ``&`` (``BitwiseFn_bitwise_and``) that torch 2.14 cannot
     deserialize from a saved program. Each traced read is an unbacked size declared >= 0."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_exporting():
         n_first, n_second = first.item(), second.item()
         torch._check(n_first >= 0)
         torch._check(n_second >= 0)
@@ -78,12 +78,13 @@ def read_counts(first: Tensor, second: Tensor) -> tuple[int, int]:
 
 
 def edges_at_least_two(n_edges) -> None:
-    """Under ``torch.export`` (tracing), declare that the radius graph has at least 2 edges. The edge count is a
+    """Under ``torch.export``, declare that the radius graph has at least 2 edges. The edge count is a
     data-dependent size; without a lower bound torch cannot decide the size-1 tests of its broadcasting and
     reshapes (e3nn's ``tensordot``: ``Ne(3*u0, 1)``) and refuses to trace. The exported program then checks it
     at run time, and the loader (``train.io.exported``) guarantees it by adding a 2-atom molecule within the
-    cutoff to every call. Eager calls (training) are not affected: a batch may have 0 edges there."""
-    if torch.compiler.is_compiling():
+    cutoff to every call. Eager and ``torch.compile``d calls (training) are not affected: a batch may have 0
+    edges there."""
+    if torch.compiler.is_exporting():
         torch._check(n_edges >= 2)
 
 
