@@ -200,3 +200,45 @@ def test_load_student_reads_the_recorded_output_scale_and_recomputes_it_for_olde
     del rec["task_info"]["energy_scale"]  # older still: energy_std
     (copy / "result.json").write_text(json.dumps(rec))
     assert load_student(copy).std == by_kind["energy_std"]
+
+
+@pytest.mark.parametrize("name", ["spherenet", "equiformer"])
+def test_weights_of_the_earlier_model_of_a_renamed_student_say_so_in_one_line(run, tmp_path, name):
+    """A run saved as `spherenet` / `equiformer` before those names became Geom3D's models holds the weights of
+    today's `-edg` variant: loading it says so in one line (not a bare key mismatch); renamed, it loads. Weights
+    that fit neither keep the plain message."""
+    import shutil
+
+    import torch
+    from edg.train.io.checkpoint import save_checkpoint
+    from edg.train.io.predict import ModelError, load_student
+    from edg.train.students import build_student
+    from edg.train.students.host_syncs import SMALL_STUDENTS
+    earlier = f"{name}-edg"
+    args = dict(SMALL_STUDENTS[earlier])
+    copy = tmp_path / "run"
+    shutil.copytree(run[0], copy)
+    torch.manual_seed(0)
+    state = build_student(earlier, out_dim=1, **args).state_dict()
+    save_checkpoint(dict(state), copy / "best_student.pt")
+    rec = json.loads((copy / "result.json").read_text())
+
+    def record(student):
+        rec["student"] = rec["config"]["student"] = student
+        rec["config"]["student_args"] = args
+        (copy / "result.json").write_text(json.dumps(rec))
+    record(name)
+    with pytest.raises(ModelError) as e:
+        load_student(copy, device="cpu")
+    msg = str(e.value)
+    assert "\n" not in msg and f"saved by the earlier `{name}` (now `{earlier}`): " in msg, msg
+    record(earlier)
+    loaded = load_student(copy, device="cpu")
+    assert loaded.student == earlier
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in state.items())
+    # SchNet's weights under the name: no hint, the plain mismatch
+    shutil.copy(run[0] / "best_student.pt", copy / "best_student.pt")
+    record(name)
+    with pytest.raises(ModelError, match=f"cannot load as {name} weights") as e:
+        load_student(copy, device="cpu")
+    assert "saved by the earlier" not in str(e.value)

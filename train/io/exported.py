@@ -19,6 +19,10 @@ The file (``.pt2``, a zip written by ``torch.export``'s PT2 archive writer) hold
   SHA-256 of every program member, and the model card (``train.io.model_card``: elements, compositions, energy
   and force ranges of the training data, and the training data spec).
 
+Every program call carries one extra molecule, two atoms 1 Å apart (``ExportedModel.helper_pair``), whose results
+are dropped: the programs assume a radius graph of at least 2 edges (``graph.edges_at_least_two``; torch.export
+cannot trace e3nn's tensor products on an edge count that may be 0 or 1).
+
 Forces are -dE/dpos by autograd through the loaded program (``ExportedProgram.module()`` keeps autograd; an
 ``autograd.grad`` inside ``torch.export`` is not supported in torch 2.14), in the loader, which is EDG code.
 
@@ -47,6 +51,7 @@ META_MEMBER = "edg/model.json"  # under the archive's extra/ folder
 DEFAULT_MAX_ATOMS = 500  # the largest molecule an exported file accepts (dense n_max^2 graph per molecule)
 MAX_BATCH_PAIRS = 1 << 22  # B * n_max^2 per forward pass; larger requests are split
 BATCH_ATOMS_PER_MAX_ATOMS = 4096  # a program takes at most max_atoms * this many atoms per call
+HELPER_DISTANCE = 1.0  # Å, between the two atoms of the molecule added to every call (``ExportedModel.helper_pair``)
 
 
 class ExportError(EDGError, ValueError):
@@ -130,7 +135,7 @@ class ExportedModel:
         self.path, self.meta, self.card, self.programs = Path(path), meta, card, programs
         self.units = dict(meta["units"])
         self.student = meta["student"]
-        self.cutoff = float(meta["cutoff"])
+        self.cutoff = None if meta.get("cutoff") is None else float(meta["cutoff"])  # None: fully connected
         self.dtype = getattr(torch, meta["dtype"])
         self.offset = float(meta["output"]["offset"])
         self.scale = float(meta["output"]["scale"])
@@ -157,7 +162,7 @@ class ExportedModel:
             last, n_max = first, counts[first]
             while last + 1 < len(counts):
                 m = max(n_max, counts[last + 1])
-                atoms = sum(counts[first:last + 2])
+                atoms = sum(counts[first:last + 2]) + 2  # + the helper pair
                 if (last + 2 - first) * m * m > MAX_BATCH_PAIRS or atoms > self.max_atoms * BATCH_ATOMS_PER_MAX_ATOMS:
                     break
                 last, n_max = last + 1, m
@@ -168,12 +173,24 @@ class ExportedModel:
             start, first = start + n_atoms, last + 1
         return np.concatenate(energies), np.concatenate(forces)
 
+    def helper_pair(self) -> tuple[np.ndarray, np.ndarray]:
+        """The 2-atom molecule added to every program call: ``(z (2,), pos (2, 3) Å)``, two atoms of the card's
+        first element ``HELPER_DISTANCE`` Å apart (within any cutoff a student has), so the call's radius graph has
+        at least the 2 edges the programs assume (``graph.edges_at_least_two``); its outputs are dropped."""
+        e = self.card.elements[0]
+        d = HELPER_DISTANCE if self.cutoff is None else min(HELPER_DISTANCE, 0.5 * self.cutoff)
+        return np.array([e, e]), np.array([[0.0, 0.0, 0.0], [d, 0.0, 0.0]])
+
     def _call(self, z, pos, counts: list[int], n_max: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
         prog = self.program_for(n_max)
         dev = self.device
-        zt = torch.as_tensor(np.asarray(z), dtype=torch.long, device=dev)
-        p = torch.as_tensor(np.asarray(pos, dtype=np.float64), device=dev).to(self.dtype).requires_grad_(True)
+        hz, hpos = self.helper_pair()  # last molecule of the call; n_max >= 2 already, so the same program
+        z = np.concatenate([np.asarray(z).reshape(-1), hz])
+        pos = np.concatenate([np.asarray(pos, dtype=np.float64).reshape(-1, 3), hpos])
+        counts = [*counts, 2]
+        zt = torch.as_tensor(z, dtype=torch.long, device=dev)
+        p = torch.as_tensor(pos, device=dev).to(self.dtype).requires_grad_(True)
         batch = torch.repeat_interleave(torch.arange(len(counts), device=dev),
                                         torch.as_tensor(counts, device=dev))
         graphs = torch.zeros(len(counts), device=dev)
@@ -181,8 +198,8 @@ class ExportedModel:
         with torch.enable_grad():
             out = prog.module(zt, p, batch, graphs, atoms)
             (grad,) = torch.autograd.grad(out.sum(), p)
-        s = out.detach().double().cpu().numpy()
-        g = grad.detach().double().cpu().numpy()
+        s = out.detach().double().cpu().numpy()[:-1]
+        g = grad.detach().double().cpu().numpy()[:-2]
         return self.offset + self.scale * s, -self.scale * g
 
     def predict(self, structures) -> list[ExportedPrediction]:

@@ -126,17 +126,21 @@ def load_student(path: str | Path, device: str = "auto", dtype: torch.dtype = to
     """The trained student of a run folder (or its ``best_student.pt``), in eval mode on ``device``.
 
     ``dtype=torch.float64`` runs it in double precision (smoother forces for MD and optimisation)."""
-    from edg.train.students import build_student
+    from edg.train.students import build_student, earlier_name_hint
     run, weights = _run_dir(path)
     rec = json.loads((run / "result.json").read_text())
     cfg, info = rec.get("config", {}), rec.get("task_info", {})
     student = rec.get("student") or cfg.get("student")
-    model = build_student(student, **{"out_dim": 1, **cfg.get("student_args", {})})
+    args = {"out_dim": 1, **cfg.get("student_args", {})}
     from edg.train.loops.distill import load_student_state
     state = load_student_state(weights)  # plain data only (torch.load weights_only=True)
     try:
+        model = build_student(student, **args)
         model.load_state_dict(state)
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError) as e:  # ConfigError is a ValueError: the config of an earlier model
+        hint = earlier_name_hint(student, state, args)
+        if hint is not None:
+            raise ModelError(f"{weights}: {hint}") from None
         raise ModelError(f"{weights}: cannot load as {student} weights ({str(e).splitlines()[0]})") from None
     dev = resolve_device(device)
     model.to(dev, dtype).eval()

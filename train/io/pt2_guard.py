@@ -58,9 +58,13 @@ _assert_tensor_metadata _to_copy _unsafe_view _log_softmax _softmax sign floor c
 bucketize square atan2 acos asin atan cosh sinh erf erfc expm1 log1p log_softmax _unique2 unique_consecutive
 unique_dim topk gather flatten narrow split_with_sizes split __lshift__ __rshift__ cross linalg_cross
 diagonal empty_like item
+amin broadcast_tensors detach_ dropout einsum leaky_relu tensordot
 """.split())
 """ATen operators (any overload) a model file may call: what the exportable students need, and their close
-relatives. No operator that reads files, runs Python or calls a library outside ATen is listed."""
+relatives. No operator that reads files, runs Python or calls a library outside ATen is listed. The last line is
+what SphereNet (``amin`` of the torsion candidates; ``detach_``) and Equiformer (e3nn's tensor products:
+``einsum``, ``tensordot``, ``broadcast_tensors``; ``dropout`` of the attention, identity in eval;
+``leaky_relu`` of equiformer-edg's attention logits) added."""
 FACTORY_OPS = frozenset("arange empty eye full new_empty new_full new_ones new_zeros ones zeros".split())
 PY_OPS = frozenset("add sub mul floordiv truediv mod neg pow ge gt le lt eq ne getitem and_ or_ not_".split())
 SYM_FUNCS = frozenset("sym_max sym_min sym_not sym_float sym_int sym_ite sym_sqrt _sym_sqrt".split())

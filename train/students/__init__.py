@@ -44,7 +44,12 @@ class _Registry(Mapping):
 STUDENTS: Mapping[str, tuple[type, type]] = _Registry()
 """Student name -> (model class, config dataclass)."""
 
-__all__ = ["STUDENTS", "Student", "build_student", "check_student_name", "config_for", "energy_and_forces", "pool"]
+RENAMED: dict[str, str] = {"spherenet": "spherenet-edg", "equiformer": "equiformer-edg"}
+"""Names whose model changed (issue 26): ``spherenet`` and ``equiformer`` became the Geom3D-exact models; the models
+saved under those names before are now ``spherenet-edg`` and ``equiformer-edg``."""
+
+__all__ = ["STUDENTS", "RENAMED", "Student", "build_student", "check_student_name", "config_for",
+           "earlier_name_hint", "energy_and_forces", "pool"]
 
 
 def __getattr__(name: str):
@@ -70,3 +75,19 @@ def build_student(name: str, **overrides):
     """A freshly initialised student ``name`` (one of ``STUDENTS``) with config ``overrides``."""
     config = config_for(name, **overrides)
     return STUDENTS[name][0](config)
+
+
+def earlier_name_hint(name: str, state: Mapping, overrides: Mapping | None = None) -> str | None:
+    """When weights ``state`` (a state dict) saved as student ``name`` do not fit today's ``name`` but load as
+    the model that name meant before (``RENAMED``) with the same config ``overrides``: one line saying so
+    ("saved by the earlier `spherenet` (now `spherenet-edg`): ..."); else ``None``."""
+    earlier = RENAMED.get(name)
+    if earlier is None:
+        return None
+    try:
+        model = build_student(earlier, **dict(overrides or {}))
+        model.load_state_dict(state)  # strict: every name and shape
+    except Exception:  # not the earlier model either (unknown config key, other names or shapes)
+        return None
+    return (f"saved by the earlier `{name}` (now `{earlier}`): these weights are a `{earlier}` model, while `{name}` "
+            f"is now Geom3D's; load it as `{earlier}` (the run's \"student\" in result.json and its config)")

@@ -110,14 +110,18 @@ class EquivariantLayerNorm(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.ones(self.irreps.num_irreps))
         n_scalar = sum(mul for mul, ir in self.irreps if ir.l == 0)
         self.bias = torch.nn.Parameter(torch.zeros(n_scalar))
+        # (start, stop, mul, dim, l) per block as plain ints: forward reads no e3nn object (torch.export guards on
+        # what forward reads, and cannot take the length of an e3nn Irrep)
+        self.blocks = tuple((sl.start, sl.stop, mul, ir.dim, ir.l)
+                            for (mul, ir), sl in zip(self.irreps, self.irreps.slices()))
 
     def forward(self, x: Tensor) -> Tensor:
         out, w_at, b_at = [], 0, 0
-        for (mul, ir), sl in zip(self.irreps, self.irreps.slices()):
-            block = x[:, sl].reshape(-1, mul, ir.dim)
+        for start, stop, mul, dim, degree in self.blocks:
+            block = x[:, start:stop].reshape(-1, mul, dim)
             weight = self.weight[w_at:w_at + mul][None, :, None]
             w_at += mul
-            if ir.l == 0:
+            if degree == 0:
                 block = block - block.mean(dim=1, keepdim=True)
                 block = block / torch.sqrt(block.pow(2).mean(dim=(1, 2), keepdim=True) + self.eps)
                 block = block * weight + self.bias[b_at:b_at + mul][None, :, None]

@@ -282,6 +282,9 @@ class EquivariantLayerNormV2(torch.nn.Module):
         self.eps = eps
         self.affine_weight = torch.nn.Parameter(torch.ones(self.irreps.num_irreps))
         self.affine_bias = torch.nn.Parameter(torch.zeros(sum(m for m, ir in self.irreps if ir.l == 0 and ir.p == 1)))
+        # (mul, dim, is 0e) per block as plain ints: forward reads no e3nn object (torch.export guards on what
+        # forward reads, and cannot take the length of an e3nn Irrep)
+        self.blocks = tuple((mul, ir.dim, ir.l == 0 and ir.p == 1) for mul, ir in self.irreps)
 
     def reset_parameters(self) -> None:
         torch.nn.init.ones_(self.affine_weight)
@@ -289,16 +292,15 @@ class EquivariantLayerNormV2(torch.nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out, ix, iw, ib = [], 0, 0, 0
-        for mul, ir in self.irreps:
-            d = ir.dim
+        for mul, d, even_scalar in self.blocks:
             f = x[:, ix:ix + mul * d].reshape(-1, mul, d)
             ix += mul * d
-            if ir.l == 0 and ir.p == 1:
+            if even_scalar:
                 f = f - f.mean(dim=1, keepdim=True)
             scale = (f.pow(2).mean(dim=-1).mean(dim=1, keepdim=True) + self.eps).pow(-0.5)
             f = f * (scale * self.affine_weight[None, iw:iw + mul])[:, :, None]
             iw += mul
-            if d == 1 and ir.p == 1:
+            if even_scalar:  # d == 1 and even parity: the 0e blocks
                 f = f + self.affine_bias[ib:ib + mul].reshape(mul, 1)
                 ib += mul
             out.append(f.reshape(-1, mul * d))
@@ -402,14 +404,17 @@ class GraphAttention(torch.nn.Module):
 
     def forward(self, x: Tensor, src: Tensor, dst: Tensor, sh: Tensor, rbf: Tensor) -> Tensor:
         msg = self.sep(self.merge_src(x)[src] + self.merge_dst(x)[dst], sh, rbf)
-        msg = torch.cat([b.reshape(b.size(0), self.num_heads, -1) for b in msg.split(self.head_blocks, dim=1)], dim=2)
+        # explicit sizes, not -1: a batch without edges (E = 0) cannot infer them
+        msg = torch.cat([b.reshape(b.size(0), self.num_heads, b.size(1) // self.num_heads)
+                         for b in msg.split(self.head_blocks, dim=1)], dim=2)
         alpha = self.alpha_act(msg[:, :, :self.mul_alpha_head])
         value = msg[:, :, self.mul_alpha_head:]
         alpha = softmax(torch.einsum("bik,aik->bi", alpha, self.alpha_dot), dst, num_nodes=x.size(0))[:, :, None]
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)
         attn = scatter(value * alpha, dst, dim=0, dim_size=x.size(0), reduce="sum")  # (N, heads, value dim)
-        attn = torch.cat([b.reshape(b.size(0), -1) for b in attn.split(self.value_blocks, dim=2)], dim=1)
+        attn = torch.cat([b.reshape(b.size(0), b.size(1) * b.size(2)) for b in attn.split(self.value_blocks, dim=2)],
+                         dim=1)
         return self.proj(attn)
 
 
@@ -451,6 +456,8 @@ class EquiformerGeom3DStudent(Student):
         if feature.lmax != 0:
             raise ValueError(f"Equiformer: irreps_feature must be scalars (F_G), got {c.irreps_feature}")
         self.irreps_sh = o3.Irreps(c.irreps_sh)
+        # a module, not o3.spherical_harmonics(self.irreps_sh, ...): torch.export cannot guard on an Irreps
+        self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.atom_embed = NodeEmbedding(c.irreps_node_embedding, c.max_z)
         self.rbf = GaussianRBF(c.num_basis, c.cutoff)
         self.edge_deg_embed = EdgeDegreeEmbedding(c.irreps_node_embedding, c.irreps_sh, [c.num_basis, *c.fc_neurons],
@@ -475,7 +482,7 @@ class EquiformerGeom3DStudent(Student):
         c = self.config
         src, dst = radius_graph(pos, c.cutoff, batch, c.max_num_neighbors, sizes=sizes)
         vec = pos[src] - pos[dst]
-        sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")
+        sh = self.sh(vec)
         rbf = self.rbf(vec.norm(dim=1))
         x = self.atom_embed(z, pos.dtype)
         x = x + self.edge_deg_embed(x, sh, rbf, src, dst)

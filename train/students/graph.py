@@ -22,7 +22,7 @@ from torch import Tensor
 
 __all__ = ["radius_graph", "radius_graph_torch", "accelerated_backend", "triplets", "RadiusInteractionGraph",
            "num_graphs", "undirected_pairs", "GraphSizes", "sizes_of", "read_counts", "radius_graph_and_triplets",
-           "is_symmetric", "count_per_index", "neighbour_mask", "triplet_count"]
+           "is_symmetric", "count_per_index", "neighbour_mask", "triplet_count", "edges_at_least_two"]
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,30 @@ def count_per_index(index: Tensor, size: int) -> Tensor:
 
 def read_counts(first: Tensor, second: Tensor) -> tuple[int, int]:
     """Two non-negative integer counts (0-dim device tensors, each < 2^31) read to the host in ONE transfer:
-    they travel packed in one int64, ``first * 2^32 + second``, so a step that needs both pays one sync."""
+    they travel packed in one int64, ``first * 2^32 + second``, so a step that needs both pays one sync.
+
+    Under ``torch.export`` the two are read separately instead (``torch.compile`` keeps the packed read): the
+    packed read leaves size expressions with ``<<``, ``>>`` and ``&`` (``BitwiseFn_bitwise_and``) that torch 2.14 cannot
+    deserialize from a saved program. Each traced read is an unbacked size declared >= 0."""
+    if torch.compiler.is_exporting():
+        n_first, n_second = first.item(), second.item()
+        torch._check(n_first >= 0)
+        torch._check(n_second >= 0)
+        return n_first, n_second
     packed = (first.long() << 32) + second.long()
     value = int(packed.item())
     return value >> 32, value & 0xFFFFFFFF
+
+
+def edges_at_least_two(n_edges) -> None:
+    """Under ``torch.export``, declare that the radius graph has at least 2 edges. The edge count is a
+    data-dependent size; without a lower bound torch cannot decide the size-1 tests of its broadcasting and
+    reshapes (e3nn's ``tensordot``: ``Ne(3*u0, 1)``) and refuses to trace. The exported program then checks it
+    at run time, and the loader (``train.io.exported``) guarantees it by adding a 2-atom molecule within the
+    cutoff to every call. Eager and ``torch.compile``d calls (training) are not affected: a batch may have 0
+    edges there."""
+    if torch.compiler.is_exporting():
+        torch._check(n_edges >= 2)
 
 
 def accelerated_backend() -> str | None:
@@ -142,6 +162,7 @@ def _edges(mask: Tensor, ptr: Tensor, n_edges: int | None = None) -> Tensor:
     host: no sync (``nonzero_static``); ``None``: one sync (``nonzero``)."""
     if n_edges is None:
         b, i, j = mask.nonzero(as_tuple=True)
+        edges_at_least_two(b.size(0))
     else:
         b, i, j = torch.nonzero_static(mask, size=n_edges).unbind(1)
     return torch.stack([ptr[b] + j, ptr[b] + i])
@@ -314,5 +335,6 @@ def radius_graph_and_triplets(pos: Tensor, r: float, batch: Tensor | None, max_n
     into = mask.sum(dim=2)  # (B, n_max) edges into each atom
     per_edge = mask * (into[:, None, :] - mask.transpose(1, 2).long())
     n_edges, n_triplets = read_counts(mask.sum(), per_edge.sum())
+    edges_at_least_two(n_edges)
     edge_index = _edges(mask, ptr, n_edges)
     return edge_index, triplets(edge_index, n_atoms, n_triplets)

@@ -133,7 +133,7 @@ class TorsionBasis(SphericalBasis):
         n_l = self.num_spherical
         rbf = self.radial(dist)[idx_kj][:, self.degree]  # (T, L^2, N)
         ylm = real_spherical_harmonics(n_l - 1, theta, phi)  # (T, L^2)
-        return (rbf * ylm[:, :, None]).reshape(theta.size(0), -1)
+        return (rbf * ylm[:, :, None]).reshape(theta.size(0), rbf.size(1) * rbf.size(2))  # not -1: T may be 0
 
 
 def torsions(pos: Tensor, idx_i: Tensor, idx_j: Tensor, idx_k: Tensor, idx_ji: Tensor, n_edges: int,
@@ -146,14 +146,13 @@ def torsions(pos: Tensor, idx_i: Tensor, idx_j: Tensor, idx_k: Tensor, idx_ji: T
     (T, D) table, d < D = ``max_per_edge`` (a host-side bound on the triplets per edge, e.g. the most
     neighbours an atom may have; ``None``: read from the device, one sync), rows past the edge's count masked.
     """
-    n_trip = idx_ji.size(0)
-    if n_trip == 0:
-        return pos.new_zeros(0)
+    n_trip = idx_ji.size(0)  # no branch on T (a data-dependent size under torch.export): T = 0 gives (0,) too
     count = count_per_index(idx_ji, n_edges)
     start = torch.cumsum(count, 0) - count
     if max_per_edge is None:
-        max_per_edge = int(count.max().item())
-    d = torch.arange(max(max_per_edge, 1), device=pos.device)
+        max_per_edge = int(count.max().item()) if n_edges else 0
+    # at least 2 columns (padding is masked): a width that may be 1 makes torch.export guard on broadcasting
+    d = torch.arange(torch.sym_max(max_per_edge, 2), device=pos.device)
     t = torch.arange(n_trip, device=pos.device)[:, None]  # (T, 1)
     valid = d < count[idx_ji][:, None]  # (T, D)
     other = torch.where(valid, start[idx_ji][:, None] + d, t)  # (T, D) candidate triplet (itself when padding)

@@ -117,7 +117,8 @@ class Geom3DAngleBasis(_RadialStack):
         n_l = self.num_spherical
         y0 = legendre(n_l - 1, torch.cos(theta)) * theta.new_tensor(
             [math.sqrt((2 * l_ + 1) / (4 * math.pi)) for l_ in range(n_l)])  # (T, L)
-        return (self.radial(dist)[idx_kj] * y0[:, :, None]).reshape(theta.size(0), -1)
+        # explicit width, not -1: a batch without triplets (T = 0) cannot infer it
+        return (self.radial(dist)[idx_kj] * y0[:, :, None]).reshape(theta.size(0), n_l * self.num_radial)
 
 
 def geom3d_torsion_columns(num_spherical: int) -> tuple[list[int], list[float]]:
@@ -145,7 +146,7 @@ class Geom3DTorsionBasis(_RadialStack):
     def forward(self, dist: Tensor, theta: Tensor, phi: Tensor, idx_kj: Tensor) -> Tensor:
         y = real_spherical_harmonics(self.num_spherical - 1, theta, phi)[:, self.cols] * self.signs.to(theta.dtype)
         rbf = self.radial(dist)[idx_kj][:, self.paired]  # (T, L^2, N)
-        return (rbf * y[:, :, None]).reshape(theta.size(0), -1)
+        return (rbf * y[:, :, None]).reshape(theta.size(0), rbf.size(1) * rbf.size(2))  # not -1: T may be 0
 
 
 class SphereNetEmbedding(torch.nn.Module):
