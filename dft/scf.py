@@ -188,7 +188,13 @@ def run_scf(mol: Molecule, cfg: DFTConfig | None = None, backend: str = "cpu", w
     pmol = build_pyscf_mol(mol, cfg)
     check_basis(pmol, cfg, mol.id)
     log_inferred(mol)
-    guess = warm.guess(mol, pmol) if warm is not None else None
+    guess = None
+    if warm is not None:
+        try:
+            guess = warm.guess(mol, pmol)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError) as e:  # never worse than a cold start
+            warm.forget()
+            log.warning("%s: no warm start (%s: %s); starting cold", mol.id, type(e).__name__, e)
     if guess is not None:
         log.info("%s: SCF starts warm from the previous frame%s (atoms moved <= %.3f A)", mol.id,
                  ("", "s' linear extrapolation", "s' quadratic extrapolation")[guess.order], guess.shift)
