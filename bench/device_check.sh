@@ -19,6 +19,17 @@
 # Sections (default: all): tests dft render pretrain students distill fused, each under its own timeout; logs
 # and summary.txt go to $OUT (the device tool brings them back) or ./device-check. Nothing here needs ray or
 # webdataset: the fused stage runs in-process on the one GPU. Exit status: the number of failed sections.
+#
+# Every section of the real mode measures the GPU or fails loudly, so a run on a machine without one fails
+# each at its start with one line (exit status 3 each):
+#   tests     pytest -m gpu with bench/_gpu_tests.py: no CUDA for torch fails before collection; a GPU test
+#             that skips (or xfails), or a run with no GPU test, fails the section and is named
+#   dft       bench dft --gpu-only behind bench/_cuda.py: needs CuPy + GPU4PySCF on a CUDA device
+#   render, pretrain, students, distill    their benchmark on CUDA behind bench/_cuda.py: needs torch on a
+#             CUDA device, and fails afterwards if torch allocated no GPU memory (a quiet CPU fallback)
+#   fused     DFT + rendering in one process behind bench/_cuda.py (torch and GPU4PySCF): the steady mol/s
+#             after the first molecule (start-up excluded), beside the 1.3 mol/s anchor
+# --dry-run runs the same commands on the CPU with small sizes and the gates off (skipped GPU tests counted).
 set -u
 cd "$(dirname "$0")/.."
 
@@ -95,7 +106,7 @@ else
 fi
 mkdir -p "$out"
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" EDG_CACHE=${EDG_CACHE:-/tmp/edg-cache} PYTHONUNBUFFERED=1
-gpu_tests=$(grep -l "mark.gpu" tests/test_*.py | tr '\n' ' ')
+gpu_tests=$(grep -lE "^(@pytest\.mark\.gpu|pytestmark.*mark\.gpu)" tests/test_*.py | tr '\n' ' ')  # marked, not mentioned
 failed=0
 
 step() {  # step NAME COMMAND...: run under the section's timeout, keep the log, summarise
@@ -114,34 +125,43 @@ step() {  # step NAME COMMAND...: run under the section's timeout, keep the log,
 
 { date; echo "mode: $mode, python: $PY"; plan | grep -v "^PLAN_"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1
-  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
-  $PY -c "import pyscf; print('pyscf', pyscf.__version__)"
-  $PY -c "import gpu4pyscf, cupy; print('gpu4pyscf', gpu4pyscf.__version__, 'cupy', cupy.__version__)"
+  $PY - <<'VERSIONS'
+import importlib
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+for name in ("pyscf", "gpu4pyscf", "cupy"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except Exception as e:
+        print(name, "not importable:", type(e).__name__, e)
+VERSIONS
   echo "rMD17: ${EDG_RMD17_ROOT:-not prepared}"
 } > "$out/summary.txt" 2>&1
 
+# real mode: each section measures the GPU or fails (bench/_cuda.py, bench/_gpu_tests.py stop it at its start)
 for s in $sections; do
   if [ "$mode" = dry-run ]; then
     case $s in
       tests)    step tests bash -c "$PY -m pytest -q -p no:cacheprovider tests/test_gpu_readiness.py && \
-                                    $PY -m pytest -q -p no:cacheprovider -m gpu $gpu_tests" ;;
-      dft)      step dft $PY -m bench dft --n=1 --quick ;;
-      render)   step render $PY -m bench render --device=cpu --n=1 --batch=1 ;;
-      pretrain) step pretrain $PY -m bench pretrain --quick --steps=1 ;;
-      students) step students $PY -m bench students --quick --cpu --models=schnet ;;
-      distill)  step distill $PY -m bench distill --quick ;;
-      fused)    step fused $PY -m bench fused --n=1 ;;
+                                    $PY -m pytest -q -p no:cacheprovider -p bench._gpu_tests --gpu-dry-run \
+                                    -m gpu $gpu_tests" ;;
+      dft)      step dft $PY -m bench._cuda --dry-run dft --n=1 --quick ;;
+      render)   step render $PY -m bench._cuda --dry-run render --device=cpu --n=1 --batch=1 ;;
+      pretrain) step pretrain $PY -m bench._cuda --dry-run pretrain --quick --steps=1 ;;
+      students) step students $PY -m bench._cuda --dry-run students --quick --cpu --models=schnet ;;
+      distill)  step distill $PY -m bench._cuda --dry-run distill --quick --device=cpu ;;
+      fused)    step fused $PY -m bench._cuda --dry-run fused --n=2 --quick ;;
       *) echo "unknown section $s ($all)" >> "$out/summary.txt"; failed=$((failed + 1)) ;;
     esac
   else
     case $s in
-      tests)    step tests $PY -m pytest -q -p no:cacheprovider -m gpu $gpu_tests ;;
-      dft)      step dft $PY -m bench dft --n=8 --gpu-only ;;
-      render)   step render $PY -m bench render --device=cuda ;;
-      pretrain) step pretrain $PY -m bench pretrain ;;
-      students) step students $PY -m bench students ;;
-      distill)  step distill $PY -m bench distill ;;
-      fused)    step fused $PY -m bench fused --n=12 ;;  # 12 of the 40 embedded QM9 molecules
+      tests)    step tests $PY -m pytest -q -p no:cacheprovider -p bench._gpu_tests -m gpu $gpu_tests ;;
+      dft)      step dft $PY -m bench._cuda dft --n=8 --gpu-only ;;
+      render)   step render $PY -m bench._cuda render --device=cuda ;;
+      pretrain) step pretrain $PY -m bench._cuda pretrain ;;
+      students) step students $PY -m bench._cuda students ;;
+      distill)  step distill $PY -m bench._cuda distill --device=cuda ;;
+      fused)    step fused $PY -m bench._cuda fused --n=12 ;;  # 12 of the 40 embedded QM9 molecules
       *) echo "unknown section $s ($all)" >> "$out/summary.txt"; failed=$((failed + 1)) ;;
     esac
   fi

@@ -4,14 +4,16 @@
 
 * ``loader``: the whole path a trainer waits on for ImageED batches (tar read, split filter, decode, collate
   into the batch the model takes), on one core (no workers, one torch thread), over shards of 224 px synthetic
-  images (``train.data.shards.write_synthetic_shards``); the uint8 path, then the earlier float32 path
-  (``pixels="float32"``, inflating with the standard library's zlib as it did) measured the same way. Best
-  of a few passes (the machine may be shared).
+  images (``train.data.shards.write_synthetic_shards``); the uint8 path over shards of today's encoding, then
+  the earlier float32 path (``pixels="float32"``, over the same samples stored as ``u8z`` and inflated with the
+  standard library's zlib, as it was) measured the same way. Best of a few passes (the machine may be shared).
 * ``student-syncs``: host syncs in one training step of the worst registered student
   (``train.students.host_syncs``; counted on the CPU, where the same ops are dispatched as on CUDA).
+* ``encode``: CPU time per molecule from rendered images to shard bytes written, this path and the earlier
+  one (``bench._encode_rate``).
 
-Measurements not written yet (render-output encoding, warm-started DFT along a trajectory) are absent from
-``MEASUREMENTS`` and print nothing.
+Measurements not written yet (warm-started DFT along a trajectory) are absent from ``MEASUREMENTS`` and print
+nothing.
 """
 from __future__ import annotations
 
@@ -45,12 +47,14 @@ def loader(quick: bool) -> list[str]:
     torch.set_num_threads(1)
     try:
         with tempfile.TemporaryDirectory(prefix="edg-bench-throughput-") as tmp:
-            write_synthetic_shards(tmp, size=224, maxcount=20, limit=20 if quick else 40)
+            now, then = Path(tmp) / "now", Path(tmp) / "u8z"
+            write_synthetic_shards(now, size=224, maxcount=20, limit=20 if quick else 40)
+            write_synthetic_shards(then, size=224, maxcount=20, limit=20 if quick else 40, image_encoding="u8z")
             passes = 3 if quick else 5
-            new = _loader_rate(Path(tmp), "uint8", passes)
+            new = _loader_rate(now, "uint8", passes)
             fast = use_inflater("zlib")
             try:
-                old = _loader_rate(Path(tmp), "float32", passes)
+                old = _loader_rate(then, "float32", passes)
             finally:
                 use_inflater(fast)
     finally:
@@ -67,9 +71,15 @@ def student_syncs(quick: bool) -> list[str]:
     return [f"throughput student-syncs: {counts[worst]} host syncs per step (goal 1)"]
 
 
+def encode(quick: bool) -> list[str]:
+    from bench._encode_rate import encode as measure
+    return measure(quick)
+
+
 MEASUREMENTS: dict[str, Callable[[bool], list[str]]] = {
     "loader": loader,
     "student-syncs": student_syncs,
+    "encode": encode,
 }
 """Line name -> measurement(quick) returning its printed lines, in the order they are printed."""
 

@@ -3,6 +3,12 @@
     read -> DFT -> render (or fused DFT+render) -> ED shards -> ImageED -> F_U -> teacher
          -> structure images of the student set -> teacher targets -> distillation (w/o and w/ EDG) -> tables
 
+``input`` is one spec or a list of specs (their union). An input whose dataset carries its densities
+(``edbench:DIR``: EDBench's ``Mol1_Dt.cube`` / ``Mol1_ESP.cube``) needs no DFT: the DFT stage leaves it out
+(and says so; with only such inputs it runs nothing) and the render stage draws its ED images from the cubes
+(``render.cube_input``). Every other input goes through the DFT stage; a ``pcqm4mv2`` file on Ray actors is read
+by the actors themselves, each its own byte range (``cluster.stages.run_items``).
+
 A stage that finished writes ``<out>/<stage>/DONE.json`` (its summary) and is skipped on a rerun; a stage that
 was interrupted resumes from what it wrote (DFT result files, finished shards, training checkpoints, finished
 distillation runs). ``<out>/config.yaml`` is the resolved config and ``<out>/manifest.json`` the run manifest
@@ -32,7 +38,7 @@ from edg.edg_core.stage import StageSpec, resolve
 from edg.train.configs import FitConfig
 
 from . import registry
-from .stages import Workers, batch_stage, run_extract, run_fused, run_render, run_stage
+from .stages import Workers, batch_stage, run_extract, run_fused, run_items, run_render
 
 log = logging.getLogger(__name__)
 STAGES = registry.NAMES  # in the order they run (cluster/registry.py)
@@ -109,7 +115,8 @@ class _PipelineBase:
     out: str = "runs/pipeline"             # a folder, or an fsspec URL (s3://bucket/runs/x, gs://...)
     work_dir: str | None = None            # local working copy of a URL out (None: $EDG_CACHE/staging/<hash>)
     sync_s: float = 60.0                   # push the working copy of a URL out this often (seconds)
-    input: str = "qm9?split=train"               # conformations for DFT, ED images and pretraining
+    input: str | list = "qm9?split=train"  # conformations for ED images and pretraining: one spec or a list (their
+    #                                        union); inputs carrying their densities (edbench:DIR) skip DFT
     fused: bool = False                    # DFT + render in one actor (GPU: fields stay on the device)
     keep_fields: bool = False              # also store float16 ED/ESP grids in the shards
     device: str | None = None              # torch device for local stages (None: cuda if present)
@@ -154,10 +161,27 @@ def load_pipeline_config(path: str | Path | None = None, overrides: dict | None 
         raise ConfigError(f"{where}: teacher.model.fu_dim ({cfg.teacher.model.fu_dim}) must equal "
                           f"imageed.model.embed_dim ({cfg.imageed.model.embed_dim}): the teacher predicts F_U")
     from edg.edg_core.datasets import resolve
-    resolve(cfg.input)  # a bad input spec: one SpecError line before any stage runs (students' specs: StudentsConfig)
+    specs = input_specs(cfg.input)
+    if not specs:
+        raise ConfigError(f"{where}: input is an empty list; give at least one input spec")
+    for spec in specs:
+        resolve(spec)  # a bad input spec: one SpecError line before any stage runs (students': StudentsConfig)
     if cfg.stop_after is not None and cfg.stop_after not in STAGES:
         raise ConfigError(f"{where}: stop_after {cfg.stop_after!r} is not a stage; stages: {', '.join(STAGES)}")
     return cfg
+
+
+def input_specs(value: str | list) -> list[str]:
+    """The input specs of a pipeline config's ``input`` (one spec or a list of them), in order."""
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def carries_fields(spec: str) -> bool:
+    """Whether the dataset of ``spec`` carries its ED/ESP (the registry's ``fields``: EDBench's cubes), so its
+    ED images need no DFT."""
+    from edg.edg_core.datasets import dataset_of
+    ds = dataset_of(spec)
+    return ds is not None and ds.fields is not None
 
 
 def resolve_section(args, section: str):
@@ -220,14 +244,85 @@ class Pipeline:
 
     def run_batch(self, spec: StageSpec, items, args: dict, total: int | None = None, batch_size: int = 1) -> dict:
         """Run the declared batch stage ``spec`` over ``items`` into its folder of this run, on its workers; the
-        summary as a dict. A stage's ``step`` calls this (it is handed the pipeline, never imports it)."""
-        return run_stage(batch_stage(spec, args, batch_size=batch_size), items, self.folder(spec.name),
+        summary as a dict. A stage's ``step`` calls this (it is handed the pipeline, never imports it). A source
+        that its actors can read in byte ranges (``pcqm4mv2``) goes out as parts (``cluster.stages.run_items``)."""
+        return run_items(batch_stage(spec, args, batch_size=batch_size), items, self.folder(spec.name),
                          self._workers(spec.name), total=total).to_dict()
 
     def run_fused(self, src) -> dict:
         """DFT and rendering of every molecule of ``src`` in one actor (``fused: true``)."""
         return run_fused(src, self.folder("render"), self.folder("dft"), self.cfg.dft, self.cfg.render,
                          self._workers("dft"), total=len(src), keep_fields=self.cfg.keep_fields).to_dict()
+
+    # ---------------------------------------------------------------- inputs: DFT, or densities shipped with them
+    def dft_inputs(self) -> list[str]:
+        """The input specs that need DFT (no densities of their own), in order."""
+        return [s for s in input_specs(self.cfg.input) if not carries_fields(s)]
+
+    def field_inputs(self) -> list[str]:
+        """The input specs that carry their densities (EDBench's cubes): rendered without DFT."""
+        return [s for s in input_specs(self.cfg.input) if carries_fields(s)]
+
+    def step_of(self, spec: StageSpec):
+        """What the pipeline runs for ``spec``: its declared step, except that the DFT and render steps are the
+        pipeline's own (``dft_union``, ``render_union``) when ``input`` is not one spec needing DFT: a list, or
+        an input carrying its densities."""
+        plain = isinstance(self.cfg.input, str) and not self.field_inputs()
+        if not plain and spec.name == "dft":
+            return Pipeline.dft_union
+        if not plain and spec.name == "render":
+            return Pipeline.render_union
+        return resolve(spec.step)
+
+    def dft_union(self) -> dict:
+        """DFT of every input that needs it, one input after another into the run's ``dft/`` (fused: DFT and
+        rendering into ``shards/ed``); the inputs that carry their densities are left to the render step. With
+        none to compute, nothing runs and the summary says why."""
+        from edg.dft.stage import DFT
+        from edg.edg_core.readers import open_source
+        from edg.edg_core.run_folder import DFTLayout
+        plain, cubes = self.dft_inputs(), self.field_inputs()
+        if cubes:
+            print(f"[dft] no DFT for {', '.join(cubes)}: their densities come with them (cube files; the render "
+                  "stage reads them)", flush=True)
+        if not plain:
+            return {"skipped": "no DFT: every input carries its densities (cube files)", "field_inputs": cubes}
+        run = self.folder(DFT.name)
+        run.remove_interrupted_writes(DFTLayout.FIELDS)
+        per_input = {}
+        for spec in plain:
+            src = open_source(spec)
+            per_input[spec] = (self.run_fused(src) if self.cfg.fused else
+                               self.run_batch(DFT, src, {"cfg": self.cfg.dft, "out": run.writer()}, total=len(src)))
+        return {**_sum_counts(per_input.values()), "inputs": per_input, "field_inputs": cubes}
+
+    def render_union(self) -> dict:
+        """ED and structure images into ``shards/ed`` from the DFT results of the run (unless ``fused``: the DFT
+        step rendered them) and from the cube files of every input carrying its densities, in one pass of the
+        stage driver (a molecule id found twice is one ``read`` failure); then the contact sheet."""
+        import itertools
+
+        from edg.dft.worker import result_files
+        from edg.edg_core.datasets import dataset_of, resolve
+        from edg.edg_core.readers import open_source
+        from edg.render.stage import RENDER, worker_args
+        parts, total = [], 0
+        if self.dft_inputs() and not self.cfg.fused:
+            paths = result_files(self.folder("dft").where())
+            parts.append(paths)
+            total += len(paths)
+        for spec in self.field_inputs():
+            parts.append(dataset_of(spec).field_items(resolve(spec)))  # (molecule, cube reference) per record
+            total += len(open_source(spec))
+        if parts:
+            summary = self.run_batch(RENDER, itertools.chain.from_iterable(parts),
+                                     worker_args(self.cfg.render, self.cfg.device, keep_fields=self.cfg.keep_fields),
+                                     total=total, batch_size=self.cfg.render.batch_size)
+        else:  # fused, and no input carries its densities: the DFT step rendered everything
+            summary = {"fused": True}
+        summary["field_inputs"] = self.field_inputs()
+        summary["contact_sheet"] = str(self.contact_sheet())
+        return summary
 
     def _stage(self, name: str, fn) -> dict:
         marker = self.out / "stages" / f"{name}.json"
@@ -370,7 +465,7 @@ class Pipeline:
 
     def _run_stages(self) -> None:
         for spec in registry.specs():
-            step = resolve(spec.step)
+            step = self.step_of(spec)
             self.manifest["stages"][spec.name] = self._stage(spec.name, lambda step=step: step(self))
             write_json_atomic(self.out / "manifest.json", self.manifest)
             if spec.name == self.cfg.stop_after:
@@ -379,6 +474,16 @@ class Pipeline:
     def failures(self) -> dict:
         """Every failure manifest of the run: {path: number of entries}."""
         return {str(p): len(read_jsonl(p)) for p in sorted(self.out.rglob("failures.jsonl"))}
+
+
+def _sum_counts(summaries) -> dict:
+    """The counters of several stage summaries added up (``done``, ``failed``, ``skipped``, ``total``)."""
+    out = {}
+    for s in summaries:
+        for k in ("total", "done", "failed", "skipped"):
+            if isinstance(s.get(k), int):
+                out[k] = out.get(k, 0) + s[k]
+    return out
 
 
 def _versions() -> dict:

@@ -11,11 +11,12 @@ nothing (``None``) or ``address="local"``       a private local runtime, even wh
 ==============================================  ====================================================
 
 EDG never joins a head it was not pointed at. The private runtime listens on 127.0.0.1 only
-(``loopback_only``), has no dashboard, keeps its session files under ``temp_dir`` (a fresh temporary folder by
-default, removed at the end) and uses token authentication with a token of its own in that folder
-(``private_auth``): it never writes ``~/.ray`` and leaves Ray's settings for the user's other programs as they
-were. A runtime it started is shut down when the ``with`` block ends; a cluster it joined is left running.
-When a cluster's authentication does not match this process's, the error says in one line what to set.
+(``loopback_only``), has no dashboard unless asked (then on 127.0.0.1 too), keeps its session files under
+``temp_dir`` (a fresh temporary folder by default, removed at the end) and uses token authentication with a
+token of its own in that folder (``private_auth``): it never writes ``~/.ray`` and leaves Ray's settings for the
+user's other programs as they were. A runtime it started is shut down when the ``with`` block ends; a cluster it
+joined is left running. When a cluster's authentication does not match this process's, the error says in one line
+what to set.
 
 ``use_ray(setting)`` decides whether a command runs its stages on Ray: an explicit setting wins; otherwise Ray
 is used when the process runs inside a Ray job (``ray job submit``) or ``$RAY_ADDRESS`` names a cluster.
@@ -188,8 +189,9 @@ def _refresh_ray_auth() -> None:
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, temp_dir: str | os.PathLike | None = None,
-                num_cpus: int | None = None) -> Iterator[dict]:
-    """Yield ``ray.cluster_resources()`` inside a connected Ray runtime (see the module docstring)."""
+                num_cpus: int | None = None, dashboard_port: int | None = None) -> Iterator[dict]:
+    """Yield ``ray.cluster_resources()`` inside a connected Ray runtime (see the module docstring).
+    ``dashboard_port``: a private runtime also runs the Ray dashboard there, on 127.0.0.1 (``edg serve``)."""
     import ray
     if ray.is_initialized():
         yield ray.cluster_resources()
@@ -204,8 +206,10 @@ def ray_session(address: str | None = None, temp_dir: str | os.PathLike | None =
     folder = str(temp_dir or own_tmp)
     try:
         with loopback_only(), private_auth(folder):
-            ray.init(num_cpus=num_cpus, _temp_dir=folder, include_dashboard=False,
-                     log_to_driver=False, _node_ip_address=LOCALHOST)
+            dashboard = {} if dashboard_port is None else {"dashboard_host": LOCALHOST,
+                                                             "dashboard_port": dashboard_port}
+            ray.init(num_cpus=num_cpus, _temp_dir=folder, include_dashboard=dashboard_port is not None,
+                     log_to_driver=False, _node_ip_address=LOCALHOST, **dashboard)
             log.info("Ray: %s in %s", why, folder)
             try:
                 yield ray.cluster_resources()

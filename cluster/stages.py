@@ -13,7 +13,9 @@
 ``edg dft``, ``edg render``, ``edg data convert``, ``edg extract`` and ``edg pipeline`` all call the ``run_*``
 functions below (or ``batch_stage``), so each runs in this process or on Ray actors the same way
 (``Workers``), resumes from what its run folder ``out`` (a ``RunFolder`` a command opened, or a folder or
-fsspec URL that the driver opens for the stage) already holds, and records typed failures.
+fsspec URL that the driver opens for the stage) already holds, and records typed failures. ``run_items`` is the
+entry for records from a source: on Ray actors, a source its dataset cuts into byte ranges (``pcqm4mv2``) is
+read by the actors themselves, each its own part (``cluster.parts``), not by the driver.
 """
 from __future__ import annotations
 
@@ -30,8 +32,20 @@ from edg.render.stage import RenderActor, molecule_and_fields
 
 from .engine import NpzFile, ResultFiles, Shards, Stage, StageSummary, Workers, opened, run_stage
 
-__all__ = ["Workers", "StageSummary", "batch_stage", "run_dft", "run_render", "run_fused", "run_convert",
+__all__ = ["Workers", "StageSummary", "batch_stage", "run_items", "run_dft", "run_render", "run_fused", "run_convert",
            "run_extract", "molecule_and_fields", "item_key", "item_record", "RenderActor"]
+
+
+def run_items(stage: Stage, items: Iterable, out: RunFolder | str | Path, workers: Workers | None = None, *,
+              total: int | None = None, retry_failed: bool = False) -> StageSummary:
+    """``run_stage``, except that ``items`` from a source whose dataset cuts into parts (``pcqm4mv2``), on Ray
+    actors, go out as parts that each actor reads itself (``cluster.parts.run_parts``)."""
+    from .parts import plan, run_parts
+    workers = workers or Workers()
+    parts = plan(items, workers, stage.name)
+    if parts is None:
+        return run_stage(stage, items, out, workers, total=total, retry_failed=retry_failed)
+    return run_parts(stage, parts, out, workers, retry_failed=retry_failed)
 
 
 def batch_stage(spec: StageSpec, args: dict, batch_size: int = 1, maxcount: int = 1000,
@@ -56,7 +70,7 @@ def run_dft(records: Iterable, out: RunFolder | str | Path, cfg, workers: Worker
     from edg.dft.stage import DFT
     with opened(out) as run:
         run.remove_interrupted_writes(DFTLayout.FIELDS)
-        return run_stage(batch_stage(DFT, {"cfg": cfg, "out": run.writer()}), records, run, workers, total=total,
+        return run_items(batch_stage(DFT, {"cfg": cfg, "out": run.writer()}), records, run, workers, total=total,
                          retry_failed=retry_failed)
 
 
@@ -120,7 +134,7 @@ def run_fused(records: Iterable, out: RunFolder | str | Path, dft_out: RunFolder
     stage = Stage("dft+render", FusedActor, {"dft_cfg": dft_cfg, "render_cfg": render_cfg,
                                               "dft_out": writer, "keep_fields": keep_fields},
                   Shards("render", maxcount), key=item_key, record=item_record)
-    return run_stage(stage, records, out, workers, total=total)
+    return run_items(stage, records, out, workers, total=total)
 
 
 # ---------------------------------------------------------------- conversion to shards
@@ -139,10 +153,11 @@ class ConvertWorker:
 
 def run_convert(records: Iterable, out: RunFolder | str | Path, workers: Workers, total: int | None = None,
                 prefix: str = "shard", maxcount: int = 1000, maxsize: int = 1 << 30) -> StageSummary:
-    """Write every record of ``records`` as a shard sample in ``out`` (a folder or a URL); resumable."""
+    """Write every record of ``records`` as a shard sample in ``out`` (a folder or a URL); resumable. On Ray
+    actors a ``pcqm4mv2`` source is read by the actors, each its own byte range (``run_items``)."""
     stage = Stage("convert", ConvertWorker, {}, Shards(prefix, maxcount, maxsize), key=item_key,
                   record=item_record, batch_size=256)
-    return run_stage(stage, records, out, workers, total=total)
+    return run_items(stage, records, out, workers, total=total)
 
 
 # ---------------------------------------------------------------- a trained model over existing shards

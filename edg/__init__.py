@@ -9,6 +9,7 @@ directory (a ``train.py``, a ``cluster/`` folder) or in site-packages can shadow
 ``edg.render``        the torch ray-marcher and the PyMOL reference (``render/``)
 ``edg.train``         ImageED, the teacher, students, training loops (``train/``)
 ``edg.cluster``       the ``edg`` command line, the stage driver, Ray (``cluster/``)
+``edg.serve``         ``edg serve``: the Ray Serve application (predict, render jobs, the page)
 ``edg.api``           the public Python API in one place (students, ASE, renderer, DFT)
 ====================  ============================================================
 
@@ -25,7 +26,7 @@ import os
 import sys
 
 __version__ = "0.2.0"
-FOLDERS = ("edg_core", "dft", "render", "train", "cluster")
+FOLDERS = ("edg_core", "dft", "render", "train", "cluster", "serve")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _CHECKOUT = os.path.dirname(_HERE)
 

@@ -17,6 +17,14 @@ A trained student (a run folder of ``edg distill``) and the ASE calculator::
     student = load_student("runs/quick/schnet__rmd17-ethanol__lam0.1__seed42")
     atoms.calc = EDGCalculator("runs/quick/schnet__rmd17-ethanol__lam0.1__seed42")
 
+A self-contained model file (``edg export``; no run folder or training code needed) and its training domain::
+
+    from edg.api import export_run, load_exported
+    export_run("runs/quick/schnet__rmd17-ethanol__lam0.1__seed42", "ethanol.pt2")
+    model = load_exported("ethanol.pt2")          # model.card: elements, compositions, energy range
+    [p] = model.predict([(z, pos)])               # p.energy eV, p.forces eV/Å, p.verdict.status in/warn/refused
+    atoms.calc = EDGCalculator("ethanol.pt2")     # atoms.calc.domain after each calculation
+
 Rendering ED and structure images, and one DFT single point::
 
     from edg.api import Renderer, RenderConfig, render_ed, render_structure
@@ -42,6 +50,13 @@ _WHERE = {
     "Prediction": "edg.train.io.predict",
     "predict_file": "edg.train.io.predict",
     "EDGCalculator": "edg.train.io.ase_calculator",
+    "DomainWarning": "edg.train.io.ase_calculator",
+    "export_run": "edg.train.io.exported",
+    "load_exported": "edg.train.io.exported",
+    "ExportedModel": "edg.train.io.exported",
+    "ExportedPrediction": "edg.train.io.exported",
+    "ModelCard": "edg.train.io.model_card",
+    "Verdict": "edg.train.io.model_card",
     "STUDENTS": "edg.train.students",
     "build_student": "edg.train.students",
     "Renderer": "edg.render.renderer",

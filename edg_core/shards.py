@@ -21,9 +21,11 @@ member              content                     decoded as
 ``edp.npy``         EDP(F_S) (768,)             float32 tensor
 ==================  ==========================  =================================================
 
-Images are stored as uint8 (quantised like the paper's PNG files). ``<enc>`` is ``u8z`` (raw uint8,
-zlib level 1, with a small shape header; the default, chosen by measurement: see docs/shards.md and
-``make bench``) or ``png`` (one PNG strip of all views). Arrays are bit-exact through a round trip.
+Images are stored as uint8 (quantised like the paper's PNG files). ``<enc>`` is ``u8zst`` (raw uint8,
+one zstd frame at level ``ZSTD_LEVEL`` with its content size and checksum, after a small shape header; the
+default since issue 24, chosen by measurement: see docs/shards.md and ``python -m bench._encode_rate``),
+``u8z`` (raw uint8, zlib level 1, same header; the default before, still read) or ``png`` (one PNG strip of
+all views). Arrays are bit-exact through a round trip.
 Shards are written to ``name.tar.tmp`` and renamed on completion, so a crash never leaves a
 half-written ``.tar``. Beside each finished shard the writer puts its key index ``name.tar.keys`` (written
 before the shard appears), so that a resume learns a shard's keys from one small file instead of every tar
@@ -39,6 +41,7 @@ import os
 import re
 import struct
 import tarfile
+import threading
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -53,8 +56,9 @@ from .molecule import Molecule
 from .storage import is_remote, open_read, unstrip, upload, url_to_fs
 
 SCHEMA_VERSION = 1
-IMAGE_ENCODINGS = ("u8z", "png")
-DEFAULT_IMAGE_ENCODING = "u8z"
+IMAGE_ENCODINGS = ("u8zst", "u8z", "png")
+DEFAULT_IMAGE_ENCODING = "u8zst"
+ZSTD_LEVEL = 1  # docs/shards.md: per molecule 107 KiB, 1.3 ms CPU to encode, 0.5 to decode (u8z: 139, 4.9, 2.0)
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_:\-]")
 MAX_KEY = 64  # characters; keeps <key>.<member> within a USTAR name (100)
 KEY_INDEX_SUFFIX = ".keys"  # <shard>.tar.keys: the keys of a finished shard (``shard_keys``)
@@ -95,11 +99,51 @@ def to_uint8(img) -> np.ndarray:
     return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
 
 
+_local = threading.local()  # per thread: zstd contexts are not shared between threads
+
+
+def _zstd():
+    """zstandard, imported on first use (an install requirement; only ``u8zst`` members need it)."""
+    try:
+        import zstandard
+    except ImportError as e:
+        from .errors import EDGError
+        raise EDGError("u8zst shard images need the PyPI package zstandard: pip install 'zstandard>=0.25' "
+                       "(an EDG install requirement; `make install` adds it)") from e
+    return zstandard
+
+
+def check_image_encoding(encoding: str) -> None:
+    """Refuse an unknown image encoding (``ValueError``) or one whose codec is not installed (``EDGError``),
+    before any work (a writer calls it when it starts)."""
+    if encoding not in IMAGE_ENCODINGS:
+        raise ValueError(f"unknown image encoding {encoding!r}; use one of {IMAGE_ENCODINGS}")
+    if encoding == "u8zst":
+        _zstd()
+
+
+def _zstd_compressor():
+    c = getattr(_local, "zc", None)
+    if c is None:
+        c = _local.zc = _zstd().ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, write_checksum=True)
+    return c
+
+
+def _zstd_decompressor():
+    d = getattr(_local, "zd", None)
+    if d is None:
+        d = _local.zd = _zstd().ZstdDecompressor()
+    return d
+
+
 def encode_images(img, encoding: str = DEFAULT_IMAGE_ENCODING) -> bytes:
-    """(V, C, H, W) floats in [0, 1] or uint8 -> bytes."""
+    """(V, C, H, W) floats in [0, 1] or uint8 -> bytes. Safe to call from several threads at once (zstd and
+    zlib release the GIL while they compress: ``render.encode`` runs it in a thread pool)."""
     a = img if isinstance(img, np.ndarray) and img.dtype == np.uint8 else to_uint8(img)
     if a.ndim != 4:
         raise ValueError(f"images must have shape (V, C, H, W), got {a.shape}")
+    if encoding == "u8zst":
+        return struct.pack("<4I", *a.shape) + _zstd_compressor().compress(np.ascontiguousarray(a))
     if encoding == "u8z":
         return struct.pack("<4I", *a.shape) + zlib.compress(a.tobytes(), 1)
     if encoding == "png":
@@ -144,13 +188,27 @@ def use_inflater(name: str) -> str:
 
 def decode_images_u8(data: bytes, encoding: str, max_bytes: int = MAX_MEMBER_BYTES) -> np.ndarray:
     """bytes -> uint8 (V, C, H, W). The shape header fixes the decoded size: a header over ``max_bytes`` is
-    refused before anything is inflated, and a payload that inflates to more or less than it is an error."""
+    refused before anything is inflated, and a payload that inflates to more or less than it is an error.
+    ``u8zst``: the zstd frame must declare exactly that size (checked in its header before anything is
+    allocated: a frame declaring more, or no size, is refused at the cost of a few bytes read), be one frame
+    with nothing after it, and pass its checksum."""
     if len(data) < 16:
         raise ValueError(f"image member of {len(data)} bytes has no shape header")
     shape = struct.unpack("<4I", data[:16])
     size = int(np.prod(shape, dtype=np.int64))
     if size > max_bytes:
         raise ValueError(f"images of shape {shape} would decode to {size} bytes, over the cap of {max_bytes}")
+    if encoding == "u8zst":
+        zstd = _zstd()
+        payload = memoryview(data)[16:]
+        declared = zstd.get_frame_parameters(payload).content_size  # the frame header only
+        if declared != size:
+            said = "no size" if declared == zstd.CONTENTSIZE_UNKNOWN else f"{declared} bytes"
+            raise ValueError(f"u8zst frame declares {said}, not the {size} bytes of shape {shape}")
+        raw = _zstd_decompressor().decompress(payload, allow_extra_data=False)  # allocates `declared` bytes
+        if len(raw) != size:
+            raise ValueError(f"u8zst payload does not decompress to the {size} bytes of shape {shape}")
+        return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
     if encoding == "u8z":
         d = _inflater.decompressobj()
         raw = d.decompress(data[16:], size + 1)  # never more than one byte past the announced size
@@ -172,7 +230,9 @@ def decode_images_u8(data: bytes, encoding: str, max_bytes: int = MAX_MEMBER_BYT
 def encode_sample(mol: Molecule, *, grid: CubeGrid | None = None, ed=None, esp=None, edimg=None, stimg=None,
                   fu=None, fs=None, edp=None, image_encoding: str = DEFAULT_IMAGE_ENCODING,
                   extra_meta: dict | None = None) -> dict[str, Any]:
-    """A WebDataset sample dict (``__key__`` + member bytes) for one molecule and whatever it has so far."""
+    """A WebDataset sample dict (``__key__`` + member bytes) for one molecule and whatever it has so far.
+    Images (``edimg``, ``stimg``) as ``encode_images`` takes them; uint8 numpy arrays are compressed as they
+    are (``render.encode`` quantises on the device, then calls this from its thread pool)."""
     scalars, arrays = {}, {}
     for k, v in mol.labels.items():
         if isinstance(v, np.ndarray) and v.ndim > 0:

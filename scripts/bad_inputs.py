@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,6 +119,14 @@ def _carbon_lattice(n: int, id_: str) -> str:
     return f"{n}\nid={id_}\n" + "".join(f"C {1.5 * i} {1.5 * j} {1.5 * k}\n" for i, j, k in pts)
 
 
+def _zstd_zeros(size: int) -> bytes:
+    """One zstd frame of ``size`` zero bytes that declares its size (a few KiB, made in 1 MiB pieces)."""
+    import zstandard
+    c = zstandard.ZstdCompressor(level=1).compressobj(size=size)
+    piece = bytes(1 << 20)
+    return b"".join([c.compress(piece) for _ in range(size >> 20)] + [c.flush()])
+
+
 def _shards(d: Path, damage: str) -> None:
     """Six samples with synthetic 32-px images, one of them damaged as ``damage`` says."""
     from edg.edg_core.readers import open_source
@@ -127,11 +136,14 @@ def _shards(d: Path, damage: str) -> None:
     with ShardWriter(d / "shards", "synthetic", maxcount=100) as w:
         for i, m in enumerate(mols):
             ed, st = synthetic_images(m.z, m.pos, 16 if (damage == "shape" and i == 2) else 32)
-            s = encode_sample(m, edimg=ed, stimg=st)
+            old = {"image_encoding": "u8z"} if damage == "bomb" else {}  # the u8z bomb replaces a u8z member
+            s = encode_sample(m, edimg=ed, stimg=st, **old)
             if damage == "member" and i == 2:
                 del s["z.npy"]
             if damage == "bomb" and i == 2:  # 6x4x32x32 announced, 16 MB inside
                 s["edimg.u8z"] = struct.pack("<4I", 6, 4, 32, 32) + zlib.compress(b"\0" * (1 << 24))
+            if damage == "zstd-bomb" and i == 2:  # 6x4x32x32 announced, a frame declaring 128 MiB inside
+                s["edimg.u8zst"] = struct.pack("<4I", 6, 4, 32, 32) + _zstd_zeros(128 << 20)
             w.write(s)
     if damage == "header":
         shard = d / "shards" / "synthetic-000000.tar"
@@ -238,6 +250,62 @@ def _archive(d: Path, kind: str) -> None:
             tf.addfile(info, io.BytesIO(data))
     if kind == "truncated":  # cut inside the last bz2 block: the first files are whole
         path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.8)])
+
+
+def _model_file(d: Path, kind: str) -> None:
+    """A hostile model file for ``edg predict --model``, written member by member (a zip in the layout ``edg
+    export`` writes, with the metadata's SHA-256 recomputed as an attacker would): ``pickle`` (not a zip: a pickle
+    calling os.system), ``twice`` (a graph member that appears twice), ``pickled-weight`` (a weight torch would
+    unpickle in full), ``target`` (a node calling torch.os.system), ``sympy`` (a size expression that is Python
+    code), ``oversized`` (a weight declaring 10^12 elements with no bytes)."""
+    import hashlib
+    import zipfile
+    os_system = b"cos\nsystem\n(Vtouch " + str(d / "ran").encode() + b"\ntR."
+    if kind == "pickle":
+        (d / "model.pt2").write_bytes(os_system)
+        return
+    tensor = {"dtype": 7, "sizes": [{"as_int": 4}], "strides": [{"as_int": 1}], "storage_offset": {"as_int": 0},
+              "requires_grad": False, "device": {"type": "cpu", "index": None}, "layout": 7}
+    weight = {"path_name": "weight_0", "is_param": True, "use_pickle": False, "tensor_meta": tensor}
+    node = {"target": "torch.ops.aten.mul.Tensor", "inputs": [], "outputs": [], "metadata": {}}
+    graph = {"graph_module": {"graph": {"nodes": [node], "sym_int_values": {}, "custom_obj_values": {}},
+                              "signature": {"input_specs": []}}, "verifiers": ["TRAINING"], "guards_code": [],
+             "range_constraints": {}}
+    members = {"data/weights/weight_0": bytes(16)}
+    if kind == "pickled-weight":
+        weight["use_pickle"] = True
+        members["data/weights/weight_0"] = os_system
+    elif kind == "target":
+        node["target"] = "torch.os.system"
+    elif kind == "sympy":
+        graph["graph_module"]["graph"]["sym_int_values"]["s0"] = {
+            "as_expr": {"expr_str": "__import__('os').system('touch ran')", "hint": None}}
+    elif kind == "oversized":
+        tensor["sizes"] = [{"as_int": 1_000_000}, {"as_int": 1_000_000}]
+        tensor["strides"] = [{"as_int": 1_000_000}, {"as_int": 1}]
+        members["data/weights/weight_0"] = b""
+    members["models/atoms2to25.json"] = json.dumps(graph).encode()
+    members["data/weights/atoms2to25_weights_config.json"] = json.dumps({"config": {"w": weight}}).encode()
+    members["data/constants/atoms2to25_constants_config.json"] = b'{"config": {}}'
+    meta = {"format": "edg-model/1", "student": "schnet", "kind": "energy", "dtype": "float32", "cutoff": 5.0,
+            "units": {"energy": "eV", "forces": "eV/\u00c5", "positions": "\u00c5"}, "run": {}, "card": {},
+            "output": {"offset": 0.0, "scale": 1.0},
+            "programs": [{"name": "atoms2to25", "min_atoms": 2, "max_atoms": 25}],
+            "digests": {k: hashlib.sha256(v).hexdigest() for k, v in members.items()}}
+    members["extra/edg/model.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(d / "model.pt2", "w", zipfile.ZIP_STORED) as z:
+        for name, data in members.items():
+            z.writestr(f"archive/{name}", data)
+        if kind == "twice":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # zipfile's "Duplicate name" is the point of this file
+                z.writestr("archive/models/atoms2to25.json", b"{}")
+
+
+def predict_model(kind: str) -> tuple[dict, list[str]]:
+    """Files and ``edg predict`` arguments of a hostile model file (``_model_file``) and one good molecule."""
+    return ({"model.pt2": lambda d: _model_file(d, kind), "in.xyz": xyz(GOOD1)},
+            ["predict", "--model", "{d}/model.pt2", "--input", "{d}/in.xyz", "--out", "{d}/out.extxyz"])
 
 
 def _marker(d: Path, content: bytes) -> None:
@@ -390,6 +458,10 @@ CASES = [
          {"shards": lambda d: _shards(d, "bomb")}, PRETRAIN, 0,
          r"qm9:3: member 'edimg\.u8z' cannot be decoded \(ValueError: u8z payload does not inflate to the 24576 bytes",
          5, count="trained"),
+    Case("shard-zstd-bomb", "shard: u8zst member whose zstd frame declares 128 MiB (training)",
+         {"shards": lambda d: _shards(d, "zstd-bomb")}, PRETRAIN, 0,
+         r"qm9:3: member 'edimg\.u8zst' cannot be decoded \(ValueError: u8zst frame declares 134217728 bytes, not the "
+         r"24576 bytes", 5, count="trained"),
     # ---- issue 23: readers (streams, resynchronisation, what a molecule cannot be, one-line answers)
     Case("xyz-12-digit-count", "XYZ: a 12-digit atom-count line between good frames",
          {"a.xyz": xyz(GOOD1, frame("bad", n=123456789012), GOOD2)}, convert("a.xyz"), 0,
@@ -523,6 +595,26 @@ CASES = [
          {"data": lambda d: _marker(d, b'{"url": "u", "digests": "none"}')}, fetch(), 2,
          r"\.edg-fetched\.json: not a completion marker EDG wrote \(no 'url' string or 'digests' object\); delete "
          r"\S+ to fetch again", None, count="none"),
+    # ---- issue 23 item 9 / issue 25 item 1: hostile model files (edg export's format; docs/export.md)
+    Case("model-pickle", "model file: a pickle that calls os.system", *predict_model("pickle"), 2,
+         r"model\.pt2: not a model file \(not a readable zip archive: File is not a zip file\)", None,
+         count="none"),
+    Case("model-member-twice", "model file: a zip with a graph member twice", *predict_model("twice"), 2,
+         r"model\.pt2: forged archive: member 'archive/models/atoms2to25\.json' appears twice", None,
+         count="none"),
+    Case("model-pickled-weight", "model file: a weight stored as a pickle", *predict_model("pickled-weight"), 2,
+         r"data/weights/atoms2to25_weights_config\.json: w is stored as a pickle \(torch would unpickle it in "
+         r"full\); refused", None, count="none"),
+    Case("model-node-target", "model file: a graph node calling torch.os.system", *predict_model("target"), 2,
+         r"graph atoms2to25: node target 'torch\.os\.system' is not an admitted ATen operator; refused without "
+         r"resolving it", None, count="none"),
+    Case("model-sympy-code", "model file: a size expression that is Python code", *predict_model("sympy"), 2,
+         r"graph atoms2to25: symbolic expression \"__import__\('os'\)\.system\('touch ran'\)\" holds Call, which is "
+         r"not size arithmetic; refused without evaluating it", None, count="none"),
+    Case("model-oversized-tensor", "model file: a weight declaring 10^12 elements and holding none",
+         *predict_model("oversized"), 2,
+         r"w declares 1000000000000 elements \(sizes \[1000000, 1000000\]\) but its record holds 0; refused before "
+         r"allocating", None, count="none"),
     # ---- issue 23: config alias bombs
     Case("config-alias-bomb-dft", "config: 1 KB YAML alias bomb in a list field (edg dft)", {"bomb.yaml": _alias_bomb},
          [*DFT, "--input", "embedded:qm9?limit=1", "--out", "{d}/out", "--config", "{d}/bomb.yaml"], 2,

@@ -139,7 +139,7 @@ try:
 except DiskFullError as e:
     print('DISKFULL', e)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert "DISKFULL" in out.stdout and "fields/mol-1.npz" in out.stdout, out.stdout + out.stderr
     assert not list((tmp_path / "fields").iterdir())  # the partial temporary file is gone too
     assert issubclass(DiskFullError, OSError)

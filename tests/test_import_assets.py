@@ -140,6 +140,13 @@ def test_imageed_import_computes_what_their_mae_computes(tmp_path):
     torch.testing.assert_close(out["pred"], pred_theirs, atol=1e-5, rtol=1e-5)
 
 
+AUTHORS_MAE_TRAINABLE = 111_983_616
+"""Trainable parameters of the authors' ``mae_vit_base_patch16(in_chans=4, norm_pix_loss=True)`` (their
+ImageED/models_mae_multi_view_RGBD.py at HongxinXiang/EDG 3293258b, instantiated outside this repository:
+``sum(p.numel() for p in model.parameters() if p.requires_grad)``; their two fixed sin-cos position embeddings,
+1 x 1177 x 768 and 1 x 1177 x 512, are frozen parameters on top)."""
+
+
 def test_imageed_key_mapping_covers_the_vit_b16_preset_without_allocating():
     from dataclasses import replace
 
@@ -147,13 +154,24 @@ def test_imageed_key_mapping_covers_the_vit_b16_preset_without_allocating():
     from edg.train.io.import_assets import imageed_config, imageed_key
     from edg.train.models.imageed import ImageED
     with torch.device("meta"):
-        theirs = {k: v for k, v in TheirMAE().state_dict().items()}  # mae_vit_base_patch16_dec512d8b(in_chans=4)
+        their_model = TheirMAE()  # mae_vit_base_patch16_dec512d8b(in_chans=4)
+        theirs = {k: v for k, v in their_model.state_dict().items()}
         cfg = imageed_config(theirs, args=argparse.Namespace(model="mae_vit_base_patch16"))
         ours = ImageED(cfg).state_dict()
+        paper = ImageED(imageed_preset("paper"))
     assert cfg == replace(imageed_preset("vit_b16"), view_embedding=False, cls_token=True)
     mapped = {imageed_key(k): tuple(v.shape) for k, v in theirs.items() if imageed_key(k) is not None}
     assert mapped == {k: tuple(v.shape) for k, v in ours.items()}
     assert sum(np.prod(s) for s in mapped.values()) > 100e6  # the whole MAE (encoder 86 M + decoder)
+    # the paper preset is exactly their model: same keys and shapes, same trainable parameters
+    assert imageed_preset("paper") == cfg
+    assert {k: tuple(v.shape) for k, v in paper.state_dict().items()} == mapped
+    trainable = sum(p.numel() for p in their_model.parameters() if p.requires_grad)
+    assert sum(p.numel() for p in paper.parameters()) == trainable == AUTHORS_MAE_TRAINABLE
+    # the project's default has no class token and adds a learned view embedding to encoder and decoder
+    with torch.device("meta"):
+        default = sum(p.numel() for p in ImageED(imageed_preset("vit_b16")).parameters())
+    assert default == AUTHORS_MAE_TRAINABLE - 768 + 6 * 768 + 6 * 512
 
 
 def test_imageed_import_refuses_other_files(tmp_path):

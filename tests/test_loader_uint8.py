@@ -155,7 +155,7 @@ def test_every_inflater_reads_u8z_the_same_and_refuses_damage():
     from edg.edg_core.shards import INFLATERS, decode_images_u8, encode_images, use_inflater
     assert "zlib-ng" in INFLATERS  # a dependency: the loader's rate rests on it
     images = np.random.default_rng(0).integers(0, 256, (6, 4, 16, 16), dtype=np.uint8)
-    blob = encode_images(images)
+    blob = encode_images(images, "u8z")
     previous = use_inflater("zlib")
     try:
         for name in INFLATERS:

@@ -134,9 +134,66 @@ def test_teacher_channels_last_gives_the_same_features():
 
 
 def test_configs_default_to_tf32_and_no_compile():
-    from edg.train.configs import FitConfig
-    for cfg in (ImageEDTrainConfig(), TeacherTrainConfig(), FitConfig()):
+    from edg.train.configs import FitConfig, RepresentationConfig
+    for cfg in (ImageEDTrainConfig(), TeacherTrainConfig(), FitConfig(), RepresentationConfig()):
         assert cfg.tf32 is True and cfg.compile is False
+
+
+def test_compile_is_a_flag_of_every_training_command():
+    """Opt-in from the command line: ``--compile`` sets the config field the loop reads (off by default)."""
+    import argparse
+
+    from edg.edg_core.config import add_config_args, apply_args
+    from edg.train.configs import FitConfig, RepresentationConfig
+    for cls in (ImageEDTrainConfig, TeacherTrainConfig, FitConfig, RepresentationConfig):
+        p = argparse.ArgumentParser()
+        add_config_args(p, cls)
+        assert apply_args(cls(), p.parse_args(["--compile", "--no-tf32"])).compile is True, cls
+        assert apply_args(cls(), p.parse_args(["--no-tf32"])).tf32 is False
+        assert apply_args(cls(), p.parse_args([])).compile is False
+
+
+def test_a_training_run_starts_one_worker_pool_for_all_its_epochs_and_says_its_choices_once(shards, tmp_path,
+                                                                                             monkeypatch, caplog):
+    """``train_imageed`` for 3 epochs (3 passes over the shards) with a loader worker: torch starts its worker
+    processes once (a loader per epoch, or one without persistent workers, starts them every pass), and the
+    speed choices are one log line."""
+    from edg.train.loops.pretrain import train_imageed
+    from torch.utils.data import dataloader
+    starts = []
+    start = dataloader._MultiProcessingDataLoaderIter.__init__
+
+    def counted(self, loader):
+        starts.append(loader)
+        start(self, loader)
+    monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "__init__", counted)
+    monkeypatch.setattr(speed, "_said", set())
+    cfg = ImageEDTrainConfig(model=imageed_preset("tiny"), epochs=3, warmup_epochs=0, batch_size=4, num_workers=1,
+                             shuffle_buffer=4, val_fraction=0.0, checkpoint_every=0)
+    with caplog.at_level(logging.INFO, logger="edg.train.loops.speed"):
+        row = train_imageed(cfg, shards, tmp_path / "run", device="cpu")
+    assert row["epoch"] == 3 and row["step"] == 9  # 3 epochs of 3 steps (10 samples, batch 4)
+    assert len(starts) == 1 and starts[0].persistent_workers
+    assert [r.getMessage() for r in caplog.records if r.name == speed.__name__] == [
+        "imageed on cpu: TF32 off, fused optimizer off, torch.compile off, one loader kept across epochs "
+        "(persistent workers)"]
+
+
+def test_the_teacher_trains_in_channels_last_on_cuda_and_imageed_does_not(visible_gpu, shards):
+    """What ``train_stage`` does with each stage's choices on a visible GPU (placed on the CPU here)."""
+    import dataclasses
+
+    from edg.train.loops.pretrain import _teacher_stage
+    for stage, wanted in ((_teacher_stage(TeacherTrainConfig(model=TEACHER_PRESETS["tiny"]), shards), True),
+                          (_imageed_stage(ImageEDTrainConfig(model=imageed_preset("tiny")), shards), False)):
+        choices = speed.speed_choices(visible_gpu, channels_last=stage.channels_last)
+        assert choices.channels_last is wanted
+        model = speed.place_model(stage.model, dataclasses.replace(choices, device="cpu"))
+        weights = [p for p in model.parameters() if p.dim() == 4]
+        assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights) is wanted
+        assert getattr(model, "channels_last", False) is wanted  # the teacher lays out its inputs too
+    cpu = speed.speed_choices("cpu", channels_last=True)
+    assert not speed.place_model(Teacher(TEACHER_PRESETS["tiny"]), cpu).channels_last  # CUDA only
 
 
 def test_imageed_takes_uint8_batches_converted_on_the_device(shards):

@@ -82,7 +82,7 @@ def _in_background(fn):
     return t, box
 
 
-def _remove_when(cluster, ready, class_part: str, stage: threading.Thread, box: dict, timeout: float = 240.0):
+def _remove_when(cluster, ready, class_part: str, stage: threading.Thread, box: dict, timeout: float = 1800.0):
     """Once ``ready()`` holds, remove a worker node running an actor of ``class_part``; returns its id.
     Fails when the ``stage`` thread ends first (with its error, if any)."""
     deadline = time.time() + timeout
@@ -122,7 +122,7 @@ def test_dft_and_render_spread_over_nodes_and_survive_a_node_loss(ray_cluster, t
     t, box = _in_background(lambda: run_dft(iter(mols), dft_out, cfg, Workers(actors=2, cpus=1), total=len(mols)))
     lost = _remove_when(cluster, lambda: len(done_keys(dft_out)) >= 3, "DFTWorker", t, box)
     assert t.is_alive(), "the DFT stage ended before the node was removed"
-    t.join(600)
+    t.join(3600)  # returns when the stage ends; the timeout only stops a hang
     assert not t.is_alive() and "error" not in box, box.get("error")
     dft_s = time.time() - t0
     done, failed = done_keys(dft_out), _failed_keys(dft_out / "failures.jsonl")
@@ -147,7 +147,7 @@ def test_dft_and_render_spread_over_nodes_and_survive_a_node_loss(ray_cluster, t
         return sum(a["state"] == "ALIVE" for a in _actors("RenderActor")) >= 2
     _remove_when(cluster, rendering, "RenderActor", t, box)
     assert t.is_alive(), "the render stage ended before the node was removed"
-    t.join(600)
+    t.join(3600)  # returns when the stage ends; the timeout only stops a hang
     assert not t.is_alive() and "error" not in box, box.get("error")
     render_s = time.time() - t0
     rendered = [s["__key__"] for s in read_samples(shard_out)]
@@ -188,10 +188,10 @@ def test_ray_train_resumes_from_the_last_checkpoint_after_a_node_loss(ray_cluste
             seen["epoch0_at"] = time.time()
             seen["epoch0_s"] = 800 / m[0]["samples_per_s"]
         return len(m) == 1 and time.time() - seen["epoch0_at"] > 0.25 * seen["epoch0_s"]
-    _remove_when(cluster, mid_epoch_1, "RayTrainWorker", t, box, timeout=400)
+    _remove_when(cluster, mid_epoch_1, "RayTrainWorker", t, box)
     removed_at = time.time()
     assert t.is_alive()
-    t.join(900)
+    t.join(3600)  # returns when training ends; the timeout only stops a hang
     assert not t.is_alive() and "error" not in box, box.get("error")
     result = box["value"]
     assert result.error is None

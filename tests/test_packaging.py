@@ -1,6 +1,6 @@
 """Import names that cannot collide: a non-editable install holds one top-level package, ``edg``, and works from a
-folder whose ``train.py``, ``dft.py``, ``render.py``, ``cluster.py`` and ``edg_core.py`` each raise on import;
-the pre-0.2 names still import from a checkout, as the same modules, with one FutureWarning."""
+folder whose ``train.py``, ``dft.py``, ``render.py``, ``cluster.py``, ``edg_core.py`` and ``serve.py`` each raise on
+import; the pre-0.2 names still import from a checkout, as the same modules, with one FutureWarning."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHADOWS = ("train", "dft", "render", "cluster", "edg_core")
+SHADOWS = ("train", "dft", "render", "cluster", "edg_core", "serve")
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,7 @@ def test_the_wheel_installs_one_top_level_package(wheel_site):
     nested = {p.name for p in (wheel_site / "edg").iterdir() if p.is_dir()}
     assert set(SHADOWS) <= nested
     assert (wheel_site / "edg" / "edg_core" / "data").is_dir()  # the embedded molecules travel too
+    assert (wheel_site / "edg" / "serve" / "page.html").is_file()  # and edg serve's page
 
 
 def test_public_api_imports_beside_shadowing_files(wheel_site, hostile_cwd):

@@ -95,6 +95,10 @@ def test_train_student_with_mse_plateau_and_warmup():
 
 def test_paper_config_enumerates_table1_and_table2(tmp_path):
     cfg = load_pipeline_config("configs/paper.yaml", {"out": str(tmp_path / "paper"), "ray": {"enabled": False}})
+    from edg.train.configs import imageed_preset
+    assert cfg.imageed.model == imageed_preset("paper")  # the authors' ImageED exactly, in both paper configs
+    assert load_pipeline_config("configs/paper-qm9.yaml", {"out": str(tmp_path / "q"), "ray": {"enabled": False}}
+                                ).imageed.model == imageed_preset("paper")
     st = cfg.students
     qm9 = [d for d in st.dataset_list() if d.startswith("qm9:")]
     rmd = [d for d in st.dataset_list() if d.startswith("rmd17:")]

@@ -66,7 +66,10 @@ def _convert_and_scrape(session, tmp_path):
         pattern = re.compile(r'^ray_edg_molecules_done_total\{[^}]*stage="convert"[^}]*\} (\S+)$', re.M)
         deadline, found = time.monotonic() + 300, None  # the agent exports every few seconds; generous on load
         while found is None and time.monotonic() < deadline:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+            except OSError:  # the agent not listening yet, or slow to answer on a loaded machine: ask again
+                text = ""
             found = pattern.search(text)
             if found is None:
                 time.sleep(1)

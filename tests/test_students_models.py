@@ -21,10 +21,16 @@ SMALL = {
     "spherenet": dict(hidden_channels=16, num_layers=2, int_emb_size=8, basis_emb_size_dist=4,
                       basis_emb_size_angle=4, basis_emb_size_torsion=4, out_emb_channels=16, num_spherical=3,
                       num_radial=4, cutoff=5.0),
-    "spherenet_blocks": dict(hidden_channels=16, num_layers=2, int_emb_size=8, basis_emb_size_dist=4,
-                             basis_emb_size_angle=4, basis_emb_size_torsion=4, out_emb_channels=16,
-                             num_spherical=3, num_radial=4, cutoff=5.0, readout="blocks"),
-    "equiformer": dict(hidden_channels=16, num_layers=2, num_heads=2, num_rbf=8, cutoff=5.0, feature_channels=24),
+    "spherenet-edg": dict(hidden_channels=16, num_layers=2, int_emb_size=8, basis_emb_size_dist=4,
+                          basis_emb_size_angle=4, basis_emb_size_torsion=4, out_emb_channels=16, num_spherical=3,
+                          num_radial=4, cutoff=5.0),
+    "spherenet-edg_blocks": dict(hidden_channels=16, num_layers=2, int_emb_size=8, basis_emb_size_dist=4,
+                                 basis_emb_size_angle=4, basis_emb_size_torsion=4, out_emb_channels=16,
+                                 num_spherical=3, num_radial=4, cutoff=5.0, readout="blocks"),
+    "equiformer": dict(irreps_node_embedding="16x0e+8x1e+4x2e", num_layers=2, irreps_feature="24x0e",
+                       irreps_head="8x0e+4x1e+2x2e", num_heads=2, irreps_mlp_mid="16x0e+8x1e+4x2e", num_basis=8,
+                       fc_neurons=(8, 8), cutoff=5.0),
+    "equiformer-edg": dict(hidden_channels=16, num_layers=2, num_heads=2, num_rbf=8, cutoff=5.0, feature_channels=24),
 }
 CASES = [c for c in SMALL if c.split("_")[0] in STUDENTS]
 
@@ -183,13 +189,16 @@ def test_schnet_filters_once_per_pair_equal_pygs_interaction_blocks(max_neighbor
 
 
 def test_spherenet_predicts_from_its_features_as_the_paper_ran_it():
-    model = make("spherenet")  # readout "features": Geom3D extract_representation + graph_pred_linear
     z, pos, batch = collate(molecules())
+    model = make("spherenet")  # Geom3D's extract_representation=True + graph_pred_linear
+    feats, pred = model(z, pos, batch)
+    assert torch.allclose(pred, model.graph_pred_linear(feats), atol=1e-12)
+    model = make("spherenet-edg")  # readout "features": the same, in the project's variant
     feats, pred = model(z, pos, batch)
     assert model.config.readout == "features" and all(v.lin is None for v in model.update_vs)
     assert torch.allclose(pred, model.head(feats), atol=1e-12)
     with pytest.raises(ValueError, match="readout"):
-        build_student("spherenet", readout="mean")
+        build_student("spherenet-edg", readout="mean")
 
 
 def test_visnet_has_the_papers_rmd17_size():

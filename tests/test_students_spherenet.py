@@ -1,4 +1,5 @@
-"""SphereNet student: real spherical harmonics, batched torsions, torsion basis, symmetry, forces, batching."""
+"""SphereNet students (``spherenet``: Geom3D's; ``spherenet-edg``: the project's variant): real spherical harmonics,
+batched torsions, torsion basis, symmetry, forces, batching. Geom3D's sizes and bases: tests/test_students_geom3d.py."""
 from __future__ import annotations
 
 import math
@@ -16,10 +17,10 @@ SMALL = dict(hidden_channels=16, num_layers=2, int_emb_size=8, basis_emb_size_di
              basis_emb_size_torsion=4, out_emb_channels=16, num_spherical=3, num_radial=4, cutoff=5.0)
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["spherenet", "spherenet-edg"])
+def model(request):
     torch.manual_seed(0)
-    return build_student("spherenet", **SMALL).double().eval()
+    return build_student(request.param, **SMALL).double().eval()
 
 
 def test_real_spherical_harmonics_are_orthonormal():
@@ -96,14 +97,20 @@ def test_energy_invariant_forces_equivariant_but_chiral(model):
     assert (model(z, mirrored, batch)[1][0] - e0[0]).abs() > 1e-6
 
 
-def test_defaults_and_errors():
-    config = config_for("spherenet")
+@pytest.mark.parametrize("name", ["spherenet", "spherenet-edg"])
+def test_defaults(name):
+    config = config_for(name)
     assert (config.hidden_channels, config.out_emb_channels, config.num_layers, config.cutoff) == (128, 256, 4, 5.0)
     assert (config.num_spherical, config.num_radial, config.int_emb_size) == (3, 6, 64)
+
+
+def test_errors():
     with pytest.raises(ValueError, match="output_init"):
-        build_student("spherenet", **SMALL, output_init="nope")
-    zero = build_student("spherenet", **SMALL, output_init="zeros")
+        build_student("spherenet-edg", **SMALL, output_init="nope")
+    zero = build_student("spherenet-edg", **SMALL, output_init="zeros")
     z, pos, batch = collate(molecules(1))
     assert zero(z, pos.float(), batch)[1].abs().max() == 0
     with pytest.raises(ValueError, match="atomic numbers"):
         zero(torch.tensor([6, 120]), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="atomic numbers"):  # Geom3D's Embedding(95)
+        build_student("spherenet", **SMALL)(torch.tensor([6, 95]), torch.zeros(2, 3))

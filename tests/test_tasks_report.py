@@ -57,11 +57,12 @@ def test_rows_select_lambda_on_validation_and_compute_improvement(results):
 def test_markdown_and_csv_layout(results):
     rows = build_rows(collect_results(results))
     md = markdown_tables(rows)
-    assert "| Dataset | Metric | schnet w/o EDG | schnet w/ EDG | schnet Impr. |" in md
+    assert "| Dataset | Metric | schnet w/o EDG | schnet w/ EDG | schnet Impr. | schnet Δ (95% CI) |" in md
     line = next(ln for ln in md.splitlines() if ln.startswith("| ethanol | Energy"))
     assert "1.1000 ± 0.1414" in line and "0.8000 ± 0.1414 (λ=0.1)" in line and "+27.3%" in line
+    assert "-0.3000 [" in line  # seeds 1 and 2 paired: differences -0.1 and -0.5
     asp = next(ln for ln in md.splitlines() if ln.startswith("| aspirin | Force"))
-    assert asp.endswith("| 6.0000 | – | – |")
+    assert asp.endswith("| 6.0000 | – | – | – |")
     table = list(csv.DictReader(io.StringIO(csv_table(rows))))
     eth_f = next(t for t in table if t["dataset"] == "rmd17:ethanol" and t["metric"] == "force_mae")
     assert float(eth_f["improvement_pct"]) == pytest.approx(23.8095, abs=1e-3)
@@ -94,11 +95,13 @@ def test_table1_has_qm9_targets_as_columns_in_paper_order_and_students_as_rows()
     md = markdown_tables(build_rows(results))
     table = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines()
              if line.startswith("| ")]
-    assert table[0][1:] == ["mu (D)", "U0 (eV)"]  # paper order: mu ... U0, not alphabetical
+    assert table[0][1:] == ["mu (D)", "U0 (meV)"]  # paper order: mu ... U0, not alphabetical; energies in meV
     rows = {r[0]: r[1:] for r in table[1:]}
-    assert list(rows)[:5] == ["schnet w/o EDG", "schnet w/ EDG", "schnet Impr.", "schnet λ", "egnn w/o EDG"]
-    assert rows["schnet w/o EDG"] == ["0.0500", "0.0200"]
-    assert rows["schnet w/ EDG"] == ["–", "0.0150"] and rows["schnet λ"] == ["–", "0.5"]  # chosen on validation
+    assert list(rows)[:6] == ["schnet w/o EDG", "schnet w/ EDG", "schnet Impr.", "schnet Δ (95% CI)", "schnet λ",
+                              "egnn w/o EDG"]
+    assert rows["schnet w/o EDG"] == ["0.0500", "20.00"]
+    assert rows["schnet w/ EDG"] == ["–", "15.00"] and rows["schnet λ"] == ["–", "0.5"]  # chosen on validation
+    assert rows["schnet Δ (95% CI)"] == ["–", "-5.00 (1 seed: no interval)"]
     assert rows["schnet Impr."] == ["–", "+25.0%"]
     assert rows["egnn w/o EDG"] == ["0.0400", "–"] and rows["egnn w/ EDG"] == ["–", "–"]
     assert "### Table 1: QM9" in md

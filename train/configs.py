@@ -57,6 +57,9 @@ class ImageEDConfig:
 
 IMAGEED_PRESETS = {
     "vit_b16": ImageEDConfig(),
+    # exactly the authors' model (ImageED/models_mae_multi_view_RGBD.py mae_vit_base_patch16, in_chans=4): their
+    # class token, no view embedding; 111,983,616 trainable parameters as theirs (tests/test_import_assets.py)
+    "paper": ImageEDConfig(view_embedding=False, cls_token=True),
     "tiny": ImageEDConfig(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
                           decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4),
 }
@@ -189,9 +192,9 @@ class TeacherTrainConfig:
 _PAPER = "; unset (None): the paper's value for the student and dataset (docs/students.md)"
 
 GEOM3D_QM9_FIT = {"epochs": 1000, "batch_size": 128, "eval_batch_size": 128, "lr": 5e-4, "loss": "l1",
-                  "scheduler": "cosine", "warmup_steps": 0}
+                  "scheduler": "cosine", "warmup_steps": 0, "select_ema": 0.0, "early_stopping_patience": 0}
 """The Geom3D QM9 training settings (``train.paper_settings`` builds its Geom3D entries from them), and what
-``FitConfig.filled`` puts in fields still ``None``."""
+``FitConfig.filled`` puts in fields still ``None``: selection on the task's validation metric, no early stop."""
 
 
 @dataclass
@@ -212,6 +215,14 @@ class FitConfig:
     plateau_factor: float = field(default=0.8, metadata={"help": "plateau: lr factor on a plateau"})
     plateau_patience: int = field(default=30, metadata={"help": "plateau: epochs without improvement"})
     min_lr: float = field(default=1e-7, metadata={"help": "plateau: lower bound of the lr"})
+    select_ema: float | None = field(default=None, metadata={
+        "help": "select (and run plateau) on the authors' ViSNet validation loss: per validation batch the MSE "
+                "task loss with its energy term replaced by an EMA over validation batches (carried across epochs; "
+                "this value is the newest batch's weight, ViSNet's loss_scale_y 0.05), averaged over the batches; "
+                "0: off, select on the task's select_metric" + _PAPER})
+    early_stopping_patience: int | None = field(default=None, metadata={
+        "help": "stop when the selection metric has not improved for this many epochs, or is not finite "
+                "(Lightning's EarlyStopping, as the authors' ViSNet: 600); 0: off" + _PAPER})
     weight_decay: float = 0.0
     grad_clip: float | None = None     # max grad norm; None: no clipping
     seed: int = 42
@@ -253,6 +264,8 @@ class RepresentationConfig:
     voxel_width: int = field(default=16, metadata={"help": "channels of the first 3-D ResNet stage"})
     image_arch: str = field(default="resnet18", metadata={"help": "timm backbone of the image model (random init)"})
     device: str = field(default="auto", metadata={"help": "torch device (auto: CUDA when visible, else CPU)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile each model's training forward"})
+    tf32: bool = field(default=True, metadata={"help": "TF32 matmuls and convolutions on CUDA"})
     checkpoint_every: int = field(default=10, metadata={
         "help": "epochs between resumable checkpoints of each representation (0: none)"})
     keep_last: int = field(default=1, metadata={"help": "resumable checkpoints kept per representation"})

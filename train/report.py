@@ -7,6 +7,10 @@ columns per student: w/o EDG, w/ EDG, Impr. Students appear in the paper's order
 Input: the run records written by ``train.loops.distill.run_distill`` (``<out>/<run>/result.json``, with
 ``history.jsonl`` and ``test_errors.npz`` beside them). "w/ EDG" is the lambda > 0 whose mean validation
 metric (over seeds) is lowest, as the paper searches lambda; every number is a mean (± std) over seeds.
+Each w/ vs w/o pair also gets its difference paired by seed (same seed, same split) with a 95% paired
+t-interval (``train.paired``): "within noise" where the interval contains 0, "1 seed: no interval" with one
+seed. Units as the paper prints them: a Table 1 (QM9) energy recorded in eV (the Geom3D unit the task trains
+and predicts in) is shown in meV (``shown_unit``).
 Figures (matplotlib, Agg): learning curves, the lambda sweep (paper Figure 4), and per-frame |error| along the
 test trajectory (paper Figure 3).
 """
@@ -24,8 +28,41 @@ from edg.edg_core.datasets import dataset_of, group_of
 from edg.edg_core.io import read_jsonl, write_bytes_atomic
 
 from .metrics import mean_std, relative_improvement
+from .paired import PairedDiff, paired_difference
 
 METRIC_NAMES = {"energy_mae": "Energy", "force_mae": "Forces", "mae": "MAE"}
+PRINTED = {"eV": ("meV", 1000.0)}
+"""Recorded unit -> (unit, factor) a paper table laid out by targets (Table 1, QM9) prints: energies in meV."""
+DIGITS = {"meV": 2}
+"""Decimals of a unit in the tables (others: 4)."""
+
+
+def shown_unit(dataset: str, unit: str) -> tuple[str, float]:
+    """``(unit shown, factor)`` for a metric of ``dataset`` recorded in ``unit``: ``PRINTED`` for a dataset whose
+    paper table has one column per target (the registry's ``table_layout == "targets"``: Table 1), else as
+    recorded (factor 1)."""
+    ds = dataset_of(dataset)
+    if ds is not None and ds.table_layout == "targets" and unit in PRINTED:
+        return PRINTED[unit]
+    return unit, 1.0
+
+
+def _value(run: dict, split: str, metric: str) -> float:
+    """A run's ``split`` metric in the unit its table shows (``shown_unit`` of the run's recorded unit)."""
+    return float(run[split][metric]) * shown_unit(run["dataset"], run.get("units", {}).get(metric, ""))[1]
+
+
+def pair_key(run: dict) -> tuple:
+    """What two runs must share to be paired: the seed and the split (the recorded ids when the record holds
+    them, else the task's split description and sizes)."""
+    split = run.get("split")
+    if isinstance(split, dict):
+        import hashlib
+        sig = hashlib.sha1(json.dumps(split, sort_keys=True).encode()).hexdigest()[:12]
+    else:
+        info = run.get("task_info") or {}
+        sig = json.dumps([info.get(k) for k in ("split", "n_train", "n_valid", "n_test")])
+    return int(run["seed"]), sig
 
 
 def reported_metrics(dataset: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -59,10 +96,11 @@ class Cell:
 class TableRow:
     dataset: str
     metric: str
-    unit: str
+    unit: str                  # the unit shown (``shown_unit``)
     student: str
     baseline: Cell | None
     edg: Cell | None
+    paired: PairedDiff | None = None   # w/ − w/o EDG per seed (same seed and split), in ``unit``
 
     @property
     def improvement(self) -> float:
@@ -79,8 +117,14 @@ def _groups(results: list[dict]) -> dict[tuple[str, str, float], list[dict]]:
 
 
 def _cell(runs: list[dict], split: str, metric: str) -> Cell:
-    m, s = mean_std(r[split][metric] for r in runs)
+    m, s = mean_std(_value(r, split, metric) for r in runs)
     return Cell(m, s, len(runs), float(runs[0]["lambda_ed"]))
+
+
+def _paired(base_runs: list[dict], edg_runs: list[dict], metric: str) -> PairedDiff:
+    """The w/ − w/o difference of ``metric`` (test split) over the seeds both arms ran on the same split."""
+    return paired_difference({pair_key(r): _value(r, "test", metric) for r in edg_runs},
+                             {pair_key(r): _value(r, "test", metric) for r in base_runs})
 
 
 def best_lambda(results: list[dict], dataset: str, student: str) -> float | None:
@@ -104,16 +148,27 @@ def build_rows(results: list[dict]) -> list[TableRow]:
         base_runs, edg_runs = groups.get((dataset, student, 0.0)), groups.get((dataset, student, lam))
         any_run = (base_runs or edg_runs)[0]
         for metric in reported_metrics(dataset, tuple(any_run["test"])):
-            rows.append(TableRow(dataset, metric, any_run["units"].get(metric, ""), student,
+            unit = shown_unit(dataset, any_run["units"].get(metric, ""))[0]
+            rows.append(TableRow(dataset, metric, unit, student,
                                  _cell(base_runs, "test", metric) if base_runs else None,
-                                 _cell(edg_runs, "test", metric) if edg_runs else None))
+                                 _cell(edg_runs, "test", metric) if edg_runs else None,
+                                 _paired(base_runs, edg_runs, metric) if base_runs and edg_runs else None))
     return rows
+
+
+def _digits(unit: str) -> int:
+    return DIGITS.get(unit, 4)
 
 
 def _fmt(c: Cell | None, digits: int = 4) -> str:
     if c is None:
         return "–"
     return f"{c.mean:.{digits}f}" + (f" ± {c.std:.{digits}f}" if c.n > 1 else "")
+
+
+def _delta(r: TableRow | None) -> str:
+    """The paired difference cell: ``-1.20 [-2.10, -0.30]``, ``... within noise``, ``... (1 seed: no interval)``."""
+    return "–" if r is None or r.paired is None else r.paired.text(_digits(r.unit))
 
 
 def _student_order(kind: str, students: set[str]) -> list[str]:
@@ -138,12 +193,13 @@ def _targets_table(kind: str, rows: list[TableRow], title: str, order: tuple[str
     head = ["Model"] + [f"{t} ({units[t]})" for t in targets]
     lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in _student_order(kind, {r.student for r in sub}):
-        cells = {"w/o EDG": [], "w/ EDG": [], "Impr.": [], "λ": []}
+        cells = {"w/o EDG": [], "w/ EDG": [], "Impr.": [], "Δ (95% CI)": [], "λ": []}
         for t in targets:
             r = by_key.get((t, s))
-            cells["w/o EDG"].append(_fmt(r.baseline) if r else "–")
-            cells["w/ EDG"].append(_fmt(r.edg) if r else "–")
+            cells["w/o EDG"].append(_fmt(r.baseline, _digits(r.unit)) if r else "–")
+            cells["w/ EDG"].append(_fmt(r.edg, _digits(r.unit)) if r else "–")
             cells["Impr."].append(_imp(r))
+            cells["Δ (95% CI)"].append(_delta(r))
             cells["λ"].append(f"{r.edg.lambda_ed:g}" if r is not None and r.edg is not None else "–")
         for label, vals in cells.items():
             lines.append(f"| {s} {label} | " + " | ".join(vals) + " |")
@@ -163,7 +219,10 @@ def markdown_tables(rows: list[TableRow]) -> str:
         else:
             out.append(_rows_by_dataset(kind, rows, title))
     note = ("Test MAE at the best validation epoch; mean ± std over seeds. w/ EDG: the λ > 0 with the lowest "
-            "mean validation metric. Impr. = (w/o − w/) / w/o.")
+            "mean validation metric. Impr. = (w/o − w/) / w/o. Δ = w/ − w/o per seed, paired (same seed, same "
+            "split): its mean over the seeds both arms ran and the 95% paired t-interval (negative: EDG lowered "
+            "the error); 'within noise' where the interval contains 0, '1 seed: no interval' with one seed. "
+            "QM9 energies in meV, as the paper prints them.")
     return "\n\n".join(out) + "\n\n" + note + "\n"
 
 
@@ -171,7 +230,8 @@ def _rows_by_dataset(kind: str, rows: list[TableRow], title: str) -> str:
     """Rows = (dataset, metric), columns = student x (w/o EDG, w/ EDG, Impr.) for one family."""
     sub = [r for r in rows if group_of(r.dataset) == kind]
     students = _student_order(kind, {r.student for r in sub})
-    head = ["Dataset", "Metric"] + [f"{s} {c}" for s in students for c in ("w/o EDG", "w/ EDG", "Impr.")]
+    cols = ("w/o EDG", "w/ EDG", "Impr.", "Δ (95% CI)")
+    head = ["Dataset", "Metric"] + [f"{s} {c}" for s in students for c in cols]
     lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     by_key = {(r.dataset, r.metric, r.student): r for r in sub}
     for dataset, metric in sorted({(r.dataset, r.metric) for r in sub}):
@@ -180,10 +240,11 @@ def _rows_by_dataset(kind: str, rows: list[TableRow], title: str) -> str:
         for s in students:
             r = by_key.get((dataset, metric, s))
             if r is None:
-                cells += ["–"] * 3
+                cells += ["–"] * len(cols)
                 continue
             lam = f" (λ={r.edg.lambda_ed:g})" if r.edg is not None else ""
-            cells += [_fmt(r.baseline), _fmt(r.edg) + lam, _imp(r)]
+            digits = _digits(r.unit)
+            cells += [_fmt(r.baseline, digits), _fmt(r.edg, digits) + lam, _imp(r), _delta(r)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -192,13 +253,20 @@ def csv_table(rows: list[TableRow]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["dataset", "metric", "unit", "student", "baseline_mean", "baseline_std", "baseline_seeds",
-                "edg_mean", "edg_std", "edg_seeds", "edg_lambda", "improvement_pct"])
+                "edg_mean", "edg_std", "edg_seeds", "edg_lambda", "improvement_pct",
+                "paired_seeds", "diff_mean", "diff_ci95_low", "diff_ci95_high", "paired_t_p", "verdict"])
+
+    def g(x: float) -> str:
+        return "" if np.isnan(x) else f"{x:.6g}"
+
     for r in rows:
-        b, e = r.baseline, r.edg
+        b, e, p = r.baseline, r.edg, r.paired
         w.writerow([r.dataset, r.metric, r.unit, r.student,
                     *(("", "", "") if b is None else (f"{b.mean:.6g}", f"{b.std:.6g}", b.n)),
                     *(("", "", "", "") if e is None else (f"{e.mean:.6g}", f"{e.std:.6g}", e.n, f"{e.lambda_ed:g}")),
-                    "" if np.isnan(r.improvement) else f"{r.improvement:.3f}"])
+                    "" if np.isnan(r.improvement) else f"{r.improvement:.3f}",
+                    *(("", "", "", "", "", "") if p is None else
+                      (p.n, g(p.mean), g(p.low), g(p.high), g(p.p), p.verdict))])
     return buf.getvalue()
 
 
@@ -206,12 +274,13 @@ def lambda_sweep_csv(results: list[dict]) -> str:
     """Every (dataset, student, lambda): mean valid selection metric and mean test metrics."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["dataset", "student", "lambda", "seeds", "valid_select", "metric", "test_mean", "test_std"])
+    w.writerow(["dataset", "student", "lambda", "seeds", "valid_select", "metric", "unit", "test_mean", "test_std"])
     for (d, s, lam), runs in sorted(_groups(results).items()):
         val = mean_std(r["valid"][r["select_metric"]] for r in runs)[0]
         for metric in reported_metrics(d, tuple(runs[0]["test"])):
             c = _cell(runs, "test", metric)
-            w.writerow([d, s, f"{lam:g}", len(runs), f"{val:.6g}", metric, f"{c.mean:.6g}", f"{c.std:.6g}"])
+            unit = shown_unit(d, runs[0].get("units", {}).get(metric, ""))[0]
+            w.writerow([d, s, f"{lam:g}", len(runs), f"{val:.6g}", metric, unit, f"{c.mean:.6g}", f"{c.std:.6g}"])
     return buf.getvalue()
 
 
@@ -283,7 +352,7 @@ def plot_lambda_sweep(results: list[dict], out: str | Path) -> list[Path]:
                 ax.axhline(b.mean, color="k", ls="--", label="w/o EDG")
             ax.set_xscale("log")
             ax.set_xlabel("λ")
-            unit = groups[(d, s, lams[0])][0]["units"].get(metric, "")
+            unit = shown_unit(d, groups[(d, s, lams[0])][0]["units"].get(metric, ""))[0]
             ax.set_ylabel(f"test {METRIC_NAMES.get(metric, metric)} ({unit})")
             ax.legend(fontsize=8)
         fig.suptitle(f"{s} on {d}: λ sweep")

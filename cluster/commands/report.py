@@ -7,8 +7,13 @@ from edg.edg_core.errors import EDGError
 
 HELP = """\
 Compare finished runs of `edg distill`, `edg benchmark` or `edg pipeline`: result tables in the paper's layout
-(Table 1 QM9, Table 2 rMD17: mean ± std over seeds, with and without EDG), results.csv, lambda_sweep.csv and
-learning curves, written to --out.
+(Table 1 QM9 with energies in meV, Table 2 rMD17: mean ± std over seeds, with and without EDG), results.csv,
+lambda_sweep.csv and learning curves, written to --out.
+
+Each w/ vs w/o EDG pair also gets Δ = w/ − w/o per seed, paired by seed and split, with its 95% paired
+t-interval (results.csv: paired_seeds, diff_mean, diff_ci95_low/high, paired_t_p, verdict): "within noise"
+where the interval contains 0, "1 seed: no interval" with one seed. Run several seeds of both arms
+(`edg benchmark --seeds 42 43 44`, a pipeline's students.seeds) to get intervals.
 
 Each RUN is a run folder (holding result.json) or a folder of run folders (a benchmark's --out, a pipeline's
 distill/ folder). Runs with the same name from two places are refused (they would count as two seeds).

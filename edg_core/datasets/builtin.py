@@ -61,4 +61,4 @@ register(Dataset(
                                  "from data.csv.gz); ?part=k/N: one of N byte ranges; ?split= needs ?split_dict=",
     reader=f"{READERS}.pcqm4mv2:open_pcqm4mv2", subset="path", subset_label="pcqm4m-v2-train.sdf path",
     subset_required=True, splits=PCQM_SPLITS, default_split="all", options=("csv", "split_dict", "part"),
-    units={PCQM_LABEL: PCQM_UNIT}))
+    units={PCQM_LABEL: PCQM_UNIT}, parts=f"{READERS}.pcqm4mv2:plan_parts"))

@@ -46,6 +46,9 @@ class Dataset:
     fields: str | None = None         # "module:function", (spec, lazy=True) -> (Molecule, ref with .load(mol) ->
     #                                   render Fields) per record: a dataset that carries its densities (ED images
     #                                   without DFT)
+    parts: str | None = None          # "module:function", (spec, records_per_part, min_parts) -> parts (each with
+    #                                   .spec, .source(), .first, .stop, .count and index_of(key)) or None: a file
+    #                                   each actor reads its own byte range of (cluster.parts)
 
     @property
     def record_options(self) -> tuple[str, ...]:
@@ -62,6 +65,11 @@ class Dataset:
         if self.fields is None:
             raise ConfigError(f"dataset {self.name!r} carries no densities; run edg dft first")
         return _load(self.fields)(spec, lazy=True)
+
+    def plan_parts(self, spec, records_per_part: int, min_parts: int = 1):
+        """The parts of ``spec`` for a stage's actors (``parts``), or ``None`` where the dataset has none or the
+        spec is one part already."""
+        return None if self.parts is None else _load(self.parts)(spec, records_per_part, min_parts)
 
     def split_ids(self, spec):
         """``({split: ids}, what the ids are)`` of the fixed split ``spec`` names (``edg data split``)."""

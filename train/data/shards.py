@@ -270,18 +270,20 @@ def synthetic_images(z: np.ndarray, pos: np.ndarray, size: int) -> tuple[np.ndar
 
 
 def write_synthetic_shards(out, source: str = "embedded:qm9", size: int = 32, maxcount: int = 10,
-                           limit: int | None = None) -> int:
-    """Write shards with ``edimg`` and ``stimg`` made by ``synthetic_images`` for each molecule of ``source``;
-    returns the number of samples written."""
+                           limit: int | None = None, image_encoding: str | None = None) -> int:
+    """Write shards with ``edimg`` and ``stimg`` made by ``synthetic_images`` for each molecule of ``source``
+    (``image_encoding``: default ``edg_core.shards.DEFAULT_IMAGE_ENCODING``); returns the number of samples
+    written."""
     from edg.edg_core.readers import open_source
-    from edg.edg_core.shards import ShardWriter, encode_sample
+    from edg.edg_core.shards import DEFAULT_IMAGE_ENCODING, ShardWriter, encode_sample
+    image_encoding = image_encoding or DEFAULT_IMAGE_ENCODING
     n = 0
     with ShardWriter(out, "synthetic", maxcount=maxcount) as w:
         for mol in open_source(source).molecules():
             if limit is not None and n >= limit:
                 break
             ed, st = synthetic_images(mol.z, mol.pos, size)
-            w.write(encode_sample(mol, edimg=ed, stimg=st))
+            w.write(encode_sample(mol, edimg=ed, stimg=st, image_encoding=image_encoding))
             n += 1
     return n
 

@@ -9,6 +9,13 @@ Units are the task's: an rMD17 student predicts the energy in kcal/mol (the trai
 standardised output times the training std) and forces = -dE/dpos in kcal/mol/Å; a QM9 student predicts its
 target in the Geom3D unit (``result.json`` ``units``). ``write_extxyz`` converts energies to eV and forces to
 eV/Å (ASE's convention) unless asked to keep kcal/mol.
+
+``predict_file`` (``edg predict``) also takes a model file of ``edg export`` (``train.io.exported``), which
+needs neither the run folder nor the training code, and checks every structure against the model's training
+domain (``train.io.model_card``): a structure with an element never seen in training is refused (no energy;
+one line on stderr and one failure record), an unseen composition or an energy or force far outside the
+training range is written with ``domain=warn`` and its reasons. A run folder gets the same checks when its
+training data is readable (the card is made from it), else a note that the domain was not checked.
 """
 from __future__ import annotations
 
@@ -155,26 +162,38 @@ def _fmt(x: float) -> str:
     return f"{x:.10g}"
 
 
+def _quote(text: str) -> str:
+    """``text`` as one extended-XYZ value: quoted, without quotes, backslashes or line breaks inside."""
+    return '"' + " ".join(text.replace('"', "'").replace("\\", "/").split()) + '"'
+
+
 def write_extxyz(path: str | Path, molecules: list[Molecule], predictions: list[Prediction],
-                 student: TrainedStudent, units: str = "eV") -> None:
+                 student: TrainedStudent, units: str = "eV", verdicts: list | None = None,
+                 model_name: str | None = None) -> None:
     """Write molecules with their predictions as extended XYZ (atomically), readable by ASE and by EDG.
 
     Energy models: ``energy=`` and a ``forces`` column in eV and eV/Å (``units="eV"``) or in the model's
     kcal/mol and kcal/mol/Å (``units="kcal/mol"``); the comment line names the units and the model. Property
-    models: ``<target>=`` in the target's unit."""
+    models: ``<target>=`` in the target's unit. ``verdicts`` (``train.io.model_card.Verdict`` per molecule):
+    ``domain=in|warn`` and, when not ``in``, ``domain_reasons="..."``. ``model_name`` defaults to the run's."""
     from edg.edg_core.io import atomic_path
     if units not in ("eV", "kcal/mol"):
         raise ModelError(f"units {units!r}: use eV or kcal/mol")
     scale = KCAL_PER_MOL_IN_EV if (units == "eV" and student.kind == "energy") else 1.0
+    name = model_name or student.run_dir.name
     lines = []
-    for m, p in zip(molecules, predictions):
+    for k, (m, p) in enumerate(zip(molecules, predictions)):
+        domain = ""
+        if verdicts is not None:
+            v = verdicts[k]
+            domain = f"domain={v.status} " + (f"domain_reasons={_quote('; '.join(v.reasons))} " if v.reasons else "")
         if p.forces is not None:
             head = (f'id={m.id} energy={_fmt(p.energy * scale)} energy_unit={units} '
-                    f'forces_unit={units}/Ang model={student.run_dir.name} '
+                    f'forces_unit={units}/Ang model={name} {domain}'
                     "Properties=species:S:1:pos:R:3:forces:R:3")
         else:
             head = (f"id={m.id} {student.target}={_fmt(p.energy)} {student.target}_unit="
-                    f'"{student.units[student.target]}" model={student.run_dir.name} Properties=species:S:1:pos:R:3')
+                    f'"{student.units[student.target]}" model={name} {domain}Properties=species:S:1:pos:R:3')
         lines += [str(len(m.z)), head]
         for k, (zk, xyz) in enumerate(zip(m.z, m.pos)):
             cols = [z_to_symbol(int(zk)), *(f"{v:.8f}" for v in xyz)]
@@ -192,37 +211,135 @@ def _labels_in_kcal_mol(source) -> bool:
     return ds is not None and ds.units.get("energy") == "kcal/mol"
 
 
+def _run_card(student: TrainedStudent):
+    """The model card of a run folder's training data (``train.io.exported.run_card``), or None with the reason
+    when that data cannot be read or the model is not an energy model."""
+    if student.kind != "energy":
+        return None, "a property model has no domain check"
+    from edg.train.io.exported import ExportError, run_card
+    cutoff = getattr(getattr(student.model, "config", None), "cutoff", None)
+    try:
+        return run_card(student.run_dir, cutoff if isinstance(cutoff, (int, float)) else None), None
+    except (ExportError, DataSourceError) as e:
+        return None, str(e)
+
+
+class _FileStudent:
+    """An exported model (``train.io.exported.ExportedModel``) seen as ``predict_file`` sees a run's student:
+    ``kind``, ``units``, ``run_dir``, and ``predict`` giving kcal/mol predictions plus the domain verdicts."""
+    kind, target = "energy", "energy"
+    units = {"energy": "kcal/mol", "forces": "kcal/mol/Å"}
+
+    def __init__(self, model):
+        self.model, self.run_dir, self.card = model, model.path, model.card
+
+    def predict_with_verdicts(self, mols: list[Molecule], batch_size: int):
+        out = []
+        for i in range(0, len(mols), batch_size):
+            chunk = mols[i:i + batch_size]
+            for m, p in zip(chunk, self.model.predict([(m.z, m.pos) for m in chunk])):
+                pred = None if p.energy is None else Prediction(m.id, p.energy / KCAL_PER_MOL_IN_EV,
+                                                               p.forces / KCAL_PER_MOL_IN_EV)
+                out.append((pred, p.verdict))
+        return out
+
+
+def _predict_checked(student, card, mols: list[Molecule], batch_size: int):
+    """(Prediction or None, Verdict or None) per molecule of a run's student, refused ones not predicted."""
+    if card is None:
+        return [(p, None) for p in student.predict(mols, batch_size)]
+    verdicts = [card.check_structure(m.z, m.pos) for m in mols]
+    keep = [m for m, v in zip(mols, verdicts) if v.status != "refused"]
+    preds = iter(student.predict(keep, batch_size))
+    out = []
+    for m, v in zip(mols, verdicts):
+        if v.status == "refused":
+            out.append((None, v))
+            continue
+        p = next(preds)
+        card.check_prediction(v, m.z, p.energy * KCAL_PER_MOL_IN_EV, p.forces * KCAL_PER_MOL_IN_EV)
+        out.append((p, v))
+    return out
+
+
+def domain_summary(verdicts: list) -> str | None:
+    """``"2 of 5 structures outside the training domain: 1 refused (...), 1 warned (...)"``, or None when all
+    are in it. The most frequent reason of each kind is quoted."""
+    from collections import Counter
+    n = len(verdicts)
+    parts = []
+    for status, word in (("refused", "refused"), ("warn", "warned")):
+        hit = [v for v in verdicts if v.status == status]
+        if hit:
+            reasons = Counter(r.split(" (")[0] for v in hit for r in v.reasons)
+            top, count = reasons.most_common(1)[0]
+            more = f"; {len(reasons) - 1} other reason(s)" if len(reasons) > 1 else ""
+            parts.append(f"{len(hit)} {word} ({top}{f' x{count}' if count > 1 else ''}{more})")
+    if not parts:
+        return None
+    outside = sum(v.status != "in" for v in verdicts)
+    return f"{outside} of {n} structures outside the training domain: {', '.join(parts)}"
+
+
 def predict_file(model: str | Path, source: str, out: str | Path, units: str = "eV", batch_size: int = 32,
                  device: str = "auto") -> dict:
     """``edg predict``: predictions for every good record of ``source`` (a spec or xyz/extxyz/sdf file)
     written to ``out``; bad records go to ``<out>.failures.jsonl`` (``edg_core.stage.Failure`` lines, stage
-    ``read``, as the stages' failure manifests). Returns a summary (counts, units, and the MAE against
-    reference labels when the source is rMD17 data in kcal/mol)."""
+    ``read``, as the stages' failure manifests), and so do structures the model refuses (stage ``predict``: an
+    element never seen in training). ``model`` is a run folder (or its ``best_student.pt``) or a model file of
+    ``edg export``. Returns a summary (counts, units, the domain verdicts, and the MAE against reference labels
+    when the source is rMD17 data in kcal/mol)."""
     from edg.edg_core.errors import InvalidRecord
     from edg.edg_core.io import write_bytes_atomic
     from edg.edg_core.readers import open_source
     from edg.edg_core.stage import Failure
-    student = load_student(model, device=device)
+    from edg.train.io.exported import is_model_file, load_exported
+    if is_model_file(model):
+        student = _FileStudent(load_exported(model, device=resolve_device(device).type))
+        card, no_card = student.card, None
+    else:
+        student = load_student(model, device=device)
+        card, no_card = _run_card(student)
     good, bad = [], []
     for rec in open_source(source):
         (bad if isinstance(rec, InvalidRecord) else good).append(rec)
     if not good:
         raise DataSourceError(f"{source}: no readable molecule"
                               + (f" ({len(bad)} invalid, first: {bad[0]})" if bad else ""))
-    preds = list(student.predict(good, batch_size))
-    write_extxyz(out, good, preds, student, units)
+    if isinstance(student, _FileStudent):
+        results = student.predict_with_verdicts(good, batch_size)
+    else:
+        results = _predict_checked(student, card, good, batch_size)
+    kept = [(m, p, v) for m, (p, v) in zip(good, results) if p is not None]
+    refused = [Failure.of(m.id, "predict", f"refused: {'; '.join(v.reasons)}")
+               for m, (p, v) in zip(good, results) if p is None]
+    if not kept:
+        raise ModelError(f"{source}: every structure was refused by the model ({refused[0].reason})")
+    verdicts = [v for _, _, v in kept] if card is not None else None
+    write_extxyz(out, [m for m, _, _ in kept], [p for _, p, _ in kept], student, units, verdicts,
+                 model_name=Path(student.run_dir).name)
     failures = Path(str(out) + ".failures.jsonl")
-    if bad:
-        write_bytes_atomic(failures, "".join(json.dumps(Failure.invalid(e).to_json()) + "\n"
-                                             for e in bad).encode())  # the stages' failure manifest format
-    summary = {"molecules": len(good), "invalid": len(bad), "out": str(out), "model": str(student.run_dir),
-               "units": ({"energy": units, "forces": f"{units}/Å"} if student.kind == "energy" else student.units)}
+    if bad or refused:
+        write_bytes_atomic(failures, "".join(json.dumps(f.to_json()) + "\n" for f in
+                                             [*(Failure.invalid(e) for e in bad), *refused]).encode())
+    summary = {"molecules": len(kept), "invalid": len(bad), "refused": len(refused), "out": str(out),
+               "model": str(student.run_dir),
+               "units": ({"energy": units, "forces": f"{units}/Å"} if student.kind == "energy" else student.units),
+               "refusals": [f"{f.record}: {f.reason}" for f in refused]}
+    if card is not None:
+        all_verdicts = [v for _, v in results]
+        summary["domain"] = {s: sum(v.status == s for v in all_verdicts) for s in ("in", "warn", "refused")}
+        summary["domain_line"] = domain_summary(all_verdicts)
+    else:
+        summary["domain_unchecked"] = no_card
+    good = [m for m, _, _ in kept]
+    preds = [p for _, p, _ in kept]
     if student.kind == "energy" and _labels_in_kcal_mol(source) and all("energy" in m.labels for m in good):
         de = [abs(p.energy - m.labels["energy"]) for m, p in zip(good, preds)]
         df = [float(np.abs(p.forces - m.labels["forces"]).mean()) for m, p in zip(good, preds)
               if m.labels.get("forces") is not None]
         summary["mae_vs_labels"] = {"energy_kcal_mol": float(np.mean(de)),
                                     "forces_kcal_mol_A": float(np.mean(df)) if df else math.nan}
-    if bad:
+    if bad or refused:
         summary["failures"] = str(failures)
     return summary

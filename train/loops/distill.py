@@ -34,7 +34,7 @@ from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, find_checkpoint, 
 from edg.train.loops.optim import adam_for
 from edg.train.loops.run_state import RunState
 from edg.train.loops.speed import apply_speed_choices, speed_choices
-from edg.train.loops.student_schedule import StudentSchedule
+from edg.train.loops.student_schedule import SANITY_BATCHES, StudentSchedule
 from edg.train.models.edg_head import EDGConfig, EDGHead, edg_objective, predictor_dims
 from edg.train.tasks import Batch, PackedMolecules, Task, build_task
 from edg.train.tasks.base import loss_fn
@@ -101,18 +101,33 @@ def train_step(task: Task, model: torch.nn.Module, batch: Batch, optimizer: torc
             "ed_loss": l_ed.detach() if l_ed is not None else torch.zeros((), device=loss.device)}
 
 
-def evaluate(task: Task, model: torch.nn.Module, data: PackedMolecules, batch_size: int
+def evaluate(task: Task, model: torch.nn.Module, data: PackedMolecules, batch_size: int,
+             batch_terms: dict[str, list[float]] | None = None, max_batches: int | None = None
              ) -> dict[str, np.ndarray]:
-    """Per-molecule absolute errors (M,) for each metric of ``task`` (model in eval mode, no parameter grads)."""
+    """Per-molecule absolute errors (M,) for each metric of ``task`` (model in eval mode, no parameter grads).
+
+    ``batch_terms``: filled with the MSE loss terms of every batch, in order (``task.loss_terms``: name -> one
+    value per batch), for the ViSNet selection loss. ``max_batches``: only the first batches."""
     model.eval()
     out: dict[str, list[torch.Tensor]] = {}
+    terms: dict[str, list[torch.Tensor]] = {}
     ctx = torch.enable_grad() if task.needs_forces else torch.no_grad()
     with ctx:
-        for batch in data.batches(batch_size):
+        for n, batch in enumerate(data.batches(batch_size)):
+            if max_batches is not None and n >= max_batches:
+                break
             pred = task.predict(model, batch, training=False)
             for k, v in task.abs_errors(pred, batch).items():
                 out.setdefault(k, []).append(v.detach().cpu())
+            if batch_terms is not None:
+                for k, v in task.loss_terms(pred, batch, kind="mse").items():
+                    terms.setdefault(k, []).append(v.detach())
+    if batch_terms is not None:
+        batch_terms.update({k: torch.stack(v).double().cpu().tolist() for k, v in terms.items()})
     return {k: torch.cat(v).double().numpy() for k, v in out.items()}
+
+
+EMA_LOSS_UNIT = "(validation MSE loss, energy term an EMA over batches)"
 
 
 def _means(errors: dict[str, np.ndarray]) -> dict[str, float]:
@@ -129,6 +144,7 @@ class FitResult:
     history: list[dict]
     seconds: float
     best_state: dict | None = None
+    select_metric: str = ""  # the validation column (without "valid_") the best epoch was chosen on
 
 
 def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed: float = 0.0,
@@ -156,18 +172,35 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
     params = list(model.parameters()) + (list(head.mapper.parameters()) if lambda_ed > 0 else [])
     optimizer = adam_for(params, cfg.lr, device, cfg.weight_decay)  # fused on CUDA
     loss_fn(cfg.loss)  # an unknown loss name fails here, before any step
-    state = RunState(model, optimizer, StudentSchedule(optimizer, cfg), torch.Generator().manual_seed(cfg.seed),
+    schedule = StudentSchedule(optimizer, cfg)
+    if schedule.ema is not None and not hasattr(task, "loss_terms"):
+        raise ValueError(f"{desc}: select_ema needs a task whose loss has an energy term (rMD17), not {task.name}")
+    state = RunState(model, optimizer, schedule, torch.Generator().manual_seed(cfg.seed),
                      modules={"mapper": head.mapper} if head is not None else {})
-    metric = task.select_metric
+    metric = "ema_loss" if schedule.ema is not None else task.select_metric
+    units = {**task.units, **({"ema_loss": EMA_LOSS_UNIT} if schedule.ema is not None else {})}
     loop = LoopConfig(desc, cfg.epochs, math.ceil(len(train) / cfg.batch_size), cfg.batch_size, device, run_dir,
                       checkpoints=run_dir is not None, checkpoint_every=cfg.checkpoint_every,
                       keep_last=cfg.keep_last, stop_after=stop_after,
-                      units={**task.units, "loss": "(L_task + lambda L_ED)", "task_loss": "(L_task)",
+                      units={**units, "loss": "(L_task + lambda L_ED)", "task_loss": "(L_task)",
                              "ed_loss": "(L_ED)"},
-                      show=("train_loss", f"valid_{metric}", *(f"valid_{k}" for k in task.units if k != metric)))
+                      show=("train_loss", f"valid_{metric}", *(f"valid_{k}" for k in units if k != metric)))
     ck = find_checkpoint(loop)
     if ck is not None:
         state.restore(ck)
+    elif schedule.ema is not None:  # Lightning's sanity check seeds the EMA with the untrained model
+        terms: dict[str, list[float]] = {}
+        evaluate(task, model, valid, cfg.eval_batch_size, terms, max_batches=SANITY_BATCHES)
+        schedule.ema.update(terms["energy"])
+
+    def validate(k):
+        terms: dict[str, list[float]] | None = {} if schedule.ema is not None else None
+        row = {f"valid_{key}": v for key, v in _means(evaluate(task, model, valid, cfg.eval_batch_size,
+                                                                terms)).items()}
+        if terms is not None:
+            others = [sum(v) for v in zip(*(t for name, t in terms.items() if name != "energy"))]
+            row["valid_ema_loss"] = schedule.ema_loss(terms["energy"], others)
+        return row
 
     def batches(k):
         if head is not None:
@@ -186,16 +219,18 @@ def train_student(task: Task, model: torch.nn.Module, cfg: FitConfig, lambda_ed:
         return {"valid": {key[6:]: v for key, v in row.items() if key.startswith("valid_")}, "test": best_test,
                 "test_errors": {key: torch.from_numpy(v) for key, v in test_err.items()}}
 
-    steps = ModelSteps(batches, step,
-                       evaluate=lambda k: {f"valid_{key}": v for key, v in
-                                           _means(evaluate(task, model, valid, cfg.eval_batch_size)).items()},
-                       select_metric=f"valid_{metric}", keep_best_weights=True, on_best=on_best,
-                       end_epoch=lambda row: state.scheduler.end_epoch(row[f"valid_{metric}"]))
+    def stop(st: RunState) -> bool:
+        return schedule.should_stop(st.epoch, st.best.epoch, st.history[-1].get(f"valid_{metric}")
+                                    if st.history else None)
+
+    steps = ModelSteps(batches, step, evaluate=validate, select_metric=f"valid_{metric}", keep_best_weights=True,
+                       on_best=on_best, end_epoch=lambda row: state.scheduler.end_epoch(row[f"valid_{metric}"]),
+                       stop=stop)
     run_epochs(state, steps, loop)
     best = state.best
     return FitResult(best.epoch if best.epoch > 0 else -1, best.extra.get("valid", {}), best.extra.get("test", {}),
                      {key: v.numpy() for key, v in best.extra.get("test_errors", {}).items()}, list(state.history),
-                     state.seconds, best.weights)
+                     state.seconds, best.weights, metric)
 
 
 def load_student_state(path: str | Path, map_location="cpu") -> dict:
@@ -253,8 +288,9 @@ def run_distill(cfg: DistillConfig, force: bool = False) -> dict:
         save_checkpoint(res.best_state, run_dir / "best_student.pt")
     record = {"run": cfg.run_name(), "student": cfg.student, "dataset": cfg.dataset,
               "lambda_ed": cfg.edg.lambda_ed, "seed": cfg.fit.seed, "epochs": cfg.fit.epochs,
-              "best_epoch": res.best_epoch, "valid": res.valid, "test": res.test, "units": task.units,
-              "select_metric": task.select_metric, "train_seconds": res.seconds,
+              "best_epoch": res.best_epoch, "valid": res.valid, "test": res.test,
+              "units": {**task.units, **({"ema_loss": EMA_LOSS_UNIT} if res.select_metric == "ema_loss" else {})},
+              "select_metric": res.select_metric, "train_seconds": res.seconds,
               "seconds_per_epoch": res.seconds / max(len(res.history), 1),
               "teacher_targets": targets, "task_info": task.describe(), "config": to_dict(cfg),
               "split": {"train": task.train.ids, "valid": task.valid.ids, "test": task.test.ids}

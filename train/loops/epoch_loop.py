@@ -44,6 +44,7 @@ class ModelSteps:
     after_epoch: Callable[[int], dict | None] | None = None  # (k) after the epoch is recorded, on the writer only;
     #                                                          it may return images (name -> HxWx3 uint8) to log
     export: Callable[[], dict] | None = None  # the model's standalone file content, copied into checkpoints
+    stop: Callable[[RunState], bool] | None = None  # checked before every epoch: True ends training (early stopping)
 
 
 @dataclass
@@ -132,6 +133,9 @@ def run_epochs(state: RunState, steps: ModelSteps, loop: LoopConfig, report: Rep
 def _epochs(state, steps, loop, report, log, ckpts, tb, first, last, after_step) -> None:
 
     for k in range(first, last + 1):
+        if steps.stop is not None and steps.stop(state):
+            log.say(f"{loop.name}: stopped early after epoch {state.epoch} (best epoch {state.best.epoch})")
+            break
         t0 = time.perf_counter()
         state.model.train()
         sums: dict[str, torch.Tensor] = {}

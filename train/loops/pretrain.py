@@ -49,7 +49,7 @@ from edg.train.io.model_files import imageed_state, teacher_state
 from edg.train.loops.epoch_loop import LoopConfig, ModelSteps, Report, find_checkpoint, run_epochs
 from edg.train.loops.optim import adamw, scaled_lr, sgd, warmup_cosine
 from edg.train.loops.run_state import RunState
-from edg.train.loops.speed import apply_speed_choices, speed_choices
+from edg.train.loops.speed import apply_speed_choices, place_model, speed_choices
 from edg.train.models.imageed import ImageED
 from edg.train.models.teacher import Teacher, augment_structure_images, teacher_loss
 
@@ -291,9 +291,7 @@ def train_stage(stage: _Stage, cfg, shards, out_dir, report: Report | None = Non
     choices = speed_choices(device, tf32=cfg.tf32, compile=cfg.compile, channels_last=stage.channels_last,
                             loader_workers=cfg.num_workers)
     apply_speed_choices(choices, stage.name)
-    model = stage.model.to(device)
-    if choices.channels_last:
-        model = model.channels_last_()
+    model = place_model(stage.model, choices)  # on the device; the teacher in channels_last on CUDA
     optimizer = stage.make_optimizer(model, cfg.batch_size * world)  # fused on CUDA (optim.fused_kwargs)
     ck = find_checkpoint(loop)
     if ck is None and stage.init is not None:  # e.g. the teacher's ImageNet backbone: not fetched on resume

@@ -92,8 +92,9 @@ def train_representation(rep: str, data: StudyData, split: dict[str, np.ndarray]
     scaler = TargetScaler.fit(data.counts[split["train"]], data.targets[split["train"]], cfg.atom_refs)
     y = torch.as_tensor(scaler.transform(data.counts, data.targets), dtype=torch.float32)
     x = data.inputs[rep]
-    apply_speed_choices(speed_choices(device), f"representation {rep}")
+    apply_speed_choices(speed_choices(device, tf32=cfg.tf32, compile=cfg.compile), f"representation {rep}")
     model = build_model(rep, cfg).to(device)
+    fwd = torch.compile(model) if cfg.compile else model  # training forward only; weights shared
     opt = adamw_for(model.parameters(), cfg.lr, device, cfg.weight_decay)  # fused on CUDA
     steps_per_epoch = math.ceil(len(split["train"]) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.epochs * steps_per_epoch))
@@ -120,7 +121,7 @@ def train_representation(rep: str, data: StudyData, split: dict[str, np.ndarray]
         return (order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size))
 
     def step(b):
-        loss = F.l1_loss(model(x[b].to(device)), y[b].to(device))
+        loss = F.l1_loss(fwd(x[b].to(device)), y[b].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

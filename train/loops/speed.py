@@ -14,7 +14,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SpeedChoices", "speed_choices", "apply_speed_choices", "to_channels_last"]
+__all__ = ["SpeedChoices", "speed_choices", "apply_speed_choices", "place_model"]
 
 _said: set[str] = set()
 
@@ -62,6 +62,12 @@ def apply_speed_choices(choices: SpeedChoices, stage: str) -> None:
         log.info("%s", line)
 
 
-def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` with its 4-D weights in channels_last layout (convolutions pick NHWC kernels on GPUs)."""
-    return model.to(memory_format=torch.channels_last)
+def place_model(model: torch.nn.Module, choices: SpeedChoices) -> torch.nn.Module:
+    """``model`` on ``choices.device``, in channels_last layout when ``choices.channels_last`` (through the
+    model's ``channels_last_()`` when it has one, which also lays out its inputs, else its 4-D weights; the
+    values are unchanged). Build the optimizer after this: a fused one needs the parameters where they train."""
+    model = model.to(choices.device)
+    if choices.channels_last:
+        model = model.channels_last_() if hasattr(model, "channels_last_") else \
+            model.to(memory_format=torch.channels_last)
+    return model

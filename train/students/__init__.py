@@ -17,8 +17,10 @@ _WHERE: dict[str, tuple[str, str, str]] = {
     "dimenetpp": ("dimenetpp", "DimeNetPPStudent", "DimeNetPPConfig"),
     "egnn": ("egnn", "EGNNStudent", "EGNNConfig"),
     "painn": ("painn", "PaiNNStudent", "PaiNNConfig"),
-    "spherenet": ("spherenet", "SphereNetStudent", "SphereNetConfig"),
-    "equiformer": ("equiformer", "EquiformerStudent", "EquiformerConfig"),
+    "spherenet": ("spherenet_geom3d", "SphereNetGeom3DStudent", "SphereNetGeom3DConfig"),
+    "spherenet-edg": ("spherenet", "SphereNetStudent", "SphereNetConfig"),
+    "equiformer": ("equiformer_geom3d", "EquiformerGeom3DStudent", "EquiformerGeom3DConfig"),
+    "equiformer-edg": ("equiformer", "EquiformerStudent", "EquiformerConfig"),
 }
 """Student name -> (module in this package, model class, config dataclass): the one registry."""
 

@@ -94,8 +94,13 @@ SMALL_STUDENTS: dict[str, dict] = {
     "painn": dict(hidden_channels=16, num_layers=2, num_rbf=8),
     "spherenet": dict(hidden_channels=16, out_emb_channels=16, int_emb_size=8, basis_emb_size_dist=4,
                       basis_emb_size_angle=4, basis_emb_size_torsion=4, num_layers=2, num_radial=4),
-    "equiformer": dict(hidden_channels=16, num_layers=2, num_heads=2, alpha_channels=4, num_rbf=8,
-                       radial_hidden=8, feature_channels=16),
+    "spherenet-edg": dict(hidden_channels=16, out_emb_channels=16, int_emb_size=8, basis_emb_size_dist=4,
+                          basis_emb_size_angle=4, basis_emb_size_torsion=4, num_layers=2, num_radial=4),
+    "equiformer": dict(irreps_node_embedding="16x0e+8x1e+4x2e", num_layers=2, irreps_feature="16x0e",
+                       irreps_head="8x0e+4x1e+2x2e", num_heads=2, irreps_mlp_mid="16x0e+8x1e+4x2e", num_basis=8,
+                       fc_neurons=(8, 8)),
+    "equiformer-edg": dict(hidden_channels=16, num_layers=2, num_heads=2, alpha_channels=4, num_rbf=8,
+                           radial_hidden=8, feature_channels=16),
 }
 """Small configs of every registered student (same code paths as the defaults, a fraction of the arithmetic)."""
 

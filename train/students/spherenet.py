@@ -1,4 +1,8 @@
-"""SphereNet student (Liu et al., ICLR 2022, "Spherical Message Passing for 3D Molecular Graphs").
+"""SphereNet, the project's variant (student ``spherenet-edg``; Liu et al., ICLR 2022, "Spherical Message Passing
+for 3D Molecular Graphs"). Student ``spherenet`` is Geom3D's model as the paper ran it (``spherenet_geom3d.py``);
+this one differs from it in the bases (an envelope on the angle and torsion radial parts, the torsion harmonics
+paired with radial functions of their own degree, no Condon-Shortley phase), PyTorch's default initialisation
+and its module names. This module also holds the batched torsions and real spherical harmonics both use.
 
 Geometry of an edge j -> i is described in the spherical coordinate system (d, theta, phi) of its triplets
 k -> j -> i: d = |x_k - x_j| (Å), theta = angle between x_i - x_j and x_k - x_j, and the torsion phi of the

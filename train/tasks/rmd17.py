@@ -111,14 +111,19 @@ class RMD17Task:
             energy, forces, f_g = energy.detach(), forces.detach(), f_g.detach()
         return Prediction(f_g, {"energy": energy, "forces": forces})
 
-    def loss(self, pred: Prediction, batch: Batch, kind: str = "l1") -> torch.Tensor:
+    def loss_terms(self, pred: Prediction, batch: Batch, kind: str = "l1") -> dict[str, torch.Tensor]:
+        """The weighted terms of the task loss on one batch: ``energy`` = w_E L(E) (mean over the frames) and
+        ``forces`` = w_F L(F) (mean over all force components), L = L1 or MSE; their sum is ``loss``'s value."""
         fn = loss_fn(kind)
-        le = fn(pred.values["energy"], batch.labels["energy"])
-        lf = fn(pred.values["forces"], batch.labels["forces"])
-        g = self.cfg.energy_grad_scale
+        return {"energy": self.cfg.energy_weight * fn(pred.values["energy"], batch.labels["energy"]),
+                "forces": self.cfg.force_weight * fn(pred.values["forces"], batch.labels["forces"])}
+
+    def loss(self, pred: Prediction, batch: Batch, kind: str = "l1") -> torch.Tensor:
+        terms = self.loss_terms(pred, batch, kind)
+        le, g = terms["energy"], self.cfg.energy_grad_scale
         if g != 1.0:  # same value, gradient scaled by g
             le = g * le + (1.0 - g) * le.detach()
-        return self.cfg.energy_weight * le + self.cfg.force_weight * lf
+        return le + terms["forces"]
 
     def abs_errors(self, pred: Prediction, batch: Batch) -> dict[str, torch.Tensor]:
         de = (pred.values["energy"] - batch.labels["energy"]).abs()
