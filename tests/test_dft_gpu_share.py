@@ -46,11 +46,15 @@ def test_an_actor_reads_its_gpu_share_and_caps_its_pool_by_it(ray_with_one_gpu):
         def read(self):
             return _share_and_fraction()
 
-    quarter = Probe.options(num_cpus=0, num_gpus=0.25).remote()
-    whole = Probe.options(num_cpus=0, num_gpus=1).remote()
-    none = Probe.options(num_cpus=0, num_gpus=0).remote()
-    share, fraction, configured = ray.get(quarter.read.remote())
+    def read(gpus: float):
+        """What an actor holding ``gpus`` reads; one actor at a time, so that each can be placed at once."""
+        actor = Probe.options(num_cpus=0, num_gpus=gpus).remote()
+        try:
+            return ray.get(actor.read.remote(), timeout=600)  # a bound, not a wait: placement is immediate
+        finally:
+            ray.kill(actor)
+
+    share, fraction, configured = read(0.25)
     assert share == 0.25 and fraction == pytest.approx(0.9 * 0.25) and configured == 0.5
-    assert ray.get(none.read.remote())[:2] == (None, 0.9)
-    ray.kill(quarter)
-    assert ray.get(whole.read.remote())[:2] == (1.0, 0.9)
+    assert read(0)[:2] == (None, 0.9)
+    assert read(1)[:2] == (1.0, 0.9)
