@@ -23,6 +23,7 @@ pulled again after a stage whose Ray workers wrote into the run. A rerun anywher
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import platform
@@ -123,21 +124,31 @@ class _PipelineBase:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
+# where a section's pipeline default differs from its dataclass's: the pipeline renders the ESP it computes, so
+# the DFT computes it where the renderer samples it (band) unless cube files are asked for (dft.config esp_mode)
+SECTION_DEFAULTS = {"dft": {"esp_mode": "auto"}}
+
+
+def _section_default(section: str, cls: type):
+    return functools.partial(cls, **SECTION_DEFAULTS.get(section, {}))
+
+
 # the pipeline config: the settings above and one section per stage config of the registry, typed by its
 # stage's dataclass (dft: DFTConfig, render: RenderConfig, imageed, teacher, students)
 PipelineConfig = dataclasses.make_dataclass(
-    "PipelineConfig", [(section, cls, field(default_factory=cls)) for section, cls in registry.config_sections()],
+    "PipelineConfig", [(section, cls, field(default_factory=_section_default(section, cls)))
+                       for section, cls in registry.config_sections()],
     bases=(_PipelineBase,),
     namespace={"__doc__": "A whole pipeline run: ``out`` and the run settings, ``ray``, and one section per "
                           "stage config (``cluster.registry.config_sections``).", "__module__": __name__})
 
 
 def load_pipeline_config(path: str | Path | None = None, overrides: dict | None = None) -> PipelineConfig:
-    """Paper defaults <- YAML file <- ``overrides`` (a nested dict, e.g. from flags). Every section is typed
-    by its stage's own dataclass (``DFTConfig``, ``RenderConfig``, ``ImageEDTrainConfig``,
-    ``TeacherTrainConfig``, ``FitConfig``, ``Workers``), so a wrong value is refused here, naming the file,
-    the key, the value and the expected type, before any stage runs."""
-    data = merge_nested(read_yaml(path) if path is not None else {}, overrides or {})
+    """Paper defaults (with the pipeline's ``SECTION_DEFAULTS``) <- YAML file <- ``overrides`` (a nested dict,
+    e.g. from flags). Every section is typed by its stage's own dataclass (``DFTConfig``, ``RenderConfig``,
+    ``ImageEDTrainConfig``, ``TeacherTrainConfig``, ``FitConfig``, ``Workers``), so a wrong value is refused
+    here, naming the file, the key, the value and the expected type, before any stage runs."""
+    data = merge_nested(merge_nested(SECTION_DEFAULTS, read_yaml(path) if path is not None else {}), overrides or {})
     where = str(path or "pipeline config")
     if isinstance(data.get("out"), str):
         from edg.edg_core.storage import check_location

@@ -60,12 +60,63 @@ def synchronize(backend: str) -> None:
 
 def release_memory_pool(backend: str) -> None:
     """Hand CuPy's cached (freed, unused) device and pinned host blocks back to the driver (``backend``
-    'gpu'; a no-op on the CPU). Arrays still referenced are untouched. Between molecules this keeps one
-    process from holding its peak footprint, which several actors sharing a GPU cannot afford."""
+    'gpu'; a no-op on the CPU). Arrays still referenced are untouched. The DFT worker does this after a failed
+    molecule (an out-of-memory error leaves the pool at its peak) and when it is closed, not after every
+    molecule: the pool's cap (``cap_memory_pool``) bounds what it keeps between molecules."""
     if backend == "gpu":
         import cupy
         cupy.get_default_memory_pool().free_all_blocks()
         cupy.get_default_pinned_memory_pool().free_all_blocks()
+
+
+GPU4PYSCF_POOL_FRACTION = 0.9
+"""GPU4PySCF caps CuPy's pool at 90 % of the card when it is imported (``gpu4pyscf.__config__``)."""
+
+
+def actor_gpu_share() -> float | None:
+    """The GPU share Ray assigned to this process's actor or task (0.25 for ``num_gpus=0.25``), or None outside
+    Ray or without a GPU resource. Ray is never imported here: an actor's process has it loaded already (the
+    pattern of ``array_module`` with cupy), so ``dft/`` still runs where Ray is not installed."""
+    ray = sys.modules.get("ray")
+    if ray is None:
+        return None
+    try:
+        if not ray.is_initialized():
+            return None
+        share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    except Exception as e:  # the driver, or a Ray without the call: no share to go by
+        log.debug("no Ray GPU share: %s", e)
+        return None
+    return share if share > 0 else None
+
+
+def pool_fraction(configured: float = 0.0) -> float:
+    """The fraction of the GPU's memory one DFT process's CuPy pool may hold: ``configured`` when set (> 0),
+    else GPU4PySCF's 0.9 times the Ray actor's GPU share (4 actors at 0.25 share: 0.225 each, 0.9 of the card
+    together), else 0.9 (a process that has the GPU to itself)."""
+    if configured > 0:
+        return min(configured, 1.0)
+    share = actor_gpu_share()
+    return GPU4PYSCF_POOL_FRACTION * min(share, 1.0) if share else GPU4PYSCF_POOL_FRACTION
+
+
+def cap_memory_pool(backend: str, fraction: float) -> int:
+    """Cap CuPy's default pool at ``fraction`` of the current GPU's memory (``backend`` 'gpu'; 0 and nothing
+    done on the CPU); returns the cap in bytes. Call after gpu4pyscf is imported (its import sets 0.9).
+
+    What the cap bounds: every block the pool hands out, in use or cached for reuse. Past it CuPy frees the
+    pool's cached blocks and retries, then raises its out-of-memory error (the molecule fails as "out of
+    memory" and the run goes on). GPU4PySCF sends blocks over 100 MB straight to ``cudaMalloc``
+    (``set_conditional_mempool_malloc``): those are outside the pool and its cap, and go back to the driver as
+    soon as they are freed, so nothing over 100 MB outlives a molecule."""
+    if backend != "gpu":
+        return 0
+    import cupy
+    import gpu4pyscf  # noqa: F401  (its first import sets its own 0.9 cap: ours must come after)
+    total = int(cupy.cuda.runtime.memGetInfo()[1])
+    cap = int(fraction * total)
+    cupy.get_default_memory_pool().set_limit(size=cap)
+    return cap
 
 
 def to_numpy(a) -> np.ndarray:

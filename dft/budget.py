@@ -76,12 +76,14 @@ class SCFWatch:
         self.start = time.monotonic()
         self.next_progress = self.start + progress_s
         self.attempt = "diis"
+        self.cycles = 0  # SCF iterations seen, over every attempt
 
     def for_attempt(self, name: str) -> SCFWatch:
         self.attempt = name
         return self
 
     def __call__(self, envs: dict) -> None:
+        self.cycles += 1
         now = time.monotonic()
         elapsed = now - self.start
         cycle = envs["cycle"] + 1 if isinstance(envs.get("cycle"), int) else "?"  # PySCF counts from 0

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from edg.edg_core.grid import DEFAULT_PADDING_BOHR, DEFAULT_SPACING_BOHR
 
 BACKENDS = ("auto", "cpu", "gpu")
-ESP_MODES = ("full", "band")
+ESP_MODES = ("full", "band", "auto")
 BASIS_FUNCTIONS = ("auto", "cartesian", "spherical")
 
 
@@ -49,7 +49,9 @@ class DFTConfig:
     grid_spacing: float = field(default=DEFAULT_SPACING_BOHR, metadata={"help": "cube grid spacing, bohr"})
     grid_padding: float = field(default=DEFAULT_PADDING_BOHR, metadata={"help": "cube grid padding, bohr"})
     esp_mode: str = field(default="full", metadata={
-        "help": "full: exact ESP at every grid point; band: exact only near the ED isosurface (faster on CPU)"})
+        "help": "full: exact ESP at every grid point; band: exact only near the ED isosurface, where the renderer "
+                "samples it (faster on CPU; the GPU always computes the full cube); auto: band unless save_cubes "
+                "asks for cube files, then full (the pipeline's and edg dft's default)"})
     esp_band: tuple[float, float] = field(default=(0.01, 0.25), metadata={
         "help": "band mode: ED range (e/bohr^3) whose grid cells get the exact ESP"})
     esp_stride: int = field(default=3, metadata={
@@ -59,6 +61,15 @@ class DFTConfig:
         "help": "grid points per ESP integral batch (0 = ~16 MB blocks, within max_memory_mb)"})
     field_dtype: str = field(default="float16", metadata={"help": "float16 or float32 grids in the output files"})
     save_cubes: bool = field(default=False, metadata={"help": "also write Gaussian cube files of ED and ESP"})
+    warm_start: bool = field(default=True, metadata={
+        "help": "start the SCF of a trajectory frame from the densities of the frames before it (same atoms in the "
+                "same order, charge, multiplicity and basis, every atom within warm_start_max_shift); same "
+                "converged energies, fewer cycles; a warm SCF that fails is redone cold (dft/warm.py)"})
+    warm_start_max_shift: float = field(default=0.5, metadata={
+        "help": "largest move of any atom (Angstrom) from the previous frame that still warm-starts the SCF"})
+    gpu_memory_fraction: float = field(default=0.0, metadata={
+        "help": "cap on this process's CuPy memory pool as a fraction of the GPU's memory (0 = from the Ray "
+                "actor's GPU share: 0.9 x share, 0.9 outside Ray, GPU4PySCF's own cap)"})
     # Budgets: a molecule over one is a failure named in the manifest, before any SCF; the run goes on. The
     # defaults let every molecule of the paper's data through (QM9: <= 29 atoms, <= 9 heavy, 160-190 basis
     # functions; rMD17: <= 24 atoms; PCQM4Mv2 / EDBench: <= 51 heavy atoms, so <= ~155 atoms with hydrogens and
@@ -92,6 +103,11 @@ class DFTConfig:
         if self.grid_spacing <= 0 or self.grid_padding < 0:
             raise ConfigError("dft.grid_spacing must be > 0 and dft.grid_padding >= 0 (bohr)")
         self.esp_band = (lo, hi)
+        if self.warm_start_max_shift < 0:
+            raise ConfigError(f"dft.warm_start_max_shift {self.warm_start_max_shift}: must be >= 0 (Angstrom)")
+        if not 0 <= self.gpu_memory_fraction <= 1:
+            raise ConfigError(f"dft.gpu_memory_fraction {self.gpu_memory_fraction}: must be in [0, 1] (0 = from "
+                              "the GPU share)")
         for name in ("max_atoms", "max_grid_points", "max_basis_functions", "time_limit_s", "timeout_s",
                      "progress_s"):
             if getattr(self, name) < 0:
@@ -100,6 +116,16 @@ class DFTConfig:
             raise ConfigError(f"dft.timeout_s {self.timeout_s} and dft.time_limit_s {self.time_limit_s}: "
                               "timeout_s is the old name of time_limit_s; give one")
         self.time_limit_s = self.timeout_s = self.time_limit_s or self.timeout_s
+
+    def esp_mode_for(self, backend: str) -> str:
+        """The ESP recipe this config asks of ``backend`` ('cpu' or 'gpu'): 'full' or 'band'. Band only on the
+        CPU (the GPU computes the full cube in a fraction of a second); ``auto`` is band unless cube files are
+        written (``save_cubes``: a cube file carries the whole field)."""
+        if backend != "cpu":
+            return "full"
+        if self.esp_mode == "auto":
+            return "full" if self.save_cubes else "band"
+        return self.esp_mode
 
     def basis_for(self, z) -> str:
         """The basis for a molecule with atomic numbers ``z``: the diffuse one when sulfur (Z=16) is present."""

@@ -38,7 +38,8 @@ class DFTResult:
     multiplicity: int = 1
     method: str = ""  # e.g. "RKS b3lyp/6-31g** cartesian (cpu)"
     basis_functions: str = ""  # "cartesian" (6d/10f) or "spherical" (5d/7f); "" in files from before it was kept
-    attempts: list[str] = field(default_factory=list)
+    attempts: list[str] = field(default_factory=list)  # SCF attempts: "warm" first when warm-started
+    scf_cycles: int = 0  # SCF iterations over every attempt; 0 in files from before it was kept
     timings: dict[str, float] = field(default_factory=dict)
     grid: CubeGrid | None = None
     ed: object = None
@@ -50,7 +51,7 @@ class DFTResult:
         return {"version": RESULT_VERSION, "id": self.id, "energies": self.energies, "homo": self.homo,
                 "lumo": self.lumo, "converged": self.converged, "wall_s": self.wall_s, "charge": self.charge,
                 "multiplicity": self.multiplicity, "method": self.method,
-                "basis_functions": self.basis_functions, "attempts": self.attempts,
+                "basis_functions": self.basis_functions, "attempts": self.attempts, "scf_cycles": self.scf_cycles,
                 "timings": self.timings, "esp_exact_fraction": self.esp_exact_fraction,
                 "grid": self.grid.to_dict() if self.grid is not None else None}
 
@@ -90,7 +91,8 @@ def load_result(path: str | Path) -> DFTResult:
                      dipole=dipole, converged=meta["converged"], wall_s=meta["wall_s"], z=z, pos=pos,
                      charge=meta["charge"], multiplicity=meta["multiplicity"], method=meta["method"],
                      basis_functions=meta.get("basis_functions", ""),
-                     attempts=meta["attempts"], timings=meta["timings"], grid=grid, ed=ed, esp=esp,
+                     attempts=meta["attempts"], scf_cycles=meta.get("scf_cycles", 0), timings=meta["timings"],
+                     grid=grid, ed=ed, esp=esp,
                      esp_exact_fraction=meta["esp_exact_fraction"])
 
 

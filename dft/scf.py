@@ -4,6 +4,8 @@ Paper settings by default (``DFTConfig``): B3LYP, 6-31G** (6-31+G** with sulfur)
 (Psi4's convention for these bases, which EDBench's labels use), RKS for singlets and UKS otherwise, the
 record's charge and multiplicity. Non-convergence climbs a retry ladder:
 plain DIIS -> damping + level shift -> second-order SCF (Newton), each attempt starting from the last density.
+Along a trajectory the first attempt may start warm, from the densities of the frames before it
+(``dft.warm.WarmStart``); if that attempt does not converge, the ladder runs again from PySCF's cold guess.
 Energies are in Hartree.
 """
 from __future__ import annotations
@@ -44,6 +46,8 @@ class SCFOutcome:
     converged: bool
     attempts: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    cycles: int = 0           # SCF iterations over every attempt
+    warm: bool = False        # converged from a warm start (``attempts[0] == "warm"`` and no other attempt)
 
     @property
     def dm(self):
@@ -166,11 +170,15 @@ def _recorded_xc(mf, dm) -> float | None:
     return float(to_numpy(exc))
 
 
-def run_scf(mol: Molecule, cfg: DFTConfig | None = None, backend: str = "cpu") -> SCFOutcome:
+def run_scf(mol: Molecule, cfg: DFTConfig | None = None, backend: str = "cpu", warm=None) -> SCFOutcome:
     """Run the SCF for ``mol`` with the retry ladder; raises ``budget.TimeLimitExceeded`` (an ``SCFTimeout``)
     past ``cfg.time_limit_s`` over all attempts, and ``InvalidRecord`` for a molecule over
     ``cfg.max_basis_functions`` (before any SCF). Logs a progress line every ``cfg.progress_s`` seconds, and
     a line when the input did not state the charge or multiplicity (``Molecule.inferred``).
+
+    ``warm``: a ``dft.warm.WarmStart``; when ``mol`` continues its chain the first attempt ("warm") starts from
+    its guess, logged, and a warm attempt that does not converge is followed by the cold ladder. The caller
+    adds converged frames to the chain (``WarmStart.remember``).
 
     The outcome is returned even when no attempt converged (``converged`` False): the caller decides.
     """
@@ -180,6 +188,33 @@ def run_scf(mol: Molecule, cfg: DFTConfig | None = None, backend: str = "cpu") -
     pmol = build_pyscf_mol(mol, cfg)
     check_basis(pmol, cfg, mol.id)
     log_inferred(mol)
+    guess = None
+    if warm is not None:
+        try:
+            guess = warm.guess(mol, pmol)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError) as e:  # never worse than a cold start
+            warm.forget()
+            log.warning("%s: no warm start (%s: %s); starting cold", mol.id, type(e).__name__, e)
+    if guess is not None:
+        log.info("%s: SCF starts warm from the previous frame%s (atoms moved <= %.3f A)", mol.id,
+                 ("", "s' linear extrapolation", "s' quadratic extrapolation")[guess.order], guess.shift)
+        mf = make_scf(pmol, cfg, backend)
+        mf.callback = watch.for_attempt("warm")
+        mf.kernel(dm0=guess.dm)
+        if mf.converged:
+            return SCFOutcome(mf=mf, mol=pmol, converged=True, attempts=["warm"], wall_s=time.monotonic() - t0,
+                              cycles=watch.cycles, warm=True)
+        log.info("%s: the warm-started SCF did not converge (E = %.8f); starting again cold", mol.id,
+                 float(mf.e_tot))
+    out = _ladder(pmol, cfg, backend, watch, mol.id)
+    out.attempts = (["warm"] if guess is not None else []) + out.attempts
+    out.wall_s, out.cycles = time.monotonic() - t0, watch.cycles
+    return out
+
+
+def _ladder(pmol, cfg: DFTConfig, backend: str, watch: SCFWatch, mol_id: str) -> SCFOutcome:
+    """The retry ladder from PySCF's cold guess: DIIS, then damping + level shift, then Newton, each attempt
+    starting from the last one's density."""
     ladder = [("diis", {})]
     if cfg.retries:
         ladder += [("damping+level_shift", {"damp": 0.5, "level_shift": 0.3, "diis_start_cycle": 6}),
@@ -200,10 +235,9 @@ def run_scf(mol: Molecule, cfg: DFTConfig | None = None, backend: str = "cpu") -
         mf = attempt
         if mf.converged:
             break
-        log.info("%s: SCF attempt %r did not converge (E = %.8f)", mol.id, name, float(mf.e_tot))
+        log.info("%s: SCF attempt %r did not converge (E = %.8f)", mol_id, name, float(mf.e_tot))
         dm0 = mf.make_rdm1()
-    return SCFOutcome(mf=mf, mol=pmol, converged=bool(mf.converged), attempts=attempts,
-                      wall_s=time.monotonic() - t0)
+    return SCFOutcome(mf=mf, mol=pmol, converged=bool(mf.converged), attempts=attempts)
 
 
 def energy_components(out: SCFOutcome) -> dict[str, float]:

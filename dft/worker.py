@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from pathlib import Path
 
 from edg.edg_core.cube import write_cube
@@ -30,11 +31,20 @@ from edg.edg_core.stage import BatchResult, Failure
 from edg.edg_core.storage import exists, is_remote, join, list_files
 
 from . import fields
-from .backend import is_out_of_memory, release_memory_pool, resolve_backend, synchronize, to_numpy
+from .backend import (
+    cap_memory_pool,
+    is_out_of_memory,
+    pool_fraction,
+    release_memory_pool,
+    resolve_backend,
+    synchronize,
+    to_numpy,
+)
 from .budget import check_size
 from .config import DFTConfig
 from .result import DFTResult, load_result, save_result
 from .scf import SCFTimeout, basis_convention, dipole_debye, energy_components, frontier_orbitals, jk_method, run_scf
+from .warm import WarmStart
 
 __all__ = ["DFTWorker", "load_result", "done_keys", "find_result", "result_files",
            "result_path", "result_rel"]
@@ -140,6 +150,12 @@ class DFTWorker:
     as CuPy arrays in the returned ``DFTResult`` (hand them to torch with ``dft.handoff.cupy_to_torch``).
     The worker writes result files only; the stage driver (``cluster.engine.run_stage``) owns the failure
     manifest, resume and batching (``process_batch``).
+
+    Along a trajectory (consecutive molecules with the same atoms that moved little) the SCF starts from the
+    previous frames' densities (``cfg.warm_start``, ``dft.warm.WarmStart``). On the GPU, CuPy's pool is capped
+    at this process's share of the card (``cfg.gpu_memory_fraction``, else 0.9 x the Ray actor's GPU share:
+    ``backend.pool_fraction``) and keeps its blocks from one molecule to the next; it is emptied after a
+    failed molecule and when the worker is closed (``close``, or when it is garbage-collected).
     """
 
     def __init__(self, cfg: DFTConfig | None = None, out: RunWriter | str | Path | None = None,
@@ -148,25 +164,44 @@ class DFTWorker:
         self.backend = resolve_backend(self.cfg.backend)
         self.out = out if out is None or isinstance(out, RunWriter) else RunWriter(str(out))
         self.keep_on_gpu = keep_on_gpu and self.backend == "gpu"
+        self.warm = WarmStart(self.cfg.warm_start_max_shift) if self.cfg.warm_start else None
+        self.pool_cap_bytes = 0
+        if self.backend == "gpu":
+            fraction = pool_fraction(self.cfg.gpu_memory_fraction)
+            self.pool_cap_bytes = cap_memory_pool(self.backend, fraction)
+            log.info("DFT worker: CuPy memory pool capped at %.1f GiB (%.3f of the GPU)",
+                     self.pool_cap_bytes / 2**30, fraction)
+        weakref.finalize(self, release_memory_pool, self.backend)
+
+    def close(self) -> None:
+        """Hand the GPU memory this worker's pool holds back to the driver (at the end of a stage; also done
+        when the worker is garbage-collected). The worker stays usable."""
+        release_memory_pool(self.backend)
 
     # ------------------------------------------------------------ pure computation
     def compute(self, mol: Molecule) -> DFTResult:
         """SCF + labels + fields for ``mol``; raises on failure (``SCFNotConverged``, ``SCFTimeout``, ...).
 
-        On the GPU, CuPy's cached blocks go back to the driver after every molecule (done or failed), so
-        several actors sharing one GPU do not each hold their peak footprint; arrays in the result stay."""
-        check_budget(mol, self.cfg)
+        After a failure the warm-start chain ends and, on the GPU, CuPy's cached blocks go back to the driver
+        (an out-of-memory error leaves the pool at its peak); after a success they stay for the next molecule,
+        within the pool's cap."""
         try:
+            check_budget(mol, self.cfg)
             return self._compute(mol)
-        finally:
+        except BaseException:
+            if self.warm is not None:
+                self.warm.forget()
             release_memory_pool(self.backend)
+            raise
 
     def _compute(self, mol: Molecule) -> DFTResult:
         cfg, t0 = self.cfg, time.monotonic()
-        out = run_scf(mol, cfg, self.backend)
+        out = run_scf(mol, cfg, self.backend, warm=self.warm)
         if not out.converged:
             raise SCFNotConverged(f"SCF not converged after attempts {out.attempts} "
                                   f"(last E = {float(out.mf.e_tot):.8f} Eh)")
+        if self.warm is not None:
+            self.warm.remember(mol, out.mol, out.mf.make_rdm1())
         timings = {"scf_s": out.wall_s}
         energies = energy_components(out)
         homo, lumo = frontier_orbitals(out)
@@ -174,7 +209,8 @@ class DFTWorker:
         basis = out.mol.basis
         r = DFTResult(id=mol.id, energies=energies, homo=homo, lumo=lumo, dipole=dipole_debye(out),
                       converged=True, wall_s=0.0, z=mol.z, pos=mol.pos, charge=mol.charge,
-                      multiplicity=mol.multiplicity, attempts=out.attempts, basis_functions=basis_convention(out.mol),
+                      multiplicity=mol.multiplicity, attempts=out.attempts, scf_cycles=out.cycles,
+                      basis_functions=basis_convention(out.mol),
                       method=f"{kind} {cfg.xc}/{basis} {basis_convention(out.mol)} {jk_method(cfg, basis)} "
                              f"({self.backend})")
         if cfg.fields:
@@ -196,7 +232,7 @@ class DFTWorker:
         synchronize(self.backend)
         timings["ed_s"] = time.monotonic() - t
         t = time.monotonic()
-        if cfg.esp_mode == "band" and self.backend == "cpu":
+        if cfg.esp_mode_for(self.backend) == "band":
             from .esp_band import esp_band_cpu
             esp, exact = esp_band_cpu(out.mol, dm, pts, ed, iso=cfg.iso_value, band=cfg.esp_band,
                                       stride=cfg.esp_stride, chunk=cfg.chunk_points,

@@ -15,7 +15,9 @@ libraries' internals:
   to the host as gpu4pyscf does. ``dft.numint.eval_ao`` has gpu4pyscf >= 1.2's signature and layouts
   (``transpose=True``, the default: (npts, nao); ``False``: (nao, npts)) and builds a ``_GDFTOpt`` when none is
   given (builds are counted); ``gto.int3c1e.int1e_grids(mol, grids, dm=...)`` contracts PySCF's integrals.
-* ``cupy.get_default_memory_pool()`` / ``get_default_pinned_memory_pool()`` count ``free_all_blocks`` calls.
+* ``cupy.get_default_memory_pool()`` / ``get_default_pinned_memory_pool()`` count ``free_all_blocks`` calls; the
+  device pool keeps the limit ``set_limit(size=...)`` gave it (``FakeDevice.pool_limit``; CuPy's signature), and
+  ``cupy.cuda.runtime.memGetInfo()`` reports ``FakeDevice.memory`` bytes (free, total).
 
 ``install(monkeypatch)`` puts them in ``sys.modules`` as ``cupy`` and ``gpu4pyscf.*`` for one test and returns
 the ``FakeDevice`` (kernel costs, synchronisations, pool releases, optimiser builds).
@@ -40,6 +42,8 @@ class FakeDevice:
         self.pool_frees = 0
         self.pinned_frees = 0
         self.opt_builds = 0
+        self.memory = 80 * 2**30   # bytes of device memory (an H100)
+        self.pool_limit = 0        # CuPy's pool limit in bytes (0: none)
 
     def launch(self, kernel: str) -> None:
         self.pending += self.costs.get(kernel, 0.0)
@@ -176,6 +180,14 @@ class _Pool:
     def free_all_blocks(self):
         setattr(DEVICE, self.attr, getattr(DEVICE, self.attr) + 1)
 
+    def set_limit(self, size=None, fraction=None):
+        if size is not None and fraction is not None:
+            raise ValueError("size and fraction cannot be specified at one time")
+        DEVICE.pool_limit = int(fraction * DEVICE.memory) if fraction is not None else int(size or 0)
+
+    def get_limit(self):
+        return DEVICE.pool_limit
+
 
 def _cupy_module() -> types.ModuleType:
     m = types.ModuleType("cupy")
@@ -193,7 +205,7 @@ def _cupy_module() -> types.ModuleType:
     m.cuda = types.SimpleNamespace(
         Device=lambda *a: device,
         get_current_stream=lambda: device,
-        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, memGetInfo=lambda: (DEVICE.memory, DEVICE.memory)))
     pool, pinned = _Pool("pool_frees"), _Pool("pinned_frees")
     m.get_default_memory_pool = lambda: pool
     m.get_default_pinned_memory_pool = lambda: pinned

@@ -122,16 +122,74 @@ def test_the_result_method_records_how_j_and_k_were_built():
 
 
 # ---------------------------------------------------------------- 9: memory pool between molecules
-def test_cupy_memory_pool_is_released_after_every_molecule(gpu):
+def test_cupy_memory_pool_is_kept_between_molecules_and_released_on_failure_and_at_the_end(gpu):
+    """The pool keeps its blocks from one molecule to the next (a flush per molecule makes every molecule pay
+    cudaMalloc again); a failed molecule (an out-of-memory error leaves the pool at its peak) and the end of the
+    worker hand them back."""
+    import gc
+
     from edg.dft.worker import DFTWorker
+    gc.collect()  # GPU workers of earlier tests hand their pools back now, not in the middle of this test
+    base, pinned_base = gpu.pool_frees, gpu.pinned_frees
+
+    def frees():
+        assert gpu.pinned_frees - pinned_base == gpu.pool_frees - base  # pinned host blocks go with device ones
+        return gpu.pool_frees - base
+
     w = DFTWorker(DFTConfig(backend="gpu", **FAST, fields=False))
-    assert w.process(WATER)["status"] == "done"
-    assert (gpu.pool_frees, gpu.pinned_frees) == (1, 1)
+    for _ in range(3):
+        assert w.process(WATER)["status"] == "done"
+    assert frees() == 0
     st = w.process(COLLAPSED)
     assert st["status"] == "failed" and "bad geometry" in st["reason"]
-    assert (gpu.pool_frees, gpu.pinned_frees) == (2, 2)  # a failed molecule releases too
-    assert DFTWorker(DFTConfig(backend="cpu", **FAST, fields=False)).process(WATER)["status"] == "done"
-    assert gpu.pool_frees == 2  # the CPU backend never touches CuPy
+    assert frees() == 1  # a failed molecule releases
+    assert w.process(WATER)["status"] == "done" and frees() == 1
+    w.close()
+    assert frees() == 2
+    del w
+    gc.collect()
+    assert frees() == 3  # a stage dropping its worker hands the pool back too
+    cpu = DFTWorker(DFTConfig(backend="cpu", **FAST, fields=False))
+    assert cpu.process(WATER)["status"] == "done" and cpu.pool_cap_bytes == 0
+    del cpu
+    gc.collect()
+    assert frees() == 3  # the CPU backend never touches CuPy
+
+
+def test_each_dft_process_caps_its_pool_at_its_share_of_the_gpu(gpu, monkeypatch):
+    """GPU4PySCF caps every process at 90 % of the card; four actors at 0.25 GPU each could then ask for 3.6
+    cards. The worker caps its pool at 0.9 x its Ray GPU share, or at ``gpu_memory_fraction`` when set."""
+    import types
+
+    from edg.dft.worker import DFTWorker
+    gpu.memory = 80 * 2**30
+    w = DFTWorker(DFTConfig(backend="gpu", **FAST, fields=False))
+    assert gpu.pool_limit == w.pool_cap_bytes == int(0.9 * gpu.memory)  # outside Ray: the whole card's 90 %
+
+    assigned = {"GPU": 0.25}
+    ray = types.ModuleType("ray")  # what a Ray actor's process has loaded (the API dft/backend.py reads)
+    ray.is_initialized = lambda: True
+    ray.get_runtime_context = lambda: types.SimpleNamespace(get_assigned_resources=lambda: dict(assigned))
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    DFTWorker(DFTConfig(backend="gpu", **FAST, fields=False))
+    assert gpu.pool_limit == int(0.9 * 0.25 * gpu.memory)
+    DFTWorker(DFTConfig(backend="gpu", **FAST, fields=False, gpu_memory_fraction=0.3))
+    assert gpu.pool_limit == int(0.3 * gpu.memory)  # set by hand: taken as given
+    assigned.clear()  # an actor without a GPU resource
+    DFTWorker(DFTConfig(backend="gpu", **FAST, fields=False))
+    assert gpu.pool_limit == int(0.9 * gpu.memory)
+
+
+def test_gpu_worker_warm_starts_a_trajectory_on_device_density_matrices(gpu):
+    """Frames of one molecule: the second starts from the first's density (a gpu4pyscf tagged device array,
+    copied to the host for the guess) and lands on the CPU's cold energy."""
+    from edg.dft.worker import DFTWorker
+    moved = Molecule(z=WATER.z, pos=WATER.pos + [[0, 0, -0.003], [0, 0.012, 0.01], [0, -0.012, 0.01]], id="water-1")
+    dev = DFTWorker(DFTConfig(backend="gpu", **FAST, fields=False))
+    first, second = dev.compute(WATER), dev.compute(moved)
+    cold = DFTWorker(DFTConfig(backend="cpu", **FAST, fields=False, warm_start=False)).compute(moved)
+    assert first.attempts == ["diis"] and second.attempts == ["warm"]
+    assert abs(second.energies["E6"] - cold.energies["E6"]) < 1e-8
 
 
 def test_train_stage_binds_its_cuda_device_before_anything_else(tmp_path, monkeypatch):
