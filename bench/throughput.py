@@ -76,10 +76,16 @@ def encode(quick: bool) -> list[str]:
     return measure(quick)
 
 
+def dft_trajectory(quick: bool) -> list[str]:
+    from bench._dft_trajectory import dft_trajectory_line
+    return [dft_trajectory_line(quick)]
+
+
 MEASUREMENTS: dict[str, Callable[[bool], list[str]]] = {
     "loader": loader,
-    "student-syncs": student_syncs,
     "encode": encode,
+    "dft-trajectory": dft_trajectory,
+    "student-syncs": student_syncs,
 }
 """Line name -> measurement(quick) returning its printed lines, in the order they are printed."""
 
