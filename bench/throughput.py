@@ -11,9 +11,8 @@
   (``train.students.host_syncs``; counted on the CPU, where the same ops are dispatched as on CUDA).
 * ``encode``: CPU time per molecule from rendered images to shard bytes written, this path and the earlier
   one (``bench._encode_rate``).
-
-Measurements not written yet (warm-started DFT along a trajectory) are absent from ``MEASUREMENTS`` and print
-nothing.
+* ``dft-trajectory``: warm- vs cold-started SCF over 8 frames of an ethanol MD 1 fs apart, B3LYP/6-31G**, one
+  thread (``bench._dft_trajectory``): the total SCF wall-time ratio and the largest energy difference.
 """
 from __future__ import annotations
 
