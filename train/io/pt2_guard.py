@@ -245,14 +245,19 @@ def read_checked(data: bytes, where: str) -> Checked:
 
 
 # ---------------------------------------------------------------- the graph
+def _parse_short(text: str, limit: int, what: str, where: str) -> ast.Expression:
+    """``text`` (at most ``limit`` characters) parsed as one Python expression, never evaluated; else refused."""
+    if not isinstance(text, str) or len(text) > limit:
+        raise _refuse(where, f"a {what} that is not short text")
+    try:
+        return ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError):
+        raise _refuse(where, f"{what} {text[:80]!r} does not parse") from None
+
+
 def _check_sympy(expr: str, where: str) -> None:
     """A symbolic expression (SymPy ``srepr`` text) made only of SymPy's arithmetic on sizes and numbers."""
-    if not isinstance(expr, str) or len(expr) > 10_000:
-        raise _refuse(where, "a symbolic expression that is not short text")
-    try:
-        tree = ast.parse(expr, mode="eval")
-    except (SyntaxError, ValueError, RecursionError):
-        raise _refuse(where, f"symbolic expression {expr[:80]!r} does not parse") from None
+    tree = _parse_short(expr, 10_000, "symbolic expression", where)
     for node in ast.walk(tree):
         ok = isinstance(node, (ast.Expression, ast.Load, ast.keyword, ast.UnaryOp, ast.USub, ast.UAdd))
         if isinstance(node, ast.Call):
@@ -275,12 +280,7 @@ def _check_sympy(expr: str, where: str) -> None:
 def _check_guard(code: str, where: str) -> None:
     """A guard of the program's inputs: comparisons and arithmetic of ``L['flat_args'][i].size()[j]`` and
     integers (torch compiles these strings into the module it returns)."""
-    if not isinstance(code, str) or len(code) > 2000:
-        raise _refuse(where, "a guard that is not short text")
-    try:
-        tree = ast.parse(code, mode="eval")
-    except (SyntaxError, ValueError, RecursionError):
-        raise _refuse(where, f"guard {code[:80]!r} does not parse") from None
+    tree = _parse_short(code, 2000, "guard", where)
     allowed = (ast.Expression, ast.Load, ast.Compare, ast.BinOp, ast.BoolOp, ast.UnaryOp, ast.Subscript,
                ast.cmpop, ast.operator, ast.boolop, ast.unaryop)
     for node in ast.walk(tree):
