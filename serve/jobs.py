@@ -69,14 +69,9 @@ class RenderSpec:
 
 def file_digest(path: str | Path) -> str:
     """SHA-256 of a file, or of a folder's ``teacher.pt`` (what identifies a teacher in job ids)."""
+    from edg.edg_core.download import file_digests
     p = Path(path)
-    if p.is_dir():
-        p = p / "teacher.pt"
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digests(p / "teacher.pt" if p.is_dir() else p).sha256
 
 
 def basis_problem(basis: str, z) -> str | None:
